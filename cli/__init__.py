@@ -1,0 +1,1 @@
+"""The `phalanx` command line: a thin dispatcher over the project's packages."""

@@ -1,0 +1,55 @@
+"""`phalanx` console script.
+
+Each subcommand lives in the package that owns the work; this module only maps names to modules. A
+subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only
+for the command that runs, so ``phalanx --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("phalanx_cli.demo", "train a tiny hybrid on shipped text, generate, save and reload it (CPU, minutes)"),
+    "generate": ("phalanx_cli.generate", "generate text from a saved model folder"),
+    "train": ("phalanx_training.cli", "pretrain a Phalanx / SWA / Transformer model on local text"),
+    "finetune": ("phalanx_training.finetune_cli", "LoRA fine-tuning with PEFT (optionally merged)"),
+    "convert": ("phalanx_conversion.cli", "swap the SWA layers of a checkpoint for Phalanx mixers"),
+    "distill": ("phalanx_conversion.distill_cli", "distill a converted student back to its teacher"),
+    "eval": ("phalanx_eval.cli", "evaluate with lm-eval on the shipped offline tasks"),
+    "export": ("phalanx_hub.export", "write a Hub-ready folder with a model card"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Parser with every subcommand listed; only ``command``'s module is imported for its options."""
+    parser = argparse.ArgumentParser(prog="phalanx", description="Phalanx sliding-window-recurrence models for Transformers.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            importlib.import_module(module_name).add_arguments(sp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        # Errors are part of the interface: one clear line, non-zero exit, no traceback noise.
+        print(f"phalanx {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
