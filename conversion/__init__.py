@@ -1,0 +1,1 @@
+"""Convert sliding-window-attention checkpoints into Phalanx hybrids, and distill them back."""

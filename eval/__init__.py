@@ -1,0 +1,1 @@
+"""Offline lm-eval tasks and the `phalanx eval` runner."""

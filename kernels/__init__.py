@@ -1,0 +1,1 @@
+"""Triton kernels for the sliding window recurrence (SWR) and the fused Phalanx core."""

@@ -1,0 +1,1 @@
+"""Phalanx models for Hugging Face Transformers."""
