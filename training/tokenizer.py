@@ -1,0 +1,48 @@
+"""The project's byte-level tokenizer: 3 special tokens, then one token per byte.
+
+Models trained here use it, so one token is one byte and bits-per-byte equals bits-per-token / 1.
+The shipped files in ``byte_tokenizer/`` are what :func:`build_byte_tokenizer` produces; a test keeps
+them in sync.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+BYTE_TOKENIZER_DIR = Path(__file__).resolve().parent / "byte_tokenizer"
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>"}
+BYTE_OFFSET = len(SPECIAL_TOKENS)
+BYTE_VOCAB_SIZE = BYTE_OFFSET + 256
+
+
+def build_byte_tokenizer() -> PreTrainedTokenizerFast:
+    """Build the byte tokenizer: ids 0-2 are <pad>, <bos>, <eos>; byte b is id b + 3."""
+    byte_chars = bytes_to_unicode()
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
+    vocab.update({byte_chars[b]: BYTE_OFFSET + b for b in range(256)})
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens(list(SPECIAL_TOKENS.values()))
+    return PreTrainedTokenizerFast(tokenizer_object=core, model_max_length=1_000_000, **SPECIAL_TOKENS)
+
+
+def load_byte_tokenizer() -> PreTrainedTokenizerBase:
+    """Load the shipped byte tokenizer with AutoTokenizer (offline)."""
+    if not (BYTE_TOKENIZER_DIR / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"shipped byte tokenizer missing: {BYTE_TOKENIZER_DIR / 'tokenizer.json'}")
+    return AutoTokenizer.from_pretrained(str(BYTE_TOKENIZER_DIR))
+
+
+def load_tokenizer(path: str | Path | None) -> PreTrainedTokenizerBase:
+    """The tokenizer in folder ``path``, or the byte tokenizer when ``path`` is None."""
+    if path is None:
+        return load_byte_tokenizer()
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"tokenizer folder not found: {folder}")
+    return AutoTokenizer.from_pretrained(str(folder))
