@@ -1,0 +1,112 @@
+"""Device dispatch between the PyTorch SWR (``modeling_phalanx.swr_torch``) and the Triton kernels."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from modeling_phalanx.swr_torch import (
+    SWRState,
+    phalanx_core_step_torch,
+    phalanx_core_torch,
+    swr_step as swr_step_torch,
+    swr_torch,
+)
+
+try:
+    from .triton_ops import phalanx_core_triton, swr_triton
+
+    HAS_TRITON = True
+except ImportError:  # Triton missing (e.g. macOS, Windows): the PyTorch path serves every device.
+    HAS_TRITON = False
+
+
+def _use_triton(t: torch.Tensor) -> bool:
+    """Triton runs CUDA tensors unless ``PHALANX_FORCE_TORCH`` is set to a non-empty value other than 0."""
+    force_torch = os.environ.get("PHALANX_FORCE_TORCH", "") not in ("", "0")
+    return HAS_TRITON and t.is_cuda and not force_torch
+
+
+def swr(
+    x: torch.Tensor,
+    log_gates: torch.Tensor,
+    *,
+    block_len: int = 16,
+    window_blocks: int = 2,
+    cu_seqlens: torch.Tensor | None = None,
+    initial_state: SWRState | None = None,
+    output_final_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, SWRState]:
+    """Sliding window recurrence (DESIGN.md section 2); see ``modeling_phalanx.swr_torch.swr_torch``."""
+    impl = swr_triton if _use_triton(x) else swr_torch
+    return impl(
+        x,
+        log_gates,
+        block_len=block_len,
+        window_blocks=window_blocks,
+        cu_seqlens=cu_seqlens,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+    )
+
+
+def swr_step(
+    x: torch.Tensor, log_gates: torch.Tensor, state: SWRState, block_len: int
+) -> tuple[torch.Tensor, SWRState]:
+    """One decode step: x (N, H, D), log_gates (N, H) -> y (N, H, D) and the new state.
+
+    A step touches W*D values per head, so the PyTorch version serves every device.
+    """
+    return swr_step_torch(x, log_gates, state, block_len)
+
+
+def phalanx_core(
+    proj: torch.Tensor,
+    *,
+    num_heads: int,
+    head_dim: int,
+    num_gate_groups: int,
+    block_len: int = 16,
+    window_blocks: int = 2,
+    cu_seqlens: torch.Tensor | None = None,
+    initial_state: SWRState | None = None,
+    output_final_state: bool = False,
+    decay_cap: float | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, SWRState]:
+    """Phalanx core (DESIGN.md section 3) from the in-projection output; see ``phalanx_core_torch``."""
+    impl = phalanx_core_triton if _use_triton(proj) else phalanx_core_torch
+    return impl(
+        proj,
+        num_heads=num_heads,
+        head_dim=head_dim,
+        num_gate_groups=num_gate_groups,
+        block_len=block_len,
+        window_blocks=window_blocks,
+        cu_seqlens=cu_seqlens,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        decay_cap=decay_cap,
+    )
+
+
+def phalanx_core_step(
+    proj: torch.Tensor,
+    state: SWRState,
+    *,
+    num_heads: int,
+    head_dim: int,
+    num_gate_groups: int,
+    block_len: int = 16,
+    decay_cap: float | None = None,
+) -> tuple[torch.Tensor, SWRState]:
+    """One decode step of the Phalanx core: proj (N, F) -> (N, H*D) and the new state."""
+    return phalanx_core_step_torch(
+        proj,
+        state,
+        num_heads=num_heads,
+        head_dim=head_dim,
+        num_gate_groups=num_gate_groups,
+        block_len=block_len,
+        decay_cap=decay_cap,
+    )
