@@ -153,6 +153,9 @@ def atomic_folder(out: str | os.PathLike, force: bool = False) -> Iterator[Path]
     """
     out = check_output(out, force)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp creates 0700; the result should look like any other folder
     try:
         yield tmp
         if out.exists():
