@@ -1,0 +1,146 @@
+"""Run lm-eval on the shipped task folder (or lm-eval's own tasks) and keep its results.
+
+lm-eval is imported inside the functions so that ``import phalanx_eval`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+TASK_DIR = Path(__file__).resolve().parent / "tasks"
+DEFAULT_MAX_LENGTH_CAP = 16384
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def shipped_task_manager():
+    """A ``TaskManager`` that indexes only the shipped tasks (no network, no built-in YAML scan)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASK_DIR), include_defaults=False)
+
+
+def available_tasks() -> list[str]:
+    """Names of the shipped tasks, groups and tags."""
+    return shipped_task_manager().all_tasks
+
+
+def resolve_task_manager(tasks: list[str]):
+    """The smallest ``TaskManager`` that knows every name (or glob) in ``tasks``.
+
+    Shipped names resolve without touching lm-eval's built-in tasks; other names fall back to a
+    manager that also indexes lm-eval's own tasks (which may need the network to download data).
+    Raises ``ValueError`` listing the shipped tasks when a name is unknown to both.
+    """
+    from lm_eval import utils as lm_utils
+    from lm_eval.tasks import TaskManager
+
+    if not tasks:
+        raise ValueError("no tasks given")
+    manager = shipped_task_manager()
+
+    def unknown(tm) -> list[str]:
+        return [t for t in tasks if not lm_utils.pattern_match([t], tm.all_tasks)]
+
+    if not unknown(manager):
+        return manager
+    full = TaskManager(include_path=str(TASK_DIR), include_defaults=True)
+    missing = unknown(full)
+    if missing:
+        raise ValueError(
+            f"unknown task(s): {', '.join(missing)}. Shipped tasks: {', '.join(manager.all_tasks)}. "
+            "lm-eval's built-in tasks are accepted too (`lm-eval ls tasks` lists them)."
+        )
+    return full
+
+
+def check_model_path(model: str) -> None:
+    """Fail early on a local model folder that is missing or has no readable ``config.json``.
+
+    A string that is not a local path but looks like ``org/name`` is left to the Hub.
+    """
+    path = Path(model)
+    if not path.exists():
+        if _REPO_ID.match(model):
+            return
+        raise FileNotFoundError(f"model folder not found: {model}")
+    config = path / "config.json"
+    if not path.is_dir() or not config.is_file():
+        raise FileNotFoundError(f"not a model folder (no config.json): {model}")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"corrupt config.json in {model}: {err}") from err
+
+
+def default_max_length(model: str) -> int:
+    """``max_position_embeddings`` of a local model, capped at 16384 (lm-eval would use it uncapped)."""
+    config = Path(model) / "config.json"
+    if config.is_file():
+        value = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+        if isinstance(value, int) and value > 0:
+            return min(value, DEFAULT_MAX_LENGTH_CAP)
+    return 2048
+
+
+def evaluate(
+    model: str,
+    tasks: list[str],
+    *,
+    limit: int | float | None = None,
+    batch_size: int | str = 1,
+    device: str = "cpu",
+    max_length: int | None = None,
+    dtype: str = "auto",
+) -> dict[str, Any]:
+    """``lm_eval.simple_evaluate`` with the ``hf`` model on ``model`` (remote code trusted) and ``tasks``.
+
+    Importing ``modeling_phalanx`` first registers the local Phalanx classes, which Transformers then
+    prefers to the folder's remote code, so an installed project uses its Triton kernels.
+    """
+    import lm_eval
+
+    import modeling_phalanx  # noqa: F401  (registers PhalanxConfig / models with the Auto classes)
+
+    check_model_path(model)
+    if max_length is None:
+        max_length = default_max_length(model)
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2, got {max_length}")
+    manager = resolve_task_manager(tasks)
+    results = lm_eval.simple_evaluate(
+        model="hf",
+        model_args={"pretrained": model, "trust_remote_code": True, "max_length": max_length, "dtype": dtype},
+        tasks=tasks,
+        limit=limit,
+        batch_size=batch_size,
+        device=device,
+        task_manager=manager,
+        log_samples=False,
+    )
+    if results is None:  # only non-zero ranks of a distributed run get None
+        raise ValueError("lm-eval returned no results (not the main process of a distributed run?)")
+    results["config"]["max_length"] = max_length
+    return results
+
+
+def write_json(data: dict[str, Any], path: str | Path) -> Path:
+    """Write lm-eval results as JSON atomically (temporary file, then rename)."""
+    from lm_eval.utils import handle_non_serializable
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2, default=handle_non_serializable, ensure_ascii=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

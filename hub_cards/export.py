@@ -1,0 +1,172 @@
+"""`phalanx export MODEL OUT`: a Hub-ready folder that loads with ``trust_remote_code=True``.
+
+The folder holds safetensors weights, ``config.json`` whose ``auto_map`` names AutoConfig, AutoModel
+and AutoModelForCausalLM, the flat modeling files of the ``modeling_phalanx`` package (sibling imports
+only, so Transformers can fetch them), the tokenizer, the generation config, the conversion record and
+lm-eval results when given, and a ``README.md`` model card. It is written to a temporary folder beside
+OUT and renamed into place, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+EVAL_RESULTS_FILE = "eval_results.json"
+
+
+def read_model_config(model_dir: Path) -> dict[str, Any]:
+    """``config.json`` of a Phalanx model folder; errors name what is missing or wrong."""
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model folder not found: {model_dir}")
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"not a model folder (no config.json): {model_dir}")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"corrupt config.json in {model_dir}: {err}") from err
+    if not isinstance(config, dict) or config.get("model_type") != "phalanx":
+        found = config.get("model_type") if isinstance(config, dict) else None
+        raise ValueError(f"{config_path} is not a Phalanx config (model_type {found!r}, expected 'phalanx')")
+    if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
+        raise FileNotFoundError(f"no weights in {model_dir} (expected one of {', '.join(WEIGHT_FILES)})")
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"no tokenizer in {model_dir} (expected one of {', '.join(TOKENIZER_FILES)})")
+    return config
+
+
+def modeling_files() -> list[Path]:
+    """The flat remote-code files: every ``*.py`` of the ``modeling_phalanx`` package but ``__init__.py``."""
+    import modeling_phalanx
+
+    folder = Path(modeling_phalanx.__file__).resolve().parent
+    return sorted(p for p in folder.glob("*.py") if p.name != "__init__.py")
+
+
+def auto_map() -> dict[str, str]:
+    """``auto_map`` entries (``<file stem>.<class>``) for AutoConfig, AutoModel and AutoModelForCausalLM."""
+    from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM, PhalanxModel
+
+    def ref(cls: type) -> str:
+        return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+
+    return {
+        "AutoConfig": ref(PhalanxConfig),
+        "AutoModel": ref(PhalanxModel),
+        "AutoModelForCausalLM": ref(PhalanxForCausalLM),
+    }
+
+
+def _write_folder(
+    model_dir: Path, tmp: Path, card_kwargs: dict[str, Any], results: dict[str, Any] | None
+) -> None:
+    """Write every file of the export into the (empty) folder ``tmp``."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from modeling_phalanx import PhalanxForCausalLM
+    from phalanx_hub.card import PROVENANCE_FILE, load_provenance, render_card
+
+    provenance = load_provenance(model_dir)
+    try:
+        model = PhalanxForCausalLM.from_pretrained(str(model_dir), dtype="auto")
+    except Exception as err:  # corrupt weights surface as many exception types (safetensors, OSError, ...)
+        raise ValueError(f"cannot load the model in {model_dir}: {type(err).__name__}: {err}") from err
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as err:
+        raise ValueError(f"cannot load the tokenizer in {model_dir}: {type(err).__name__}: {err}") from err
+
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if not (tmp / "generation_config.json").is_file():
+        GenerationConfig.from_model_config(model.config).save_pretrained(str(tmp))
+    for source in modeling_files():
+        shutil.copy2(source, tmp / source.name)
+    config_path = tmp / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["auto_map"] = auto_map()
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if provenance is not None:
+        shutil.copy2(model_dir / PROVENANCE_FILE, tmp / PROVENANCE_FILE)
+    if results is not None:
+        (tmp / EVAL_RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    card = render_card(config, results=results, provenance=provenance, **card_kwargs)
+    card.save(tmp / "README.md")
+
+
+def export(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    eval_results: str | Path | None = None,
+    force: bool = False,
+    license: str = "apache-2.0",
+    repo_id: str | None = None,
+    model_name: str | None = None,
+) -> Path:
+    """Export ``model_dir`` to ``out_dir`` (see the module docstring); returns ``out_dir``.
+
+    ``repo_id`` only fills the card's usage snippet (default: OUT's folder name); ``model_name``
+    titles the card and its model-index (default: the same).
+    """
+    from phalanx_hub.card import load_results
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    read_model_config(model_dir)
+    if out_dir.resolve() == model_dir.resolve() or model_dir.resolve() in out_dir.resolve().parents:
+        raise ValueError(f"OUT must lie outside MODEL: {out_dir}")
+    if out_dir.exists() and not force:
+        raise ValueError(f"export folder already exists: {out_dir} (pass --force to replace it)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"export target exists and is not a folder: {out_dir}")
+    results = load_results(eval_results) if eval_results is not None else None
+    name = model_name or out_dir.resolve().name
+    card_kwargs = {"model_name": name, "repo_id": repo_id or name, "license": license}
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        _write_folder(model_dir, tmp, card_kwargs, results)
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+            previous = old / out_dir.name
+            out_dir.rename(previous)
+            try:
+                tmp.rename(out_dir)
+            except OSError:
+                previous.rename(out_dir)  # put the old export back before reporting the failure
+                old.rmdir()
+                raise
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="Phalanx model folder (from train, convert, distill or finetune)")
+    parser.add_argument("out", type=Path, help="folder to write (must not exist unless --force)")
+    parser.add_argument("--eval-results", type=Path, default=None, help="lm-eval results JSON (e.g. from `phalanx eval`)")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--license", default="apache-2.0", help="license id for the card (default: %(default)s)")
+    parser.add_argument("--repo-id", default=None, help="Hub repo id for the usage snippet (default: OUT's name)")
+    parser.add_argument("--model-name", default=None, help="card title and model-index name (default: OUT's name)")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = export(
+        args.model, args.out, eval_results=args.eval_results, force=args.force, license=args.license,
+        repo_id=args.repo_id, model_name=args.model_name,
+    )
+    print(f"exported {args.model} -> {out}")
+    return 0
