@@ -1,9 +1,8 @@
 """Triton kernels for the sliding window recurrence (SWR) and the fused Phalanx core.
 
-Public API (docs/CONTRACTS.md): ``swr``, ``swr_step``, ``phalanx_core``, ``phalanx_core_step``,
-``SWRState`` and ``HAS_TRITON``. Each function has the signature of its PyTorch counterpart in
-``modeling_phalanx.swr_torch`` and dispatches per call on the tensors' device: CPU tensors (or any call
-while ``PHALANX_FORCE_TORCH=1``) take the PyTorch path, CUDA tensors take the Triton kernels.
+Public API (same signatures as the PyTorch functions in ``modeling_phalanx.swr_torch``): every call
+dispatches on the tensors' device. CPU tensors (or any device when Triton is unavailable or
+``PHALANX_FORCE_TORCH=1``) go to the PyTorch implementation; CUDA tensors go to the Triton kernels.
 """
 
 from modeling_phalanx.swr_torch import SWRState

@@ -8,6 +8,7 @@ import torch
 
 from modeling_phalanx.swr_torch import (
     SWRState,
+    check_swr_args,
     phalanx_core_step_torch,
     phalanx_core_torch,
     swr_step as swr_step_torch,
@@ -15,15 +16,16 @@ from modeling_phalanx.swr_torch import (
 )
 
 try:
-    from .triton_ops import phalanx_core_triton, swr_triton
+    from . import triton_swr
 
     HAS_TRITON = True
-except ImportError:  # Triton missing (e.g. macOS, Windows): the PyTorch path serves every device.
+except ImportError:  # triton missing or unusable on this platform
+    triton_swr = None
     HAS_TRITON = False
 
 
 def _use_triton(t: torch.Tensor) -> bool:
-    """Triton runs CUDA tensors unless ``PHALANX_FORCE_TORCH`` is set to a non-empty value other than 0."""
+    """Triton runs CUDA tensors unless it is missing or ``PHALANX_FORCE_TORCH`` is set to a true value."""
     force_torch = os.environ.get("PHALANX_FORCE_TORCH", "") not in ("", "0")
     return HAS_TRITON and t.is_cuda and not force_torch
 
@@ -38,9 +40,23 @@ def swr(
     initial_state: SWRState | None = None,
     output_final_state: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, SWRState]:
-    """Sliding window recurrence (DESIGN.md section 2); see ``modeling_phalanx.swr_torch.swr_torch``."""
-    impl = swr_triton if _use_triton(x) else swr_torch
-    return impl(
+    """Sliding window recurrence (DESIGN.md section 2), differentiable in ``x`` and ``log_gates``.
+
+    x (B, T, H, D), log_gates (B, T, H) <= 0; ``cu_seqlens`` packs sequences (B = 1);
+    ``initial_state`` continues sequences; returns y in x's dtype (and the final state when asked).
+    """
+    if not isinstance(x, torch.Tensor) or not _use_triton(x):
+        return swr_torch(
+            x,
+            log_gates,
+            block_len=block_len,
+            window_blocks=window_blocks,
+            cu_seqlens=cu_seqlens,
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+        )
+    check_swr_args(x, log_gates, block_len, window_blocks, cu_seqlens, initial_state)
+    return triton_swr.swr_triton(
         x,
         log_gates,
         block_len=block_len,
@@ -54,10 +70,7 @@ def swr(
 def swr_step(
     x: torch.Tensor, log_gates: torch.Tensor, state: SWRState, block_len: int
 ) -> tuple[torch.Tensor, SWRState]:
-    """One decode step: x (N, H, D), log_gates (N, H) -> y (N, H, D) and the new state.
-
-    A step touches W*D values per head, so the PyTorch version serves every device.
-    """
+    """One decode step: x (N, H, D), log_gates (N, H) -> y (N, H, D) and the new state."""
     return swr_step_torch(x, log_gates, state, block_len)
 
 
@@ -74,10 +87,8 @@ def phalanx_core(
     output_final_state: bool = False,
     decay_cap: float | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, SWRState]:
-    """Phalanx core (DESIGN.md section 3) from the in-projection output; see ``phalanx_core_torch``."""
-    impl = phalanx_core_triton if _use_triton(proj) else phalanx_core_torch
-    return impl(
-        proj,
+    """Phalanx mixer core (DESIGN.md section 3): proj (B, T, H + 2*Hg*D + H*D) -> (B, T, H*D)."""
+    kwargs = dict(
         num_heads=num_heads,
         head_dim=head_dim,
         num_gate_groups=num_gate_groups,
@@ -88,6 +99,9 @@ def phalanx_core(
         output_final_state=output_final_state,
         decay_cap=decay_cap,
     )
+    if not isinstance(proj, torch.Tensor) or not _use_triton(proj):
+        return phalanx_core_torch(proj, **kwargs)
+    return triton_swr.phalanx_core_triton(proj, **kwargs)
 
 
 def phalanx_core_step(
