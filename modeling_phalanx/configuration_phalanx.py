@@ -1,0 +1,218 @@
+"""Configuration of Phalanx hybrid decoders (full attention, sliding-window attention, Phalanx SWR mixer)."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers.configuration_utils import PreTrainedConfig
+from transformers.modeling_rope_utils import RopeParameters
+
+from .swr_torch import MAX_HEAD_DIM, SUPPORTED_BLOCK_LENS
+
+PHALANX_LAYER_TYPES = ("full_attention", "sliding_attention", "linear_attention")
+ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
+NORM_TYPES = ("rms", "gemma_rms", "layer_norm")
+NORM_PLACEMENTS = ("pre", "sandwich", "post", "parallel")
+QK_NORMS = (None, "head", "projection")
+
+
+@strict
+class PhalanxConfig(PreTrainedConfig):
+    r"""
+    Configuration of a Phalanx decoder: a stack of full-attention, sliding-window-attention and Phalanx
+    (sliding window recurrence, arXiv 2512.13921) layers, chosen per layer by `layer_types`.
+
+    Standard fields keep their Llama/Qwen3 meaning. Phalanx mixer fields:
+
+    phalanx_head_dim (`int`, defaults to 16): channels per SWR head (a multiple of 16, at most 128); distinct from
+        attention's `head_dim`.
+    phalanx_num_heads (`int`, *optional*): SWR heads; defaults to `hidden_size // phalanx_head_dim`.
+    phalanx_num_gate_groups (`int`, *optional*): groups sharing one input gate and readout; defaults to
+        `phalanx_num_heads` (one per head). Must divide `phalanx_num_heads`.
+    swr_block_len (`int`, defaults to 16): SWR block length, one of 16, 32, 64.
+    swr_window_blocks (`int`, defaults to 2): blocks each token sees (its own and the `W - 1` before it).
+    phalanx_decay_init_range (`list[float]`, defaults to `[0.5, 0.95]`): decays `a` at initialisation, spread
+        evenly over heads; the decay bias is `logit(a)`.
+    phalanx_decay_cap (`float`, *optional*): upper bound on the decay, `a = cap * sigmoid(z)`.
+    phalanx_out_bias (`bool`, defaults to `False`): bias on the mixer's `out_proj`.
+
+    Decoder-block variants (all off by default = pre-norm SwiGLU with RMSNorm), used to represent converted
+    checkpoints exactly:
+
+    norm_type: `"rms"`, `"gemma_rms"` (x_hat * (1 + w) in fp32) or `"layer_norm"` (mean-centred, weight only).
+    norm_placement: `"pre"`, `"sandwich"` (Gemma2/3 four norms), `"post"` (Olmo3) or `"parallel"` (Cohere).
+    qk_norm: `None`, `"head"` (per head over `head_dim`) or `"projection"` (over the whole q/k projection).
+    query_pre_attn_scalar: attention scaling is `query_pre_attn_scalar ** -0.5` (defaults to `head_dim`).
+    attn_logit_softcapping / final_logit_softcapping: tanh soft-capping of attention scores / logits.
+    embedding_scale: input embeddings are multiplied by this (cast to the embedding dtype first).
+    logit_scale: logits are multiplied by this.
+    rope_interleaved: GPT-J-style (pairwise) rotary instead of half-split.
+    no_rope_layers: indices of attention layers that use no positional encoding.
+    `rope_parameters` may be nested by layer type (`{"full_attention": {...}, "sliding_attention": {...}}`).
+
+    ```python
+    >>> from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM
+    >>> config = PhalanxConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+    ...     num_attention_heads=4, layer_types=["linear_attention", "sliding_attention", "full_attention"],
+    ...     sliding_window=32)
+    >>> model = PhalanxForCausalLM(config)
+    ```
+    """
+
+    model_type = "phalanx"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    # Linear-attention cache layers hold two states: the SWR state `h` and the tokens consumed `pos`.
+    number_of_conv_states = 2
+
+    vocab_size: int = 32000
+    hidden_size: int = 1024
+    intermediate_size: int = 2816
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 16
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 4096
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-6
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    tie_word_embeddings: bool = False
+    rope_parameters: RopeParameters | dict | None = None
+    attention_dropout: float | int = 0.0
+    attention_bias: bool = False
+    attention_out_bias: bool | None = None
+    mlp_bias: bool = False
+    layer_types: list[str] | None = None
+    sliding_window: int | None = None
+
+    phalanx_head_dim: int = 16
+    phalanx_num_heads: int | None = None
+    phalanx_num_gate_groups: int | None = None
+    swr_block_len: int = 16
+    swr_window_blocks: int = 2
+    phalanx_decay_init_range: list[float] | tuple[float, float] | None = None
+    phalanx_decay_cap: float | None = None
+    phalanx_out_bias: bool = False
+
+    norm_type: str = "rms"
+    norm_placement: str = "pre"
+    qk_norm: str | None = None
+    query_pre_attn_scalar: float | int | None = None
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
+    embedding_scale: float = 1.0
+    logit_scale: float | None = None
+    rope_interleaved: bool = False
+    no_rope_layers: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.layer_types is None:
+            # Default hybrid: three Phalanx layers, then one full-attention layer.
+            self.layer_types = [
+                "full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(self.num_hidden_layers)
+            ]
+        self._check_layer_types()
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads != 0:
+                raise ValueError(
+                    f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
+                    f"{self.num_attention_heads}; set head_dim explicitly or change the head count"
+                )
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.phalanx_num_heads is None:
+            if self.hidden_size % self.phalanx_head_dim != 0:
+                raise ValueError(
+                    f"phalanx_head_dim={self.phalanx_head_dim} does not divide hidden_size={self.hidden_size}; "
+                    "set phalanx_num_heads explicitly or change phalanx_head_dim"
+                )
+            self.phalanx_num_heads = self.hidden_size // self.phalanx_head_dim
+        if self.phalanx_num_gate_groups is None:
+            self.phalanx_num_gate_groups = self.phalanx_num_heads
+        if self.phalanx_decay_init_range is None:
+            self.phalanx_decay_init_range = [0.5, 0.95]
+        self.phalanx_decay_init_range = [float(a) for a in self.phalanx_decay_init_range]
+        self._check_phalanx()
+        self._check_block_variants()
+        super().__post_init__(**kwargs)
+        self._check_rope_layout()
+
+    def _check_layer_types(self) -> None:
+        """Validate `layer_types` against the three supported names and `num_hidden_layers`."""
+        unknown = sorted({t for t in self.layer_types if t not in PHALANX_LAYER_TYPES})
+        if unknown:
+            raise ValueError(f"layer_types contains unknown types {unknown}; allowed: {list(PHALANX_LAYER_TYPES)}")
+        if len(self.layer_types) != self.num_hidden_layers:
+            raise ValueError(
+                f"layer_types has {len(self.layer_types)} entries but num_hidden_layers={self.num_hidden_layers}"
+            )
+        if "sliding_attention" in self.layer_types and (self.sliding_window is None or self.sliding_window < 1):
+            raise ValueError(
+                "layer_types contains 'sliding_attention' layers but sliding_window is not set (need an int >= 1)"
+            )
+        if self.num_attention_heads % self.num_key_value_heads != 0:
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}"
+            )
+
+    def _check_phalanx(self) -> None:
+        """Validate the Phalanx mixer fields (the SWR supports only some block lengths and head dims)."""
+        if self.phalanx_head_dim % 16 != 0 or not 16 <= self.phalanx_head_dim <= MAX_HEAD_DIM:
+            raise ValueError(
+                f"phalanx_head_dim={self.phalanx_head_dim} is unsupported: it must be a multiple of 16 up to "
+                f"{MAX_HEAD_DIM}"
+            )
+        if self.swr_block_len not in SUPPORTED_BLOCK_LENS:
+            raise ValueError(f"swr_block_len={self.swr_block_len} is unsupported; use one of {SUPPORTED_BLOCK_LENS}")
+        if self.swr_window_blocks < 1:
+            raise ValueError(f"swr_window_blocks must be >= 1, got {self.swr_window_blocks}")
+        if self.phalanx_num_heads < 1 or self.phalanx_num_heads % self.phalanx_num_gate_groups != 0:
+            raise ValueError(
+                f"phalanx_num_gate_groups={self.phalanx_num_gate_groups} must divide "
+                f"phalanx_num_heads={self.phalanx_num_heads}"
+            )
+        low_high = self.phalanx_decay_init_range
+        if len(low_high) != 2 or not 0.0 < low_high[0] <= low_high[1] < 1.0:
+            raise ValueError(f"phalanx_decay_init_range must be [low, high] with 0 < low <= high < 1, got {low_high}")
+        if self.phalanx_decay_cap is not None and not 0.0 < self.phalanx_decay_cap <= 1.0:
+            raise ValueError(f"phalanx_decay_cap must be in (0, 1], got {self.phalanx_decay_cap}")
+
+    def _check_block_variants(self) -> None:
+        """Validate the decoder-block variant switches."""
+        if self.norm_type not in NORM_TYPES:
+            raise ValueError(f"norm_type={self.norm_type!r} is unknown; use one of {NORM_TYPES}")
+        if self.norm_placement not in NORM_PLACEMENTS:
+            raise ValueError(f"norm_placement={self.norm_placement!r} is unknown; use one of {NORM_PLACEMENTS}")
+        if self.qk_norm not in QK_NORMS:
+            raise ValueError(f"qk_norm={self.qk_norm!r} is unknown; use one of {QK_NORMS}")
+        if self.no_rope_layers is not None:
+            bad = [i for i in self.no_rope_layers if not 0 <= i < self.num_hidden_layers]
+            if bad:
+                raise ValueError(f"no_rope_layers has indices outside [0, {self.num_hidden_layers}): {bad}")
+        for name in ("attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive when set, got {value}")
+
+    def _check_rope_layout(self) -> None:
+        """A nested `rope_parameters` must cover every attention layer type the model uses."""
+        if self.rope_parameters_by_layer_type:
+            missing = [
+                t for t in ATTENTION_LAYER_TYPES if t in self.layer_types and t not in self.rope_parameters
+            ]
+            if missing:
+                raise ValueError(
+                    f"rope_parameters is nested by layer type but has no entry for {missing}; add one (None = NoPE)"
+                )
+
+    @property
+    def rope_parameters_by_layer_type(self) -> bool:
+        """Whether `rope_parameters` is a dict keyed by layer-type name (per-layer-type RoPE)."""
+        return isinstance(self.rope_parameters, dict) and any(t in self.rope_parameters for t in PHALANX_LAYER_TYPES)
+
+
+__all__ = ["PhalanxConfig"]
