@@ -1,0 +1,391 @@
+"""Launchers, ``torch.library`` custom ops and autograd for the Triton SWR and fused Phalanx core.
+
+The kernels (``triton_swr``) compute the SWR of each sequence from a zero state, with blocks aligned to
+the sequence's first token shifted back by its phase. Continuation is linear and touches few tokens, so
+it is done here in PyTorch by reusing ``swr_torch``: the initial-state contribution covers only the
+first ``W`` aligned blocks, and the final state depends only on the last ``W`` aligned blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import triton
+
+from modeling_phalanx.swr_torch import SWRState, _split_core_inputs, check_swr_args, swr_torch
+
+from .triton_swr import _swr_bwd_kernel, _swr_fwd_kernel
+
+CHUNK_TOKENS = 256  # tokens per program: 16 blocks of 16 (kernels.md section 2)
+
+
+def launch_config(num_heads: int, head_dim: int, block_len: int) -> dict[str, int]:
+    """Blocks per program (NB), heads per program (HB, >= 64 channels per row when D is small) and warps."""
+    dp = triton.next_power_of_2(head_dim)
+    hb = 1
+    while num_heads % (hb * 2) == 0 and hb * 2 * dp <= 64 and hb * 2 * block_len <= 64:
+        hb *= 2
+    return {"NB": CHUNK_TOKENS // block_len, "HB": hb, "num_warps": 4}
+
+
+def _launch(
+    fwd: bool,
+    tensors: tuple[torch.Tensor | None, ...],
+    rows_info: tuple[torch.Tensor | None, torch.Tensor | None, int, int, int],
+    shape: tuple[int, int, int],
+    strides: tuple[int, ...],
+    block_len: int,
+    window_blocks: int,
+    fused: bool,
+    log_cap: float,
+    ieee: bool,
+) -> None:
+    """Launch the forward or backward kernel over (chunks, sequences x head groups)."""
+    cu, phase, seq_len, max_len, num_seqs = rows_info
+    heads, gate_groups, head_dim = shape
+    cfg = launch_config(heads, head_dim, block_len)
+    nb = cfg["NB"]
+    max_blocks = -(-(max_len + (block_len - 1 if phase is not None else 0)) // block_len)
+    grid = (triton.cdiv(max_blocks, nb), num_seqs * (heads // cfg["HB"]))
+    meta = dict(
+        H=heads,
+        HG=gate_groups,
+        REP=heads // gate_groups,
+        D=head_dim,
+        DP=triton.next_power_of_2(head_dim),
+        BL=block_len,
+        W=window_blocks,
+        WP=triton.next_power_of_2(max(window_blocks - 1, 1)),
+        NB=nb,
+        HB=cfg["HB"],
+        FUSED=fused,
+        VARLEN=cu is not None,
+        HAS_PHASE=phase is not None,
+        IEEE=ieee,
+        num_warps=cfg["num_warps"],
+    )
+    kernel = _swr_fwd_kernel if fwd else _swr_bwd_kernel
+    row_names = ("X_ROW", "G_ROW", "Y_ROW") if fwd else ("X_ROW", "G_ROW", "DY_ROW", "DX_ROW", "DG_ROW")
+    meta.update(dict(zip(row_names, strides)))
+    kernel[grid](*tensors, cu, phase, seq_len, log_cap, **meta)
+
+
+def _rows_info(
+    x: torch.Tensor, cu_seqlens: torch.Tensor | None, phase: torch.Tensor | None, max_len: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None, int, int, int]:
+    batch, seqlen = x.shape[:2]
+    cu = None if cu_seqlens is None else cu_seqlens.to(device=x.device, dtype=torch.int32)
+    ph = None if phase is None else phase.to(device=x.device, dtype=torch.int32)
+    num_seqs = batch if cu is None else cu.numel() - 1
+    return cu, ph, seqlen, max_len, num_seqs
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops: the SWR from a zero state (per-sequence phase) and the fused core.
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("phalanx_kernels::swr_fwd", mutates_args=())
+def swr_fwd_op(
+    x: torch.Tensor,
+    log_gates: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
+    phase: torch.Tensor | None,
+    max_len: int,
+    block_len: int,
+    window_blocks: int,
+) -> torch.Tensor:
+    """y = SWR(x, log_gates) from a zero state; x (B, T, H, D), blocks shifted back by ``phase`` (N,)."""
+    x, log_gates = x.contiguous(), log_gates.contiguous()
+    _, _, heads, dim = x.shape
+    y = torch.empty_like(x)
+    _launch(
+        True, (x, log_gates, y), _rows_info(x, cu_seqlens, phase, max_len), (heads, heads, dim),
+        (heads * dim, heads, heads * dim), block_len, window_blocks, False, 0.0, x.dtype == torch.float32,
+    )
+    return y
+
+
+@swr_fwd_op.register_fake
+def _(x, log_gates, cu_seqlens, phase, max_len, block_len, window_blocks):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("phalanx_kernels::swr_bwd", mutates_args=())
+def swr_bwd_op(
+    x: torch.Tensor,
+    log_gates: torch.Tensor,
+    dy: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
+    phase: torch.Tensor | None,
+    max_len: int,
+    block_len: int,
+    window_blocks: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, d log_gates) of ``swr_fwd`` recomputing the forward in fp32."""
+    x, log_gates, dy = x.contiguous(), log_gates.contiguous(), dy.contiguous()
+    _, _, heads, dim = x.shape
+    dx = torch.empty_like(x)
+    dg = torch.empty_like(log_gates)
+    _launch(
+        False, (x, log_gates, dy, dx, dg, None), _rows_info(x, cu_seqlens, phase, max_len),
+        (heads, heads, dim), (heads * dim, heads, heads * dim, heads * dim, heads), block_len, window_blocks,
+        False, 0.0, x.dtype == torch.float32,
+    )
+    return dx, dg
+
+
+@swr_bwd_op.register_fake
+def _(x, log_gates, dy, cu_seqlens, phase, max_len, block_len, window_blocks):
+    return torch.empty_like(x), torch.empty_like(log_gates)
+
+
+def _swr_setup_context(ctx, inputs, output) -> None:
+    x, log_gates, cu_seqlens, phase, max_len, block_len, window_blocks = inputs
+    ctx.save_for_backward(x, log_gates, cu_seqlens, phase)
+    ctx.args = (max_len, block_len, window_blocks)
+
+
+def _swr_backward(ctx, dy):
+    x, log_gates, cu_seqlens, phase = ctx.saved_tensors
+    dx, dg = swr_bwd_op(x, log_gates, dy, cu_seqlens, phase, *ctx.args)
+    return dx, dg, None, None, None, None, None
+
+
+swr_fwd_op.register_autograd(_swr_backward, setup_context=_swr_setup_context)
+
+
+@torch.library.custom_op("phalanx_kernels::core_fwd", mutates_args=())
+def core_fwd_op(
+    proj: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
+    phase: torch.Tensor | None,
+    max_len: int,
+    num_heads: int,
+    head_dim: int,
+    num_gate_groups: int,
+    block_len: int,
+    window_blocks: int,
+    log_cap: float,
+) -> torch.Tensor:
+    """Fused Phalanx core from a zero state: proj (B, T, F) -> (B, T, H*D) in proj's dtype."""
+    proj = proj.contiguous()
+    batch, seqlen, feat = proj.shape
+    out = proj.new_empty(batch, seqlen, num_heads * head_dim)
+    _launch(
+        True, (proj, proj, out), _rows_info(proj, cu_seqlens, phase, max_len),
+        (num_heads, num_gate_groups, head_dim), (feat, feat, num_heads * head_dim), block_len, window_blocks,
+        True, log_cap, proj.dtype == torch.float32,
+    )
+    return out
+
+
+@core_fwd_op.register_fake
+def _(proj, cu_seqlens, phase, max_len, num_heads, head_dim, num_gate_groups, block_len, window_blocks, log_cap):
+    return proj.new_empty(proj.shape[0], proj.shape[1], num_heads * head_dim)
+
+
+@torch.library.custom_op("phalanx_kernels::core_bwd", mutates_args=())
+def core_bwd_op(
+    proj: torch.Tensor,
+    dout: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
+    phase: torch.Tensor | None,
+    max_len: int,
+    num_heads: int,
+    head_dim: int,
+    num_gate_groups: int,
+    block_len: int,
+    window_blocks: int,
+    log_cap: float,
+) -> torch.Tensor:
+    """d(proj) of ``core_fwd``, recomputing gates, gated input and the SWR in fp32."""
+    proj, dout = proj.contiguous(), dout.contiguous()
+    batch, seqlen, feat = proj.shape
+    hd = num_heads * head_dim
+    dproj = torch.empty_like(proj)
+    rep = num_heads // num_gate_groups
+    # With several heads per gate group the kernel writes per-head gate/readout gradients, summed below.
+    per_head = proj.new_empty(batch, seqlen, 2 * hd, dtype=torch.float32) if rep > 1 else None
+    _launch(
+        False, (proj, proj, dout, dproj, dproj, per_head), _rows_info(proj, cu_seqlens, phase, max_len),
+        (num_heads, num_gate_groups, head_dim), (feat, feat, hd, feat, feat), block_len, window_blocks, True,
+        log_cap, proj.dtype == torch.float32,
+    )
+    if per_head is not None:
+        grouped = per_head.view(batch, seqlen, 2, num_gate_groups, rep, head_dim).sum(dim=4)
+        gd = num_gate_groups * head_dim
+        dproj[..., num_heads : num_heads + 2 * gd] = grouped.reshape(batch, seqlen, 2 * gd).to(proj.dtype)
+    return dproj
+
+
+@core_bwd_op.register_fake
+def _(proj, dout, cu_seqlens, phase, max_len, num_heads, head_dim, num_gate_groups, block_len, window_blocks,
+      log_cap):
+    return torch.empty_like(proj)
+
+
+def _core_setup_context(ctx, inputs, output) -> None:
+    proj, cu_seqlens, phase, *args = inputs
+    ctx.save_for_backward(proj, cu_seqlens, phase)
+    ctx.args = tuple(args)
+
+
+def _core_backward(ctx, dout):
+    proj, cu_seqlens, phase = ctx.saved_tensors
+    return core_bwd_op(proj, dout, cu_seqlens, phase, *ctx.args), None, None, None, None, None, None, None, None, None
+
+
+core_fwd_op.register_autograd(_core_backward, setup_context=_core_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Continuation: initial-state contribution and final state, in PyTorch.
+# ----------------------------------------------------------------------------------------------
+
+# Maps flat row indices to the SWR inputs of those rows: (u (n, H, D), log_gates (n, H), readout or None).
+RowInputs = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+
+
+def _initial_state_terms(
+    inputs: RowInputs, starts: torch.Tensor, lengths: torch.Tensor, state: SWRState, block_len: int, window: int,
+    total_rows: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Rows of the first ``W`` aligned blocks of each sequence and what the initial state adds to their SWR output."""
+    span = window * block_len
+    offs = torch.arange(span, device=starts.device)
+    n_head = torch.clamp(span - state.pos.to(starts.device) % block_len, max=lengths)
+    valid = offs[None, :] < n_head[:, None]
+    rows = (starts[:, None] + offs[None, :]).clamp(max=total_rows - 1)
+    u, log_g, readout = inputs(rows.reshape(-1))
+    num_seqs = rows.shape[0]
+    log_g = torch.where(valid[..., None], log_g.view(num_seqs, span, -1).float(), 0.0)
+    zeros = log_g.new_zeros(num_seqs, span, *u.shape[1:])
+    corr = swr_torch(zeros, log_g, block_len=block_len, window_blocks=window, initial_state=state)
+    readout = None if readout is None else readout.view(num_seqs, span, *u.shape[1:])[valid]
+    return rows[valid], corr[valid], readout
+
+
+def _final_state(
+    inputs: RowInputs, starts: torch.Tensor, lengths: torch.Tensor, state: SWRState | None, block_len: int,
+    window: int, num_seqs: int, heads: int, dim: int,
+) -> SWRState:
+    """Final state from the last ``W`` aligned blocks of each sequence (earlier tokens cannot reach it)."""
+    device = starts.device
+    pos0 = state.pos.to(device) if state is not None else torch.zeros(num_seqs, dtype=torch.long, device=device)
+    phase = pos0 % block_len
+    last = (phase + lengths - 1) // block_len
+    tail_block = torch.clamp(last - window + 1, min=0)
+    tail_start = torch.clamp(tail_block * block_len - phase, min=0)
+    counts = lengths - tail_start
+    cu = torch.nn.functional.pad(torch.cumsum(counts, 0), (1, 0))
+    total = int(cu[-1])
+    seg = torch.repeat_interleave(torch.arange(num_seqs, device=device), counts, output_size=total)
+    rows = starts[seg] + tail_start[seg] + torch.arange(total, device=device) - cu[:-1][seg]
+    u, log_g, _ = inputs(rows)
+    from_start = tail_block == 0
+    if state is not None:
+        h0 = torch.where(from_start.view(-1, 1, 1, 1), state.h.to(device, torch.float32), 0.0)
+    else:
+        h0 = torch.zeros(num_seqs, heads, window, dim, device=device)
+    start_state = SWRState(h0, torch.where(from_start, pos0, 0))
+    _, final = swr_torch(
+        u.unsqueeze(0), log_g.unsqueeze(0), block_len=block_len, window_blocks=window, cu_seqlens=cu,
+        initial_state=start_state, output_final_state=True,
+    )
+    return SWRState(final.h, pos0 + lengths)
+
+
+def _sequences(
+    batch: int, seqlen: int, cu_seqlens: torch.Tensor | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """First row, length of every sequence, and the longest length."""
+    if cu_seqlens is None:
+        starts = torch.arange(batch, device=device) * seqlen
+        return starts, torch.full((batch,), seqlen, device=device, dtype=torch.long), seqlen
+    cu = cu_seqlens.to(device=device, dtype=torch.long)
+    lengths = cu[1:] - cu[:-1]
+    return cu[:-1], lengths, int(lengths.max())
+
+
+def swr_triton(
+    x: torch.Tensor,
+    log_gates: torch.Tensor,
+    *,
+    block_len: int = 16,
+    window_blocks: int = 2,
+    cu_seqlens: torch.Tensor | None = None,
+    initial_state: SWRState | None = None,
+    output_final_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, SWRState]:
+    """SWR through the Triton kernels (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
+
+    Same signature and semantics as ``modeling_phalanx.swr_torch.swr_torch``.
+    """
+    num_seqs = check_swr_args(x, log_gates, block_len, window_blocks, cu_seqlens, initial_state)
+    batch, seqlen, heads, dim = x.shape
+    starts, lengths, max_len = _sequences(batch, seqlen, cu_seqlens, x.device)
+    phase = None if initial_state is None else initial_state.pos.to(x.device) % block_len
+    y = swr_fwd_op(x, log_gates, cu_seqlens, phase, max_len, block_len, window_blocks)
+
+    def inputs(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        return x.reshape(-1, heads, dim)[rows].float(), log_gates.reshape(-1, heads)[rows].float(), None
+
+    if initial_state is not None:
+        rows, corr, _ = _initial_state_terms(inputs, starts, lengths, initial_state, block_len, window_blocks,
+                                             batch * seqlen)
+        y = y.reshape(-1, heads, dim).index_add(0, rows, corr.to(y.dtype)).view(batch, seqlen, heads, dim)
+    if not output_final_state:
+        return y
+    return y, _final_state(inputs, starts, lengths, initial_state, block_len, window_blocks, num_seqs, heads, dim)
+
+
+def phalanx_core_triton(
+    proj: torch.Tensor,
+    *,
+    num_heads: int,
+    head_dim: int,
+    num_gate_groups: int,
+    block_len: int = 16,
+    window_blocks: int = 2,
+    cu_seqlens: torch.Tensor | None = None,
+    initial_state: SWRState | None = None,
+    output_final_state: bool = False,
+    decay_cap: float | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, SWRState]:
+    """Fused Phalanx core through the Triton kernels; same signature as ``phalanx_core_torch``."""
+    if not isinstance(proj, torch.Tensor) or proj.dim() != 3:
+        raise ValueError(f"proj must be a tensor of shape (B, T, F), got {getattr(proj, 'shape', type(proj))}")
+    batch, seqlen, _ = proj.shape
+
+    def inputs(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        log_a, u, c, _ = _split_core_inputs(proj.reshape(-1, proj.shape[-1])[rows], num_heads, head_dim,
+                                            num_gate_groups, decay_cap)
+        return u.float(), log_a.float(), c.float()
+
+    # Validates the split (head counts, feature width) and the SWR arguments on a one-row view.
+    u1, log_a1, _ = inputs(torch.zeros(1, dtype=torch.long, device=proj.device))
+    num_seqs = check_swr_args(
+        u1.expand(batch, seqlen, num_heads, head_dim), log_a1.expand(batch, seqlen, num_heads), block_len,
+        window_blocks, cu_seqlens, initial_state,
+    )
+    if decay_cap is not None and not 0.0 < decay_cap <= 1.0:
+        raise ValueError(f"decay_cap must be in (0, 1], got {decay_cap}")
+    log_cap = 0.0 if decay_cap is None else math.log(decay_cap)
+    starts, lengths, max_len = _sequences(batch, seqlen, cu_seqlens, proj.device)
+    phase = None if initial_state is None else initial_state.pos.to(proj.device) % block_len
+    out = core_fwd_op(proj, cu_seqlens, phase, max_len, num_heads, head_dim, num_gate_groups, block_len,
+                      window_blocks, log_cap)
+    if initial_state is not None:
+        rows, corr, readout = _initial_state_terms(inputs, starts, lengths, initial_state, block_len, window_blocks,
+                                                   batch * seqlen)
+        width = num_heads * head_dim
+        add = (corr * readout).reshape(-1, width).to(out.dtype)
+        out = out.reshape(-1, width).index_add(0, rows, add).view(batch, seqlen, width)
+    if not output_final_state:
+        return out
+    state = _final_state(inputs, starts, lengths, initial_state, block_len, window_blocks, num_seqs, num_heads,
+                         head_dim)
+    return out, state

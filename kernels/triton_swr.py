@@ -1,0 +1,312 @@
+"""Triton kernels for the SWR (DESIGN.md section 2) and the fused Phalanx core (section 3).
+
+Layout: inputs are token-major rows, one row per token of all sequences (``B * T`` rows, or the packed
+rows of ``cu_seqlens``). A program owns ``NB`` aligned blocks of ``BL`` tokens of one sequence for ``HB``
+heads. Blocks align to each sequence's first token shifted back by its phase (a continued chunk starts
+mid-block); positions outside the sequence load as x = 0, log-gate = 0.
+
+Forward, per block: the local solve from a zero state is ``L x`` with ``L_ij = exp(p_i - p_j)`` (``p`` the
+in-block prefix sum of log-gates), one ``tl.dot``; the state entering the block (recurrence restarted
+``W - 1`` blocks back) is added as ``exp(p_i) * carry``. The carries live in a ring of ``W - 1`` restart
+states indexed by absolute block number: each block decays every slot by its gate product, adds its
+local terminal state, and overwrites the slot of the oldest restart. Programs are independent: each
+recomputes the ``W - 1`` blocks before its chunk (the halo) instead of communicating.
+
+Backward, for ``dx = L^T dy`` plus the carry gradient from the next ``W - 1`` blocks, the program walks
+blocks forward with a front ``W - 1`` blocks ahead of the block it completes; pending blocks collect
+the decayed ``sum_i exp(p_i) dy_i`` of the front in a second ring. The log-gate gradient uses
+``dg_r = sum_{t >= r} (dy_t . y_t - x_t . dx_t)`` (per head, over channels), accumulated forward from
+the chunk start, whose value there comes from the pairs that straddle the chunk boundary.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _logsigmoid(z):
+    return tl.minimum(z, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(z)))
+
+
+@triton.jit
+def _load_block(
+    X, G, rows, mask_t, h_idx, d, mask_d, LOGCAP,
+    X_ROW: tl.constexpr, G_ROW: tl.constexpr, H: tl.constexpr, HG: tl.constexpr, REP: tl.constexpr,
+    D: tl.constexpr, FUSED: tl.constexpr,
+):
+    """SWR inputs of one block: x (HB, BL, DP) and log-gates (HB, BL) in fp32 (zero where masked).
+
+    Fused: x = sigmoid(input-gate logits of the head's group) * values, log-gate = logsigmoid(decay
+    logit) + LOGCAP, all read from the projection row [decay (H) | gate (HG*D) | readout (HG*D) | values (H*D)].
+    """
+    m2 = mask_t[None, :]
+    m3 = m2[:, :, None] & mask_d[None, None, :]
+    r2 = rows[None, :]
+    r3 = rows[None, :, None]
+    if FUSED:
+        za = tl.load(G + r2 * G_ROW + h_idx[:, None], mask=m2, other=0.0).to(tl.float32)
+        grp = h_idx // REP
+        zb = tl.load(X + r3 * X_ROW + H + grp[:, None, None] * D + d[None, None, :], mask=m3, other=0.0)
+        v = tl.load(X + r3 * X_ROW + H + 2 * HG * D + h_idx[:, None, None] * D + d[None, None, :], mask=m3, other=0.0)
+        x = tl.sigmoid(zb.to(tl.float32)) * v.to(tl.float32)
+        g = tl.where(m2, _logsigmoid(za) + LOGCAP, 0.0)
+    else:
+        x = tl.load(X + r3 * X_ROW + h_idx[:, None, None] * D + d[None, None, :], mask=m3, other=0.0).to(tl.float32)
+        g = tl.load(G + r2 * G_ROW + h_idx[:, None], mask=m2, other=0.0).to(tl.float32)
+    return x, g
+
+
+@triton.jit
+def _load_readout(X, rows, mask_t, h_idx, d, mask_d, X_ROW: tl.constexpr, H: tl.constexpr, HG: tl.constexpr,
+                  REP: tl.constexpr, D: tl.constexpr):
+    """Readout c (of the head's group) and values v of one block, fp32 (HB, BL, DP)."""
+    m3 = mask_t[None, :, None] & mask_d[None, None, :]
+    r3 = rows[None, :, None]
+    grp = h_idx // REP
+    c = tl.load(X + r3 * X_ROW + H + HG * D + grp[:, None, None] * D + d[None, None, :], mask=m3, other=0.0)
+    v = tl.load(X + r3 * X_ROW + H + 2 * HG * D + h_idx[:, None, None] * D + d[None, None, :], mask=m3, other=0.0)
+    return c.to(tl.float32), v.to(tl.float32)
+
+
+@triton.jit
+def _ring_read(ring, slots, slot):
+    """Slot ``slot`` of a ring (WP, HB, DP) -> (HB, DP)."""
+    return tl.sum(tl.where((slots == slot)[:, None, None], ring, 0.0), axis=0)
+
+
+@triton.jit
+def _ring_push(ring, slots, slot, decay, term):
+    """Advance every restart state through a block (decay (HB,), local terminal state term (HB, DP)) and
+    start a new restart in ``slot`` (its value after the block is the terminal state itself)."""
+    ring = ring * decay[None, :, None] + term[None, :, :]
+    return tl.where((slots == slot)[:, None, None], term[None, :, :], ring)
+
+
+@triton.jit
+def _seq_setup(CU, PHASE, T, VARLEN: tl.constexpr, HAS_PHASE: tl.constexpr, BL: tl.constexpr, HB: tl.constexpr,
+               H: tl.constexpr):
+    """Sequence of this program: first row, length, phase, number of aligned blocks and head indices."""
+    pid_nh = tl.program_id(1)
+    n = pid_nh // (H // HB)
+    h_idx = (pid_nh % (H // HB)) * HB + tl.arange(0, HB)
+    if VARLEN:
+        bos = tl.load(CU + n).to(tl.int64)
+        length = (tl.load(CU + n + 1).to(tl.int64) - bos).to(tl.int32)
+    else:
+        bos = n.to(tl.int64) * T
+        length = T
+    if HAS_PHASE:
+        phase = tl.load(PHASE + n).to(tl.int32)
+    else:
+        phase = 0
+    nblocks = (length + phase + BL - 1) // BL
+    return bos, length, phase, nblocks, h_idx
+
+
+@triton.jit
+def _swr_fwd_kernel(
+    X, G, Y, CU, PHASE, T, LOGCAP,
+    X_ROW: tl.constexpr, G_ROW: tl.constexpr, Y_ROW: tl.constexpr,
+    H: tl.constexpr, HG: tl.constexpr, REP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    BL: tl.constexpr, W: tl.constexpr, WP: tl.constexpr, NB: tl.constexpr, HB: tl.constexpr,
+    FUSED: tl.constexpr, VARLEN: tl.constexpr, HAS_PHASE: tl.constexpr, IEEE: tl.constexpr,
+):
+    """y = SWR(x, g) (or, fused, out = SWR(sigmoid(zb) v, logsigmoid(za)) * c + v) for NB blocks x HB heads."""
+    bos, length, phase, nblocks, h_idx = _seq_setup(CU, PHASE, T, VARLEN, HAS_PHASE, BL, HB, H)
+    c0 = tl.program_id(0) * NB
+    if c0 >= nblocks:
+        return
+    c1 = tl.minimum(c0 + NB, nblocks)
+    t_in = tl.arange(0, BL)
+    d = tl.arange(0, DP)
+    mask_d = d < D
+    slots = tl.arange(0, WP)
+    causal = t_in[:, None] >= t_in[None, :]
+    ring = tl.zeros((WP, HB, DP), dtype=tl.float32)
+
+    # Halo: local terminal states of the W-1 blocks before the chunk.
+    for blk in range(tl.maximum(c0 - (W - 1), 0), c0):
+        tok = blk * BL + t_in - phase
+        mask_t = (tok >= 0) & (tok < length)
+        x, g = _load_block(X, G, bos + tok, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
+        p = tl.cumsum(g, axis=1)
+        tot = tl.sum(g, axis=1)
+        term = tl.sum(tl.exp(tot[:, None] - p)[:, :, None] * x, axis=1)
+        ring = _ring_push(ring, slots, blk % WP, tl.exp(tot), term)
+
+    for blk in range(c0, c1):
+        tok = blk * BL + t_in - phase
+        mask_t = (tok >= 0) & (tok < length)
+        rows = bos + tok
+        x, g = _load_block(X, G, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
+        p = tl.cumsum(g, axis=1)
+        tot = tl.sum(g, axis=1)
+        trans = tl.where(causal[None, :, :], tl.exp(p[:, :, None] - p[:, None, :]), 0.0)
+        if IEEE:
+            y = tl.dot(trans, x, input_precision="ieee")
+        else:
+            y = tl.dot(trans, x)
+        if W > 1:
+            carry = _ring_read(ring, slots, (blk + WP - (W - 1) % WP) % WP)
+            y += tl.exp(p)[:, :, None] * carry[:, None, :]
+            term = tl.sum(tl.exp(tot[:, None] - p)[:, :, None] * x, axis=1)
+            ring = _ring_push(ring, slots, blk % WP, tl.exp(tot), term)
+        m3 = mask_t[None, :, None] & mask_d[None, None, :]
+        if FUSED:
+            c, v = _load_readout(X, rows, mask_t, h_idx, d, mask_d, X_ROW, H, HG, REP, D)
+            y = y * c + v
+        out = Y + rows[None, :, None] * Y_ROW + h_idx[:, None, None] * D + d[None, None, :]
+        tl.store(out, y.to(Y.dtype.element_ty), mask=m3)
+
+
+@triton.jit
+def _swr_bwd_kernel(
+    X, G, DY, DX, DG, DC, CU, PHASE, T, LOGCAP,
+    X_ROW: tl.constexpr, G_ROW: tl.constexpr, DY_ROW: tl.constexpr, DX_ROW: tl.constexpr, DG_ROW: tl.constexpr,
+    H: tl.constexpr, HG: tl.constexpr, REP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    BL: tl.constexpr, W: tl.constexpr, WP: tl.constexpr, NB: tl.constexpr, HB: tl.constexpr,
+    FUSED: tl.constexpr, VARLEN: tl.constexpr, HAS_PHASE: tl.constexpr, IEEE: tl.constexpr,
+):
+    """Gradients of the SWR for NB blocks x HB heads.
+
+    Plain: dx (rows of DX) and dg (rows of DG). Fused: DY is d(out); the kernel writes d(proj) rows into
+    DX: decay logits, input-gate logits, readout and values; with REP > 1 heads per gate group the
+    per-head gate and readout gradients go to DC (rows of 2*H*D) and the caller sums them per group.
+    """
+    bos, length, phase, nblocks, h_idx = _seq_setup(CU, PHASE, T, VARLEN, HAS_PHASE, BL, HB, H)
+    c0 = tl.program_id(0) * NB
+    if c0 >= nblocks:
+        return
+    c1 = tl.minimum(c0 + NB, nblocks)
+    t_in = tl.arange(0, BL)
+    d = tl.arange(0, DP)
+    mask_d = d < D
+    slots = tl.arange(0, WP)
+    causal = t_in[:, None] >= t_in[None, :]
+    anti = t_in[:, None] <= t_in[None, :]
+    ring = tl.zeros((WP, HB, DP), dtype=tl.float32)  # forward restart states
+    pend = tl.zeros((WP, HB, DP), dtype=tl.float32)  # carry gradients of pending blocks
+    pend_decay = tl.zeros((WP, HB), dtype=tl.float32)
+
+    for blk in range(tl.maximum(c0 - (W - 1), 0), c0):
+        tok = blk * BL + t_in - phase
+        mask_t = (tok >= 0) & (tok < length)
+        x, g = _load_block(X, G, bos + tok, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
+        p = tl.cumsum(g, axis=1)
+        tot = tl.sum(g, axis=1)
+        term = tl.sum(tl.exp(tot[:, None] - p)[:, :, None] * x, axis=1)
+        ring = _ring_push(ring, slots, blk % WP, tl.exp(tot), term)
+
+    # Log-gate gradient at the chunk start: pairs (s < start <= i) with s in the halo, i in the next W-1 blocks.
+    dg_run = tl.zeros((HB,), dtype=tl.float32)
+    decay = tl.full((HB,), 1.0, dtype=tl.float32)
+    for f in range(c0, c0 + W - 1):
+        tok = f * BL + t_in - phase
+        mask_t = (tok >= 0) & (tok < length)
+        rows = bos + tok
+        dy, g = _load_dy(X, G, DY, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, DY_ROW, H, HG, REP, D, FUSED)
+        p = tl.cumsum(g, axis=1)
+        dterm = tl.sum(tl.exp(p)[:, :, None] * dy, axis=1)
+        dg_run += decay * tl.sum(dterm * _ring_read(ring, slots, (f + WP - (W - 1) % WP) % WP), axis=1)
+        decay *= tl.exp(tl.sum(g, axis=1))
+
+    for f in range(c0, c1 + W - 1):
+        if W > 1:
+            tok = f * BL + t_in - phase
+            mask_t = (tok >= 0) & (tok < length)
+            dy, g = _load_dy(X, G, DY, bos + tok, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, DY_ROW, H, HG,
+                             REP, D, FUSED)
+            p = tl.cumsum(g, axis=1)
+            dterm = tl.sum(tl.exp(p)[:, :, None] * dy, axis=1)
+            pend += pend_decay[:, :, None] * dterm[None, :, :]
+            pend_decay *= tl.exp(tl.sum(g, axis=1))[None, :]
+        b = f - (W - 1)
+        if b >= c0:
+            tok = b * BL + t_in - phase
+            mask_t = (tok >= 0) & (tok < length)
+            rows = bos + tok
+            x, g = _load_block(X, G, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
+            dy, g = _load_dy(X, G, DY, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, DY_ROW, H, HG, REP, D,
+                             FUSED)
+            p = tl.cumsum(g, axis=1)
+            tot = tl.sum(g, axis=1)
+            diff = p[:, :, None] - p[:, None, :]
+            trans = tl.where(causal[None, :, :], tl.exp(diff), 0.0)
+            # trans_t[j, i] = L[i, j]: built directly instead of transposing.
+            trans_t = tl.where(anti[None, :, :], tl.exp(-diff), 0.0)
+            if IEEE:
+                y = tl.dot(trans, x, input_precision="ieee")
+                dx = tl.dot(trans_t, dy, input_precision="ieee")
+            else:
+                y = tl.dot(trans, x)
+                dx = tl.dot(trans_t, dy)
+            tail = tl.exp(tot[:, None] - p)
+            if W > 1:
+                y += tl.exp(p)[:, :, None] * _ring_read(ring, slots, (b + WP - (W - 1) % WP) % WP)[:, None, :]
+                dx += tail[:, :, None] * _ring_read(pend, slots, b % WP)[:, None, :]
+                ring = _ring_push(ring, slots, b % WP, tl.exp(tot), tl.sum(tail[:, :, None] * x, axis=1))
+                pend_decay = tl.where((slots == b % WP)[:, None], 0.0, pend_decay)
+            q = tl.sum(dy * y - x * dx, axis=2)
+            dg = dg_run[:, None] - (tl.cumsum(q, axis=1) - q)
+            dg_run -= tl.sum(q, axis=1)
+            _store_grads(X, G, DY, DX, DG, DC, rows, mask_t, h_idx, d, mask_d, y, dx, dg, X_ROW, G_ROW, DY_ROW,
+                         DX_ROW, DG_ROW, H, HG, REP, D, FUSED)
+        if W > 1:
+            pend = tl.where((slots == f % WP)[:, None, None], 0.0, pend)
+            pend_decay = tl.where((slots == f % WP)[:, None], 1.0, pend_decay)
+
+
+@triton.jit
+def _load_dy(X, G, DY, rows, mask_t, h_idx, d, mask_d, LOGCAP,
+             X_ROW: tl.constexpr, G_ROW: tl.constexpr, DY_ROW: tl.constexpr, H: tl.constexpr, HG: tl.constexpr,
+             REP: tl.constexpr, D: tl.constexpr, FUSED: tl.constexpr):
+    """Gradient of the SWR output (fused: d(out) * readout) and log-gates of one block, fp32."""
+    m2 = mask_t[None, :]
+    m3 = m2[:, :, None] & mask_d[None, None, :]
+    r3 = rows[None, :, None]
+    dy = tl.load(DY + r3 * DY_ROW + h_idx[:, None, None] * D + d[None, None, :], mask=m3, other=0.0).to(tl.float32)
+    if FUSED:
+        grp = h_idx // REP
+        c = tl.load(X + r3 * X_ROW + H + HG * D + grp[:, None, None] * D + d[None, None, :], mask=m3, other=0.0)
+        dy = dy * c.to(tl.float32)
+        za = tl.load(G + rows[None, :] * G_ROW + h_idx[:, None], mask=m2, other=0.0).to(tl.float32)
+        g = tl.where(m2, _logsigmoid(za) + LOGCAP, 0.0)
+    else:
+        g = tl.load(G + rows[None, :] * G_ROW + h_idx[:, None], mask=m2, other=0.0).to(tl.float32)
+    return dy, g
+
+
+@triton.jit
+def _store_grads(X, G, DY, DX, DG, DC, rows, mask_t, h_idx, d, mask_d, y, dx, dg,
+                 X_ROW: tl.constexpr, G_ROW: tl.constexpr, DY_ROW: tl.constexpr, DX_ROW: tl.constexpr,
+                 DG_ROW: tl.constexpr, H: tl.constexpr, HG: tl.constexpr, REP: tl.constexpr, D: tl.constexpr,
+                 FUSED: tl.constexpr):
+    """Write the gradients of one block (plain: dx, dg; fused: the four parts of d(proj))."""
+    m2 = mask_t[None, :]
+    m3 = m2[:, :, None] & mask_d[None, None, :]
+    r3 = rows[None, :, None]
+    hd = h_idx[:, None, None] * D + d[None, None, :]
+    if FUSED:
+        grp = h_idx // REP
+        gd = grp[:, None, None] * D + d[None, None, :]
+        za = tl.load(G + rows[None, :] * G_ROW + h_idx[:, None], mask=m2, other=0.0).to(tl.float32)
+        zb = tl.load(X + r3 * X_ROW + H + gd, mask=m3, other=0.0).to(tl.float32)
+        v = tl.load(X + r3 * X_ROW + H + 2 * HG * D + hd, mask=m3, other=0.0).to(tl.float32)
+        dout = tl.load(DY + r3 * DY_ROW + hd, mask=m3, other=0.0).to(tl.float32)
+        sb = tl.sigmoid(zb)
+        d_zb = dx * v * sb * (1.0 - sb)
+        d_c = dout * y
+        ty = DX.dtype.element_ty
+        tl.store(DX + rows[None, :] * DX_ROW + h_idx[:, None], (dg * tl.sigmoid(-za)).to(ty), mask=m2)
+        tl.store(DX + r3 * DX_ROW + H + 2 * HG * D + hd, (dout + dx * sb).to(ty), mask=m3)
+        if REP == 1:
+            tl.store(DX + r3 * DX_ROW + H + gd, d_zb.to(ty), mask=m3)
+            tl.store(DX + r3 * DX_ROW + H + HG * D + gd, d_c.to(ty), mask=m3)
+        else:
+            tl.store(DC + r3 * (2 * H * D) + hd, d_zb, mask=m3)
+            tl.store(DC + r3 * (2 * H * D) + H * D + hd, d_c, mask=m3)
+    else:
+        tl.store(DX + r3 * DX_ROW + hd, dx.to(DX.dtype.element_ty), mask=m3)
+        tl.store(DG + rows[None, :] * DG_ROW + h_idx[:, None], dg.to(DG.dtype.element_ty), mask=m2)
