@@ -8,7 +8,6 @@ import torch
 
 from modeling_phalanx.swr_torch import (
     SWRState,
-    check_swr_args,
     phalanx_core_step_torch,
     phalanx_core_torch,
     swr_step as swr_step_torch,
@@ -16,11 +15,10 @@ from modeling_phalanx.swr_torch import (
 )
 
 try:
-    from . import triton_swr
+    from .triton_ops import phalanx_core_triton, swr_triton
 
     HAS_TRITON = True
-except ImportError:  # triton missing or unusable on this platform
-    triton_swr = None
+except ImportError:  # triton missing or unusable on this platform: the PyTorch path serves every device
     HAS_TRITON = False
 
 
@@ -55,8 +53,7 @@ def swr(
             initial_state=initial_state,
             output_final_state=output_final_state,
         )
-    check_swr_args(x, log_gates, block_len, window_blocks, cu_seqlens, initial_state)
-    return triton_swr.swr_triton(
+    return swr_triton(
         x,
         log_gates,
         block_len=block_len,
@@ -101,7 +98,7 @@ def phalanx_core(
     )
     if not isinstance(proj, torch.Tensor) or not _use_triton(proj):
         return phalanx_core_torch(proj, **kwargs)
-    return triton_swr.phalanx_core_triton(proj, **kwargs)
+    return phalanx_core_triton(proj, **kwargs)
 
 
 def phalanx_core_step(
