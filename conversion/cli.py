@@ -1,0 +1,74 @@
+"""`phalanx convert`: swap the SWA layers of a checkpoint for Phalanx mixers, or analyze them first.
+
+    phalanx convert SRC OUT [--layers sliding|none|3,5,7] [--block-len 16] [--window-blocks 2]
+                            [--init vo|qkvo|random] [--dtype auto|float32|bfloat16|float16] [--force]
+    phalanx convert --analyze SRC --data TEXT [--plot attention_mass.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .families import supported_families
+from .init import DEFAULT_INIT, INIT_SCHEMES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="source checkpoint folder (Transformers, safetensors)")
+    parser.add_argument("out", nargs="?", help="output folder for the converted checkpoint")
+    parser.add_argument(
+        "--layers",
+        default="sliding",
+        help="layers to convert: 'sliding' (every SWA layer, default), 'none', or comma-separated indices",
+    )
+    parser.add_argument("--block-len", type=int, default=16, help="SWR block length (16, 32 or 64)")
+    parser.add_argument("--window-blocks", type=int, default=2, help="SWR blocks each token sees")
+    parser.add_argument("--phalanx-head-dim", type=int, default=16, help="Phalanx head size (multiple of 16)")
+    parser.add_argument(
+        "--init", choices=INIT_SCHEMES, default=DEFAULT_INIT,
+        help=f"warm start of the mixers from the attention weights (default {DEFAULT_INIT}; see README)",
+    )
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard written")
+    parser.add_argument("--analyze", action="store_true", help="measure attention mass beyond 16/32/128 tokens per SWA layer instead of converting")
+    parser.add_argument("--data", nargs="+", help="text files or folders for --analyze")
+    parser.add_argument("--plot", default="attention_mass.png", help="PNG written by --analyze")
+    parser.add_argument("--seq-len", type=int, default=512, help="sequence length for --analyze")
+    parser.add_argument("--max-tokens", type=int, default=16384, help="tokens of --data used by --analyze")
+    parser.epilog = f"Supported source families: {', '.join(supported_families())}."
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.analyze:
+        from .analyze import analyze_checkpoint, format_table, plot_mass
+        from .convert import read_source_config
+
+        if not args.data:
+            raise ValueError("--analyze needs --data TEXT (files or folders)")
+        results = analyze_checkpoint(args.src, args.data, seq_len=args.seq_len, max_tokens=args.max_tokens)
+        window = getattr(read_source_config(args.src), "sliding_window", None)
+        print(format_table(results, window))
+        print(f"plot: {plot_mass(results, args.plot, f'{args.src}: attention mass per SWA layer')}")
+        return 0
+    if args.out is None:
+        raise ValueError("missing OUT folder (or pass --analyze)")
+    from .convert import convert_checkpoint
+
+    result = convert_checkpoint(
+        args.src,
+        args.out,
+        layers=args.layers,
+        block_len=args.block_len,
+        window_blocks=args.window_blocks,
+        phalanx_head_dim=args.phalanx_head_dim,
+        init=args.init,
+        dtype=args.dtype,
+        force=args.force,
+        max_shard_size=args.max_shard_size,
+    )
+    print(
+        f"converted {result.model_type} layers {result.converted_layers or 'none'} -> {result.out} "
+        f"(init {result.init}, SWR {result.block_len} x {result.window_blocks}, {result.dtype})"
+    )
+    return 0
