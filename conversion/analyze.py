@@ -72,7 +72,11 @@ def analyze_checkpoint(
     if not layers:
         raise ValueError(f"{src} has no sliding-window attention layers to analyze")
     tokenizer = AutoTokenizer.from_pretrained(src)
-    ids = [t for text in read_texts(data, exclude_held_out=False) for t in tokenizer(text)["input_ids"]]
+    ids: list[int] = []
+    for text in read_texts(data, exclude_held_out=False):
+        ids.extend(tokenizer(text)["input_ids"])
+        if len(ids) >= max_tokens:
+            break
     rows = min(len(ids), max_tokens) // seq_len
     if rows == 0:
         raise ValueError(f"the data holds {len(ids)} tokens, fewer than one sequence of {seq_len}")
