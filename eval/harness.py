@@ -14,6 +14,7 @@ from typing import Any
 
 TASK_DIR = Path(__file__).resolve().parent / "tasks"
 DEFAULT_MAX_LENGTH_CAP = 16384
+SHIPPED_PREFIX = "phalanx"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -24,17 +25,13 @@ def shipped_task_manager():
     return TaskManager(include_path=str(TASK_DIR), include_defaults=False)
 
 
-def available_tasks() -> list[str]:
-    """Names of the shipped tasks, groups and tags."""
-    return shipped_task_manager().all_tasks
-
-
 def resolve_task_manager(tasks: list[str]):
     """The smallest ``TaskManager`` that knows every name (or glob) in ``tasks``.
 
-    Shipped names resolve without touching lm-eval's built-in tasks; other names fall back to a
-    manager that also indexes lm-eval's own tasks (which may need the network to download data).
-    Raises ``ValueError`` listing the shipped tasks when a name is unknown to both.
+    Shipped names resolve without touching lm-eval's built-in tasks. Other names fall back to a
+    manager that also indexes lm-eval's own tasks (slow: thousands of YAML files; their data may need
+    the network), except names in the shipped ``phalanx`` namespace, which fail at once. Raises
+    ``ValueError`` listing the shipped tasks when a name is unknown.
     """
     from lm_eval import utils as lm_utils
     from lm_eval.tasks import TaskManager
@@ -42,20 +39,23 @@ def resolve_task_manager(tasks: list[str]):
     if not tasks:
         raise ValueError("no tasks given")
     manager = shipped_task_manager()
+    shipped = manager.all_tasks
 
     def unknown(tm) -> list[str]:
         return [t for t in tasks if not lm_utils.pattern_match([t], tm.all_tasks)]
 
-    if not unknown(manager):
+    missing = unknown(manager)
+    if not missing:
         return manager
-    full = TaskManager(include_path=str(TASK_DIR), include_defaults=True)
-    missing = unknown(full)
-    if missing:
-        raise ValueError(
-            f"unknown task(s): {', '.join(missing)}. Shipped tasks: {', '.join(manager.all_tasks)}. "
-            "lm-eval's built-in tasks are accepted too (`lm-eval ls tasks` lists them)."
-        )
-    return full
+    if not any(t.startswith(SHIPPED_PREFIX) for t in missing):
+        manager = TaskManager(include_path=str(TASK_DIR), include_defaults=True)
+        missing = unknown(manager)
+        if not missing:
+            return manager
+    raise ValueError(
+        f"unknown task(s): {', '.join(missing)}. Shipped tasks: {', '.join(shipped)}. "
+        "lm-eval's built-in tasks are accepted too (`lm-eval ls tasks` lists them)."
+    )
 
 
 def check_model_path(model: str) -> None:

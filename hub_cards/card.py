@@ -28,6 +28,11 @@ MIXER_NAMES = {
 }
 
 
+def _natural_key(name: str) -> list[str | int]:
+    """Sort key that orders ``task_64`` before ``task_128``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def load_results(path: str | Path) -> dict[str, Any]:
     """Read lm-eval results JSON (``simple_evaluate`` output): ``results`` maps tasks to metric dicts.
 
@@ -55,7 +60,7 @@ def metric_values(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     and non-numeric values (``"N/A"``, aliases) are skipped.
     """
     table: dict[str, dict[str, float]] = {}
-    for task, metrics in results["results"].items():
+    for task, metrics in sorted(results["results"].items(), key=lambda item: _natural_key(item[0])):
         for key, value in metrics.items():
             name, sep, filt = key.partition(",")
             if not sep or name.endswith("_stderr") or isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -101,7 +106,6 @@ def hub_base_model(provenance: dict[str, Any] | None) -> str | None:
 
 def eval_results(results: dict[str, Any]) -> list[EvalResult]:
     """``model-index`` entries, one per task and metric, attributed to lm-evaluation-harness."""
-    versions = results.get("versions") or {}
     return [
         EvalResult(
             task_type="text-generation",
@@ -109,7 +113,6 @@ def eval_results(results: dict[str, Any]) -> list[EvalResult]:
             dataset_type=task,
             dataset_name=task,
             dataset_split="test",
-            dataset_revision=str(versions[task]) if task in versions else None,
             metric_type=metric,
             metric_name=metric,
             metric_value=round(value, 6),
@@ -171,7 +174,7 @@ def _results_section(results: dict[str, Any] | None) -> str:
         return "No evaluation results were supplied at export time (`phalanx export --eval-results`)."
     rows = ["| task | metric | value |", "|---|---|---:|"]
     rows += [
-        f"| {task} | {metric} | {value:.4f} |"
+        f"| {task} | {metric} | {value:.6g} |"
         for task, metrics in metric_values(results).items()
         for metric, value in metrics.items()
     ]
@@ -185,7 +188,7 @@ def _results_section(results: dict[str, Any] | None) -> str:
 
 def _provenance_section(provenance: dict[str, Any] | None) -> str:
     if provenance is None:
-        return "Trained from scratch with the Phalanx repository (no conversion record was found)."
+        return f"No conversion record (`{PROVENANCE_FILE}`) was found: the model was not made by `phalanx convert`."
     layers = provenance["converted_layers"]
     layers_text = ", ".join(map(str, layers)) if isinstance(layers, list) else str(layers)
     extra = {k: v for k, v in provenance.items() if k not in PROVENANCE_KEYS}
