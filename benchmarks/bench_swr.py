@@ -1,0 +1,123 @@
+"""Time the Triton SWR operator on a CUDA GPU next to its memory-bandwidth floor.
+
+Shapes (kernels.md section 4): shape A (batch 8, 64 heads x 16, 8192 tokens, bf16) and width 2048
+(128 heads x 16) at 4K-32K tokens with 32768 tokens per call. Forward moves 66 bytes per token-head
+(read x and the bf16 log-gate, write y); forward+backward adds the backward's reads of x, log-gate and
+dy and writes of dx and d(log-gate): 166 bytes. Floors use the copy bandwidth measured in the same run.
+
+    python benchmarks/bench_swr.py [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import triton
+import triton.testing
+
+import phalanx_kernels
+from phalanx_kernels import triton_ops
+
+# Public CUDA kernel (spear `btp`, 8 warps per block) at shape A, kernels.md section 4.
+ANCHORS_MS = {"spear_fwd": 0.62, "spear_fwd_bwd": 2.90}
+SHAPES = {
+    "A (8x8192, 64x16)": (8, 8192, 64, 16),
+    "B 4K (8x4096, 128x16)": (8, 4096, 128, 16),
+    "B 8K (4x8192, 128x16)": (4, 8192, 128, 16),
+    "B 16K (2x16384, 128x16)": (2, 16384, 128, 16),
+    "B 32K (1x32768, 128x16)": (1, 32768, 128, 16),
+}
+
+
+def bench_ms(fn) -> float:
+    """Median milliseconds of ``fn`` (CUDA events, after warm-up)."""
+    return float(triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median"))
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth in bytes/s (bytes read + written) over a 1 GiB buffer."""
+    src = torch.randn(256 * 1024 * 1024, device="cuda")
+    dst = torch.empty_like(src)
+    ms = bench_ms(lambda: dst.copy_(src))
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def swr_inputs(batch: int, seqlen: int, heads: int, dim: int, dtype: torch.dtype):
+    x = torch.randn(batch, seqlen, heads, dim, device="cuda", dtype=dtype, requires_grad=True)
+    g = torch.nn.functional.logsigmoid(4 * torch.randn(batch, seqlen, heads, device="cuda")).to(dtype)
+    g.requires_grad_(True)
+    dy = torch.randn_like(x)
+    return x, g, dy
+
+
+def time_swr(batch: int, seqlen: int, heads: int, dim: int, dtype: torch.dtype = torch.bfloat16) -> dict[str, float]:
+    """Forward and forward+backward medians (ms) of ``phalanx_kernels.swr`` (BL 16, W 2)."""
+    x, g, dy = swr_inputs(batch, seqlen, heads, dim, dtype)
+
+    def fwd_bwd() -> None:
+        y = phalanx_kernels.swr(x, g)
+        torch.autograd.backward(y, dy, inputs=[x, g])
+
+    with torch.no_grad():
+        fwd = bench_ms(lambda: phalanx_kernels.swr(x, g))
+    return {"fwd_ms": fwd, "fwd_bwd_ms": bench_ms(fwd_bwd)}
+
+
+def floors_ms(batch: int, seqlen: int, heads: int, dim: int, bandwidth: float) -> dict[str, float]:
+    token_heads = batch * seqlen * heads
+    fwd_bytes = token_heads * (2 * dim + 2 + 2 * dim)
+    bwd_bytes = token_heads * (3 * 2 * dim + 2 * 2)
+    return {"floor_fwd_ms": fwd_bytes / bandwidth * 1e3, "floor_fwd_bwd_ms": (fwd_bytes + bwd_bytes) / bandwidth * 1e3}
+
+
+def sweep_configs(batch: int, seqlen: int, heads: int, dim: int, configs: list[dict[str, int]]) -> list[dict]:
+    """Time forward and forward+backward under each launch configuration (replaces ``launch_config``)."""
+    default = triton_ops.launch_config
+    rows = []
+    try:
+        for cfg in configs:
+            triton_ops.launch_config = lambda h, d, bl, cfg=cfg: dict(cfg)
+            rows.append({**cfg, **time_swr(batch, seqlen, heads, dim)})
+    finally:
+        triton_ops.launch_config = default
+    return rows
+
+
+def run(bandwidth: float) -> list[dict]:
+    rows = []
+    for name, shape in SHAPES.items():
+        row = {"shape": name, **time_swr(*shape), **floors_ms(*shape, bandwidth)}
+        row["fwd_x_floor"] = row["fwd_ms"] / row["floor_fwd_ms"]
+        row["fwd_bwd_x_floor"] = row["fwd_bwd_ms"] / row["floor_fwd_bwd_ms"]
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| shape | fwd ms | floor | x floor | fwd+bwd ms | floor | x floor |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['shape']} | {r['fwd_ms']:.3f} | {r['floor_fwd_ms']:.3f} | {r['fwd_x_floor']:.2f} | "
+            f"{r['fwd_bwd_ms']:.3f} | {r['floor_fwd_bwd_ms']:.3f} | {r['fwd_bwd_x_floor']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write the raw results here")
+    args = parser.parse_args()
+    bandwidth = copy_bandwidth()
+    rows = run(bandwidth)
+    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}  "
+          f"copy {bandwidth / 1e12:.2f} TB/s  anchors (spear, shape A): {ANCHORS_MS}")
+    print(format_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"copy_bandwidth": bandwidth, "rows": rows, "anchors_ms": ANCHORS_MS}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
