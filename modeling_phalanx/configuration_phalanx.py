@@ -209,6 +209,31 @@ class PhalanxConfig(PreTrainedConfig):
                     f"rope_parameters is nested by layer type but has no entry for {missing}; add one (None = NoPE)"
                 )
 
+    def convert_rope_params_to_dict(self, **kwargs) -> dict:
+        """Fold legacy `rope_scaling` / `rope_theta` keys into `rope_parameters` (flat or nested by layer type)."""
+        rope_scaling = kwargs.pop("rope_scaling", None)
+        self.rope_theta = kwargs.pop("rope_theta", self.default_theta)
+        self.rope_parameters = rope_scaling or self.rope_parameters or {}
+        self.standardize_rope_params()
+        del self.rope_theta
+        return kwargs
+
+    def standardize_rope_params(self) -> None:
+        """Fill `rope_type` / `rope_theta` defaults in each RoPE dict.
+
+        Overridden because Transformers 5.17 assumes every layer type (including `"linear_attention"`) has an
+        entry when `rope_parameters` is nested.
+        """
+        theta = getattr(self, "rope_theta", self.default_theta)
+        nested = self.rope_parameters_by_layer_type
+        for params in self.rope_parameters.values() if nested else [self.rope_parameters]:
+            if params is None:
+                continue
+            params.setdefault("rope_type", params.get("type", "default"))
+            params.setdefault("rope_theta", theta)
+            if params["rope_type"] in ("llama3", "yarn", "longrope"):
+                params.setdefault("original_max_position_embeddings", self.max_position_embeddings)
+
     @property
     def rope_parameters_by_layer_type(self) -> bool:
         """Whether `rope_parameters` is a dict keyed by layer-type name (per-layer-type RoPE)."""

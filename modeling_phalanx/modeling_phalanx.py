@@ -359,11 +359,9 @@ class PhalanxAttention(nn.Module):
         if past_key_values is not None:
             key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
 
-        implementation = self.config._attn_implementation
-        if self.attn_logit_softcapping is not None and implementation == "sdpa":
-            # SDPA cannot soft-cap scores; the eager path computes the same attention.
-            implementation = "eager"
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
         softcap_kwargs = {} if self.attn_logit_softcapping is None else {"softcap": self.attn_logit_softcapping}
         attn_output, attn_weights = attention_interface(
             self,
@@ -658,6 +656,15 @@ class PhalanxPreTrainedModel(PreTrainedModel):
             auto_map.setdefault(auto_class, target)
         self.config.auto_map = auto_map
         super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _sdpa_can_dispatch(self, is_init_check: bool = False) -> bool:
+        # SDPA cannot soft-cap attention scores (Gemma2): the default then falls back to eager.
+        if self.config.attn_logit_softcapping is not None:
+            raise ValueError(
+                "attn_logit_softcapping is set, which SDPA cannot apply; use attn_implementation='eager', "
+                "'flex_attention' or 'flash_attention_2'"
+            )
+        return super()._sdpa_can_dispatch(is_init_check)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
