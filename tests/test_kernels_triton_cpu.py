@@ -1,0 +1,149 @@
+"""The Triton SWR and fused-core kernels under ``TRITON_INTERPRET=1`` on CPU tensors.
+
+The entry points of ``phalanx_kernels.triton_ops`` are called directly (the public API sends CPU tensors
+to PyTorch). References: the float64 loop oracle of ``test_swr_reference`` for the SWR, and
+``phalanx_core_torch`` in float64 for the fused core. Shapes stay small: the interpreter runs every
+program in numpy.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modeling_phalanx.swr_torch import phalanx_core_torch, swr_torch
+from phalanx_kernels import SWRState
+
+triton_ops = pytest.importorskip("phalanx_kernels.triton_ops", reason="needs triton")
+from test_swr_reference import near_one_gates, oracle, sharp_gates  # noqa: E402
+
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=1e-2, atol=1e-2)}
+
+
+def _values_and_grads(fn, inputs: list[torch.Tensor], weights: torch.Tensor) -> list[torch.Tensor]:
+    """fn(*inputs) and the gradients of sum(fn(...) * weights) with respect to every input."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    (out.double() * weights).sum().backward()
+    return [out.detach().double()] + [leaf.grad.double() for leaf in leaves]
+
+
+@pytest.mark.parametrize(
+    "seqlen,block_len,window,kind",
+    [(1, 16, 2, "sharp"), (17, 16, 2, "near1"), (300, 16, 2, "sharp"), (100, 32, 3, "near1"), (70, 64, 1, "sharp")],
+)
+def test_forward_backward_fp32_against_oracle(seqlen: int, block_len: int, window: int, kind: str) -> None:
+    torch.manual_seed(seqlen + window)
+    gates = sharp_gates if kind == "sharp" else near_one_gates
+    x, g = torch.randn(1, seqlen, 2, 16), gates(1, seqlen, 2)
+    dy = torch.randn(1, seqlen, 2, 16, dtype=torch.float64)
+    got = _values_and_grads(lambda a, b: triton_ops.swr_triton(a, b, block_len=block_len, window_blocks=window), [x, g], dy)
+    ref = _values_and_grads(lambda a, b: oracle(a, b, block_len, window)[0], [x.double(), g.double()], dy)
+    for name, a, b in zip(("y", "dx", "dlog_gates"), got, ref):
+        torch.testing.assert_close(a, b, **TOL[torch.float32], msg=name)
+
+
+def test_forward_backward_fp16_against_oracle() -> None:
+    torch.manual_seed(7)
+    x, g = torch.randn(2, 90, 2, 32).half(), sharp_gates(2, 90, 2).half()
+    dy = torch.randn(2, 90, 2, 32, dtype=torch.float64)
+    got = _values_and_grads(lambda a, b: triton_ops.swr_triton(a, b, block_len=16, window_blocks=2), [x, g], dy)
+    ref = _values_and_grads(lambda a, b: oracle(a, b, 16, 2)[0], [x.double(), g.double()], dy)
+    assert got[0].dtype == torch.float64  # compared in float64; the kernel output itself is fp16
+    for name, a, b in zip(("y", "dx", "dlog_gates"), got, ref):
+        torch.testing.assert_close(a, b, **TOL[torch.float16], msg=name)
+
+
+def test_varlen_equals_each_sequence_alone() -> None:
+    torch.manual_seed(8)
+    lengths = [5, 35, 1, 90]
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+    x, g = torch.randn(1, sum(lengths), 2, 16), sharp_gates(1, sum(lengths), 2)
+    dy = torch.randn(1, sum(lengths), 2, 16, dtype=torch.float64)
+    got = _values_and_grads(
+        lambda a, b: triton_ops.swr_triton(a, b, block_len=16, window_blocks=3, cu_seqlens=cu), [x, g], dy
+    )
+    for lo, hi in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        ref = _values_and_grads(lambda a, b: oracle(a, b, 16, 3)[0], [x[:, lo:hi].double(), g[:, lo:hi].double()],
+                                dy[:, lo:hi])
+        for name, a, b in zip(("y", "dx", "dlog_gates"), got, ref):
+            torch.testing.assert_close(a[:, lo:hi], b, **TOL[torch.float32], msg=f"{name} of sequence {lo}:{hi}")
+
+
+def test_continuation_phase_initial_and_final_state() -> None:
+    """Per-sequence phase (pos % block_len), initial-state contribution and final state, with gradients."""
+    torch.manual_seed(9)
+    lengths = [40, 3, 70]
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+    x, g = torch.randn(1, sum(lengths), 2, 16), near_one_gates(1, sum(lengths), 2)
+    h0, pos0 = torch.randn(3, 2, 2, 16), torch.tensor([5, 16, 30])
+    dy = torch.randn(1, sum(lengths), 2, 16, dtype=torch.float64)
+
+    def run(fn, a, b, h):
+        y, state = fn(a, b, block_len=16, window_blocks=2, cu_seqlens=cu, initial_state=SWRState(h, pos0),
+                      output_final_state=True)
+        assert state.pos.tolist() == (pos0 + torch.tensor(lengths)).tolist()
+        return torch.cat([y.flatten(), state.h.flatten()])
+
+    weights = torch.cat([dy.flatten(), torch.randn(h0.numel(), dtype=torch.float64)])
+    got = _values_and_grads(lambda a, b, h: run(triton_ops.swr_triton, a, b, h), [x, g, h0], weights)
+    ref = _values_and_grads(lambda a, b, h: run(swr_torch, a, b, h), [x.double(), g.double(), h0.double()], weights)
+    for name, a, b in zip(("y and final state", "dx", "dlog_gates", "dh0"), got, ref):
+        torch.testing.assert_close(a, b, **TOL[torch.float32], msg=name)
+    # swr_torch itself against the oracle on one of the sequences, so the reference is not taken on trust.
+    lo, hi = 40, 43
+    y_ref, h_ref = oracle(x[:, lo:hi], g[:, lo:hi], 16, 2, h0[1:2].double(), pos0[1:2])
+    torch.testing.assert_close(got[0][: x.numel()].view_as(x)[:, lo:hi], y_ref, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("groups,cap,dtype", [(4, None, torch.float32), (2, 0.9, torch.float32), (4, None, torch.float16)])
+def test_fused_core_against_torch_core(groups: int, cap: float | None, dtype: torch.dtype) -> None:
+    torch.manual_seed(10)
+    heads, dim, seqlen = 4, 16, 75
+    proj = torch.randn(2, seqlen, heads + 2 * groups * dim + heads * dim).to(dtype)
+    kw = dict(num_heads=heads, head_dim=dim, num_gate_groups=groups, block_len=16, window_blocks=2, decay_cap=cap)
+    dout = torch.randn(2, seqlen, heads * dim, dtype=torch.float64)
+    got = _values_and_grads(lambda p: triton_ops.phalanx_core_triton(p, **kw), [proj], dout)
+    ref = _values_and_grads(lambda p: phalanx_core_torch(p, **kw), [proj.double()], dout)
+    for name, a, b in zip(("out", "dproj"), got, ref):
+        torch.testing.assert_close(a, b, **TOL[dtype], msg=name)
+
+
+def test_fused_core_with_state() -> None:
+    torch.manual_seed(11)
+    heads, dim, seqlen = 2, 16, 40
+    proj = torch.randn(1, seqlen, heads + 3 * heads * dim)
+    state = SWRState(torch.randn(1, heads, 2, dim), torch.tensor([9]))
+    kw = dict(num_heads=heads, head_dim=dim, num_gate_groups=heads, block_len=16, window_blocks=2,
+              initial_state=state, output_final_state=True)
+    out, fin = triton_ops.phalanx_core_triton(proj, **kw)
+    out_ref, fin_ref = phalanx_core_torch(proj.double(), **{**kw, "initial_state": SWRState(state.h.double(), state.pos)})
+    torch.testing.assert_close(out.double(), out_ref, **TOL[torch.float32])
+    torch.testing.assert_close(fin.h.double(), fin_ref.h, **TOL[torch.float32])
+
+
+def test_bad_inputs_raise_in_triton_entry_points() -> None:
+    x, g = torch.randn(1, 20, 2, 16), torch.zeros(1, 20, 2)
+    with pytest.raises(ValueError, match="head dim"):
+        triton_ops.swr_triton(torch.randn(1, 20, 2, 20), g)
+    with pytest.raises(TypeError, match="cu_seqlens"):
+        triton_ops.swr_triton(x, g, cu_seqlens=torch.tensor([0.0, 20.0]))
+    with pytest.raises(ValueError, match="proj"):
+        triton_ops.phalanx_core_triton(torch.randn(1, 20, 50), num_heads=2, head_dim=16, num_gate_groups=2)
+
+
+def test_custom_op_compiles_fullgraph() -> None:
+    """The registered custom ops trace (fake implementations, autograd) under torch.compile(fullgraph=True)."""
+    torch.manual_seed(12)
+    x, g = torch.randn(1, 40, 2, 16), sharp_gates(1, 40, 2)
+
+    def f(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return triton_ops.swr_triton(a, b, block_len=16, window_blocks=2) * 2.0
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    xa, ga = x.clone().requires_grad_(), g.clone().requires_grad_()
+    xb, gb = x.clone().requires_grad_(), g.clone().requires_grad_()
+    compiled(xa, ga).sum().backward()
+    f(xb, gb).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad)
+    torch.testing.assert_close(ga.grad, gb.grad)
