@@ -319,7 +319,7 @@ def _stage1_loss(student: PreTrainedModel, teacher: PreTrainedModel, tap: _Atten
             pred = student.model.layers[i].mixer(tap.inputs[i], position_ids=batch["position_ids"])
             pred = pred[0] if isinstance(pred, tuple) else pred
             losses.append(F.mse_loss(pred.float(), target) / target.pow(2).mean().clamp_min(1e-12))
-    per_layer = {f"layer{i}": float(l) for i, l in zip(layers, losses)}
+    per_layer = {f"layer{i}": l.item() for i, l in zip(layers, losses)}
     return torch.stack(losses).mean(), per_layer
 
 
@@ -331,9 +331,9 @@ def _stage2_loss(student: PreTrainedModel, teacher: PreTrainedModel, cfg: StageC
         h_s = student.model(**kwargs).last_hidden_state
         kl, ce = chunked_kl(student, teacher, h_s, h_t, cfg.kl_chunk, batch["labels"], cfg.ce_weight)
     loss = kl + cfg.ce_weight * ce
-    logs = {"kl": float(kl)}
+    logs = {"kl": kl.item()}
     if cfg.ce_weight > 0:
-        logs["ce"] = float(ce)
+        logs["ce"] = ce.item()
     return loss, logs
 
 
@@ -385,8 +385,8 @@ def run_stage(
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
             optimizer.step()
-            history.append({"step": step + 1, "loss": float(loss), **logs})
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            history.append({"step": step + 1, "loss": loss.item(), **logs})
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
             if (step + 1) % options.save_every == 0 or step + 1 == cfg.steps:
                 _save_checkpoint(out, stage, step + 1, student, optimizer, history)
     finally:
