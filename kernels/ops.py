@@ -15,6 +15,7 @@ from modeling_phalanx.swr_torch import (
 )
 
 try:
+    from .triton_decode import phalanx_core_step_triton, swr_step_triton
     from .triton_ops import phalanx_core_triton, swr_triton
 
     HAS_TRITON = True
@@ -26,6 +27,14 @@ def _use_triton(t: torch.Tensor) -> bool:
     """Triton runs CUDA tensors unless it is missing or ``PHALANX_FORCE_TORCH`` is set to a true value."""
     force_torch = os.environ.get("PHALANX_FORCE_TORCH", "") not in ("", "0")
     return HAS_TRITON and t.is_cuda and not force_torch
+
+
+def _use_triton_step(state: SWRState, *tensors: torch.Tensor) -> bool:
+    """The Triton decode step serves CUDA inference with a float32 state; autograd keeps the PyTorch step."""
+    if not isinstance(state, SWRState) or not all(isinstance(t, torch.Tensor) for t in tensors):
+        return False
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (*tensors, state.h))
+    return _use_triton(tensors[0]) and state.h.dtype == torch.float32 and not needs_grad
 
 
 def swr(
@@ -68,6 +77,8 @@ def swr_step(
     x: torch.Tensor, log_gates: torch.Tensor, state: SWRState, block_len: int
 ) -> tuple[torch.Tensor, SWRState]:
     """One decode step: x (N, H, D), log_gates (N, H) -> y (N, H, D) and the new state."""
+    if _use_triton_step(state, x, log_gates):
+        return swr_step_triton(x, log_gates, state, block_len)
     return swr_step_torch(x, log_gates, state, block_len)
 
 
@@ -112,6 +123,16 @@ def phalanx_core_step(
     decay_cap: float | None = None,
 ) -> tuple[torch.Tensor, SWRState]:
     """One decode step of the Phalanx core: proj (N, F) -> (N, H*D) and the new state."""
+    if _use_triton_step(state, proj):
+        return phalanx_core_step_triton(
+            proj,
+            state,
+            num_heads=num_heads,
+            head_dim=head_dim,
+            num_gate_groups=num_gate_groups,
+            block_len=block_len,
+            decay_cap=decay_cap,
+        )
     return phalanx_core_step_torch(
         proj,
         state,

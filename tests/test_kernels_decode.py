@@ -1,0 +1,74 @@
+"""The Triton decode step (``phalanx_kernels.triton_decode``) under ``TRITON_INTERPRET=1`` on CPU tensors.
+
+Reference: the PyTorch step of ``modeling_phalanx.swr_torch`` and, for a whole decode, the full pass.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modeling_phalanx.swr_torch import phalanx_core_step_torch, phalanx_core_torch, swr_step, swr_torch
+from phalanx_kernels import SWRState
+
+triton_decode = pytest.importorskip("phalanx_kernels.triton_decode", reason="needs triton")
+
+
+@pytest.mark.parametrize("window,dim", [(1, 16), (2, 48), (3, 16)])
+def test_step_matches_torch_step_at_every_phase(window: int, dim: int) -> None:
+    torch.manual_seed(window)
+    num, heads, block_len = 5, 3, 16
+    state = SWRState(torch.randn(num, heads, window, dim), torch.tensor([0, 1, 15, 16, 37]))
+    x = torch.randn(num, heads, dim).half()
+    g = torch.nn.functional.logsigmoid(4 * torch.randn(num, heads))
+    y, new = triton_decode.swr_step_triton(x, g, state, block_len)
+    y_ref, new_ref = swr_step(x, g, state, block_len)
+    assert y.dtype == torch.float16
+    torch.testing.assert_close(y.float(), y_ref.float(), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(new.h, new_ref.h, rtol=1e-5, atol=1e-5)
+    assert new.pos.tolist() == new_ref.pos.tolist()
+
+
+def test_decode_after_prefill_equals_full_core_pass() -> None:
+    """Prefill with the PyTorch core, then 20 fused Triton steps: equal to one full pass (fp32)."""
+    torch.manual_seed(3)
+    heads, groups, dim, seqlen, prefill = 4, 2, 16, 45, 25
+    proj = torch.randn(2, seqlen, heads + 2 * groups * dim + heads * dim)
+    kw = dict(num_heads=heads, head_dim=dim, num_gate_groups=groups, block_len=16, decay_cap=0.95)
+    full = phalanx_core_torch(proj, window_blocks=3, **kw)
+    _, state = phalanx_core_torch(proj[:, :prefill], window_blocks=3, output_final_state=True, **kw)
+    steps = []
+    for t in range(prefill, seqlen):
+        out, state = triton_decode.phalanx_core_step_triton(proj[:, t], state, **kw)
+        steps.append(out)
+    assert (torch.stack(steps, dim=1) - full[:, prefill:]).abs().max() <= 1e-5
+    ref_out, ref_state = phalanx_core_step_torch(proj[:, -1], state, **kw)
+    out, new = triton_decode.phalanx_core_step_triton(proj[:, -1], state, **kw)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(new.h, ref_state.h, rtol=1e-5, atol=1e-5)
+
+
+def test_swr_steps_equal_full_pass() -> None:
+    torch.manual_seed(4)
+    x, g = torch.randn(1, 40, 2, 16), torch.nn.functional.logsigmoid(torch.randn(1, 40, 2) + 3)
+    full = swr_torch(x, g, block_len=16, window_blocks=2)
+    state = SWRState(torch.zeros(1, 2, 2, 16), torch.zeros(1, dtype=torch.long))
+    ys = []
+    for t in range(40):
+        y, state = triton_decode.swr_step_triton(x[:, t], g[:, t], state, 16)
+        ys.append(y)
+    assert (torch.stack(ys, dim=1) - full).abs().max() <= 1e-5
+
+
+def test_step_rejects_bad_inputs() -> None:
+    state = SWRState(torch.zeros(2, 3, 2, 16), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="x must have shape"):
+        triton_decode.swr_step_triton(torch.zeros(2, 1, 3, 16), torch.zeros(2, 3), state, 16)
+    with pytest.raises(ValueError, match="initial_state.h"):
+        triton_decode.swr_step_triton(torch.zeros(2, 4, 16), torch.zeros(2, 4), state, 16)
+    with pytest.raises(ValueError, match="block_len"):
+        triton_decode.swr_step_triton(torch.zeros(2, 3, 16), torch.zeros(2, 3), state, 12)
+    with pytest.raises(TypeError, match="state.h must be float32"):
+        triton_decode.swr_step_triton(torch.zeros(2, 3, 16), torch.zeros(2, 3), SWRState(state.h.double(), state.pos), 16)
+    with pytest.raises(ValueError, match="proj last dim"):
+        triton_decode.phalanx_core_step_triton(torch.zeros(2, 10), state, num_heads=3, head_dim=16, num_gate_groups=3)
