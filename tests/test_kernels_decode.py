@@ -1,4 +1,4 @@
-"""The Triton decode step (``phalanx_kernels.triton_decode``) under ``TRITON_INTERPRET=1`` on CPU tensors.
+"""The Triton decode step (``phalanx_kernels.triton_decode``): interpreter on CPU tensors, or CUDA when present.
 
 Reference: the PyTorch step of ``modeling_phalanx.swr_torch`` and, for a whole decode, the full pass.
 """
@@ -12,6 +12,11 @@ from modeling_phalanx.swr_torch import phalanx_core_step_torch, phalanx_core_tor
 from phalanx_kernels import SWRState
 
 triton_decode = pytest.importorskip("phalanx_kernels.triton_decode", reason="needs triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _to(state: SWRState, device: str) -> SWRState:
+    return SWRState(state.h.to(device), state.pos.to(device))
 
 
 @pytest.mark.parametrize("window,dim", [(1, 16), (2, 48), (3, 16)])
@@ -21,7 +26,8 @@ def test_step_matches_torch_step_at_every_phase(window: int, dim: int) -> None:
     state = SWRState(torch.randn(num, heads, window, dim), torch.tensor([0, 1, 15, 16, 37]))
     x = torch.randn(num, heads, dim).half()
     g = torch.nn.functional.logsigmoid(4 * torch.randn(num, heads))
-    y, new = triton_decode.swr_step_triton(x, g, state, block_len)
+    y, new = triton_decode.swr_step_triton(x.to(DEVICE), g.to(DEVICE), _to(state, DEVICE), block_len)
+    y, new = y.cpu(), _to(new, "cpu")
     y_ref, new_ref = swr_step(x, g, state, block_len)
     assert y.dtype == torch.float16
     torch.testing.assert_close(y.float(), y_ref.float(), rtol=1e-3, atol=1e-3)
@@ -37,13 +43,15 @@ def test_decode_after_prefill_equals_full_core_pass() -> None:
     kw = dict(num_heads=heads, head_dim=dim, num_gate_groups=groups, block_len=16, decay_cap=0.95)
     full = phalanx_core_torch(proj, window_blocks=3, **kw)
     _, state = phalanx_core_torch(proj[:, :prefill], window_blocks=3, output_final_state=True, **kw)
-    steps = []
+    steps, state = [], _to(state, DEVICE)
     for t in range(prefill, seqlen):
-        out, state = triton_decode.phalanx_core_step_triton(proj[:, t], state, **kw)
-        steps.append(out)
+        out, state = triton_decode.phalanx_core_step_triton(proj[:, t].to(DEVICE), state, **kw)
+        steps.append(out.cpu())
     assert (torch.stack(steps, dim=1) - full[:, prefill:]).abs().max() <= 1e-5
+    state = _to(state, "cpu")
     ref_out, ref_state = phalanx_core_step_torch(proj[:, -1], state, **kw)
-    out, new = triton_decode.phalanx_core_step_triton(proj[:, -1], state, **kw)
+    out, new = triton_decode.phalanx_core_step_triton(proj[:, -1].to(DEVICE), _to(state, DEVICE), **kw)
+    out, new = out.cpu(), _to(new, "cpu")
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(new.h, ref_state.h, rtol=1e-5, atol=1e-5)
 
@@ -52,11 +60,11 @@ def test_swr_steps_equal_full_pass() -> None:
     torch.manual_seed(4)
     x, g = torch.randn(1, 40, 2, 16), torch.nn.functional.logsigmoid(torch.randn(1, 40, 2) + 3)
     full = swr_torch(x, g, block_len=16, window_blocks=2)
-    state = SWRState(torch.zeros(1, 2, 2, 16), torch.zeros(1, dtype=torch.long))
+    state = SWRState(torch.zeros(1, 2, 2, 16, device=DEVICE), torch.zeros(1, dtype=torch.long, device=DEVICE))
     ys = []
     for t in range(40):
-        y, state = triton_decode.swr_step_triton(x[:, t], g[:, t], state, 16)
-        ys.append(y)
+        y, state = triton_decode.swr_step_triton(x[:, t].to(DEVICE), g[:, t].to(DEVICE), state, 16)
+        ys.append(y.cpu())
     assert (torch.stack(ys, dim=1) - full).abs().max() <= 1e-5
 
 

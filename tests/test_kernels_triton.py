@@ -1,4 +1,4 @@
-"""The Triton SWR and fused-core kernels under ``TRITON_INTERPRET=1`` on CPU tensors.
+"""The Triton SWR and fused-core kernels: under ``TRITON_INTERPRET=1`` on CPU tensors, or on CUDA when present.
 
 The entry points of ``phalanx_kernels.triton_ops`` are called directly (the public API sends CPU tensors
 to PyTorch). References: the float64 loop oracle of ``test_swr_reference`` for the SWR, and
@@ -17,15 +17,18 @@ from phalanx_kernels import SWRState
 triton_ops = pytest.importorskip("phalanx_kernels.triton_ops", reason="needs triton")
 from test_swr_reference import near_one_gates, oracle, sharp_gates  # noqa: E402
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=1e-2, atol=1e-2)}
 
 
-def _values_and_grads(fn, inputs: list[torch.Tensor], weights: torch.Tensor) -> list[torch.Tensor]:
-    """fn(*inputs) and the gradients of sum(fn(...) * weights) with respect to every input."""
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+def _values_and_grads(
+    fn, inputs: list[torch.Tensor], weights: torch.Tensor, device: str = "cpu"
+) -> list[torch.Tensor]:
+    """fn(*inputs) on ``device`` and the gradients of sum(fn(...) * weights) for every input, as CPU float64."""
+    leaves = [t.detach().to(device).requires_grad_() for t in inputs]
     out = fn(*leaves)
-    (out.double() * weights).sum().backward()
-    return [out.detach().double()] + [leaf.grad.double() for leaf in leaves]
+    (out.double() * weights.to(device)).sum().backward()
+    return [out.detach().double().cpu()] + [leaf.grad.double().cpu() for leaf in leaves]
 
 
 @pytest.mark.parametrize(
@@ -37,7 +40,7 @@ def test_forward_backward_fp32_against_oracle(seqlen: int, block_len: int, windo
     gates = sharp_gates if kind == "sharp" else near_one_gates
     x, g = torch.randn(1, seqlen, 2, 16), gates(1, seqlen, 2)
     dy = torch.randn(1, seqlen, 2, 16, dtype=torch.float64)
-    got = _values_and_grads(lambda a, b: triton_ops.swr_triton(a, b, block_len=block_len, window_blocks=window), [x, g], dy)
+    got = _values_and_grads(lambda a, b: triton_ops.swr_triton(a, b, block_len=block_len, window_blocks=window), [x, g], dy, DEVICE)
     ref = _values_and_grads(lambda a, b: oracle(a, b, block_len, window)[0], [x.double(), g.double()], dy)
     for name, a, b in zip(("y", "dx", "dlog_gates"), got, ref):
         torch.testing.assert_close(a, b, **TOL[torch.float32], msg=name)
@@ -47,7 +50,7 @@ def test_forward_backward_fp16_against_oracle() -> None:
     torch.manual_seed(7)
     x, g = torch.randn(2, 90, 2, 32).half(), sharp_gates(2, 90, 2).half()
     dy = torch.randn(2, 90, 2, 32, dtype=torch.float64)
-    got = _values_and_grads(lambda a, b: triton_ops.swr_triton(a, b, block_len=16, window_blocks=2), [x, g], dy)
+    got = _values_and_grads(lambda a, b: triton_ops.swr_triton(a, b, block_len=16, window_blocks=2), [x, g], dy, DEVICE)
     ref = _values_and_grads(lambda a, b: oracle(a, b, 16, 2)[0], [x.double(), g.double()], dy)
     assert got[0].dtype == torch.float64  # compared in float64; the kernel output itself is fp16
     for name, a, b in zip(("y", "dx", "dlog_gates"), got, ref):
@@ -61,7 +64,10 @@ def test_varlen_equals_each_sequence_alone() -> None:
     x, g = torch.randn(1, sum(lengths), 2, 16), sharp_gates(1, sum(lengths), 2)
     dy = torch.randn(1, sum(lengths), 2, 16, dtype=torch.float64)
     got = _values_and_grads(
-        lambda a, b: triton_ops.swr_triton(a, b, block_len=16, window_blocks=3, cu_seqlens=cu), [x, g], dy
+        lambda a, b: triton_ops.swr_triton(a, b, block_len=16, window_blocks=3, cu_seqlens=cu.to(a.device)),
+        [x, g],
+        dy,
+        DEVICE,
     )
     for lo, hi in zip(cu[:-1].tolist(), cu[1:].tolist()):
         ref = _values_and_grads(lambda a, b: oracle(a, b, 16, 3)[0], [x[:, lo:hi].double(), g[:, lo:hi].double()],
@@ -80,13 +86,13 @@ def test_continuation_phase_initial_and_final_state() -> None:
     dy = torch.randn(1, sum(lengths), 2, 16, dtype=torch.float64)
 
     def run(fn, a, b, h):
-        y, state = fn(a, b, block_len=16, window_blocks=2, cu_seqlens=cu, initial_state=SWRState(h, pos0),
-                      output_final_state=True)
+        y, state = fn(a, b, block_len=16, window_blocks=2, cu_seqlens=cu.to(a.device),
+                      initial_state=SWRState(h, pos0.to(a.device)), output_final_state=True)
         assert state.pos.tolist() == (pos0 + torch.tensor(lengths)).tolist()
         return torch.cat([y.flatten(), state.h.flatten()])
 
     weights = torch.cat([dy.flatten(), torch.randn(h0.numel(), dtype=torch.float64)])
-    got = _values_and_grads(lambda a, b, h: run(triton_ops.swr_triton, a, b, h), [x, g, h0], weights)
+    got = _values_and_grads(lambda a, b, h: run(triton_ops.swr_triton, a, b, h), [x, g, h0], weights, DEVICE)
     ref = _values_and_grads(lambda a, b, h: run(swr_torch, a, b, h), [x.double(), g.double(), h0.double()], weights)
     for name, a, b in zip(("y and final state", "dx", "dlog_gates", "dh0"), got, ref):
         torch.testing.assert_close(a, b, **TOL[torch.float32], msg=name)
@@ -103,7 +109,7 @@ def test_fused_core_against_torch_core(groups: int, cap: float | None, dtype: to
     proj = torch.randn(2, seqlen, heads + 2 * groups * dim + heads * dim).to(dtype)
     kw = dict(num_heads=heads, head_dim=dim, num_gate_groups=groups, block_len=16, window_blocks=2, decay_cap=cap)
     dout = torch.randn(2, seqlen, heads * dim, dtype=torch.float64)
-    got = _values_and_grads(lambda p: triton_ops.phalanx_core_triton(p, **kw), [proj], dout)
+    got = _values_and_grads(lambda p: triton_ops.phalanx_core_triton(p, **kw), [proj], dout, DEVICE)
     ref = _values_and_grads(lambda p: phalanx_core_torch(p, **kw), [proj.double()], dout)
     for name, a, b in zip(("out", "dproj"), got, ref):
         torch.testing.assert_close(a, b, **TOL[dtype], msg=name)
@@ -116,7 +122,9 @@ def test_fused_core_with_state() -> None:
     state = SWRState(torch.randn(1, heads, 2, dim), torch.tensor([9]))
     kw = dict(num_heads=heads, head_dim=dim, num_gate_groups=heads, block_len=16, window_blocks=2,
               initial_state=state, output_final_state=True)
-    out, fin = triton_ops.phalanx_core_triton(proj, **kw)
+    on_device = SWRState(state.h.to(DEVICE), state.pos.to(DEVICE))
+    out, fin = triton_ops.phalanx_core_triton(proj.to(DEVICE), **{**kw, "initial_state": on_device})
+    out, fin = out.cpu(), SWRState(fin.h.cpu(), fin.pos.cpu())
     out_ref, fin_ref = phalanx_core_torch(proj.double(), **{**kw, "initial_state": SWRState(state.h.double(), state.pos)})
     torch.testing.assert_close(out.double(), out_ref, **TOL[torch.float32])
     torch.testing.assert_close(fin.h.double(), fin_ref.h, **TOL[torch.float32])
@@ -135,7 +143,7 @@ def test_bad_inputs_raise_in_triton_entry_points() -> None:
 def test_custom_op_compiles_fullgraph() -> None:
     """The registered custom ops trace (fake implementations, autograd) under torch.compile(fullgraph=True)."""
     torch.manual_seed(12)
-    x, g = torch.randn(1, 40, 2, 16), sharp_gates(1, 40, 2)
+    x, g = torch.randn(1, 40, 2, 16, device=DEVICE), sharp_gates(1, 40, 2).to(DEVICE)
 
     def f(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return triton_ops.swr_triton(a, b, block_len=16, window_blocks=2) * 2.0
