@@ -1,0 +1,114 @@
+"""Command-line options and ``TrainingArguments`` shared by ``phalanx train`` and ``phalanx finetune``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from .data import shipped_sample_dir
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, max_steps: int) -> None:
+    """Data, batch, optimizer, precision, checkpoint and logging options."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", nargs="+", metavar="PATH", help="text files or folders (default: the shipped Shakespeare sample)")
+    data.add_argument("--eval-data", nargs="+", metavar="PATH", help="text files or folders for evaluation loss (long window)")
+    data.add_argument("--include-held-out", action="store_true", help="do not drop the held-out works (macbeth, tempest, twelfth_night)")
+    data.add_argument("--seq-len", type=int, default=512, help="tokens per packed row (default: %(default)s)")
+
+    opt = parser.add_argument_group("optimization")
+    opt.add_argument("--batch-size", type=int, default=8, help="rows per device per micro-batch (default: %(default)s)")
+    opt.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default: %(default)s)")
+    opt.add_argument("--max-steps", type=int, default=max_steps, help="optimizer steps (default: %(default)s)")
+    opt.add_argument("--lr", type=float, default=learning_rate, help="peak learning rate (default: %(default)s)")
+    opt.add_argument("--lr-scheduler", default="cosine", help="Transformers scheduler name (default: %(default)s)")
+    opt.add_argument("--warmup", type=float, default=0.02, help="warmup steps, or a fraction of max steps when < 1 (default: %(default)s)")
+    opt.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default: %(default)s)")
+    opt.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (default: %(default)s)")
+    opt.add_argument("--seed", type=int, default=0, help="seed for init, data order and SWAX draws (default: %(default)s)")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output", required=True, metavar="DIR", help="output folder (checkpoints, final model, loss curve)")
+    run.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto = bf16 on a GPU that supports it, else fp32")
+    run.add_argument("--gradient-checkpointing", action="store_true", help="recompute layer activations in backward")
+    run.add_argument("--save-steps", type=int, default=500, help="checkpoint every N steps (default: %(default)s)")
+    run.add_argument("--save-total-limit", type=int, default=3, help="checkpoints to keep (default: %(default)s)")
+    run.add_argument("--logging-steps", type=int, default=10, help="log loss and tokens/s every N steps (default: %(default)s)")
+    run.add_argument("--eval-steps", type=int, default=None, help="evaluate every N steps (default: --save-steps)")
+    run.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT", help="resume from CHECKPOINT, or the latest one in --output")
+    run.add_argument("--report-to", default="none", help="Trainer integrations (tensorboard, wandb, ...; default: none)")
+
+
+def data_paths(args: argparse.Namespace) -> list[str | Path]:
+    """``--data`` or the shipped sample."""
+    return list(args.data) if args.data else [shipped_sample_dir()]
+
+
+def use_bf16(precision: str) -> bool:
+    """Resolve ``--precision``: bf16 on request (needs CUDA), or automatically on a bf16-capable GPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    has_bf16_gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and not has_bf16_gpu:
+        raise ValueError("--precision bf16 needs a CUDA GPU with bf16 support; use fp32 on this machine")
+    return precision == "bf16" or (precision == "auto" and has_bf16_gpu)
+
+
+def resume_checkpoint(args: argparse.Namespace) -> str | None:
+    """The checkpoint folder named by ``--resume`` (``auto``: the latest under ``--output``)."""
+    if args.resume is None:
+        return None
+    if args.resume == "auto":
+        last = get_last_checkpoint(args.output) if Path(args.output).is_dir() else None
+        if last is None:
+            raise FileNotFoundError(f"--resume: no checkpoint-* folder in {args.output}")
+        return last
+    if not Path(args.resume).is_dir():
+        raise FileNotFoundError(f"--resume: checkpoint folder not found: {args.resume}")
+    return args.resume
+
+
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """Raise ValueError for any of ``names`` (argparse dests) that is not a positive number."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def training_arguments(args: argparse.Namespace, *, has_eval: bool) -> TrainingArguments:
+    """``TrainingArguments`` from the shared options (accelerate/DDP/FSDP settings come from the launcher)."""
+    check_positive(args, "seq_len", "batch_size", "grad_accum", "max_steps", "lr", "save_steps", "logging_steps", "eval_steps")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+    eval_steps = args.eval_steps or args.save_steps
+    return TrainingArguments(
+        output_dir=args.output,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        max_steps=args.max_steps,
+        learning_rate=args.lr,
+        lr_scheduler_type=args.lr_scheduler,
+        warmup_steps=args.warmup,
+        weight_decay=args.weight_decay,
+        max_grad_norm=args.max_grad_norm,
+        seed=args.seed,
+        data_seed=args.seed,
+        bf16=use_bf16(args.precision),
+        gradient_checkpointing=args.gradient_checkpointing,
+        save_strategy="steps",
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        logging_steps=args.logging_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps if has_eval else None,
+        include_num_input_tokens_seen=True,
+        report_to=args.report_to,
+    )

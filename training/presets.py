@@ -1,0 +1,110 @@
+"""Named ``PhalanxConfig`` presets, from a CPU toy to about 1.3B parameters.
+
+Every size comes in three flavours that differ only in ``layer_types`` (one schema for all three, so
+comparisons change nothing else):
+
+- ``<size>-transformer``: every layer ``full_attention``;
+- ``<size>-swa``: three ``sliding_attention`` layers then one ``full_attention`` layer, repeated
+  (layer ``i`` is full when ``(i + 1) % 4 == 0``), i.e. 1 full : 3 sliding;
+- ``<size>-phalanx``: the same pattern with ``linear_attention`` (Phalanx mixer) in place of sliding.
+
+``--model-config`` accepts a preset name or a path to a ``config.json`` (:func:`load_model_config`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from modeling_phalanx import PhalanxConfig
+
+FLAVOURS: dict[str, str | None] = {
+    "transformer": None,
+    "swa": "sliding_attention",
+    "phalanx": "linear_attention",
+}
+FULL_ATTENTION_EVERY = 4
+
+# Architecture per size. Widths, depths and SwiGLU sizes follow the usual Llama/Pythia ladder; the
+# largest is the ~1.3B point of DESIGN.md section 9 (width 2048, 24 layers, 16 heads x 128, 5504).
+# ``sliding_window`` 2048 on the GPU sizes is SWAX's long window; ``tiny`` fits CPU tests.
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        intermediate_size=176, vocab_size=259, max_position_embeddings=2048, sliding_window=64,
+    ),
+    "small": dict(
+        hidden_size=256, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=4, head_dim=64,
+        intermediate_size=688, vocab_size=32000, max_position_embeddings=8192, sliding_window=512,
+    ),
+    "125m": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12, head_dim=64,
+        intermediate_size=2048, vocab_size=32000, max_position_embeddings=32768, sliding_window=2048,
+    ),
+    "350m": dict(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16, head_dim=64,
+        intermediate_size=2752, vocab_size=32000, max_position_embeddings=32768, sliding_window=2048,
+    ),
+    "760m": dict(
+        hidden_size=1536, num_hidden_layers=24, num_attention_heads=12, num_key_value_heads=12, head_dim=128,
+        intermediate_size=4096, vocab_size=32000, max_position_embeddings=32768, sliding_window=2048,
+    ),
+    "1.3b": dict(
+        hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16, head_dim=128,
+        intermediate_size=5504, vocab_size=32000, max_position_embeddings=32768, sliding_window=2048,
+    ),
+}
+
+PRESET_NAMES: tuple[str, ...] = tuple(f"{size}-{flavour}" for size in SIZES for flavour in FLAVOURS)
+
+
+def layer_pattern(num_layers: int, flavour: str) -> list[str]:
+    """``layer_types`` for ``flavour``: every fourth layer full attention, the rest the flavour's mixer."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown flavour {flavour!r}; expected one of {', '.join(FLAVOURS)}")
+    other = FLAVOURS[flavour]
+    return [
+        "full_attention" if other is None or (i + 1) % FULL_ATTENTION_EVERY == 0 else other
+        for i in range(num_layers)
+    ]
+
+
+def get_preset(name: str, **overrides: Any) -> PhalanxConfig:
+    """The ``PhalanxConfig`` of preset ``name`` (e.g. ``"tiny-phalanx"``), with keyword ``overrides``."""
+    size, _, flavour = name.rpartition("-")
+    if size not in SIZES or flavour not in FLAVOURS:
+        raise ValueError(f"unknown model preset {name!r}; available: {', '.join(PRESET_NAMES)}")
+    fields = dict(SIZES[size])
+    fields["layer_types"] = layer_pattern(fields["num_hidden_layers"], flavour)
+    if flavour != "swa":
+        fields["sliding_window"] = None
+    fields.update(overrides)
+    return PhalanxConfig(**fields)
+
+
+def load_model_config(spec: str) -> tuple[PhalanxConfig, bool]:
+    """Resolve ``--model-config``: a preset name, or a ``config.json`` file / model folder.
+
+    Returns the config and whether it came from a preset (presets take their vocabulary from the
+    tokenizer; a JSON config is used as written).
+    """
+    if spec in PRESET_NAMES:
+        return get_preset(spec), True
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--model-config {spec!r} is neither a preset ({', '.join(PRESET_NAMES)}) nor a config.json file"
+        )
+    try:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path} must hold a JSON object of PhalanxConfig fields")
+    model_type = fields.get("model_type", PhalanxConfig.model_type)
+    if model_type != PhalanxConfig.model_type:
+        raise ValueError(f"{path} has model_type {model_type!r}; phalanx train builds {PhalanxConfig.model_type!r} models")
+    return PhalanxConfig.from_dict(fields), False
