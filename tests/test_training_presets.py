@@ -1,0 +1,77 @@
+"""Model presets: three flavours per size sharing one schema, sizes up to ~1.3B, JSON configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM
+from phalanx_training.presets import PRESET_NAMES, SIZES, get_preset, load_model_config
+
+
+def n_params(config: PhalanxConfig) -> int:
+    with torch.device("meta"):
+        model = PhalanxForCausalLM(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_flavours_differ_only_in_layer_types() -> None:
+    for size in SIZES:
+        transformer, swa, phalanx = (get_preset(f"{size}-{f}").to_dict() for f in ("transformer", "swa", "phalanx"))
+        n = transformer["num_hidden_layers"]
+        assert transformer["layer_types"] == ["full_attention"] * n
+        assert swa["layer_types"] == ["full_attention" if i % 4 == 3 else "sliding_attention" for i in range(n)]
+        assert phalanx["layer_types"] == ["full_attention" if i % 4 == 3 else "linear_attention" for i in range(n)]
+        assert swa["sliding_window"] == SIZES[size]["sliding_window"]
+        ignore = {"layer_types", "sliding_window"}
+        assert {k: v for k, v in swa.items() if k not in ignore} == {k: v for k, v in phalanx.items() if k not in ignore}
+        assert {k: v for k, v in transformer.items() if k not in ignore} == {k: v for k, v in phalanx.items() if k not in ignore}
+
+
+def test_largest_preset_is_about_1_3b() -> None:
+    config = get_preset("1.3b-phalanx")
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.head_dim) == (2048, 24, 16, 128)
+    assert (config.intermediate_size, config.vocab_size) == (5504, 32000)
+    for flavour in ("transformer", "swa", "phalanx"):
+        assert 1.25e9 < n_params(get_preset(f"1.3b-{flavour}")) < 1.45e9
+    assert n_params(get_preset("tiny-phalanx")) < 1e6
+
+
+def test_overrides_and_unknown_names() -> None:
+    assert get_preset("tiny-swa", sliding_window=16).sliding_window == 16
+    with pytest.raises(ValueError, match="unknown model preset"):
+        get_preset("huge-phalanx")
+    with pytest.raises(ValueError, match="unknown model preset"):
+        get_preset("tiny-mamba")
+    assert len(PRESET_NAMES) == 3 * len(SIZES)
+
+
+def test_load_model_config_from_preset_json_and_folder(tmp_path: Path) -> None:
+    config, from_preset = load_model_config("tiny-phalanx")
+    assert from_preset and config.to_dict() == get_preset("tiny-phalanx").to_dict()
+    saved = get_preset("tiny-swa", vocab_size=300)
+    saved.save_pretrained(tmp_path)
+    for spec in (str(tmp_path), str(tmp_path / "config.json")):
+        loaded, from_preset = load_model_config(spec)
+        assert not from_preset
+        assert loaded.layer_types == saved.layer_types and loaded.vocab_size == 300
+
+
+def test_load_model_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="neither a preset"):
+        load_model_config(str(tmp_path / "missing.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_model_config(str(bad))
+    llama = tmp_path / "llama.json"
+    llama.write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+    with pytest.raises(ValueError, match="model_type 'llama'"):
+        load_model_config(str(llama))
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        load_model_config(str(listed))
