@@ -1,0 +1,64 @@
+"""The end-to-end models compared in the benchmarks (issue 7): one place that defines them.
+
+- ``transformer``: Transformers' own ``LlamaForCausalLM`` with SDPA attention.
+- ``swa_hybrid``: ``PhalanxForCausalLM`` with 1 full : 3 sliding-window (512) layers, FlexAttention.
+- ``phalanx_hybrid``: ``PhalanxForCausalLM`` with 1 full : 3 Phalanx layers, SDPA for the full layers.
+- ``bound``: the Llama model whose attention core is replaced by a free copy of ``v`` (projections
+  kept): the speed a hybrid could reach if its mixers cost nothing beyond their projections.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM
+
+MODELS = ("transformer", "swa_hybrid", "phalanx_hybrid", "bound")
+
+SIZES = {
+    # ~1.3B Llama-style model of kernels.md section 4.
+    "1.3b": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, head_dim=128, intermediate_size=5504, vocab_size=32000),
+    # CPU smoke size.
+    "tiny": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, head_dim=16, intermediate_size=128, vocab_size=300),
+}
+
+
+def _free_v_attention(module, query, key, value, attention_mask, **kwargs):
+    """Attention core that costs nothing: returns v (repeated over GQA groups) in the interface's layout."""
+    groups = query.shape[1] // value.shape[1]
+    out = value.repeat_interleave(groups, dim=1) if groups > 1 else value
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register("free_v", _free_v_attention)
+
+
+def build_model(name: str, size: str = "1.3b", sliding_window: int = 512, max_positions: int = 32768) -> PreTrainedModel:
+    """Build benchmark model ``name`` at ``size`` with random weights on the current default device."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+    dims = SIZES[size]
+    n = dims["num_hidden_layers"]
+    if name in ("transformer", "bound"):
+        config = LlamaConfig(**dims, num_key_value_heads=dims["num_attention_heads"], max_position_embeddings=max_positions,
+                             pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+        attn = "sdpa" if name == "transformer" else "free_v"
+        return LlamaForCausalLM._from_config(config, attn_implementation=attn)
+    mixer = "sliding_attention" if name == "swa_hybrid" else "linear_attention"
+    layer_types = ["full_attention" if i % 4 == 0 else mixer for i in range(n)]
+    config = PhalanxConfig(**dims, num_key_value_heads=dims["num_attention_heads"], max_position_embeddings=max_positions,
+                           layer_types=layer_types, sliding_window=sliding_window if name == "swa_hybrid" else None,
+                           pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    attn = "flex_attention" if name == "swa_hybrid" else "sdpa"
+    return PhalanxForCausalLM._from_config(config, attn_implementation=attn)
+
+
+def cache_bytes(cache) -> int:
+    """Bytes held by every tensor of a Transformers cache (KV and recurrent states)."""
+    total = 0
+    for layer in cache.layers:
+        for value in vars(layer).values():
+            tensors = value if isinstance(value, (list, tuple)) else [value]
+            total += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    return total
