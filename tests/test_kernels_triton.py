@@ -1,7 +1,7 @@
 """The Triton SWR and fused-core kernels: under ``TRITON_INTERPRET=1`` on CPU tensors, or on CUDA when present.
 
 The entry points of ``phalanx_kernels.triton_ops`` are called directly (the public API sends CPU tensors
-to PyTorch). References: the float64 loop oracle of ``test_swr_reference`` for the SWR, and
+to PyTorch). References: the float64 loop oracle of ``test_swr_state`` for the SWR, and
 ``phalanx_core_torch`` in float64 for the fused core. Shapes stay small: the interpreter runs every
 program in numpy.
 """
@@ -15,7 +15,7 @@ from modeling_phalanx.swr_torch import phalanx_core_torch, swr_torch
 from phalanx_kernels import SWRState
 
 triton_ops = pytest.importorskip("phalanx_kernels.triton_ops", reason="needs triton")
-from test_swr_reference import near_one_gates, oracle, sharp_gates  # noqa: E402
+from test_swr_state import near_one_gates, oracle, sharp_gates  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=1e-2, atol=1e-2)}
