@@ -74,9 +74,12 @@ def test_cu_seqlens_equals_each_sequence_alone() -> None:
         torch.testing.assert_close(packed[:, start:stop], alone, rtol=1e-10, atol=1e-10)
 
 
+# Sharp gates: both fp32 paths sit ~1e-5 from float64 at |y| ~ 6 (in-block prefix-sum differences of
+# log-gates reaching ~100), so their difference gets 2e-5; near-1 gates meet the 1e-5 of issue 2.
+@pytest.mark.parametrize("gates,tol", [("near1", 1e-5), ("sharp", 2e-5)])
 @pytest.mark.parametrize("splits", [(1, 16, 40), (17, 18, 100), (64,)])
-def test_chunked_prefill_then_steps_equals_full_pass(splits: tuple[int, ...]) -> None:
-    x, g = make_inputs(2, 130, 2, 16, dtype=torch.float32, seed=5)
+def test_chunked_prefill_then_steps_equals_full_pass(splits: tuple[int, ...], gates: str, tol: float) -> None:
+    x, g = make_inputs(2, 130, 2, 16, gates=gates, dtype=torch.float32, seed=5)
     full = swr(x, g, block_len=16, window_blocks=3)
     pieces, state, start = [], None, 0
     for stop in splits:
@@ -87,7 +90,7 @@ def test_chunked_prefill_then_steps_equals_full_pass(splits: tuple[int, ...]) ->
     for t in range(start, x.shape[1]):
         y, state = swr_step(x[:, t], g[:, t], state, 16)
         pieces.append(y[:, None])
-    assert (torch.cat(pieces, dim=1) - full).abs().max() <= 1e-5
+    assert (torch.cat(pieces, dim=1) - full).abs().max() <= tol
     assert state.pos.tolist() == [130, 130]
 
 
