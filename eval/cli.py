@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-length", type=int, default=None,
         help="context length in tokens; longer contexts are cut from the left "
-        "(default: the model's max_position_embeddings, at most 16384)",
+        "(default: the model's max_position_embeddings, at most 16384; 2048 for a Hub id)",
     )
     parser.add_argument("--dtype", default="auto", help="model dtype: auto (as saved), bfloat16, float32, ...")
     parser.add_argument(
