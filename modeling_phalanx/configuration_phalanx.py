@@ -123,6 +123,11 @@ class PhalanxConfig(PreTrainedConfig):
                     f"{self.num_attention_heads}; set head_dim explicitly or change the head count"
                 )
             self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.phalanx_head_dim % 16 != 0 or not 16 <= self.phalanx_head_dim <= MAX_HEAD_DIM:
+            raise ValueError(
+                f"phalanx_head_dim={self.phalanx_head_dim} is unsupported: it must be a multiple of 16 up to "
+                f"{MAX_HEAD_DIM}"
+            )
         if self.phalanx_num_heads is None:
             if self.hidden_size % self.phalanx_head_dim != 0:
                 raise ValueError(
@@ -161,11 +166,6 @@ class PhalanxConfig(PreTrainedConfig):
 
     def _check_phalanx(self) -> None:
         """Validate the Phalanx mixer fields (the SWR supports only some block lengths and head dims)."""
-        if self.phalanx_head_dim % 16 != 0 or not 16 <= self.phalanx_head_dim <= MAX_HEAD_DIM:
-            raise ValueError(
-                f"phalanx_head_dim={self.phalanx_head_dim} is unsupported: it must be a multiple of 16 up to "
-                f"{MAX_HEAD_DIM}"
-            )
         if self.swr_block_len not in SUPPORTED_BLOCK_LENS:
             raise ValueError(f"swr_block_len={self.swr_block_len} is unsupported; use one of {SUPPORTED_BLOCK_LENS}")
         if self.swr_window_blocks < 1:
