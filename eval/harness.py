@@ -91,7 +91,7 @@ def evaluate(
     model: str,
     tasks: list[str],
     *,
-    limit: int | float | None = None,
+    limit: float | None = None,
     batch_size: int | str = 1,
     device: str = "cpu",
     max_length: int | None = None,

@@ -193,8 +193,10 @@ def _provenance_section(provenance: dict[str, Any] | None) -> str:
     layers_text = ", ".join(map(str, layers)) if isinstance(layers, list) else str(layers)
     extra = {k: v for k, v in provenance.items() if k not in PROVENANCE_KEYS}
     lines = [
-        f"Converted from a `{provenance['source_model_type']}` checkpoint (`{provenance['source_path']}`) by "
-        "`phalanx convert`: its sliding-window attention layers were replaced by Phalanx mixers.",
+        (
+            f"Converted from a `{provenance['source_model_type']}` checkpoint (`{provenance['source_path']}`) by "
+            "`phalanx convert`: its sliding-window attention layers were replaced by Phalanx mixers."
+        ),
         "",
         f"- converted layers: {layers_text}",
     ]
