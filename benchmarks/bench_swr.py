@@ -65,6 +65,29 @@ def time_swr(batch: int, seqlen: int, heads: int, dim: int, dtype: torch.dtype =
     return {"fwd_ms": fwd, "fwd_bwd_ms": bench_ms(fwd_bwd)}
 
 
+def time_core(batch: int, seqlen: int, heads: int, dim: int, dtype: torch.dtype = torch.bfloat16) -> dict[str, float]:
+    """Forward and forward+backward medians (ms) of the fused core ``phalanx_kernels.phalanx_core`` (Hg = H)."""
+    proj = torch.randn(batch, seqlen, heads + 3 * heads * dim, device="cuda", dtype=dtype, requires_grad=True)
+    dout = torch.randn(batch, seqlen, heads * dim, device="cuda", dtype=dtype)
+    kw = dict(num_heads=heads, head_dim=dim, num_gate_groups=heads)
+
+    def fwd_bwd() -> None:
+        torch.autograd.backward(phalanx_kernels.phalanx_core(proj, **kw), dout, inputs=[proj])
+
+    with torch.no_grad():
+        fwd = bench_ms(lambda: phalanx_kernels.phalanx_core(proj, **kw))
+    return {"core_fwd_ms": fwd, "core_fwd_bwd_ms": bench_ms(fwd_bwd)}
+
+
+def core_floors_ms(batch: int, seqlen: int, heads: int, dim: int, bandwidth: float) -> dict[str, float]:
+    """Fused core (bf16, Hg = H): forward reads the projection row and writes H*D; backward reads the row
+    and d(out) and writes d(proj)."""
+    feat, width = 2 * (heads + 3 * heads * dim), 2 * heads * dim
+    fwd = batch * seqlen * (feat + width)
+    bwd = batch * seqlen * (feat + width + feat)
+    return {"core_floor_fwd_ms": fwd / bandwidth * 1e3, "core_floor_fwd_bwd_ms": (fwd + bwd) / bandwidth * 1e3}
+
+
 def floors_ms(batch: int, seqlen: int, heads: int, dim: int, bandwidth: float) -> dict[str, float]:
     token_heads = batch * seqlen * heads
     fwd_bytes = token_heads * (2 * dim + 2 + 2 * dim)
@@ -72,14 +95,15 @@ def floors_ms(batch: int, seqlen: int, heads: int, dim: int, bandwidth: float) -
     return {"floor_fwd_ms": fwd_bytes / bandwidth * 1e3, "floor_fwd_bwd_ms": (fwd_bytes + bwd_bytes) / bandwidth * 1e3}
 
 
-def sweep_configs(batch: int, seqlen: int, heads: int, dim: int, configs: list[dict[str, int]]) -> list[dict]:
-    """Time forward and forward+backward under each launch configuration (replaces ``launch_config``)."""
+def sweep_configs(batch: int, seqlen: int, heads: int, dim: int, configs: list[dict]) -> list[dict]:
+    """Time the SWR and the fused core, forward and forward+backward, under each launch configuration
+    (replaces ``triton_ops.launch_config``)."""
     default = triton_ops.launch_config
     rows = []
     try:
         for cfg in configs:
             triton_ops.launch_config = lambda h, d, bl, cfg=cfg: dict(cfg)
-            rows.append({**cfg, **time_swr(batch, seqlen, heads, dim)})
+            rows.append({**cfg, **time_swr(batch, seqlen, heads, dim), **time_core(batch, seqlen, heads, dim)})
     finally:
         triton_ops.launch_config = default
     return rows

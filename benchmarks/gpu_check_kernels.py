@@ -175,9 +175,11 @@ def main() -> int:
     bandwidth = bench_swr.copy_bandwidth()
     report["copy_bandwidth_Bps"] = bandwidth
     report["swr"] = bench_swr.run(bandwidth)
-    sweep = [{"NB": nb, "HB": hb, "num_warps": w} for nb, hb, w in
-             [(16, 4, 4), (16, 4, 2), (16, 8, 4), (8, 4, 4), (32, 4, 4), (16, 2, 2), (16, 8, 8), (32, 8, 4)]]
+    sweep = [{"kernel": "tile", "TILE": tile, "num_warps": w} for tile, w in
+             [(256, 4), (256, 2), (256, 8), (512, 4), (512, 8), (128, 2), (128, 4)]]
+    sweep += [{"kernel": "ring", "NB": 16, "HB": hb, "num_warps": w} for hb, w in [(4, 2), (4, 1), (2, 1)]]
     report["sweep_shape_A"] = bench_swr.sweep_configs(8, 8192, 64, 16, sweep)
+    report["core_floors_shape_A"] = bench_swr.core_floors_ms(8, 8192, 64, 16, bandwidth)
     report["layer"] = bench_layer.run()
     with open(os.path.join(args.out, "kernels_gpu.json"), "w") as f:
         json.dump(report, f, indent=1)
@@ -190,8 +192,11 @@ def main() -> int:
             f"diff={r.get('max_abs_diff', float('nan')):.1e}")
         print(f"{'ok ' if r['ok'] else 'BAD'} {name}: {errs}")
     print(bench_swr.format_table(report["swr"]))
+    print("core floors (shape A):", {k: round(v, 3) for k, v in report["core_floors_shape_A"].items()})
     for r in report["sweep_shape_A"]:
-        print(f"sweep NB={r['NB']} HB={r['HB']} warps={r['num_warps']}: fwd {r['fwd_ms']:.3f} fwd+bwd {r['fwd_bwd_ms']:.3f}")
+        cfg = " ".join(f"{k}={v}" for k, v in r.items() if not k.endswith("_ms"))
+        print(f"sweep {cfg}: swr fwd {r['fwd_ms']:.3f} fwd+bwd {r['fwd_bwd_ms']:.3f} | "
+              f"core fwd {r['core_fwd_ms']:.3f} fwd+bwd {r['core_fwd_bwd_ms']:.3f}")
     print(bench_layer.format_table(report["layer"]))
     return 0 if all(r["ok"] for r in report["correctness"].values()) else 1
 

@@ -16,18 +16,18 @@ import triton
 
 from modeling_phalanx.swr_torch import SWRState, _split_core_inputs, check_swr_args, swr_torch
 
-from .triton_swr import _swr_bwd_kernel, _swr_fwd_kernel
+from .triton_swr import _swr_bwd_kernel, _swr_bwd_tile_kernel, _swr_fwd_kernel, _swr_fwd_tile_kernel
 
 CHUNK_TOKENS = 256  # tokens per program: 16 blocks of 16 (kernels.md section 2)
 
 
-def launch_config(num_heads: int, head_dim: int, block_len: int) -> dict[str, int]:
-    """Blocks per program (NB), heads per program (HB, >= 64 channels per row when D is small) and warps."""
-    dp = triton.next_power_of_2(head_dim)
-    hb = 1
-    while num_heads % (hb * 2) == 0 and hb * 2 * dp <= 64 and hb * 2 * block_len <= 64:
-        hb *= 2
-    return {"NB": CHUNK_TOKENS // block_len, "HB": hb, "num_warps": 4}
+def launch_config(num_heads: int, head_dim: int, block_len: int) -> dict[str, int | str]:
+    """Kernel family and launch parameters.
+
+    ``tile``: one head and ``TILE`` tokens per program, all blocks at once. ``ring``: ``HB`` heads and
+    ``NB`` blocks per program walked in sequence (``CHUNK_TOKENS`` tokens).
+    """
+    return {"kernel": "tile", "TILE": 256, "num_warps": 4}
 
 
 def _launch(
@@ -46,9 +46,7 @@ def _launch(
     cu, phase, seq_len, max_len, num_seqs = rows_info
     heads, gate_groups, head_dim = shape
     cfg = launch_config(heads, head_dim, block_len)
-    nb = cfg["NB"]
     max_blocks = -(-(max_len + (block_len - 1 if phase is not None else 0)) // block_len)
-    grid = (triton.cdiv(max_blocks, nb), num_seqs * (heads // cfg["HB"]))
     meta = dict(
         H=heads,
         HG=gate_groups,
@@ -57,16 +55,24 @@ def _launch(
         DP=triton.next_power_of_2(head_dim),
         BL=block_len,
         W=window_blocks,
-        WP=triton.next_power_of_2(max(window_blocks - 1, 1)),
-        NB=nb,
-        HB=cfg["HB"],
         FUSED=fused,
         VARLEN=cu is not None,
         HAS_PHASE=phase is not None,
         IEEE=ieee,
         num_warps=cfg["num_warps"],
     )
-    kernel = _swr_fwd_kernel if fwd else _swr_bwd_kernel
+    halo = window_blocks - 1 if fwd else 2 * (window_blocks - 1)
+    if cfg["kernel"] == "tile":
+        # At least half of every tile is output blocks, whatever the window.
+        nbt = max(cfg["TILE"] // block_len, triton.next_power_of_2(2 * halo))
+        meta["NBT"] = nbt
+        grid = (triton.cdiv(max_blocks, nbt - halo), num_seqs * heads)
+        kernel = _swr_fwd_tile_kernel if fwd else _swr_bwd_tile_kernel
+    else:
+        nb, hb = cfg["NB"], cfg["HB"]
+        meta.update(NB=nb, HB=hb, WP=triton.next_power_of_2(max(window_blocks - 1, 1)))
+        grid = (triton.cdiv(max_blocks, nb), num_seqs * (heads // hb))
+        kernel = _swr_fwd_kernel if fwd else _swr_bwd_kernel
     row_names = ("X_ROW", "G_ROW", "Y_ROW") if fwd else ("X_ROW", "G_ROW", "DY_ROW", "DX_ROW", "DG_ROW")
     meta.update(dict(zip(row_names, strides)))
     kernel[grid](*tensors, cu, phase, seq_len, log_cap, **meta)

@@ -310,3 +310,143 @@ def _store_grads(X, G, DY, DX, DG, DC, rows, mask_t, h_idx, d, mask_d, y, dx, dg
     else:
         tl.store(DX + r3 * DX_ROW + hd, dx.to(DX.dtype.element_ty), mask=m3)
         tl.store(DG + rows[None, :] * DG_ROW + h_idx[:, None], dg.to(DG.dtype.element_ty), mask=m2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tile kernels: every block of a program at once (no sequential loop over blocks).
+# A program owns one head and a tile of NBT blocks starting W-1 blocks before its output blocks
+# (forward halo); the backward tile also reaches W-1 blocks past them. Block-to-block carries are
+# NBT x NBT transfer matrices applied with one product: M[k, k'] = prod of block gates strictly
+# between k' and k, for 1 <= k - k' <= W-1.
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _mix(m, v, IEEE: tl.constexpr, USE_DOT: tl.constexpr):
+    """m (R, R) @ v (R, DP) in fp32 (tensor cores when R >= 16)."""
+    if USE_DOT:
+        if IEEE:
+            return tl.dot(m, v, input_precision="ieee")
+        return tl.dot(m, v)
+    return tl.sum(m[:, :, None] * v[None, :, :], axis=1)
+
+
+@triton.jit
+def _bdot(a, b, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _block_carry(tot, NBT: tl.constexpr, W: tl.constexpr, FORWARD: tl.constexpr):
+    """Block transfer matrix from the per-block log-gate totals (NBT,).
+
+    FORWARD: M[k, k'] (source k' feeds block k); else its transpose M[k', k] laid out as [k, k''] with
+    k'' the later block. Entries at lag 1 are exactly 1 (no gate lies strictly between).
+    """
+    cum = tl.cumsum(tot, axis=0)
+    before = cum - tot
+    k = tl.arange(0, NBT)
+    if FORWARD:
+        lag = k[:, None] - k[None, :]
+        w = tl.exp(before[:, None] - cum[None, :])
+    else:
+        lag = k[None, :] - k[:, None]
+        w = tl.exp(before[None, :] - cum[:, None])
+    w = tl.where(lag == 1, 1.0, w)
+    return tl.where((lag >= 1) & (lag <= W - 1), w, 0.0)
+
+
+@triton.jit
+def _swr_fwd_tile_kernel(
+    X, G, Y, CU, PHASE, T, LOGCAP,
+    X_ROW: tl.constexpr, G_ROW: tl.constexpr, Y_ROW: tl.constexpr,
+    H: tl.constexpr, HG: tl.constexpr, REP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    BL: tl.constexpr, W: tl.constexpr, NBT: tl.constexpr,
+    FUSED: tl.constexpr, VARLEN: tl.constexpr, HAS_PHASE: tl.constexpr, IEEE: tl.constexpr,
+):
+    """Forward over one tile: outputs blocks [c0, c0 + NBT - W + 1) of one head."""
+    bos, length, phase, nblocks, h_idx = _seq_setup(CU, PHASE, T, VARLEN, HAS_PHASE, BL, 1, H)
+    NBO: tl.constexpr = NBT - (W - 1)
+    c0 = tl.program_id(0) * NBO
+    if c0 >= nblocks:
+        return
+    j = tl.arange(0, NBT * BL)
+    tok = (c0 - (W - 1)) * BL + j - phase
+    mask_t = (tok >= 0) & (tok < length)
+    rows = bos + tok
+    d = tl.arange(0, DP)
+    mask_d = d < D
+    x, g = _load_block(X, G, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
+    x = tl.reshape(x, (NBT, BL, DP))
+    g = tl.reshape(g, (NBT, BL))
+    p = tl.cumsum(g, axis=1)
+    tot = tl.sum(g, axis=1)
+    t_in = tl.arange(0, BL)
+    causal = t_in[:, None] >= t_in[None, :]
+    y = _bdot(tl.where(causal[None, :, :], tl.exp(p[:, :, None] - p[:, None, :]), 0.0), x, IEEE)
+    if W > 1:
+        term = tl.sum(tl.exp(tot[:, None] - p)[:, :, None] * x, axis=1)
+        carry = _mix(_block_carry(tot, NBT, W, True), term, IEEE, NBT >= 16)
+        y += tl.exp(p)[:, :, None] * carry[:, None, :]
+    y = tl.reshape(y, (1, NBT * BL, DP))
+    mask_out = mask_t & (j >= (W - 1) * BL)
+    if FUSED:
+        c, v = _load_readout(X, rows, mask_out, h_idx, d, mask_d, X_ROW, H, HG, REP, D)
+        y = y * c + v
+    m3 = mask_out[None, :, None] & mask_d[None, None, :]
+    tl.store(Y + rows[None, :, None] * Y_ROW + h_idx[:, None, None] * D + d[None, None, :],
+             y.to(Y.dtype.element_ty), mask=m3)
+
+
+@triton.jit
+def _swr_bwd_tile_kernel(
+    X, G, DY, DX, DG, DC, CU, PHASE, T, LOGCAP,
+    X_ROW: tl.constexpr, G_ROW: tl.constexpr, DY_ROW: tl.constexpr, DX_ROW: tl.constexpr, DG_ROW: tl.constexpr,
+    H: tl.constexpr, HG: tl.constexpr, REP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    BL: tl.constexpr, W: tl.constexpr, NBT: tl.constexpr,
+    FUSED: tl.constexpr, VARLEN: tl.constexpr, HAS_PHASE: tl.constexpr, IEEE: tl.constexpr,
+):
+    """Backward over one tile: gradients of blocks [c0, c0 + NBT - 2(W-1)) of one head (see _swr_bwd_kernel)."""
+    bos, length, phase, nblocks, h_idx = _seq_setup(CU, PHASE, T, VARLEN, HAS_PHASE, BL, 1, H)
+    NBO: tl.constexpr = NBT - 2 * (W - 1)
+    c0 = tl.program_id(0) * NBO
+    if c0 >= nblocks:
+        return
+    j = tl.arange(0, NBT * BL)
+    tok = (c0 - (W - 1)) * BL + j - phase
+    mask_t = (tok >= 0) & (tok < length)
+    rows = bos + tok
+    d = tl.arange(0, DP)
+    mask_d = d < D
+    x, g = _load_block(X, G, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
+    dy, g = _load_dy(X, G, DY, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, DY_ROW, H, HG, REP, D, FUSED)
+    x = tl.reshape(x, (NBT, BL, DP))
+    dy = tl.reshape(dy, (NBT, BL, DP))
+    g = tl.reshape(g, (NBT, BL))
+    p = tl.cumsum(g, axis=1)
+    tot = tl.sum(g, axis=1)
+    t_in = tl.arange(0, BL)
+    diff = p[:, :, None] - p[:, None, :]
+    y = _bdot(tl.where((t_in[:, None] >= t_in[None, :])[None, :, :], tl.exp(diff), 0.0), x, IEEE)
+    dx = _bdot(tl.where((t_in[:, None] <= t_in[None, :])[None, :, :], tl.exp(-diff), 0.0), dy, IEEE)
+    dg_start = tl.zeros((1,), dtype=tl.float32)
+    if W > 1:
+        tail = tl.exp(tot[:, None] - p)
+        term = tl.sum(tail[:, :, None] * x, axis=1)
+        dterm = tl.sum(tl.exp(p)[:, :, None] * dy, axis=1)
+        fwd = _block_carry(tot, NBT, W, True)
+        y += tl.exp(p)[:, :, None] * _mix(fwd, term, IEEE, NBT >= 16)[:, None, :]
+        dx += tail[:, :, None] * _mix(_block_carry(tot, NBT, W, False), dterm, IEEE, NBT >= 16)[:, None, :]
+        # d(log-gate) at the first output token: pairs with the source before it and the target after it.
+        k = tl.arange(0, NBT)
+        carry_before = _mix(tl.where(k[None, :] < W - 1, fwd, 0.0), term, IEEE, NBT >= 16)
+        dg_start += tl.sum(tl.sum(tl.where((k >= W - 1)[:, None], carry_before * dterm, 0.0), axis=1), axis=0)
+    blk = j // BL
+    mask_out = mask_t & (blk >= W - 1) & (blk < NBT - (W - 1))
+    q = tl.reshape(tl.sum(dy * y - x * dx, axis=2), (1, NBT * BL))
+    q = tl.where(mask_out[None, :], q, 0.0)
+    dg = dg_start[:, None] - (tl.cumsum(q, axis=1) - q)
+    _store_grads(X, G, DY, DX, DG, DC, rows, mask_out, h_idx, d, mask_d, tl.reshape(y, (1, NBT * BL, DP)),
+                 tl.reshape(dx, (1, NBT * BL, DP)), dg, X_ROW, G_ROW, DY_ROW, DX_ROW, DG_ROW, H, HG, REP, D, FUSED)
