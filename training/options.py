@@ -12,6 +12,10 @@ from transformers.trainer_utils import get_last_checkpoint
 from .data import shipped_sample_dir
 
 PRECISIONS = ("auto", "bf16", "fp32")
+# Transformers 5.23 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name warns).
+CHECKPOINTING_FIELD = (
+    "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient_checkpointing"
+)
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, max_steps: int) -> None:
@@ -102,7 +106,6 @@ def training_arguments(args: argparse.Namespace, *, has_eval: bool) -> TrainingA
         seed=args.seed,
         data_seed=args.seed,
         bf16=use_bf16(args.precision),
-        gradient_checkpointing=args.gradient_checkpointing,
         save_strategy="steps",
         save_steps=args.save_steps,
         save_total_limit=args.save_total_limit,
@@ -111,4 +114,5 @@ def training_arguments(args: argparse.Namespace, *, has_eval: bool) -> TrainingA
         eval_steps=eval_steps if has_eval else None,
         include_num_input_tokens_seen=True,
         report_to=args.report_to,
+        **({CHECKPOINTING_FIELD: True} if args.gradient_checkpointing else {}),
     )

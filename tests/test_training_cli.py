@@ -1,0 +1,98 @@
+"""`phalanx train` end to end on the shipped sample: outputs, exact resume, two-process DDP (gloo) equal
+to one process with the same global batch, and clean errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from modeling_phalanx import PhalanxForCausalLM
+from phalanx_cli.main import main
+from phalanx_training.callbacks import LOSS_CURVE_FILE
+
+STEPS = 6
+COMMON = ["--model-config", "tiny-phalanx", "--seq-len", "32", "--max-steps", str(STEPS), "--logging-steps", "1",
+          "--lr", "3e-3", "--warmup", "1", "--precision", "fp32", "--seed", "0"]
+
+
+def train_losses(output: Path) -> dict[int, float]:
+    state = json.loads((output / "trainer_state.json").read_text())
+    return {e["step"]: e["loss"] for e in state["log_history"] if "loss" in e}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted single-process run, batch 4, checkpoint at step 3."""
+    out = tmp_path_factory.mktemp("train") / "reference"
+    assert main(["train", *COMMON, "--batch-size", "4", "--save-steps", "3", "--output", str(out)]) == 0
+    return out
+
+
+def test_output_folder(reference: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(reference)
+    assert isinstance(model, PhalanxForCausalLM)
+    assert model.config.layer_types == ["linear_attention"] * 3 + ["full_attention"]
+    assert model.config.vocab_size == 259 and model.config.eos_token_id == 2
+    assert (reference / "tokenizer.json").is_file()
+    assert (reference / LOSS_CURVE_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in reference.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    losses = train_losses(reference)
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    assert losses[STEPS] < losses[1]
+    state = json.loads((reference / "trainer_state.json").read_text())
+    assert all(e["train_tokens_per_second"] > 0 for e in state["log_history"] if "loss" in e)
+    assert state["num_input_tokens_seen"] == STEPS * 4 * 32
+
+
+def test_resume_reproduces_the_uninterrupted_run(reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "resumed"
+    shutil.copytree(reference / "checkpoint-3", out / "checkpoint-3")
+    assert main(["train", *COMMON, "--batch-size", "4", "--save-steps", "3", "--output", str(out), "--resume"]) == 0
+    ref_losses, resumed_losses = train_losses(reference), train_losses(out)
+    assert [resumed_losses[s] for s in range(4, STEPS + 1)] == [ref_losses[s] for s in range(4, STEPS + 1)]
+    ref_weights, weights = load_file(reference / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(ref_weights[k], weights[k]) for k in ref_weights)
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(reference: Path, tmp_path: Path) -> None:
+    """DDP over gloo with gradient checkpointing (exact recomputation) against the plain single-process run."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "phalanx_cli.main", "train", *COMMON, "--batch-size", "2", "--save-steps", "100", "--gradient-checkpointing",
+           "--output", str(out)]
+    # cwd outside the repository: its `kernels/` folder must not shadow the `kernels` package Transformers probes.
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref_weights, weights = load_file(reference / "model.safetensors"), load_file(out / "model.safetensors")
+    for key in ref_weights:
+        torch.testing.assert_close(weights[key], ref_weights[key], atol=2e-5, rtol=1e-4)
+    ref_losses, ddp_losses = train_losses(reference), train_losses(out)
+    assert ddp_losses == pytest.approx(ref_losses, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model-config", "tiny-mamba"], "neither a preset"),
+        (["--model-config", "tiny-phalanx", "--swax"], "--swax needs sliding_attention"),
+        (["--model-config", "tiny-swa", "--swax", "--swax-short-window", "64"], "short_window < long_window"),
+        (["--model-config", "tiny-phalanx", "--resume"], "no checkpoint"),
+        (["--model-config", "tiny-phalanx", "--data", "/nonexistent/corpus"], "data path not found"),
+        (["--model-config", "tiny-phalanx", "--batch-size", "0"], "--batch-size must be positive"),
+    ],
+)
+def test_errors_are_one_line_and_write_nothing(tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str) -> None:
+    out = tmp_path / "out"
+    assert main(["train", "--output", str(out), *extra]) == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()
