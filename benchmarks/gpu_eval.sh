@@ -8,7 +8,8 @@
 # /work/.library/device/README.md describes, together with the project itself (no dependencies).
 # Writes OUTDIR/env.txt (machine and versions), OUTDIR/eval_log.txt, OUTDIR/eval_results.json and
 # OUTDIR/eval_results_recall.png. Optional environment: BATCH (default 8), MAX_LENGTH (default: the
-# model's max_position_embeddings, at most 16384), DTYPE (default bfloat16), LIMIT (documents per task).
+# model's max_position_embeddings, at most 16384), DTYPE (default bfloat16), LIMIT (documents per task),
+# DEVICE (default cuda; cpu for a smoke test).
 set -euo pipefail
 
 if [ $# -ne 2 ]; then
@@ -52,7 +53,7 @@ for name in ("torch", "triton", "transformers", "lm_eval", "datasets", "evaluate
 EOF
 cat "$OUTDIR/env.txt"
 
-args=(--tasks phalanx_bpb phalanx_passkey phalanx_mqar --device cuda --batch-size "${BATCH:-8}"
+args=(--tasks phalanx_bpb phalanx_passkey phalanx_mqar --device "${DEVICE:-cuda}" --batch-size "${BATCH:-8}"
       --dtype "${DTYPE:-bfloat16}" --output "$OUTDIR/eval_results.json")
 if [ -n "${MAX_LENGTH:-}" ]; then args+=(--max-length "$MAX_LENGTH"); fi
 if [ -n "${LIMIT:-}" ]; then args+=(--limit "$LIMIT"); fi
