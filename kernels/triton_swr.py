@@ -143,7 +143,7 @@ def _swr_fwd_kernel(
         x, g = _load_block(X, G, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
         p = tl.cumsum(g, axis=1)
         tot = tl.sum(g, axis=1)
-        trans = tl.where(causal[None, :, :], tl.exp(p[:, :, None] - p[:, None, :]), 0.0)
+        trans = tl.exp(tl.where(causal[None, :, :], p[:, :, None] - p[:, None, :], float("-inf")))
         if IEEE:
             y = tl.dot(trans, x, input_precision="ieee")
         else:
@@ -233,9 +233,9 @@ def _swr_bwd_kernel(
             p = tl.cumsum(g, axis=1)
             tot = tl.sum(g, axis=1)
             diff = p[:, :, None] - p[:, None, :]
-            trans = tl.where(causal[None, :, :], tl.exp(diff), 0.0)
+            trans = tl.exp(tl.where(causal[None, :, :], diff, float("-inf")))
             # trans_t[j, i] = L[i, j]: built directly instead of transposing.
-            trans_t = tl.where(anti[None, :, :], tl.exp(-diff), 0.0)
+            trans_t = tl.exp(tl.where(anti[None, :, :], -diff, float("-inf")))
             if IEEE:
                 y = tl.dot(trans, x, input_precision="ieee")
                 dx = tl.dot(trans_t, dy, input_precision="ieee")
@@ -350,12 +350,12 @@ def _block_carry(tot, NBT: tl.constexpr, W: tl.constexpr, FORWARD: tl.constexpr)
     k = tl.arange(0, NBT)
     if FORWARD:
         lag = k[:, None] - k[None, :]
-        w = tl.exp(before[:, None] - cum[None, :])
+        log_w = before[:, None] - cum[None, :]
     else:
         lag = k[None, :] - k[:, None]
-        w = tl.exp(before[None, :] - cum[:, None])
-    w = tl.where(lag == 1, 1.0, w)
-    return tl.where((lag >= 1) & (lag <= W - 1), w, 0.0)
+        log_w = before[None, :] - cum[:, None]
+    log_w = tl.where(lag == 1, 0.0, log_w)
+    return tl.exp(tl.where((lag >= 1) & (lag <= W - 1), log_w, float("-inf")))
 
 
 @triton.jit
@@ -385,7 +385,7 @@ def _swr_fwd_tile_kernel(
     tot = tl.sum(g, axis=1)
     t_in = tl.arange(0, BL)
     causal = t_in[:, None] >= t_in[None, :]
-    y = _bdot(tl.where(causal[None, :, :], tl.exp(p[:, :, None] - p[:, None, :]), 0.0), x, IEEE)
+    y = _bdot(tl.exp(tl.where(causal[None, :, :], p[:, :, None] - p[:, None, :], float("-inf"))), x, IEEE)
     if W > 1:
         term = tl.sum(tl.exp(tot[:, None] - p)[:, :, None] * x, axis=1)
         carry = _mix(_block_carry(tot, NBT, W, True), term, IEEE, NBT >= 16)
@@ -429,8 +429,8 @@ def _swr_bwd_tile_kernel(
     tot = tl.sum(g, axis=1)
     t_in = tl.arange(0, BL)
     diff = p[:, :, None] - p[:, None, :]
-    y = _bdot(tl.where((t_in[:, None] >= t_in[None, :])[None, :, :], tl.exp(diff), 0.0), x, IEEE)
-    dx = _bdot(tl.where((t_in[:, None] <= t_in[None, :])[None, :, :], tl.exp(-diff), 0.0), dy, IEEE)
+    y = _bdot(tl.exp(tl.where((t_in[:, None] >= t_in[None, :])[None, :, :], diff, float("-inf"))), x, IEEE)
+    dx = _bdot(tl.exp(tl.where((t_in[:, None] <= t_in[None, :])[None, :, :], -diff, float("-inf"))), dy, IEEE)
     dg_start = tl.zeros((1,), dtype=tl.float32)
     if W > 1:
         tail = tl.exp(tot[:, None] - p)
