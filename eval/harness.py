@@ -10,7 +10,10 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lm_eval.tasks import TaskManager
 
 TASK_DIR = Path(__file__).resolve().parent / "tasks"
 DEFAULT_MAX_LENGTH_CAP = 16384
@@ -18,14 +21,14 @@ SHIPPED_PREFIX = "phalanx"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def shipped_task_manager():
+def shipped_task_manager() -> TaskManager:
     """A ``TaskManager`` that indexes only the shipped tasks (no network, no built-in YAML scan)."""
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=str(TASK_DIR), include_defaults=False)
 
 
-def resolve_task_manager(tasks: list[str]):
+def resolve_task_manager(tasks: list[str]) -> TaskManager:
     """The smallest ``TaskManager`` that knows every name (or glob) in ``tasks``.
 
     Shipped names resolve without touching lm-eval's built-in tasks. Other names fall back to a
@@ -41,7 +44,7 @@ def resolve_task_manager(tasks: list[str]):
     manager = shipped_task_manager()
     shipped = manager.all_tasks
 
-    def unknown(tm) -> list[str]:
+    def unknown(tm: TaskManager) -> list[str]:
         return [t for t in tasks if not lm_utils.pattern_match([t], tm.all_tasks)]
 
     missing = unknown(manager)

@@ -11,9 +11,12 @@ import json
 import re
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+if TYPE_CHECKING:
+    from modeling_phalanx import PhalanxConfig
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 PROVENANCE_FILE = "phalanx_conversion.json"
@@ -94,13 +97,10 @@ def load_provenance(model_dir: str | Path) -> dict[str, Any] | None:
 
 
 def hub_base_model(provenance: dict[str, Any] | None) -> str | None:
-    """The source checkpoint as a Hub id, when the conversion record names one (local paths are not)."""
-    if provenance is None:
-        return None
-    for key in ("source_model_id", "source_path"):
-        value = provenance.get(key)
-        if isinstance(value, str) and _REPO_ID.match(value) and not Path(value).exists():
-            return value
+    """The conversion source as a Hub id (``org/name`` that is not a local path), else None."""
+    source = provenance.get("source_path") if provenance is not None else None
+    if isinstance(source, str) and _REPO_ID.match(source) and not Path(source).exists():
+        return source
     return None
 
 
@@ -125,7 +125,6 @@ def eval_results(results: dict[str, Any]) -> list[EvalResult]:
 
 
 def card_data(
-    config: dict[str, Any],
     *,
     model_name: str,
     license: str,
@@ -147,24 +146,21 @@ def card_data(
     )
 
 
-def layer_table(config: dict[str, Any]) -> str:
-    """Markdown table of the decoder's layers: index, mixer kind and its window."""
-    layer_types = config.get("layer_types") or ["full_attention"] * int(config.get("num_hidden_layers", 0))
-    block_len = config.get("swr_block_len", 16)
-    window_blocks = config.get("swr_window_blocks", 2)
-    head_dim = config.get("phalanx_head_dim", 16)
-    heads = config.get("phalanx_num_heads") or config.get("hidden_size", 0) // head_dim
+def layer_table(config: PhalanxConfig) -> str:
+    """Markdown table of the decoder's layers: index, mixer kind and what it sees."""
+    block_len, window_blocks = config.swr_block_len, config.swr_window_blocks
     details = {
-        "full_attention": f"{config.get('num_attention_heads')} heads, {config.get('num_key_value_heads')} KV heads",
-        "sliding_attention": f"window {config.get('sliding_window')} tokens",
+        "full_attention": f"{config.num_attention_heads} heads, {config.num_key_value_heads} KV heads",
+        "sliding_attention": f"window {config.sliding_window} tokens",
         "linear_attention": (
-            f"{heads} heads of dim {head_dim}, blocks of {block_len}, {window_blocks} blocks "
-            f"({(window_blocks - 1) * block_len + 1}-{window_blocks * block_len} tokens)"
+            f"{config.phalanx_num_heads} heads of dim {config.phalanx_head_dim}, blocks of {block_len}, "
+            f"{window_blocks} blocks ({(window_blocks - 1) * block_len + 1}-{window_blocks * block_len} tokens)"
         ),
     }
     rows = ["| layer | mixer | details |", "|---:|---|---|"]
     rows += [
-        f"| {i} | {MIXER_NAMES.get(kind, kind)} | {details.get(kind, '')} |" for i, kind in enumerate(layer_types)
+        f"| {i} | {MIXER_NAMES.get(kind, kind)} | {details.get(kind, '')} |"
+        for i, kind in enumerate(config.layer_types)
     ]
     return "\n".join(rows)
 
@@ -205,7 +201,7 @@ def _provenance_section(provenance: dict[str, Any] | None) -> str:
 
 
 def render_card(
-    config: dict[str, Any],
+    config: PhalanxConfig,
     *,
     model_name: str,
     repo_id: str,
@@ -213,9 +209,9 @@ def render_card(
     results: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
 ) -> ModelCard:
-    """The full model card (metadata + body) for a Phalanx ``config.json`` dict."""
-    data = card_data(config, model_name=model_name, license=license, results=results, provenance=provenance)
-    layer_types = config.get("layer_types") or []
+    """The full model card (metadata + body) of a model with ``config``."""
+    data = card_data(model_name=model_name, license=license, results=results, provenance=provenance)
+    layer_types = config.layer_types
     counts = ", ".join(
         f"{layer_types.count(kind)} {MIXER_NAMES.get(kind, kind)}" for kind in dict.fromkeys(layer_types)
     )
@@ -223,7 +219,7 @@ def render_card(
         model_name=model_name,
         repo_id=repo_id,
         num_layers=len(layer_types),
-        layer_counts=counts or "no layer_types in config",
+        layer_counts=counts,
         layer_table=layer_table(config),
         results_section=_results_section(results),
         provenance_section=_provenance_section(provenance),

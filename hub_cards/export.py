@@ -90,14 +90,14 @@ def _write_folder(
     for source in modeling_files():
         shutil.copy2(source, tmp / source.name)
     config_path = tmp / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["auto_map"] = auto_map()
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    config_json = json.loads(config_path.read_text(encoding="utf-8"))
+    config_json["auto_map"] = auto_map()
+    config_path.write_text(json.dumps(config_json, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if provenance is not None:
         shutil.copy2(model_dir / PROVENANCE_FILE, tmp / PROVENANCE_FILE)
     if results is not None:
         (tmp / EVAL_RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    card = render_card(config, results=results, provenance=provenance, **card_kwargs)
+    card = render_card(model.config, results=results, provenance=provenance, **card_kwargs)
     card.save(tmp / "README.md")
 
 

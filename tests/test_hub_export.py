@@ -153,8 +153,7 @@ def test_conversion_record_gives_base_model_and_provenance(tiny_model, tmp_path,
     source = str(tiny_model) if source == "LOCAL" else source  # an existing local folder is no Hub id
     record = {"model_type": "qwen3", "source": source, "converted_layers": [0, 2], "init": "attention"}
     (converted / "phalanx_conversion.json").write_text(json.dumps(record))
-    config = json.loads((tiny_model / "config.json").read_text())
-    card = render_card(config, model_name="m", repo_id="me/m", license="mit", provenance=load_provenance(converted))
+    card = render_card(PhalanxConfig.from_pretrained(tiny_model), model_name="m", repo_id="me/m", license="mit", provenance=load_provenance(converted))
     data = ModelCard(str(card)).data
     assert data.base_model == base_model and data.license == "mit"
     assert {"converted", "converted-from-qwen3"} <= set(data.tags)
