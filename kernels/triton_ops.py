@@ -371,12 +371,12 @@ def phalanx_core_triton(
                                             num_gate_groups, decay_cap)
         return u.float(), log_a.float(), c.float()
 
-    # Validates the split (head counts, feature width) and the SWR arguments on a one-row view.
-    u1, log_a1, _ = inputs(torch.zeros(1, dtype=torch.long, device=proj.device))
-    num_seqs = check_swr_args(
-        u1.expand(batch, seqlen, num_heads, head_dim), log_a1.expand(batch, seqlen, num_heads), block_len,
-        window_blocks, cu_seqlens, initial_state,
-    )
+    if not proj.is_floating_point():
+        raise TypeError(f"proj must be a floating-point tensor (bf16/fp16/fp32), got dtype {proj.dtype}")
+    # Head counts and feature width through the one splitter (on zero rows), the SWR arguments on meta tensors.
+    _split_core_inputs(proj[:1, :0], num_heads, head_dim, num_gate_groups, decay_cap)
+    meta_x = torch.empty(batch, seqlen, num_heads, head_dim, device="meta", dtype=proj.dtype)
+    num_seqs = check_swr_args(meta_x, meta_x[..., 0], block_len, window_blocks, cu_seqlens, initial_state)
     if decay_cap is not None and not 0.0 < decay_cap <= 1.0:
         raise ValueError(f"decay_cap must be in (0, 1], got {decay_cap}")
     log_cap = 0.0 if decay_cap is None else math.log(decay_cap)
