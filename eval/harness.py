@@ -100,12 +100,14 @@ def evaluate(
     max_length: int | None = None,
     dtype: str = "auto",
 ) -> dict[str, Any]:
-    """``lm_eval.simple_evaluate`` with the ``hf`` model on ``model`` (remote code trusted) and ``tasks``.
+    """``lm_eval.simple_evaluate`` with lm-eval's ``hf`` model on ``model`` (remote code trusted).
 
     Importing ``modeling_phalanx`` first registers the local Phalanx classes, which Transformers then
-    prefers to the folder's remote code, so an installed project uses its Triton kernels.
+    prefers to the folder's remote code, so an installed project uses its Triton kernels. A model that
+    fails to load (corrupt weights, missing tokenizer) raises ``ValueError`` naming the folder.
     """
     import lm_eval
+    from lm_eval.models.huggingface import HFLM
 
     import modeling_phalanx  # noqa: F401  (registers PhalanxConfig / models with the Auto classes)
 
@@ -115,9 +117,15 @@ def evaluate(
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
     manager = resolve_task_manager(tasks)
+    model_args = {"pretrained": model, "trust_remote_code": True, "max_length": max_length, "dtype": dtype}
+    try:
+        lm = HFLM(**model_args, batch_size=batch_size, device=device)
+    except Exception as err:  # loading fails in many ways (safetensors, OSError, config errors)
+        raise ValueError(f"cannot load the model {model}: {type(err).__name__}: {err}") from err
+    # model_args, batch_size and device only label the results: the model is already built.
     results = lm_eval.simple_evaluate(
-        model="hf",
-        model_args={"pretrained": model, "trust_remote_code": True, "max_length": max_length, "dtype": dtype},
+        model=lm,
+        model_args=model_args,
         tasks=tasks,
         limit=limit,
         batch_size=batch_size,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +174,11 @@ def test_cli_errors_are_one_clear_line(tiny_model, tmp_path, capsys):
     (broken / "config.json").write_text("{not json")
     assert main(["eval", str(broken), "--output", out]) == 1
     assert "corrupt config.json" in capsys.readouterr().err
+
+    shutil.copytree(tiny_model, broken, dirs_exist_ok=True)
+    (broken / "model.safetensors").write_bytes((tiny_model / "model.safetensors").read_bytes()[:-100])
+    assert main(["eval", str(broken), "--tasks", "phalanx_passkey_64", "--output", out]) == 1
+    assert f"cannot load the model {broken}" in capsys.readouterr().err
 
     assert main(["eval", str(tiny_model), "--output", str(tmp_path / "r.txt")]) == 1
     assert "--output must end in .json" in capsys.readouterr().err
