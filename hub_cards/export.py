@@ -158,7 +158,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="folder to write (must not exist unless --force)")
     parser.add_argument("--eval-results", type=Path, default=None, help="lm-eval results JSON (e.g. from `phalanx eval`)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    parser.add_argument("--license", default="apache-2.0", help="license id for the card (default: %(default)s)")
+    parser.add_argument(
+        "--license", default="apache-2.0",
+        help="Hub license id for the card (default: %(default)s; a converted model keeps its source's license)",
+    )
     parser.add_argument("--repo-id", default=None, help="Hub repo id for the usage snippet (default: OUT's name)")
     parser.add_argument("--model-name", default=None, help="card title and model-index name (default: OUT's name)")
 
