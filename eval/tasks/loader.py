@@ -27,7 +27,7 @@ MQAR_KEY_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 
 
 def held_out_works() -> dict[str, str]:
-    """Held-out texts by work name (file ``<work>_gut.txt``), in name order."""
+    """Held-out texts by work name (file ``<work>_gut.txt``), in name order; ASCII, so characters are bytes."""
     paths = sorted(DATA_DIR.glob("*_gut.txt"))
     if not paths:
         raise FileNotFoundError(f"no held-out texts (*_gut.txt) in {DATA_DIR}")
