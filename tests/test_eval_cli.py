@@ -150,7 +150,7 @@ def test_plain_lm_eval_cli_gives_the_same_metrics(eval_run, tiny_model, tmp_path
     for task in tasks:
         for key, value in ours[task].items():
             if isinstance(value, float):
-                assert plain[task][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (task, key)
+                assert plain[task][key] == pytest.approx(value, rel=1e-4), (task, key)  # batches differ
 
 
 def test_plot_needs_a_distance_task(eval_run, tmp_path):
