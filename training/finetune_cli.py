@@ -89,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
         processing_class=tokenizer,
         callbacks=[LossCurveCallback()],
     )
+    if args.merge and trainer.is_fsdp_enabled:
+        raise ValueError("--merge needs the whole model in one process; under FSDP train without --merge, then merge "
+                         "the saved adapter in a single process (see training/README.md)")
     if trainer.is_world_process_zero():
         trainable, total = model.get_nb_trainable_parameters()
         print(f"phalanx finetune: LoRA r={args.lora_r} on {sorted(model.targeted_module_names)[:4]}... "

@@ -114,5 +114,6 @@ def training_arguments(args: argparse.Namespace, *, has_eval: bool) -> TrainingA
         eval_steps=eval_steps if has_eval else None,
         include_num_input_tokens_seen=True,
         report_to=args.report_to,
+        ddp_find_unused_parameters=False,  # every parameter takes part in each forward
         **({CHECKPOINTING_FIELD: True} if args.gradient_checkpointing else {}),
     )
