@@ -16,6 +16,7 @@ import triton
 
 from modeling_phalanx.swr_torch import SWRState, _split_core_inputs, check_swr_args, swr_torch
 
+from .triton_scan import _swr_scan_bwd_kernel, _swr_scan_fwd_kernel
 from .triton_swr import _swr_bwd_kernel, _swr_bwd_tile_kernel, _swr_fwd_kernel, _swr_fwd_tile_kernel
 
 CHUNK_TOKENS = 256  # tokens per program: 16 blocks of 16 (kernels.md section 2)
@@ -25,7 +26,8 @@ def launch_config(num_heads: int, head_dim: int, block_len: int) -> dict[str, in
     """Kernel family and launch parameters.
 
     ``tile``: one head and ``TILE`` tokens per program, all blocks at once. ``ring``: ``HB`` heads and
-    ``NB`` blocks per program walked in sequence (``CHUNK_TOKENS`` tokens).
+    ``NB`` blocks per program walked in sequence (``CHUNK_TOKENS`` tokens). ``scan``: as ``ring``, with
+    associative scans instead of transfer matrices for the block solves (``triton_scan``).
     """
     return {"kernel": "tile", "TILE": 256, "num_warps": 4}
 
@@ -72,7 +74,11 @@ def _launch(
         nb, hb = cfg["NB"], cfg["HB"]
         meta.update(NB=nb, HB=hb, WP=triton.next_power_of_2(max(window_blocks - 1, 1)))
         grid = (triton.cdiv(max_blocks, nb), num_seqs * (heads // hb))
-        kernel = _swr_fwd_kernel if fwd else _swr_bwd_kernel
+        if cfg["kernel"] == "scan":
+            del meta["IEEE"]  # scans use fp32 elementwise arithmetic only
+            kernel = _swr_scan_fwd_kernel if fwd else _swr_scan_bwd_kernel
+        else:
+            kernel = _swr_fwd_kernel if fwd else _swr_bwd_kernel
     row_names = ("X_ROW", "G_ROW", "Y_ROW") if fwd else ("X_ROW", "G_ROW", "DY_ROW", "DX_ROW", "DG_ROW")
     meta.update(dict(zip(row_names, strides)))
     kernel[grid](*tensors, cu, phase, seq_len, log_cap, **meta)

@@ -168,3 +168,44 @@ def test_custom_op_compiles_fullgraph() -> None:
     f(xb, gb).sum().backward()
     torch.testing.assert_close(xa.grad, xb.grad)
     torch.testing.assert_close(ga.grad, gb.grad)
+
+
+def test_scan_kernel_family_against_oracle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The associative-scan kernels (``launch_config`` family ``scan``): packed sequences with phases and
+    initial states, W = 3, forward and backward; and the fused core with gate groups and a decay cap."""
+    monkeypatch.setattr(triton_ops, "launch_config", lambda h, d, bl: {"kernel": "scan", "NB": 4, "HB": 2, "num_warps": 1})
+    torch.manual_seed(13)
+    cu = torch.tensor([0, 30, 80], dtype=torch.int32)
+    x, g = torch.randn(1, 80, 2, 16), sharp_gates(1, 80, 2)
+    h0, pos0 = torch.randn(2, 2, 3, 16), torch.tensor([7, 16])
+    dy = torch.randn(1, 80, 2, 16, dtype=torch.float64)
+
+    def run(a, b, h):
+        kw = dict(block_len=16, window_blocks=3, cu_seqlens=cu.to(a.device), output_final_state=True)
+        y, state = triton_ops.swr_triton(a, b, initial_state=SWRState(h, pos0.to(a.device)), **kw)
+        return torch.cat([y.flatten(), state.h.flatten()])
+
+    weights = torch.cat([dy.flatten(), torch.randn(h0.numel(), dtype=torch.float64)])
+    got = _values_and_grads(run, [x, g, h0], weights, DEVICE)
+    for n, (lo, hi) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        y_ref, h_ref = oracle(x[:, lo:hi], g[:, lo:hi], 16, 3, h0[n : n + 1].double(), pos0[n : n + 1])
+        _assert_close32(got[0][: x.numel()].view_as(x)[:, lo:hi], y_ref, f"y of sequence {n}")
+        _assert_close32(got[0][x.numel() :].view_as(h0)[n : n + 1], h_ref, f"final state of sequence {n}")
+    def run_oracle(a, b, h):
+        """Same output layout as ``run``: every sequence's y in token order, then every final state."""
+        outs = [oracle(a[:, lo:hi], b[:, lo:hi], 16, 3, h[n : n + 1], pos0[n : n + 1]) for n, (lo, hi) in
+                enumerate(zip(cu[:-1].tolist(), cu[1:].tolist()))]
+        return torch.cat([o[0].flatten() for o in outs] + [o[1].flatten() for o in outs])
+
+    ref = _values_and_grads(run_oracle, [x.double(), g.double(), h0.double()], weights)
+    for name, a, b in zip(("dx", "dlog_gates", "dh0"), got[1:], ref[1:]):
+        _assert_close32(a, b, name)
+
+    heads, groups, dim = 4, 2, 16
+    proj = torch.randn(2, 45, heads + 2 * groups * dim + heads * dim)
+    kw = dict(num_heads=heads, head_dim=dim, num_gate_groups=groups, block_len=16, window_blocks=2, decay_cap=0.9)
+    dout = torch.randn(2, 45, heads * dim, dtype=torch.float64)
+    got = _values_and_grads(lambda p: triton_ops.phalanx_core_triton(p, **kw), [proj], dout, DEVICE)
+    ref = _values_and_grads(lambda p: phalanx_core_torch(p, **kw), [proj.double()], dout)
+    for name, a, b in zip(("out", "dproj"), got, ref):
+        _assert_close32(a, b, f"fused core {name}")
