@@ -1,0 +1,66 @@
+"""`phalanx generate MODEL --prompt ...`: stream a continuation from a saved model folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
+
+import modeling_phalanx  # noqa: F401  (registers the Phalanx classes with the Auto classes)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="folder written by save_pretrained (phalanx demo/train/convert)")
+    parser.add_argument("--prompt", required=True, help="text to continue")
+    parser.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default: 100)")
+    parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: 0.8)")
+    parser.add_argument("--top-k", type=int, default=40, help="sample from the k most likely tokens (default: 40)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder (default: MODEL)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default=None, help="weights dtype (default: saved)"
+    )
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if not (args.model / "config.json").is_file():
+        raise FileNotFoundError(f"no model folder at {args.model} (config.json missing)")
+    tokenizer_dir = args.tokenizer or args.model
+    if not any((tokenizer_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"no tokenizer files in {tokenizer_dir}; pass --tokenizer FOLDER")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.do_sample and not args.temperature > 0:
+        raise ValueError(f"--temperature must be > 0, got {args.temperature}")
+    if args.do_sample and args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    if not args.prompt:
+        raise ValueError("--prompt must not be empty")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_args(args)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    dtype = getattr(torch, args.dtype) if args.dtype else "auto"
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, trust_remote_code=True)
+    model.to(args.device).eval()
+    inputs = tokenizer(args.prompt, return_tensors="pt").to(args.device)
+    sampling = {"temperature": args.temperature, "top_k": args.top_k} if args.do_sample else {}
+    torch.manual_seed(args.seed)
+    streamer = TextStreamer(tokenizer, skip_special_tokens=True)
+    with torch.no_grad():
+        model.generate(
+            **inputs,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.do_sample,
+            streamer=streamer,
+            pad_token_id=tokenizer.pad_token_id,
+            **sampling,
+        )
+    return 0
