@@ -1,5 +1,5 @@
-"""`phalanx train` end to end on the shipped sample: outputs, exact resume, two-process DDP (gloo) equal
-to one process with the same global batch, and clean errors."""
+"""`phalanx train` end to end on the shipped sample (JSON hybrid config, SWAX, eval data): outputs, exact
+resume, two-process DDP (gloo) equal to one process with the same global batch, and clean errors."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from transformers import AutoModelForCausalLM
 from modeling_phalanx import PhalanxForCausalLM
 from phalanx_cli.main import main
 from phalanx_training.callbacks import LOSS_CURVE_FILE
+from phalanx_training.presets import get_preset
 
 STEPS = 6
-COMMON = ["--model-config", "tiny-phalanx", "--seq-len", "32", "--max-steps", str(STEPS), "--logging-steps", "1",
-          "--lr", "3e-3", "--warmup", "1", "--precision", "fp32", "--seed", "0"]
+LAYER_TYPES = ["linear_attention", "sliding_attention", "linear_attention", "full_attention"]
 
 
 def train_losses(output: Path) -> dict[int, float]:
@@ -30,17 +30,29 @@ def train_losses(output: Path) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One uninterrupted single-process run, batch 4, checkpoint at step 3."""
+def common(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Options shared by every run: a JSON hybrid with all three layer kinds, SWAX windows, eval text."""
+    folder = tmp_path_factory.mktemp("inputs")
+    get_preset("tiny-phalanx", layer_types=LAYER_TYPES, sliding_window=16).save_pretrained(folder)
+    (folder / "eval.txt").write_text("Now is the winter of our discontent made glorious summer by this sun of York.\n" * 12)
+    return ["--model-config", str(folder / "config.json"), "--swax", "--swax-short-window", "4", "--seq-len", "32",
+            "--max-steps", str(STEPS), "--logging-steps", "1", "--lr", "3e-3", "--warmup", "1", "--precision", "fp32",
+            "--seed", "0", "--eval-data", str(folder / "eval.txt")]
+
+
+@pytest.fixture(scope="module")
+def reference(common: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted single-process run, batch 4, checkpoint and evaluation at step 3."""
     out = tmp_path_factory.mktemp("train") / "reference"
-    assert main(["train", *COMMON, "--batch-size", "4", "--save-steps", "3", "--output", str(out)]) == 0
+    assert main(["train", *common, "--batch-size", "4", "--save-steps", "3", "--output", str(out)]) == 0
     return out
 
 
 def test_output_folder(reference: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(reference)
     assert isinstance(model, PhalanxForCausalLM)
-    assert model.config.layer_types == ["linear_attention"] * 3 + ["full_attention"]
+    assert model.config.layer_types == LAYER_TYPES
+    assert model.config.sliding_window == 16  # SWAX leaves the long window in the saved config
     assert model.config.vocab_size == 259 and model.config.eos_token_id == 2
     assert (reference / "tokenizer.json").is_file()
     assert (reference / LOSS_CURVE_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -50,25 +62,26 @@ def test_output_folder(reference: Path) -> None:
     assert losses[STEPS] < losses[1]
     state = json.loads((reference / "trainer_state.json").read_text())
     assert all(e["train_tokens_per_second"] > 0 for e in state["log_history"] if "loss" in e)
+    assert [e["step"] for e in state["log_history"] if "eval_loss" in e] == [3, 6]
     assert state["num_input_tokens_seen"] == STEPS * 4 * 32
 
 
-def test_resume_reproduces_the_uninterrupted_run(reference: Path, tmp_path: Path) -> None:
+def test_resume_reproduces_the_uninterrupted_run(common: list[str], reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "resumed"
     shutil.copytree(reference / "checkpoint-3", out / "checkpoint-3")
-    assert main(["train", *COMMON, "--batch-size", "4", "--save-steps", "3", "--output", str(out), "--resume"]) == 0
+    assert main(["train", *common, "--batch-size", "4", "--save-steps", "3", "--output", str(out), "--resume"]) == 0
     ref_losses, resumed_losses = train_losses(reference), train_losses(out)
     assert [resumed_losses[s] for s in range(4, STEPS + 1)] == [ref_losses[s] for s in range(4, STEPS + 1)]
     ref_weights, weights = load_file(reference / "model.safetensors"), load_file(out / "model.safetensors")
     assert all(torch.equal(ref_weights[k], weights[k]) for k in ref_weights)
 
 
-def test_two_processes_equal_one_with_the_same_global_batch(reference: Path, tmp_path: Path) -> None:
+def test_two_processes_equal_one_with_the_same_global_batch(common: list[str], reference: Path, tmp_path: Path) -> None:
     """DDP over gloo with gradient checkpointing (exact recomputation) against the plain single-process run."""
     out = tmp_path / "ddp"
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "phalanx_cli.main", "train", *COMMON, "--batch-size", "2", "--save-steps", "100", "--gradient-checkpointing",
+           "-m", "phalanx_cli.main", "train", *common, "--batch-size", "2", "--save-steps", "100", "--gradient-checkpointing",
            "--output", str(out)]
     # cwd outside the repository: its `kernels/` folder must not shadow the `kernels` package Transformers probes.
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -47,7 +47,7 @@ def pack_documents(documents: Sequence[Sequence[int]], seq_len: int) -> dict[str
     rows = total // seq_len
     if rows == 0:
         raise ValueError(f"the data holds {total} tokens, fewer than one row of seq_len={seq_len}")
-    stream = torch.tensor([t for d in documents for t in d], dtype=torch.long)[: rows * seq_len]
+    stream = torch.cat([torch.as_tensor(d, dtype=torch.long) for d in documents])[: rows * seq_len]
     index = torch.arange(rows * seq_len)
     starts = torch.zeros(total, dtype=torch.bool)
     starts[torch.cumsum(lengths, 0)[:-1]] = True
