@@ -99,6 +99,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(common: list[str], r
         (["--model-config", "tiny-mamba"], "neither a preset"),
         (["--model-config", "tiny-phalanx", "--swax"], "--swax needs sliding_attention"),
         (["--model-config", "tiny-swa", "--swax", "--swax-short-window", "64"], "short_window < long_window"),
+        (["--model-config", "tiny-swa", "--swax-long-window", "32"], "only applies with --swax"),
         (["--model-config", "tiny-phalanx", "--resume"], "no checkpoint"),
         (["--model-config", "tiny-phalanx", "--data", "/nonexistent/corpus"], "data path not found"),
         (["--model-config", "tiny-phalanx", "--batch-size", "0"], "--batch-size must be positive"),

@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase) -> PhalanxConfig:
-    """The model config: preset or JSON, matched to the tokenizer, with the SWAX long window applied."""
+    """The model config, preset or JSON, matched to the tokenizer's vocabulary and special tokens."""
     config, from_preset = load_model_config(args.model_config)
     vocab = len(tokenizer)
     if from_preset:
@@ -57,17 +57,19 @@ def resolve_config(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase)
     config.pad_token_id = tokenizer.pad_token_id
     config.bos_token_id = tokenizer.bos_token_id
     config.eos_token_id = tokenizer.eos_token_id
-    if args.swax_long_window is not None:
-        config.sliding_window = args.swax_long_window
     return config
 
 
 def swax_callback(args: argparse.Namespace, config: PhalanxConfig) -> SWAXCallback | None:
-    """The SWAX callback when ``--swax`` is set (the long window is the config's sliding window)."""
+    """The SWAX callback when ``--swax`` is set; ``--swax-long-window`` becomes the config's sliding window."""
     if not args.swax:
+        if args.swax_long_window is not None:
+            raise ValueError("--swax-long-window only applies with --swax")
         return None
-    if "sliding_attention" not in config.layer_types or config.sliding_window is None:
-        raise ValueError("--swax needs sliding_attention layers and a sliding_window (e.g. a *-swa preset)")
+    if "sliding_attention" not in config.layer_types:
+        raise ValueError("--swax needs sliding_attention layers (e.g. a *-swa preset)")
+    if args.swax_long_window is not None:
+        config.sliding_window = args.swax_long_window
     schedule = SWAXSchedule(
         short_window=args.swax_short_window,
         long_window=config.sliding_window,

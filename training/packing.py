@@ -77,10 +77,6 @@ class PackedDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {key: value[i] for key, value in self.packed.items()}
 
-    @property
-    def num_tokens(self) -> int:
-        return self.packed["input_ids"].numel()
-
 
 def build_packed_dataset(
     paths: Sequence[str | Path],
