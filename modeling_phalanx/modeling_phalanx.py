@@ -757,11 +757,17 @@ class PhalanxModel(PhalanxPreTrainedModel):
                 "past_key_values": past_key_values,
                 "position_ids": position_ids,
             }
+            # layer_idx names a layer of the right kind for the cache's mask sizes (Transformers 5.17 would
+            # otherwise take the first non-sliding layer, which may be a Phalanx layer).
             mask_mapping = {}
             if "full_attention" in layer_types:
-                mask_mapping["full_attention"] = create_causal_mask(**mask_kwargs)
+                mask_mapping["full_attention"] = create_causal_mask(
+                    **mask_kwargs, layer_idx=layer_types.index("full_attention")
+                )
             if "sliding_attention" in layer_types:
-                mask_mapping["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+                mask_mapping["sliding_attention"] = create_sliding_window_causal_mask(
+                    **mask_kwargs, layer_idx=layer_types.index("sliding_attention")
+                )
             if "linear_attention" in layer_types:
                 mask_mapping["linear_attention"] = create_recurrent_attention_mask(**mask_kwargs)
 
