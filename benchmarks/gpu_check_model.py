@@ -5,8 +5,8 @@ For a hybrid PhalanxForCausalLM (Phalanx, sliding-window and full-attention laye
 1. bf16 and fp32 forward+backward, plain and packed (position_ids restarts): the mixers must call the
    Triton core (`phalanx_kernels.ops.phalanx_core_triton`) and never the PyTorch core; the same batch with
    `PHALANX_FORCE_TORCH=1` must call only the PyTorch core. Loss, logits and gradients are compared.
-2. Decoding: incremental logits (prefill + single steps through the Triton decode step) against the full
-   forward in fp32; greedy tokens with the Triton and the PyTorch paths; tokens/s.
+2. Decoding: incremental logits (prefill, a chunk continuing from the cache, then single steps through the
+   Triton decode step) against the full forward; greedy tokens with the Triton and the PyTorch paths; tokens/s.
 3. Median forward+backward time of both paths.
 
 Writes `model_gpu.json` and `model_gpu.log` under `--out` (default `$OUT`, else `benchmarks/results`) and
@@ -165,8 +165,10 @@ def check_generation(dtype: torch.dtype, log: list[str]) -> dict:
     result = {"check": f"decode {str(dtype).split('.')[-1]}"}
     CALLS.clear()
     full = model(ids).logits.float()
-    out = model(ids[:, :45], use_cache=True)
+    out = model(ids[:, :40], use_cache=True)
     steps = [out.logits.float()]
+    out = model(ids[:, 40:45], past_key_values=out.past_key_values, use_cache=True)  # chunked continuation
+    steps.append(out.logits.float())
     for t in range(45, 77):
         out = model(ids[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
         steps.append(out.logits.float())

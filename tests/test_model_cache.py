@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from modeling_phalanx import PhalanxCache, PhalanxConfig, PhalanxForCausalLM
 from modeling_phalanx.modeling_phalanx import PhalanxMixer
@@ -119,13 +120,19 @@ def test_chunked_prefill_matches_one_shot() -> None:
     model = tiny_model()
     ids = torch.randint(3, VOCAB, (2, 61))
     full = model(ids).logits
-    cache, pieces, start = None, [], 0
+    cache, pieces, start = DynamicCache(config=model.config), [], 0  # a plain DynamicCache works too
     for size in (7, 20, 1, 33):
         out = model(ids[:, start : start + size], past_key_values=cache, use_cache=True)
-        cache, start = out.past_key_values, start + size
+        start += size
         pieces.append(out.logits)
     assert (torch.cat(pieces, dim=1) - full).abs().max().item() <= 1e-4
     assert cache.get_seq_length() == 61
+    config = model.config
+    state = cache.layers[0].recurrent_states[0]  # the SWR state h of the first Phalanx layer
+    assert state.shape == (2, config.phalanx_num_heads, config.swr_window_blocks, config.phalanx_head_dim)
+    assert state.dtype == torch.float32
+    hidden = model(ids, output_hidden_states=True).hidden_states
+    assert len(hidden) == config.num_hidden_layers + 1
 
 
 @torch.no_grad()
