@@ -175,9 +175,10 @@ def main() -> int:
     bandwidth = bench_swr.copy_bandwidth()
     report["copy_bandwidth_Bps"] = bandwidth
     report["swr"] = bench_swr.run(bandwidth)
-    sweep = [{"kernel": "tile", "TILE": tile, "num_warps": w} for tile, w in
-             [(256, 4), (256, 2), (256, 8), (512, 4), (512, 8), (128, 2), (128, 4)]]
-    sweep += [{"kernel": "ring", "NB": 16, "HB": hb, "num_warps": w} for hb, w in [(4, 2), (4, 1), (2, 1)]]
+    sweep = [{"kernel": "tile", "TILE": tile, "fwd_warps": fw, "bwd_warps": bw} for tile, fw, bw in
+             [(256, 4, 8), (256, 4, 4), (256, 8, 8), (128, 4, 4), (128, 2, 4), (512, 8, 16)]]
+    sweep += [{"kernel": "ring", "NB": 16, "HB": hb, "fwd_warps": w, "bwd_warps": w} for hb, w in
+              [(4, 1), (2, 1), (4, 2), (8, 2)]]
     report["sweep_shape_A"] = bench_swr.sweep_configs(8, 8192, 64, 16, sweep)
     report["core_floors_shape_A"] = bench_swr.core_floors_ms(8, 8192, 64, 16, bandwidth)
     report["layer"] = bench_layer.run()

@@ -23,13 +23,12 @@ CHUNK_TOKENS = 256  # tokens per program: 16 blocks of 16 (kernels.md section 2)
 
 
 def launch_config(num_heads: int, head_dim: int, block_len: int) -> dict[str, int | str]:
-    """Kernel family and launch parameters.
+    """Kernel family and launch parameters (measured on an H100: benchmarks/KERNELS.md).
 
-    ``tile``: one head and ``TILE`` tokens per program, all blocks at once. ``ring``: ``HB`` heads and
-    ``NB`` blocks per program walked in sequence (``CHUNK_TOKENS`` tokens). ``scan``: as ``ring``, with
-    associative scans instead of transfer matrices for the block solves (``triton_scan``).
+    ``tile``: one head and about ``TILE`` tokens per program, all blocks at once. ``ring``: ``HB`` heads
+    and ``NB`` blocks per program walked in sequence.
     """
-    return {"kernel": "tile", "TILE": 256, "num_warps": 4}
+    return {"kernel": "tile", "TILE": 256, "fwd_warps": 4, "bwd_warps": 8}
 
 
 def _launch(
@@ -61,19 +60,21 @@ def _launch(
         VARLEN=cu is not None,
         HAS_PHASE=phase is not None,
         IEEE=ieee,
-        num_warps=cfg["num_warps"],
+        num_warps=cfg["fwd_warps" if fwd else "bwd_warps"],
     )
     halo = window_blocks - 1 if fwd else 2 * (window_blocks - 1)
     if cfg["kernel"] == "tile":
-        # At least half of every tile is output blocks, whatever the window.
-        nbt = max(cfg["TILE"] // block_len, triton.next_power_of_2(2 * halo))
+        # Tiles shrink for wide heads (bounded registers and shared memory); at least half of every
+        # tile is output blocks, whatever the window.
+        tile_tokens = min(cfg["TILE"], 4096 // meta["DP"])
+        nbt = max(tile_tokens // block_len, triton.next_power_of_2(2 * halo), 1)
         meta["NBT"] = nbt
-        grid = (triton.cdiv(max_blocks, nbt - halo), num_seqs * heads)
+        grid = (num_seqs * heads, triton.cdiv(max_blocks, nbt - halo))
         kernel = _swr_fwd_tile_kernel if fwd else _swr_bwd_tile_kernel
     else:
         nb, hb = cfg["NB"], cfg["HB"]
         meta.update(NB=nb, HB=hb, WP=triton.next_power_of_2(max(window_blocks - 1, 1)))
-        grid = (triton.cdiv(max_blocks, nb), num_seqs * (heads // hb))
+        grid = (num_seqs * (heads // hb), triton.cdiv(max_blocks, nb))
         if cfg["kernel"] == "scan":
             del meta["IEEE"]  # scans use fp32 elementwise arithmetic only
             kernel = _swr_scan_fwd_kernel if fwd else _swr_scan_bwd_kernel

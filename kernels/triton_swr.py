@@ -87,8 +87,12 @@ def _ring_push(ring, slots, slot, decay, term):
 @triton.jit
 def _seq_setup(CU, PHASE, T, VARLEN: tl.constexpr, HAS_PHASE: tl.constexpr, BL: tl.constexpr, HB: tl.constexpr,
                H: tl.constexpr):
-    """Sequence of this program: first row, length, phase, number of aligned blocks and head indices."""
-    pid_nh = tl.program_id(1)
+    """Sequence of this program: first row, length, phase, number of aligned blocks and head indices.
+
+    Grid axis 0 runs over (sequence, head group) and axis 1 over chunks, so programs launched together
+    read neighbouring heads of the same tokens (whole rows of the token-major layout).
+    """
+    pid_nh = tl.program_id(0)
     n = pid_nh // (H // HB)
     h_idx = (pid_nh % (H // HB)) * HB + tl.arange(0, HB)
     if VARLEN:
@@ -115,7 +119,7 @@ def _swr_fwd_kernel(
 ):
     """y = SWR(x, g) (or, fused, out = SWR(sigmoid(zb) v, logsigmoid(za)) * c + v) for NB blocks x HB heads."""
     bos, length, phase, nblocks, h_idx = _seq_setup(CU, PHASE, T, VARLEN, HAS_PHASE, BL, HB, H)
-    c0 = tl.program_id(0) * NB
+    c0 = tl.program_id(1) * NB
     if c0 >= nblocks:
         return
     c1 = tl.minimum(c0 + NB, nblocks)
@@ -176,7 +180,7 @@ def _swr_bwd_kernel(
     per-head gate and readout gradients go to DC (rows of 2*H*D) and the caller sums them per group.
     """
     bos, length, phase, nblocks, h_idx = _seq_setup(CU, PHASE, T, VARLEN, HAS_PHASE, BL, HB, H)
-    c0 = tl.program_id(0) * NB
+    c0 = tl.program_id(1) * NB
     if c0 >= nblocks:
         return
     c1 = tl.minimum(c0 + NB, nblocks)
@@ -369,7 +373,7 @@ def _swr_fwd_tile_kernel(
     """Forward over one tile: outputs blocks [c0, c0 + NBT - W + 1) of one head."""
     bos, length, phase, nblocks, h_idx = _seq_setup(CU, PHASE, T, VARLEN, HAS_PHASE, BL, 1, H)
     NBO: tl.constexpr = NBT - (W - 1)
-    c0 = tl.program_id(0) * NBO
+    c0 = tl.program_id(1) * NBO
     if c0 >= nblocks:
         return
     j = tl.arange(0, NBT * BL)
@@ -411,7 +415,7 @@ def _swr_bwd_tile_kernel(
     """Backward over one tile: gradients of blocks [c0, c0 + NBT - 2(W-1)) of one head (see _swr_bwd_kernel)."""
     bos, length, phase, nblocks, h_idx = _seq_setup(CU, PHASE, T, VARLEN, HAS_PHASE, BL, 1, H)
     NBO: tl.constexpr = NBT - 2 * (W - 1)
-    c0 = tl.program_id(0) * NBO
+    c0 = tl.program_id(1) * NBO
     if c0 >= nblocks:
         return
     j = tl.arange(0, NBT * BL)
