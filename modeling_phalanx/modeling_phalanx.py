@@ -193,7 +193,8 @@ class PhalanxRotaryEmbedding(nn.Module):
         params = config.rope_parameters if layer_type is None else config.rope_parameters[layer_type]
         base = params["rope_theta"]
         dim = config.head_dim
-        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim))
+        exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim
+        inv_freq = 1.0 / (base**exponents)
         return inv_freq, 1.0
 
     def uses_rope(self, layer_type: str) -> bool:
@@ -416,7 +417,6 @@ class PhalanxMixer(nn.Module):
 
     def __init__(self, config: PhalanxConfig, layer_idx: int) -> None:
         super().__init__()
-        self.config = config
         self.layer_idx = layer_idx
         self.num_heads = config.phalanx_num_heads
         self.head_dim = config.phalanx_head_dim
@@ -442,7 +442,7 @@ class PhalanxMixer(nn.Module):
     ) -> tuple[torch.Tensor, None]:
         """`attention_mask`: 2D padding mask (1 = token) or None; `position_ids` (B, T) give each row's phase when
         it continues from the cache; `cu_seqlens` (from :func:`sequence_starts`) splits rows into sequences."""
-        batch, seqlen, _ = hidden_states.shape
+        seqlen = hidden_states.shape[1]
         proj = self.in_proj(hidden_states)
         if attention_mask is not None:
             # Padding contributes nothing to the state (create_recurrent_attention_mask gives a 2D mask).
@@ -468,7 +468,8 @@ class PhalanxMixer(nn.Module):
             )
             y = y.unsqueeze(1)
         else:
-            y, state = self._chunk(proj, state_cls, cached_h, position_ids, cu_seqlens, cache_layer is not None, use_kernels)
+            want_state = cache_layer is not None
+            y, state = self._chunk(proj, state_cls, cached_h, position_ids, cu_seqlens, want_state, use_kernels)
         if cache_layer is not None:
             past_key_values.update_recurrent_state(state.h, self.layer_idx, state_idx=0)
             past_key_values.update_recurrent_state(state.pos, self.layer_idx, state_idx=1)
@@ -501,8 +502,9 @@ class PhalanxMixer(nn.Module):
 
         # Rows hold several sequences: flatten to one packed row; each row's first sequence may continue the cache.
         num_seqs = cu_seqlens.numel() - 1
-        row_first = torch.searchsorted(cu_seqlens[:-1], torch.arange(batch, device=proj.device) * seqlen, right=True) - 1
-        row_last = torch.searchsorted(cu_seqlens[:-1], (torch.arange(batch, device=proj.device) + 1) * seqlen - 1, right=True) - 1
+        row_start = torch.arange(batch, device=proj.device) * seqlen
+        row_first = torch.searchsorted(cu_seqlens[:-1], row_start, right=True) - 1
+        row_last = torch.searchsorted(cu_seqlens[:-1], row_start + seqlen - 1, right=True) - 1
         initial = None
         if cached_h is not None:
             h0 = cached_h.new_zeros(num_seqs, *cached_h.shape[1:])
@@ -510,7 +512,8 @@ class PhalanxMixer(nn.Module):
             h0[row_first] = cached_h
             pos0[row_first] = position_ids[:, 0].to(torch.long)
             initial = state_cls(h0, pos0)
-        out = core(proj.reshape(1, batch * seqlen, features), cu_seqlens=cu_seqlens, initial_state=initial, **core_kwargs)
+        packed = proj.reshape(1, batch * seqlen, features)
+        out = core(packed, cu_seqlens=cu_seqlens, initial_state=initial, **core_kwargs)
         y, state = out if want_state else (out, None)
         y = y.view(batch, seqlen, -1)
         if state is not None:
