@@ -26,8 +26,9 @@ from modeling_phalanx.swr_torch import SWRState, phalanx_core_step_torch, swr_st
 from phalanx_kernels import triton_ops
 from phalanx_kernels.triton_decode import phalanx_core_step_triton, swr_step_triton
 
-SCAN_CONFIGS = [{"kernel": "scan", "NB": nb, "HB": hb, "num_warps": w}
-                for nb, hb, w in [(16, 16, 1), (16, 8, 1), (16, 4, 1), (16, 8, 2), (16, 4, 2), (32, 8, 1), (8, 8, 1)]]
+SCAN_CONFIGS = [{"kernel": "scan", "NB": nb, "HB": hb, "fwd_warps": wf, "bwd_warps": wb}
+                for nb, hb, wf, wb in [(16, 16, 1, 1), (16, 8, 1, 1), (16, 4, 1, 1), (16, 8, 1, 2), (16, 4, 1, 2),
+                                       (16, 2, 1, 1), (32, 8, 1, 2), (8, 8, 1, 1)]]
 
 
 def with_config(cfg: dict, fn: Callable[[], object]) -> object:
@@ -68,13 +69,13 @@ def main() -> None:
     bandwidth = bench_swr.copy_bandwidth()
     report = {"device": torch.cuda.get_device_name(), "versions": {"torch": torch.__version__, "triton": triton.__version__},
               "copy_bandwidth_Bps": bandwidth, "default_config": triton_ops.launch_config(64, 16, 16)}
-    check_cfg = {"kernel": "scan", "NB": 16, "HB": 4, "num_warps": 1}
+    check_cfg = {"kernel": "scan", "NB": 16, "HB": 4, "fwd_warps": 1, "bwd_warps": 1}
     report["correctness_scan"] = with_config(check_cfg, gpu_check_kernels.correctness)
     sweep = [report["default_config"]] + SCAN_CONFIGS
     report["sweep_shape_A"] = bench_swr.sweep_configs(8, 8192, 64, 16, sweep)
     scans = [r for r in report["sweep_shape_A"] if r["kernel"] == "scan"]
     best = min(scans, key=lambda r: r["fwd_ms"] + r["fwd_bwd_ms"] + r["core_fwd_ms"] + r["core_fwd_bwd_ms"])
-    report["best_scan"] = {k: best[k] for k in ("kernel", "NB", "HB", "num_warps")}
+    report["best_scan"] = {k: best[k] for k in ("kernel", "NB", "HB", "fwd_warps", "bwd_warps")}
     report["swr_best_scan"] = with_config(report["best_scan"], lambda: bench_swr.run(bandwidth))
     report["core_floors_shape_A"] = bench_swr.core_floors_ms(8, 8192, 64, 16, bandwidth)
     report["layer_best_scan"] = with_config(report["best_scan"], bench_layer.run)

@@ -42,7 +42,7 @@ def _swr_scan_fwd_kernel(
 ):
     """y = SWR(x, g) (fused: SWR(sigmoid(zb) v, logsigmoid(za)) * c + v) for NB blocks x HB heads."""
     bos, length, phase, nblocks, h_idx = _seq_setup(CU, PHASE, T, VARLEN, HAS_PHASE, BL, HB, H)
-    c0 = tl.program_id(0) * NB
+    c0 = tl.program_id(1) * NB
     if c0 >= nblocks:
         return
     c1 = tl.minimum(c0 + NB, nblocks)
@@ -99,7 +99,7 @@ def _swr_scan_bwd_kernel(
     ``dg_r = sum_{t >= r} (dy_t . y_t - x_t . dx_t)``, started at the chunk from the pairs that straddle it.
     """
     bos, length, phase, nblocks, h_idx = _seq_setup(CU, PHASE, T, VARLEN, HAS_PHASE, BL, HB, H)
-    c0 = tl.program_id(0) * NB
+    c0 = tl.program_id(1) * NB
     if c0 >= nblocks:
         return
     c1 = tl.minimum(c0 + NB, nblocks)
