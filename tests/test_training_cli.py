@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from modeling_phalanx import PhalanxForCausalLM
 from phalanx_cli.main import main
-from phalanx_training.callbacks import LOSS_CURVE_FILE
+from phalanx_training.callbacks import LOSS_CURVE_FILE, plot_loss_curve
 from phalanx_training.presets import get_preset
 
 STEPS = 6
@@ -110,3 +110,11 @@ def test_errors_are_one_line_and_write_nothing(tmp_path: Path, capsys: pytest.Ca
     assert main(["train", "--output", str(out), *extra]) == 1
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_loss_curve_needs_logged_losses(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no logged losses"):
+        plot_loss_curve([{"step": 1, "learning_rate": 1e-3}], tmp_path / "curve.png")
+    assert not (tmp_path / "curve.png").exists()
+    plot_loss_curve([{"step": 1, "loss": 2.0}, {"step": 2, "eval_loss": 1.5}], tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"

@@ -38,11 +38,15 @@ def plot_loss_curve(log_history: list[dict[str, Any]], path: str | Path) -> Path
 
 
 class LossCurveCallback(TrainerCallback):
-    """Write ``loss_curve.png`` into the output folder when training ends (main process only)."""
+    """Redraw ``loss_curve.png`` in the output folder at every checkpoint and at the end (main process only)."""
 
-    def on_train_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs
-    ) -> None:
+    def _draw(self, args: TrainingArguments, state: TrainerState) -> None:
         if state.is_world_process_zero and any("loss" in e or "eval_loss" in e for e in state.log_history):
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)
             plot_loss_curve(state.log_history, Path(args.output_dir) / LOSS_CURVE_FILE)
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        self._draw(args, state)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        self._draw(args, state)
