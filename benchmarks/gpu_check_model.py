@@ -118,7 +118,8 @@ def check_train(dtype: torch.dtype, packed: bool, log: list[str]) -> dict:
         "logits_rel": rel(triton_out["logits"], torch_out["logits"]),
         "mixer_grad_rel_max": grad_rel,
     }
-    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    # Relative L2 error of the logits after 8 layers; fp32 leaves room for TF32 inside the kernels' dots.
+    tol = 1e-3 if dtype == torch.float32 else 3e-2
     assert result["triton_calls"] > 0 and result["torch_calls_on_triton_path"] == 0, "Triton path not taken"
     assert result["torch_calls_forced"] > 0 and result["triton_calls_forced"] == 0, "PHALANX_FORCE_TORCH ignored"
     assert result["logits_rel"] <= tol and result["mixer_grad_rel_max"] <= 5 * tol, result
