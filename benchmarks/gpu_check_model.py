@@ -8,6 +8,7 @@ For a hybrid PhalanxForCausalLM (Phalanx, sliding-window and full-attention laye
 2. Decoding: incremental logits (prefill, a chunk continuing from the cache, then single steps through the
    Triton decode step) against the full forward; greedy tokens with the Triton and the PyTorch paths; tokens/s.
 3. Median forward+backward time of both paths.
+4. torch.compile (inductor) of the bf16 forward+backward against eager mode.
 
 Writes `model_gpu.json` and `model_gpu.log` under `--out` (default `$OUT`, else `benchmarks/results`) and
 prints a table last. Exit status 1 if any check fails.
@@ -195,6 +196,28 @@ def check_generation(dtype: torch.dtype, log: list[str]) -> dict:
     return result
 
 
+def check_compile(log: list[str]) -> dict:
+    """torch.compile (inductor) of the bf16 forward+backward on the Triton path matches eager mode."""
+    model = build_model(torch.bfloat16).train()
+    ids = torch.randint(3, 259, (2, 1000), device="cuda")
+    eager, _ = forward_backward(model, {"input_ids": ids}, use_torch=False)
+    compiled = torch.compile(model)
+    CALLS.clear()
+    model.zero_grad(set_to_none=True)
+    out = compiled(ids, labels=ids, use_cache=False)
+    out.loss.backward()
+    torch.cuda.synchronize()
+    grads = {n: p.grad for n, p in model.named_parameters() if "mixer" in n}
+    result = {
+        "check": "torch.compile bf16 fwd+bwd",
+        "logits_rel": rel(out.logits.detach(), eager["logits"]),
+        "mixer_grad_rel_max": max(rel(grads[n], eager["grads"][n]) for n in grads),
+    }
+    assert result["logits_rel"] <= 3e-2 and result["mixer_grad_rel_max"] <= 0.15, result
+    log.append(json.dumps(result))
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "benchmarks/results")))
@@ -220,6 +243,7 @@ def main() -> int:
         ("decode fp32", lambda: check_generation(torch.float32, log)),
         ("decode bf16", lambda: check_generation(torch.bfloat16, log)),
         ("speed", lambda: check_speed(log)),
+        ("compile", lambda: check_compile(log)),
     ]
     results, failures = [], []
     for name, check in checks:
