@@ -1,5 +1,5 @@
-"""`phalanx finetune`: LoRA on attention and Phalanx projections, adapter reload and merge give the same
-logits, and the merged folder loads with AutoModelForCausalLM."""
+"""`phalanx finetune`: LoRA on attention and Phalanx projections of a trained-style and a converted
+checkpoint, adapter reload and merge give the same logits, the merged folder loads with AutoModelForCausalLM."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from test_conversion_families import make_source
 from transformers import AutoModelForCausalLM
 
 from modeling_phalanx import PhalanxForCausalLM
 from phalanx_cli.main import main
+from phalanx_conversion.convert import convert_checkpoint
 from phalanx_training.finetune_cli import MERGED_DIR
 from phalanx_training.presets import get_preset
 from phalanx_training.tokenizer import load_byte_tokenizer
@@ -19,7 +21,7 @@ from phalanx_training.tokenizer import load_byte_tokenizer
 
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random hybrid with all three layer kinds, saved like a trained or converted checkpoint."""
+    """A random hybrid with all three layer kinds, saved like a trained checkpoint."""
     folder = tmp_path_factory.mktemp("finetune") / "base"
     torch.manual_seed(0)
     config = get_preset("tiny-phalanx", layer_types=["linear_attention", "sliding_attention", "linear_attention", "full_attention"],
@@ -29,7 +31,17 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_lora_adapter_and_merge(base_model: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def converted_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Olmo3 checkpoint (post-norms, QK-norm) with its sliding layers converted to Phalanx."""
+    root = tmp_path_factory.mktemp("converted")
+    convert_checkpoint(make_source("olmo3", root / "olmo3"), root / "phalanx")
+    return root / "phalanx"
+
+
+@pytest.mark.parametrize("source", ["base_model", "converted_model"])
+def test_lora_adapter_and_merge(source: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    base_model: Path = request.getfixturevalue(source)
     out = tmp_path / "lora"
     argv = ["finetune", str(base_model), "--output", str(out), "--seq-len", "32", "--batch-size", "2", "--max-steps", "3",
             "--lr", "1e-2", "--warmup", "0", "--logging-steps", "1", "--precision", "fp32", "--lora-r", "4", "--merge"]
@@ -46,8 +58,13 @@ def test_lora_adapter_and_merge(base_model: Path, tmp_path: Path) -> None:
         tuned_logits = tuned(ids).logits
         merged = AutoModelForCausalLM.from_pretrained(out / MERGED_DIR).eval()
         merged_logits = merged(ids).logits
-    expected = {f"model.layers.{i}.mixer.{p}" for i in (0, 2) for p in ("in_proj", "out_proj")}
-    expected |= {f"model.layers.{i}.self_attn.{p}_proj" for i in (1, 3) for p in "qkvo"}
+    layer_types = base.config.layer_types
+    assert {"linear_attention", "full_attention"} <= set(layer_types)
+    expected = {
+        f"model.layers.{i}.mixer.{p}" if kind == "linear_attention" else f"model.layers.{i}.self_attn.{p}"
+        for i, kind in enumerate(layer_types)
+        for p in (("in_proj", "out_proj") if kind == "linear_attention" else ("q_proj", "k_proj", "v_proj", "o_proj"))
+    }
     assert adapted == expected
     assert isinstance(merged, PhalanxForCausalLM)
     assert not any("lora" in name for name, _ in merged.named_parameters())
