@@ -5,8 +5,14 @@ dispatches on the tensors' device. CPU tensors (or any device when Triton is una
 ``PHALANX_FORCE_TORCH=1``) go to the PyTorch implementation; CUDA tensors go to the Triton kernels.
 """
 
-from modeling_phalanx.swr_torch import SWRState
+if __name__ == "kernels":
+    # Python was started in the repository root, so this folder is importable as a top-level `kernels`.
+    # Transformers probes for the Hugging Face `kernels` package under that name when it is imported;
+    # look like an empty namespace package (no `__file__`, no `__version__`) so the probe ignores us.
+    del __file__
+else:
+    from modeling_phalanx.swr_torch import SWRState
 
-from .ops import HAS_TRITON, phalanx_core, phalanx_core_step, swr, swr_step
+    from .ops import HAS_TRITON, phalanx_core, phalanx_core_step, swr, swr_step
 
-__all__ = ["HAS_TRITON", "SWRState", "phalanx_core", "phalanx_core_step", "swr", "swr_step"]
+    __all__ = ["HAS_TRITON", "SWRState", "phalanx_core", "phalanx_core_step", "swr", "swr_step"]
