@@ -76,6 +76,15 @@ def test_resume_reproduces_the_uninterrupted_run(common: list[str], reference: P
     assert all(torch.equal(ref_weights[k], weights[k]) for k in ref_weights)
 
 
+def test_gradient_accumulation_equals_the_larger_batch(common: list[str], reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "accumulated"
+    assert main(["train", *common, "--batch-size", "2", "--grad-accum", "2", "--save-steps", "100", "--output", str(out)]) == 0
+    ref_weights, weights = load_file(reference / "model.safetensors"), load_file(out / "model.safetensors")
+    for key in ref_weights:
+        torch.testing.assert_close(weights[key], ref_weights[key], atol=2e-5, rtol=1e-4)
+    assert train_losses(out) == pytest.approx(train_losses(reference), rel=1e-5)
+
+
 def test_two_processes_equal_one_with_the_same_global_batch(common: list[str], reference: Path, tmp_path: Path) -> None:
     """DDP over gloo with gradient checkpointing (exact recomputation) against the plain single-process run."""
     out = tmp_path / "ddp"
