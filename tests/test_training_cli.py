@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from modeling_phalanx import PhalanxForCausalLM
 from phalanx_cli.main import main
 from phalanx_training.callbacks import LOSS_CURVE_FILE, plot_loss_curve
 from phalanx_training.presets import get_preset
+from phalanx_training.tokenizer import load_byte_tokenizer
 
 STEPS = 6
 LAYER_TYPES = ["linear_attention", "sliding_attention", "linear_attention", "full_attention"]
@@ -102,6 +103,22 @@ def test_two_processes_equal_one_with_the_same_global_batch(common: list[str], r
     assert ddp_losses == pytest.approx(ref_losses, rel=1e-4)
 
 
+def test_tokenizer_folder_sets_the_preset_vocabulary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tokenizer = load_byte_tokenizer()
+    tokenizer.add_tokens(["<user>", "<assistant>", "<tool>"])
+    tokenizer.save_pretrained(tmp_path / "tok")
+    out = tmp_path / "out"
+    args = ["train", "--tokenizer", str(tmp_path / "tok"), "--seq-len", "16", "--batch-size", "2", "--max-steps", "1",
+            "--precision", "fp32", "--output", str(out)]
+    assert main([*args, "--model-config", "tiny-transformer"]) == 0
+    assert AutoConfig.from_pretrained(out).vocab_size == 262
+    assert len(AutoTokenizer.from_pretrained(out)) == 262
+    get_preset("tiny-transformer", vocab_size=260).save_pretrained(tmp_path / "small_vocab")
+    assert main([*args, "--model-config", str(tmp_path / "small_vocab"), "--output", str(tmp_path / "never")]) == 1
+    assert "vocab_size 260 is smaller than the tokenizer's 262 tokens" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -112,6 +129,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(common: list[str], r
         (["--model-config", "tiny-phalanx", "--resume"], "no checkpoint"),
         (["--model-config", "tiny-phalanx", "--data", "/nonexistent/corpus"], "data path not found"),
         (["--model-config", "tiny-phalanx", "--batch-size", "0"], "--batch-size must be positive"),
+        (["--model-config", "tiny-phalanx", "--tokenizer", "/nonexistent/tokenizer"], "tokenizer folder not found"),
     ],
 )
 def test_errors_are_one_line_and_write_nothing(tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str) -> None:
