@@ -33,7 +33,7 @@ SHAPES = {
 
 def bench_ms(fn) -> float:
     """Median milliseconds of ``fn`` (CUDA events, after warm-up)."""
-    return float(triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median"))
+    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
 def copy_bandwidth() -> float:
@@ -95,24 +95,47 @@ def floors_ms(batch: int, seqlen: int, heads: int, dim: int, bandwidth: float) -
     return {"floor_fwd_ms": fwd_bytes / bandwidth * 1e3, "floor_fwd_bwd_ms": (fwd_bytes + bwd_bytes) / bandwidth * 1e3}
 
 
-def sweep_configs(batch: int, seqlen: int, heads: int, dim: int, configs: list[dict]) -> list[dict]:
-    """Time the SWR and the fused core, forward and forward+backward, under each launch configuration
-    (replaces ``triton_ops.launch_config``)."""
-    default = triton_ops.launch_config
+def use_config(config: dict | None) -> None:
+    """Launch with ``config`` ({"fwd": ..., "bwd": ...}) from now on; None restores the library default."""
+    triton_ops.launch_config = _DEFAULT_CONFIG if config is None else (lambda h, d, bl: config)
+
+
+_DEFAULT_CONFIG = triton_ops.launch_config
+
+
+def sweep_configs(batch: int, seqlen: int, heads: int, dim: int, candidates: list[dict]) -> list[dict]:
+    """Time the SWR and the fused core, forward and forward+backward, with each candidate launch
+    configuration used for both directions."""
     rows = []
     try:
-        for cfg in configs:
-            triton_ops.launch_config = lambda h, d, bl, cfg=cfg: dict(cfg)
-            rows.append({**cfg, **time_swr(batch, seqlen, heads, dim), **time_core(batch, seqlen, heads, dim)})
+        for cand in candidates:
+            use_config({"fwd": cand, "bwd": cand})
+            rows.append({**cand, **time_swr(batch, seqlen, heads, dim), **time_core(batch, seqlen, heads, dim)})
     finally:
-        triton_ops.launch_config = default
+        use_config(None)
     return rows
+
+
+def best_config(rows: list[dict]) -> dict:
+    """Fastest forward candidate (SWR + core forward) and fastest backward candidate (backward = forward+backward
+    minus forward, SWR + core) of a sweep."""
+    def pick(cost) -> dict:
+        best = min(rows, key=cost)
+        return {k: v for k, v in best.items() if not k.endswith("_ms")}
+
+    return {
+        "fwd": pick(lambda r: r["fwd_ms"] + r["core_fwd_ms"]),
+        "bwd": pick(lambda r: r["fwd_bwd_ms"] - r["fwd_ms"] + r["core_fwd_bwd_ms"] - r["core_fwd_ms"]),
+    }
 
 
 def run(bandwidth: float) -> list[dict]:
     rows = []
     for name, shape in SHAPES.items():
         row = {"shape": name, **time_swr(*shape), **floors_ms(*shape, bandwidth)}
+        if shape == SHAPES["A (8x8192, 64x16)"]:
+            row.update(time_core(*shape))
+            row.update(core_floors_ms(*shape, bandwidth))
         row["fwd_x_floor"] = row["fwd_ms"] / row["floor_fwd_ms"]
         row["fwd_bwd_x_floor"] = row["fwd_bwd_ms"] / row["floor_fwd_bwd_ms"]
         rows.append(row)

@@ -154,6 +154,12 @@ def correctness() -> dict:
     return results
 
 
+def _save(report: dict, out: str) -> None:
+    """Write what has been measured so far (a run cut short keeps its results)."""
+    with open(os.path.join(out, "kernels_gpu.json"), "w") as f:
+        json.dump(report, f, indent=1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -168,22 +174,25 @@ def main() -> int:
     t0 = time.time()
     report["correctness"] = correctness()
     report["correctness_s"] = time.time() - t0
+    _save(report, args.out)
     if not args.skip_tests:
         tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_kernels_gpu.py"],
                                capture_output=True, text=True)
         report["pytest_gpu"] = {"rc": tests.returncode, "tail": tests.stdout[-3000:] + tests.stderr[-2000:]}
     bandwidth = bench_swr.copy_bandwidth()
     report["copy_bandwidth_Bps"] = bandwidth
+    candidates = [{"kernel": "tile", "TILE": tile, "num_warps": w} for tile, w in
+                  [(256, 4), (256, 8), (128, 4), (128, 2)]]
+    candidates += [{"kernel": "ring", "NB": 16, "HB": hb, "num_warps": w} for hb, w in [(4, 1), (2, 1), (8, 2)]]
+    report["sweep_shape_A"] = bench_swr.sweep_configs(8, 8192, 64, 16, candidates)
+    report["chosen_config"] = bench_swr.best_config(report["sweep_shape_A"])
+    _save(report, args.out)
+    print("chosen:", report["chosen_config"], flush=True)
+    bench_swr.use_config(report["chosen_config"])  # the tables below use the sweep's choice
     report["swr"] = bench_swr.run(bandwidth)
-    sweep = [{"kernel": "tile", "TILE": tile, "fwd_warps": fw, "bwd_warps": bw} for tile, fw, bw in
-             [(256, 4, 8), (256, 4, 4), (256, 8, 8), (128, 4, 4), (128, 2, 4), (512, 8, 16)]]
-    sweep += [{"kernel": "ring", "NB": 16, "HB": hb, "fwd_warps": w, "bwd_warps": w} for hb, w in
-              [(4, 1), (2, 1), (4, 2), (8, 2)]]
-    report["sweep_shape_A"] = bench_swr.sweep_configs(8, 8192, 64, 16, sweep)
-    report["core_floors_shape_A"] = bench_swr.core_floors_ms(8, 8192, 64, 16, bandwidth)
+    _save(report, args.out)
     report["layer"] = bench_layer.run()
-    with open(os.path.join(args.out, "kernels_gpu.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    _save(report, args.out)
 
     print(f"\n{report['device']} {report['versions']} copy {bandwidth / 1e12:.2f} TB/s")
     if "pytest_gpu" in report:
@@ -192,12 +201,15 @@ def main() -> int:
         errs = " ".join(f"{k}={v:.1e}" for k, v in r.get("errs", {}).items()) or r.get("error") or (
             f"diff={r.get('max_abs_diff', float('nan')):.1e}")
         print(f"{'ok ' if r['ok'] else 'BAD'} {name}: {errs}")
-    print(bench_swr.format_table(report["swr"]))
-    print("core floors (shape A):", {k: round(v, 3) for k, v in report["core_floors_shape_A"].items()})
     for r in report["sweep_shape_A"]:
         cfg = " ".join(f"{k}={v}" for k, v in r.items() if not k.endswith("_ms"))
         print(f"sweep {cfg}: swr fwd {r['fwd_ms']:.3f} fwd+bwd {r['fwd_bwd_ms']:.3f} | "
               f"core fwd {r['core_fwd_ms']:.3f} fwd+bwd {r['core_fwd_bwd_ms']:.3f}")
+    print("chosen:", report["chosen_config"])
+    print(bench_swr.format_table(report["swr"]))
+    a = report["swr"][0]
+    print(f"core shape A: fwd {a['core_fwd_ms']:.3f} (floor {a['core_floor_fwd_ms']:.3f}) "
+          f"fwd+bwd {a['core_fwd_bwd_ms']:.3f} (floor {a['core_floor_fwd_bwd_ms']:.3f})")
     print(bench_layer.format_table(report["layer"]))
     return 0 if all(r["ok"] for r in report["correctness"].values()) else 1
 

@@ -22,13 +22,16 @@ from .triton_swr import _swr_bwd_kernel, _swr_bwd_tile_kernel, _swr_fwd_kernel, 
 CHUNK_TOKENS = 256  # tokens per program: 16 blocks of 16 (kernels.md section 2)
 
 
-def launch_config(num_heads: int, head_dim: int, block_len: int) -> dict[str, int | str]:
-    """Kernel family and launch parameters (measured on an H100: benchmarks/KERNELS.md).
+def launch_config(num_heads: int, head_dim: int, block_len: int) -> dict[str, dict[str, int | str]]:
+    """Kernel family and launch parameters for the forward (``fwd``) and backward (``bwd``) kernels.
 
     ``tile``: one head and about ``TILE`` tokens per program, all blocks at once. ``ring``: ``HB`` heads
-    and ``NB`` blocks per program walked in sequence.
+    and ``NB`` blocks per program walked in sequence. Chosen from an H100 sweep (benchmarks/KERNELS.md).
     """
-    return {"kernel": "tile", "TILE": 256, "fwd_warps": 4, "bwd_warps": 8}
+    return {
+        "fwd": {"kernel": "tile", "TILE": 256, "num_warps": 4},
+        "bwd": {"kernel": "tile", "TILE": 256, "num_warps": 8},
+    }
 
 
 def _launch(
@@ -46,7 +49,7 @@ def _launch(
     """Launch the forward or backward kernel over (chunks, sequences x head groups)."""
     cu, phase, seq_len, max_len, num_seqs = rows_info
     heads, gate_groups, head_dim = shape
-    cfg = launch_config(heads, head_dim, block_len)
+    cfg = launch_config(heads, head_dim, block_len)["fwd" if fwd else "bwd"]
     max_blocks = -(-(max_len + (block_len - 1 if phase is not None else 0)) // block_len)
     meta = dict(
         H=heads,
@@ -60,7 +63,7 @@ def _launch(
         VARLEN=cu is not None,
         HAS_PHASE=phase is not None,
         IEEE=ieee,
-        num_warps=cfg["fwd_warps" if fwd else "bwd_warps"],
+        num_warps=cfg["num_warps"],
     )
     halo = window_blocks - 1 if fwd else 2 * (window_blocks - 1)
     if cfg["kernel"] == "tile":
