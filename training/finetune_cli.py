@@ -94,8 +94,9 @@ def run(args: argparse.Namespace) -> int:
                          "the saved adapter in a single process (see training/README.md)")
     if trainer.is_world_process_zero():
         trainable, total = model.get_nb_trainable_parameters()
-        print(f"phalanx finetune: LoRA r={args.lora_r} on {sorted(model.targeted_module_names)[:4]}... "
-              f"({len(model.targeted_module_names)} modules), {trainable / 1e6:.3f}M of {total / 1e6:.2f}M parameters trainable")
+        kinds = sorted({name.rsplit(".", 1)[-1] for name in model.targeted_module_names})
+        print(f"phalanx finetune: LoRA r={args.lora_r} on {len(model.targeted_module_names)} modules ({', '.join(kinds)}), "
+              f"{trainable / 1e6:.3f}M of {total / 1e6:.2f}M parameters trainable")
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output)
     trainer.save_state()
