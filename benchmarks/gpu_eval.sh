@@ -19,7 +19,6 @@ fi
 MODEL_DIR=$1
 OUTDIR=$2
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-SITE=${SITE:-/tmp/phalanx_site}
 
 if [ ! -f "$MODEL_DIR/config.json" ]; then
   echo "error: no model folder at $MODEL_DIR (config.json missing)" >&2
@@ -31,11 +30,7 @@ if ! ls "$REPO"/.whl/lm_eval-*.whl >/dev/null 2>&1; then
 fi
 mkdir -p "$OUTDIR"
 
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$REPO"/.whl/*.whl
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade \
-  --target "$SITE" "$REPO"
-export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+source "$REPO/benchmarks/gpu_env.sh"
 
 python3 - "$MODEL_DIR" >"$OUTDIR/env.txt" <<'EOF'
 import importlib.metadata as md, platform, subprocess, sys
