@@ -12,6 +12,11 @@ Schemes (`--init`):
   `o_proj(v + 0.1 * h)`: attention to the token itself plus a little decayed local history.
 - ``qkvo``: as ``vo``, plus input gate from `k_proj` (repeated over groups, bias +2) and readout
   from `q_proj / sqrt(head_dim)` (source biases carried).
+- ``avg``: as ``vo``, but with a per-head readout bias `c = K (1 - a) / b` and `out_proj = o_proj / (K + 1)`
+  (K = 3), so the fresh layer computes `o_proj((v + K * mean_a(v)) / (K + 1))` where `mean_a` is the
+  decayed average `(1 - a) * sum_k a^k v_{t-k}` of the window: like local attention, most of the weight
+  on recent tokens rather than on the token itself (the ``vo`` start is dominated by the token itself,
+  whose output norm is about twice the attention's).
 - ``random``: the model's own fresh initialisation (baseline for measuring the warm start).
 
 The decay projection always keeps the model's own initialisation (zero weights, bias = logit(a) with a
@@ -24,10 +29,11 @@ import torch
 
 from modeling_phalanx.swr_torch import phalanx_projection_sizes
 
-INIT_SCHEMES = ("vo", "qkvo", "random")
+INIT_SCHEMES = ("vo", "qkvo", "avg", "random")
 DEFAULT_INIT = "vo"
 GATE_BIAS = 2.0
 READOUT_BIAS = 0.1
+AVG_WEIGHT = 3.0  # K of the avg scheme
 
 
 def _repeat_kv(w: torch.Tensor, num_kv_heads: int, groups: int) -> torch.Tensor:
@@ -81,9 +87,9 @@ def warm_start_mixer(
         o_bias = attn("o_proj.bias")
         out["out_proj.bias"] = torch.zeros_like(out["out_proj.bias"]) if o_bias is None else o_bias.clone()
 
+    if scheme in ("qkvo", "avg") and Hg != H:
+        raise ValueError(f"the {scheme} init needs one gate group per head (phalanx_num_gate_groups = phalanx_num_heads)")
     if scheme == "qkvo":
-        if Hg != H:
-            raise ValueError("the qkvo init needs one gate group per head (phalanx_num_gate_groups = phalanx_num_heads)")
         k_bias, q_bias = attn("k_proj.bias"), attn("q_proj.bias")
         w[gate] = _repeat_kv(attn("k_proj.weight"), num_key_value_heads, groups)
         b[gate] = GATE_BIAS + (0.0 if k_bias is None else _repeat_kv(k_bias, num_key_value_heads, groups))
@@ -92,4 +98,9 @@ def warm_start_mixer(
     else:
         w[gate], b[gate] = 0.0, GATE_BIAS
         w[read], b[read] = 0.0, READOUT_BIAS
+    if scheme == "avg":
+        decay = torch.sigmoid(b[:n_decay])  # per-head a from the model's own decay initialisation
+        gate_value = torch.sigmoid(torch.tensor(GATE_BIAS))
+        b[read] = (AVG_WEIGHT * (1 - decay) / gate_value).repeat_interleave(D)
+        out["out_proj.weight"] /= AVG_WEIGHT + 1
     return out

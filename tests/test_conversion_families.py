@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM
 from modeling_phalanx.modeling_phalanx import PhalanxForCausalLM
 from phalanx_conversion.convert import convert_checkpoint
 from phalanx_conversion.families import FAMILIES, sliding_layers
-from phalanx_conversion.init import GATE_BIAS, READOUT_BIAS
+from phalanx_conversion.init import AVG_WEIGHT, GATE_BIAS, READOUT_BIAS
 from phalanx_training.tokenizer import load_byte_tokenizer
 
 VOCAB = 259  # the byte tokenizer
@@ -132,10 +132,11 @@ def test_default_conversion_loads_keeps_tensors_and_generates(model_type: str, s
     assert torch.equal(generated, ids)
 
 
-@pytest.mark.parametrize("scheme", ["vo", "qkvo"])
+@pytest.mark.parametrize("scheme", ["vo", "qkvo", "avg"])
 def test_warm_start_matches_attention_weights(scheme: str, sources: dict[str, Path], tmp_path: Path) -> None:
     """One token sees only itself: softmax attention returns o_proj(v); the warm-started mixer returns
-    o_proj(v + c * sigmoid(b) * v) with c, b from the scheme. Checked in float64 from the source weights."""
+    out_proj(v + c * sigmoid(b) * v) with out_proj, c, b from the scheme. Checked in float64 from the
+    source weights."""
     src_dir = sources["qwen3"]  # GQA, q/k/v/o biases, QK-norm (dropped by the mixer)
     out = tmp_path / scheme
     result = convert_checkpoint(src_dir, out, init=scheme)
@@ -146,12 +147,16 @@ def test_warm_start_matches_attention_weights(scheme: str, sources: dict[str, Pa
     x = torch.randn(3, 1, 64, dtype=torch.float64)
     groups = 2  # 4 query heads over 2 kv heads, head_dim 16
     v = attn.v_proj(x).view(3, 1, 2, 16).repeat_interleave(groups, dim=2).flatten(2)
+    sigma2 = math.exp(GATE_BIAS) / (1 + math.exp(GATE_BIAS))
     if scheme == "vo":
-        gate, read = torch.full_like(v, math.exp(GATE_BIAS) / (1 + math.exp(GATE_BIAS))), READOUT_BIAS
-    else:
+        expected = attn.o_proj(v + READOUT_BIAS * sigma2 * v)
+    elif scheme == "qkvo":
         k = attn.k_proj(x).view(3, 1, 2, 16).repeat_interleave(groups, dim=2).flatten(2)
-        gate, read = torch.sigmoid(k + GATE_BIAS), attn.q_proj(x) / 4.0
-    expected = attn.o_proj(v + read * gate * v)
+        expected = attn.o_proj(v + attn.q_proj(x) / 4.0 * torch.sigmoid(k + GATE_BIAS) * v)
+    else:  # avg: per-head decays a spread over phalanx_decay_init_range; c * b = K (1 - a)
+        low, high = dst.config.phalanx_decay_init_range
+        a = torch.linspace(low, high, dst.config.phalanx_num_heads, dtype=torch.float64).repeat_interleave(16)
+        expected = attn.o_proj(v * (1 + AVG_WEIGHT * (1 - a)) / (AVG_WEIGHT + 1))
     with torch.no_grad():
         got, _ = dst.model.layers[layer].mixer(x, position_ids=torch.zeros(3, 1, dtype=torch.long))
         ref_attn = attn.o_proj(v)

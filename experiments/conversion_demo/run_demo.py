@@ -4,11 +4,11 @@
    window 128) on the Shakespeare corpus minus the held-out works (split by file name,
    `phalanx_training.data.HELD_OUT_WORKS`), save it as an ordinary Transformers checkpoint.
 2. Measure the attention mass of its SWA layers beyond 16/32/128 tokens on held-out text.
-3. Convert its SWA layers with each warm-start scheme; held-out bits-per-byte of the zero-shot swap and
-   the stage-1 loss after a short probe measure which initialisation to use by default.
-4. Distil the default conversion: stage 1 (per-layer output matching), stage 2 (logit KL), with a
-   token budget that is a fixed fraction of the teacher's training tokens.
-5. Time a converted layer's mixer against the SWA attention it replaced (forward, forward+backward).
+3. Convert its SWA layers with each warm-start scheme and distil each one, stage 1 (per-layer output
+   matching) then stage 2 (logit KL), within a token budget that is a fixed fraction of the teacher's
+   training tokens; one more run gives the whole budget to stage 2. Held-out bits-per-byte after each
+   stage measures which initialisation to use by default and whether stage 1 pays for its tokens.
+4. Time a converted layer's mixer against the SWA attention it replaced (forward, forward+backward).
 
 Writes run_log.txt, results.json, RESULTS.md and the plots into --out ($OUT on the GPU machine).
 `--tiny` runs the whole pipeline with toy sizes on the CPU (a smoke test before spending GPU time).
@@ -32,7 +32,7 @@ import transformers
 
 from phalanx_conversion.analyze import analyze_checkpoint, format_table, plot_mass
 from phalanx_conversion.convert import convert_checkpoint
-from phalanx_conversion.distill import DistillOptions, StageConfig, bits_per_byte, distill, plot_history, run_stage
+from phalanx_conversion.distill import DistillOptions, StageConfig, bits_per_byte, distill, plot_history
 from phalanx_conversion.init import DEFAULT_INIT, INIT_SCHEMES
 from phalanx_training.data import is_held_out, list_text_files
 from phalanx_training.packing import build_packed_dataset
@@ -41,9 +41,9 @@ from phalanx_training.tokenizer import load_byte_tokenizer
 REPO = Path(__file__).resolve().parents[2]
 
 FULL = dict(hidden=512, layers=12, heads=8, kv_heads=4, head_dim=64, ffn=1536, window=128, seq=512,
-            batch=32, teacher_steps=3000, distill_batch=16, probe_steps=40, eval_bytes=None, speed_lens=(512, 2048, 8192))
+            batch=32, teacher_steps=1000, distill_batch=8, eval_bytes=None, speed_lens=(512, 2048, 8192))
 TINY = dict(hidden=64, layers=6, heads=4, kv_heads=2, head_dim=16, ffn=128, window=48, seq=128,
-            batch=4, teacher_steps=20, distill_batch=4, probe_steps=3, eval_bytes=2000, speed_lens=(128, 256))
+            batch=4, teacher_steps=20, distill_batch=4, eval_bytes=2000, speed_lens=(128, 256))
 
 
 class Tee:
@@ -94,7 +94,7 @@ def train_teacher(model, rows: dict, size: dict, max_seconds: float, device: tor
         opt.step()
         if step % 50 == 0 or step == steps - 1:
             history.append({"step": step + 1, "loss": loss.item()})
-        if step % 500 == 0 and step > 0:
+        if step % 250 == 0 and step > 0:
             bpb = bits_per_byte(model, tokenizer, heldout, seq_len=size["seq"], batch_size=32, max_bytes=20000, amp_dtype=amp_dtype(device))
             log(f"teacher step {step}: train loss {loss.item():.4f} nats/byte, held-out bpb (first 20 kB of each work) {bpb:.4f}, {time.time() - start:.0f}s")
         if time.time() - start > max_seconds:
@@ -235,10 +235,16 @@ def results_table(r: dict) -> str:
     ]
     for name, bpb, tokens in rows:
         lines.append(f"| {name} | {bpb:.4f} | {100 * (bpb / teacher_bpb - 1):+.2f}% | {tokens / 1e6:.2f}M | {100 * tokens / t['tokens']:.2f}% |")
-    lines += ["", "Initialisation schemes (zero-shot held-out bpb; stage-1 loss after the probe, mean over the last 10% of its steps):", "",
-              "| init | zero-shot bpb | stage-1 probe loss |", "|---|---|---|"]
-    for scheme, v in r["init_comparison"].items():
-        lines.append(f"| {scheme} | {v['bpb_zero_shot']:.4f} | {v['probe_loss']:.4f} |")
+    goal = d["bpb_after_stage2"] <= 1.03 * teacher_bpb and d["tokens_stage1"] + d["tokens_stage2"] <= 0.05 * t["tokens"]
+    lines += ["", f"Goal (after stage 2 within 3% of the teacher's bits/byte with at most 5% of its training tokens): {'met' if goal else 'not met'}.",
+              "", "Every warm start with the same budget (held-out bits/byte; stage-1 loss = relative MSE, mean of the last 10% of steps):", "",
+              "| variant | zero-shot | after stage 1 | after stage 2 | vs teacher | final stage-1 loss | tokens |", "|---|---|---|---|---|---|---|"]
+    for name, v in r["variants"].items():
+        s1 = v.get("bpb_after_stage1")
+        loss1 = v.get("final_losses_stage1", {}).get("loss")
+        tokens = v.get("tokens_stage1", 0) + v.get("tokens_stage2", 0)
+        lines.append(f"| {name} | {v['bpb_student_initial']:.4f} | {'-' if s1 is None else f'{s1:.4f}'} | {v['bpb_after_stage2']:.4f} | "
+                     f"{100 * (v['bpb_after_stage2'] / teacher_bpb - 1):+.2f}% | {'-' if loss1 is None else f'{loss1:.3f}'} | {tokens / 1e6:.2f}M |")
     lines += ["", f"Layer speed (layer {r['speed_layer']}: SWA attention module vs the Phalanx mixer that replaced it; "
               "median ms, bf16, q/k/v/o resp. in/out projections included):", "",
               "| seq len | batch | SWA fwd | Phalanx fwd | SWA fwd+bwd | Phalanx fwd+bwd | speed-up fwd+bwd |", "|---|---|---|---|---|---|---|"]
@@ -255,8 +261,8 @@ def main() -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", "conversion_demo_out"))
     parser.add_argument("--work", default="/tmp/conversion_demo", help="checkpoints (large, not kept)")
     parser.add_argument("--teacher-seconds", type=float, default=240)
-    parser.add_argument("--distill-fraction", type=float, default=0.045, help="distillation tokens / teacher tokens")
-    parser.add_argument("--stage1-share", type=float, default=0.4, help="share of the distillation tokens for stage 1")
+    parser.add_argument("--distill-fraction", type=float, default=0.048, help="distillation tokens / teacher tokens")
+    parser.add_argument("--stage1-share", type=float, default=0.3, help="share of the distillation tokens for stage 1")
     parser.add_argument("--stage1-lr", type=float, default=3e-3)
     parser.add_argument("--stage2-lr", type=float, default=1e-3)
     parser.add_argument("--stage2-other-lr", type=float, default=1e-4)
@@ -297,7 +303,6 @@ def main() -> int:
     log(json.dumps(results["data"]))
     tokenizer = load_byte_tokenizer()
     rows = build_packed_dataset(train_files, tokenizer, size["seq"]).packed
-    eval_kw = dict(seq_len=size["seq"], batch_size=32, max_bytes=size["eval_bytes"], amp_dtype=amp_dtype(device))
 
     # 2. Teacher.
     teacher_dir = work / "teacher"
@@ -324,43 +329,34 @@ def main() -> int:
     log(results["attention_mass_table"])
     save()
 
-    # 4. Convert with every warm start; zero-shot bpb and a short stage-1 probe per scheme.
-    load_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    teacher = transformers.AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=load_dtype).to(device).eval()
-    teacher.requires_grad_(False)
-    probe_cfg = StageConfig(steps=size["probe_steps"], lr=args.stage1_lr, batch_size=size["distill_batch"], seq_len=size["seq"])
-    results["init_comparison"] = {}
-    for scheme in INIT_SCHEMES:
-        student_dir = work / f"student_{scheme}"
-        conv = convert_checkpoint(teacher_dir, student_dir, init=scheme, force=True)
-        results["converted_layers"] = conv.converted_layers
-        student = transformers.AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32).to(device)
-        zero_shot = bits_per_byte(student, tokenizer, heldout, **eval_kw)
-        history = run_stage(1, probe_cfg, student, teacher, rows, work / f"probe_{scheme}", DistillOptions(save_every=10**9, device=str(device)))
-        tail = history[-max(1, len(history) // 10):]
-        results["init_comparison"][scheme] = {"bpb_zero_shot": zero_shot, "probe_loss": sum(h["loss"] for h in tail) / len(tail)}
-        log(f"init {scheme}: zero-shot bpb {zero_shot:.4f}, stage-1 probe loss {results['init_comparison'][scheme]['probe_loss']:.4f}")
-        del student
-    results["default_init"] = DEFAULT_INIT
-    save()
-
-    # 5. Distil the default conversion within the token budget.
+    # 4. Convert with every warm start and distil each within the same token budget; one more run of the
+    #    default scheme spends the whole budget on stage 2 (does stage 1 pay for its tokens?).
     budget = args.distill_fraction * results["teacher"]["tokens"]
     per_step = size["distill_batch"] * size["seq"]
     s1 = max(1, int(budget * args.stage1_share / per_step))
     s2 = max(1, int(budget * (1 - args.stage1_share) / per_step))
-    options = DistillOptions(
-        stage1=StageConfig(steps=s1, lr=args.stage1_lr, batch_size=size["distill_batch"], seq_len=size["seq"]),
-        stage2=StageConfig(steps=s2, lr=args.stage2_lr, other_lr=args.stage2_other_lr, batch_size=size["distill_batch"], seq_len=size["seq"]),
-        save_every=max(s1, s2), eval_seq_len=size["seq"], eval_batch_size=32, eval_max_bytes=size["eval_bytes"], device=str(device),
-    )
-    log(f"distillation: stage 1 {s1} steps, stage 2 {s2} steps of {per_step} tokens")
-    del teacher
-    distill_dir = work / "distill"
-    t0 = time.time()
-    metrics = distill(teacher_dir, work / f"student_{DEFAULT_INIT}", distill_dir, train_files, heldout_files, options)
-    results["distill"] = {k: v for k, v in metrics.items() if k != "options"}
-    results["distill"]["seconds"] = time.time() - t0
+    stage1 = StageConfig(steps=s1, lr=args.stage1_lr, batch_size=size["distill_batch"], seq_len=size["seq"])
+    stage2 = StageConfig(steps=s2, lr=args.stage2_lr, other_lr=args.stage2_other_lr, batch_size=size["distill_batch"], seq_len=size["seq"])
+    stage2_only = StageConfig(steps=s1 + s2, lr=args.stage2_lr, other_lr=args.stage2_other_lr, batch_size=size["distill_batch"], seq_len=size["seq"])
+    log(f"distillation budget {budget / 1e6:.2f}M tokens: stage 1 {s1} steps + stage 2 {s2} steps of {per_step} tokens")
+    variants = [(scheme, stage1, stage2) for scheme in INIT_SCHEMES] + [(DEFAULT_INIT, None, stage2_only)]
+    results["default_init"] = DEFAULT_INIT
+    results["variants"] = {}
+    for scheme, first, second in variants:
+        name = scheme if first is not None else f"{scheme}, stage 2 only"
+        student_dir = work / f"student_{scheme}"
+        if not student_dir.exists():
+            results["converted_layers"] = convert_checkpoint(teacher_dir, student_dir, init=scheme).converted_layers
+        run_dir = work / f"distill_{name.replace(', ', '_').replace(' ', '_')}"
+        options = DistillOptions(stage1=first, stage2=second, save_every=10**9, eval_seq_len=size["seq"], eval_batch_size=32,
+                                 eval_max_bytes=size["eval_bytes"], device=str(device))
+        t0 = time.time()
+        metrics = distill(teacher_dir, student_dir, run_dir, train_files, heldout_files, options)
+        results["variants"][name] = {**{k: v for k, v in metrics.items() if k != "options"}, "seconds": time.time() - t0, "dir": str(run_dir)}
+        log(f"variant {name}: " + json.dumps({k: v for k, v in results["variants"][name].items() if k.startswith(("bpb", "tokens"))}))
+        save()
+    distill_dir = Path(results["variants"][DEFAULT_INIT]["dir"])
+    results["distill"] = results["variants"][DEFAULT_INIT]
     for name in ("loss_stage1.png", "loss_stage2.png"):
         (out / name).write_bytes((distill_dir / name).read_bytes())
     log(json.dumps(results["distill"], indent=1))
