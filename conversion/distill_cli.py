@@ -11,9 +11,10 @@ import json
 import shutil
 from pathlib import Path
 
+from phalanx_eval.harness import TASK_DIR
 from phalanx_training.data import SHIPPED_SAMPLE_DIR
 
-HELD_OUT_DIR = Path(__file__).resolve().parent.parent / "eval" / "tasks" / "data"
+HELD_OUT_DIR = TASK_DIR / "data"  # the held-out works shipped with the evaluation tasks
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
