@@ -48,7 +48,7 @@ def mixer_reference(mixer: PhalanxMixer, x: torch.Tensor) -> torch.Tensor:
     BL, W = mixer.block_len, mixer.window_blocks
     proj = torch.nn.functional.linear(x.double(), mixer.in_proj.weight.double(), mixer.in_proj.bias.double())
     z_a, z_b, c, v = torch.split(proj, [H, G * D, G * D, H * D], dim=-1)
-    a = torch.sigmoid(z_a)  # (B, T, H)
+    a = torch.sigmoid(z_a) * (mixer.decay_cap or 1.0)  # (B, T, H)
     group = torch.arange(H) // (H // G)
     b = torch.sigmoid(z_b).view(*x.shape[:2], G, D)[:, :, group]
     c = c.view(*x.shape[:2], G, D)[:, :, group]
@@ -61,17 +61,24 @@ def mixer_reference(mixer: PhalanxMixer, x: torch.Tensor) -> torch.Tensor:
         for s in range(start, t + 1):
             h = a[:, s, :, None] * h + u[:, s]
         out[:, t] = h * c[:, t] + v[:, t]
-    w_o = mixer.out_proj
-    return torch.nn.functional.linear(out.reshape(*x.shape[:2], H * D), w_o.weight.double()).float()
+    bias = None if mixer.out_proj.bias is None else mixer.out_proj.bias.double()
+    return torch.nn.functional.linear(out.reshape(*x.shape[:2], H * D), mixer.out_proj.weight.double(), bias).float()
 
 
-@pytest.mark.parametrize("window_blocks,groups", [(2, 1), (3, 2)])
-def test_mixer_matches_float64_loop(window_blocks: int, groups: int) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(swr_window_blocks=2, phalanx_num_gate_groups=1),
+        dict(swr_window_blocks=3, phalanx_num_gate_groups=2, phalanx_decay_cap=0.9, phalanx_out_bias=True),
+    ],
+)
+def test_mixer_matches_float64_loop(options: dict) -> None:
     torch.manual_seed(1)
-    config = tiny_config(hidden_size=64, swr_window_blocks=window_blocks, phalanx_num_gate_groups=groups)
-    mixer = PhalanxMixer(config, layer_idx=0)
+    mixer = PhalanxMixer(tiny_config(hidden_size=64, **options), layer_idx=0)
     with torch.no_grad():
         mixer.in_proj.bias.normal_()
+        if mixer.out_proj.bias is not None:
+            mixer.out_proj.bias.normal_()
     x = torch.randn(2, 53, 64)
     got, _ = mixer(x, position_ids=torch.arange(53).expand(2, -1))
     torch.testing.assert_close(got, mixer_reference(mixer, x), atol=2e-5, rtol=1e-4)
