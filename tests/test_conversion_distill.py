@@ -109,7 +109,12 @@ def test_two_stage_run_resumes_exactly(pair: tuple[Path, Path], tmp_path: Path) 
     assert again["final_losses_stage2"] == metrics["final_losses_stage2"]
 
 
-def test_cli_refuses_to_mix_runs(pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_runs_and_refuses_to_mix_runs(pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    small = ["--stage1-steps", "1", "--stage2-steps", "1", "--batch-size", "1", "--seq-len", "32", "--eval-max-bytes", "100", "--device", "cpu"]
+    assert phalanx_main(["distill", str(pair[0]), str(pair[1]), "--out", str(tmp_path / "ok"), "--data", str(TRAIN), *small]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["tokens_stage1"] == summary["tokens_stage2"] == 32 and "bpb_after_stage2" in summary
+    assert (tmp_path / "ok" / "stage2" / "config.json").is_file()
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.json").write_text("{}")
