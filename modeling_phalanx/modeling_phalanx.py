@@ -28,7 +28,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple, logging
+from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
@@ -41,8 +41,6 @@ try:  # Triton kernels, when the project package is installed; Hub bundles fall 
     from phalanx_kernels import phalanx_core_step as kernel_phalanx_core_step
 except ImportError:
     KernelSWRState = kernel_phalanx_core = kernel_phalanx_core_step = None
-
-logger = logging.get_logger(__name__)
 
 # `auto_map` written to config.json so the saved folder loads with trust_remote_code and no package installed.
 PHALANX_AUTO_MAP = {
