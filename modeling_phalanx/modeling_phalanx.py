@@ -35,12 +35,21 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_phalanx import ATTENTION_LAYER_TYPES, PhalanxConfig
 from .swr_torch import SWRState, phalanx_core_step_torch, phalanx_core_torch, phalanx_projection_sizes
 
-try:  # Triton kernels, when the project package is installed; Hub bundles fall back to PyTorch.
-    from phalanx_kernels import SWRState as KernelSWRState
-    from phalanx_kernels import phalanx_core as kernel_phalanx_core
-    from phalanx_kernels import phalanx_core_step as kernel_phalanx_core_step
-except ImportError:
-    KernelSWRState = kernel_phalanx_core = kernel_phalanx_core_step = None
+
+
+def triton_kernels() -> tuple[type, Callable, Callable] | None:
+    """`phalanx_kernels`' (SWRState, phalanx_core, phalanx_core_step) when the project package is installed, else None.
+
+    Resolved when a mixer is built, not at import: `phalanx_kernels` imports this package's `swr_torch`, so an
+    import-time lookup saw a half-initialised `phalanx_kernels` (and silently fell back to PyTorch) whenever
+    that package was imported first. Hub bundles without the package use the PyTorch path.
+    """
+    try:
+        from phalanx_kernels import SWRState as KernelSWRState
+        from phalanx_kernels import phalanx_core, phalanx_core_step
+    except ImportError:
+        return None
+    return KernelSWRState, phalanx_core, phalanx_core_step
 
 # `auto_map` written to config.json so the saved folder loads with trust_remote_code and no package installed.
 PHALANX_AUTO_MAP = {
@@ -425,6 +434,7 @@ class PhalanxMixer(nn.Module):
         proj_size = sum(phalanx_projection_sizes(self.num_heads, self.head_dim, self.num_gate_groups))
         self.in_proj = PhalanxInputProjection(config.hidden_size, proj_size, self.num_heads)
         self.out_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.phalanx_out_bias)
+        self.kernels = triton_kernels()
 
     def _core_kwargs(self) -> dict:
         return {"num_heads": self.num_heads, "head_dim": self.head_dim, "num_gate_groups": self.num_gate_groups}
@@ -445,8 +455,8 @@ class PhalanxMixer(nn.Module):
         if attention_mask is not None:
             # Padding contributes nothing to the state (create_recurrent_attention_mask gives a 2D mask).
             proj = proj * attention_mask[:, -seqlen:, None].to(proj.dtype)
-        use_kernels = kernel_phalanx_core is not None and proj.is_cuda
-        state_cls = KernelSWRState if use_kernels else SWRState
+        use_kernels = self.kernels is not None and proj.is_cuda
+        state_cls = self.kernels[0] if use_kernels else SWRState
         cache_layer = None if past_key_values is None else past_key_values.layers[self.layer_idx]
         cached_h = None
         if cache_layer is not None and cache_layer.is_recurrent_states_initialized[0]:
@@ -456,7 +466,7 @@ class PhalanxMixer(nn.Module):
             cached_h = cache_layer.recurrent_states[0].masked_fill(fresh, 0.0)
 
         if cached_h is not None and seqlen == 1:
-            step = kernel_phalanx_core_step if use_kernels else phalanx_core_step_torch
+            step = self.kernels[2] if use_kernels else phalanx_core_step_torch
             y, state = step(
                 proj[:, 0],
                 state_cls(cached_h, start_pos),
@@ -485,7 +495,7 @@ class PhalanxMixer(nn.Module):
     ) -> tuple[torch.Tensor, SWRState | None]:
         """Multi-token pass (training, prefill, chunked continuation); returns y and, if wanted, each row's state."""
         batch, seqlen, features = proj.shape
-        core = kernel_phalanx_core if use_kernels else phalanx_core_torch
+        core = self.kernels[1] if use_kernels else phalanx_core_torch
         core_kwargs = {
             "block_len": self.block_len,
             "window_blocks": self.window_blocks,
