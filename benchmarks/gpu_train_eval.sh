@@ -26,6 +26,6 @@ python3 -m phalanx_cli.main train --model-config "${PRESET:-small-phalanx}" --da
   --batch-size "${BATCH_SIZE:-16}" --max-steps "$STEPS" --lr 2e-3 --warmup 0.05 --precision "${PRECISION:-bf16}" --logging-steps 50 \
   --save-steps "$STEPS" --output "$MODEL" 2>&1 | tee "$OUTDIR/train_log.txt"
 echo "train wall seconds: $(( $(date +%s) - start ))" | tee -a "$OUTDIR/train_log.txt"
-for f in loss_curve.png trainer_state.json; do [ ! -f "$MODEL/$f" ] || cp "$MODEL/$f" "$OUTDIR/"; done
+for f in loss_curve.png; do [ ! -f "$MODEL/$f" ] || cp "$MODEL/$f" "$OUTDIR/"; done
 
 MAX_LENGTH=${MAX_LENGTH:-8448} bash "$REPO/benchmarks/gpu_eval.sh" "$MODEL" "$OUTDIR"
