@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu_train_eval.sh CORPUS_DIR OUTDIR [MAX_STEPS]
 #
 # Environment: PRESET (small-phalanx), SEQ_LEN (2048), BATCH_SIZE (16), PRECISION (bf16), plus those of
-# gpu_eval.sh. Writes OUTDIR/train_log.txt, OUTDIR/loss_curve.png, OUTDIR/trainer_state.json and the files of
+# gpu_eval.sh. Writes OUTDIR/train_log.txt, OUTDIR/loss_curve.png and the files of
 # gpu_eval.sh. The model itself stays on the GPU machine (/tmp/phalanx_small).
 set -euo pipefail
 if [ $# -lt 2 ]; then
