@@ -36,9 +36,8 @@ from .configuration_phalanx import ATTENTION_LAYER_TYPES, PhalanxConfig
 from .swr_torch import SWRState, phalanx_core_step_torch, phalanx_core_torch, phalanx_projection_sizes
 
 
-
 def triton_kernels() -> tuple[type, Callable, Callable] | None:
-    """`phalanx_kernels`' (SWRState, phalanx_core, phalanx_core_step) when the project package is installed, else None.
+    """(SWRState, phalanx_core, phalanx_core_step) of `phalanx_kernels` when that package is installed, else None.
 
     Resolved when a mixer is built, not at import: `phalanx_kernels` imports this package's `swr_torch`, so an
     import-time lookup saw a half-initialised `phalanx_kernels` (and silently fell back to PyTorch) whenever
@@ -50,6 +49,7 @@ def triton_kernels() -> tuple[type, Callable, Callable] | None:
     except ImportError:
         return None
     return KernelSWRState, phalanx_core, phalanx_core_step
+
 
 # `auto_map` written to config.json so the saved folder loads with trust_remote_code and no package installed.
 PHALANX_AUTO_MAP = {
