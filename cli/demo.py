@@ -1,67 +1,98 @@
-"""`phalanx demo`: train a tiny hybrid on the shipped Shakespeare sample, generate, save and reload it.
+"""`phalanx demo`: the whole project on a CPU in a few minutes, on the shipped Shakespeare sample.
 
-Runs on a CPU in a few minutes. The model mixes all three layer kinds (Phalanx, sliding-window attention,
-full attention), trains with a progress bar on packed byte-level text, prints samples, writes a Hub-ready
-folder (weights, config with `auto_map`, modeling files, tokenizer) and reloads it with AutoModelForCausalLM.
+Six stages, each a call into the package that owns the work:
+
+1. train a tiny hybrid (Phalanx, sliding-window and full-attention layers) with ``phalanx train``;
+2. sample text from it;
+3. evaluate it with lm-eval through ``phalanx_eval`` (held-out bits-per-byte, one passkey distance);
+4. LoRA fine-tune it on one play with ``phalanx finetune --merge``;
+5. train a tiny Transformers Gemma3 teacher with sliding-window layers, ``convert_checkpoint`` its
+   SWA layers into Phalanx mixers and ``distill`` the student (stage 1, then stage 2);
+6. export the hybrid with ``phalanx_hub`` (model card with the lm-eval results) and reload the export
+   with ``AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)``.
+
+Everything is written into a temporary folder beside ``--output-dir`` and renamed into place at the
+end, so a failed or interrupted demo leaves the previous output untouched and nothing half-written.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import json
+import os
 import shutil
+import subprocess
+import sys
+import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, Gemma3TextConfig, PreTrainedTokenizerBase, Trainer, set_seed
 
-from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM
+from modeling_phalanx import PhalanxConfig
+from phalanx_conversion.convert import convert_checkpoint
+from phalanx_conversion.distill import DistillOptions, StageConfig, distill
+from phalanx_conversion.distill_cli import HELD_OUT_DIR
+from phalanx_eval.harness import TASK_DIR, evaluate, write_json
+from phalanx_hub.export import export
+from phalanx_training import cli as train_cli
+from phalanx_training import finetune_cli
+from phalanx_training.callbacks import LossCurveCallback
 from phalanx_training.data import shipped_sample_dir
+from phalanx_training.finetune_cli import MERGED_DIR
+from phalanx_training.options import add_training_arguments, training_arguments
 from phalanx_training.packing import PackedCollator, build_packed_dataset
 from phalanx_training.tokenizer import load_byte_tokenizer
 
-DEMO_LAYER_TYPES = ["linear_attention", "sliding_attention", "linear_attention", "full_attention"]
+HYBRID_LAYER_TYPES = ["linear_attention", "sliding_attention", "linear_attention", "full_attention"]
+TEACHER_LAYER_TYPES = ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]
+PASSKEY_DISTANCES = tuple(sorted(int(p.stem.rsplit("_", 1)[1]) for p in TASK_DIR.glob("phalanx_passkey_*.yaml")))
+FINETUNE_WORK = "comedy_of_errors_gut.txt"  # LoRA adapts the hybrid to one play of the shipped sample
+NUM_STAGES = 6
+# Run by `export_and_reload` in a clean interpreter: argv = site-packages paths, export folder, input ids, logits out.
+REMOTE_CODE_RELOAD = """
+import json, sys
+sys.path.extend(json.loads(sys.argv[1]))
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[2], trust_remote_code=True).eval()
+with torch.no_grad():
+    torch.save(model(torch.load(sys.argv[3])).logits, sys.argv[4])
+print(type(model).__module__)
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps (default: 300)")
-    parser.add_argument("--batch-size", type=int, default=16, help="packed rows per step (default: 16)")
-    parser.add_argument("--seq-len", type=int, default=128, help="tokens (bytes) per row (default: 128)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="where the model is saved")
-    parser.add_argument("--prompt", default="BRUTUS.\n", help="prompt for the samples")
-    parser.add_argument("--max-new-tokens", type=int, default=200, help="bytes to generate (default: 200)")
+    parser.add_argument("--steps", type=int, default=400, help="hybrid pretraining steps (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, help="packed rows per step, every stage (default: %(default)s)")
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens (bytes) per row, every stage (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of hybrid and teacher (default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=200, help="bytes to sample (default: %(default)s)")
+    parser.add_argument("--prompt", default="BRUTUS.\n", help="prompt for the sample")
+    parser.add_argument("--eval-limit", type=int, default=8, help="lm-eval documents per task (default: %(default)s)")
+    parser.add_argument(
+        "--passkey-distance", type=int, default=64, choices=PASSKEY_DISTANCES,
+        help="bytes between the passkey and the question (default: %(default)s)",
+    )
+    parser.add_argument("--finetune-steps", type=int, default=40, help="LoRA steps (default: %(default)s)")
+    parser.add_argument("--teacher-steps", type=int, default=400, help="Gemma3 teacher training steps (default: %(default)s)")
+    parser.add_argument("--distill-steps", type=int, default=40, help="steps of each distillation stage (default: %(default)s)")
+    parser.add_argument(
+        "--eval-max-bytes", type=int, default=8192,
+        help="held-out bytes per work scored by the conversion stage's bits-per-byte (default: %(default)s)",
+    )
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="where everything is written")
     parser.add_argument("--seed", type=int, default=0)
 
 
-def demo_config(tokenizer: PreTrainedTokenizerBase) -> PhalanxConfig:
-    """A ~0.6M-parameter hybrid: Phalanx, sliding-window and full-attention layers."""
-    return PhalanxConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=352,
-        num_hidden_layers=len(DEMO_LAYER_TYPES),
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        layer_types=DEMO_LAYER_TYPES,
-        sliding_window=64,
-        phalanx_head_dim=16,
-        swr_block_len=16,
-        swr_window_blocks=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-
-
 def check_args(args: argparse.Namespace) -> None:
-    """Reject values that would fail later with an obscure error."""
-    for name in ("steps", "batch_size", "seq_len", "max_new_tokens"):
+    """Reject values that would fail later, inside another package, with an obscure error."""
+    for name in ("steps", "batch_size", "max_new_tokens", "eval_limit", "finetune_steps", "teacher_steps",
+                 "distill_steps", "eval_max_bytes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.seq_len < 2:
@@ -70,60 +101,213 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
     if not args.prompt:
         raise ValueError("--prompt must not be empty")
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        raise ValueError(f"--output-dir exists and is not a folder: {args.output_dir}")
 
 
-def sample(model: PhalanxForCausalLM, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int) -> str:
-    """Sampled continuation of `prompt` (temperature 0.8, top-k 40)."""
-    inputs = tokenizer(prompt, return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, top_k=40)
-    return tokenizer.decode(out[0], skip_special_tokens=True)
-
-
-def train(model: PhalanxForCausalLM, rows: dict[str, torch.Tensor], args: argparse.Namespace) -> list[float]:
-    """AdamW with warmup and cosine decay on random packed rows; returns the loss of every step."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
-    warmup = max(1, args.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, args.steps) / args.steps)),
+def hybrid_config(tokenizer: PreTrainedTokenizerBase) -> PhalanxConfig:
+    """A ~0.6M-parameter hybrid: Phalanx, sliding-window and full-attention layers."""
+    return PhalanxConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=352, num_hidden_layers=len(HYBRID_LAYER_TYPES),
+        num_attention_heads=4, num_key_value_heads=2, layer_types=HYBRID_LAYER_TYPES, sliding_window=64,
+        phalanx_head_dim=16, swr_block_len=16, swr_window_blocks=2, max_position_embeddings=4096,
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
-    collate = PackedCollator()
-    num_rows = rows["input_ids"].shape[0]
-    losses: list[float] = []
-    model.train()
-    progress = tqdm(range(args.steps), desc="training", unit="step")
-    for step in progress:
-        index = torch.randint(num_rows, (args.batch_size,))
-        batch = collate([{key: value[i] for key, value in rows.items()} for i in index.tolist()])
-        loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        recent = sum(losses[-20:]) / len(losses[-20:])
-        progress.set_postfix(loss=f"{recent:.3f}")
-        if (step + 1) % max(1, args.steps // 6) == 0 or step + 1 == args.steps:
-            progress.write(f"step {step + 1:4d}/{args.steps}  loss {recent:.3f}  ({recent / math.log(2):.2f} bits/byte)")
-    model.eval()
-    return losses
 
 
-def save_atomically(model: PhalanxForCausalLM, tokenizer: PreTrainedTokenizerBase, output_dir: Path) -> None:
-    """Write the Hub-ready folder next to `output_dir`, then move it into place (never half-written)."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
+def teacher_config(tokenizer: PreTrainedTokenizerBase) -> Gemma3TextConfig:
+    """A Gemma3 text model of the hybrid's size: three sliding-window layers (window 64), one global."""
+    return Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=352, num_hidden_layers=len(TEACHER_LAYER_TYPES),
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32,
+        layer_types=TEACHER_LAYER_TYPES, sliding_window=64, max_position_embeddings=4096, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+
+
+def parse_cli(add_arguments: Callable[[argparse.ArgumentParser], None], argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv`` with a subcommand's own options (its defaults and checks apply)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def training_argv(args: argparse.Namespace, steps: int, output: Path) -> list[str]:
+    """Options shared by every Trainer run of the demo: batch, length, steps, logging, no mid-run checkpoints."""
+    return [
+        "--output", str(output), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
+        "--max-steps", str(steps), "--logging-steps", str(max(1, steps // 10)), "--save-steps", str(steps),
+        "--save-total-limit", "1", "--warmup", "0.05", "--seed", str(args.seed),
+    ]
+
+
+def logged_losses(output: Path) -> tuple[float, float]:
+    """First and last training loss the Trainer logged in ``output/trainer_state.json``."""
+    history = json.loads((output / "trainer_state.json").read_text())["log_history"]
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    if not losses:
+        raise ValueError(f"no training loss logged in {output / 'trainer_state.json'}")
+    return losses[0], losses[-1]
+
+
+def train_hybrid(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, work: Path) -> dict[str, Any]:
+    """Stage 1: ``phalanx train`` on the shipped sample with the hybrid config written as JSON."""
+    config_path = work / "hybrid_config.json"
+    hybrid_config(tokenizer).to_json_file(config_path)
+    output = work / "hybrid"
+    argv = ["--model-config", str(config_path), "--lr", str(args.lr), *training_argv(args, args.steps, output)]
+    train_cli.run(parse_cli(train_cli.add_arguments, argv))
+    first, last = logged_losses(output)
+    return {"dir": output, "loss_first": first, "loss_last": last,
+            "report": f"loss {first:.3f} -> {last:.3f} nats/byte over {args.steps} steps"}
+
+
+def sample(model_dir: Path, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Stage 2: a sampled continuation of ``--prompt`` (temperature 0.8, top-k 40), saved as ``sample.txt``."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    inputs = tokenizer(args.prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=True, temperature=0.8, top_k=40)
+    text = tokenizer.decode(out[0], skip_special_tokens=True)
+    (work / "sample.txt").write_text(text + "\n", encoding="utf-8")
+    print(text)
+    new = out.shape[1] - inputs["input_ids"].shape[1]
+    return {"text": text, "report": f"{new} bytes sampled after {args.prompt!r} (sample.txt)"}
+
+
+def run_eval(model_dir: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Stage 3: lm-eval (offline shipped tasks) on held-out bits-per-byte and one passkey distance."""
+    passkey = f"phalanx_passkey_{args.passkey_distance}"
+    results = evaluate(str(model_dir), ["phalanx_bpb", passkey], limit=args.eval_limit, device="cpu")
+    path = write_json(results, work / "eval" / "eval_results.json")
+    bpb = results["results"]["phalanx_bpb"]["bits_per_byte,none"]
+    acc = results["results"][passkey]["acc,none"]
+    return {"path": path, "bpb": bpb, "passkey_acc": acc,
+            "report": f"held-out {bpb:.3f} bits/byte; passkey at {args.passkey_distance} bytes: acc {acc:.2f} "
+                      f"({args.eval_limit} documents per task)"}
+
+
+def finetune(model_dir: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Stage 4: ``phalanx finetune --merge`` (LoRA on attention and Phalanx projections) on one play."""
+    output = work / "lora"
+    argv = [str(model_dir), "--data", str(shipped_sample_dir() / FINETUNE_WORK), "--lora-r", "8", "--merge",
+            "--lr", "2e-3", *training_argv(args, args.finetune_steps, output)]
+    finetune_cli.run(parse_cli(finetune_cli.add_arguments, argv))
+    first, last = logged_losses(output)
+    merged = output / MERGED_DIR
+    AutoModelForCausalLM.from_pretrained(merged)  # the merged folder is a plain, loadable model
+    return {"dir": merged, "loss_first": first, "loss_last": last,
+            "report": f"LoRA on {FINETUNE_WORK}: loss {first:.3f} -> {last:.3f} over {args.finetune_steps} steps; "
+                      f"merged model in lora/{MERGED_DIR}"}
+
+
+def train_teacher(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, output: Path) -> None:
+    """The Transformers teacher, trained with ``phalanx_training``'s options, packing and Trainer setup.
+
+    ``phalanx train`` builds Phalanx configs only, so the Gemma3 model is passed to the same Trainer here.
+    """
+    train_args = parse_cli(
+        lambda p: add_training_arguments(p, learning_rate=args.lr, max_steps=args.teacher_steps),
+        ["--lr", str(args.lr), *training_argv(args, args.teacher_steps, output)],
+    )
+    set_seed(args.seed)
+    model = AutoModelForCausalLM.from_config(teacher_config(tokenizer), attn_implementation="sdpa")
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(train_args, has_eval=False),
+        train_dataset=build_packed_dataset([shipped_sample_dir()], tokenizer, args.seq_len),
+        data_collator=PackedCollator(),
+        processing_class=tokenizer,
+        callbacks=[LossCurveCallback()],
+    )
+    trainer.train()
+    trainer.save_model(output)
+    trainer.save_state()
+
+
+def convert_and_distill(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, work: Path) -> dict[str, Any]:
+    """Stage 5: teacher -> ``convert_checkpoint`` (every SWA layer) -> ``distill`` stage 1 and stage 2."""
+    teacher = work / "teacher"
+    train_teacher(args, tokenizer, teacher)
+    student = work / "student"
+    converted = convert_checkpoint(teacher, student, seed=args.seed).converted_layers
+    common = {"batch_size": args.batch_size, "seq_len": args.seq_len}
+    options = DistillOptions(
+        stage1=StageConfig(steps=args.distill_steps, lr=3e-3, **common),
+        stage2=StageConfig(steps=args.distill_steps, lr=1e-3, other_lr=1e-4, **common),
+        seed=args.seed, save_every=args.distill_steps, eval_seq_len=args.seq_len,
+        eval_max_bytes=args.eval_max_bytes, device="cpu",
+    )
+    metrics = distill(teacher, student, work / "distill", [shipped_sample_dir()], [HELD_OUT_DIR], options)
+    bpb = {key: metrics[f"bpb_{key}"] for key in ("teacher", "student_initial", "after_stage1", "after_stage2")}
+    return {"converted_layers": converted, "bpb": bpb,
+            "report": f"Gemma3 layers {converted} -> Phalanx; held-out bits/byte: teacher {bpb['teacher']:.3f}, "
+                      f"zero-shot {bpb['student_initial']:.3f}, stage 1 {bpb['after_stage1']:.3f}, "
+                      f"stage 2 {bpb['after_stage2']:.3f}"}
+
+
+def export_and_reload(model_dir: Path, eval_results: Path, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace,
+                      work: Path) -> dict[str, Any]:
+    """Stage 6: ``phalanx_hub`` export with the lm-eval results, reloaded from its own modeling files.
+
+    In this process ``modeling_phalanx`` is registered, and Transformers would prefer it to the folder's
+    code; the reload therefore runs in a clean interpreter (``-I -S``: no project packages importable)
+    with ``trust_remote_code=True``, and its logits must equal the trained model's.
+    """
+    out = export(model_dir, work / "export", eval_results=eval_results, model_name="phalanx-demo")
+    probe = tokenizer(args.prompt * 8, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(model_dir).eval()(probe).logits
+    paths = json.dumps(sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}))
+    with tempfile.TemporaryDirectory() as tmp:
+        ids_path, logits_path = Path(tmp) / "ids.pt", Path(tmp) / "logits.pt"
+        torch.save(probe, ids_path)
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": tmp, "HF_MODULES_CACHE": str(Path(tmp) / "modules"),
+               "HF_HUB_OFFLINE": "1"}
+        proc = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", REMOTE_CODE_RELOAD, paths, str(out.resolve()), str(ids_path), str(logits_path)],
+            cwd=tmp, env=env, capture_output=True, text=True, check=False,
+        )
+        if proc.returncode != 0:
+            raise ValueError(f"the export in {out} does not load with trust_remote_code: {proc.stderr.strip()[-2000:]}")
+        module = proc.stdout.strip().splitlines()[-1]
+        logits = torch.load(logits_path)
+    if not module.startswith("transformers_modules."):
+        raise ValueError(f"the export in {out} was loaded by {module}, not by its own modeling files")
+    if not torch.equal(logits, expected):
+        diff = (logits - expected).abs().max().item()
+        raise ValueError(f"the export in {out} gives different logits (max abs diff {diff:.3g})")
+    return {"dir": out, "class": module,
+            "report": "export/ (model card with the lm-eval results) reloaded with trust_remote_code "
+                      "in a clean interpreter: identical logits"}
+
+
+def write_summary(rows: list[tuple[str, str, float]], results: dict[str, Any], work: Path) -> str:
+    """``summary.md`` (the table printed at the end) and ``summary.json`` (every number)."""
+    table = ["| stage | result | seconds |", "|---|---|---|"]
+    table += [f"| {name} | {report} | {seconds:.0f} |" for name, report, seconds in rows]
+    text = "\n".join(table) + "\n"
+    (work / "summary.md").write_text(text, encoding="utf-8")
+    (work / "summary.json").write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    return text
+
+
+def replace_folder(staging: Path, output_dir: Path) -> None:
+    """Move the finished ``staging`` folder to ``output_dir``, replacing an earlier run only once it is complete."""
+    if not output_dir.exists():
         staging.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-old-", dir=output_dir.parent))
+    previous = old / output_dir.name
+    output_dir.rename(previous)
+    try:
+        staging.rename(output_dir)
+    except OSError:
+        previous.rename(output_dir)  # put the earlier run back before reporting the failure
         raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,28 +315,35 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     tokenizer = load_byte_tokenizer()
-    data_dir = shipped_sample_dir()
-    rows = build_packed_dataset([data_dir], tokenizer, args.seq_len).packed
-    model = PhalanxForCausalLM(demo_config(tokenizer))
-    params = sum(p.numel() for p in model.parameters())
-    print(f"Phalanx demo: {params / 1e6:.2f}M parameters, layers {DEMO_LAYER_TYPES}")
-    print(f"data: {data_dir} ({rows['input_ids'].numel():,} bytes in {rows['input_ids'].shape[0]} rows of {args.seq_len})")
-    print(f"\nbefore training:\n{sample(model, tokenizer, args.prompt, 60)!r}\n")
+    args.output_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{args.output_dir.name}-", dir=args.output_dir.parent))
+    rows: list[tuple[str, str, float]] = []
+    results: dict[str, Any] = {}
 
-    losses = train(model, rows, args)
-    first, last = sum(losses[:10]) / len(losses[:10]), sum(losses[-10:]) / len(losses[-10:])
-    print(f"\nloss {first:.3f} -> {last:.3f}")
-    print(f"\nafter training:\n{sample(model, tokenizer, args.prompt, args.max_new_tokens)}\n")
+    def stage(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        print(f"\n=== [{len(rows) + 1}/{NUM_STAGES}] {name} ===", flush=True)
+        t0 = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - t0
+        print(f"[{len(rows) + 1}/{NUM_STAGES}] {name}: {result['report']} ({seconds:.0f} s)", flush=True)
+        rows.append((name, result["report"], seconds))
+        kept = {k: str(v.relative_to(work)) if isinstance(v, Path) else v for k, v in result.items() if k != "report"}
+        results[name] = {**kept, "seconds": seconds}
+        return result
 
-    save_atomically(model, tokenizer, args.output_dir)
-    reloaded = AutoModelForCausalLM.from_pretrained(args.output_dir).eval()
-    probe = tokenizer(args.prompt * 4, return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        identical = torch.equal(model(probe).logits, reloaded(probe).logits)
-    if not identical:
-        raise ValueError(f"the model reloaded from {args.output_dir} gives different logits")
-    files = ", ".join(sorted(p.name for p in args.output_dir.iterdir()))
-    print(f"saved to {args.output_dir} ({files}); reloaded with AutoModelForCausalLM: identical logits")
-    print(f"try: phalanx generate {args.output_dir} --prompt 'CASSIUS.\\n' --do-sample")
-    print(f"done in {time.perf_counter() - started:.0f} s")
+    try:
+        hybrid = stage("train hybrid", lambda: train_hybrid(args, tokenizer, work))
+        stage("generate", lambda: sample(hybrid["dir"], tokenizer, args, work))
+        evaluation = stage("evaluate (lm-eval)", lambda: run_eval(hybrid["dir"], args, work))
+        stage("LoRA fine-tune", lambda: finetune(hybrid["dir"], args, work))
+        stage("convert + distill", lambda: convert_and_distill(args, tokenizer, work))
+        stage("export + reload", lambda: export_and_reload(hybrid["dir"], evaluation["path"], tokenizer, args, work))
+        table = write_summary(rows, results, work)
+        replace_folder(work, args.output_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    print(f"\n{table}")
+    print(f"everything in {args.output_dir} ({time.perf_counter() - started:.0f} s); "
+          f"try: phalanx generate {args.output_dir / 'export'} --prompt 'CASSIUS.\\n' --do-sample")
     return 0
