@@ -181,9 +181,8 @@ def main() -> int:
         report["pytest_gpu"] = {"rc": tests.returncode, "tail": tests.stdout[-3000:] + tests.stderr[-2000:]}
     bandwidth = bench_swr.copy_bandwidth()
     report["copy_bandwidth_Bps"] = bandwidth
-    candidates = [{"kernel": "tile", "TILE": tile, "num_warps": w} for tile, w in
-                  [(256, 4), (256, 8), (128, 4), (128, 2)]]
-    candidates += [{"kernel": "ring", "NB": 16, "HB": hb, "num_warps": w} for hb, w in [(4, 1), (2, 1), (8, 2)]]
+    candidates = [{"kernel": kind, "NB": 16, "HB": hb, "num_warps": w}
+                  for kind in ("ring", "scan") for hb, w in [(8, 1), (4, 1), (2, 1), (8, 2)]]
     report["sweep_shape_A"] = bench_swr.sweep_configs(8, 8192, 64, 16, candidates)
     report["chosen_config"] = bench_swr.best_config(report["sweep_shape_A"])
     _save(report, args.out)

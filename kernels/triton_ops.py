@@ -17,20 +17,31 @@ import triton
 from modeling_phalanx.swr_torch import SWRState, _split_core_inputs, check_swr_args, swr_torch
 
 from .triton_scan import _swr_scan_bwd_kernel, _swr_scan_fwd_kernel
-from .triton_swr import _swr_bwd_kernel, _swr_bwd_tile_kernel, _swr_fwd_kernel, _swr_fwd_tile_kernel
-
-CHUNK_TOKENS = 256  # tokens per program: 16 blocks of 16 (kernels.md section 2)
-
+from .triton_swr import _swr_bwd_kernel, _swr_fwd_kernel
 
 def launch_config(num_heads: int, head_dim: int, block_len: int) -> dict[str, dict[str, int | str]]:
-    """Kernel family and launch parameters for the forward (``fwd``) and backward (``bwd``) kernels.
+    """Kernel family and launch parameters of the forward (``fwd``) and backward (``bwd``) kernels.
 
-    ``tile``: one head and about ``TILE`` tokens per program, all blocks at once. ``ring``: ``HB`` heads
-    and ``NB`` blocks per program walked in sequence. Chosen from an H100 sweep (benchmarks/KERNELS.md).
+    Both families walk ``NB`` blocks of ``HB`` heads per program: ``scan`` solves a block with an
+    associative scan (``triton_scan``), ``ring`` with a transfer-matrix product (``triton_swr``). On an
+    H100 at D = 16, BL = 16 the fastest measured were the scan forward with 8 heads on one warp
+    (results/kernels_scan_run1) and the ring backward with 2 heads on one warp (results/kernels_gpu_run3);
+    wider heads or blocks take fewer heads per program and 4 warps.
     """
+    dp = triton.next_power_of_2(head_dim)
+
+    def heads_per_program(cap: int, width: int) -> int:
+        hb = 1
+        while hb * 2 <= cap and num_heads % (hb * 2) == 0 and hb * 2 * dp <= width and hb * 2 * block_len <= width:
+            hb *= 2
+        return hb
+
+    fwd_hb, bwd_hb = heads_per_program(8, 128), heads_per_program(2, 64)
     return {
-        "fwd": {"kernel": "tile", "TILE": 256, "num_warps": 4},
-        "bwd": {"kernel": "tile", "TILE": 256, "num_warps": 8},
+        "fwd": {"kernel": "scan", "NB": 256 // block_len, "HB": fwd_hb,
+                "num_warps": 1 if fwd_hb * block_len * dp <= 2048 else 4},
+        "bwd": {"kernel": "ring", "NB": 256 // block_len, "HB": bwd_hb,
+                "num_warps": 1 if bwd_hb * block_len * max(block_len, dp) <= 1024 else 4},
     }
 
 
@@ -46,7 +57,7 @@ def _launch(
     log_cap: float,
     ieee: bool,
 ) -> None:
-    """Launch the forward or backward kernel over (chunks, sequences x head groups)."""
+    """Launch the forward or backward kernel over (sequences x head groups, chunks)."""
     cu, phase, seq_len, max_len, num_seqs = rows_info
     heads, gate_groups, head_dim = shape
     cfg = launch_config(heads, head_dim, block_len)["fwd" if fwd else "bwd"]
@@ -65,24 +76,14 @@ def _launch(
         IEEE=ieee,
         num_warps=cfg["num_warps"],
     )
-    halo = window_blocks - 1 if fwd else 2 * (window_blocks - 1)
-    if cfg["kernel"] == "tile":
-        # Tiles shrink for wide heads (bounded registers and shared memory); at least half of every
-        # tile is output blocks, whatever the window.
-        tile_tokens = min(cfg["TILE"], 4096 // meta["DP"])
-        nbt = max(tile_tokens // block_len, triton.next_power_of_2(2 * halo), 1)
-        meta["NBT"] = nbt
-        grid = (num_seqs * heads, triton.cdiv(max_blocks, nbt - halo))
-        kernel = _swr_fwd_tile_kernel if fwd else _swr_bwd_tile_kernel
+    nb, hb = cfg["NB"], cfg["HB"]
+    meta.update(NB=nb, HB=hb, WP=triton.next_power_of_2(max(window_blocks - 1, 1)))
+    grid = (num_seqs * (heads // hb), triton.cdiv(max_blocks, nb))
+    if cfg["kernel"] == "scan":
+        del meta["IEEE"]  # scans use fp32 elementwise arithmetic only
+        kernel = _swr_scan_fwd_kernel if fwd else _swr_scan_bwd_kernel
     else:
-        nb, hb = cfg["NB"], cfg["HB"]
-        meta.update(NB=nb, HB=hb, WP=triton.next_power_of_2(max(window_blocks - 1, 1)))
-        grid = (num_seqs * (heads // hb), triton.cdiv(max_blocks, nb))
-        if cfg["kernel"] == "scan":
-            del meta["IEEE"]  # scans use fp32 elementwise arithmetic only
-            kernel = _swr_scan_fwd_kernel if fwd else _swr_scan_bwd_kernel
-        else:
-            kernel = _swr_fwd_kernel if fwd else _swr_bwd_kernel
+        kernel = _swr_fwd_kernel if fwd else _swr_bwd_kernel
     row_names = ("X_ROW", "G_ROW", "Y_ROW") if fwd else ("X_ROW", "G_ROW", "DY_ROW", "DX_ROW", "DG_ROW")
     meta.update(dict(zip(row_names, strides)))
     kernel[grid](*tensors, cu, phase, seq_len, log_cap, **meta)

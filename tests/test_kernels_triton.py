@@ -173,8 +173,8 @@ def test_custom_op_compiles_fullgraph() -> None:
 def test_scan_kernel_family_against_oracle(monkeypatch: pytest.MonkeyPatch) -> None:
     """The associative-scan kernels (``launch_config`` family ``scan``): packed sequences with phases and
     initial states, W = 3, forward and backward; and the fused core with gate groups and a decay cap."""
-    scan = {"kernel": "scan", "NB": 4, "HB": 2, "fwd_warps": 1, "bwd_warps": 1}
-    monkeypatch.setattr(triton_ops, "launch_config", lambda h, d, bl: scan)
+    scan = {"kernel": "scan", "NB": 4, "HB": 2, "num_warps": 1}
+    monkeypatch.setattr(triton_ops, "launch_config", lambda h, d, bl: {"fwd": scan, "bwd": scan})
     torch.manual_seed(13)
     cu = torch.tensor([0, 30, 80], dtype=torch.int32)
     x, g = torch.randn(1, 80, 2, 16), sharp_gates(1, 80, 2)
