@@ -1,11 +1,11 @@
 """One GPU run for the Triton SWR kernels: correctness against float64, gpu-marked tests, timings.
 
-Checks the Triton path in bf16 and fp32 against ``swr_torch`` in float64 (forward and both gradients;
-lengths up to 32768; sharp gates and gates near 1; every block length; windows 1-4; packed sequences;
-continuation; the fused core against ``phalanx_core_torch``), runs ``pytest -m gpu``, then times the
-operator (``bench_swr``, plus a launch-configuration sweep at shape A) and the whole layer
-(``bench_layer``). Writes ``kernels_gpu.json`` and ``kernels_gpu.log`` under ``--out`` and prints the
-tables last.
+Sweeps launch configurations (ring and scan kernel families) at shape A and picks the fastest forward
+and backward; with that choice, checks the Triton path in bf16 and fp32 against ``swr_torch`` in
+float64 (forward and both gradients; lengths up to 32768; sharp gates and gates near 1; every block
+length; windows 1-4; packed sequences; continuation; the fused core against ``phalanx_core_torch``),
+runs ``pytest -m gpu``, then times the operator (``bench_swr``) and the whole layer (``bench_layer``).
+Writes ``kernels_gpu.json`` under ``--out`` and prints the tables last.
 
     python benchmarks/gpu_check_kernels.py --out DIR
 """
@@ -171,14 +171,6 @@ def main() -> int:
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
                      "transformers": transformers.__version__},
     }
-    t0 = time.time()
-    report["correctness"] = correctness()
-    report["correctness_s"] = time.time() - t0
-    _save(report, args.out)
-    if not args.skip_tests:
-        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_kernels_gpu.py"],
-                               capture_output=True, text=True)
-        report["pytest_gpu"] = {"rc": tests.returncode, "tail": tests.stdout[-3000:] + tests.stderr[-2000:]}
     bandwidth = bench_swr.copy_bandwidth()
     report["copy_bandwidth_Bps"] = bandwidth
     candidates = [{"kernel": kind, "NB": 16, "HB": hb, "num_warps": w}
@@ -187,7 +179,15 @@ def main() -> int:
     report["chosen_config"] = bench_swr.best_config(report["sweep_shape_A"])
     _save(report, args.out)
     print("chosen:", report["chosen_config"], flush=True)
-    bench_swr.use_config(report["chosen_config"])  # the tables below use the sweep's choice
+    bench_swr.use_config(report["chosen_config"])  # the checks and tables below use the sweep's choice
+    t0 = time.time()
+    report["correctness"] = correctness()
+    report["correctness_s"] = time.time() - t0
+    _save(report, args.out)
+    if not args.skip_tests:
+        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_kernels_gpu.py"],
+                               capture_output=True, text=True)
+        report["pytest_gpu"] = {"rc": tests.returncode, "tail": tests.stdout[-3000:] + tests.stderr[-2000:]}
     report["swr"] = bench_swr.run(bandwidth)
     _save(report, args.out)
     report["layer"] = bench_layer.run()
