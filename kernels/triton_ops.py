@@ -315,16 +315,20 @@ def _final_state(
     return SWRState(final.h, pos0 + lengths)
 
 
+def _max_len(seqlen: int, cu_seqlens: torch.Tensor | None) -> int:
+    """Longest sequence (tokens), which sizes the launch grid."""
+    return seqlen if cu_seqlens is None else int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+
+
 def _sequences(
     batch: int, seqlen: int, cu_seqlens: torch.Tensor | None, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """First row, length of every sequence, and the longest length."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """First row and length of every sequence (for the continuation terms)."""
     if cu_seqlens is None:
         starts = torch.arange(batch, device=device) * seqlen
-        return starts, torch.full((batch,), seqlen, device=device, dtype=torch.long), seqlen
+        return starts, torch.full((batch,), seqlen, device=device, dtype=torch.long)
     cu = cu_seqlens.to(device=device, dtype=torch.long)
-    lengths = cu[1:] - cu[:-1]
-    return cu[:-1], lengths, int(lengths.max())
+    return cu[:-1], cu[1:] - cu[:-1]
 
 
 def swr_triton(
@@ -343,9 +347,11 @@ def swr_triton(
     """
     num_seqs = check_swr_args(x, log_gates, block_len, window_blocks, cu_seqlens, initial_state)
     batch, seqlen, heads, dim = x.shape
-    starts, lengths, max_len = _sequences(batch, seqlen, cu_seqlens, x.device)
     phase = None if initial_state is None else initial_state.pos.to(x.device) % block_len
-    y = swr_fwd_op(x, log_gates, cu_seqlens, phase, max_len, block_len, window_blocks)
+    y = swr_fwd_op(x, log_gates, cu_seqlens, phase, _max_len(seqlen, cu_seqlens), block_len, window_blocks)
+    if initial_state is None and not output_final_state:
+        return y
+    starts, lengths = _sequences(batch, seqlen, cu_seqlens, x.device)
 
     def inputs(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         return x.reshape(-1, heads, dim)[rows].float(), log_gates.reshape(-1, heads)[rows].float(), None
@@ -391,10 +397,12 @@ def phalanx_core_triton(
     if decay_cap is not None and not 0.0 < decay_cap <= 1.0:
         raise ValueError(f"decay_cap must be in (0, 1], got {decay_cap}")
     log_cap = 0.0 if decay_cap is None else math.log(decay_cap)
-    starts, lengths, max_len = _sequences(batch, seqlen, cu_seqlens, proj.device)
     phase = None if initial_state is None else initial_state.pos.to(proj.device) % block_len
-    out = core_fwd_op(proj, cu_seqlens, phase, max_len, num_heads, head_dim, num_gate_groups, block_len,
-                      window_blocks, log_cap)
+    out = core_fwd_op(proj, cu_seqlens, phase, _max_len(seqlen, cu_seqlens), num_heads, head_dim, num_gate_groups,
+                      block_len, window_blocks, log_cap)
+    if initial_state is None and not output_final_state:
+        return out
+    starts, lengths = _sequences(batch, seqlen, cu_seqlens, proj.device)
     if initial_state is not None:
         rows, corr, readout = _initial_state_terms(inputs, starts, lengths, initial_state, block_len, window_blocks,
                                                    batch * seqlen)
