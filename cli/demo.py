@@ -5,7 +5,7 @@ Six stages, each a call into the package that owns the work:
 1. train a tiny hybrid (Phalanx, sliding-window and full-attention layers) with ``phalanx train``;
 2. sample text from it;
 3. evaluate it with lm-eval through ``phalanx_eval`` (held-out bits-per-byte, one passkey distance);
-4. LoRA fine-tune it on one play with ``phalanx finetune --merge``;
+4. LoRA fine-tune it on a new domain (the project's READMEs) with ``phalanx finetune --merge``;
 5. train a tiny Transformers Gemma3 teacher with sliding-window layers, ``convert_checkpoint`` its
    SWA layers into Phalanx mixers and ``distill`` the student (stage 1, then stage 2);
 6. export the hybrid with ``phalanx_hub`` (model card with the lm-eval results) and reload the export
@@ -42,7 +42,7 @@ from phalanx_hub.export import export
 from phalanx_training import cli as train_cli
 from phalanx_training import finetune_cli
 from phalanx_training.callbacks import LossCurveCallback
-from phalanx_training.data import shipped_sample_dir
+from phalanx_training.data import REPO_ROOT, shipped_sample_dir
 from phalanx_training.finetune_cli import MERGED_DIR
 from phalanx_training.options import add_training_arguments, training_arguments
 from phalanx_training.packing import PackedCollator, build_packed_dataset
@@ -51,7 +51,8 @@ from phalanx_training.tokenizer import load_byte_tokenizer
 HYBRID_LAYER_TYPES = ["linear_attention", "sliding_attention", "linear_attention", "full_attention"]
 TEACHER_LAYER_TYPES = ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]
 PASSKEY_DISTANCES = tuple(sorted(int(p.stem.rsplit("_", 1)[1]) for p in TASK_DIR.glob("phalanx_passkey_*.yaml")))
-FINETUNE_WORK = "comedy_of_errors_gut.txt"  # LoRA adapts the hybrid to one play of the shipped sample
+# LoRA adapts the Shakespeare model to a new domain: the project's own Markdown documentation.
+FINETUNE_DOCS = ("README.md", "training/README.md", "eval/README.md", "conversion/README.md")
 NUM_STAGES = 6
 # Run by `export_and_reload` in a clean interpreter: argv = site-packages paths, export folder, input ids, logits out.
 REMOTE_CODE_RELOAD = """
@@ -85,6 +86,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--eval-max-bytes", type=int, default=8192,
         help="held-out bytes per work scored by the conversion stage's bits-per-byte (default: %(default)s)",
     )
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch CPU threads (default: %(default)s; models this small gain little from more, and lose much on a busy machine)",
+    )
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="where everything is written")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -92,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_args(args: argparse.Namespace) -> None:
     """Reject values that would fail later, inside another package, with an obscure error."""
     for name in ("steps", "batch_size", "max_new_tokens", "eval_limit", "finetune_steps", "teacher_steps",
-                 "distill_steps", "eval_max_bytes"):
+                 "distill_steps", "eval_max_bytes", "threads"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.seq_len < 2:
@@ -106,7 +111,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def hybrid_config(tokenizer: PreTrainedTokenizerBase) -> PhalanxConfig:
-    """A ~0.6M-parameter hybrid: Phalanx, sliding-window and full-attention layers."""
+    """A 0.8M-parameter hybrid: Phalanx, sliding-window and full-attention layers."""
     return PhalanxConfig(
         vocab_size=len(tokenizer), hidden_size=128, intermediate_size=352, num_hidden_layers=len(HYBRID_LAYER_TYPES),
         num_attention_heads=4, num_key_value_heads=2, layer_types=HYBRID_LAYER_TYPES, sliding_window=64,
@@ -189,16 +194,17 @@ def run_eval(model_dir: Path, args: argparse.Namespace, work: Path) -> dict[str,
 
 
 def finetune(model_dir: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Stage 4: ``phalanx finetune --merge`` (LoRA on attention and Phalanx projections) on one play."""
+    """Stage 4: ``phalanx finetune --merge`` (LoRA on attention and Phalanx projections) on the READMEs."""
     output = work / "lora"
-    argv = [str(model_dir), "--data", str(shipped_sample_dir() / FINETUNE_WORK), "--lora-r", "8", "--merge",
+    docs = [str(REPO_ROOT / name) for name in FINETUNE_DOCS]
+    argv = [str(model_dir), "--data", *docs, "--lora-r", "8", "--merge",
             "--lr", "2e-3", *training_argv(args, args.finetune_steps, output)]
     finetune_cli.run(parse_cli(finetune_cli.add_arguments, argv))
     first, last = logged_losses(output)
     merged = output / MERGED_DIR
     AutoModelForCausalLM.from_pretrained(merged)  # the merged folder is a plain, loadable model
     return {"dir": merged, "loss_first": first, "loss_last": last,
-            "report": f"LoRA on {FINETUNE_WORK}: loss {first:.3f} -> {last:.3f} over {args.finetune_steps} steps; "
+            "report": f"LoRA on the project's READMEs: loss {first:.3f} -> {last:.3f} over {args.finetune_steps} steps; "
                       f"merged model in lora/{MERGED_DIR}"}
 
 
@@ -319,6 +325,8 @@ def run(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix=f".{args.output_dir.name}-", dir=args.output_dir.parent))
     rows: list[tuple[str, str, float]] = []
     results: dict[str, Any] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
 
     def stage(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         print(f"\n=== [{len(rows) + 1}/{NUM_STAGES}] {name} ===", flush=True)
@@ -343,6 +351,8 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    finally:
+        torch.set_num_threads(threads)
     print(f"\n{table}")
     print(f"everything in {args.output_dir} ({time.perf_counter() - started:.0f} s); "
           f"try: phalanx generate {args.output_dir / 'export'} --prompt 'CASSIUS.\\n' --do-sample")
