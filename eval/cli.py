@@ -63,10 +63,10 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.tasks, limit=args.limit, batch_size=args.batch_size, device=device,
         max_length=args.max_length, dtype=args.dtype,
     )
+    json_path = write_json(results, args.output)  # first: an hour of evaluation must not hang on printing
     print(make_table(results))
     if results.get("groups"):
         print(make_table(results, "groups"))
-    json_path = write_json(results, args.output)
     print(f"results: {json_path}")
     plot_path = plot_recall(results, json_path.with_name(f"{json_path.stem}_recall.png"), results["config"]["max_length"])
     if plot_path is not None:
