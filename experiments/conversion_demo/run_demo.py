@@ -266,8 +266,11 @@ def main() -> int:
     parser.add_argument("--stage1-lr", type=float, default=3e-3)
     parser.add_argument("--stage2-lr", type=float, default=1e-3)
     parser.add_argument("--stage2-other-lr", type=float, default=1e-4)
+    parser.add_argument("--schemes", nargs="+", choices=INIT_SCHEMES, default=list(INIT_SCHEMES), help="warm starts to distil")
     parser.add_argument("--tiny", action="store_true", help="toy sizes on the CPU")
     args = parser.parse_args()
+    if DEFAULT_INIT not in args.schemes:
+        raise ValueError(f"--schemes must include the default {DEFAULT_INIT!r}")
 
     size = TINY if args.tiny else FULL
     out, work = Path(args.out), Path(args.work)
@@ -339,7 +342,7 @@ def main() -> int:
     stage2 = StageConfig(steps=s2, lr=args.stage2_lr, other_lr=args.stage2_other_lr, batch_size=size["distill_batch"], seq_len=size["seq"])
     stage2_only = StageConfig(steps=s1 + s2, lr=args.stage2_lr, other_lr=args.stage2_other_lr, batch_size=size["distill_batch"], seq_len=size["seq"])
     log(f"distillation budget {budget / 1e6:.2f}M tokens: stage 1 {s1} steps + stage 2 {s2} steps of {per_step} tokens")
-    variants = [(scheme, stage1, stage2) for scheme in INIT_SCHEMES] + [(DEFAULT_INIT, None, stage2_only)]
+    variants = [(scheme, stage1, stage2) for scheme in args.schemes] + [(DEFAULT_INIT, None, stage2_only)]
     results["default_init"] = DEFAULT_INIT
     results["variants"] = {}
     for scheme, first, second in variants:
