@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ DEMO_ARGS = [
 ]
 
 
-def test_demo_runs_every_stage_then_generate(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_demo_runs_every_stage_then_generate(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "demo"
     assert main(["demo", *DEMO_ARGS, "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -70,6 +71,10 @@ def test_demo_runs_every_stage_then_generate(tmp_path: Path, capsys: pytest.Capt
     card = ModelCard.load(export / "README.md")
     card_metrics = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert card_metrics[("phalanx_bpb", "bits_per_byte")] == pytest.approx(bpb, rel=1e-6)  # the card rounds
+    # the reload check fails when the remote-code logits differ
+    monkeypatch.setattr(demo, "REMOTE_CODE_RELOAD", demo.REMOTE_CODE_RELOAD.replace(".logits,", ".logits + 1e-6,"))
+    with pytest.raises(ValueError, match="gives different logits"):
+        demo.export_and_reload(hybrid, out / "eval" / "eval_results.json", tokenizer, Namespace(prompt="BRUTUS.\n"), tmp_path / "again")
 
     assert main(["generate", str(export), "--prompt", "BRUTUS.", "--max-new-tokens", "6", "--device", "cpu"]) == 0
     greedy = capsys.readouterr().out
