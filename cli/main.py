@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -46,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except (FileNotFoundError, ValueError, TypeError) as err:
-        # Errors are part of the interface: one clear line, non-zero exit, no traceback noise.
+        # Errors are part of the interface: one clear line, non-zero exit; PHALANX_DEBUG=1 shows the traceback.
+        if os.environ.get("PHALANX_DEBUG", "") not in ("", "0"):
+            raise
         print(f"phalanx {args.command}: error: {err}", file=sys.stderr)
         return 1
 
