@@ -188,9 +188,9 @@ def run_eval(model_dir: Path, args: argparse.Namespace, work: Path) -> dict[str,
     path = write_json(results, work / "eval" / "eval_results.json")
     bpb = results["results"]["phalanx_bpb"]["bits_per_byte,none"]
     acc = results["results"][passkey]["acc,none"]
-    return {"path": path, "bpb": bpb, "passkey_acc": acc,
-            "report": f"held-out {bpb:.3f} bits/byte; passkey at {args.passkey_distance} bytes: acc {acc:.2f} "
-                      f"({args.eval_limit} documents per task)"}
+    report = (f"held-out {bpb:.3f} bits/byte (whole documents in context); passkey at {args.passkey_distance} bytes: "
+              f"acc {acc:.2f} ({args.eval_limit} documents per task)")
+    return {"path": path, "bpb": bpb, "passkey_acc": acc, "report": report}
 
 
 def finetune(model_dir: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -201,11 +201,9 @@ def finetune(model_dir: Path, args: argparse.Namespace, work: Path) -> dict[str,
             "--lr", "2e-3", *training_argv(args, args.finetune_steps, output)]
     finetune_cli.run(parse_cli(finetune_cli.add_arguments, argv))
     first, last = logged_losses(output)
-    merged = output / MERGED_DIR
-    AutoModelForCausalLM.from_pretrained(merged)  # the merged folder is a plain, loadable model
-    return {"dir": merged, "loss_first": first, "loss_last": last,
-            "report": f"LoRA on the project's READMEs: loss {first:.3f} -> {last:.3f} over {args.finetune_steps} steps; "
-                      f"merged model in lora/{MERGED_DIR}"}
+    report = (f"LoRA on the project's READMEs: loss {first:.3f} -> {last:.3f} over {args.finetune_steps} steps; "
+              f"merged model in lora/{MERGED_DIR}")
+    return {"dir": output / MERGED_DIR, "loss_first": first, "loss_last": last, "report": report}
 
 
 def train_teacher(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, output: Path) -> None:
@@ -247,10 +245,10 @@ def convert_and_distill(args: argparse.Namespace, tokenizer: PreTrainedTokenizer
     )
     metrics = distill(teacher, student, work / "distill", [shipped_sample_dir()], [HELD_OUT_DIR], options)
     bpb = {key: metrics[f"bpb_{key}"] for key in ("teacher", "student_initial", "after_stage1", "after_stage2")}
-    return {"converted_layers": converted, "bpb": bpb,
-            "report": f"Gemma3 layers {converted} -> Phalanx; held-out bits/byte: teacher {bpb['teacher']:.3f}, "
-                      f"zero-shot {bpb['student_initial']:.3f}, stage 1 {bpb['after_stage1']:.3f}, "
-                      f"stage 2 {bpb['after_stage2']:.3f}"}
+    report = (f"Gemma3 layers {converted} -> Phalanx; held-out bits/byte ({args.seq_len}-byte windows): "
+              f"teacher {bpb['teacher']:.3f}, zero-shot {bpb['student_initial']:.3f}, "
+              f"stage 1 {bpb['after_stage1']:.3f}, stage 2 {bpb['after_stage2']:.3f}")
+    return {"converted_layers": converted, "bpb": bpb, "report": report}
 
 
 def export_and_reload(model_dir: Path, eval_results: Path, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace,
@@ -293,6 +291,7 @@ def write_summary(rows: list[tuple[str, str, float]], results: dict[str, Any], w
     """``summary.md`` (the table printed at the end) and ``summary.json`` (every number)."""
     table = ["| stage | result | seconds |", "|---|---|---|"]
     table += [f"| {name} | {report} | {seconds:.0f} |" for name, report, seconds in rows]
+    table.append(f"| total | {len(rows)} stages | {sum(seconds for _, _, seconds in rows):.0f} |")
     text = "\n".join(table) + "\n"
     (work / "summary.md").write_text(text, encoding="utf-8")
     (work / "summary.json").write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
