@@ -30,7 +30,7 @@ import torch
 from modeling_phalanx.swr_torch import phalanx_projection_sizes
 
 INIT_SCHEMES = ("vo", "qkvo", "avg", "random")
-DEFAULT_INIT = "vo"
+DEFAULT_INIT = "avg"  # best zero-shot, after stage 1 and after stage 2 (experiments/conversion_demo/RESULTS.md)
 GATE_BIAS = 2.0
 READOUT_BIAS = 0.1
 AVG_WEIGHT = 3.0  # K of the avg scheme
