@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 import modeling_phalanx  # noqa: F401  (registers the phalanx model type with the Auto classes)
+from modeling_phalanx.modeling_phalanx import sequence_starts
 from phalanx_training.data import read_texts
 from phalanx_training.packing import build_packed_dataset
 
@@ -312,11 +313,14 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
 def _stage1_loss(student: PreTrainedModel, teacher: PreTrainedModel, tap: _AttentionTap, layers: Sequence[int], batch: dict[str, torch.Tensor], amp: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
     with torch.no_grad(), torch.autocast(**amp):
         teacher.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    # Packed rows: the teacher's mask restarts attention at every position-0 token; the mixer restarts its
+    # recurrence there too when given the same sequence boundaries.
+    cu_seqlens = sequence_starts(batch["position_ids"])
     losses = []
     with torch.autocast(**amp):
         for i in layers:
             target = tap.outputs[i].float()
-            pred = student.model.layers[i].mixer(tap.inputs[i], position_ids=batch["position_ids"])
+            pred = student.model.layers[i].mixer(tap.inputs[i], position_ids=batch["position_ids"], cu_seqlens=cu_seqlens)
             pred = pred[0] if isinstance(pred, tuple) else pred
             losses.append(F.mse_loss(pred.float(), target) / target.pow(2).mean().clamp_min(1e-12))
     per_layer = {f"layer{i}": l.item() for i, l in zip(layers, losses)}
