@@ -38,6 +38,7 @@ from modeling_phalanx.modeling_phalanx import sequence_starts
 from phalanx_training.data import read_texts
 from phalanx_training.packing import build_packed_dataset
 
+from .checkpoint import atomic_folder
 from .families import LINEAR
 
 
@@ -427,10 +428,13 @@ def distill(
     teacher.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(student_path)
     eval_texts = read_texts(eval_data, exclude_held_out=False)
-    evaluate = lambda m: bits_per_byte(  # noqa: E731
-        m, tokenizer, eval_texts, seq_len=options.eval_seq_len, batch_size=options.eval_batch_size,
-        max_bytes=options.eval_max_bytes, amp_dtype=amp_dtype,
-    )
+
+    def evaluate(model: PreTrainedModel) -> float:
+        return bits_per_byte(
+            model, tokenizer, eval_texts, seq_len=options.eval_seq_len, batch_size=options.eval_batch_size,
+            max_bytes=options.eval_max_bytes, amp_dtype=amp_dtype,
+        )
+
     metrics_path = out / "metrics.json"
     metrics: dict[str, Any] = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     metrics["options"] = json.loads(json.dumps(asdict(options), default=str))
@@ -459,8 +463,9 @@ def distill(
         metrics[f"bpb_after_stage{stage}"] = evaluate(student)
         metrics[f"tokens_stage{stage}"] = cfg.tokens
         metrics[f"final_losses_stage{stage}"] = _tail_mean(history)
-        student.save_pretrained(final)
-        tokenizer.save_pretrained(final)
+        with atomic_folder(final, force=True) as tmp:  # a half-written stage folder would be skipped on resume
+            student.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         save_metrics()
         source = final
     return metrics
