@@ -41,13 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.analyze:
+        from transformers import AutoConfig
+
         from .analyze import analyze_checkpoint, format_table, plot_mass
-        from .convert import read_source_config
 
         if not args.data:
             raise ValueError("--analyze needs --data TEXT (files or folders)")
         results = analyze_checkpoint(args.src, args.data, seq_len=args.seq_len, max_tokens=args.max_tokens)
-        window = getattr(read_source_config(args.src), "sliding_window", None)
+        window = getattr(AutoConfig.from_pretrained(args.src), "sliding_window", None)
         print(format_table(results, window))
         print(f"plot: {plot_mass(results, args.plot, f'{args.src}: attention mass per SWA layer')}")
         return 0

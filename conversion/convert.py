@@ -22,7 +22,7 @@ from modeling_phalanx.configuration_phalanx import PhalanxConfig
 from modeling_phalanx.modeling_phalanx import PhalanxForCausalLM, PhalanxMixer
 
 from .checkpoint import atomic_folder, carried_files, check_output, load_tensors, weight_files
-from .families import get_family, phalanx_config_kwargs, resolve_layers
+from .families import family_for, get_family, phalanx_config_kwargs, resolve_layers
 from .init import DEFAULT_INIT, warm_start_mixer
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -45,11 +45,21 @@ class ConversionResult:
 
 
 def read_source_config(src: str | os.PathLike) -> PretrainedConfig:
-    """The source `config.json` through AutoConfig (local files only)."""
+    """The source `config.json` through AutoConfig (local files only), for a supported family only.
+
+    The model type is checked on the raw JSON first, so a type Transformers does not know still gets the
+    list of supported families.
+    """
+    path = Path(src) / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from None
+    family_for(raw.get("model_type") if isinstance(raw, dict) else None)
     try:
         return AutoConfig.from_pretrained(src, local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"cannot read {Path(src) / 'config.json'}: {err}") from None
+        raise ValueError(f"cannot read {path}: {err}") from None
 
 
 def _fresh_mixer(model: PhalanxForCausalLM, layer: int) -> dict[str, torch.Tensor]:

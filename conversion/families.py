@@ -111,13 +111,18 @@ def supported_families() -> list[str]:
     return sorted(FAMILIES)
 
 
-def get_family(config: PretrainedConfig) -> Family:
-    """The `Family` for `config.model_type`; ValueError naming the supported families otherwise."""
-    model_type = getattr(config, "model_type", None)
+def family_for(model_type: str | None) -> Family:
+    """The `Family` of a model type; ValueError naming the supported families otherwise."""
     family = FAMILIES.get(model_type)
     if family is None:
         reason = UNSUPPORTED_REASONS.get(model_type, "no exact mapping onto PhalanxConfig")
         raise ValueError(f"unsupported model_type {model_type!r} ({reason}); supported: {', '.join(supported_families())}")
+    return family
+
+
+def get_family(config: PretrainedConfig) -> Family:
+    """The `Family` of a source config, after the family's own checks of the config."""
+    family = family_for(getattr(config, "model_type", None))
     family.check(config)
     return family
 

@@ -4,6 +4,7 @@ and bad requests fail before anything is written, and the files that travel with
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,10 @@ def test_unsupported_family_lists_supported(tmp_path: Path) -> None:
         transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     ).save_pretrained(src)
     with pytest.raises(ValueError, match="unsupported model_type 'llama'.*supported: cohere2, gemma2, gemma3_text, ministral, mistral, olmo3, qwen2, qwen3"):
+        convert_checkpoint(src, tmp_path / "out")
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "model_type": "not_a_transformers_model"}))
+    with pytest.raises(ValueError, match="unsupported model_type 'not_a_transformers_model'.*supported: cohere2"):
         convert_checkpoint(src, tmp_path / "out")
     assert leftovers(tmp_path, "out") == []
 
