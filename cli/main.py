@@ -13,7 +13,7 @@ import os
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("phalanx_cli.demo", "train a tiny hybrid on shipped text, generate, save and reload it (CPU, minutes)"),
+    "demo": ("phalanx_cli.demo", "the whole pipeline on CPU in minutes: train, generate, lm-eval, LoRA, convert+distill, export"),
     "generate": ("phalanx_cli.generate", "generate text from a saved model folder"),
     "train": ("phalanx_training.cli", "pretrain a Phalanx / SWA / Transformer model on local text"),
     "finetune": ("phalanx_training.finetune_cli", "LoRA fine-tuning with PEFT (optionally merged)"),
