@@ -24,9 +24,9 @@ def launch_config(num_heads: int, head_dim: int, block_len: int) -> dict[str, di
 
     Both families walk ``NB`` blocks of ``HB`` heads per program: ``scan`` solves a block with an
     associative scan (``triton_scan``), ``ring`` with a transfer-matrix product (``triton_swr``). On an
-    H100 at D = 16, BL = 16 the fastest measured were the scan forward with 8 heads on one warp
-    (results/kernels_scan_run1) and the ring backward with 2 heads on one warp (results/kernels_gpu_run3);
-    wider heads or blocks take fewer heads per program and 4 warps.
+    H100 at D = 16, BL = 16 the sweep of results/kernels_gpu_run4 chose the scan kernels in both
+    directions, the forward with 4 heads and the backward with 2 heads per program, each on one warp
+    (fastest SWR + fused core); wider heads or blocks take fewer heads per program and 4 warps.
     """
     dp = triton.next_power_of_2(head_dim)
 
@@ -36,12 +36,12 @@ def launch_config(num_heads: int, head_dim: int, block_len: int) -> dict[str, di
             hb *= 2
         return hb
 
-    fwd_hb, bwd_hb = heads_per_program(8, 128), heads_per_program(2, 64)
+    fwd_hb, bwd_hb = heads_per_program(4, 128), heads_per_program(2, 64)
     return {
         "fwd": {"kernel": "scan", "NB": 256 // block_len, "HB": fwd_hb,
                 "num_warps": 1 if fwd_hb * block_len * dp <= 2048 else 4},
-        "bwd": {"kernel": "ring", "NB": 256 // block_len, "HB": bwd_hb,
-                "num_warps": 1 if bwd_hb * block_len * max(block_len, dp) <= 1024 else 4},
+        "bwd": {"kernel": "scan", "NB": 256 // block_len, "HB": bwd_hb,
+                "num_warps": 1 if bwd_hb * block_len * dp <= 512 else 4},
     }
 
 
@@ -76,7 +76,7 @@ def _launch(
         IEEE=ieee,
         num_warps=cfg["num_warps"],
     )
-    nb, hb = cfg["NB"], cfg["HB"]
+    nb, hb = cfg["NB"], math.gcd(cfg["HB"], heads)  # a program's heads must tile the head count
     meta.update(NB=nb, HB=hb, WP=triton.next_power_of_2(max(window_blocks - 1, 1)))
     grid = (num_seqs * (heads // hb), triton.cdiv(max_blocks, nb))
     if cfg["kernel"] == "scan":

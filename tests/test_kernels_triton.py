@@ -210,3 +210,13 @@ def test_scan_kernel_family_against_oracle(monkeypatch: pytest.MonkeyPatch) -> N
     ref = _values_and_grads(lambda p: phalanx_core_torch(p, **kw), [proj.double()], dout)
     for name, a, b in zip(("out", "dproj"), got, ref):
         _assert_close32(a, b, f"fused core {name}")
+
+
+def test_config_with_more_heads_per_program_than_heads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A launch configuration tuned for many heads still covers every head of a 2-head input."""
+    wide = {"kernel": "scan", "NB": 16, "HB": 8, "num_warps": 1}
+    monkeypatch.setattr(triton_ops, "launch_config", lambda h, d, bl: {"fwd": wide, "bwd": wide})
+    torch.manual_seed(14)
+    x, g = torch.randn(1, 20, 2, 16), sharp_gates(1, 20, 2)
+    y = triton_ops.swr_triton(x.to(DEVICE), g.to(DEVICE)).cpu()
+    _assert_close32(y.double(), oracle(x, g, 16, 2)[0], "y")
