@@ -77,6 +77,7 @@ def test_step_rejects_bad_inputs() -> None:
     with pytest.raises(ValueError, match="block_len"):
         triton_decode.swr_step_triton(torch.zeros(2, 3, 16), torch.zeros(2, 3), state, 12)
     with pytest.raises(TypeError, match="state.h must be float32"):
-        triton_decode.swr_step_triton(torch.zeros(2, 3, 16), torch.zeros(2, 3), SWRState(state.h.double(), state.pos), 16)
+        double_state = SWRState(state.h.double(), state.pos)
+        triton_decode.swr_step_triton(torch.zeros(2, 3, 16), torch.zeros(2, 3), double_state, 16)
     with pytest.raises(ValueError, match="proj last dim"):
         triton_decode.phalanx_core_step_triton(torch.zeros(2, 10), state, num_heads=3, head_dim=16, num_gate_groups=3)

@@ -51,7 +51,8 @@ def test_forward_backward_fp32_against_oracle(seqlen: int, block_len: int, windo
     gates = sharp_gates if kind == "sharp" else near_one_gates
     x, g = torch.randn(1, seqlen, 2, 16), gates(1, seqlen, 2)
     dy = torch.randn(1, seqlen, 2, 16, dtype=torch.float64)
-    got = _values_and_grads(lambda a, b: triton_ops.swr_triton(a, b, block_len=block_len, window_blocks=window), [x, g], dy, DEVICE)
+    kw = dict(block_len=block_len, window_blocks=window)
+    got = _values_and_grads(lambda a, b: triton_ops.swr_triton(a, b, **kw), [x, g], dy, DEVICE)
     ref = _values_and_grads(lambda a, b: oracle(a, b, block_len, window)[0], [x.double(), g.double()], dy)
     for name, a, b in zip(("y", "dx", "dlog_gates"), got, ref):
         _assert_close32(a, b, name)
@@ -112,7 +113,9 @@ def test_continuation_phase_initial_and_final_state() -> None:
     _assert_close32(got[0][: x.numel()].view_as(x)[:, lo:hi], y_ref, "y against the oracle")
 
 
-@pytest.mark.parametrize("groups,cap,dtype", [(4, None, torch.float32), (2, 0.9, torch.float32), (4, None, torch.float16)])
+@pytest.mark.parametrize(
+    "groups,cap,dtype", [(4, None, torch.float32), (2, 0.9, torch.float32), (4, None, torch.float16)]
+)
 def test_fused_core_against_torch_core(groups: int, cap: float | None, dtype: torch.dtype) -> None:
     torch.manual_seed(10)
     heads, dim, seqlen = 4, 16, 75
@@ -138,7 +141,8 @@ def test_fused_core_with_state() -> None:
     on_device = SWRState(state.h.to(DEVICE), state.pos.to(DEVICE))
     out, fin = triton_ops.phalanx_core_triton(proj.to(DEVICE), **{**kw, "initial_state": on_device})
     out, fin = out.cpu(), SWRState(fin.h.cpu(), fin.pos.cpu())
-    out_ref, fin_ref = phalanx_core_torch(proj.double(), **{**kw, "initial_state": SWRState(state.h.double(), state.pos)})
+    state64 = SWRState(state.h.double(), state.pos)
+    out_ref, fin_ref = phalanx_core_torch(proj.double(), **{**kw, "initial_state": state64})
     _assert_close32(out.double(), out_ref, "out")
     _assert_close32(fin.h.double(), fin_ref.h, "final state")
 
