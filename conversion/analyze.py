@@ -65,9 +65,13 @@ def analyze_checkpoint(
 ) -> list[LayerMass]:
     """Attention mass beyond each distance for every SWA layer of checkpoint `src` on text `data`."""
     if seq_len <= max(distances) + 1:
-        raise ValueError(f"seq_len={seq_len} must exceed {max(distances) + 1} to measure mass beyond {max(distances)} tokens")
+        raise ValueError(
+            f"seq_len={seq_len} must exceed {max(distances) + 1} to measure mass beyond {max(distances)} tokens"
+        )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForCausalLM.from_pretrained(src, attn_implementation="eager", dtype=torch.float32).to(device).eval()
+    model = (
+        AutoModelForCausalLM.from_pretrained(src, attn_implementation="eager", dtype=torch.float32).to(device).eval()
+    )
     layers = sliding_layers(model.config)
     if not layers:
         raise ValueError(f"{src} has no sliding-window attention layers to analyze")

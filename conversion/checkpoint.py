@@ -24,8 +24,21 @@ SINGLE_NAME = "model.safetensors"
 
 # safetensors dtype tag -> bytes per element (the tags the format defines that torch can load).
 _DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-    "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
 }
 
 # Files copied verbatim from the source folder: tokenizer, chat template and generation config.
@@ -71,7 +84,9 @@ def _read_header(path: Path) -> dict[str, dict]:
         if end - begin != math.prod(shape) * _DTYPE_BYTES[dtype] or not 0 <= begin <= end:
             raise ValueError(f"{path}: corrupt safetensors header, tensor {name!r} size does not match its shape")
         if end > data_len:
-            raise ValueError(f"{path}: truncated safetensors file (tensor {name!r} ends at byte {end}, data holds {data_len})")
+            raise ValueError(
+                f"{path}: truncated safetensors file (tensor {name!r} ends at byte {end}, data holds {data_len})"
+            )
     return header
 
 

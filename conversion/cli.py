@@ -1,8 +1,8 @@
 """`phalanx convert`: swap the SWA layers of a checkpoint for Phalanx mixers, or analyze them first.
 
-    phalanx convert SRC OUT [--layers sliding|none|3,5,7] [--block-len 16] [--window-blocks 2]
-                            [--init vo|qkvo|random] [--dtype auto|float32|bfloat16|float16] [--force]
-    phalanx convert --analyze SRC --data TEXT [--plot attention_mass.png]
+phalanx convert SRC OUT [--layers sliding|none|3,5,7] [--block-len 16] [--window-blocks 2]
+                        [--init vo|qkvo|random] [--dtype auto|float32|bfloat16|float16] [--force]
+phalanx convert --analyze SRC --data TEXT [--plot attention_mass.png]
 """
 
 from __future__ import annotations
@@ -25,13 +25,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window-blocks", type=int, default=2, help="SWR blocks each token sees")
     parser.add_argument("--phalanx-head-dim", type=int, default=16, help="Phalanx head size (multiple of 16)")
     parser.add_argument(
-        "--init", choices=INIT_SCHEMES, default=DEFAULT_INIT,
+        "--init",
+        choices=INIT_SCHEMES,
+        default=DEFAULT_INIT,
         help=f"warm start of the mixers from the attention weights (default {DEFAULT_INIT}; see README)",
     )
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard written")
-    parser.add_argument("--analyze", action="store_true", help="measure attention mass beyond 16/32/128 tokens per SWA layer instead of converting")
+    parser.add_argument(
+        "--analyze",
+        action="store_true",
+        help="measure attention mass beyond 16/32/128 tokens per SWA layer instead of converting",
+    )
     parser.add_argument("--data", nargs="+", help="text files or folders for --analyze")
     parser.add_argument("--plot", default="attention_mass.png", help="PNG written by --analyze")
     parser.add_argument("--seq-len", type=int, default=512, help="sequence length for --analyze")

@@ -39,7 +39,7 @@ from phalanx_training.data import read_texts
 from phalanx_training.packing import build_packed_dataset
 
 from .checkpoint import atomic_folder
-from .families import LINEAR
+from .families import LINEAR, source_layer_types
 
 
 @dataclass
@@ -61,7 +61,9 @@ class StageConfig:
         if self.steps < 0 or self.batch_size < 1 or self.seq_len < 2 or self.kl_chunk < 1:
             raise ValueError(f"invalid stage settings: {self}")
         if self.lr <= 0 or self.other_lr < 0:
-            raise ValueError(f"learning rates must be positive (other_lr >= 0), got lr={self.lr}, other_lr={self.other_lr}")
+            raise ValueError(
+                f"learning rates must be positive (other_lr >= 0), got lr={self.lr}, other_lr={self.other_lr}"
+            )
 
     @property
     def tokens(self) -> int:
@@ -121,7 +123,11 @@ def chunked_kl(
         with torch.no_grad():
             log_p = F.log_softmax(logits_from_hidden(teacher, h_t).float(), dim=-1)
         kl = (log_p.exp() * (log_p - log_q)).sum()
-        ce = F.nll_loss(log_q.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum") if y is not None else kl.new_zeros(())
+        ce = (
+            F.nll_loss(log_q.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
+            if y is not None
+            else kl.new_zeros(())
+        )
         return kl, ce
 
     kl_sum = student_hidden.new_zeros((), dtype=torch.float32)
@@ -198,19 +204,22 @@ def _batch_rows(step: int, batch_size: int, num_rows: int, seed: int) -> torch.T
     first = step * batch_size
     idx = torch.arange(first, first + batch_size)
     epochs = (idx // num_rows).tolist()
-    perms = {e: torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed * 1_000_003 + e)) for e in set(epochs)}
-    return torch.stack([perms[e][i % num_rows] for e, i in zip(epochs, idx.tolist())])
+    perms = {
+        e: torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed * 1_000_003 + e)) for e in set(epochs)
+    }
+    return torch.stack([perms[e][i % num_rows] for e, i in zip(epochs, idx.tolist(), strict=True)])
 
 
 def converted_layers(student: PreTrainedModel, teacher: PreTrainedModel) -> list[int]:
     """Layers that are Phalanx mixers in the student and attention in the teacher."""
-    s_types = student.config.layer_types
-    t_types = getattr(teacher.config, "layer_types", None) or ["sliding_attention"] * len(s_types)
+    s_types, t_types = student.config.layer_types, source_layer_types(teacher.config)
     if len(s_types) != len(t_types):
         raise ValueError(f"student has {len(s_types)} layers but teacher has {len(t_types)}")
-    layers = [i for i, (s, t) in enumerate(zip(s_types, t_types)) if s == LINEAR and t != LINEAR]
+    layers = [i for i, (s, t) in enumerate(zip(s_types, t_types, strict=True)) if s == LINEAR and t != LINEAR]
     if not layers:
-        raise ValueError("the student has no converted layers (no linear_attention layer where the teacher has attention)")
+        raise ValueError(
+            "the student has no converted layers (no linear_attention layer where the teacher has attention)"
+        )
     return layers
 
 
@@ -259,13 +268,18 @@ def _checkpoints(out: Path, stage: int) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _save_checkpoint(out: Path, stage: int, step: int, student: PreTrainedModel, optimizer: torch.optim.Optimizer, history: list[dict]) -> None:
+def _save_checkpoint(
+    out: Path, stage: int, step: int, student: PreTrainedModel, optimizer: torch.optim.Optimizer, history: list[dict]
+) -> None:
     """Write a checkpoint atomically (temporary folder, then rename) and keep only the latest two."""
     final = out / "checkpoints" / f"stage{stage}-step{step:07d}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous() for k, v in student.state_dict().items() if not _is_tied_copy(student, k)}, tmp / "student.safetensors")
+    save_file(
+        {k: v.detach().contiguous() for k, v in student.state_dict().items() if not _is_tied_copy(student, k)},
+        tmp / "student.safetensors",
+    )
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"stage": stage, "step": step, "history": history}))
     shutil.rmtree(final, ignore_errors=True)
@@ -279,10 +293,14 @@ def _is_tied_copy(model: PreTrainedModel, key: str) -> bool:
 
 
 def _load_checkpoint(path: Path, student: PreTrainedModel, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
-    missing, unexpected = student.load_state_dict(load_file(path / "student.safetensors", device=str(next(student.parameters()).device)), strict=False)
+    missing, unexpected = student.load_state_dict(
+        load_file(path / "student.safetensors", device=str(next(student.parameters()).device)), strict=False
+    )
     if unexpected or any(not _is_tied_copy(student, k) for k in missing):
         raise ValueError(f"checkpoint {path} does not match the student (missing {missing}, unexpected {unexpected})")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=next(student.parameters()).device, weights_only=True))
+    optimizer.load_state_dict(
+        torch.load(path / "optimizer.pt", map_location=next(student.parameters()).device, weights_only=True)
+    )
     state = json.loads((path / "state.json").read_text())
     return state["step"], state["history"]
 
@@ -311,7 +329,14 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
 # ----------------------------------------------------------------------------------------- stages
 
 
-def _stage1_loss(student: PreTrainedModel, teacher: PreTrainedModel, tap: _AttentionTap, layers: Sequence[int], batch: dict[str, torch.Tensor], amp: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+def _stage1_loss(
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
+    tap: _AttentionTap,
+    layers: Sequence[int],
+    batch: dict[str, torch.Tensor],
+    amp: dict[str, Any],
+) -> tuple[torch.Tensor, dict[str, float]]:
     with torch.no_grad(), torch.autocast(**amp):
         teacher.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
     # Packed rows: the teacher's mask restarts attention at every position-0 token; the mixer restarts its
@@ -321,14 +346,22 @@ def _stage1_loss(student: PreTrainedModel, teacher: PreTrainedModel, tap: _Atten
     with torch.autocast(**amp):
         for i in layers:
             target = tap.outputs[i].float()
-            pred = student.model.layers[i].mixer(tap.inputs[i], position_ids=batch["position_ids"], cu_seqlens=cu_seqlens)
+            pred = student.model.layers[i].mixer(
+                tap.inputs[i], position_ids=batch["position_ids"], cu_seqlens=cu_seqlens
+            )
             pred = pred[0] if isinstance(pred, tuple) else pred
             losses.append(F.mse_loss(pred.float(), target) / target.pow(2).mean().clamp_min(1e-12))
-    per_layer = {f"layer{i}": l.item() for i, l in zip(layers, losses)}
+    per_layer = {f"layer{i}": loss.item() for i, loss in zip(layers, losses, strict=True)}
     return torch.stack(losses).mean(), per_layer
 
 
-def _stage2_loss(student: PreTrainedModel, teacher: PreTrainedModel, cfg: StageConfig, batch: dict[str, torch.Tensor], amp: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+def _stage2_loss(
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
+    cfg: StageConfig,
+    batch: dict[str, torch.Tensor],
+    amp: dict[str, Any],
+) -> tuple[torch.Tensor, dict[str, float]]:
     kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
     with torch.no_grad(), torch.autocast(**amp):
         h_t = teacher.model(**kwargs).last_hidden_state
@@ -431,8 +464,13 @@ def distill(
 
     def evaluate(model: PreTrainedModel) -> float:
         return bits_per_byte(
-            model, tokenizer, eval_texts, seq_len=options.eval_seq_len, batch_size=options.eval_batch_size,
-            max_bytes=options.eval_max_bytes, amp_dtype=amp_dtype,
+            model,
+            tokenizer,
+            eval_texts,
+            seq_len=options.eval_seq_len,
+            batch_size=options.eval_batch_size,
+            max_bytes=options.eval_max_bytes,
+            amp_dtype=amp_dtype,
         )
 
     metrics_path = out / "metrics.json"
@@ -459,7 +497,11 @@ def distill(
             save_metrics()
         rows = build_packed_dataset(data, tokenizer, cfg.seq_len).packed
         history = run_stage(stage, cfg, student, teacher, rows, out, options)
-        plot_history(history, out / f"loss_stage{stage}.png", f"stage {stage} ({'per-layer output MSE' if stage == 1 else 'logit KL'})")
+        plot_history(
+            history,
+            out / f"loss_stage{stage}.png",
+            f"stage {stage} ({'per-layer output MSE' if stage == 1 else 'logit KL'})",
+        )
         metrics[f"bpb_after_stage{stage}"] = evaluate(student)
         metrics[f"tokens_stage{stage}"] = cfg.tokens
         metrics[f"final_losses_stage{stage}"] = _tail_mean(history)

@@ -21,19 +21,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("teacher", help="source checkpoint folder (the model that was converted)")
     parser.add_argument("student", help="converted checkpoint folder (from phalanx convert)")
     parser.add_argument("--out", required=True, help="folder for checkpoints, metrics, plots and the distilled models")
-    parser.add_argument("--data", nargs="+", default=[str(SHIPPED_SAMPLE_DIR)], help="training text files or folders (held-out works are dropped)")
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        default=[str(SHIPPED_SAMPLE_DIR)],
+        help="training text files or folders (held-out works are dropped)",
+    )
     parser.add_argument("--eval-data", nargs="+", default=[str(HELD_OUT_DIR)], help="held-out text for bits-per-byte")
     parser.add_argument("--stage1-steps", type=int, default=500)
     parser.add_argument("--stage1-lr", type=float, default=1e-3)
     parser.add_argument("--stage2-steps", type=int, default=500)
     parser.add_argument("--stage2-lr", type=float, default=3e-4, help="learning rate of the mixer parameters")
-    parser.add_argument("--stage2-other-lr", type=float, default=3e-5, help="learning rate of all other parameters (0 freezes them)")
-    parser.add_argument("--ce-weight", type=float, default=0.0, help="stage 2: weight of cross-entropy added to the KL")
+    parser.add_argument(
+        "--stage2-other-lr", type=float, default=3e-5, help="learning rate of all other parameters (0 freezes them)"
+    )
+    parser.add_argument(
+        "--ce-weight", type=float, default=0.0, help="stage 2: weight of cross-entropy added to the KL"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--kl-chunk", type=int, default=256, help="stage 2: time steps per KL chunk")
     parser.add_argument("--save-every", type=int, default=200, help="checkpoint interval in steps")
-    parser.add_argument("--eval-max-bytes", type=int, default=None, help="score only the first N bytes of each held-out text")
+    parser.add_argument(
+        "--eval-max-bytes", type=int, default=None, help="score only the first N bytes of each held-out text"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     group = parser.add_mutually_exclusive_group()
@@ -56,8 +67,12 @@ def run(args: argparse.Namespace) -> int:
     options = DistillOptions(
         stage1=StageConfig(steps=args.stage1_steps, lr=args.stage1_lr, **common),
         stage2=StageConfig(
-            steps=args.stage2_steps, lr=args.stage2_lr, other_lr=args.stage2_other_lr,
-            ce_weight=args.ce_weight, kl_chunk=args.kl_chunk, **common,
+            steps=args.stage2_steps,
+            lr=args.stage2_lr,
+            other_lr=args.stage2_other_lr,
+            ce_weight=args.ce_weight,
+            kl_chunk=args.kl_chunk,
+            **common,
         ),
         seed=args.seed,
         save_every=args.save_every,

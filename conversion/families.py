@@ -65,7 +65,9 @@ def _gemma3(config: PretrainedConfig) -> dict[str, Any]:
 
 def _gemma3_check(config: PretrainedConfig) -> None:
     if getattr(config, "use_bidirectional_attention", False):
-        raise ValueError("gemma3_text checkpoints with use_bidirectional_attention=True (embedding models) are not causal LMs")
+        raise ValueError(
+            "gemma3_text checkpoints with use_bidirectional_attention=True (embedding models) are not causal LMs"
+        )
 
 
 def _olmo3(config: PretrainedConfig) -> dict[str, Any]:
@@ -101,8 +103,8 @@ FAMILIES: dict[str, Family] = {
 
 # Families that Transformers knows but that cannot be converted exactly, with the reason shown to users.
 UNSUPPORTED_REASONS: dict[str, str] = {
-    "gpt_oss": "GPT-OSS needs attention sinks and a MoE MLP with MXFP4 weights, which PhalanxConfig cannot represent",
-    "gemma3": "multimodal Gemma3 checkpoints nest the text model (model.language_model.*); convert a gemma3_text checkpoint",
+    "gpt_oss": "GPT-OSS needs attention sinks and a MoE MLP with MXFP4 weights, which PhalanxConfig lacks",
+    "gemma3": "multimodal Gemma3 nests the text model (model.language_model.*); convert a gemma3_text checkpoint",
 }
 
 
@@ -116,7 +118,9 @@ def family_for(model_type: str | None) -> Family:
     family = FAMILIES.get(model_type)
     if family is None:
         reason = UNSUPPORTED_REASONS.get(model_type, "no exact mapping onto PhalanxConfig")
-        raise ValueError(f"unsupported model_type {model_type!r} ({reason}); supported: {', '.join(supported_families())}")
+        raise ValueError(
+            f"unsupported model_type {model_type!r} ({reason}); supported: {', '.join(supported_families())}"
+        )
     return family
 
 
@@ -167,7 +171,9 @@ def resolve_layers(config: PretrainedConfig, layers: str | list[int]) -> list[in
         try:
             layers = [int(p) for p in spec.split(",") if p.strip()]
         except ValueError:
-            raise ValueError(f"--layers must be 'sliding', 'none' or comma-separated layer indices, got {layers!r}") from None
+            raise ValueError(
+                f"--layers must be 'sliding', 'none' or comma-separated layer indices, got {layers!r}"
+            ) from None
         if not layers:
             raise ValueError("--layers is empty; use 'none' to convert no layers")
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):

@@ -88,7 +88,9 @@ def warm_start_mixer(
         out["out_proj.bias"] = torch.zeros_like(out["out_proj.bias"]) if o_bias is None else o_bias.clone()
 
     if scheme in ("qkvo", "avg") and Hg != H:
-        raise ValueError(f"the {scheme} init needs one gate group per head (phalanx_num_gate_groups = phalanx_num_heads)")
+        raise ValueError(
+            f"the {scheme} init needs one gate group per head (phalanx_num_gate_groups = phalanx_num_heads)"
+        )
     if scheme == "qkvo":
         k_bias, q_bias = attn("k_proj.bias"), attn("q_proj.bias")
         w[gate] = _repeat_kv(attn("k_proj.weight"), num_key_value_heads, groups)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from test_conversion_families import make_source
 
 from phalanx_cli.main import main as phalanx_main
 from phalanx_conversion.analyze import analyze_checkpoint, attention_mass_beyond
+
+from test_conversion_families import make_source
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "shakespeare"
 
@@ -37,7 +38,21 @@ def test_analyze_checkpoint_and_cli(tmp_path: Path, capsys) -> None:
         assert r.beyond[32] == 0.0 and r.beyond[128] == 0.0
         assert 0.05 < r.beyond[16] < 0.6
     plot = tmp_path / "mass.png"
-    code = phalanx_main(["convert", "--analyze", str(src), "--data", str(SAMPLE), "--plot", str(plot), "--seq-len", "160", "--max-tokens", "640"])
+    code = phalanx_main(
+        [
+            "convert",
+            "--analyze",
+            str(src),
+            "--data",
+            str(SAMPLE),
+            "--plot",
+            str(plot),
+            "--seq-len",
+            "160",
+            "--max-tokens",
+            "640",
+        ]
+    )
     assert code == 0
     table = capsys.readouterr().out
     assert "| layer | mass > 16 tok | mass > 32 tok | mass > 128 tok |" in table and "| mean |" in table

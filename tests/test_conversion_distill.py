@@ -12,13 +12,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from test_conversion_families import VOCAB, make_source
 from transformers import AutoModelForCausalLM
 
 from phalanx_cli.main import main as phalanx_main
 from phalanx_conversion.convert import convert_checkpoint
-from phalanx_conversion.distill import DistillOptions, StageConfig, bits_per_byte, chunked_kl, distill, logits_from_hidden
+from phalanx_conversion.distill import (
+    DistillOptions,
+    StageConfig,
+    bits_per_byte,
+    chunked_kl,
+    distill,
+    logits_from_hidden,
+)
 from phalanx_training.tokenizer import load_byte_tokenizer
+
+from test_conversion_families import VOCAB, make_source
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN, HELD_OUT = ROOT / "data" / "shakespeare", ROOT / "eval" / "tasks" / "data"
@@ -80,7 +88,10 @@ def test_two_stage_run_resumes_exactly(pair: tuple[Path, Path], tmp_path: Path) 
     options = DistillOptions(
         stage1=StageConfig(steps=3, lr=1e-2, batch_size=2, seq_len=48),
         stage2=StageConfig(steps=2, lr=1e-3, other_lr=1e-4, batch_size=2, seq_len=48, kl_chunk=16, ce_weight=0.1),
-        save_every=1, eval_seq_len=64, eval_max_bytes=300, device="cpu",
+        save_every=1,
+        eval_seq_len=64,
+        eval_max_bytes=300,
+        device="cpu",
     )
     full = tmp_path / "full"
     metrics = distill(teacher, student, full, [TRAIN], [HELD_OUT], options)
@@ -109,9 +120,29 @@ def test_two_stage_run_resumes_exactly(pair: tuple[Path, Path], tmp_path: Path) 
     assert again["final_losses_stage2"] == metrics["final_losses_stage2"]
 
 
-def test_cli_runs_and_refuses_to_mix_runs(pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    small = ["--stage1-steps", "1", "--stage2-steps", "1", "--batch-size", "1", "--seq-len", "32", "--eval-max-bytes", "100", "--device", "cpu"]
-    assert phalanx_main(["distill", str(pair[0]), str(pair[1]), "--out", str(tmp_path / "ok"), "--data", str(TRAIN), *small]) == 0
+def test_cli_runs_and_refuses_to_mix_runs(
+    pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    small = [
+        "--stage1-steps",
+        "1",
+        "--stage2-steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--seq-len",
+        "32",
+        "--eval-max-bytes",
+        "100",
+        "--device",
+        "cpu",
+    ]
+    assert (
+        phalanx_main(
+            ["distill", str(pair[0]), str(pair[1]), "--out", str(tmp_path / "ok"), "--data", str(TRAIN), *small]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["tokens_stage1"] == summary["tokens_stage2"] == 32 and "bpb_after_stage2" in summary
     assert (tmp_path / "ok" / "stage2" / "config.json").is_file()

@@ -27,8 +27,16 @@ VOCAB = 259  # the byte tokenizer
 WINDOW = 24
 S, F = "sliding_attention", "full_attention"
 COMMON = dict(
-    vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
-    num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2, max_position_embeddings=256,
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    max_position_embeddings=256,
 )
 
 
@@ -43,20 +51,41 @@ def source_config(model_type: str) -> transformers.PretrainedConfig:
         return transformers.Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1)
     if model_type == "qwen3":
         return transformers.Qwen3Config(
-            **COMMON, head_dim=16, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1, attention_bias=True
+            **COMMON,
+            head_dim=16,
+            use_sliding_window=True,
+            sliding_window=WINDOW,
+            max_window_layers=1,
+            attention_bias=True,
         )
     if model_type == "gemma2":
         return transformers.Gemma2Config(
-            **COMMON, head_dim=16, sliding_window=WINDOW, query_pre_attn_scalar=24, layer_types=mixed,
-            attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+            **COMMON,
+            head_dim=16,
+            sliding_window=WINDOW,
+            query_pre_attn_scalar=24,
+            layer_types=mixed,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=3.0,
         )
     if model_type == "gemma3_text":
-        rope = {F: {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6}, S: {"rope_type": "default", "rope_theta": 1e4}}
+        rope = {
+            F: {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+            S: {"rope_type": "default", "rope_theta": 1e4},
+        }
         return transformers.Gemma3TextConfig(
-            **COMMON, head_dim=16, sliding_window=WINDOW, query_pre_attn_scalar=24, layer_types=mixed, rope_parameters=rope
+            **COMMON,
+            head_dim=16,
+            sliding_window=WINDOW,
+            query_pre_attn_scalar=24,
+            layer_types=mixed,
+            rope_parameters=rope,
         )
     if model_type == "olmo3":
-        rope = {F: {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}, S: {"rope_type": "default", "rope_theta": 5e5}}
+        rope = {
+            F: {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5},
+            S: {"rope_type": "default", "rope_theta": 5e5},
+        }
         return transformers.Olmo3Config(**COMMON, sliding_window=WINDOW, layer_types=mixed, rope_parameters=rope)
     if model_type == "cohere2":
         return transformers.Cohere2Config(
@@ -65,7 +94,9 @@ def source_config(model_type: str) -> transformers.PretrainedConfig:
     raise KeyError(model_type)
 
 
-def make_source(model_type: str, folder: Path, dtype: torch.dtype = torch.float32, seed: int = 0, **save_kwargs) -> Path:
+def make_source(
+    model_type: str, folder: Path, dtype: torch.dtype = torch.float32, seed: int = 0, **save_kwargs
+) -> Path:
     """Save a tiny random checkpoint of `model_type` (with the byte tokenizer) to `folder`.
 
     Every parameter, norms and biases included, gets random noise so that no term can hide behind an
@@ -105,7 +136,9 @@ def test_no_swap_reproduces_source_logits(model_type: str, sources: dict[str, Pa
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
-def test_default_conversion_loads_keeps_tensors_and_generates(model_type: str, sources: dict[str, Path], tmp_path: Path) -> None:
+def test_default_conversion_loads_keeps_tensors_and_generates(
+    model_type: str, sources: dict[str, Path], tmp_path: Path
+) -> None:
     src_dir, out = sources[model_type], tmp_path / "conv"
     result = convert_checkpoint(src_dir, out)
     src_config = transformers.AutoConfig.from_pretrained(src_dir)
@@ -118,9 +151,13 @@ def test_default_conversion_loads_keeps_tensors_and_generates(model_type: str, s
     converted = tuple(f"model.layers.{i}.self_attn." for i in result.converted_layers)
     kept = [k for k in src_tensors if not k.startswith(converted)]
     for key in kept:
-        assert out_tensors[key].dtype == src_tensors[key].dtype and torch.equal(out_tensors[key], src_tensors[key]), key
+        assert out_tensors[key].dtype == src_tensors[key].dtype and torch.equal(out_tensors[key], src_tensors[key]), (
+            key
+        )
     assert set(out_tensors) - set(kept) == {
-        f"model.layers.{i}.mixer.{p}" for i in result.converted_layers for p in model.model.layers[i].mixer.state_dict()
+        f"model.layers.{i}.mixer.{p}"
+        for i in result.converted_layers
+        for p in model.model.layers[i].mixer.state_dict()
     }
 
     prompt = torch.randint(3, VOCAB, (1, 40), generator=torch.Generator().manual_seed(2))
@@ -185,13 +222,15 @@ sys.meta_path.insert(0, NoProject())
 from transformers import AutoModelForCausalLM
 m = AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True).eval()
 assert type(m).__module__.startswith("transformers_modules"), type(m).__module__
-io = torch.load({str(tmp_path / 'io.pt')!r})
+io = torch.load({str(tmp_path / "io.pt")!r})
 with torch.no_grad():
     diff = (m(io["ids"]).logits.double() - io["expected"]).abs().max().item()
 assert diff <= 1e-5, diff
 print(m.generate(io["ids"][:, :8], max_new_tokens=4, do_sample=False, pad_token_id=0).shape)
 """
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "torch.Size([1, 12])" in proc.stdout

@@ -11,7 +11,6 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file
-from test_conversion_families import VOCAB, make_source
 from transformers import AutoModelForCausalLM
 
 from phalanx_cli.main import main as phalanx_main
@@ -19,10 +18,16 @@ from phalanx_conversion.checkpoint import INDEX_NAME
 from phalanx_conversion.convert import convert_checkpoint
 from phalanx_training.tokenizer import load_byte_tokenizer
 
+from test_conversion_families import VOCAB, make_source
+
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Relative path -> sha256 of every file under `folder`."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def leftovers(parent: Path, name: str) -> list[Path]:
@@ -70,7 +75,9 @@ def test_sharded_bf16_source(tmp_path: Path) -> None:
     src_tensors = {k: v for p in src.glob("*.safetensors") for k, v in load_file(p).items()}
     out_tensors = {k: v for p in out.glob("*.safetensors") for k, v in load_file(p).items()}
     assert src_tensors.keys() == out_tensors.keys()
-    assert all(out_tensors[k].dtype == torch.bfloat16 and torch.equal(out_tensors[k], v) for k, v in src_tensors.items())
+    assert all(
+        out_tensors[k].dtype == torch.bfloat16 and torch.equal(out_tensors[k], v) for k, v in src_tensors.items()
+    )
     ids = torch.randint(3, VOCAB, (1, 40))
     with torch.no_grad():
         a = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)(ids).logits
@@ -102,9 +109,15 @@ def test_corrupt_source_fails_before_writing(damage: str, tmp_path: Path) -> Non
 def test_unsupported_family_lists_supported(tmp_path: Path) -> None:
     src = tmp_path / "llama"
     transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+        transformers.LlamaConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+        )
     ).save_pretrained(src)
-    with pytest.raises(ValueError, match="unsupported model_type 'llama'.*supported: cohere2, gemma2, gemma3_text, ministral, mistral, olmo3, qwen2, qwen3"):
+    with pytest.raises(
+        ValueError,
+        match="unsupported model_type 'llama'.*supported: cohere2, gemma2, gemma3_text, ministral, mistral, olmo3, "
+        "qwen2, qwen3",
+    ):
         convert_checkpoint(src, tmp_path / "out")
     config = json.loads((src / "config.json").read_text())
     (src / "config.json").write_text(json.dumps({**config, "model_type": "not_a_transformers_model"}))
@@ -115,8 +128,16 @@ def test_unsupported_family_lists_supported(tmp_path: Path) -> None:
 
 def test_no_swa_layers_needs_explicit_layers(tmp_path: Path) -> None:
     config = transformers.Qwen3Config(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     src = tmp_path / "full"
     AutoModelForCausalLM.from_config(config).save_pretrained(src)
@@ -135,6 +156,8 @@ def test_cli_reports_errors_as_one_line(source: Path, tmp_path: Path, capsys: py
     assert "phalanx convert: error: --layers must be" in capsys.readouterr().err
     assert phalanx_main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "y")]) == 1
     assert "does not exist" in capsys.readouterr().err
-    assert phalanx_main(["convert", str(source), str(tmp_path / "z"), "--block-len", "32", "--window-blocks", "3"]) == 0
+    assert (
+        phalanx_main(["convert", str(source), str(tmp_path / "z"), "--block-len", "32", "--window-blocks", "3"]) == 0
+    )
     config = transformers.AutoConfig.from_pretrained(tmp_path / "z")
     assert (config.swr_block_len, config.swr_window_blocks) == (32, 3)

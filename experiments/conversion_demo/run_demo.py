@@ -40,10 +40,36 @@ from phalanx_training.tokenizer import load_byte_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 
-FULL = dict(hidden=512, layers=12, heads=8, kv_heads=4, head_dim=64, ffn=1536, window=128, seq=512,
-            batch=32, teacher_steps=1000, distill_batch=8, eval_bytes=None, speed_lens=(512, 2048, 8192))
-TINY = dict(hidden=64, layers=6, heads=4, kv_heads=2, head_dim=16, ffn=128, window=48, seq=128,
-            batch=4, teacher_steps=20, distill_batch=4, eval_bytes=2000, speed_lens=(128, 256))
+FULL = dict(
+    hidden=512,
+    layers=12,
+    heads=8,
+    kv_heads=4,
+    head_dim=64,
+    ffn=1536,
+    window=128,
+    seq=512,
+    batch=32,
+    teacher_steps=1000,
+    distill_batch=8,
+    eval_bytes=None,
+    speed_lens=(512, 2048, 8192),
+)
+TINY = dict(
+    hidden=64,
+    layers=6,
+    heads=4,
+    kv_heads=2,
+    head_dim=16,
+    ffn=128,
+    window=48,
+    seq=128,
+    batch=4,
+    teacher_steps=20,
+    distill_batch=4,
+    eval_bytes=2000,
+    speed_lens=(128, 256),
+)
 
 
 class Tee:
@@ -62,18 +88,32 @@ class Tee:
 def teacher_config(size: dict, tokenizer) -> transformers.Gemma3TextConfig:
     layer_types = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(size["layers"])]
     return transformers.Gemma3TextConfig(
-        vocab_size=len(tokenizer), hidden_size=size["hidden"], intermediate_size=size["ffn"],
-        num_hidden_layers=size["layers"], num_attention_heads=size["heads"], num_key_value_heads=size["kv_heads"],
-        head_dim=size["head_dim"], query_pre_attn_scalar=size["head_dim"], sliding_window=size["window"],
-        layer_types=layer_types, max_position_embeddings=16384, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=size["hidden"],
+        intermediate_size=size["ffn"],
+        num_hidden_layers=size["layers"],
+        num_attention_heads=size["heads"],
+        num_key_value_heads=size["kv_heads"],
+        head_dim=size["head_dim"],
+        query_pre_attn_scalar=size["head_dim"],
+        sliding_window=size["window"],
+        layer_types=layer_types,
+        max_position_embeddings=16384,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
     )
 
 
-def train_teacher(model, rows: dict, size: dict, max_seconds: float, device: torch.device, log: Tee, heldout, tokenizer) -> dict:
+def train_teacher(
+    model, rows: dict, size: dict, max_seconds: float, device: torch.device, log: Tee, heldout, tokenizer
+) -> dict:
     """AdamW, warm-up then cosine, bf16 autocast; stops at `teacher_steps` or `max_seconds`."""
     steps, batch = size["teacher_steps"], size["batch"]
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=device.type == "cuda")
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=device.type == "cuda"
+    )
     gen = torch.Generator().manual_seed(0)
     n = rows["input_ids"].shape[0]
     history, start, step = [], time.time(), 0
@@ -87,7 +127,9 @@ def train_teacher(model, rows: dict, size: dict, max_seconds: float, device: tor
         idx = torch.randint(0, n, (batch,), generator=gen)
         b = {k: v[idx].to(device, non_blocking=True) for k, v in rows.items()}
         with torch.autocast(**amp):
-            loss = model(input_ids=b["input_ids"], position_ids=b["position_ids"], labels=b["labels"], use_cache=False).loss
+            loss = model(
+                input_ids=b["input_ids"], position_ids=b["position_ids"], labels=b["labels"], use_cache=False
+            ).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -95,13 +137,28 @@ def train_teacher(model, rows: dict, size: dict, max_seconds: float, device: tor
         if step % 50 == 0 or step == steps - 1:
             history.append({"step": step + 1, "loss": loss.item()})
         if step % 250 == 0 and step > 0:
-            bpb = bits_per_byte(model, tokenizer, heldout, seq_len=size["seq"], batch_size=32, max_bytes=20000, amp_dtype=amp_dtype(device))
-            log(f"teacher step {step}: train loss {loss.item():.4f} nats/byte, held-out bpb (first 20 kB of each work) {bpb:.4f}, {time.time() - start:.0f}s")
+            bpb = bits_per_byte(
+                model,
+                tokenizer,
+                heldout,
+                seq_len=size["seq"],
+                batch_size=32,
+                max_bytes=20000,
+                amp_dtype=amp_dtype(device),
+            )
+            log(
+                f"teacher step {step}: train loss {loss.item():.4f} nats/byte, held-out bpb (first 20 kB of each work) {bpb:.4f}, {time.time() - start:.0f}s"
+            )
         if time.time() - start > max_seconds:
             log(f"teacher: time budget reached after {step + 1} steps")
             break
     model.eval()
-    return {"steps": step + 1, "tokens": (step + 1) * batch * size["seq"], "seconds": time.time() - start, "history": history}
+    return {
+        "steps": step + 1,
+        "tokens": (step + 1) * batch * size["seq"],
+        "seconds": time.time() - start,
+        "history": history,
+    }
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
@@ -155,7 +212,9 @@ def time_module(module, args: tuple, kwargs: dict, backward: bool, reps: int = 2
     return statistics.median(times)
 
 
-def layer_speed(teacher, student, layer: int, lengths: tuple[int, ...], tokens: int, device: torch.device) -> list[dict]:
+def layer_speed(
+    teacher, student, layer: int, lengths: tuple[int, ...], tokens: int, device: torch.device
+) -> list[dict]:
     """SWA attention module of `layer` in the teacher vs the Phalanx mixer that replaced it."""
     rows = []
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -166,7 +225,10 @@ def layer_speed(teacher, student, layer: int, lengths: tuple[int, ...], tokens: 
         ids = torch.randint(3, teacher.config.vocab_size, (B, T), device=device)
         pos = torch.arange(T, device=device).expand(B, T)
         entry = {"seq_len": T, "batch": B}
-        for name, model, module in (("swa", t_model, t_model.model.layers[layer].self_attn), ("phalanx", s_model, s_model.model.layers[layer].mixer)):
+        for name, model, module in (
+            ("swa", t_model, t_model.model.layers[layer].self_attn),
+            ("phalanx", s_model, s_model.model.layers[layer].mixer),
+        ):
             try:
                 args, kwargs = capture_call(model, module, ids, pos)
                 with torch.no_grad():
@@ -201,7 +263,10 @@ def kernel_check(device: torch.device, log: Tee) -> str:
         x64 = proj.double().requires_grad_(True)
         ref = phalanx_core_torch(x64, **kw)
         (ref * weight.double()).sum().backward()
-        err = max(((got.double() - ref).norm() / ref.norm()).item(), ((x.grad.double() - x64.grad).norm() / x64.grad.norm()).item())
+        err = max(
+            ((got.double() - ref).norm() / ref.norm()).item(),
+            ((x.grad.double() - x64.grad).norm() / x64.grad.norm()).item(),
+        )
     except Exception as e:  # a broken kernel must not sink the demonstration: fall back and say so
         os.environ["PHALANX_FORCE_TORCH"] = "1"
         log(f"kernel check: Triton phalanx_core failed ({type(e).__name__}: {e}); using the torch path")
@@ -234,23 +299,42 @@ def results_table(r: dict) -> str:
         ("after stage 2", d["bpb_after_stage2"], d["tokens_stage1"] + d["tokens_stage2"]),
     ]
     for name, bpb, tokens in rows:
-        lines.append(f"| {name} | {bpb:.4f} | {100 * (bpb / teacher_bpb - 1):+.2f}% | {tokens / 1e6:.2f}M | {100 * tokens / t['tokens']:.2f}% |")
-    goal = d["bpb_after_stage2"] <= 1.03 * teacher_bpb and d["tokens_stage1"] + d["tokens_stage2"] <= 0.05 * t["tokens"]
-    lines += ["", f"Goal (after stage 2 within 3% of the teacher's bits/byte with at most 5% of its training tokens): {'met' if goal else 'not met'}.",
-              "", "Every warm start with the same budget (held-out bits/byte; stage-1 loss = relative MSE, mean of the last 10% of steps):", "",
-              "| variant | zero-shot | after stage 1 | after stage 2 | vs teacher | final stage-1 loss | tokens |", "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {bpb:.4f} | {100 * (bpb / teacher_bpb - 1):+.2f}% | {tokens / 1e6:.2f}M | {100 * tokens / t['tokens']:.2f}% |"
+        )
+    goal = (
+        d["bpb_after_stage2"] <= 1.03 * teacher_bpb and d["tokens_stage1"] + d["tokens_stage2"] <= 0.05 * t["tokens"]
+    )
+    lines += [
+        "",
+        f"Goal (after stage 2 within 3% of the teacher's bits/byte with at most 5% of its training tokens): {'met' if goal else 'not met'}.",
+        "",
+        "Every warm start with the same budget (held-out bits/byte; stage-1 loss = relative MSE, mean of the last 10% of steps):",
+        "",
+        "| variant | zero-shot | after stage 1 | after stage 2 | vs teacher | final stage-1 loss | tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, v in r["variants"].items():
         s1 = v.get("bpb_after_stage1")
         loss1 = v.get("final_losses_stage1", {}).get("loss")
         tokens = v.get("tokens_stage1", 0) + v.get("tokens_stage2", 0)
-        lines.append(f"| {name} | {v['bpb_student_initial']:.4f} | {'-' if s1 is None else f'{s1:.4f}'} | {v['bpb_after_stage2']:.4f} | "
-                     f"{100 * (v['bpb_after_stage2'] / teacher_bpb - 1):+.2f}% | {'-' if loss1 is None else f'{loss1:.3f}'} | {tokens / 1e6:.2f}M |")
-    lines += ["", f"Layer speed (layer {r['speed_layer']}: SWA attention module vs the Phalanx mixer that replaced it; "
-              "median ms, bf16, q/k/v/o resp. in/out projections included):", "",
-              "| seq len | batch | SWA fwd | Phalanx fwd | SWA fwd+bwd | Phalanx fwd+bwd | speed-up fwd+bwd |", "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {v['bpb_student_initial']:.4f} | {'-' if s1 is None else f'{s1:.4f}'} | {v['bpb_after_stage2']:.4f} | "
+            f"{100 * (v['bpb_after_stage2'] / teacher_bpb - 1):+.2f}% | {'-' if loss1 is None else f'{loss1:.3f}'} | {tokens / 1e6:.2f}M |"
+        )
+    lines += [
+        "",
+        f"Layer speed (layer {r['speed_layer']}: SWA attention module vs the Phalanx mixer that replaced it; "
+        "median ms, bf16, q/k/v/o resp. in/out projections included):",
+        "",
+        "| seq len | batch | SWA fwd | Phalanx fwd | SWA fwd+bwd | Phalanx fwd+bwd | speed-up fwd+bwd |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s in r["speed"]:
-        lines.append(f"| {s['seq_len']} | {s['batch']} | {s['swa_fwd_ms']:.3f} | {s['phalanx_fwd_ms']:.3f} | {s['swa_fwdbwd_ms']:.3f} | "
-                     f"{s['phalanx_fwdbwd_ms']:.3f} | {s['swa_fwdbwd_ms'] / s['phalanx_fwdbwd_ms']:.2f}x |")
+        lines.append(
+            f"| {s['seq_len']} | {s['batch']} | {s['swa_fwd_ms']:.3f} | {s['phalanx_fwd_ms']:.3f} | {s['swa_fwdbwd_ms']:.3f} | "
+            f"{s['phalanx_fwdbwd_ms']:.3f} | {s['swa_fwdbwd_ms'] / s['phalanx_fwdbwd_ms']:.2f}x |"
+        )
     lines += ["", "Attention mass of the teacher's SWA layers on held-out text:", "", r["attention_mass_table"]]
     return "\n".join(lines) + "\n"
 
@@ -266,7 +350,9 @@ def main() -> int:
     parser.add_argument("--stage1-lr", type=float, default=3e-3)
     parser.add_argument("--stage2-lr", type=float, default=1e-3)
     parser.add_argument("--stage2-other-lr", type=float, default=1e-4)
-    parser.add_argument("--schemes", nargs="+", choices=INIT_SCHEMES, default=list(INIT_SCHEMES), help="warm starts to distil")
+    parser.add_argument(
+        "--schemes", nargs="+", choices=INIT_SCHEMES, default=list(INIT_SCHEMES), help="warm starts to distil"
+    )
     parser.add_argument("--tiny", action="store_true", help="toy sizes on the CPU")
     args = parser.parse_args()
     if DEFAULT_INIT not in args.schemes:
@@ -281,10 +367,14 @@ def main() -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = True
-    results: dict = {"env": {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0],
-    }}
+    results: dict = {
+        "env": {
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": sys.version.split()[0],
+        }
+    }
 
     def save() -> None:
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
@@ -300,9 +390,13 @@ def main() -> int:
     if not heldout_files:
         raise FileNotFoundError(f"no held-out works in {corpus}")
     heldout = [f.read_text(encoding="utf-8") for f in heldout_files]
-    results["data"] = {"train_files": len(train_files), "train_bytes": sum(f.stat().st_size for f in train_files),
-                       "heldout_files": [f.name for f in heldout_files], "heldout_bytes": sum(len(t.encode()) for t in heldout),
-                       "heldout_bytes_scored_per_work": size["eval_bytes"] or "all"}
+    results["data"] = {
+        "train_files": len(train_files),
+        "train_bytes": sum(f.stat().st_size for f in train_files),
+        "heldout_files": [f.name for f in heldout_files],
+        "heldout_bytes": sum(len(t.encode()) for t in heldout),
+        "heldout_bytes_scored_per_work": size["eval_bytes"] or "all",
+    }
     log(json.dumps(results["data"]))
     tokenizer = load_byte_tokenizer()
     rows = build_packed_dataset(train_files, tokenizer, size["seq"]).packed
@@ -325,7 +419,9 @@ def main() -> int:
     torch.cuda.empty_cache() if device.type == "cuda" else None
 
     # 3. Attention mass of the SWA layers.
-    mass = analyze_checkpoint(teacher_dir, heldout_files, seq_len=min(512, size["seq"] * 4), max_tokens=16384, device=str(device))
+    mass = analyze_checkpoint(
+        teacher_dir, heldout_files, seq_len=min(512, size["seq"] * 4), max_tokens=16384, device=str(device)
+    )
     results["attention_mass_table"] = format_table(mass, size["window"])
     results["attention_mass"] = {m.layer: m.beyond for m in mass}
     plot_mass(mass, out / "attention_mass.png", "teacher SWA layers: attention mass beyond distance (held-out)")
@@ -339,9 +435,23 @@ def main() -> int:
     s1 = max(1, int(budget * args.stage1_share / per_step))
     s2 = max(1, int(budget * (1 - args.stage1_share) / per_step))
     stage1 = StageConfig(steps=s1, lr=args.stage1_lr, batch_size=size["distill_batch"], seq_len=size["seq"])
-    stage2 = StageConfig(steps=s2, lr=args.stage2_lr, other_lr=args.stage2_other_lr, batch_size=size["distill_batch"], seq_len=size["seq"])
-    stage2_only = StageConfig(steps=s1 + s2, lr=args.stage2_lr, other_lr=args.stage2_other_lr, batch_size=size["distill_batch"], seq_len=size["seq"])
-    log(f"distillation budget {budget / 1e6:.2f}M tokens: stage 1 {s1} steps + stage 2 {s2} steps of {per_step} tokens")
+    stage2 = StageConfig(
+        steps=s2,
+        lr=args.stage2_lr,
+        other_lr=args.stage2_other_lr,
+        batch_size=size["distill_batch"],
+        seq_len=size["seq"],
+    )
+    stage2_only = StageConfig(
+        steps=s1 + s2,
+        lr=args.stage2_lr,
+        other_lr=args.stage2_other_lr,
+        batch_size=size["distill_batch"],
+        seq_len=size["seq"],
+    )
+    log(
+        f"distillation budget {budget / 1e6:.2f}M tokens: stage 1 {s1} steps + stage 2 {s2} steps of {per_step} tokens"
+    )
     variants = [(scheme, stage1, stage2) for scheme in args.schemes] + [(DEFAULT_INIT, None, stage2_only)]
     results["default_init"] = DEFAULT_INIT
     results["variants"] = {}
@@ -351,12 +461,26 @@ def main() -> int:
         if not student_dir.exists():
             results["converted_layers"] = convert_checkpoint(teacher_dir, student_dir, init=scheme).converted_layers
         run_dir = work / f"distill_{name.replace(', ', '_').replace(' ', '_')}"
-        options = DistillOptions(stage1=first, stage2=second, save_every=10**9, eval_seq_len=size["seq"], eval_batch_size=32,
-                                 eval_max_bytes=size["eval_bytes"], device=str(device))
+        options = DistillOptions(
+            stage1=first,
+            stage2=second,
+            save_every=10**9,
+            eval_seq_len=size["seq"],
+            eval_batch_size=32,
+            eval_max_bytes=size["eval_bytes"],
+            device=str(device),
+        )
         t0 = time.time()
         metrics = distill(teacher_dir, student_dir, run_dir, train_files, heldout_files, options)
-        results["variants"][name] = {**{k: v for k, v in metrics.items() if k != "options"}, "seconds": time.time() - t0, "dir": str(run_dir)}
-        log(f"variant {name}: " + json.dumps({k: v for k, v in results["variants"][name].items() if k.startswith(("bpb", "tokens"))}))
+        results["variants"][name] = {
+            **{k: v for k, v in metrics.items() if k != "options"},
+            "seconds": time.time() - t0,
+            "dir": str(run_dir),
+        }
+        log(
+            f"variant {name}: "
+            + json.dumps({k: v for k, v in results["variants"][name].items() if k.startswith(("bpb", "tokens"))})
+        )
         save()
     distill_dir = Path(results["variants"][DEFAULT_INIT]["dir"])
     results["distill"] = results["variants"][DEFAULT_INIT]
@@ -366,11 +490,15 @@ def main() -> int:
     save()
 
     # 6. Layer speed.
-    teacher = transformers.AutoModelForCausalLM.from_pretrained(teacher_dir, attn_implementation="sdpa").to(device).eval()
+    teacher = (
+        transformers.AutoModelForCausalLM.from_pretrained(teacher_dir, attn_implementation="sdpa").to(device).eval()
+    )
     student = transformers.AutoModelForCausalLM.from_pretrained(distill_dir / "stage2").to(device).eval()
     layer = results["converted_layers"][0]
     results["speed_layer"] = layer
-    results["speed"] = layer_speed(teacher, student, layer, size["speed_lens"], tokens=8 * 8192 if device.type == "cuda" else 512, device=device)
+    results["speed"] = layer_speed(
+        teacher, student, layer, size["speed_lens"], tokens=8 * 8192 if device.type == "cuda" else 512, device=device
+    )
     save()
     table = results_table(results)
     (out / "RESULTS.md").write_text(table)
