@@ -123,22 +123,8 @@ def phalanx_core_step(
     decay_cap: float | None = None,
 ) -> tuple[torch.Tensor, SWRState]:
     """One decode step of the Phalanx core: proj (N, F) -> (N, H*D) and the new state."""
-    if _use_triton_step(state, proj):
-        return phalanx_core_step_triton(
-            proj,
-            state,
-            num_heads=num_heads,
-            head_dim=head_dim,
-            num_gate_groups=num_gate_groups,
-            block_len=block_len,
-            decay_cap=decay_cap,
-        )
-    return phalanx_core_step_torch(
-        proj,
-        state,
-        num_heads=num_heads,
-        head_dim=head_dim,
-        num_gate_groups=num_gate_groups,
-        block_len=block_len,
+    step = phalanx_core_step_triton if _use_triton_step(state, proj) else phalanx_core_step_torch
+    return step(
+        proj, state, num_heads=num_heads, head_dim=head_dim, num_gate_groups=num_gate_groups, block_len=block_len,
         decay_cap=decay_cap,
     )
