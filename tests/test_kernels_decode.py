@@ -1,6 +1,7 @@
 """The Triton decode step (``phalanx_kernels.triton_decode``): interpreter on CPU tensors, or CUDA when present.
 
-Reference: the PyTorch step of ``modeling_phalanx.swr_torch`` and, for a whole decode, the full pass.
+Reference: the float64 oracle of ``swr_oracle`` run for one token from the state and, for a whole decode,
+the full PyTorch pass.
 """
 
 from __future__ import annotations
@@ -8,8 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modeling_phalanx.swr_torch import phalanx_core_step_torch, phalanx_core_torch, swr_step, swr_torch
+from modeling_phalanx.swr_torch import phalanx_core_torch, swr_torch
 from phalanx_kernels import SWRState
+from swr_oracle import core_oracle, swr_oracle
 
 triton_decode = pytest.importorskip("phalanx_kernels.triton_decode", reason="needs triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -20,7 +22,7 @@ def _to(state: SWRState, device: str) -> SWRState:
 
 
 @pytest.mark.parametrize("window,dim", [(1, 16), (2, 48), (3, 16)])
-def test_step_matches_torch_step_at_every_phase(window: int, dim: int) -> None:
+def test_step_matches_oracle_at_every_phase(window: int, dim: int) -> None:
     torch.manual_seed(window)
     num, heads, block_len = 5, 3, 16
     state = SWRState(torch.randn(num, heads, window, dim), torch.tensor([0, 1, 15, 16, 37]))
@@ -28,11 +30,11 @@ def test_step_matches_torch_step_at_every_phase(window: int, dim: int) -> None:
     g = torch.nn.functional.logsigmoid(4 * torch.randn(num, heads))
     y, new = triton_decode.swr_step_triton(x.to(DEVICE), g.to(DEVICE), _to(state, DEVICE), block_len)
     y, new = y.cpu(), _to(new, "cpu")
-    y_ref, new_ref = swr_step(x, g, state, block_len)
+    y_ref, h_ref = swr_oracle(x[:, None], g[:, None], block_len, window, state.h, state.pos)
     assert y.dtype == torch.float16
-    torch.testing.assert_close(y.float(), y_ref.float(), rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(new.h, new_ref.h, rtol=1e-5, atol=1e-5)
-    assert new.pos.tolist() == new_ref.pos.tolist()
+    torch.testing.assert_close(y.double(), y_ref[:, 0], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(new.h.double(), h_ref, rtol=1e-5, atol=1e-5)
+    assert new.pos.tolist() == (state.pos + 1).tolist()
 
 
 def test_decode_after_prefill_equals_full_core_pass() -> None:
@@ -49,11 +51,11 @@ def test_decode_after_prefill_equals_full_core_pass() -> None:
         steps.append(out.cpu())
     assert (torch.stack(steps, dim=1) - full[:, prefill:]).abs().max() <= 1e-5
     state = _to(state, "cpu")
-    ref_out, ref_state = phalanx_core_step_torch(proj[:, -1], state, **kw)
+    ref_out, ref_h = core_oracle(proj[:, -1:], heads, dim, groups, 16, 3, 0.95, state.h, state.pos)
     out, new = triton_decode.phalanx_core_step_triton(proj[:, -1].to(DEVICE), _to(state, DEVICE), **kw)
     out, new = out.cpu(), _to(new, "cpu")
-    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(new.h, ref_state.h, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.double(), ref_out[:, 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(new.h.double(), ref_h, rtol=1e-5, atol=1e-5)
 
 
 def test_swr_steps_equal_full_pass() -> None:

@@ -1,10 +1,11 @@
-"""Triton SWR kernels on a CUDA GPU (skipped without one; full results in benchmarks/results/kernels_*)."""
+"""Triton SWR kernels on a CUDA GPU against the float64 oracle of ``swr_oracle`` (skipped without a GPU;
+full results in benchmarks/results/kernels_*)."""
 
 import pytest
 import torch
 
-from modeling_phalanx.swr_torch import phalanx_core_torch, swr_torch
 from phalanx_kernels import phalanx_core, swr
+from swr_oracle import core_oracle, swr_oracle
 
 pytestmark = pytest.mark.gpu
 
@@ -21,9 +22,12 @@ def test_swr_cuda_matches_float64(dtype: torch.dtype, tol: float, block_len: int
     g = torch.nn.functional.logsigmoid(4 * torch.randn(2, 777, 8, device="cuda", dtype=torch.float64))
     dy = torch.randn_like(x)
     grads = []
-    for fn, xx, gg in ((swr_torch, x, g), (swr, x.to(dtype), g.to(dtype))):
+    for fn, xx, gg in (
+        (lambda a, b: swr_oracle(a, b, block_len, window)[0], x, g),
+        (lambda a, b: swr(a, b, block_len=block_len, window_blocks=window), x.to(dtype), g.to(dtype)),
+    ):
         xx, gg = xx.clone().requires_grad_(), gg.clone().requires_grad_()
-        y = fn(xx, gg, block_len=block_len, window_blocks=window)
+        y = fn(xx, gg)
         (y.double() * dy).sum().backward()
         grads.append((y.detach(), xx.grad, gg.grad))
     for got, ref in zip(grads[1], grads[0]):
@@ -35,7 +39,7 @@ def test_core_cuda_matches_float64() -> None:
     heads, dim = 16, 16
     proj = torch.randn(2, 1000, heads + 3 * heads * dim, device="cuda", dtype=torch.float64)
     kw = dict(num_heads=heads, head_dim=dim, num_gate_groups=heads)
-    ref = phalanx_core_torch(proj, **kw)
+    ref = core_oracle(proj, heads, dim, heads, 16, 2)[0]
     got = phalanx_core(proj.to(torch.bfloat16), **kw)
     assert _rel(got, ref) < 2e-2
 
