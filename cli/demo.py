@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, Gemma3TextConfig, PreTrainedTokenizerBase, Trainer, set_seed
+from transformers import AutoModelForCausalLM, Gemma3TextConfig, PreTrainedTokenizerBase, set_seed
 
 from modeling_phalanx import PhalanxConfig
 from phalanx_conversion.convert import convert_checkpoint
@@ -44,8 +44,7 @@ from phalanx_training import finetune_cli
 from phalanx_training.callbacks import LossCurveCallback
 from phalanx_training.data import REPO_ROOT, shipped_sample_dir
 from phalanx_training.finetune_cli import MERGED_DIR
-from phalanx_training.options import add_training_arguments, training_arguments
-from phalanx_training.packing import PackedCollator, build_packed_dataset
+from phalanx_training.options import add_training_arguments, packed_trainer
 from phalanx_training.tokenizer import load_byte_tokenizer
 
 HYBRID_LAYER_TYPES = ["linear_attention", "sliding_attention", "linear_attention", "full_attention"]
@@ -218,14 +217,7 @@ def train_teacher(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, 
     )
     set_seed(args.seed)
     model = AutoModelForCausalLM.from_config(teacher_config(tokenizer), attn_implementation="sdpa")
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(train_args, has_eval=False),
-        train_dataset=build_packed_dataset([shipped_sample_dir()], tokenizer, args.seq_len),
-        data_collator=PackedCollator(),
-        processing_class=tokenizer,
-        callbacks=[LossCurveCallback()],
-    )
+    trainer = packed_trainer(model, train_args, tokenizer, [LossCurveCallback()])
     trainer.train()
     trainer.save_model(output)
     trainer.save_state()

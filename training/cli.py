@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, Trainer, TrainerState, set_seed
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, TrainerState, set_seed
 
 from modeling_phalanx import PhalanxConfig
 
 from .callbacks import LossCurveCallback
-from .options import add_training_arguments, data_paths, resume_checkpoint, training_arguments
-from .packing import PackedCollator, build_packed_dataset
+from .options import add_training_arguments, packed_trainer, resume_checkpoint
 from .presets import PRESET_NAMES, load_model_config
 from .swax import SWAX_FINAL_LONG_FRACTION, SWAX_SHORT_PROB, SWAX_SHORT_WINDOW, SWAXCallback, SWAXSchedule
 from .tokenizer import load_tokenizer
@@ -94,25 +93,13 @@ def run(args: argparse.Namespace) -> int:
     if swax is not None:
         callbacks.append(swax)
     resume = resume_checkpoint(args)
-    train_args = training_arguments(args, has_eval=bool(args.eval_data))
-    train_data = build_packed_dataset(data_paths(args), tokenizer, args.seq_len, exclude_held_out=not args.include_held_out)
-    eval_data = build_packed_dataset(args.eval_data, tokenizer, args.seq_len, exclude_held_out=False) if args.eval_data else None
-
     set_seed(args.seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=args.attn_implementation)
-    trainer = Trainer(
-        model=model,
-        args=train_args,
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        data_collator=PackedCollator(),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
+    trainer = packed_trainer(model, args, tokenizer, callbacks)
     if trainer.is_world_process_zero():
         n_params = sum(p.numel() for p in model.parameters())
         print(f"phalanx train: {n_params / 1e6:.2f}M parameters, layer types {sorted(set(config.layer_types))}, "
-              f"{len(train_data)} rows x {args.seq_len} tokens")
+              f"{len(trainer.train_dataset)} rows x {args.seq_len} tokens")
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output)
     trainer.save_state()

@@ -13,13 +13,12 @@ import argparse
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, Trainer, set_seed
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, set_seed
 
 from modeling_phalanx import PHALANX_LORA_TARGET_MODULES
 
 from .callbacks import LossCurveCallback
-from .options import add_training_arguments, check_positive, data_paths, resume_checkpoint, training_arguments
-from .packing import PackedCollator, build_packed_dataset
+from .options import add_training_arguments, check_positive, packed_trainer, resume_checkpoint
 from .tokenizer import load_tokenizer
 
 MERGED_DIR = "merged"
@@ -71,24 +70,12 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = model_tokenizer(args)
     peft_config = lora_config(args)
     resume = resume_checkpoint(args)
-    train_args = training_arguments(args, has_eval=bool(args.eval_data))
-    train_data = build_packed_dataset(data_paths(args), tokenizer, args.seq_len, exclude_held_out=not args.include_held_out)
-    eval_data = build_packed_dataset(args.eval_data, tokenizer, args.seq_len, exclude_held_out=False) if args.eval_data else None
-
     set_seed(args.seed)
     base = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     if base.config.vocab_size < len(tokenizer):
         raise ValueError(f"model vocab_size {base.config.vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens")
     model = get_peft_model(base, peft_config)
-    trainer = Trainer(
-        model=model,
-        args=train_args,
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        data_collator=PackedCollator(),
-        processing_class=tokenizer,
-        callbacks=[LossCurveCallback()],
-    )
+    trainer = packed_trainer(model, args, tokenizer, [LossCurveCallback()])
     if args.merge and trainer.is_fsdp_enabled:
         raise ValueError("--merge needs the whole model in one process; under FSDP train without --merge, then merge "
                          "the saved adapter in a single process (see training/README.md)")

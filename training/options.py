@@ -1,4 +1,5 @@
-"""Command-line options and ``TrainingArguments`` shared by ``phalanx train`` and ``phalanx finetune``."""
+"""Command-line options, ``TrainingArguments`` and the packed-data ``Trainer`` shared by ``phalanx train``,
+``phalanx finetune`` and the demo."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import argparse
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from .data import shipped_sample_dir
+from .packing import PackedCollator, build_packed_dataset
 
 PRECISIONS = ("auto", "bf16", "fp32")
 # Transformers 5.23 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name warns).
@@ -116,4 +118,25 @@ def training_arguments(args: argparse.Namespace, *, has_eval: bool) -> TrainingA
         report_to=args.report_to,
         ddp_find_unused_parameters=False,  # every parameter takes part in each forward
         **({CHECKPOINTING_FIELD: True} if args.gradient_checkpointing else {}),
+    )
+
+
+def packed_trainer(
+    model: PreTrainedModel,
+    args: argparse.Namespace,
+    tokenizer: PreTrainedTokenizerBase,
+    callbacks: list[TrainerCallback],
+) -> Trainer:
+    """A ``Trainer`` over ``--data`` packed into ``--seq-len`` rows (held-out works dropped unless
+    ``--include-held-out``) and, when given, ``--eval-data`` as evaluation rows."""
+    train_data = build_packed_dataset(data_paths(args), tokenizer, args.seq_len, exclude_held_out=not args.include_held_out)
+    eval_data = build_packed_dataset(args.eval_data, tokenizer, args.seq_len, exclude_held_out=False) if args.eval_data else None
+    return Trainer(
+        model=model,
+        args=training_arguments(args, has_eval=eval_data is not None),
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        data_collator=PackedCollator(),
+        processing_class=tokenizer,
+        callbacks=callbacks,
     )
