@@ -1,6 +1,7 @@
-"""Test setup: run Triton kernels through the interpreter on CPU; skip GPU-marked tests without CUDA."""
+"""Test setup: run Triton kernels through the interpreter on CPU; skip GPU-marked tests without CUDA; shared fixtures."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,3 +17,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random 3-layer hybrid (Phalanx, sliding, full attention) with the byte tokenizer, saved to a folder."""
+    from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM
+    from phalanx_training.tokenizer import BYTE_VOCAB_SIZE, load_byte_tokenizer
+
+    tokenizer = load_byte_tokenizer()
+    torch.manual_seed(0)
+    config = PhalanxConfig(
+        vocab_size=BYTE_VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+        layer_types=["linear_attention", "sliding_attention", "full_attention"], sliding_window=24,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    PhalanxForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

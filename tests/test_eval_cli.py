@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM
+from modeling_phalanx import PhalanxForCausalLM
 from phalanx_cli.main import main
 from phalanx_eval.harness import TASK_DIR
 from phalanx_eval.plots import plot_recall, recall_curves
-from phalanx_training.tokenizer import BYTE_OFFSET, BYTE_VOCAB_SIZE, load_byte_tokenizer
+from phalanx_training.tokenizer import BYTE_OFFSET, load_byte_tokenizer
 
 MAX_LENGTH = 96
 DISTANCES = [64, 128, 256, 512, 1024, 2048, 4096, 8192]
@@ -40,23 +40,6 @@ def _loader_docs():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A random 3-layer hybrid (Phalanx, sliding, full attention) with the byte tokenizer."""
-    tokenizer = load_byte_tokenizer()
-    torch.manual_seed(0)
-    config = PhalanxConfig(
-        vocab_size=BYTE_VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
-        layer_types=["linear_attention", "sliding_attention", "full_attention"], sliding_window=24,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    PhalanxForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,13 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-import torch
 from huggingface_hub import ModelCard
 
 import modeling_phalanx
 from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM
 from phalanx_cli.main import main
 from phalanx_hub.card import load_provenance, render_card
-from phalanx_training.tokenizer import BYTE_VOCAB_SIZE, load_byte_tokenizer
+from phalanx_training.tokenizer import load_byte_tokenizer
 
 PROMPT = "To be, or not"
 NEW_TOKENS = 8
@@ -61,23 +60,6 @@ def offline():
         for key, value in OFFLINE.items():
             mp.setenv(key, value)
         yield
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A random 3-layer hybrid (Phalanx, sliding, full attention) with the byte tokenizer."""
-    tokenizer = load_byte_tokenizer()
-    torch.manual_seed(0)
-    config = PhalanxConfig(
-        vocab_size=BYTE_VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
-        layer_types=["linear_attention", "sliding_attention", "full_attention"], sliding_window=24,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    PhalanxForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture()
