@@ -13,15 +13,14 @@ import torch
 from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM
+from phalanx_training.presets import SIZES
 
 MODELS = ("transformer", "swa_hybrid", "phalanx_hybrid", "bound")
 
-SIZES = {
-    # ~1.3B Llama-style model of kernels.md section 4.
-    "1.3b": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, head_dim=128, intermediate_size=5504, vocab_size=32000),
-    # CPU smoke size.
-    "tiny": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, head_dim=16, intermediate_size=128, vocab_size=300),
-}
+# Architecture fields taken from the training presets (``1.3b``: width 2048, 24 layers, 16 heads x 128,
+# SwiGLU 5504, vocab 32000, as in kernels.md section 4; ``tiny`` for CPU smoke runs).
+ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+               "intermediate_size", "vocab_size")
 
 
 def _free_v_attention(module, query, key, value, attention_mask, **kwargs):
@@ -38,16 +37,16 @@ def build_model(name: str, size: str = "1.3b", sliding_window: int = 512, max_po
     """Build benchmark model ``name`` at ``size`` with random weights on the current default device."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
-    dims = SIZES[size]
+    dims = {field: SIZES[size][field] for field in ARCH_FIELDS}
     n = dims["num_hidden_layers"]
     if name in ("transformer", "bound"):
-        config = LlamaConfig(**dims, num_key_value_heads=dims["num_attention_heads"], max_position_embeddings=max_positions,
+        config = LlamaConfig(**dims, max_position_embeddings=max_positions,
                              pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
         attn = "sdpa" if name == "transformer" else "free_v"
         return LlamaForCausalLM._from_config(config, attn_implementation=attn)
     mixer = "sliding_attention" if name == "swa_hybrid" else "linear_attention"
     layer_types = ["full_attention" if i % 4 == 0 else mixer for i in range(n)]
-    config = PhalanxConfig(**dims, num_key_value_heads=dims["num_attention_heads"], max_position_embeddings=max_positions,
+    config = PhalanxConfig(**dims, max_position_embeddings=max_positions,
                            layer_types=layer_types, sliding_window=sliding_window if name == "swa_hybrid" else None,
                            pad_token_id=0, bos_token_id=1, eos_token_id=2)
     attn = "flex_attention" if name == "swa_hybrid" else "sdpa"
