@@ -52,24 +52,10 @@ def swr(
     x (B, T, H, D), log_gates (B, T, H) <= 0; ``cu_seqlens`` packs sequences (B = 1);
     ``initial_state`` continues sequences; returns y in x's dtype (and the final state when asked).
     """
-    if not isinstance(x, torch.Tensor) or not _use_triton(x):
-        return swr_torch(
-            x,
-            log_gates,
-            block_len=block_len,
-            window_blocks=window_blocks,
-            cu_seqlens=cu_seqlens,
-            initial_state=initial_state,
-            output_final_state=output_final_state,
-        )
-    return swr_triton(
-        x,
-        log_gates,
-        block_len=block_len,
-        window_blocks=window_blocks,
-        cu_seqlens=cu_seqlens,
-        initial_state=initial_state,
-        output_final_state=output_final_state,
+    impl = swr_triton if isinstance(x, torch.Tensor) and _use_triton(x) else swr_torch
+    return impl(
+        x, log_gates, block_len=block_len, window_blocks=window_blocks, cu_seqlens=cu_seqlens,
+        initial_state=initial_state, output_final_state=output_final_state,
     )
 
 
