@@ -39,12 +39,17 @@ PHALANX=(-m phalanx_cli.main train --model-config "$PRESET" --data "$REPO/$DATA"
   python3 -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__)"
 } | tee "$LOG"
 
-(cd "$RUNS" && CUDA_VISIBLE_DEVICES=0 python3 "${PHALANX[@]}" --output "$RUNS/gpu1") 2>&1 | tee -a "$LOG"
+# A failing run is logged and left out of the table; the others still report.
+run() {
+  local name=$1; shift
+  (cd "$RUNS" && "$@" --output "$RUNS/$name") 2>&1 | tee -a "$LOG" || echo "# $name FAILED (exit ${PIPESTATUS[0]})" | tee -a "$LOG"
+}
 LAUNCH=(--num_processes 2 --num_machines 1 --mixed_precision bf16 --dynamo_backend no)
-(cd "$RUNS" && accelerate launch --multi_gpu "${LAUNCH[@]}" "${PHALANX[@]}" --output "$RUNS/ddp2") 2>&1 | tee -a "$LOG"
-(cd "$RUNS" && accelerate launch --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP \
-   --fsdp_transformer_layer_cls_to_wrap PhalanxDecoderLayer --fsdp_state_dict_type FULL_STATE_DICT \
-   --fsdp_reshard_after_forward true "${LAUNCH[@]}" "${PHALANX[@]}" --output "$RUNS/fsdp2") 2>&1 | tee -a "$LOG"
+CUDA_VISIBLE_DEVICES=0 run gpu1 python3 "${PHALANX[@]}"
+run ddp2 accelerate launch --multi_gpu "${LAUNCH[@]}" "${PHALANX[@]}"
+run fsdp2 accelerate launch --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP \
+  --fsdp_transformer_layer_cls_to_wrap PhalanxDecoderLayer --fsdp_state_dict_type FULL_STATE_DICT \
+  --fsdp_reshard_after_forward true "${LAUNCH[@]}" "${PHALANX[@]}"
 
 python3 - "$RUNS" "$OUT/ddp_run.json" <<'EOF' | tee -a "$LOG"
 import json, sys
@@ -53,16 +58,21 @@ from pathlib import Path
 runs, out = Path(sys.argv[1]), Path(sys.argv[2])
 result = {}
 for name in ("gpu1", "ddp2", "fsdp2"):
-    logs = [e for e in json.loads((runs / name / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    state = runs / name / "trainer_state.json"
+    if not state.exists():
+        continue
+    logs = [e for e in json.loads(state.read_text())["log_history"] if "loss" in e]
     first, last = logs[0], logs[-1]
     tps = (last["num_input_tokens_seen"] - first["num_input_tokens_seen"]) / (last["train_runtime"] - first["train_runtime"])
     result[name] = {"steady_tokens_per_second": tps, "final_loss": last["loss"], "steps": last["step"],
                     "from_step": first["step"], "tokens": last["num_input_tokens_seen"]}
 for name in ("ddp2", "fsdp2"):
+    if name not in result or "gpu1" not in result:
+        continue
     result[name]["scaling_efficiency"] = result[name]["steady_tokens_per_second"] / (2 * result["gpu1"]["steady_tokens_per_second"])
 out.write_text(json.dumps(result, indent=2))
 print(f"{'run':<6} {'tokens/s':>12} {'final loss':>11} {'2-GPU efficiency':>17}")
-for name in ("gpu1", "ddp2", "fsdp2"):
+for name in result:
     r = result[name]
     print(f"{name:<6} {r['steady_tokens_per_second']:>12.0f} {r['final_loss']:>11.4f} {r.get('scaling_efficiency', 1.0):>17.2f}")
 EOF
