@@ -64,8 +64,12 @@ class FlexSWALayer(nn.Module):
 
 
 def time_layer(layer: nn.Module, hidden: torch.Tensor, dout: torch.Tensor) -> dict[str, float]:
+    """Forward and forward+backward medians (ms); the backward returns d(hidden) and the weight gradients
+    as a training step with zeroed gradients would, without accumulating them into ``.grad``."""
+    wrt = [hidden, *layer.parameters()]
+
     def fwd_bwd() -> None:
-        torch.autograd.backward(layer(hidden), dout)
+        torch.autograd.grad(layer(hidden), wrt, dout)
 
     with torch.no_grad():
         fwd = bench_ms(lambda: layer(hidden))
@@ -98,9 +102,6 @@ def run(batch: int = 8, seqlen: int = 8192, width: int = 1024) -> dict:
     results = {"numerics_fused_vs_unfused": numerics}
     for name, layer in (("phalanx_fused", fused), ("phalanx_unfused", unfused), ("swa512_flex", swa)):
         results[name] = time_layer(layer, hidden, dout)
-        hidden.grad = None
-        for p in layer.parameters():
-            p.grad = None
     with torch.no_grad():  # the two GEMMs alone: out_proj applied to the value columns of in_proj
         results["projections_only_fwd_ms"] = bench_ms(lambda: fused.out_proj(fused.in_proj(hidden)[..., -width:]))
     return results

@@ -1,7 +1,7 @@
 """One GPU run for the Triton SWR kernels: correctness against float64, gpu-marked tests, timings.
 
-Sweeps launch configurations (ring and scan kernel families) at shape A and picks the fastest forward
-and backward; with that choice, checks the Triton path in bf16 and fp32 against ``swr_torch`` in
+Sweeps launch configurations (heads and blocks per program, warps) at shape A and picks the fastest
+forward and backward; with that choice, checks the Triton path in bf16 and fp32 against ``swr_torch`` in
 float64 (forward and both gradients; lengths up to 32768; sharp gates and gates near 1; every block
 length; windows 1-4; packed sequences; continuation; the fused core against ``phalanx_core_torch``),
 runs ``pytest -m gpu``, then times the operator (``bench_swr``) and the whole layer (``bench_layer``).
@@ -97,6 +97,25 @@ def check_core(batch, seqlen, heads, dim, groups, dtype, cap=None, state=False) 
     return {"errs": errs, "ok": max(errs.values()) <= TOL[dtype]}
 
 
+@torch.no_grad()
+def check_inference_final(dtype, cu=None, window=3, fused=False) -> dict:
+    """Without autograd the final state comes from the forward kernel: vs float64 ``swr_torch`` (or the core)."""
+    lengths = [4100] if cu is None else (cu[1:] - cu[:-1]).tolist()
+    total, heads, dim = sum(lengths), 8, 16
+    kw = dict(block_len=16, window_blocks=window, cu_seqlens=cu, output_final_state=True)
+    if fused:
+        p64 = torch.randn(1, total, heads + 2 * 4 * dim + heads * dim, device="cuda", dtype=torch.float64)
+        core_kw = dict(num_heads=heads, head_dim=dim, num_gate_groups=4, decay_cap=0.98, **kw)
+        (y, fin), (ry, rfin) = phalanx_core(p64.to(dtype), **core_kw), phalanx_core_torch(p64, **core_kw)
+    else:
+        x64 = torch.randn(1, total, heads, dim, device="cuda", dtype=torch.float64)
+        g64 = gates((1, total, heads), "near1")
+        (y, fin), (ry, rfin) = swr(x64.to(dtype), g64.to(dtype), **kw), swr_torch(x64, g64, **kw)
+    errs = {"y": rel(y, ry), "final_h": rel(fin.h, rfin.h)}
+    pos_ok = fin.pos.tolist() == rfin.pos.tolist()
+    return {"errs": errs, "ok": pos_ok and max(errs.values()) <= TOL[dtype]}
+
+
 def check_prefill_steps(seqlen=300, heads=4, dim=32, block_len=16, window=3) -> dict:
     """fp32: chunked prefill (uneven chunks) then single steps equals the full pass (max abs diff)."""
     x = torch.randn(1, seqlen, heads, dim, device="cuda")
@@ -150,6 +169,10 @@ def correctness() -> dict:
         _record(results, f"core H=Hg {tag}", check_core, 2, 2049, 64, 16, 64, dtype)
         _record(results, f"core Hg=H/4 cap {tag}", check_core, 2, 1000, 16, 32, 4, dtype, cap=0.95)
         _record(results, f"core state {tag}", check_core, 2, 300, 8, 16, 8, dtype, state=True)
+        _record(results, f"inference final state {tag}", check_inference_final, dtype)
+        _record(results, f"inference final state varlen {tag}", check_inference_final, dtype, cu=cu)
+        _record(results, f"inference final state core varlen {tag}", check_inference_final, dtype, cu=cu, window=2,
+                fused=True)
     _record(results, "prefill+steps fp32", check_prefill_steps)
     return results
 
@@ -173,8 +196,9 @@ def main() -> int:
     }
     bandwidth = bench_swr.copy_bandwidth()
     report["copy_bandwidth_Bps"] = bandwidth
-    candidates = [{"kernel": kind, "NB": 16, "HB": hb, "num_warps": w}
-                  for kind in ("ring", "scan") for hb, w in [(8, 1), (4, 1), (2, 1), (8, 2)]]
+    candidates = [{"NB": nb, "HB": hb, "num_warps": w}
+                  for nb, hb, w in [(16, 8, 1), (16, 4, 1), (16, 2, 1), (16, 1, 1), (16, 4, 2), (16, 2, 2),
+                                    (32, 2, 1), (8, 2, 1)]]
     report["sweep_shape_A"] = bench_swr.sweep_configs(8, 8192, 64, 16, candidates)
     report["chosen_config"] = bench_swr.best_config(report["sweep_shape_A"])
     _save(report, args.out)

@@ -1,9 +1,10 @@
 """Launchers, ``torch.library`` custom ops and autograd for the Triton SWR and fused Phalanx core.
 
 The kernels (``triton_swr``) compute the SWR of each sequence from a zero state, with blocks aligned to
-the sequence's first token shifted back by its phase. Continuation is linear and touches few tokens, so
-it is done here in PyTorch by reusing ``swr_torch``: the initial-state contribution covers only the
-first ``W`` aligned blocks, and the final state depends only on the last ``W`` aligned blocks.
+the sequence's first token shifted back by its phase, and, for inference, the final state from a zero
+initial state. Continuation is linear and touches few tokens, so it is done here in PyTorch by reusing
+``swr_torch``: the initial-state contribution covers only the first ``W`` aligned blocks, and the final
+state (when it needs gradients or continues an initial state) depends only on the last ``W`` aligned blocks.
 """
 
 from __future__ import annotations
@@ -16,17 +17,15 @@ import triton
 
 from modeling_phalanx.swr_torch import SWRState, _split_core_inputs, check_swr_args, swr_torch
 
-from .triton_scan import _swr_scan_bwd_kernel, _swr_scan_fwd_kernel
 from .triton_swr import _swr_bwd_kernel, _swr_fwd_kernel
 
-def launch_config(num_heads: int, head_dim: int, block_len: int) -> dict[str, dict[str, int | str]]:
-    """Kernel family and launch parameters of the forward (``fwd``) and backward (``bwd``) kernels.
+def launch_config(num_heads: int, head_dim: int, block_len: int) -> dict[str, dict[str, int]]:
+    """Launch parameters of the forward (``fwd``) and backward (``bwd``) kernels: ``NB`` blocks of ``HB``
+    heads per program, ``num_warps`` warps.
 
-    Both families walk ``NB`` blocks of ``HB`` heads per program: ``scan`` solves a block with an
-    associative scan (``triton_scan``), ``ring`` with a transfer-matrix product (``triton_swr``). On an
-    H100 at D = 16, BL = 16 the sweep of results/kernels_gpu_run4 chose the scan kernels in both
-    directions, the forward with 4 heads and the backward with 2 heads per program, each on one warp
-    (fastest SWR + fused core); wider heads or blocks take fewer heads per program and 4 warps.
+    On an H100 at D = 16, BL = 16 the sweep of results/kernels_gpu_run4 chose the forward with 4 heads and
+    the backward with 2 heads per program, each on one warp (fastest SWR + fused core); wider heads or
+    blocks take fewer heads per program and 4 warps.
     """
     dp = triton.next_power_of_2(head_dim)
 
@@ -38,10 +37,8 @@ def launch_config(num_heads: int, head_dim: int, block_len: int) -> dict[str, di
 
     fwd_hb, bwd_hb = heads_per_program(4, 128), heads_per_program(2, 64)
     return {
-        "fwd": {"kernel": "scan", "NB": 256 // block_len, "HB": fwd_hb,
-                "num_warps": 1 if fwd_hb * block_len * dp <= 2048 else 4},
-        "bwd": {"kernel": "scan", "NB": 256 // block_len, "HB": bwd_hb,
-                "num_warps": 1 if bwd_hb * block_len * dp <= 512 else 4},
+        "fwd": {"NB": 256 // block_len, "HB": fwd_hb, "num_warps": 1 if fwd_hb * block_len * dp <= 2048 else 4},
+        "bwd": {"NB": 256 // block_len, "HB": bwd_hb, "num_warps": 1 if bwd_hb * block_len * dp <= 512 else 4},
     }
 
 
@@ -55,13 +52,13 @@ def _launch(
     window_blocks: int,
     fused: bool,
     log_cap: float,
-    ieee: bool,
 ) -> None:
     """Launch the forward or backward kernel over (sequences x head groups, chunks)."""
     cu, phase, seq_len, max_len, num_seqs = rows_info
     heads, gate_groups, head_dim = shape
     cfg = launch_config(heads, head_dim, block_len)["fwd" if fwd else "bwd"]
     max_blocks = -(-(max_len + (block_len - 1 if phase is not None else 0)) // block_len)
+    hb = math.gcd(cfg["HB"], heads)  # a program's heads must tile the head count
     meta = dict(
         H=heads,
         HG=gate_groups,
@@ -70,23 +67,20 @@ def _launch(
         DP=triton.next_power_of_2(head_dim),
         BL=block_len,
         W=window_blocks,
+        WP=triton.next_power_of_2(max(window_blocks - 1, 1)),
+        NB=cfg["NB"],
+        HB=hb,
         FUSED=fused,
         VARLEN=cu is not None,
         HAS_PHASE=phase is not None,
-        IEEE=ieee,
         num_warps=cfg["num_warps"],
     )
-    nb, hb = cfg["NB"], math.gcd(cfg["HB"], heads)  # a program's heads must tile the head count
-    meta.update(NB=nb, HB=hb, WP=triton.next_power_of_2(max(window_blocks - 1, 1)))
-    grid = (num_seqs * (heads // hb), triton.cdiv(max_blocks, nb))
-    if cfg["kernel"] == "scan":
-        del meta["IEEE"]  # scans use fp32 elementwise arithmetic only
-        kernel = _swr_scan_fwd_kernel if fwd else _swr_scan_bwd_kernel
-    else:
-        kernel = _swr_fwd_kernel if fwd else _swr_bwd_kernel
+    if fwd:
+        meta["FINAL"] = tensors[3] is not None
     row_names = ("X_ROW", "G_ROW", "Y_ROW") if fwd else ("X_ROW", "G_ROW", "DY_ROW", "DX_ROW", "DG_ROW")
     meta.update(dict(zip(row_names, strides)))
-    kernel[grid](*tensors, cu, phase, seq_len, log_cap, **meta)
+    grid = (num_seqs * (heads // hb), triton.cdiv(max_blocks, cfg["NB"]))
+    (_swr_fwd_kernel if fwd else _swr_bwd_kernel)[grid](*tensors, cu, phase, seq_len, log_cap, **meta)
 
 
 def _rows_info(
@@ -104,6 +98,14 @@ def _rows_info(
 # ----------------------------------------------------------------------------------------------
 
 
+def _final_buffer(
+    with_final: bool, num_seqs: int, heads: int, window_blocks: int, dim: int, like: torch.Tensor
+) -> torch.Tensor:
+    """Final-state output (N, H, W, D) fp32 of the forward kernel, or an empty tensor when not asked for."""
+    shape = (num_seqs, heads, window_blocks, dim) if with_final else (0,)
+    return like.new_empty(shape, dtype=torch.float32)
+
+
 @torch.library.custom_op("phalanx_kernels::swr_fwd", mutates_args=())
 def swr_fwd_op(
     x: torch.Tensor,
@@ -113,21 +115,29 @@ def swr_fwd_op(
     max_len: int,
     block_len: int,
     window_blocks: int,
-) -> torch.Tensor:
-    """y = SWR(x, log_gates) from a zero state; x (B, T, H, D), blocks shifted back by ``phase`` (N,)."""
+    with_final: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """y = SWR(x, log_gates) from a zero state; x (B, T, H, D), blocks shifted back by ``phase`` (N,).
+
+    Also returns the final state from a zero initial state (N, H, W, D) when ``with_final`` (else an
+    empty tensor); it is not differentiable.
+    """
     x, log_gates = x.contiguous(), log_gates.contiguous()
     _, _, heads, dim = x.shape
     y = torch.empty_like(x)
+    info = _rows_info(x, cu_seqlens, phase, max_len)
+    final = _final_buffer(with_final, info[-1], heads, window_blocks, dim, x)
     _launch(
-        True, (x, log_gates, y), _rows_info(x, cu_seqlens, phase, max_len), (heads, heads, dim),
-        (heads * dim, heads, heads * dim), block_len, window_blocks, False, 0.0, x.dtype == torch.float32,
+        True, (x, log_gates, y, final if with_final else None), info, (heads, heads, dim),
+        (heads * dim, heads, heads * dim), block_len, window_blocks, False, 0.0,
     )
-    return y
+    return y, final
 
 
 @swr_fwd_op.register_fake
-def _(x, log_gates, cu_seqlens, phase, max_len, block_len, window_blocks):
-    return torch.empty_like(x)
+def _(x, log_gates, cu_seqlens, phase, max_len, block_len, window_blocks, with_final):
+    num_seqs = x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    return torch.empty_like(x), _final_buffer(with_final, num_seqs, x.shape[2], window_blocks, x.shape[3], x)
 
 
 @torch.library.custom_op("phalanx_kernels::swr_bwd", mutates_args=())
@@ -149,7 +159,7 @@ def swr_bwd_op(
     _launch(
         False, (x, log_gates, dy, dx, dg, None), _rows_info(x, cu_seqlens, phase, max_len),
         (heads, heads, dim), (heads * dim, heads, heads * dim, heads * dim, heads), block_len, window_blocks,
-        False, 0.0, x.dtype == torch.float32,
+        False, 0.0,
     )
     return dx, dg
 
@@ -160,15 +170,16 @@ def _(x, log_gates, dy, cu_seqlens, phase, max_len, block_len, window_blocks):
 
 
 def _swr_setup_context(ctx, inputs, output) -> None:
-    x, log_gates, cu_seqlens, phase, max_len, block_len, window_blocks = inputs
+    x, log_gates, cu_seqlens, phase, max_len, block_len, window_blocks, _ = inputs
     ctx.save_for_backward(x, log_gates, cu_seqlens, phase)
     ctx.args = (max_len, block_len, window_blocks)
+    ctx.mark_non_differentiable(output[1])
 
 
-def _swr_backward(ctx, dy):
+def _swr_backward(ctx, dy, _dfinal):
     x, log_gates, cu_seqlens, phase = ctx.saved_tensors
     dx, dg = swr_bwd_op(x, log_gates, dy, cu_seqlens, phase, *ctx.args)
-    return dx, dg, None, None, None, None, None
+    return dx, dg, None, None, None, None, None, None
 
 
 swr_fwd_op.register_autograd(_swr_backward, setup_context=_swr_setup_context)
@@ -186,22 +197,28 @@ def core_fwd_op(
     block_len: int,
     window_blocks: int,
     log_cap: float,
-) -> torch.Tensor:
-    """Fused Phalanx core from a zero state: proj (B, T, F) -> (B, T, H*D) in proj's dtype."""
+    with_final: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused Phalanx core from a zero state: proj (B, T, F) -> (B, T, H*D) in proj's dtype, plus the final
+    SWR state (N, H, W, D) when ``with_final`` (not differentiable; else an empty tensor)."""
     proj = proj.contiguous()
     batch, seqlen, feat = proj.shape
     out = proj.new_empty(batch, seqlen, num_heads * head_dim)
+    info = _rows_info(proj, cu_seqlens, phase, max_len)
+    final = _final_buffer(with_final, info[-1], num_heads, window_blocks, head_dim, proj)
     _launch(
-        True, (proj, proj, out), _rows_info(proj, cu_seqlens, phase, max_len),
-        (num_heads, num_gate_groups, head_dim), (feat, feat, num_heads * head_dim), block_len, window_blocks,
-        True, log_cap, proj.dtype == torch.float32,
+        True, (proj, proj, out, final if with_final else None), info, (num_heads, num_gate_groups, head_dim),
+        (feat, feat, num_heads * head_dim), block_len, window_blocks, True, log_cap,
     )
-    return out
+    return out, final
 
 
 @core_fwd_op.register_fake
-def _(proj, cu_seqlens, phase, max_len, num_heads, head_dim, num_gate_groups, block_len, window_blocks, log_cap):
-    return proj.new_empty(proj.shape[0], proj.shape[1], num_heads * head_dim)
+def _(proj, cu_seqlens, phase, max_len, num_heads, head_dim, num_gate_groups, block_len, window_blocks, log_cap,
+      with_final):
+    num_seqs = proj.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    out = proj.new_empty(proj.shape[0], proj.shape[1], num_heads * head_dim)
+    return out, _final_buffer(with_final, num_seqs, num_heads, window_blocks, head_dim, proj)
 
 
 @torch.library.custom_op("phalanx_kernels::core_bwd", mutates_args=())
@@ -229,7 +246,7 @@ def core_bwd_op(
     _launch(
         False, (proj, proj, dout, dproj, dproj, per_head), _rows_info(proj, cu_seqlens, phase, max_len),
         (num_heads, num_gate_groups, head_dim), (feat, feat, hd, feat, feat), block_len, window_blocks, True,
-        log_cap, proj.dtype == torch.float32,
+        log_cap,
     )
     if per_head is not None:
         grouped = per_head.view(batch, seqlen, 2, num_gate_groups, rep, head_dim).sum(dim=4)
@@ -245,14 +262,15 @@ def _(proj, dout, cu_seqlens, phase, max_len, num_heads, head_dim, num_gate_grou
 
 
 def _core_setup_context(ctx, inputs, output) -> None:
-    proj, cu_seqlens, phase, *args = inputs
+    proj, cu_seqlens, phase, *args, _ = inputs
     ctx.save_for_backward(proj, cu_seqlens, phase)
     ctx.args = tuple(args)
+    ctx.mark_non_differentiable(output[1])
 
 
-def _core_backward(ctx, dout):
+def _core_backward(ctx, dout, _dfinal):
     proj, cu_seqlens, phase = ctx.saved_tensors
-    return core_bwd_op(proj, dout, cu_seqlens, phase, *ctx.args), None, None, None, None, None, None, None, None, None
+    return (core_bwd_op(proj, dout, cu_seqlens, phase, *ctx.args),) + (None,) * 10
 
 
 core_fwd_op.register_autograd(_core_backward, setup_context=_core_setup_context)
@@ -315,6 +333,11 @@ def _final_state(
     return SWRState(final.h, pos0 + lengths)
 
 
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd tracks these inputs (the kernels' final state is then not used: it has no gradient)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _max_len(seqlen: int, cu_seqlens: torch.Tensor | None) -> int:
     """Longest sequence (tokens), which sizes the launch grid."""
     return seqlen if cu_seqlens is None else int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
@@ -348,10 +371,14 @@ def swr_triton(
     num_seqs = check_swr_args(x, log_gates, block_len, window_blocks, cu_seqlens, initial_state)
     batch, seqlen, heads, dim = x.shape
     phase = None if initial_state is None else initial_state.pos.to(x.device) % block_len
-    y = swr_fwd_op(x, log_gates, cu_seqlens, phase, _max_len(seqlen, cu_seqlens), block_len, window_blocks)
+    kernel_final = output_final_state and initial_state is None and not _needs_grad(x, log_gates)
+    y, final = swr_fwd_op(x, log_gates, cu_seqlens, phase, _max_len(seqlen, cu_seqlens), block_len, window_blocks,
+                          kernel_final)
     if initial_state is None and not output_final_state:
         return y
     starts, lengths = _sequences(batch, seqlen, cu_seqlens, x.device)
+    if kernel_final:
+        return y, SWRState(final, lengths)
 
     def inputs(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         return x.reshape(-1, heads, dim)[rows].float(), log_gates.reshape(-1, heads)[rows].float(), None
@@ -398,11 +425,14 @@ def phalanx_core_triton(
         raise ValueError(f"decay_cap must be in (0, 1], got {decay_cap}")
     log_cap = 0.0 if decay_cap is None else math.log(decay_cap)
     phase = None if initial_state is None else initial_state.pos.to(proj.device) % block_len
-    out = core_fwd_op(proj, cu_seqlens, phase, _max_len(seqlen, cu_seqlens), num_heads, head_dim, num_gate_groups,
-                      block_len, window_blocks, log_cap)
+    kernel_final = output_final_state and initial_state is None and not _needs_grad(proj)
+    out, final = core_fwd_op(proj, cu_seqlens, phase, _max_len(seqlen, cu_seqlens), num_heads, head_dim,
+                             num_gate_groups, block_len, window_blocks, log_cap, kernel_final)
     if initial_state is None and not output_final_state:
         return out
     starts, lengths = _sequences(batch, seqlen, cu_seqlens, proj.device)
+    if kernel_final:
+        return out, SWRState(final, lengths)
     if initial_state is not None:
         rows, corr, readout = _initial_state_terms(inputs, starts, lengths, initial_state, block_len, window_blocks,
                                                    batch * seqlen)

@@ -5,18 +5,22 @@ rows of ``cu_seqlens``). A program owns ``NB`` aligned blocks of ``BL`` tokens o
 heads. Blocks align to each sequence's first token shifted back by its phase (a continued chunk starts
 mid-block); positions outside the sequence load as x = 0, log-gate = 0.
 
-Forward, per block: the local solve from a zero state is ``L x`` with ``L_ij = exp(p_i - p_j)`` (``p`` the
-in-block prefix sum of log-gates), one ``tl.dot``; the state entering the block (recurrence restarted
-``W - 1`` blocks back) is added as ``exp(p_i) * carry``. The carries live in a ring of ``W - 1`` restart
-states indexed by absolute block number: each block decays every slot by its gate product, adds its
-local terminal state, and overwrites the slot of the oldest restart. Programs are independent: each
-recomputes the ``W - 1`` blocks before its chunk (the halo) instead of communicating.
+Forward, per block: the local solve from a zero state is the first-order recurrence itself, computed
+by ``tl.associative_scan`` over token pairs ``(a, x)`` with ``(a1, x1), (a2, x2) -> (a1 a2, a2 x1 + x2)``;
+it yields both the local states and the gate prefix products ``A``, so ``y = local + A * carry`` needs no
+``exp`` of prefix differences and no BL x BL matrix. The carry (the recurrence restarted ``W - 1`` blocks
+back, entering the block) lives in a ring of restart states indexed by absolute block number: each block
+decays every slot by its gate product, adds its local terminal state, and overwrites the slot of the
+oldest restart. Programs are independent: each recomputes the ``W - 1`` blocks before its chunk (the
+halo) instead of communicating. The program that owns a sequence's last block can also write the final
+state (the ``W`` restarts at the last token), which is what a prefill hands to the decode cache.
 
-Backward, for ``dx = L^T dy`` plus the carry gradient from the next ``W - 1`` blocks, the program walks
-blocks forward with a front ``W - 1`` blocks ahead of the block it completes; pending blocks collect
-the decayed ``sum_i exp(p_i) dy_i`` of the front in a second ring. The log-gate gradient uses
-``dg_r = sum_{t >= r} (dy_t . y_t - x_t . dx_t)`` (per head, over channels), accumulated forward from
-the chunk start, whose value there comes from the pairs that straddle the chunk boundary.
+Backward: ``dx_s = sum_{t >= s} prod_{r=s+1..t} a_r dy_t`` inside a block is the same scan run in
+reverse with the gates shifted by one token; the carry gradient from the next ``W - 1`` blocks comes from
+a front that walks ``W - 1`` blocks ahead of the block it completes, its decayed ``sum_i A_i dy_i``
+collected per pending block in a second ring. The log-gate gradient uses ``dg_r = sum_{t >= r}
+(dy_t . y_t - x_t . dx_t)`` (per head, over channels), accumulated forward from the chunk start, whose
+value there comes from the pairs that straddle the chunk boundary.
 """
 
 from __future__ import annotations
@@ -87,7 +91,7 @@ def _ring_push(ring, slots, slot, decay, term):
 @triton.jit
 def _seq_setup(CU, PHASE, T, VARLEN: tl.constexpr, HAS_PHASE: tl.constexpr, BL: tl.constexpr, HB: tl.constexpr,
                H: tl.constexpr):
-    """Sequence of this program: first row, length, phase, number of aligned blocks and head indices.
+    """Sequence of this program: its index, first row, length, phase, number of aligned blocks, head indices.
 
     Grid axis 0 runs over (sequence, head group) and axis 1 over chunks, so programs launched together
     read neighbouring heads of the same tokens (whole rows of the token-major layout).
@@ -106,160 +110,7 @@ def _seq_setup(CU, PHASE, T, VARLEN: tl.constexpr, HAS_PHASE: tl.constexpr, BL: 
     else:
         phase = 0
     nblocks = (length + phase + BL - 1) // BL
-    return bos, length, phase, nblocks, h_idx
-
-
-@triton.jit
-def _swr_fwd_kernel(
-    X, G, Y, CU, PHASE, T, LOGCAP,
-    X_ROW: tl.constexpr, G_ROW: tl.constexpr, Y_ROW: tl.constexpr,
-    H: tl.constexpr, HG: tl.constexpr, REP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-    BL: tl.constexpr, W: tl.constexpr, WP: tl.constexpr, NB: tl.constexpr, HB: tl.constexpr,
-    FUSED: tl.constexpr, VARLEN: tl.constexpr, HAS_PHASE: tl.constexpr, IEEE: tl.constexpr,
-):
-    """y = SWR(x, g) (or, fused, out = SWR(sigmoid(zb) v, logsigmoid(za)) * c + v) for NB blocks x HB heads."""
-    bos, length, phase, nblocks, h_idx = _seq_setup(CU, PHASE, T, VARLEN, HAS_PHASE, BL, HB, H)
-    c0 = tl.program_id(1) * NB
-    if c0 >= nblocks:
-        return
-    c1 = tl.minimum(c0 + NB, nblocks)
-    t_in = tl.arange(0, BL)
-    d = tl.arange(0, DP)
-    mask_d = d < D
-    slots = tl.arange(0, WP)
-    causal = t_in[:, None] >= t_in[None, :]
-    ring = tl.zeros((WP, HB, DP), dtype=tl.float32)
-
-    # Halo: local terminal states of the W-1 blocks before the chunk.
-    for blk in range(tl.maximum(c0 - (W - 1), 0), c0):
-        tok = blk * BL + t_in - phase
-        mask_t = (tok >= 0) & (tok < length)
-        x, g = _load_block(X, G, bos + tok, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
-        p = tl.cumsum(g, axis=1)
-        tot = tl.sum(g, axis=1)
-        term = tl.sum(tl.exp(tot[:, None] - p)[:, :, None] * x, axis=1)
-        ring = _ring_push(ring, slots, blk % WP, tl.exp(tot), term)
-
-    for blk in range(c0, c1):
-        tok = blk * BL + t_in - phase
-        mask_t = (tok >= 0) & (tok < length)
-        rows = bos + tok
-        x, g = _load_block(X, G, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
-        p = tl.cumsum(g, axis=1)
-        tot = tl.sum(g, axis=1)
-        trans = tl.exp(tl.where(causal[None, :, :], p[:, :, None] - p[:, None, :], float("-inf")))
-        if IEEE:
-            y = tl.dot(trans, x, input_precision="ieee")
-        else:
-            y = tl.dot(trans, x)
-        if W > 1:
-            carry = _ring_read(ring, slots, (blk + WP - (W - 1) % WP) % WP)
-            y += tl.exp(p)[:, :, None] * carry[:, None, :]
-            term = tl.sum(tl.exp(tot[:, None] - p)[:, :, None] * x, axis=1)
-            ring = _ring_push(ring, slots, blk % WP, tl.exp(tot), term)
-        m3 = mask_t[None, :, None] & mask_d[None, None, :]
-        if FUSED:
-            c, v = _load_readout(X, rows, mask_t, h_idx, d, mask_d, X_ROW, H, HG, REP, D)
-            y = y * c + v
-        out = Y + rows[None, :, None] * Y_ROW + h_idx[:, None, None] * D + d[None, None, :]
-        tl.store(out, y.to(Y.dtype.element_ty), mask=m3)
-
-
-@triton.jit
-def _swr_bwd_kernel(
-    X, G, DY, DX, DG, DC, CU, PHASE, T, LOGCAP,
-    X_ROW: tl.constexpr, G_ROW: tl.constexpr, DY_ROW: tl.constexpr, DX_ROW: tl.constexpr, DG_ROW: tl.constexpr,
-    H: tl.constexpr, HG: tl.constexpr, REP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-    BL: tl.constexpr, W: tl.constexpr, WP: tl.constexpr, NB: tl.constexpr, HB: tl.constexpr,
-    FUSED: tl.constexpr, VARLEN: tl.constexpr, HAS_PHASE: tl.constexpr, IEEE: tl.constexpr,
-):
-    """Gradients of the SWR for NB blocks x HB heads.
-
-    Plain: dx (rows of DX) and dg (rows of DG). Fused: DY is d(out); the kernel writes d(proj) rows into
-    DX: decay logits, input-gate logits, readout and values; with REP > 1 heads per gate group the
-    per-head gate and readout gradients go to DC (rows of 2*H*D) and the caller sums them per group.
-    """
-    bos, length, phase, nblocks, h_idx = _seq_setup(CU, PHASE, T, VARLEN, HAS_PHASE, BL, HB, H)
-    c0 = tl.program_id(1) * NB
-    if c0 >= nblocks:
-        return
-    c1 = tl.minimum(c0 + NB, nblocks)
-    t_in = tl.arange(0, BL)
-    d = tl.arange(0, DP)
-    mask_d = d < D
-    slots = tl.arange(0, WP)
-    causal = t_in[:, None] >= t_in[None, :]
-    anti = t_in[:, None] <= t_in[None, :]
-    ring = tl.zeros((WP, HB, DP), dtype=tl.float32)  # forward restart states
-    pend = tl.zeros((WP, HB, DP), dtype=tl.float32)  # carry gradients of pending blocks
-    pend_decay = tl.zeros((WP, HB), dtype=tl.float32)
-
-    for blk in range(tl.maximum(c0 - (W - 1), 0), c0):
-        tok = blk * BL + t_in - phase
-        mask_t = (tok >= 0) & (tok < length)
-        x, g = _load_block(X, G, bos + tok, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
-        p = tl.cumsum(g, axis=1)
-        tot = tl.sum(g, axis=1)
-        term = tl.sum(tl.exp(tot[:, None] - p)[:, :, None] * x, axis=1)
-        ring = _ring_push(ring, slots, blk % WP, tl.exp(tot), term)
-
-    # Log-gate gradient at the chunk start: pairs (s < start <= i) with s in the halo, i in the next W-1 blocks.
-    dg_run = tl.zeros((HB,), dtype=tl.float32)
-    decay = tl.full((HB,), 1.0, dtype=tl.float32)
-    for f in range(c0, c0 + W - 1):
-        tok = f * BL + t_in - phase
-        mask_t = (tok >= 0) & (tok < length)
-        rows = bos + tok
-        dy, g = _load_dy(X, G, DY, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, DY_ROW, H, HG, REP, D, FUSED)
-        p = tl.cumsum(g, axis=1)
-        dterm = tl.sum(tl.exp(p)[:, :, None] * dy, axis=1)
-        dg_run += decay * tl.sum(dterm * _ring_read(ring, slots, (f + WP - (W - 1) % WP) % WP), axis=1)
-        decay *= tl.exp(tl.sum(g, axis=1))
-
-    for f in range(c0, c1 + W - 1):
-        if W > 1:
-            tok = f * BL + t_in - phase
-            mask_t = (tok >= 0) & (tok < length)
-            dy, g = _load_dy(X, G, DY, bos + tok, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, DY_ROW, H, HG,
-                             REP, D, FUSED)
-            p = tl.cumsum(g, axis=1)
-            dterm = tl.sum(tl.exp(p)[:, :, None] * dy, axis=1)
-            pend += pend_decay[:, :, None] * dterm[None, :, :]
-            pend_decay *= tl.exp(tl.sum(g, axis=1))[None, :]
-        b = f - (W - 1)
-        if b >= c0:
-            tok = b * BL + t_in - phase
-            mask_t = (tok >= 0) & (tok < length)
-            rows = bos + tok
-            x, g = _load_block(X, G, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
-            dy, g = _load_dy(X, G, DY, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, DY_ROW, H, HG, REP, D,
-                             FUSED)
-            p = tl.cumsum(g, axis=1)
-            tot = tl.sum(g, axis=1)
-            diff = p[:, :, None] - p[:, None, :]
-            trans = tl.exp(tl.where(causal[None, :, :], diff, float("-inf")))
-            # trans_t[j, i] = L[i, j]: built directly instead of transposing.
-            trans_t = tl.exp(tl.where(anti[None, :, :], -diff, float("-inf")))
-            if IEEE:
-                y = tl.dot(trans, x, input_precision="ieee")
-                dx = tl.dot(trans_t, dy, input_precision="ieee")
-            else:
-                y = tl.dot(trans, x)
-                dx = tl.dot(trans_t, dy)
-            tail = tl.exp(tot[:, None] - p)
-            if W > 1:
-                y += tl.exp(p)[:, :, None] * _ring_read(ring, slots, (b + WP - (W - 1) % WP) % WP)[:, None, :]
-                dx += tail[:, :, None] * _ring_read(pend, slots, b % WP)[:, None, :]
-                ring = _ring_push(ring, slots, b % WP, tl.exp(tot), tl.sum(tail[:, :, None] * x, axis=1))
-                pend_decay = tl.where((slots == b % WP)[:, None], 0.0, pend_decay)
-            q = tl.sum(dy * y - x * dx, axis=2)
-            dg = dg_run[:, None] - (tl.cumsum(q, axis=1) - q)
-            dg_run -= tl.sum(q, axis=1)
-            _store_grads(X, G, DY, DX, DG, DC, rows, mask_t, h_idx, d, mask_d, y, dx, dg, X_ROW, G_ROW, DY_ROW,
-                         DX_ROW, DG_ROW, H, HG, REP, D, FUSED)
-        if W > 1:
-            pend = tl.where((slots == f % WP)[:, None, None], 0.0, pend)
-            pend_decay = tl.where((slots == f % WP)[:, None], 1.0, pend_decay)
+    return n, bos, length, phase, nblocks, h_idx
 
 
 @triton.jit
@@ -315,3 +166,168 @@ def _store_grads(X, G, DY, DX, DG, DC, rows, mask_t, h_idx, d, mask_d, y, dx, dg
         tl.store(DX + r3 * DX_ROW + hd, dx.to(DX.dtype.element_ty), mask=m3)
         tl.store(DG + rows[None, :] * DG_ROW + h_idx[:, None], dg.to(DG.dtype.element_ty), mask=m2)
 
+
+@triton.jit
+def _store_final(HF, n, h_idx, d, mask_d, ring, slots, y_last, blk, H: tl.constexpr, W: tl.constexpr,
+                 WP: tl.constexpr, D: tl.constexpr):
+    """Write the state at a sequence's last token (padding after it keeps the state: a = 1, x = 0).
+
+    Slot ``k`` is the recurrence restarted at block ``blk - k``: for ``k < W - 1`` the ring after the
+    last block's push (a restart before block 0 was never written and holds the one from block 0, as
+    ``swr_torch`` defines it), for ``k = W - 1`` the last row of y before any readout.
+    """
+    base = HF + (n.to(tl.int64) * H + h_idx[:, None]) * (W * D) + d[None, :]
+    m2 = mask_d[None, :]
+    for k in tl.static_range(W - 1):
+        tl.store(base + k * D, _ring_read(ring, slots, (blk + WP * W - k) % WP), mask=m2)
+    tl.store(base + (W - 1) * D, y_last, mask=m2)
+
+
+@triton.jit
+def _first_order(a1, x1, a2, x2):
+    """Compose h -> a1 h + x1 then h -> a2 h + x2."""
+    return a1 * a2, a2 * x1 + x2
+
+
+@triton.jit
+def _swr_fwd_kernel(
+    X, G, Y, HF, CU, PHASE, T, LOGCAP,
+    X_ROW: tl.constexpr, G_ROW: tl.constexpr, Y_ROW: tl.constexpr,
+    H: tl.constexpr, HG: tl.constexpr, REP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    BL: tl.constexpr, W: tl.constexpr, WP: tl.constexpr, NB: tl.constexpr, HB: tl.constexpr,
+    FUSED: tl.constexpr, VARLEN: tl.constexpr, HAS_PHASE: tl.constexpr, FINAL: tl.constexpr,
+):
+    """y = SWR(x, g) (fused: SWR(sigmoid(zb) v, logsigmoid(za)) * c + v) for NB blocks x HB heads; with
+    ``FINAL``, also each sequence's final state from a zero initial state into HF (N, H, W, D) fp32."""
+    n, bos, length, phase, nblocks, h_idx = _seq_setup(CU, PHASE, T, VARLEN, HAS_PHASE, BL, HB, H)
+    c0 = tl.program_id(1) * NB
+    if c0 >= nblocks:
+        return
+    c1 = tl.minimum(c0 + NB, nblocks)
+    t_in = tl.arange(0, BL)
+    d = tl.arange(0, DP)
+    mask_d = d < D
+    slots = tl.arange(0, WP)
+    ring = tl.zeros((WP, HB, DP), dtype=tl.float32)
+    for blk in range(tl.maximum(c0 - (W - 1), 0), c1):
+        tok = blk * BL + t_in - phase
+        mask_t = (tok >= 0) & (tok < length)
+        rows = bos + tok
+        x, g = _load_block(X, G, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
+        a = tl.broadcast_to(tl.exp(g)[:, :, None], (HB, BL, DP))
+        prefix, local = tl.associative_scan((a, x), axis=1, combine_fn=_first_order)
+        if W > 1:
+            carry = _ring_read(ring, slots, (blk + WP - (W - 1) % WP) % WP)
+            y = local + prefix * carry[:, None, :]
+            term = tl.sum(tl.where((t_in == BL - 1)[None, :, None], local, 0.0), axis=1)
+            ring = _ring_push(ring, slots, blk % WP, tl.exp(tl.sum(g, axis=1)), term)
+        else:
+            y = local
+        if blk >= c0:
+            if FINAL:
+                if blk == nblocks - 1:
+                    y_last = tl.sum(tl.where((t_in == BL - 1)[None, :, None], y, 0.0), axis=1)
+                    _store_final(HF, n, h_idx, d, mask_d, ring, slots, y_last, blk, H, W, WP, D)
+            m3 = mask_t[None, :, None] & mask_d[None, None, :]
+            if FUSED:
+                c, v = _load_readout(X, rows, mask_t, h_idx, d, mask_d, X_ROW, H, HG, REP, D)
+                y = y * c + v
+            out = Y + rows[None, :, None] * Y_ROW + h_idx[:, None, None] * D + d[None, None, :]
+            tl.store(out, y.to(Y.dtype.element_ty), mask=m3)
+
+
+@triton.jit
+def _next_gates(G, rows, mask_next, h_idx, LOGCAP, G_ROW: tl.constexpr, FUSED: tl.constexpr):
+    """Gates a_{t+1} of the next token inside the block (HB, BL); 1 where masked (block end, sequence end)."""
+    m2 = mask_next[None, :]
+    z = tl.load(G + (rows + 1)[None, :] * G_ROW + h_idx[:, None], mask=m2, other=0.0).to(tl.float32)
+    if FUSED:
+        z = tl.where(m2, _logsigmoid(z) + LOGCAP, 0.0)
+    return tl.exp(z)
+
+
+@triton.jit
+def _swr_bwd_kernel(
+    X, G, DY, DX, DG, DC, CU, PHASE, T, LOGCAP,
+    X_ROW: tl.constexpr, G_ROW: tl.constexpr, DY_ROW: tl.constexpr, DX_ROW: tl.constexpr, DG_ROW: tl.constexpr,
+    H: tl.constexpr, HG: tl.constexpr, REP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    BL: tl.constexpr, W: tl.constexpr, WP: tl.constexpr, NB: tl.constexpr, HB: tl.constexpr,
+    FUSED: tl.constexpr, VARLEN: tl.constexpr, HAS_PHASE: tl.constexpr,
+):
+    """Gradients for NB blocks x HB heads (plain: dx, dg; fused: d(proj), per-head gate parts in DC when REP > 1).
+
+    The program walks blocks forward with a front ``W - 1`` blocks ahead: the front adds its decayed
+    ``sum_i exp(p_i) dy_i`` to the carry gradient of every pending block. The log-gate gradient is
+    ``dg_r = sum_{t >= r} (dy_t . y_t - x_t . dx_t)``, started at the chunk from the pairs that straddle it.
+    """
+    _seq, bos, length, phase, nblocks, h_idx = _seq_setup(CU, PHASE, T, VARLEN, HAS_PHASE, BL, HB, H)
+    c0 = tl.program_id(1) * NB
+    if c0 >= nblocks:
+        return
+    c1 = tl.minimum(c0 + NB, nblocks)
+    t_in = tl.arange(0, BL)
+    d = tl.arange(0, DP)
+    mask_d = d < D
+    slots = tl.arange(0, WP)
+    ring = tl.zeros((WP, HB, DP), dtype=tl.float32)  # forward restart states
+    pend = tl.zeros((WP, HB, DP), dtype=tl.float32)  # carry gradients of pending blocks
+    pend_decay = tl.zeros((WP, HB), dtype=tl.float32)
+
+    for blk in range(tl.maximum(c0 - (W - 1), 0), c0):
+        tok = blk * BL + t_in - phase
+        mask_t = (tok >= 0) & (tok < length)
+        x, g = _load_block(X, G, bos + tok, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
+        a = tl.broadcast_to(tl.exp(g)[:, :, None], (HB, BL, DP))
+        _, local = tl.associative_scan((a, x), axis=1, combine_fn=_first_order)
+        term = tl.sum(tl.where((t_in == BL - 1)[None, :, None], local, 0.0), axis=1)
+        ring = _ring_push(ring, slots, blk % WP, tl.exp(tl.sum(g, axis=1)), term)
+
+    # Log-gate gradient at the chunk start: pairs (s < start <= i) with s in the halo, i in the next W-1 blocks.
+    dg_run = tl.zeros((HB,), dtype=tl.float32)
+    decay = tl.full((HB,), 1.0, dtype=tl.float32)
+    for f in range(c0, c0 + W - 1):
+        tok = f * BL + t_in - phase
+        mask_t = (tok >= 0) & (tok < length)
+        dy, g = _load_dy(X, G, DY, bos + tok, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, DY_ROW, H, HG, REP, D,
+                         FUSED)
+        dterm = tl.sum(tl.exp(tl.cumsum(g, axis=1))[:, :, None] * dy, axis=1)
+        dg_run += decay * tl.sum(dterm * _ring_read(ring, slots, (f + WP - (W - 1) % WP) % WP), axis=1)
+        decay *= tl.exp(tl.sum(g, axis=1))
+
+    for f in range(c0, c1 + W - 1):
+        if W > 1:
+            tok = f * BL + t_in - phase
+            mask_t = (tok >= 0) & (tok < length)
+            dy, g = _load_dy(X, G, DY, bos + tok, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, DY_ROW, H, HG,
+                             REP, D, FUSED)
+            dterm = tl.sum(tl.exp(tl.cumsum(g, axis=1))[:, :, None] * dy, axis=1)
+            pend += pend_decay[:, :, None] * dterm[None, :, :]
+            pend_decay *= tl.exp(tl.sum(g, axis=1))[None, :]
+        b = f - (W - 1)
+        if b >= c0:
+            tok = b * BL + t_in - phase
+            mask_t = (tok >= 0) & (tok < length)
+            rows = bos + tok
+            x, g = _load_block(X, G, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
+            dy, g = _load_dy(X, G, DY, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, DY_ROW, H, HG, REP, D,
+                             FUSED)
+            a = tl.broadcast_to(tl.exp(g)[:, :, None], (HB, BL, DP))
+            prefix, y = tl.associative_scan((a, x), axis=1, combine_fn=_first_order)
+            mask_next = (t_in < BL - 1) & (tok + 1 >= 0) & (tok + 1 < length)
+            a_next = tl.broadcast_to(_next_gates(G, rows, mask_next, h_idx, LOGCAP, G_ROW, FUSED)[:, :, None],
+                                     (HB, BL, DP))
+            tail, dx = tl.associative_scan((a_next, dy), axis=1, combine_fn=_first_order, reverse=True)
+            if W > 1:
+                term = tl.sum(tl.where((t_in == BL - 1)[None, :, None], y, 0.0), axis=1)
+                y += prefix * _ring_read(ring, slots, (b + WP - (W - 1) % WP) % WP)[:, None, :]
+                dx += tail * _ring_read(pend, slots, b % WP)[:, None, :]
+                ring = _ring_push(ring, slots, b % WP, tl.exp(tl.sum(g, axis=1)), term)
+                pend_decay = tl.where((slots == b % WP)[:, None], 0.0, pend_decay)
+            q = tl.sum(dy * y - x * dx, axis=2)
+            dg = dg_run[:, None] - (tl.cumsum(q, axis=1) - q)
+            dg_run -= tl.sum(q, axis=1)
+            _store_grads(X, G, DY, DX, DG, DC, rows, mask_t, h_idx, d, mask_d, y, dx, dg, X_ROW, G_ROW, DY_ROW,
+                         DX_ROW, DG_ROW, H, HG, REP, D, FUSED)
+        if W > 1:
+            pend = tl.where((slots == f % WP)[:, None, None], 0.0, pend)
+            pend_decay = tl.where((slots == f % WP)[:, None], 1.0, pend_decay)

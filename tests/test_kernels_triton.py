@@ -203,11 +203,11 @@ def test_compile_fullgraph_custom_ops_match_eager() -> None:
         torch.testing.assert_close(a, b)
 
 
-def test_scan_kernel_family_against_oracle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The associative-scan kernels (``launch_config`` family ``scan``): packed sequences with phases and
-    initial states, W = 3, forward and backward; and the fused core with gate groups and a decay cap."""
-    scan = {"kernel": "scan", "NB": 4, "HB": 2, "num_warps": 1}
-    monkeypatch.setattr(triton_ops, "launch_config", lambda h, d, bl: {"fwd": scan, "bwd": scan})
+def test_small_chunks_against_oracle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Programs of 4 blocks (several per sequence, so every halo is exercised): packed sequences with phases
+    and initial states, W = 3, forward and backward; and the fused core with gate groups and a decay cap."""
+    small = {"NB": 4, "HB": 2, "num_warps": 1}
+    monkeypatch.setattr(triton_ops, "launch_config", lambda h, d, bl: {"fwd": small, "bwd": small})
     check_packed_against_oracle([30, 50], torch.tensor([7, 16]), 3, "sharp", torch.float32, seed=13)
 
     proj = _core_inputs(4, 2, 45, seed=13)
@@ -219,9 +219,43 @@ def test_scan_kernel_family_against_oracle(monkeypatch: pytest.MonkeyPatch) -> N
         assert_matches(a, b, torch.float32, f"fused core {name}")
 
 
+@pytest.mark.parametrize("lengths,window", [([1, 16, 17, 50, 33], 2), ([5, 35, 1, 90, 64], 3), ([100, 7], 1),
+                                            ([70, 3, 49], 4)])
+def test_inference_final_state_from_the_forward_kernel(monkeypatch: pytest.MonkeyPatch, lengths, window) -> None:
+    """Without autograd the forward kernel writes the final state (prefill hands it to the decode cache):
+    equal to the oracle's for packed and batched sequences shorter and longer than the window, ending on and
+    off block boundaries, with the last block in a later program than the first (2 blocks per program);
+    the fused core's too, with gate groups and a decay cap. The PyTorch final-state path is disabled."""
+    small = {"NB": 2, "HB": 2, "num_warps": 1}
+    monkeypatch.setattr(triton_ops, "launch_config", lambda h, d, bl: {"fwd": small, "bwd": small})
+    monkeypatch.setattr(triton_ops, "_final_state", lambda *a, **k: pytest.fail("PyTorch final-state path used"))
+    x, g = make_inputs(1, sum(lengths), 4, 16, gates="near1", seed=len(lengths))
+    bounds = cu_seqlens_of(lengths).tolist()
+    with torch.no_grad():
+        y, fin = triton_ops.swr_triton(x.float().to(DEVICE), g.float().to(DEVICE), block_len=16,
+                                       window_blocks=window, cu_seqlens=cu_seqlens_of(lengths).to(DEVICE),
+                                       output_final_state=True)
+        ref = [swr_oracle(x[:, lo:hi], g[:, lo:hi], 16, window) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        assert fin.pos.tolist() == lengths
+        assert_matches(fin.h, torch.cat([r[1] for r in ref]), torch.float32, "packed final state")
+        assert_matches(y, torch.cat([r[0] for r in ref], dim=1), torch.float32, "packed y")
+
+        xb, gb = make_inputs(2, lengths[0], 4, 16, seed=3)
+        _, fin = triton_ops.swr_triton(xb.float().to(DEVICE), gb.float().to(DEVICE), block_len=16,
+                                       window_blocks=window, output_final_state=True)
+        assert_matches(fin.h, swr_oracle(xb, gb, 16, window)[1], torch.float32, "batched final state")
+
+        proj = _core_inputs(4, 2, lengths[0], seed=4)
+        kw = dict(num_heads=4, head_dim=16, num_gate_groups=2, block_len=16, window_blocks=window, decay_cap=0.9)
+        out, fin = triton_ops.phalanx_core_triton(proj.float().to(DEVICE), output_final_state=True, **kw)
+        ref_out, ref_fin = core_oracle(proj, 4, 16, 2, 16, window, 0.9)
+        assert_matches(fin.h, ref_fin, torch.float32, "fused core final state")
+        assert_matches(out, ref_out, torch.float32, "fused core out")
+
+
 def test_config_with_more_heads_per_program_than_heads(monkeypatch: pytest.MonkeyPatch) -> None:
     """A launch configuration tuned for many heads still covers every head of a 2-head input."""
-    wide = {"kernel": "scan", "NB": 16, "HB": 8, "num_warps": 1}
+    wide = {"NB": 16, "HB": 8, "num_warps": 1}
     monkeypatch.setattr(triton_ops, "launch_config", lambda h, d, bl: {"fwd": wide, "bwd": wide})
     x, g = make_inputs(1, 20, 2, 16, seed=14)
     y = triton_ops.swr_triton(x.float().to(DEVICE), g.float().to(DEVICE))

@@ -1,0 +1,113 @@
+"""Profiles behind the speed report (issue 7): what the kernels and the 1.3B Phalanx hybrid spend time on.
+
+    python benchmarks/profile_gpu.py ops          # one SWR and one fused-core forward+backward at shape A;
+                                                  # run under ncu to read the kernels' counters, e.g.
+    ncu --clock-control none -k regex:_swr_ --section SpeedOfLight --section Occupancy \\
+        --section WarpStateStats python benchmarks/profile_gpu.py ops
+    python benchmarks/profile_gpu.py model --out DIR   # torch.profiler tables: batch-1 prefill and a
+                                                       # training step of the Phalanx hybrid
+
+``model`` writes ``DIR/profile_model.txt``: for each phase the operators by total CUDA time and by
+CPU time, and the number of host-device synchronisations (``aten::_local_scalar_dense`` and
+``cudaStreamSynchronize`` calls), which serialise the CPU's launches with the GPU's work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import phalanx_kernels  # noqa: E402
+from model_zoo import build_model  # noqa: E402
+
+
+def profile_ops() -> None:
+    """Shape A (8 x 8192 tokens, 64 heads x 16, bf16): SWR forward+backward, then the fused core's."""
+    batch, seqlen, heads, dim = 8, 8192, 64, 16
+    x = torch.randn(batch, seqlen, heads, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    g = torch.nn.functional.logsigmoid(4 * torch.randn(batch, seqlen, heads, device="cuda")).bfloat16()
+    g.requires_grad_(True)
+    torch.autograd.grad(phalanx_kernels.swr(x, g), [x, g], torch.randn_like(x))
+    proj = torch.randn(batch, seqlen, heads + 3 * heads * dim, device="cuda", dtype=torch.bfloat16,
+                       requires_grad=True)
+    out = phalanx_kernels.phalanx_core(proj, num_heads=heads, head_dim=dim, num_gate_groups=heads)
+    torch.autograd.grad(out, [proj], torch.randn_like(out))
+    torch.cuda.synchronize()
+
+
+def _table(prof: torch.profiler.profile, title: str, rows: int = 25) -> str:
+    events = prof.key_averages()
+    syncs = {e.key: e.count for e in events if e.key in ("aten::_local_scalar_dense", "cudaStreamSynchronize",
+                                                          "cudaDeviceSynchronize")}
+    return "\n".join([
+        f"## {title}",
+        f"host-device synchronisations: {syncs}",
+        events.table(sort_by="cuda_time_total", row_limit=rows),
+        events.table(sort_by="cpu_time_total", row_limit=rows),
+    ])
+
+
+def profile_model(out: Path, prefill_len: int, train_len: int, tokens: int) -> None:
+    """torch.profiler over batch-1 prefill (cache on) and one training step of the 1.3B Phalanx hybrid."""
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = build_model("phalanx_hybrid", "1.3b", max_positions=max(prefill_len, train_len)).bfloat16()
+    vocab = model.config.vocab_size
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    sections = []
+
+    ids = torch.randint(3, vocab, (1, prefill_len), device="cuda")
+    model.eval()
+    with torch.no_grad():
+        def prefill() -> None:
+            model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
+
+        for _ in range(2):
+            prefill()
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=activities) as prof:
+            prefill()
+            torch.cuda.synchronize()
+    sections.append(_table(prof, f"prefill, batch 1 x {prefill_len} tokens, cache on"))
+
+    model.train()
+    model.gradient_checkpointing_enable()
+    ids = torch.randint(3, vocab, (max(1, tokens // train_len), train_len), device="cuda")
+
+    def step() -> None:
+        model(input_ids=ids, labels=ids).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=activities) as prof:
+        step()
+        torch.cuda.synchronize()
+    sections.append(_table(prof, f"training step, {ids.shape[0]} x {train_len} tokens, gradient checkpointing"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile_model.txt").write_text("\n\n".join(sections) + "\n")
+    print("\n\n".join(s[:6000] for s in sections))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["ops", "model"])
+    parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--prefill-len", type=int, default=1024)
+    parser.add_argument("--train-len", type=int, default=16384)
+    parser.add_argument("--tokens", type=int, default=32768)
+    args = parser.parse_args()
+    if args.what == "ops":
+        profile_ops()
+    else:
+        profile_model(args.out, args.prefill_len, args.train_len, args.tokens)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
