@@ -226,13 +226,15 @@ def main() -> int:
         print(f"{'ok ' if r['ok'] else 'BAD'} {name}: {errs}")
     for r in report["sweep_shape_A"]:
         cfg = " ".join(f"{k}={v}" for k, v in r.items() if not k.endswith("_ms"))
-        print(f"sweep {cfg}: swr fwd {r['fwd_ms']:.3f} fwd+bwd {r['fwd_bwd_ms']:.3f} | "
-              f"core fwd {r['core_fwd_ms']:.3f} fwd+bwd {r['core_fwd_bwd_ms']:.3f}")
+        print(f"sweep {cfg}: GPU ms swr fwd {r['fwd_gpu_ms']:.3f} fwd+bwd {r['fwd_bwd_gpu_ms']:.3f} | core fwd "
+              f"{r['core_fwd_gpu_ms']:.3f} fwd+bwd {r['core_fwd_bwd_gpu_ms']:.3f} (eager {r['fwd_ms']:.3f} "
+              f"{r['fwd_bwd_ms']:.3f} | {r['core_fwd_ms']:.3f} {r['core_fwd_bwd_ms']:.3f})")
     print("chosen:", report["chosen_config"])
     print(bench_swr.format_table(report["swr"]))
     a = report["swr"][0]
-    print(f"core shape A: fwd {a['core_fwd_ms']:.3f} (floor {a['core_floor_fwd_ms']:.3f}) "
-          f"fwd+bwd {a['core_fwd_bwd_ms']:.3f} (floor {a['core_floor_fwd_bwd_ms']:.3f})")
+    print(f"core shape A: GPU fwd {a['core_fwd_gpu_ms']:.3f} (floor {a['core_floor_fwd_ms']:.3f}) fwd+bwd "
+          f"{a['core_fwd_bwd_gpu_ms']:.3f} (floor {a['core_floor_fwd_bwd_ms']:.3f}); eager {a['core_fwd_ms']:.3f} / "
+          f"{a['core_fwd_bwd_ms']:.3f}")
     print(bench_layer.format_table(report["layer"]))
     return 0 if all(r["ok"] for r in report["correctness"].values()) else 1
 
