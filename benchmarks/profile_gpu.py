@@ -6,6 +6,9 @@
         --section WarpStateStats python benchmarks/profile_gpu.py ops
     python benchmarks/profile_gpu.py model --out DIR   # torch.profiler tables: batch-1 prefill and a
                                                        # training step of the Phalanx hybrid
+    python benchmarks/profile_gpu.py decode --out DIR  # greedy decoding of the GPU-check model, fp32 and
+                                                       # bf16, Triton and PyTorch paths: step times,
+                                                       # Triton compilations during decoding, profile
 
 ``model`` writes ``DIR/profile_model.txt``: for each phase the operators by total CUDA time and by
 CPU time, and the number of host-device synchronisations (``aten::_local_scalar_dense`` and
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -94,9 +98,61 @@ def profile_model(out: Path, prefill_len: int, train_len: int, tokens: int) -> N
     print("\n\n".join(s[:6000] for s in sections))
 
 
+def profile_decode(out: Path, new_tokens: int = 64) -> None:
+    """Per-token time of ``generate`` on the model of ``gpu_check_model`` (batch 2), per dtype and path, with
+    the Triton compilations that happen while decoding (a kernel recompiled per step shows up here) and a
+    torch.profiler table of the slowest case."""
+    import os
+    from collections import Counter, defaultdict
+
+    from triton.runtime.jit import JITFunction
+
+    from gpu_check_model import build_model as check_model
+
+    compiles: Counter = Counter()
+    keys: dict = defaultdict(list)
+    original = JITFunction._do_compile
+
+    def counting(self, key, *args, **kwargs):
+        compiles[self.fn.__name__] += 1
+        keys[self.fn.__name__].append(str(key)[:400])
+        return original(self, key, *args, **kwargs)
+
+    JITFunction._do_compile = counting
+    lines, slowest = [], (0.0, None)
+    for dtype in (torch.float32, torch.bfloat16):
+        model = check_model(dtype).eval()
+        prompt = torch.randint(3, 259, (2, 33), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+        for path in ("triton", "torch"):
+            os.environ["PHALANX_FORCE_TORCH"] = "1" if path == "torch" else "0"
+            model.generate(prompt, max_new_tokens=8, do_sample=False)
+            before = Counter(compiles)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            torch.cuda.synchronize()
+            ms = (time.perf_counter() - start) / new_tokens * 1e3
+            new = {k: compiles[k] - before[k] for k in compiles if compiles[k] != before[k]}
+            lines.append(f"{str(dtype)[6:]:>9} {path:>6}: {ms:7.2f} ms/token, Triton compilations while decoding: {new}")
+            if ms > slowest[0]:
+                slowest = (ms, (dtype, path, model, prompt))
+    dtype, path, model, prompt = slowest[1]
+    os.environ["PHALANX_FORCE_TORCH"] = "1" if path == "torch" else "0"
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+        model.generate(prompt, max_new_tokens=16, min_new_tokens=16, do_sample=False)
+        torch.cuda.synchronize()
+    os.environ.pop("PHALANX_FORCE_TORCH")
+    lines.append(_table(prof, f"generate 16 tokens, {dtype} {path} (slowest case)"))
+    lines.append("compilation keys: " + "\n".join(f"{k}: {v[-3:]}" for k, v in keys.items()))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile_decode.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines)[:8000])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["ops", "model"])
+    parser.add_argument("what", choices=["ops", "model", "decode"])
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--prefill-len", type=int, default=1024)
     parser.add_argument("--train-len", type=int, default=16384)
@@ -104,6 +160,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.what == "ops":
         profile_ops()
+    elif args.what == "decode":
+        profile_decode(args.out)
     else:
         profile_model(args.out, args.prefill_len, args.train_len, args.tokens)
     return 0
