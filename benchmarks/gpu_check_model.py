@@ -180,7 +180,8 @@ def check_generation(dtype: torch.dtype, log: list[str]) -> dict:
     tokens = {}
     for name, use_torch in (("triton", False), ("torch", True)):
         with force_torch(use_torch):
-            model.generate(prompt, max_new_tokens=8, do_sample=False)  # warm-up: kernel compilation, allocator
+            # Warm-up over the same lengths: kernel compilation, and one cuDNN attention plan per new key length.
+            model.generate(prompt, max_new_tokens=256, do_sample=False, min_new_tokens=256)
             torch.cuda.synchronize()
             start = time.perf_counter()
             tokens[name] = model.generate(prompt, max_new_tokens=256, do_sample=False, min_new_tokens=256)
