@@ -294,10 +294,7 @@ def _swr_bwd_kernel(
         dg_run += decay * tl.sum(dterm * _ring_read(ring, slots, (f + WP - (W - 1) % WP) % WP), axis=1)
         decay *= tl.exp(tl.sum(g, axis=1))
 
-    # W = 2: the block the front loads is the next block completed, so its dy is kept instead of reloaded.
-    dy_front = tl.zeros((HB, BL, DP), dtype=tl.float32)
     for f in range(c0, c1 + W - 1):
-        dy_prev = dy_front
         if W > 1:
             tok = f * BL + t_in - phase
             mask_t = (tok >= 0) & (tok < length)
@@ -306,19 +303,14 @@ def _swr_bwd_kernel(
             dterm = tl.sum(tl.exp(tl.cumsum(g, axis=1))[:, :, None] * dy, axis=1)
             pend += pend_decay[:, :, None] * dterm[None, :, :]
             pend_decay *= tl.exp(tl.sum(g, axis=1))[None, :]
-            if W == 2:
-                dy_front = dy
         b = f - (W - 1)
         if b >= c0:
             tok = b * BL + t_in - phase
             mask_t = (tok >= 0) & (tok < length)
             rows = bos + tok
             x, g = _load_block(X, G, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
-            if W == 2:
-                dy = dy_prev
-            else:
-                dy, g = _load_dy(X, G, DY, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, DY_ROW, H, HG, REP,
-                                 D, FUSED)
+            dy, g = _load_dy(X, G, DY, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, DY_ROW, H, HG, REP, D,
+                             FUSED)
             a = tl.broadcast_to(tl.exp(g)[:, :, None], (HB, BL, DP))
             prefix, y = tl.associative_scan((a, x), axis=1, combine_fn=_first_order)
             mask_next = (t_in < BL - 1) & (tok + 1 >= 0) & (tok + 1 < length)
