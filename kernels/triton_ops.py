@@ -23,9 +23,9 @@ def launch_config(num_heads: int, head_dim: int, block_len: int) -> dict[str, di
     """Launch parameters of the forward (``fwd``) and backward (``bwd``) kernels: ``NB`` blocks of ``HB``
     heads per program, ``num_warps`` warps.
 
-    On an H100 at D = 16, BL = 16 the sweep of results/kernels_gpu_run4 chose the forward with 4 heads and
-    the backward with 2 heads per program, each on one warp (fastest SWR + fused core); wider heads or
-    blocks take fewer heads per program and 4 warps.
+    On an H100 at D = 16, BL = 16 the sweep of results/run6 (GPU time, graph replay) chose 4 heads and 16
+    blocks per program on one warp in both directions (fastest SWR + fused core); wider heads or blocks
+    take fewer heads per program and 4 warps.
     """
     dp = triton.next_power_of_2(head_dim)
 
@@ -35,10 +35,10 @@ def launch_config(num_heads: int, head_dim: int, block_len: int) -> dict[str, di
             hb *= 2
         return hb
 
-    fwd_hb, bwd_hb = heads_per_program(4, 128), heads_per_program(2, 64)
+    fwd_hb, bwd_hb = heads_per_program(4, 128), heads_per_program(4, 64)
     return {
         "fwd": {"NB": 256 // block_len, "HB": fwd_hb, "num_warps": 1 if fwd_hb * block_len * dp <= 2048 else 4},
-        "bwd": {"NB": 256 // block_len, "HB": bwd_hb, "num_warps": 1 if bwd_hb * block_len * dp <= 512 else 4},
+        "bwd": {"NB": 256 // block_len, "HB": bwd_hb, "num_warps": 1 if bwd_hb * block_len * dp <= 1024 else 4},
     }
 
 
