@@ -9,6 +9,8 @@
     python benchmarks/profile_gpu.py decode --out DIR  # greedy decoding of the GPU-check model, fp32 and
                                                        # bf16, Triton and PyTorch paths: step times,
                                                        # Triton compilations during decoding, profile
+    python benchmarks/profile_gpu.py decode-step --out DIR  # steady greedy steps of the 1.3B hybrid and the
+                                                            # Transformer at batch 32 after 4096 tokens
 
 ``model`` writes ``DIR/profile_model.txt``: for each phase the operators by total CUDA time and by
 CPU time, and the number of host-device synchronisations (``aten::_local_scalar_dense`` and
@@ -150,9 +152,36 @@ def profile_decode(out: Path, new_tokens: int = 64) -> None:
     print("\n".join(lines)[:8000])
 
 
+@torch.no_grad()
+def profile_decode_step(out: Path, batch: int, context: int, steps: int = 4) -> None:
+    """torch.profiler over ``steps`` greedy steps at ``batch`` x ``context`` for the 1.3B Phalanx hybrid and the
+    Transformer, after a first pass over the same cache lengths (steady state, as ``bench_inference``)."""
+    sections = []
+    for name in ("phalanx_hybrid", "transformer"):
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model = build_model(name, "1.3b", max_positions=context + 64).bfloat16().eval()
+        ids = torch.randint(3, model.config.vocab_size, (batch, context), device="cuda")
+        for profiled in (False, True):
+            cache = model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True).past_key_values
+            tok = ids[:, -1:]
+            torch.cuda.synchronize()
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                    torch.profiler.ProfilerActivity.CUDA]) as prof:
+                for _ in range(steps):
+                    tok = model(input_ids=tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+                torch.cuda.synchronize()
+        sections.append(_table(prof, f"{name}: {steps} decode steps, batch {batch}, context {context}"))
+        del model, cache
+        torch.cuda.empty_cache()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile_decode_step.txt").write_text("\n\n".join(sections) + "\n")
+    print("\n\n".join(s[:7000] for s in sections))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["ops", "model", "decode"])
+    parser.add_argument("what", choices=["ops", "model", "decode", "decode-step"])
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--prefill-len", type=int, default=1024)
     parser.add_argument("--train-len", type=int, default=16384)
@@ -162,6 +191,8 @@ def main() -> int:
         profile_ops()
     elif args.what == "decode":
         profile_decode(args.out)
+    elif args.what == "decode-step":
+        profile_decode_step(args.out, batch=32, context=4096)
     else:
         profile_model(args.out, args.prefill_len, args.train_len, args.tokens)
     return 0
