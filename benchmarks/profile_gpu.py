@@ -162,8 +162,10 @@ def profile_decode_step(out: Path, batch: int, context: int, steps: int = 4) -> 
         with torch.device("cuda"):
             model = build_model(name, "1.3b", max_positions=context + 64).bfloat16().eval()
         ids = torch.randint(3, model.config.vocab_size, (batch, context), device="cuda")
-        for profiled in (False, True):
-            cache = model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True).past_key_values
+        for _ in range(2):
+            cache = None
+            cache = model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True,
+                          logits_to_keep=1).past_key_values
             tok = ids[:, -1:]
             torch.cuda.synchronize()
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
