@@ -46,6 +46,25 @@ def profile_ops() -> None:
     torch.cuda.synchronize()
 
 
+def _profiled(fn, warmup: int) -> torch.profiler.profile:
+    """Run ``fn`` ``warmup`` times, then once under torch.profiler (CPU and CUDA), synchronised at both ends."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return prof
+
+
+def _write(out: Path, name: str, sections: list[str], limit: int = 6000) -> None:
+    """Write the sections to ``out/name`` and print their beginnings."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text("\n\n".join(sections) + "\n")
+    print("\n\n".join(s[:limit] for s in sections))
+
+
 def _table(prof: torch.profiler.profile, title: str, rows: int = 25) -> str:
     events = prof.key_averages()
     syncs = {e.key: e.count for e in events if e.key in ("aten::_local_scalar_dense", "cudaStreamSynchronize",
@@ -64,21 +83,13 @@ def profile_model(out: Path, prefill_len: int, train_len: int, tokens: int) -> N
     with torch.device("cuda"):
         model = build_model("phalanx_hybrid", "1.3b", max_positions=max(prefill_len, train_len)).bfloat16()
     vocab = model.config.vocab_size
-    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     sections = []
 
     ids = torch.randint(3, vocab, (1, prefill_len), device="cuda")
     model.eval()
     with torch.no_grad():
-        def prefill() -> None:
-            model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
-
-        for _ in range(2):
-            prefill()
-        torch.cuda.synchronize()
-        with torch.profiler.profile(activities=activities) as prof:
-            prefill()
-            torch.cuda.synchronize()
+        prof = _profiled(lambda: model(input_ids=ids, past_key_values=DynamicCache(config=model.config),
+                                       use_cache=True), warmup=2)
     sections.append(_table(prof, f"prefill, batch 1 x {prefill_len} tokens, cache on"))
 
     model.train()
@@ -89,15 +100,9 @@ def profile_model(out: Path, prefill_len: int, train_len: int, tokens: int) -> N
         model(input_ids=ids, labels=ids).loss.backward()
         model.zero_grad(set_to_none=True)
 
-    step()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=activities) as prof:
-        step()
-        torch.cuda.synchronize()
-    sections.append(_table(prof, f"training step, {ids.shape[0]} x {train_len} tokens, gradient checkpointing"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "profile_model.txt").write_text("\n\n".join(sections) + "\n")
-    print("\n\n".join(s[:6000] for s in sections))
+    sections.append(_table(_profiled(step, warmup=1),
+                           f"training step, {ids.shape[0]} x {train_len} tokens, gradient checkpointing"))
+    _write(out, "profile_model.txt", sections)
 
 
 def profile_decode(out: Path, new_tokens: int = 64) -> None:
@@ -140,16 +145,11 @@ def profile_decode(out: Path, new_tokens: int = 64) -> None:
                 slowest = (ms, (dtype, path, model, prompt))
     dtype, path, model, prompt = slowest[1]
     os.environ["PHALANX_FORCE_TORCH"] = "1" if path == "torch" else "0"
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
-        model.generate(prompt, max_new_tokens=16, min_new_tokens=16, do_sample=False)
-        torch.cuda.synchronize()
+    prof = _profiled(lambda: model.generate(prompt, max_new_tokens=16, min_new_tokens=16, do_sample=False), warmup=0)
     os.environ.pop("PHALANX_FORCE_TORCH")
     lines.append(_table(prof, f"generate 16 tokens, {dtype} {path} (slowest case)"))
     lines.append("compilation keys: " + "\n".join(f"{k}: {v[-3:]}" for k, v in keys.items()))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "profile_decode.txt").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines)[:8000])
+    _write(out, "profile_decode.txt", ["\n".join(lines)], limit=8000)
 
 
 @torch.no_grad()
@@ -162,23 +162,24 @@ def profile_decode_step(out: Path, batch: int, context: int, steps: int = 4) -> 
         with torch.device("cuda"):
             model = build_model(name, "1.3b", max_positions=context + 64).bfloat16().eval()
         ids = torch.randint(3, model.config.vocab_size, (batch, context), device="cuda")
-        for _ in range(2):
-            cache = None
-            cache = model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True,
-                          logits_to_keep=1).past_key_values
+
+        def prefill() -> DynamicCache:
+            return model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True,
+                         logits_to_keep=1).past_key_values
+
+        def decode(cache: DynamicCache) -> None:
             tok = ids[:, -1:]
-            torch.cuda.synchronize()
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                    torch.profiler.ProfilerActivity.CUDA]) as prof:
-                for _ in range(steps):
-                    tok = model(input_ids=tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
-                torch.cuda.synchronize()
-        sections.append(_table(prof, f"{name}: {steps} decode steps, batch {batch}, context {context}"))
-        del model, cache
+            for _ in range(steps):
+                tok = model(input_ids=tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+
+        decode(prefill())  # first pass over these cache lengths
+        cache = prefill()
+        sections.append(_table(_profiled(lambda: decode(cache), warmup=0),
+                               f"{name}: {steps} decode steps, batch {batch}, context {context}"))
+        del cache
+        del model
         torch.cuda.empty_cache()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "profile_decode_step.txt").write_text("\n\n".join(sections) + "\n")
-    print("\n\n".join(s[:7000] for s in sections))
+    _write(out, "profile_decode_step.txt", sections, limit=7000)
 
 
 def main() -> int:
