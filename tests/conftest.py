@@ -1,6 +1,7 @@
 """Test setup: run Triton kernels through the interpreter on CPU; skip GPU-marked tests without CUDA; shared fixtures."""
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_env() -> Iterator[dict[str, str]]:
+    """Every test runs with the Hub and datasets offline (nothing may be downloaded); yields the variables
+    for tests that build a subprocess environment from scratch."""
+    variables = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in variables.items():
+            mp.setenv(key, value)
+        yield variables
 
 
 @pytest.fixture(scope="module")

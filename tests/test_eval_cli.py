@@ -21,15 +21,6 @@ from phalanx_training.tokenizer import BYTE_OFFSET, load_byte_tokenizer
 
 MAX_LENGTH = 96
 DISTANCES = [64, 128, 256, 512, 1024, 2048, 4096, 8192]
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def offline():
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in OFFLINE.items():
-            mp.setenv(key, value)
-        yield
 
 
 def _loader_docs():
@@ -115,10 +106,10 @@ def test_metrics_equal_a_direct_computation(eval_run, tiny_model):
     assert results["phalanx_bpb"]["bits_per_byte,none"] == pytest.approx(bits_per_byte, rel=1e-4)
 
 
-def test_plain_lm_eval_cli_gives_the_same_metrics(eval_run, tiny_model, tmp_path):
+def test_plain_lm_eval_cli_gives_the_same_metrics(eval_run, tiny_model, tmp_path, offline_env):
     """`lm_eval --include_path` in a fresh process (the folder's remote code) matches `phalanx eval`."""
     tasks = ["phalanx_bpb", "phalanx_passkey_64", "phalanx_mqar_512"]
-    env = {**os.environ, **OFFLINE, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    env = {**os.environ, **offline_env, "HF_MODULES_CACHE": str(tmp_path / "modules")}
     cmd = [
         sys.executable, "-m", "lm_eval", "--model", "hf",
         "--model_args", f"pretrained={tiny_model},trust_remote_code=True,max_length={MAX_LENGTH}",

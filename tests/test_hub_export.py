@@ -21,7 +21,6 @@ from phalanx_training.tokenizer import load_byte_tokenizer
 
 PROMPT = "To be, or not"
 NEW_TOKENS = 8
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 RESULTS = {
     "results": {
         "phalanx_bpb": {"alias": "phalanx_bpb", "bits_per_byte,none": 2.5, "bits_per_byte_stderr,none": "N/A"},
@@ -54,14 +53,6 @@ print(json.dumps({
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def offline():
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in OFFLINE.items():
-            mp.setenv(key, value)
-        yield
-
-
 @pytest.fixture()
 def results_file(tmp_path) -> Path:
     path = tmp_path / "results.json"
@@ -76,7 +67,7 @@ def _greedy_reference(model_dir: Path) -> list[int]:
     return model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)[0].tolist()
 
 
-def test_export_loads_and_generates_without_the_project(tiny_model, results_file, tmp_path):
+def test_export_loads_and_generates_without_the_project(tiny_model, results_file, tmp_path, offline_env):
     out = tmp_path / "export" / "phalanx-tiny"
     assert main(["export", str(tiny_model), str(out), "--eval-results", str(results_file)]) == 0
 
@@ -97,7 +88,7 @@ def test_export_loads_and_generates_without_the_project(tiny_model, results_file
     clean.mkdir()
     shutil.copytree(out, clean / "hub_model")
     paths = json.dumps(sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}))
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(clean), "HF_MODULES_CACHE": str(clean / "modules"), **OFFLINE}
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(clean), "HF_MODULES_CACHE": str(clean / "modules"), **offline_env}
     proc = subprocess.run(
         [sys.executable, "-I", "-S", "-c", CLEAN_SCRIPT, paths, PROMPT, str(NEW_TOKENS)],
         cwd=clean, env=env, capture_output=True, text=True, timeout=300, check=False,
