@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 import traceback
@@ -35,6 +36,7 @@ import transformers
 
 import phalanx_kernels
 import phalanx_kernels.ops as kernel_ops
+from bench_e2e import time_steps
 from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM
 
 CALLS: Counter = Counter()
@@ -130,17 +132,7 @@ def check_train(dtype: torch.dtype, packed: bool, log: list[str]) -> dict:
 
 def timed(fn: Callable[[], None], repeats: int = 10) -> float:
     """Median milliseconds of `fn` (CUDA events, after 3 warm-up calls)."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    return statistics.median(time_steps(fn, repeats, 3, "cuda")) * 1e3
 
 
 def check_speed(log: list[str]) -> dict:
