@@ -109,8 +109,10 @@ def floors_ms(batch: int, seqlen: int, heads: int, dim: int, bandwidth: float) -
 
 
 def use_config(config: dict | None) -> None:
-    """Launch with ``config`` ({"fwd": ..., "bwd": ...}) from now on; None restores the library default."""
-    triton_ops.launch_config = _DEFAULT_CONFIG if config is None else (lambda h, d, bl: config)
+    """Launch with ``config`` ({"swr": {"fwd": ..., "bwd": ...}, "core": {...}}) from now on; None restores the
+    library default."""
+    triton_ops.launch_config = _DEFAULT_CONFIG if config is None else (
+        lambda h, d, bl, fused=False: config["core" if fused else "swr"])
 
 
 _DEFAULT_CONFIG = triton_ops.launch_config
@@ -118,11 +120,11 @@ _DEFAULT_CONFIG = triton_ops.launch_config
 
 def sweep_configs(batch: int, seqlen: int, heads: int, dim: int, candidates: list[dict]) -> list[dict]:
     """Time the SWR and the fused core, forward and forward+backward, with each candidate launch
-    configuration used for both directions."""
+    configuration used for both kernels in both directions."""
     rows = []
     try:
         for cand in candidates:
-            use_config({"fwd": cand, "bwd": cand})
+            use_config({"swr": {"fwd": cand, "bwd": cand}, "core": {"fwd": cand, "bwd": cand}})
             rows.append({**cand, **time_swr(batch, seqlen, heads, dim), **time_core(batch, seqlen, heads, dim)})
     finally:
         use_config(None)
@@ -130,15 +132,19 @@ def sweep_configs(batch: int, seqlen: int, heads: int, dim: int, candidates: lis
 
 
 def best_config(rows: list[dict]) -> dict:
-    """Fastest forward candidate (SWR + core forward) and fastest backward candidate (backward = forward+backward
-    minus forward, SWR + core) of a sweep, by GPU time (graph replay: host overhead does not blur the choice)."""
+    """For the SWR and for the fused core, the fastest forward candidate and the fastest backward candidate
+    (backward = forward+backward minus forward) of a sweep, by GPU time (graph replay: host overhead does not
+    blur the choice)."""
     def pick(cost) -> dict:
         best = min(rows, key=cost)
         return {k: v for k, v in best.items() if not k.endswith("_ms")}
 
     return {
-        "fwd": pick(lambda r: r["fwd_gpu_ms"] + r["core_fwd_gpu_ms"]),
-        "bwd": pick(lambda r: r["fwd_bwd_gpu_ms"] - r["fwd_gpu_ms"] + r["core_fwd_bwd_gpu_ms"] - r["core_fwd_gpu_ms"]),
+        kernel: {
+            "fwd": pick(lambda r: r[f"{p}fwd_gpu_ms"]),
+            "bwd": pick(lambda r: r[f"{p}fwd_bwd_gpu_ms"] - r[f"{p}fwd_gpu_ms"]),
+        }
+        for kernel, p in (("swr", ""), ("core", "core_"))
     }
 
 

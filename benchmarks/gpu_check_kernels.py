@@ -196,9 +196,11 @@ def main() -> int:
     }
     bandwidth = bench_swr.copy_bandwidth()
     report["copy_bandwidth_Bps"] = bandwidth
-    candidates = [{"NB": nb, "HB": hb, "num_warps": w}
-                  for nb, hb, w in [(16, 8, 1), (16, 4, 1), (16, 2, 1), (16, 1, 1), (16, 4, 2), (16, 2, 2),
-                                    (32, 2, 1), (8, 2, 1)]]
+    # VEC (channels per thread) is derived from HB and the warps unless given; VEC 8 is the layout Triton picks
+    # on its own (16-byte loads, the block axis spread over threads), kept as the before/after comparison.
+    candidates = [{"NB": nb, "HB": hb, "num_warps": w, **({"VEC": vec} if vec else {})}
+                  for nb, hb, w, vec in [(16, 8, 1, None), (32, 8, 1, None), (16, 4, 1, None), (32, 4, 1, None),
+                                         (16, 4, 1, 8), (16, 2, 1, 8), (16, 4, 1, 4), (16, 8, 2, None)]]
     report["sweep_shape_A"] = bench_swr.sweep_configs(8, 8192, 64, 16, candidates)
     report["chosen_config"] = bench_swr.best_config(report["sweep_shape_A"])
     _save(report, args.out)

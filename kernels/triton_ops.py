@@ -19,27 +19,28 @@ from modeling_phalanx.swr_torch import SWRState, _split_core_inputs, check_swr_a
 
 from .triton_swr import _swr_bwd_kernel, _swr_fwd_kernel
 
-def launch_config(num_heads: int, head_dim: int, block_len: int) -> dict[str, dict[str, int]]:
-    """Launch parameters of the forward (``fwd``) and backward (``bwd``) kernels: ``NB`` blocks of ``HB``
-    heads per program, ``num_warps`` warps.
+def launch_config(num_heads: int, head_dim: int, block_len: int, fused: bool = False) -> dict[str, dict[str, int]]:
+    """Launch parameters of the forward (``fwd``) and backward (``bwd``) kernels of the plain SWR or the fused
+    core: ``NB`` blocks of ``HB`` heads per program on ``num_warps`` warps, and optionally ``VEC`` channels per
+    thread (else ``HB * DP / threads``, which keeps the block axis in each thread's registers).
 
-    On an H100 at D = 16, BL = 16 the sweep of results/run6 (GPU time, graph replay) chose 4 heads and 16
-    blocks per program on one warp in both directions (fastest SWR + fused core); wider heads or blocks
-    take fewer heads per program and 4 warps.
+    On an H100 at D = 16, BL = 16 the sweep of results/run10 (GPU time, graph replay) chose for the SWR 8 heads
+    on one warp in both directions (VEC 4: 64 values of each tile per thread), and for the fused core, whose
+    backward loads about ten tiles per block, 4 heads: the forward in the same layout over 32 blocks, the
+    backward with 16-byte loads (VEC 8; the in-register layout needs four times the load instructions there).
+    Wider heads or longer blocks take fewer heads and, past one head, more warps.
     """
     dp = triton.next_power_of_2(head_dim)
-
-    def heads_per_program(cap: int, width: int) -> int:
-        hb = 1
-        while hb * 2 <= cap and num_heads % (hb * 2) == 0 and hb * 2 * dp <= width and hb * 2 * block_len <= width:
-            hb *= 2
-        return hb
-
-    fwd_hb, bwd_hb = heads_per_program(4, 128), heads_per_program(4, 64)
-    return {
-        "fwd": {"NB": 256 // block_len, "HB": fwd_hb, "num_warps": 1 if fwd_hb * block_len * dp <= 2048 else 4},
-        "bwd": {"NB": 256 // block_len, "HB": bwd_hb, "num_warps": 1 if bwd_hb * block_len * dp <= 1024 else 4},
-    }
+    max_heads, per_thread = (4, 32) if fused else (8, 64)  # heads per program, values of a tile per thread
+    hb = 1
+    while hb * 2 <= max_heads and num_heads % (hb * 2) == 0 and hb * 2 * dp * block_len <= 32 * per_thread:
+        hb *= 2
+    warps = max(1, hb * dp * block_len // (32 * per_thread))
+    if fused:
+        return {"fwd": {"NB": 512 // block_len, "HB": hb, "num_warps": warps},
+                "bwd": {"NB": 256 // block_len, "HB": hb, "num_warps": warps, "VEC": 8}}
+    cfg = {"NB": 256 // block_len, "HB": hb, "num_warps": warps}
+    return {"fwd": cfg, "bwd": cfg}
 
 
 def _launch(
@@ -56,20 +57,23 @@ def _launch(
     """Launch the forward or backward kernel over (sequences x head groups, chunks)."""
     cu, phase, seq_len, max_len, num_seqs = rows_info
     heads, gate_groups, head_dim = shape
-    cfg = launch_config(heads, head_dim, block_len)["fwd" if fwd else "bwd"]
+    cfg = launch_config(heads, head_dim, block_len, fused)["fwd" if fwd else "bwd"]
     max_blocks = -(-(max_len + (block_len - 1 if phase is not None else 0)) // block_len)
     hb = math.gcd(cfg["HB"], heads)  # a program's heads must tile the head count
+    dp = triton.next_power_of_2(head_dim)
+    vec = min(cfg.get("VEC") or max(hb * dp // (32 * cfg["num_warps"]), 2), 8, dp)
     meta = dict(
         H=heads,
         HG=gate_groups,
         REP=heads // gate_groups,
         D=head_dim,
-        DP=triton.next_power_of_2(head_dim),
+        DP=dp,
         BL=block_len,
         W=window_blocks,
         WP=triton.next_power_of_2(max(window_blocks - 1, 1)),
         NB=cfg["NB"],
         HB=hb,
+        VEC=vec,
         FUSED=fused,
         VARLEN=cu is not None,
         HAS_PHASE=phase is not None,
@@ -80,7 +84,7 @@ def _launch(
     row_names = ("X_ROW", "G_ROW", "Y_ROW") if fwd else ("X_ROW", "G_ROW", "DY_ROW", "DX_ROW", "DG_ROW")
     meta.update(dict(zip(row_names, strides)))
     grid = (num_seqs * (heads // hb), triton.cdiv(max_blocks, cfg["NB"]))
-    (_swr_fwd_kernel if fwd else _swr_bwd_kernel)[grid](*tensors, cu, phase, seq_len, log_cap, **meta)
+    (_swr_fwd_kernel if fwd else _swr_bwd_kernel)[grid](*tensors, cu, phase, seq_len, math.exp(log_cap), **meta)
 
 
 def _rows_info(

@@ -3,7 +3,10 @@
 Layout: inputs are token-major rows, one row per token of all sequences (``B * T`` rows, or the packed
 rows of ``cu_seqlens``). A program owns ``NB`` aligned blocks of ``BL`` tokens of one sequence for ``HB``
 heads. Blocks align to each sequence's first token shifted back by its phase (a continued chunk starts
-mid-block); positions outside the sequence load as x = 0, log-gate = 0.
+mid-block); positions outside the sequence load as x = 0, log-gate = 0. Loads are limited to ``VEC``
+contiguous channels per thread so that the ``HB x DP`` (head, channel) pairs of a token spread over the
+threads and each thread keeps the whole block axis in registers: the scans along it then need no warp
+shuffles (``launch_config`` picks ``VEC = HB * DP / threads``).
 
 Forward, per block: the local solve from a zero state is the first-order recurrence itself, computed
 by ``tl.associative_scan`` over token pairs ``(a, x)`` with ``(a1, x1), (a2, x2) -> (a1 a2, a2 x1 + x2)``;
@@ -30,36 +33,46 @@ import triton.language as tl
 
 
 @triton.jit
-def _logsigmoid(z):
-    return tl.minimum(z, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(z)))
+def _mul(a, b):
+    return a * b
+
+
+@triton.jit
+def _gates(z, mask, CAP, FUSED: tl.constexpr):
+    """Gates ``a = exp(log-gate)`` in fp32 from the loaded values, 1 where masked: plain ``exp(z)``, fused
+    ``sigmoid(z) * CAP`` (the decay logit's log-sigmoid plus log CAP, exponentiated: no ``log`` is needed,
+    since the kernels only use gates and their products)."""
+    if FUSED:
+        a = tl.sigmoid(z) * CAP
+    else:
+        a = tl.exp(z)
+    return tl.where(mask, a, 1.0)
 
 
 @triton.jit
 def _load_block(
-    X, G, rows, mask_t, h_idx, d, mask_d, LOGCAP,
+    X, G, rows, mask_t, h_idx, d, mask_d, CAP,
     X_ROW: tl.constexpr, G_ROW: tl.constexpr, H: tl.constexpr, HG: tl.constexpr, REP: tl.constexpr,
     D: tl.constexpr, FUSED: tl.constexpr,
 ):
-    """SWR inputs of one block: x (HB, BL, DP) and log-gates (HB, BL) in fp32 (zero where masked).
+    """SWR inputs of one block: x (HB, BL, DP) and gates (HB, BL) in fp32 (x = 0, gate 1 where masked).
 
-    Fused: x = sigmoid(input-gate logits of the head's group) * values, log-gate = logsigmoid(decay
-    logit) + LOGCAP, all read from the projection row [decay (H) | gate (HG*D) | readout (HG*D) | values (H*D)].
+    Fused: x = sigmoid(input-gate logits of the head's group) * values, gate = sigmoid(decay logit) * CAP,
+    all read from the projection row [decay (H) | gate (HG*D) | readout (HG*D) | values (H*D)].
     """
     m2 = mask_t[None, :]
     m3 = m2[:, :, None] & mask_d[None, None, :]
     r2 = rows[None, :]
     r3 = rows[None, :, None]
     if FUSED:
-        za = tl.load(G + r2 * G_ROW + h_idx[:, None], mask=m2, other=0.0).to(tl.float32)
         grp = h_idx // REP
         zb = tl.load(X + r3 * X_ROW + H + grp[:, None, None] * D + d[None, None, :], mask=m3, other=0.0)
         v = tl.load(X + r3 * X_ROW + H + 2 * HG * D + h_idx[:, None, None] * D + d[None, None, :], mask=m3, other=0.0)
         x = tl.sigmoid(zb.to(tl.float32)) * v.to(tl.float32)
-        g = tl.where(m2, _logsigmoid(za) + LOGCAP, 0.0)
     else:
         x = tl.load(X + r3 * X_ROW + h_idx[:, None, None] * D + d[None, None, :], mask=m3, other=0.0).to(tl.float32)
-        g = tl.load(G + r2 * G_ROW + h_idx[:, None], mask=m2, other=0.0).to(tl.float32)
-    return x, g
+    z = tl.load(G + r2 * G_ROW + h_idx[:, None], mask=m2, other=0.0).to(tl.float32)
+    return x, _gates(z, m2, CAP, FUSED)
 
 
 @triton.jit
@@ -114,10 +127,10 @@ def _seq_setup(CU, PHASE, T, VARLEN: tl.constexpr, HAS_PHASE: tl.constexpr, BL: 
 
 
 @triton.jit
-def _load_dy(X, G, DY, rows, mask_t, h_idx, d, mask_d, LOGCAP,
+def _load_dy(X, G, DY, rows, mask_t, h_idx, d, mask_d, CAP,
              X_ROW: tl.constexpr, G_ROW: tl.constexpr, DY_ROW: tl.constexpr, H: tl.constexpr, HG: tl.constexpr,
              REP: tl.constexpr, D: tl.constexpr, FUSED: tl.constexpr):
-    """Gradient of the SWR output (fused: d(out) * readout) and log-gates of one block, fp32."""
+    """Gradient of the SWR output (fused: d(out) * readout) and gates of one block, fp32."""
     m2 = mask_t[None, :]
     m3 = m2[:, :, None] & mask_d[None, None, :]
     r3 = rows[None, :, None]
@@ -126,11 +139,8 @@ def _load_dy(X, G, DY, rows, mask_t, h_idx, d, mask_d, LOGCAP,
         grp = h_idx // REP
         c = tl.load(X + r3 * X_ROW + H + HG * D + grp[:, None, None] * D + d[None, None, :], mask=m3, other=0.0)
         dy = dy * c.to(tl.float32)
-        za = tl.load(G + rows[None, :] * G_ROW + h_idx[:, None], mask=m2, other=0.0).to(tl.float32)
-        g = tl.where(m2, _logsigmoid(za) + LOGCAP, 0.0)
-    else:
-        g = tl.load(G + rows[None, :] * G_ROW + h_idx[:, None], mask=m2, other=0.0).to(tl.float32)
-    return dy, g
+    z = tl.load(G + rows[None, :] * G_ROW + h_idx[:, None], mask=m2, other=0.0).to(tl.float32)
+    return dy, _gates(z, m2, CAP, FUSED)
 
 
 @triton.jit
@@ -190,11 +200,23 @@ def _first_order(a1, x1, a2, x2):
 
 
 @triton.jit
+def _suffix_scan(a, x):
+    """Reverse first-order scan along the block axis: ``h_s = x_s + a_s h_{s+1}`` and the products of ``a``.
+
+    Written as a forward scan between two flips: with the block axis held in each thread's registers
+    (``VEC``), the flips are register renames, whereas ``associative_scan(reverse=True)`` reverses through
+    warp shuffles (Triton 3.6: 640 shuffles per [4, 16, 16] tile).
+    """
+    prod, h = tl.associative_scan((tl.flip(a, 1), tl.flip(x, 1)), axis=1, combine_fn=_first_order)
+    return tl.flip(prod, 1), tl.flip(h, 1)
+
+
+@triton.jit
 def _swr_fwd_kernel(
-    X, G, Y, HF, CU, PHASE, T, LOGCAP,
+    X, G, Y, HF, CU, PHASE, T, CAP,
     X_ROW: tl.constexpr, G_ROW: tl.constexpr, Y_ROW: tl.constexpr,
     H: tl.constexpr, HG: tl.constexpr, REP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-    BL: tl.constexpr, W: tl.constexpr, WP: tl.constexpr, NB: tl.constexpr, HB: tl.constexpr,
+    BL: tl.constexpr, W: tl.constexpr, WP: tl.constexpr, NB: tl.constexpr, HB: tl.constexpr, VEC: tl.constexpr,
     FUSED: tl.constexpr, VARLEN: tl.constexpr, HAS_PHASE: tl.constexpr, FINAL: tl.constexpr,
 ):
     """y = SWR(x, g) (fused: SWR(sigmoid(zb) v, logsigmoid(za)) * c + v) for NB blocks x HB heads; with
@@ -205,7 +227,7 @@ def _swr_fwd_kernel(
         return
     c1 = tl.minimum(c0 + NB, nblocks)
     t_in = tl.arange(0, BL)
-    d = tl.arange(0, DP)
+    d = tl.max_contiguous(tl.arange(0, DP), VEC)  # VEC channels per thread: the block axis stays in registers
     mask_d = d < D
     slots = tl.arange(0, WP)
     ring = tl.zeros((WP, HB, DP), dtype=tl.float32)
@@ -213,14 +235,14 @@ def _swr_fwd_kernel(
         tok = blk * BL + t_in - phase
         mask_t = (tok >= 0) & (tok < length)
         rows = bos + tok
-        x, g = _load_block(X, G, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
-        a = tl.broadcast_to(tl.exp(g)[:, :, None], (HB, BL, DP))
-        prefix, local = tl.associative_scan((a, x), axis=1, combine_fn=_first_order)
+        x, a = _load_block(X, G, rows, mask_t, h_idx, d, mask_d, CAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
+        prefix, local = tl.associative_scan((tl.broadcast_to(a[:, :, None], (HB, BL, DP)), x), axis=1,
+                                            combine_fn=_first_order)
         if W > 1:
             carry = _ring_read(ring, slots, (blk + WP - (W - 1) % WP) % WP)
             y = local + prefix * carry[:, None, :]
             term = tl.sum(tl.where((t_in == BL - 1)[None, :, None], local, 0.0), axis=1)
-            ring = _ring_push(ring, slots, blk % WP, tl.exp(tl.sum(g, axis=1)), term)
+            ring = _ring_push(ring, slots, blk % WP, tl.reduce(a, 1, _mul), term)
         else:
             y = local
         if blk >= c0:
@@ -237,21 +259,19 @@ def _swr_fwd_kernel(
 
 
 @triton.jit
-def _next_gates(G, rows, mask_next, h_idx, LOGCAP, G_ROW: tl.constexpr, FUSED: tl.constexpr):
+def _next_gates(G, rows, mask_next, h_idx, CAP, G_ROW: tl.constexpr, FUSED: tl.constexpr):
     """Gates a_{t+1} of the next token inside the block (HB, BL); 1 where masked (block end, sequence end)."""
     m2 = mask_next[None, :]
     z = tl.load(G + (rows + 1)[None, :] * G_ROW + h_idx[:, None], mask=m2, other=0.0).to(tl.float32)
-    if FUSED:
-        z = tl.where(m2, _logsigmoid(z) + LOGCAP, 0.0)
-    return tl.exp(z)
+    return _gates(z, m2, CAP, FUSED)
 
 
 @triton.jit
 def _swr_bwd_kernel(
-    X, G, DY, DX, DG, DC, CU, PHASE, T, LOGCAP,
+    X, G, DY, DX, DG, DC, CU, PHASE, T, CAP,
     X_ROW: tl.constexpr, G_ROW: tl.constexpr, DY_ROW: tl.constexpr, DX_ROW: tl.constexpr, DG_ROW: tl.constexpr,
     H: tl.constexpr, HG: tl.constexpr, REP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-    BL: tl.constexpr, W: tl.constexpr, WP: tl.constexpr, NB: tl.constexpr, HB: tl.constexpr,
+    BL: tl.constexpr, W: tl.constexpr, WP: tl.constexpr, NB: tl.constexpr, HB: tl.constexpr, VEC: tl.constexpr,
     FUSED: tl.constexpr, VARLEN: tl.constexpr, HAS_PHASE: tl.constexpr,
 ):
     """Gradients for NB blocks x HB heads (plain: dx, dg; fused: d(proj), per-head gate parts in DC when REP > 1).
@@ -266,7 +286,7 @@ def _swr_bwd_kernel(
         return
     c1 = tl.minimum(c0 + NB, nblocks)
     t_in = tl.arange(0, BL)
-    d = tl.arange(0, DP)
+    d = tl.max_contiguous(tl.arange(0, DP), VEC)  # VEC channels per thread: the block axis stays in registers
     mask_d = d < D
     slots = tl.arange(0, WP)
     ring = tl.zeros((WP, HB, DP), dtype=tl.float32)  # forward restart states
@@ -276,11 +296,11 @@ def _swr_bwd_kernel(
     for blk in range(tl.maximum(c0 - (W - 1), 0), c0):
         tok = blk * BL + t_in - phase
         mask_t = (tok >= 0) & (tok < length)
-        x, g = _load_block(X, G, bos + tok, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
-        a = tl.broadcast_to(tl.exp(g)[:, :, None], (HB, BL, DP))
-        _, local = tl.associative_scan((a, x), axis=1, combine_fn=_first_order)
+        x, a = _load_block(X, G, bos + tok, mask_t, h_idx, d, mask_d, CAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
+        _, local = tl.associative_scan((tl.broadcast_to(a[:, :, None], (HB, BL, DP)), x), axis=1,
+                                       combine_fn=_first_order)
         term = tl.sum(tl.where((t_in == BL - 1)[None, :, None], local, 0.0), axis=1)
-        ring = _ring_push(ring, slots, blk % WP, tl.exp(tl.sum(g, axis=1)), term)
+        ring = _ring_push(ring, slots, blk % WP, tl.reduce(a, 1, _mul), term)
 
     # Log-gate gradient at the chunk start: pairs (s < start <= i) with s in the halo, i in the next W-1 blocks.
     dg_run = tl.zeros((HB,), dtype=tl.float32)
@@ -288,40 +308,40 @@ def _swr_bwd_kernel(
     for f in range(c0, c0 + W - 1):
         tok = f * BL + t_in - phase
         mask_t = (tok >= 0) & (tok < length)
-        dy, g = _load_dy(X, G, DY, bos + tok, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, DY_ROW, H, HG, REP, D,
+        dy, a = _load_dy(X, G, DY, bos + tok, mask_t, h_idx, d, mask_d, CAP, X_ROW, G_ROW, DY_ROW, H, HG, REP, D,
                          FUSED)
-        dterm = tl.sum(tl.exp(tl.cumsum(g, axis=1))[:, :, None] * dy, axis=1)
+        dterm = tl.sum(tl.associative_scan(a, 1, _mul)[:, :, None] * dy, axis=1)
         dg_run += decay * tl.sum(dterm * _ring_read(ring, slots, (f + WP - (W - 1) % WP) % WP), axis=1)
-        decay *= tl.exp(tl.sum(g, axis=1))
+        decay *= tl.reduce(a, 1, _mul)
 
     for f in range(c0, c1 + W - 1):
         if W > 1:
             tok = f * BL + t_in - phase
             mask_t = (tok >= 0) & (tok < length)
-            dy, g = _load_dy(X, G, DY, bos + tok, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, DY_ROW, H, HG,
+            dy, a = _load_dy(X, G, DY, bos + tok, mask_t, h_idx, d, mask_d, CAP, X_ROW, G_ROW, DY_ROW, H, HG,
                              REP, D, FUSED)
-            dterm = tl.sum(tl.exp(tl.cumsum(g, axis=1))[:, :, None] * dy, axis=1)
+            dterm = tl.sum(tl.associative_scan(a, 1, _mul)[:, :, None] * dy, axis=1)
             pend += pend_decay[:, :, None] * dterm[None, :, :]
-            pend_decay *= tl.exp(tl.sum(g, axis=1))[None, :]
+            pend_decay *= tl.reduce(a, 1, _mul)[None, :]
         b = f - (W - 1)
         if b >= c0:
             tok = b * BL + t_in - phase
             mask_t = (tok >= 0) & (tok < length)
             rows = bos + tok
-            x, g = _load_block(X, G, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
-            dy, g = _load_dy(X, G, DY, rows, mask_t, h_idx, d, mask_d, LOGCAP, X_ROW, G_ROW, DY_ROW, H, HG, REP, D,
+            x, a = _load_block(X, G, rows, mask_t, h_idx, d, mask_d, CAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
+            dy, _ = _load_dy(X, G, DY, rows, mask_t, h_idx, d, mask_d, CAP, X_ROW, G_ROW, DY_ROW, H, HG, REP, D,
                              FUSED)
-            a = tl.broadcast_to(tl.exp(g)[:, :, None], (HB, BL, DP))
-            prefix, y = tl.associative_scan((a, x), axis=1, combine_fn=_first_order)
+            prefix, y = tl.associative_scan((tl.broadcast_to(a[:, :, None], (HB, BL, DP)), x), axis=1,
+                                            combine_fn=_first_order)
             mask_next = (t_in < BL - 1) & (tok + 1 >= 0) & (tok + 1 < length)
-            a_next = tl.broadcast_to(_next_gates(G, rows, mask_next, h_idx, LOGCAP, G_ROW, FUSED)[:, :, None],
+            a_next = tl.broadcast_to(_next_gates(G, rows, mask_next, h_idx, CAP, G_ROW, FUSED)[:, :, None],
                                      (HB, BL, DP))
-            tail, dx = tl.associative_scan((a_next, dy), axis=1, combine_fn=_first_order, reverse=True)
+            tail, dx = _suffix_scan(a_next, dy)
             if W > 1:
                 term = tl.sum(tl.where((t_in == BL - 1)[None, :, None], y, 0.0), axis=1)
                 y += prefix * _ring_read(ring, slots, (b + WP - (W - 1) % WP) % WP)[:, None, :]
                 dx += tail * _ring_read(pend, slots, b % WP)[:, None, :]
-                ring = _ring_push(ring, slots, b % WP, tl.exp(tl.sum(g, axis=1)), term)
+                ring = _ring_push(ring, slots, b % WP, tl.reduce(a, 1, _mul), term)
                 pend_decay = tl.where((slots == b % WP)[:, None], 0.0, pend_decay)
             q = tl.sum(dy * y - x * dx, axis=2)
             dg = dg_run[:, None] - (tl.cumsum(q, axis=1) - q)

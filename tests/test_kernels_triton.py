@@ -207,7 +207,7 @@ def test_small_chunks_against_oracle(monkeypatch: pytest.MonkeyPatch) -> None:
     """Programs of 4 blocks (several per sequence, so every halo is exercised): packed sequences with phases
     and initial states, W = 3, forward and backward; and the fused core with gate groups and a decay cap."""
     small = {"NB": 4, "HB": 2, "num_warps": 1}
-    monkeypatch.setattr(triton_ops, "launch_config", lambda h, d, bl: {"fwd": small, "bwd": small})
+    monkeypatch.setattr(triton_ops, "launch_config", lambda h, d, bl, fused=False: {"fwd": small, "bwd": small})
     check_packed_against_oracle([30, 50], torch.tensor([7, 16]), 3, "sharp", torch.float32, seed=13)
 
     proj = _core_inputs(4, 2, 45, seed=13)
@@ -227,7 +227,7 @@ def test_inference_final_state_from_the_forward_kernel(monkeypatch: pytest.Monke
     off block boundaries, with the last block in a later program than the first (2 blocks per program);
     the fused core's too, with gate groups and a decay cap. The PyTorch final-state path is disabled."""
     small = {"NB": 2, "HB": 2, "num_warps": 1}
-    monkeypatch.setattr(triton_ops, "launch_config", lambda h, d, bl: {"fwd": small, "bwd": small})
+    monkeypatch.setattr(triton_ops, "launch_config", lambda h, d, bl, fused=False: {"fwd": small, "bwd": small})
     monkeypatch.setattr(triton_ops, "_final_state", lambda *a, **k: pytest.fail("PyTorch final-state path used"))
     x, g = make_inputs(1, sum(lengths), 4, 16, gates="near1", seed=len(lengths))
     bounds = cu_seqlens_of(lengths).tolist()
@@ -256,7 +256,7 @@ def test_inference_final_state_from_the_forward_kernel(monkeypatch: pytest.Monke
 def test_config_with_more_heads_per_program_than_heads(monkeypatch: pytest.MonkeyPatch) -> None:
     """A launch configuration tuned for many heads still covers every head of a 2-head input."""
     wide = {"NB": 16, "HB": 8, "num_warps": 1}
-    monkeypatch.setattr(triton_ops, "launch_config", lambda h, d, bl: {"fwd": wide, "bwd": wide})
+    monkeypatch.setattr(triton_ops, "launch_config", lambda h, d, bl, fused=False: {"fwd": wide, "bwd": wide})
     x, g = make_inputs(1, 20, 2, 16, seed=14)
     y = triton_ops.swr_triton(x.float().to(DEVICE), g.float().to(DEVICE))
     assert_matches(y, swr_oracle(x, g, 16, 2)[0], torch.float32, "y")
