@@ -24,10 +24,9 @@ def launch_config(num_heads: int, head_dim: int, block_len: int, fused: bool = F
     core: ``NB`` blocks of ``HB`` heads per program on ``num_warps`` warps, and optionally ``VEC`` channels per
     thread (else ``HB * DP / threads``, which keeps the block axis in each thread's registers).
 
-    On an H100 at D = 16, BL = 16 the sweep of results/run10 (GPU time, graph replay) chose for the SWR 8 heads
-    on one warp in both directions (VEC 4: 64 values of each tile per thread), and for the fused core, whose
-    backward loads about ten tiles per block, 4 heads: the forward in the same layout over 32 blocks, the
-    backward with 16-byte loads (VEC 8; the in-register layout needs four times the load instructions there).
+    On an H100 at D = 16, BL = 16 the sweep of results/run11 (GPU time, graph replay) chose for the SWR 8 heads
+    on one warp (VEC 4: 64 values of each tile per thread; 32 blocks per program forward, 16 backward) and for
+    the fused core, which holds about three times as many tiles, 4 heads on one warp (VEC 2) over 32 blocks.
     Wider heads or longer blocks take fewer heads and, past one head, more warps.
     """
     dp = triton.next_power_of_2(head_dim)
@@ -35,12 +34,8 @@ def launch_config(num_heads: int, head_dim: int, block_len: int, fused: bool = F
     hb = 1
     while hb * 2 <= max_heads and num_heads % (hb * 2) == 0 and hb * 2 * dp * block_len <= 32 * per_thread:
         hb *= 2
-    warps = max(1, hb * dp * block_len // (32 * per_thread))
-    if fused:
-        return {"fwd": {"NB": 512 // block_len, "HB": hb, "num_warps": warps},
-                "bwd": {"NB": 256 // block_len, "HB": hb, "num_warps": warps, "VEC": 8}}
-    cfg = {"NB": 256 // block_len, "HB": hb, "num_warps": warps}
-    return {"fwd": cfg, "bwd": cfg}
+    cfg = {"HB": hb, "num_warps": max(1, hb * dp * block_len // (32 * per_thread))}
+    return {"fwd": {"NB": 512 // block_len, **cfg}, "bwd": {"NB": (512 if fused else 256) // block_len, **cfg}}
 
 
 def _launch(
