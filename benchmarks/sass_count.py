@@ -74,8 +74,7 @@ def main() -> None:
     parser.add_argument("--fused", action="store_true", help="only the fused core (default: both kernels)")
     args = parser.parse_args()
     h, d, bl = args.heads, args.dim, args.block_len
-    dp = triton.next_power_of_2(d)
-    from kernels.triton_ops import launch_config
+    from kernels.triton_ops import kernel_meta, launch_config
 
     for fused in ([True] if args.fused else [False, True]):
         cfg = launch_config(h, d, bl, fused)
@@ -83,22 +82,22 @@ def main() -> None:
             c = dict(cfg[direction])
             if args.hb:
                 c.update(HB=args.hb, num_warps=args.warps, VEC=args.vec)
-            vec = min(c.get("VEC") or max(c["HB"] * dp // (32 * c["num_warps"]), 2), 8, dp)
+            meta = kernel_meta((h, h, d), bl, 2, fused, c)
+            num_warps = meta.pop("num_warps")
             row = h + 3 * h * d if fused else h * d
-            consts = dict(H=h, HG=h, REP=1, D=d, DP=dp, BL=bl, W=2, WP=1, NB=c.get("NB", 16), HB=c["HB"], VEC=vec,
-                          FUSED=fused, VARLEN=False, HAS_PHASE=False, CU=None, PHASE=None, X_ROW=row,
+            consts = dict(meta, VARLEN=False, HAS_PHASE=False, CU=None, PHASE=None, X_ROW=row,
                           G_ROW=row if fused else h, HF=None, FINAL=False, Y_ROW=h * d, DY_ROW=h * d,
-                          DX_ROW=row, DG_ROW=0 if fused else h, DG=None, DC=None)
+                          DX_ROW=row, DG_ROW=0 if fused else h, DC=None)
             types = dict(X="*bf16", G="*bf16" if fused else "*fp32", Y="*bf16", DY="*bf16", DX="*bf16",
                          T="i32", CAP="fp32")
-            if not fused:
+            if fused:
+                consts["DG"] = None
+            else:
                 types["DG"] = "*fp32"
-                consts.pop("DG")
-            regs, spill, ops = sass_stats(compile_kernel(fn, types, consts, c["num_warps"]))
+            regs, spill, ops = sass_stats(compile_kernel(fn, types, consts, num_warps))
             top = " ".join(f"{op}={n}" for op, n in ops.most_common(10))
-            print(f"{'core' if fused else 'swr '} {direction} HB={c['HB']} VEC={vec} warps={c['num_warps']}: "
+            print(f"{'core' if fused else 'swr '} {direction} HB={meta['HB']} VEC={meta['VEC']} warps={num_warps}: "
                   f"regs={regs} spill={spill} sass={sum(ops.values())} SHFL={ops['SHFL']} LDG={ops['LDG']} | {top}")
-
 
 if __name__ == "__main__":
     main()

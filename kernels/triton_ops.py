@@ -38,6 +38,32 @@ def launch_config(num_heads: int, head_dim: int, block_len: int, fused: bool = F
     return {"fwd": {"NB": 512 // block_len, **cfg}, "bwd": {"NB": (512 if fused else 256) // block_len, **cfg}}
 
 
+def kernel_meta(
+    shape: tuple[int, int, int], block_len: int, window_blocks: int, fused: bool, cfg: dict[str, int]
+) -> dict:
+    """Compile-time parameters of a kernel for (heads, gate groups, head dim) and one direction's launch
+    configuration ``cfg``: heads per program clamped to a divisor of the head count, and ``VEC`` = the
+    configuration's, else ``HB * DP / threads`` (at least 2, which makes channels Triton's fastest axis)."""
+    heads, gate_groups, head_dim = shape
+    hb = math.gcd(cfg["HB"], heads)  # a program's heads must tile the head count
+    dp = triton.next_power_of_2(head_dim)
+    return dict(
+        H=heads,
+        HG=gate_groups,
+        REP=heads // gate_groups,
+        D=head_dim,
+        DP=dp,
+        BL=block_len,
+        W=window_blocks,
+        WP=triton.next_power_of_2(max(window_blocks - 1, 1)),
+        NB=cfg["NB"],
+        HB=hb,
+        VEC=min(cfg.get("VEC") or max(hb * dp // (32 * cfg["num_warps"]), 2), 8, dp),
+        FUSED=fused,
+        num_warps=cfg["num_warps"],
+    )
+
+
 def _launch(
     fwd: bool,
     tensors: tuple[torch.Tensor | None, ...],
@@ -51,34 +77,16 @@ def _launch(
 ) -> None:
     """Launch the forward or backward kernel over (sequences x head groups, chunks)."""
     cu, phase, seq_len, max_len, num_seqs = rows_info
-    heads, gate_groups, head_dim = shape
+    heads, _, head_dim = shape
     cfg = launch_config(heads, head_dim, block_len, fused)["fwd" if fwd else "bwd"]
     max_blocks = -(-(max_len + (block_len - 1 if phase is not None else 0)) // block_len)
-    hb = math.gcd(cfg["HB"], heads)  # a program's heads must tile the head count
-    dp = triton.next_power_of_2(head_dim)
-    vec = min(cfg.get("VEC") or max(hb * dp // (32 * cfg["num_warps"]), 2), 8, dp)
-    meta = dict(
-        H=heads,
-        HG=gate_groups,
-        REP=heads // gate_groups,
-        D=head_dim,
-        DP=dp,
-        BL=block_len,
-        W=window_blocks,
-        WP=triton.next_power_of_2(max(window_blocks - 1, 1)),
-        NB=cfg["NB"],
-        HB=hb,
-        VEC=vec,
-        FUSED=fused,
-        VARLEN=cu is not None,
-        HAS_PHASE=phase is not None,
-        num_warps=cfg["num_warps"],
-    )
+    meta = kernel_meta(shape, block_len, window_blocks, fused, cfg)
+    meta.update(VARLEN=cu is not None, HAS_PHASE=phase is not None)
     if fwd:
         meta["FINAL"] = tensors[3] is not None
     row_names = ("X_ROW", "G_ROW", "Y_ROW") if fwd else ("X_ROW", "G_ROW", "DY_ROW", "DX_ROW", "DG_ROW")
     meta.update(dict(zip(row_names, strides)))
-    grid = (num_seqs * (heads // hb), triton.cdiv(max_blocks, cfg["NB"]))
+    grid = (num_seqs * (heads // meta["HB"]), triton.cdiv(max_blocks, cfg["NB"]))
     (_swr_fwd_kernel if fwd else _swr_bwd_kernel)[grid](*tensors, cu, phase, seq_len, math.exp(log_cap), **meta)
 
 

@@ -200,13 +200,22 @@ def _first_order(a1, x1, a2, x2):
 
 
 @triton.jit
+def _prefix_scan(a, x):
+    """First-order scan along the block axis of x (HB, BL, DP) with gates a (HB, BL): the states
+    ``h_t = a_t h_{t-1} + x_t`` from zero and the gates' prefix products (both (HB, BL, DP))."""
+    return tl.associative_scan((tl.broadcast_to(a[:, :, None], x.shape), x), axis=1, combine_fn=_first_order)
+
+
+@triton.jit
 def _suffix_scan(a, x):
-    """Reverse first-order scan along the block axis: ``h_s = x_s + a_s h_{s+1}`` and the products of ``a``.
+    """Reverse first-order scan along the block axis: ``h_s = x_s + a_s h_{s+1}`` and the suffix products of
+    the gates a (HB, BL).
 
     Written as a forward scan between two flips: with the block axis held in each thread's registers
     (``VEC``), the flips are register renames, whereas ``associative_scan(reverse=True)`` reverses through
     warp shuffles (Triton 3.6: 640 shuffles per [4, 16, 16] tile).
     """
+    a = tl.broadcast_to(a[:, :, None], x.shape)  # flipped per channel: a flip in registers (a 2D flip shuffles)
     prod, h = tl.associative_scan((tl.flip(a, 1), tl.flip(x, 1)), axis=1, combine_fn=_first_order)
     return tl.flip(prod, 1), tl.flip(h, 1)
 
@@ -236,8 +245,7 @@ def _swr_fwd_kernel(
         mask_t = (tok >= 0) & (tok < length)
         rows = bos + tok
         x, a = _load_block(X, G, rows, mask_t, h_idx, d, mask_d, CAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
-        prefix, local = tl.associative_scan((tl.broadcast_to(a[:, :, None], (HB, BL, DP)), x), axis=1,
-                                            combine_fn=_first_order)
+        prefix, local = _prefix_scan(a, x)
         if W > 1:
             carry = _ring_read(ring, slots, (blk + WP - (W - 1) % WP) % WP)
             y = local + prefix * carry[:, None, :]
@@ -297,8 +305,7 @@ def _swr_bwd_kernel(
         tok = blk * BL + t_in - phase
         mask_t = (tok >= 0) & (tok < length)
         x, a = _load_block(X, G, bos + tok, mask_t, h_idx, d, mask_d, CAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
-        _, local = tl.associative_scan((tl.broadcast_to(a[:, :, None], (HB, BL, DP)), x), axis=1,
-                                       combine_fn=_first_order)
+        _, local = _prefix_scan(a, x)
         term = tl.sum(tl.where((t_in == BL - 1)[None, :, None], local, 0.0), axis=1)
         ring = _ring_push(ring, slots, blk % WP, tl.reduce(a, 1, _mul), term)
 
@@ -331,12 +338,9 @@ def _swr_bwd_kernel(
             x, a = _load_block(X, G, rows, mask_t, h_idx, d, mask_d, CAP, X_ROW, G_ROW, H, HG, REP, D, FUSED)
             dy, _ = _load_dy(X, G, DY, rows, mask_t, h_idx, d, mask_d, CAP, X_ROW, G_ROW, DY_ROW, H, HG, REP, D,
                              FUSED)
-            prefix, y = tl.associative_scan((tl.broadcast_to(a[:, :, None], (HB, BL, DP)), x), axis=1,
-                                            combine_fn=_first_order)
+            prefix, y = _prefix_scan(a, x)
             mask_next = (t_in < BL - 1) & (tok + 1 >= 0) & (tok + 1 < length)
-            a_next = tl.broadcast_to(_next_gates(G, rows, mask_next, h_idx, CAP, G_ROW, FUSED)[:, :, None],
-                                     (HB, BL, DP))
-            tail, dx = _suffix_scan(a_next, dy)
+            tail, dx = _suffix_scan(_next_gates(G, rows, mask_next, h_idx, CAP, G_ROW, FUSED), dy)
             if W > 1:
                 term = tl.sum(tl.where((t_in == BL - 1)[None, :, None], y, 0.0), axis=1)
                 y += prefix * _ring_read(ring, slots, (b + WP - (W - 1) % WP) % WP)[:, None, :]
