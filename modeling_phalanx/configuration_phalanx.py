@@ -59,7 +59,7 @@ class PhalanxConfig(PreTrainedConfig):
     """
 
     model_type = "phalanx"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
     # Linear-attention cache layers hold two states: the SWR state `h` and the tokens consumed `pos`.
     number_of_conv_states = 2
 

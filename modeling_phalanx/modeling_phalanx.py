@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import fields
 
 import torch
 from torch import nn
@@ -34,6 +35,32 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_phalanx import ATTENTION_LAYER_TYPES, PhalanxConfig
 from .swr_torch import SWRState, phalanx_core_step_torch, phalanx_core_torch, phalanx_projection_sizes
+
+
+# Transformers 5.24 renamed the cache that `generate` passes to `forward`, and the output field it reads it back
+# from, from `past_key_values` to `cache` (compare `modeling_qwen3_next.py` in 5.23 and 5.24). The models take both
+# names and return the cache under the installed release's name, so `generate` threads it on every allowed release.
+CACHE_KWARG = "cache" if "cache" in {f.name for f in fields(BaseModelOutputWithPast)} else "past_key_values"
+
+# Keywords `forward` takes through `**kwargs`: Transformers' own model-agnostic ones. Anything else is a mistake
+# (a misspelt or renamed argument) that a silent `**kwargs` would swallow.
+MODEL_KWARGS = TransformersKwargs.__required_keys__ | TransformersKwargs.__optional_keys__
+
+
+def resolve_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The cache given under either name: `cache` (Transformers >= 5.24) or `past_key_values` (earlier releases)."""
+    if past_key_values is None:
+        return cache
+    if cache is not None:
+        raise TypeError("got both `cache` and `past_key_values`; pass the cache once")
+    return past_key_values
+
+
+def check_model_kwargs(kwargs: dict, method: str) -> None:
+    """Refuse keywords that neither `method`'s signature nor `TransformersKwargs` names."""
+    unknown = sorted(set(kwargs) - MODEL_KWARGS)
+    if unknown:
+        raise TypeError(f"{method}() got unexpected keyword arguments {unknown}")
 
 
 def triton_kernels() -> tuple[type, Callable, Callable] | None:
@@ -343,7 +370,7 @@ class PhalanxAttention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
         attention_mask: torch.Tensor | None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
@@ -364,8 +391,8 @@ class PhalanxAttention(nn.Module):
             cos, sin = position_embeddings
             query_states, key_states = self.apply_rotary(query_states, key_states, cos, sin)
 
-        if past_key_values is not None:
-            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+        if cache is not None:
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -390,6 +417,19 @@ class PhalanxAttention(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # Phalanx mixer
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def default_position_ids(
+    attention_mask: torch.Tensor | None, cache: Cache | None, seqlen: int, device: torch.device
+) -> torch.Tensor:
+    """Positions of the new tokens when the caller gives none: from a 2D mask covering the cached and new tokens,
+    the count of real tokens before each one (padding gets 0), as `generate` computes them; otherwise they follow
+    the cache. Phalanx blocks are aligned to these positions."""
+    past_seen = cache.get_seq_length() if cache is not None else 0
+    if attention_mask is not None and attention_mask.ndim == 2 and attention_mask.shape[1] == past_seen + seqlen:
+        positions = attention_mask.long().cumsum(-1) - 1
+        return positions.masked_fill(attention_mask == 0, 0)[:, -seqlen:]
+    return (torch.arange(seqlen, device=device) + past_seen).unsqueeze(0)
 
 
 def sequence_starts(position_ids: torch.Tensor) -> torch.Tensor | None:
@@ -444,7 +484,7 @@ class PhalanxMixer(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         cu_seqlens: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, None]:
@@ -457,7 +497,7 @@ class PhalanxMixer(nn.Module):
             proj = proj * attention_mask[:, -seqlen:, None].to(proj.dtype)
         use_kernels = self.kernels is not None and proj.is_cuda
         state_cls = self.kernels[0] if use_kernels else SWRState
-        cache_layer = None if past_key_values is None else past_key_values.layers[self.layer_idx]
+        cache_layer = None if cache is None else cache.layers[self.layer_idx]
         cached_h = None
         if cache_layer is not None and cache_layer.is_recurrent_states_initialized[0]:
             start_pos = position_ids[:, 0].to(torch.long)
@@ -479,8 +519,8 @@ class PhalanxMixer(nn.Module):
             want_state = cache_layer is not None
             y, state = self._chunk(proj, state_cls, cached_h, position_ids, cu_seqlens, want_state, use_kernels)
         if cache_layer is not None:
-            past_key_values.update_recurrent_state(state.h, self.layer_idx, state_idx=0)
-            past_key_values.update_recurrent_state(state.pos, self.layer_idx, state_idx=1)
+            cache.update_recurrent_state(state.h, self.layer_idx, state_idx=0)
+            cache.update_recurrent_state(state.pos, self.layer_idx, state_idx=1)
         return self.out_proj(y), None
 
     def _chunk(
@@ -585,15 +625,18 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
+        # The model passes the cache under the installed release's name: gradient checkpointing drops it by that name.
+        cache = resolve_cache(cache, past_key_values)
         if self.layer_type == "linear_attention":
             mix_kwargs = {"position_ids": position_ids, "cu_seqlens": cu_seqlens}
         else:
             mix_kwargs = {"position_embeddings": position_embeddings}
-        mix_kwargs.update(attention_mask=attention_mask, past_key_values=past_key_values, **kwargs)
+        mix_kwargs.update(attention_mask=attention_mask, cache=cache, **kwargs)
 
         residual = hidden_states
         if self.placement == "parallel":
@@ -651,7 +694,7 @@ class PhalanxPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["PhalanxDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -742,22 +785,26 @@ class PhalanxModel(PhalanxPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
+        """`cache` (or `past_key_values`, its name before Transformers 5.24) continues from earlier tokens; without
+        `position_ids`, positions count the tokens the 2D `attention_mask` marks (as `generate` derives them), so
+        left padding does not shift the Phalanx blocks."""
+        check_model_kwargs(kwargs, "PhalanxModel.forward")
+        cache = resolve_cache(cache, past_key_values)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = PhalanxCache(config=self.config)
+        if use_cache and cache is None:
+            cache = PhalanxCache(config=self.config)
         batch, seqlen = inputs_embeds.shape[:2]
         if position_ids is None:
-            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
-            position_ids = torch.arange(seqlen, device=inputs_embeds.device) + past_seen_tokens
-            position_ids = position_ids.unsqueeze(0)
+            position_ids = default_position_ids(attention_mask, cache, seqlen, inputs_embeds.device)
 
         layer_types = self.config.layer_types
         if not isinstance(mask_mapping := attention_mask, dict):
@@ -765,7 +812,7 @@ class PhalanxModel(PhalanxPreTrainedModel):
                 "config": self.config,
                 "inputs_embeds": inputs_embeds,
                 "attention_mask": attention_mask,
-                "past_key_values": past_key_values,
+                CACHE_KWARG: cache,
                 "position_ids": position_ids,
             }
             # layer_idx names a layer of the right kind for the cache's mask sizes (Transformers 5.17 would
@@ -797,12 +844,12 @@ class PhalanxModel(PhalanxPreTrainedModel):
                 attention_mask=mask_mapping.get(layer_type),
                 position_embeddings=position_embeddings.get(layer_type),
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 cu_seqlens=cu_seqlens,
+                **{CACHE_KWARG: cache},
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_KWARG: cache})
 
 
 class PhalanxForCausalLM(PhalanxPreTrainedModel, GenerationMixin):
@@ -825,18 +872,21 @@ class PhalanxForCausalLM(PhalanxPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
+        """As `PhalanxModel.forward`, plus `labels` for the loss and `logits_to_keep` (last N positions, or indices)."""
+        check_model_kwargs(kwargs, "PhalanxForCausalLM.forward")
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=resolve_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -855,9 +905,9 @@ class PhalanxForCausalLM(PhalanxPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            **{CACHE_KWARG: getattr(outputs, CACHE_KWARG)},
         )
 
 
