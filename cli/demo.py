@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -41,7 +42,7 @@ from phalanx_eval.harness import TASK_DIR, evaluate, write_json
 from phalanx_hub.export import export
 from phalanx_training import cli as train_cli
 from phalanx_training import finetune_cli
-from phalanx_training.callbacks import LossCurveCallback
+from phalanx_training.callbacks import LossCurveCallback, logged_losses, loss_summary
 from phalanx_training.data import REPO_ROOT, shipped_sample_dir
 from phalanx_training.finetune_cli import MERGED_DIR
 from phalanx_training.options import add_training_arguments, packed_trainer
@@ -53,6 +54,7 @@ PASSKEY_DISTANCES = tuple(sorted(int(p.stem.rsplit("_", 1)[1]) for p in TASK_DIR
 # LoRA adapts the Shakespeare model to a new domain: the project's own Markdown documentation.
 FINETUNE_DOCS = ("README.md", "training/README.md", "eval/README.md", "conversion/README.md")
 NUM_STAGES = 6
+HINT_PROMPT = "CASSIUS.\n"  # the closing hint's prompt: a speaker line, as in the training text
 # Run by `export_and_reload` in a clean interpreter: argv = site-packages paths, export folder, input ids, logits out.
 REMOTE_CODE_RELOAD = """
 import json, sys
@@ -147,13 +149,21 @@ def training_argv(args: argparse.Namespace, steps: int, output: Path) -> list[st
     ]
 
 
-def logged_losses(output: Path) -> tuple[float, float]:
-    """First and last training loss the Trainer logged in ``output/trainer_state.json``."""
-    history = json.loads((output / "trainer_state.json").read_text())["log_history"]
-    losses = [entry["loss"] for entry in history if "loss" in entry]
-    if not losses:
-        raise ValueError(f"no training loss logged in {output / 'trainer_state.json'}")
-    return losses[0], losses[-1]
+def trainer_log(output: Path) -> list[dict[str, Any]]:
+    """The Trainer's log history in ``output/trainer_state.json``."""
+    return json.loads((output / "trainer_state.json").read_text())["log_history"]
+
+
+def shell_word(text: str) -> str:
+    """``text`` as one shell word that bash and zsh read back exactly (newlines as ``$'...\\n'``, not a literal \\n)."""
+    if text.isprintable():
+        return shlex.quote(text)
+    return "$'" + text.encode("unicode_escape").decode("ascii").replace("'", "\\'") + "'"
+
+
+def generate_hint(export_dir: Path, prompt: str) -> str:
+    """The ``phalanx generate`` command printed at the end of the demo."""
+    return f"phalanx generate {shell_word(str(export_dir))} --prompt {shell_word(prompt)} --do-sample"
 
 
 def train_hybrid(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, work: Path) -> dict[str, Any]:
@@ -163,9 +173,10 @@ def train_hybrid(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, w
     output = work / "hybrid"
     argv = ["--model-config", str(config_path), "--lr", str(args.lr), *training_argv(args, args.steps, output)]
     train_cli.run(parse_cli(train_cli.add_arguments, argv))
-    first, last = logged_losses(output)
+    history = trainer_log(output)
+    first, last = logged_losses(history)
     return {"dir": output, "loss_first": first, "loss_last": last,
-            "report": f"loss {first:.3f} -> {last:.3f} nats/byte over {args.steps} steps"}
+            "report": f"{loss_summary(history)} ({args.steps} steps)"}
 
 
 def sample(model_dir: Path, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -200,8 +211,9 @@ def finetune(model_dir: Path, args: argparse.Namespace, work: Path) -> dict[str,
     argv = [str(model_dir), "--data", *docs, "--lora-r", "8", "--merge",
             "--lr", "2e-3", *training_argv(args, args.finetune_steps, output)]
     finetune_cli.run(parse_cli(finetune_cli.add_arguments, argv))
-    first, last = logged_losses(output)
-    report = (f"LoRA on the project's READMEs: loss {first:.3f} -> {last:.3f} over {args.finetune_steps} steps; "
+    history = trainer_log(output)
+    first, last = logged_losses(history)
+    report = (f"LoRA on the project's READMEs: {loss_summary(history)} ({args.finetune_steps} steps); "
               f"merged model in lora/{MERGED_DIR}")
     return {"dir": output / MERGED_DIR, "loss_first": first, "loss_last": last, "report": report}
 
@@ -217,7 +229,7 @@ def train_teacher(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, 
     )
     set_seed(args.seed)
     model = AutoModelForCausalLM.from_config(teacher_config(tokenizer), attn_implementation="sdpa")
-    trainer = packed_trainer(model, train_args, tokenizer, [LossCurveCallback()])
+    trainer = packed_trainer(model, train_args, tokenizer, [LossCurveCallback()], label="teacher (Gemma3, sliding-window layers)")
     trainer.train()
     trainer.save_model(output)
     trainer.save_state()
@@ -226,9 +238,15 @@ def train_teacher(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, 
 def convert_and_distill(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, work: Path) -> dict[str, Any]:
     """Stage 5: teacher -> ``convert_checkpoint`` (every SWA layer) -> ``distill`` stage 1 and stage 2."""
     teacher = work / "teacher"
+    sliding = TEACHER_LAYER_TYPES.count("sliding_attention")
+    print(f"training the Gemma3 teacher ({sliding} sliding-window layers, {len(TEACHER_LAYER_TYPES) - sliding} global) "
+          f"for {args.teacher_steps} steps", flush=True)
     train_teacher(args, tokenizer, teacher)
+    print("converting the teacher's sliding-window layers into Phalanx mixers", flush=True)
     student = work / "student"
     converted = convert_checkpoint(teacher, student, seed=args.seed).converted_layers
+    print(f"distilling the student (layers {converted}): stage 1 matches each layer's output, stage 2 the logits",
+          flush=True)
     common = {"batch_size": args.batch_size, "seq_len": args.seq_len}
     options = DistillOptions(
         stage1=StageConfig(steps=args.distill_steps, lr=3e-3, **common),
@@ -347,5 +365,5 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
     print(f"\n{table}")
     print(f"everything in {args.output_dir} ({time.perf_counter() - started:.0f} s); "
-          f"try: phalanx generate {args.output_dir / 'export'} --prompt 'CASSIUS.\\n' --do-sample")
+          f"try: {generate_hint(args.output_dir / 'export', HINT_PROMPT)}")
     return 0

@@ -87,15 +87,21 @@ def test_gradient_accumulation_equals_the_larger_batch(common: list[str], refere
 
 
 def test_two_processes_equal_one_with_the_same_global_batch(common: list[str], reference: Path, tmp_path: Path) -> None:
-    """DDP over gloo with gradient checkpointing (exact recomputation) against the plain single-process run."""
+    """The README's `accelerate launch --multi_gpu --num_processes 2` on a machine without CUDA (and without
+    ACCELERATE_USE_CPU) forms one DDP group over gloo: with gradient checkpointing (exact recomputation) it
+    equals the plain single-process run, instead of two independent trainings."""
     out = tmp_path / "ddp"
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"} | {"OMP_NUM_THREADS": "1"}
+    if torch.cuda.is_available():
+        env["ACCELERATE_USE_CPU"] = "true"  # the comparison is with the CPU reference run
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "phalanx_cli.main", "train", *common, "--batch-size", "2", "--save-steps", "100", "--gradient-checkpointing",
            "--output", str(out)]
     # cwd outside the repository: its `kernels/` folder must not shadow the `kernels` package Transformers probes.
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es) on cpu" in proc.stdout and proc.stdout.count("phalanx train: done") == 1
     ref_weights, weights = load_file(reference / "model.safetensors"), load_file(out / "model.safetensors")
     for key in ref_weights:
         torch.testing.assert_close(weights[key], ref_weights[key], atol=2e-5, rtol=1e-4)
@@ -141,7 +147,7 @@ def test_errors_are_one_line_and_write_nothing(tmp_path: Path, capsys: pytest.Ca
 
 def test_loss_curve_needs_logged_losses(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no logged losses"):
-        plot_loss_curve([{"step": 1, "learning_rate": 1e-3}], tmp_path / "curve.png")
+        plot_loss_curve([{"step": 1, "learning_rate": 1e-3}], tmp_path / "curve.png", "title")
     assert not (tmp_path / "curve.png").exists()
-    plot_loss_curve([{"step": 1, "loss": 2.0}, {"step": 2, "eval_loss": 1.5}], tmp_path / "curve.png")
+    plot_loss_curve([{"step": 1, "loss": 2.0}, {"step": 2, "eval_loss": 1.5}], tmp_path / "curve.png", "title")
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"

@@ -4,16 +4,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    PreTrainedModel, PreTrainedTokenizerBase, ProgressCallback, Trainer, TrainerCallback, TrainingArguments,
+)
 from transformers.trainer_utils import get_last_checkpoint
 
-from .data import shipped_sample_dir
+from .callbacks import LabelledProgressCallback
+from .data import TEXT_SUFFIXES, list_text_files, shipped_sample_dir
 from .packing import PackedCollator, build_packed_dataset
 
 PRECISIONS = ("auto", "bf16", "fp32")
+TEXT_PATTERNS = " ".join("*" + suffix for suffix in TEXT_SUFFIXES)  # what --data reads in a folder
 # Transformers 5.23 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name warns).
 CHECKPOINTING_FIELD = (
     "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient_checkpointing"
@@ -23,8 +28,9 @@ CHECKPOINTING_FIELD = (
 def add_training_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, max_steps: int) -> None:
     """Data, batch, optimizer, precision, checkpoint and logging options."""
     data = parser.add_argument_group("data")
-    data.add_argument("--data", nargs="+", metavar="PATH", help="text files or folders (default: the shipped Shakespeare sample)")
-    data.add_argument("--eval-data", nargs="+", metavar="PATH", help="text files or folders for evaluation loss (long window)")
+    read = f"files, or folders searched recursively for {TEXT_PATTERNS}; one document per file"
+    data.add_argument("--data", nargs="+", metavar="PATH", help=f"training text: {read} (default: the shipped Shakespeare sample)")
+    data.add_argument("--eval-data", nargs="+", metavar="PATH", help=f"text for the evaluation loss (long window): {read}")
     data.add_argument("--include-held-out", action="store_true", help="do not drop the held-out works (macbeth, tempest, twelfth_night)")
     data.add_argument("--seq-len", type=int, default=512, help="tokens per packed row (default: %(default)s)")
 
@@ -54,6 +60,18 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, learning_rate: fl
 def data_paths(args: argparse.Namespace) -> list[str | Path]:
     """``--data`` or the shipped sample."""
     return list(args.data) if args.data else [shipped_sample_dir()]
+
+
+def describe_data(args: argparse.Namespace) -> str:
+    """Which files ``--data`` reads, e.g. ``12 text files (*.txt *.md *.text) from my_texts/``."""
+    paths = data_paths(args)
+    files = list_text_files(paths, exclude_held_out=not args.include_held_out)
+    return f"{len(files)} text files ({TEXT_PATTERNS}) from {', '.join(map(str, paths))}"
+
+
+def launched_processes() -> int:
+    """Processes started together by a launcher (``accelerate launch``, ``torchrun``); 1 for a plain run."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def use_bf16(precision: str) -> bool:
@@ -117,6 +135,10 @@ def training_arguments(args: argparse.Namespace, *, has_eval: bool) -> TrainingA
         include_num_input_tokens_seen=True,
         report_to=args.report_to,
         ddp_find_unused_parameters=False,  # every parameter takes part in each forward
+        # Without CUDA, launched processes must still form one DDP group (gloo); otherwise Accelerate
+        # treats each as a separate single-process run and they train independently into one --output.
+        use_cpu=launched_processes() > 1 and not torch.cuda.is_available(),
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning without an accelerator only warns
         **({CHECKPOINTING_FIELD: True} if args.gradient_checkpointing else {}),
     )
 
@@ -126,12 +148,13 @@ def packed_trainer(
     args: argparse.Namespace,
     tokenizer: PreTrainedTokenizerBase,
     callbacks: list[TrainerCallback],
+    label: str,
 ) -> Trainer:
     """A ``Trainer`` over ``--data`` packed into ``--seq-len`` rows (held-out works dropped unless
-    ``--include-held-out``) and, when given, ``--eval-data`` as evaluation rows."""
+    ``--include-held-out``) and, when given, ``--eval-data`` as evaluation rows; its progress bar reads ``label``."""
     train_data = build_packed_dataset(data_paths(args), tokenizer, args.seq_len, exclude_held_out=not args.include_held_out)
     eval_data = build_packed_dataset(args.eval_data, tokenizer, args.seq_len, exclude_held_out=False) if args.eval_data else None
-    return Trainer(
+    trainer = Trainer(
         model=model,
         args=training_arguments(args, has_eval=eval_data is not None),
         train_dataset=train_data,
@@ -140,3 +163,6 @@ def packed_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(LabelledProgressCallback(label))
+    return trainer
