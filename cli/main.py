@@ -11,6 +11,8 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
+from typing import Any
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("phalanx_cli.demo", "the whole pipeline on CPU in minutes: train, generate, lm-eval, LoRA, convert+distill, export"),
@@ -35,6 +37,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def show_each_warning_once() -> None:
+    """Print each warning message once per run. Trainer, PEFT and lm-eval enter ``warnings.catch_warnings``,
+    which clears Python's record of shown warnings (the "once" filter's too), so the same deprecation would
+    otherwise repeat in every stage of a run; ``catch_warnings`` restores this hook when it exits."""
+    shown: set[tuple[type[Warning], str]] = set()
+    show = warnings.showwarning
+
+    def show_once(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if (category, str(message)) not in shown:
+            shown.add((category, str(message)))
+            show(message, category, *args, **kwargs)
+
+    warnings.showwarning = show_once
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -43,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    show_each_warning_once()
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)

@@ -28,11 +28,17 @@ def _limit(value: str) -> int | float:
     return number if number < 1 else int(number)
 
 
+def task_names(values: list[str]) -> list[str]:
+    """Task names from ``--tasks``, given as separate words or comma-separated as lm-eval takes them."""
+    return [name for value in values for name in value.split(",") if name]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model folder (or a Hub id where the network is reachable)")
     parser.add_argument(
         "--tasks", nargs="+", default=DEFAULT_TASKS, metavar="TASK",
-        help="task, group or tag names or globs (default: %(default)s; `phalanx` = every shipped task)",
+        help="task, group or tag names or globs, space- or comma-separated (default: %(default)s; "
+        "`phalanx` = every shipped task)",
     )
     parser.add_argument("--limit", type=_limit, default=None, help="documents per task (or a fraction < 1)")
     parser.add_argument("--batch-size", type=_batch_size, default=1, help="integer or 'auto' (default: 1)")
@@ -60,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--output must end in .json, got {args.output}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = evaluate(
-        args.model, args.tasks, limit=args.limit, batch_size=args.batch_size, device=device,
+        args.model, task_names(args.tasks), limit=args.limit, batch_size=args.batch_size, device=device,
         max_length=args.max_length, dtype=args.dtype,
     )
     json_path = write_json(results, args.output)  # first: an hour of evaluation must not hang on printing

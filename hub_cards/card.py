@@ -104,8 +104,15 @@ def hub_base_model(provenance: dict[str, Any] | None) -> str | None:
     return None
 
 
+def eval_limit(results: dict[str, Any]) -> int | float | None:
+    """lm-eval's ``--limit`` of a run (documents per task, or a fraction of each task), None for full tasks."""
+    return (results.get("config") or {}).get("limit")
+
+
 def eval_results(results: dict[str, Any]) -> list[EvalResult]:
-    """``model-index`` entries, one per task and metric, attributed to lm-evaluation-harness."""
+    """``model-index`` entries, one per task and metric, attributed to lm-evaluation-harness (and its ``--limit``)."""
+    limit = eval_limit(results)
+    source = "lm-evaluation-harness" if limit is None else f"lm-evaluation-harness (--limit {limit})"
     return [
         EvalResult(
             task_type="text-generation",
@@ -116,7 +123,7 @@ def eval_results(results: dict[str, Any]) -> list[EvalResult]:
             metric_type=metric,
             metric_name=metric,
             metric_value=round(value, 6),
-            source_name="lm-evaluation-harness",
+            source_name=source,
             source_url=LM_EVAL_URL,
         )
         for task, metrics in metric_values(results).items()
@@ -176,9 +183,27 @@ def _results_section(results: dict[str, Any] | None) -> str:
     ]
     max_length = (results.get("config") or {}).get("max_length")
     note = f" with `max_length={max_length}`" if max_length else ""
-    return (
+    text = (
         f"lm-evaluation-harness{note} (tasks from the Phalanx repository's `eval/tasks/`, run offline; "
         "distances of the passkey and MQAR tasks are in bytes of text):\n\n" + "\n".join(rows)
+    )
+    return text + _limit_note(results)
+
+
+def _limit_note(results: dict[str, Any]) -> str:
+    """A warning under the results when lm-eval scored only part of each task (``--limit``)."""
+    limit = eval_limit(results)
+    if limit is None:
+        return ""
+    counts = [
+        f"{task} {n['effective']} of {n['original']}"
+        for task, n in sorted((results.get("n-samples") or {}).items(), key=lambda item: _natural_key(item[0]))
+        if isinstance(n, dict) and {"effective", "original"} <= set(n)
+    ]
+    scored = f" (documents scored: {', '.join(counts)})" if counts else ""
+    return (
+        f"\n\n**Partial evaluation:** lm-eval ran with `--limit {limit}`, so each task was scored on part of its "
+        f"documents only{scored}. These numbers are a quick check, not comparable with full-task results."
     )
 
 

@@ -20,7 +20,7 @@ BYTE_VOCAB_SIZE = BYTE_OFFSET + 256
 
 
 def build_byte_tokenizer() -> PreTrainedTokenizerFast:
-    """Build the byte tokenizer: ids 0-2 are <pad>, <bos>, <eos>; byte b is id b + 3."""
+    """Build the byte tokenizer: ids 0-2 are <pad>, <bos>, <eos>; byte b is id b + 3; pads on the left."""
     byte_chars = bytes_to_unicode()
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
     vocab.update({byte_chars[b]: BYTE_OFFSET + b for b in range(256)})
@@ -28,7 +28,8 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens(list(SPECIAL_TOKENS.values()))
-    return PreTrainedTokenizerFast(tokenizer_object=core, model_max_length=1_000_000, **SPECIAL_TOKENS)
+    # Left padding: a decoder-only model generating for a padded batch continues every row from its last token.
+    return PreTrainedTokenizerFast(tokenizer_object=core, model_max_length=1_000_000, padding_side="left", **SPECIAL_TOKENS)
 
 
 def load_byte_tokenizer() -> PreTrainedTokenizerBase:
