@@ -122,10 +122,10 @@ def plot_mass(results: list[LayerMass], path: str | os.PathLike, title: str = ""
         xs = [j + (k - (len(distances) - 1) / 2) * width for j in range(len(results))]
         ax.bar(xs, [r.beyond[d] for r in results], width, label=f"> {d} tokens")
     ax.set_xticks(range(len(results)), [str(r.layer) for r in results])
-    ax.set_xlabel("SWA layer")
-    ax.set_ylabel("attention mass")
+    ax.set_xlabel("SWA layer (index in the model)")
+    ax.set_ylabel("share of attention probability")
     ax.set_ylim(0, 1)
-    ax.set_title(title or "attention mass beyond distance")
+    ax.set_title(title or "attention mass beyond distance", fontsize=9)
     ax.legend()
     fig.tight_layout()
     path = Path(path)

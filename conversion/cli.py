@@ -2,7 +2,7 @@
 
 phalanx convert SRC OUT [--layers sliding|none|3,5,7] [--block-len 16] [--window-blocks 2]
                         [--init vo|qkvo|random] [--dtype auto|float32|bfloat16|float16] [--force]
-phalanx convert --analyze SRC --data TEXT [--plot attention_mass.png]
+phalanx convert --analyze SRC --data TEXT [--plot FILE.png]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="measure attention mass beyond 16/32/128 tokens per SWA layer instead of converting",
     )
     parser.add_argument("--data", nargs="+", help="text files or folders for --analyze")
-    parser.add_argument("--plot", default="attention_mass.png", help="PNG written by --analyze")
+    parser.add_argument("--plot", metavar="PNG", help="with --analyze: also draw the table as a bar chart into PNG")
     parser.add_argument("--seq-len", type=int, default=512, help="sequence length for --analyze")
     parser.add_argument("--max-tokens", type=int, default=16384, help="tokens of --data used by --analyze")
     parser.epilog = f"Supported source families: {', '.join(supported_families())}."
@@ -56,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
         results = analyze_checkpoint(args.src, args.data, seq_len=args.seq_len, max_tokens=args.max_tokens)
         window = getattr(AutoConfig.from_pretrained(args.src), "sliding_window", None)
         print(format_table(results, window))
-        print(f"plot: {plot_mass(results, args.plot, f'{args.src}: attention mass per SWA layer')}")
+        if args.plot is not None:
+            title = f"{args.src}: attention mass per SWA layer ({args.seq_len}-token sequences of {', '.join(args.data)})"
+            print(f"plot: {plot_mass(results, args.plot, title)}")
         return 0
     if args.out is None:
         raise ValueError("missing OUT folder (or pass --analyze)")

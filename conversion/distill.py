@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -305,21 +306,30 @@ def _load_checkpoint(path: Path, student: PreTrainedModel, optimizer: torch.opti
     return state["step"], state["history"]
 
 
-def plot_history(history: list[dict], path: Path, title: str) -> None:
-    """Loss curves (every numeric key of the history entries except 'step') as a PNG, log-scale y."""
+def loss_curves(history: list[dict]) -> dict[str, list[float]]:
+    """One curve per quantity of the history (every key but 'step'); keys with identical values, such as
+    stage 2's 'loss' and 'kl' when the CE weight is 0, are one curve labelled 'loss = kl'."""
+    keys_of: dict[tuple[float, ...], list[str]] = {}
+    for key in [k for k in history[0] if k != "step"]:
+        keys_of.setdefault(tuple(h[key] for h in history), []).append(key)
+    return {" = ".join(keys): list(values) for values, keys in keys_of.items()}
+
+
+def plot_history(history: list[dict], path: Path, title: str, ylabel: str) -> None:
+    """The history's :func:`loss_curves` against optimizer step as a PNG, log-scale y."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     steps = [h["step"] for h in history]
-    for key in [k for k in history[0] if k != "step"]:
-        ax.plot(steps, [h[key] for h in history], label=key, linewidth=1.5 if key == "loss" else 0.8)
+    for label, values in loss_curves(history).items():
+        ax.plot(steps, values, label=label, linewidth=1.5 if "loss" in label.split(" = ") else 0.8)
     ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -462,7 +472,8 @@ def distill(
     tokenizer = AutoTokenizer.from_pretrained(student_path)
     eval_texts = read_texts(eval_data, exclude_held_out=False)
 
-    def evaluate(model: PreTrainedModel) -> float:
+    def evaluate(model: PreTrainedModel, name: str) -> float:
+        print(f"distill: held-out bits/byte of the {name}", file=sys.stderr, flush=True)  # stdout: the metrics
         return bits_per_byte(
             model,
             tokenizer,
@@ -481,7 +492,7 @@ def distill(
         metrics_path.write_text(json.dumps(metrics, indent=2))
 
     if "bpb_teacher" not in metrics:
-        metrics["bpb_teacher"] = evaluate(teacher)
+        metrics["bpb_teacher"] = evaluate(teacher, "teacher")
         save_metrics()
     source = Path(student_path)
     for stage, cfg in ((1, options.stage1), (2, options.stage2)):
@@ -493,16 +504,18 @@ def distill(
             continue
         student = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(device)
         if "bpb_student_initial" not in metrics:
-            metrics["bpb_student_initial"] = evaluate(student)
+            metrics["bpb_student_initial"] = evaluate(student, "converted student (before distillation)")
             save_metrics()
         rows = build_packed_dataset(data, tokenizer, cfg.seq_len).packed
         history = run_stage(stage, cfg, student, teacher, rows, out, options)
         plot_history(
             history,
             out / f"loss_stage{stage}.png",
-            f"stage {stage} ({'per-layer output MSE' if stage == 1 else 'logit KL'})",
+            f"distill stage {stage} ({'per-layer output MSE' if stage == 1 else 'logit KL'}): student {student_path}, "
+            f"teacher {teacher_path}\nrun: {out}",
+            "layer-output MSE / teacher output mean square" if stage == 1 else "nats / token",
         )
-        metrics[f"bpb_after_stage{stage}"] = evaluate(student)
+        metrics[f"bpb_after_stage{stage}"] = evaluate(student, f"student after stage {stage}")
         metrics[f"tokens_stage{stage}"] = cfg.tokens
         metrics[f"final_losses_stage{stage}"] = _tail_mean(history)
         with atomic_folder(final, force=True) as tmp:  # a half-written stage folder would be skipped on resume

@@ -28,7 +28,7 @@ def test_mass_beyond_matches_closed_form() -> None:
         assert abs(mass / count - expected) < 1e-6
 
 
-def test_analyze_checkpoint_and_cli(tmp_path: Path, capsys) -> None:
+def test_analyze_checkpoint_and_cli(tmp_path: Path, capsys, monkeypatch) -> None:
     """With a 24-token window no mass can lie more than 32 tokens back; within it, a random model spreads
     its attention so part lies beyond 16."""
     src = make_source("gemma3_text", tmp_path / "src")
@@ -37,6 +37,12 @@ def test_analyze_checkpoint_and_cli(tmp_path: Path, capsys) -> None:
     for r in results:
         assert r.beyond[32] == 0.0 and r.beyond[128] == 0.0
         assert 0.05 < r.beyond[16] < 0.6
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    argv = ["convert", "--analyze", str(src), "--data", str(SAMPLE), "--seq-len", "160", "--max-tokens", "640"]
+    assert phalanx_main(argv) == 0 and "plot:" not in capsys.readouterr().out
+    assert list(cwd.iterdir()) == []  # no plot unless --plot names one
     plot = tmp_path / "mass.png"
     code = phalanx_main(
         [

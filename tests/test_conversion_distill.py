@@ -23,6 +23,7 @@ from phalanx_conversion.distill import (
     chunked_kl,
     distill,
     logits_from_hidden,
+    loss_curves,
 )
 from phalanx_training.tokenizer import load_byte_tokenizer
 
@@ -153,3 +154,11 @@ def test_cli_runs_and_refuses_to_mix_runs(
     assert "pass --resume" in capsys.readouterr().err
     assert phalanx_main(["distill", str(pair[0]), str(pair[1]), "--out", str(tmp_path / "empty"), "--resume"]) == 1
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_loss_plot_draws_one_curve_per_quantity() -> None:
+    """With CE weight 0 the stage-2 loss is the KL: one curve named for both, not two on top of each other."""
+    kl_only = [{"step": 1, "loss": 0.5, "kl": 0.5}, {"step": 2, "loss": 0.25, "kl": 0.25}]
+    assert loss_curves(kl_only) == {"loss = kl": [0.5, 0.25]}
+    with_ce = [{"step": 1, "loss": 0.7, "kl": 0.5, "ce": 2.0}, {"step": 2, "loss": 0.45, "kl": 0.25, "ce": 2.0}]
+    assert loss_curves(with_ce) == {"loss": [0.7, 0.45], "kl": [0.5, 0.25], "ce": [2.0, 2.0]}

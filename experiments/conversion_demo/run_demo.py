@@ -411,7 +411,7 @@ def main() -> int:
     info = train_teacher(teacher, rows, size, args.teacher_seconds, device, log, heldout, tokenizer)
     teacher.save_pretrained(teacher_dir)
     tokenizer.save_pretrained(teacher_dir)
-    plot_history(info.pop("history"), out / "teacher_loss.png", "teacher training loss (nats/byte)")
+    plot_history(info.pop("history"), out / "teacher_loss.png", f"teacher training loss: {teacher_dir}", "nats / byte")
     results["teacher"] = {**info, "params": params, "layers": size["layers"], "window": size["window"]}
     save()
     log(f"teacher: {info['tokens'] / 1e6:.1f}M tokens in {info['seconds']:.0f}s")
