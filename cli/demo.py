@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -45,6 +44,7 @@ from phalanx_training import finetune_cli
 from phalanx_training.callbacks import LossCurveCallback, logged_losses, loss_summary
 from phalanx_training.data import REPO_ROOT, shipped_sample_dir
 from phalanx_training.finetune_cli import MERGED_DIR
+from phalanx_training.folders import output_folder
 from phalanx_training.options import add_training_arguments, packed_trainer
 from phalanx_training.tokenizer import load_byte_tokenizer
 
@@ -309,30 +309,11 @@ def write_summary(rows: list[tuple[str, str, float]], results: dict[str, Any], w
     return text
 
 
-def replace_folder(staging: Path, output_dir: Path) -> None:
-    """Move the finished ``staging`` folder to ``output_dir``, replacing an earlier run only once it is complete."""
-    if not output_dir.exists():
-        staging.rename(output_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-old-", dir=output_dir.parent))
-    previous = old / output_dir.name
-    output_dir.rename(previous)
-    try:
-        staging.rename(output_dir)
-    except OSError:
-        previous.rename(output_dir)  # put the earlier run back before reporting the failure
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def run(args: argparse.Namespace) -> int:
     check_args(args)
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     tokenizer = load_byte_tokenizer()
-    args.output_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{args.output_dir.name}-", dir=args.output_dir.parent))
     rows: list[tuple[str, str, float]] = []
     results: dict[str, Any] = {}
     threads = torch.get_num_threads()
@@ -349,18 +330,17 @@ def run(args: argparse.Namespace) -> int:
         results[name] = {**kept, "seconds": seconds}
         return result
 
+    inputs = [shipped_sample_dir(), TASK_DIR, *(REPO_ROOT / name for name in FINETUNE_DOCS)]
     try:
-        hybrid = stage("train hybrid", lambda: train_hybrid(args, tokenizer, work))
-        stage("generate", lambda: sample(hybrid["dir"], tokenizer, args, work))
-        evaluation = stage("evaluate (lm-eval)", lambda: run_eval(hybrid["dir"], args, work))
-        stage("LoRA fine-tune", lambda: finetune(hybrid["dir"], args, work))
-        stage("convert + distill", lambda: convert_and_distill(args, tokenizer, work))
-        stage("export + reload", lambda: export_and_reload(hybrid["dir"], evaluation["path"], tokenizer, args, work))
-        table = write_summary(rows, results, work)
-        replace_folder(work, args.output_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        # Written beside --output-dir and renamed into place: a failed run leaves the previous output untouched.
+        with output_folder(args.output_dir, inputs=inputs, force=True, create_parents=True) as work:
+            hybrid = stage("train hybrid", lambda: train_hybrid(args, tokenizer, work))
+            stage("generate", lambda: sample(hybrid["dir"], tokenizer, args, work))
+            evaluation = stage("evaluate (lm-eval)", lambda: run_eval(hybrid["dir"], args, work))
+            stage("LoRA fine-tune", lambda: finetune(hybrid["dir"], args, work))
+            stage("convert + distill", lambda: convert_and_distill(args, tokenizer, work))
+            stage("export + reload", lambda: export_and_reload(hybrid["dir"], evaluation["path"], tokenizer, args, work))
+            table = write_summary(rows, results, work)
     finally:
         torch.set_num_threads(threads)
     print(f"\n{table}")

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
 
 import modeling_phalanx  # noqa: F401  (registers the Phalanx classes with the Auto classes)
+from phalanx_eval.harness import check_device, check_finite_weights, check_remote_code, one_line
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -26,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", choices=("float32", "bfloat16", "float16"), default=None, help="weights dtype (default: saved)"
     )
+    parser.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="allow the model folder's own Python code to run (Phalanx folders need no flag)",
+    )
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -42,13 +47,24 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     if not args.prompt:
         raise ValueError("--prompt must not be empty")
+    check_remote_code(args.model, args.trust_remote_code)
+    check_device(args.device)
 
 
 def run(args: argparse.Namespace) -> int:
     check_args(args)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
     dtype = getattr(torch, args.dtype) if args.dtype else "auto"
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, trust_remote_code=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, trust_remote_code=args.trust_remote_code)
+    except Exception as err:  # loading fails in many ways (safetensors, OSError, JSON, config errors)
+        raise ValueError(f"cannot load the model {args.model}: {type(err).__name__}: {one_line(err)}") from err
+    check_finite_weights(model, args.model)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}; "
+            "pass the model's own tokenizer"
+        )
     model.to(args.device).eval()
     inputs = tokenizer(args.prompt, return_tensors="pt").to(args.device)
     sampling = {"temperature": args.temperature, "top_k": args.top_k} if args.do_sample else {}

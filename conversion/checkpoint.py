@@ -1,19 +1,16 @@
-"""Read-only access to a Transformers checkpoint folder: safetensors validation and loading, the files
-that travel with a model (tokenizer, chat template, generation config), and atomic output folders.
+"""Read-only access to a Transformers checkpoint folder: safetensors validation and loading, and the files
+that travel with a model (tokenizer, chat template, generation config).
 
-Every check runs before anything is written, so a corrupt or truncated source leaves no output behind.
+Every check runs before anything is written, so a corrupt or truncated source leaves no output behind
+(outputs are written by :mod:`phalanx_training.folders`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import shutil
 import struct
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -148,38 +145,3 @@ def carried_files(src: str | os.PathLike) -> list[Path]:
     src = Path(src)
     found = {p.relative_to(src) for pattern in CARRIED_PATTERNS for p in src.glob(pattern) if p.is_file()}
     return sorted(found)
-
-
-def check_output(out: str | os.PathLike, force: bool) -> Path:
-    """Refuse an existing output folder unless `force`; the parent folder must exist."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise ValueError(f"output {out} already exists; pass --force to replace it")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"parent folder of the output {out} does not exist")
-    return out
-
-
-@contextlib.contextmanager
-def atomic_folder(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder next to `out`; on success it replaces `out`, on error it is removed.
-
-    Readers never see a half-written `out`: the final step is a rename on the same file system.
-    """
-    out = check_output(out, force)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp creates 0700; the result should look like any other folder
-    try:
-        yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)

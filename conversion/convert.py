@@ -21,7 +21,9 @@ from transformers import AutoConfig, PretrainedConfig
 from modeling_phalanx.configuration_phalanx import PhalanxConfig
 from modeling_phalanx.modeling_phalanx import PhalanxForCausalLM, PhalanxMixer
 
-from .checkpoint import atomic_folder, carried_files, check_output, load_tensors, weight_files
+from phalanx_training.folders import check_output, output_folder
+
+from .checkpoint import carried_files, load_tensors, weight_files
 from .families import family_for, get_family, phalanx_config_kwargs, resolve_layers
 from .init import DEFAULT_INIT, warm_start_mixer
 
@@ -149,11 +151,9 @@ def convert_checkpoint(
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    check_output(out, force)
     src_path = Path(src)
-    if Path(out).resolve() == src_path.resolve():
-        raise ValueError("output folder must differ from the source folder")
     files = weight_files(src_path)
+    check_output(out, inputs=[src_path], force=force)
     source_config = read_source_config(src_path)
     get_family(source_config)
     layer_idx = resolve_layers(source_config, layers)
@@ -170,7 +170,7 @@ def convert_checkpoint(
     model.load_state_dict(state, strict=False, assign=True)
     result = ConversionResult(
         out=str(out),
-        source=str(src_path.resolve()),
+        source=src_path.resolve().name,
         model_type=source_config.model_type,
         converted_layers=layer_idx,
         init=init,
@@ -178,7 +178,7 @@ def convert_checkpoint(
         window_blocks=window_blocks,
         dtype=str(saved_dtype).removeprefix("torch."),
     )
-    with atomic_folder(out, force) as tmp:
+    with output_folder(out, inputs=[src_path], force=force) as tmp:
         model.save_pretrained(tmp, state_dict=state, max_shard_size=max_shard_size)
         for rel in carried_files(src_path):
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)

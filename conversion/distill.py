@@ -37,9 +37,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 import modeling_phalanx  # noqa: F401  (registers the phalanx model type with the Auto classes)
 from modeling_phalanx.modeling_phalanx import sequence_starts
 from phalanx_training.data import read_texts
+from phalanx_training.folders import output_folder
 from phalanx_training.packing import build_packed_dataset
 
-from .checkpoint import atomic_folder
+from .convert import CONVERSION_INFO
 from .families import LINEAR, source_layer_types
 
 
@@ -262,29 +263,27 @@ class _AttentionTap:
 
 
 def _checkpoints(out: Path, stage: int) -> list[tuple[int, Path]]:
+    """Complete checkpoints of ``stage`` in ``out`` as (step, folder), oldest first."""
     found = []
     for p in (out / "checkpoints").glob(f"stage{stage}-step*"):
-        if (p / "state.json").is_file():
-            found.append((int(p.name.split("step")[-1]), p))
+        step = p.name.split("step")[-1]
+        if step.isdigit() and (p / "state.json").is_file():
+            found.append((int(step), p))
     return sorted(found)
 
 
 def _save_checkpoint(
     out: Path, stage: int, step: int, student: PreTrainedModel, optimizer: torch.optim.Optimizer, history: list[dict]
 ) -> None:
-    """Write a checkpoint atomically (temporary folder, then rename) and keep only the latest two."""
+    """Write a checkpoint atomically (``output_folder``) and keep only the latest two."""
     final = out / "checkpoints" / f"stage{stage}-step{step:07d}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(
-        {k: v.detach().contiguous() for k, v in student.state_dict().items() if not _is_tied_copy(student, k)},
-        tmp / "student.safetensors",
-    )
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"stage": stage, "step": step, "history": history}))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with output_folder(final, force=True, create_parents=True) as tmp:
+        save_file(
+            {k: v.detach().contiguous() for k, v in student.state_dict().items() if not _is_tied_copy(student, k)},
+            tmp / "student.safetensors",
+        )
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"stage": stage, "step": step, "history": history}))
     for _, old in _checkpoints(out, stage)[:-2]:
         shutil.rmtree(old)
 
@@ -518,9 +517,12 @@ def distill(
         metrics[f"bpb_after_stage{stage}"] = evaluate(student, f"student after stage {stage}")
         metrics[f"tokens_stage{stage}"] = cfg.tokens
         metrics[f"final_losses_stage{stage}"] = _tail_mean(history)
-        with atomic_folder(final, force=True) as tmp:  # a half-written stage folder would be skipped on resume
+        record = Path(student_path) / CONVERSION_INFO
+        with output_folder(final, inputs=[teacher_path, student_path], force=True) as tmp:
             student.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            if record.is_file():  # the conversion record travels on, so an export keeps its provenance
+                shutil.copy2(record, tmp / CONVERSION_INFO)
         save_metrics()
         source = final
     return metrics

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from phalanx_eval.harness import TASK_DIR
 from phalanx_training.data import SHIPPED_SAMPLE_DIR
+from phalanx_training.folders import check_output
 
 HELD_OUT_DIR = TASK_DIR / "data"  # the held-out works shipped with the evaluation tasks
 
@@ -52,10 +53,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--force", action="store_true", help="delete an existing --out first")
 
 
+def check_models(teacher: str, student: str) -> None:
+    """Both model arguments must be local checkpoint folders (with a config.json)."""
+    for role, folder in (("teacher", teacher), ("student", student)):
+        if not (Path(folder) / "config.json").is_file():
+            raise FileNotFoundError(f"{role} {folder} is not a local checkpoint folder (no config.json there)")
+
+
 def run(args: argparse.Namespace) -> int:
     from .distill import DistillOptions, StageConfig, distill
 
+    check_models(args.teacher, args.student)
     out = Path(args.out)
+    inputs = [args.teacher, args.student, *args.data, *args.eval_data]
+    check_output(out, inputs=inputs, force=True, create_parents=True)  # --out never overlaps what the run reads
     if out.exists() and any(out.iterdir()):
         if args.force:
             shutil.rmtree(out)

@@ -50,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", default="auto", help="model dtype: auto (as saved), bfloat16, float32, ...")
     parser.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="allow a model folder's own Python code to run (Phalanx folders need no flag)",
+    )
+    parser.add_argument(
         "--output", type=Path, default=Path("eval_results.json"),
         help="results JSON (default: %(default)s); the recall plot goes next to it as <stem>_recall.png",
     )
@@ -67,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = evaluate(
         args.model, task_names(args.tasks), limit=args.limit, batch_size=args.batch_size, device=device,
-        max_length=args.max_length, dtype=args.dtype,
+        max_length=args.max_length, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
     )
-    json_path = write_json(results, args.output)  # first: an hour of evaluation must not hang on printing
+    json_path = write_json(results, args.output, args.model)  # first: an hour of evaluation must not hang on printing
     print(make_table(results))
     if results.get("groups"):
         print(make_table(results, "groups"))

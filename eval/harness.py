@@ -6,18 +6,23 @@ lm-eval is imported inside the functions so that ``import phalanx_eval`` stays c
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
     from lm_eval.tasks import TaskManager
 
 TASK_DIR = Path(__file__).resolve().parent / "tasks"
 DEFAULT_MAX_LENGTH_CAP = 16384
 SHIPPED_PREFIX = "phalanx"
+# JSON files of a model folder that results must never replace (``--output`` must end in .json).
+MODEL_JSON_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "chat_template.json", "model.safetensors.index.json", "phalanx_conversion.json",
+    "adapter_config.json", "trainer_state.json",
+)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -80,6 +85,56 @@ def check_model_path(model: str) -> None:
         raise ValueError(f"corrupt config.json in {model}: {err}") from err
 
 
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (Transformers' loading errors span several)."""
+    return " ".join(str(err).split())
+
+
+def check_remote_code(model: str | Path, trust_remote_code: bool) -> None:
+    """Refuse a local model folder whose loading would run its own Python code, unless trusted.
+
+    A folder runs its own code when ``config.json`` has an ``auto_map`` and its ``model_type`` is not
+    registered with Transformers in this process (Phalanx folders use the installed classes once
+    ``modeling_phalanx`` is imported, so they need no flag). Call after ``check_model_path``.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    import modeling_phalanx  # noqa: F401  (registers the phalanx model type)
+
+    config = Path(model) / "config.json"
+    if trust_remote_code or not config.is_file():
+        return
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"corrupt config.json in {model}: {err}") from None
+    if not isinstance(data, dict) or not data.get("auto_map"):
+        return
+    model_type = data.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"{model} ships its own model code (auto_map in config.json, model_type {model_type!r} is not "
+            "installed); pass --trust-remote-code to run it"
+        )
+
+
+def check_finite_weights(model: torch.nn.Module, folder: str | Path) -> None:
+    """Refuse a loaded model whose weights hold NaN or infinity (a damaged checkpoint would give garbage)."""
+    import torch
+
+    bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(f"the weights in {folder} hold NaN or infinite values ({len(bad)} tensors, e.g. {bad[0]})")
+
+
+def check_device(device: str) -> None:
+    """Fail early, naming the device, when a CUDA device is asked for and CUDA is not available."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+
+
 def default_max_length(model: str) -> int:
     """``max_position_embeddings`` of a local model, capped at 16384 (lm-eval would use it uncapped)."""
     config = Path(model) / "config.json"
@@ -99,12 +154,15 @@ def evaluate(
     device: str = "cpu",
     max_length: int | None = None,
     dtype: str = "auto",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """``lm_eval.simple_evaluate`` with lm-eval's ``hf`` model on ``model`` (remote code trusted).
+    """``lm_eval.simple_evaluate`` with lm-eval's ``hf`` model on ``model``.
 
     Importing ``modeling_phalanx`` first registers the local Phalanx classes, which Transformers then
-    prefers to the folder's remote code, so an installed project uses its Triton kernels. A model that
-    fails to load (corrupt weights, missing tokenizer) raises ``ValueError`` naming the folder.
+    prefers to the folder's remote code, so an installed project uses its Triton kernels and a Phalanx
+    folder needs no ``trust_remote_code``; any other folder's own code runs only when
+    ``trust_remote_code``. A model that fails to load (corrupt weights, missing tokenizer) raises
+    ``ValueError`` naming the folder.
     """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -112,16 +170,19 @@ def evaluate(
     import modeling_phalanx  # noqa: F401  (registers PhalanxConfig / models with the Auto classes)
 
     check_model_path(model)
+    check_remote_code(model, trust_remote_code)
+    check_device(device)
     if max_length is None:
         max_length = default_max_length(model)
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
     manager = resolve_task_manager(tasks)
-    model_args = {"pretrained": model, "trust_remote_code": True, "max_length": max_length, "dtype": dtype}
+    model_args = {"pretrained": model, "trust_remote_code": trust_remote_code, "max_length": max_length, "dtype": dtype}
     try:
         lm = HFLM(**model_args, batch_size=batch_size, device=device)
     except Exception as err:  # loading fails in many ways (safetensors, OSError, config errors)
-        raise ValueError(f"cannot load the model {model}: {type(err).__name__}: {err}") from err
+        raise ValueError(f"cannot load the model {model}: {type(err).__name__}: {one_line(err)}") from err
+    check_finite_weights(lm.model, model)
     # model_args, batch_size and device only label the results: the model is already built.
     results = lm_eval.simple_evaluate(
         model=lm,
@@ -139,19 +200,13 @@ def evaluate(
     return results
 
 
-def write_json(data: dict[str, Any], path: str | Path) -> Path:
-    """Write lm-eval results as JSON atomically (temporary file, then rename)."""
+def write_json(data: dict[str, Any], path: str | Path, model: str | None = None) -> Path:
+    """Write lm-eval results as JSON atomically; never over one of the files that make up ``model``."""
     from lm_eval.utils import handle_non_serializable
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from phalanx_training.folders import write_file
+
     text = json.dumps(data, indent=2, default=handle_non_serializable, ensure_ascii=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    folder = Path(model) if model is not None else None
+    protected = [folder / name for name in MODEL_JSON_FILES] if folder is not None and folder.is_dir() else []
+    return write_file(path, text + "\n", protected=protected)

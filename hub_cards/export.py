@@ -3,8 +3,9 @@
 The folder holds safetensors weights, ``config.json`` whose ``auto_map`` names AutoConfig, AutoModel
 and AutoModelForCausalLM, the flat modeling files of the ``modeling_phalanx`` package (sibling imports
 only, so Transformers can fetch them), the tokenizer, the generation config, the conversion record and
-lm-eval results when given, and a ``README.md`` model card. It is written to a temporary folder beside
-OUT and renamed into place, so a failure leaves nothing half-written.
+lm-eval results when given, and a ``README.md`` model card. It is written by
+``phalanx_training.folders.output_folder``: never over MODEL, atomically, so a failure leaves nothing
+half-written.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -117,39 +117,17 @@ def export(
     titles the card and its model-index (default: the same).
     """
     from phalanx_hub.card import load_results
+    from phalanx_training.folders import check_output, output_folder
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     read_model_config(model_dir)
-    if out_dir.resolve() == model_dir.resolve() or model_dir.resolve() in out_dir.resolve().parents:
-        raise ValueError(f"OUT must lie outside MODEL: {out_dir}")
-    if out_dir.exists() and not force:
-        raise ValueError(f"export folder already exists: {out_dir} (pass --force to replace it)")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"export target exists and is not a folder: {out_dir}")
+    inputs = [model_dir] + ([eval_results] if eval_results is not None else [])
+    check_output(out_dir, inputs=inputs, force=force, create_parents=True)
     results = load_results(eval_results) if eval_results is not None else None
     name = model_name or out_dir.resolve().name
     card_kwargs = {"model_name": name, "repo_id": repo_id or name, "license": license}
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    with output_folder(out_dir, inputs=inputs, force=force, create_parents=True) as tmp:
         _write_folder(model_dir, tmp, card_kwargs, results)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-            previous = old / out_dir.name
-            out_dir.rename(previous)
-            try:
-                tmp.rename(out_dir)
-            except OSError:
-                previous.rename(out_dir)  # put the old export back before reporting the failure
-                old.rmdir()
-                raise
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out_dir
 
 

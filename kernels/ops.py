@@ -37,6 +37,15 @@ def _use_triton_step(state: SWRState, *tensors: torch.Tensor) -> bool:
     return _use_triton(tensors[0]) and state.h.dtype == torch.float32 and not needs_grad
 
 
+def _check_log_gates(log_gates: torch.Tensor) -> None:
+    """Refuse log-gates above 0 or NaN (gates must lie in [0, 1]); reads the values, so only in eager calls of the
+    public operator, never while compiling nor in the model's path (which computes its gates itself)."""
+    if torch.compiler.is_compiling() or not isinstance(log_gates, torch.Tensor) or not log_gates.is_floating_point():
+        return
+    if not bool((log_gates <= 0).all()):
+        raise ValueError("log_gates must be <= 0 (gates a = exp(log_gates) in [0, 1]); got positive or NaN values")
+
+
 def swr(
     x: torch.Tensor,
     log_gates: torch.Tensor,
@@ -53,6 +62,7 @@ def swr(
     ``initial_state`` continues sequences; returns y in x's dtype (and the final state when asked).
     """
     impl = swr_triton if isinstance(x, torch.Tensor) and _use_triton(x) else swr_torch
+    _check_log_gates(log_gates)
     return impl(
         x, log_gates, block_len=block_len, window_blocks=window_blocks, cu_seqlens=cu_seqlens,
         initial_state=initial_state, output_final_state=output_final_state,
@@ -63,6 +73,7 @@ def swr_step(
     x: torch.Tensor, log_gates: torch.Tensor, state: SWRState, block_len: int
 ) -> tuple[torch.Tensor, SWRState]:
     """One decode step: x (N, H, D), log_gates (N, H) -> y (N, H, D) and the new state."""
+    _check_log_gates(log_gates)
     if _use_triton_step(state, x, log_gates):
         return swr_step_triton(x, log_gates, state, block_len)
     return swr_step_torch(x, log_gates, state, block_len)

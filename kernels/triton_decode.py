@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from modeling_phalanx.swr_torch import SWRState, check_swr_args, phalanx_projection_sizes
+from modeling_phalanx.swr_torch import SWRState, check_step_args, check_swr_args, phalanx_projection_sizes
 
 
 @triton.jit
@@ -81,12 +81,8 @@ def swr_step_triton(
     x: torch.Tensor, log_gates: torch.Tensor, state: SWRState, block_len: int
 ) -> tuple[torch.Tensor, SWRState]:
     """One decode step: x (N, H, D), log_gates (N, H) -> y (N, H, D) in x's dtype, and the new state."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 3:
-        raise ValueError(f"x must have shape (N, H, D) for a decode step, got {getattr(x, 'shape', type(x))}")
-    if not isinstance(log_gates, torch.Tensor) or log_gates.dim() != 2:
-        raise ValueError(f"log_gates must have shape (N, H), got {getattr(log_gates, 'shape', type(log_gates))}")
+    check_step_args(x, log_gates, state, block_len)
     _check_state(state)
-    check_swr_args(x.unsqueeze(1), log_gates.unsqueeze(1), block_len, state.h.shape[2], None, state)
     num_seqs, heads, dim = x.shape
     y = torch.empty_like(x)
     new_state = _launch(x.contiguous(), log_gates.contiguous(), state, y, heads, heads, dim, block_len, 0.0, False)

@@ -296,7 +296,7 @@ def _initial_state_terms(
     total_rows: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Rows of the first ``W`` aligned blocks of each sequence and what the initial state adds to their SWR output."""
-    span = window * block_len
+    span = min(window * block_len, int(lengths.max()) + block_len)  # the state reaches no further
     offs = torch.arange(span, device=starts.device)
     n_head = torch.clamp(span - state.pos.to(starts.device) % block_len, max=lengths)
     valid = offs[None, :] < n_head[:, None]
@@ -340,6 +340,19 @@ def _final_state(
     return SWRState(final.h, pos0 + lengths)
 
 
+def _kernel_window(window_blocks: int, max_len: int, block_len: int) -> int:
+    """Window the kernels run with: one that spans every block of the longest sequence already sees all a
+    larger one would, so a huge ``window_blocks`` costs no more work (nor a larger compile-time ring)."""
+    return min(window_blocks, (max_len + 2 * block_len - 2) // block_len)
+
+
+def _widen(final: torch.Tensor, window_blocks: int) -> torch.Tensor:
+    """Final state (N, H, w, D) of a capped window to ``window_blocks`` slots: slots reaching past the first
+    block restart at the sequence start, so they repeat the last one."""
+    extra = window_blocks - final.shape[2]
+    return final if extra == 0 else torch.cat([final, final[:, :, -1:].expand(-1, -1, extra, -1)], dim=2)
+
+
 def _needs_grad(*tensors: torch.Tensor) -> bool:
     """Whether autograd tracks these inputs (the kernels' final state is then not used: it has no gradient)."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
@@ -379,13 +392,14 @@ def swr_triton(
     batch, seqlen, heads, dim = x.shape
     phase = None if initial_state is None else initial_state.pos.to(x.device) % block_len
     kernel_final = output_final_state and initial_state is None and not _needs_grad(x, log_gates)
-    y, final = swr_fwd_op(x, log_gates, cu_seqlens, phase, _max_len(seqlen, cu_seqlens), block_len, window_blocks,
-                          kernel_final)
+    max_len = _max_len(seqlen, cu_seqlens)
+    y, final = swr_fwd_op(x, log_gates, cu_seqlens, phase, max_len, block_len,
+                          _kernel_window(window_blocks, max_len, block_len), kernel_final)
     if initial_state is None and not output_final_state:
         return y
     starts, lengths = _sequences(batch, seqlen, cu_seqlens, x.device)
     if kernel_final:
-        return y, SWRState(final, lengths)
+        return y, SWRState(_widen(final, window_blocks), lengths)
 
     def inputs(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         return x.reshape(-1, heads, dim)[rows].float(), log_gates.reshape(-1, heads)[rows].float(), None
@@ -433,13 +447,14 @@ def phalanx_core_triton(
     log_cap = 0.0 if decay_cap is None else math.log(decay_cap)
     phase = None if initial_state is None else initial_state.pos.to(proj.device) % block_len
     kernel_final = output_final_state and initial_state is None and not _needs_grad(proj)
-    out, final = core_fwd_op(proj, cu_seqlens, phase, _max_len(seqlen, cu_seqlens), num_heads, head_dim,
-                             num_gate_groups, block_len, window_blocks, log_cap, kernel_final)
+    max_len = _max_len(seqlen, cu_seqlens)
+    out, final = core_fwd_op(proj, cu_seqlens, phase, max_len, num_heads, head_dim, num_gate_groups, block_len,
+                             _kernel_window(window_blocks, max_len, block_len), log_cap, kernel_final)
     if initial_state is None and not output_final_state:
         return out
     starts, lengths = _sequences(batch, seqlen, cu_seqlens, proj.device)
     if kernel_final:
-        return out, SWRState(final, lengths)
+        return out, SWRState(_widen(final, window_blocks), lengths)
     if initial_state is not None:
         rows, corr, readout = _initial_state_terms(inputs, starts, lengths, initial_state, block_len, window_blocks,
                                                    batch * seqlen)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
+from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
@@ -13,6 +14,13 @@ ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 NORM_TYPES = ("rms", "gemma_rms", "layer_norm")
 NORM_PLACEMENTS = ("pre", "sandwich", "post", "parallel")
 QK_NORMS = (None, "head", "projection")
+# Fields that must be positive integers (those in OPTIONAL_SIZE_FIELDS may also be None: derived later).
+SIZE_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "max_position_embeddings", "phalanx_head_dim", "phalanx_num_heads",
+    "phalanx_num_gate_groups", "swr_block_len", "swr_window_blocks",
+)
+OPTIONAL_SIZE_FIELDS = ("head_dim", "phalanx_num_heads", "phalanx_num_gate_groups")
 
 
 @strict
@@ -62,6 +70,24 @@ class PhalanxConfig(PreTrainedConfig):
     keys_to_ignore_at_inference = ["past_key_values", "cache"]
     # Linear-attention cache layers hold two states: the SWR state `h` and the tokens consumed `pos`.
     number_of_conv_states = 2
+    # Tensor parallelism (Llama's plan): attention heads and the MLP are split; the embedding is split over the
+    # vocabulary like the tied `lm_head` ("colwise_gather_output"), so a tied weight has one layout. The Phalanx mixer
+    # stays replicated: its `in_proj` packs decays, gates, readout and values, which a column split would mix up.
+    base_model_tp_plan = {
+        "embed_tokens": "embedding_rowwise",
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
+    base_model_pp_plan = {
+        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
+        "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
+        "norm": (["hidden_states"], ["hidden_states"]),
+    }
 
     vocab_size: int = 32000
     hidden_size: int = 1024
@@ -110,6 +136,7 @@ class PhalanxConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
+        self._check_sizes()
         if self.layer_types is None:
             # Default hybrid: three Phalanx layers, then one full-attention layer.
             self.layer_types = [
@@ -145,6 +172,25 @@ class PhalanxConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self._check_rope_layout()
 
+    def _check_sizes(self) -> None:
+        """Sizes and counts must be positive integers (a zero would divide by zero or build an empty model),
+        the padding id must lie in the vocabulary (it indexes the embedding), and `hidden_act` must name an activation Transformers has."""
+        for name in SIZE_FIELDS:
+            value = getattr(self, name)
+            if value is None and name in OPTIONAL_SIZE_FIELDS:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        pad = self.pad_token_id
+        if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < self.vocab_size):
+            raise ValueError(f"pad_token_id={pad!r} must lie in the vocabulary [0, {self.vocab_size})")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"hidden_act={self.hidden_act!r} is unknown; use one of Transformers' ACT2FN names, e.g. 'silu'")
+        if self.layer_types is not None and not (
+            isinstance(self.layer_types, (list, tuple)) and all(isinstance(t, str) for t in self.layer_types)
+        ):
+            raise ValueError(f"layer_types must be a list of layer-type names, got {self.layer_types!r}")
+
     def _check_layer_types(self) -> None:
         """Validate `layer_types` against the three supported names and `num_hidden_layers`."""
         unknown = sorted({t for t in self.layer_types if t not in PHALANX_LAYER_TYPES})
@@ -168,8 +214,12 @@ class PhalanxConfig(PreTrainedConfig):
         """Validate the Phalanx mixer fields (the SWR supports only some block lengths and head dims)."""
         if self.swr_block_len not in SUPPORTED_BLOCK_LENS:
             raise ValueError(f"swr_block_len={self.swr_block_len} is unsupported; use one of {SUPPORTED_BLOCK_LENS}")
-        if self.swr_window_blocks < 1:
-            raise ValueError(f"swr_window_blocks must be >= 1, got {self.swr_window_blocks}")
+        longest = -(-self.max_position_embeddings // self.swr_block_len)  # blocks of the longest sequence
+        if self.swr_window_blocks > longest:
+            raise ValueError(
+                f"swr_window_blocks={self.swr_window_blocks} spans more than max_position_embeddings="
+                f"{self.max_position_embeddings} tokens: at most {longest} blocks of {self.swr_block_len}"
+            )
         if self.phalanx_num_heads < 1 or self.phalanx_num_heads % self.phalanx_num_gate_groups != 0:
             raise ValueError(
                 f"phalanx_num_gate_groups={self.phalanx_num_gate_groups} must divide "

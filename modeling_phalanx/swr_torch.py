@@ -82,6 +82,8 @@ def check_swr_args(
             raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
         if cu_seqlens.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
+        if cu_seqlens.device.type == "meta":
+            raise ValueError("cu_seqlens is on the meta device; sequence boundaries need real values")
         if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
             raise ValueError(f"cu_seqlens must be 1-D with at least 2 entries, got shape {tuple(cu_seqlens.shape)}")
         if batch != 1:
@@ -97,6 +99,10 @@ def check_swr_args(
     if initial_state is not None:
         if not isinstance(initial_state, SWRState):
             raise TypeError(f"initial_state must be an SWRState, got {type(initial_state).__name__}")
+        if not isinstance(initial_state.h, torch.Tensor) or not initial_state.h.is_floating_point():
+            raise TypeError("initial_state.h must be a floating-point tensor")
+        if not isinstance(initial_state.pos, torch.Tensor):
+            raise TypeError(f"initial_state.pos must be a torch.Tensor, got {type(initial_state.pos).__name__}")
         expected = (num_seqs, heads, window_blocks, head_dim)
         if tuple(initial_state.h.shape) != expected:
             raise ValueError(f"initial_state.h must have shape {expected}, got {tuple(initial_state.h.shape)}")
@@ -143,45 +149,51 @@ def _swr_aligned(
     n, length, heads, dim = x.shape
     nb = length // block_len
     w = window_blocks
+    reach = min(w, nb)  # blocks a window can span here: larger windows cost no more work than the sequence
     xb = x.view(n, nb, block_len, heads, dim)
     gb = g.view(n, nb, block_len, heads)
-    prefix = torch.cumsum(gb, dim=2)  # (N, nb, BL, H)
-    diff = prefix.unsqueeze(3) - prefix.unsqueeze(2)  # (N, nb, i, j, H) = P_i - P_j
-    causal = torch.ones(block_len, block_len, dtype=torch.bool, device=x.device).tril()
-    diff = diff.masked_fill(~causal.view(1, 1, block_len, block_len, 1), float("-inf"))
-    transfer = torch.exp(diff)
-    local = torch.einsum("nbijh,nbjhd->nbihd", transfer, xb)  # block-local solve from zero
-    terminal = local[:, :, -1]  # (N, nb, H, D)
+    prefix = torch.cumsum(gb, dim=2)  # (N, nb, BL, H); a gate of 0 (log -inf) stays -inf, never -inf - -inf
+    # Block-local solve from zero as a scan over the block's positions (all blocks at once): unlike a
+    # masked transfer matrix, a NaN or inf in a later token can never reach an earlier one (0 * inf).
+    gates = torch.exp(gb).unsqueeze(-1)
+    state = xb[:, :, 0]
+    steps = [state]
+    for i in range(1, block_len):
+        state = gates[:, :, i] * state + xb[:, :, i]
+        steps.append(state)
+    local = torch.stack(steps, dim=2)  # (N, nb, BL, H, D)
+    terminal = state  # (N, nb, H, D)
     block_gate = torch.exp(prefix[:, :, -1])  # (N, nb, H)
 
     carry = torch.zeros_like(terminal)  # state entering each block, restarted W-1 blocks back
     link = _shift_blocks(terminal)
     gate_shift = _shift_blocks(block_gate)
-    for k in range(1, w):
+    for k in range(1, reach):
         carry = carry + link
-        if k + 1 < w:
+        if k + 1 < reach:
             link = _shift_blocks(link) * gate_shift.unsqueeze(-1)
     if h_in is not None:
         decay = torch.ones_like(block_gate[:, 0])
         init_terms = []
-        for b in range(min(w, nb)):
+        for b in range(reach):
             init_terms.append(h_in[:, :, w - 1 - b] * decay.unsqueeze(-1))
             decay = decay * block_gate[:, b]
         init = torch.stack(init_terms, dim=1)
-        if nb > w:
-            init = torch.cat([init, init.new_zeros(n, nb - w, heads, dim)], dim=1)
+        if nb > reach:
+            init = torch.cat([init, init.new_zeros(n, nb - reach, heads, dim)], dim=1)
         carry = carry + init
     y = local + torch.exp(prefix).unsqueeze(-1) * carry.unsqueeze(2)
     y = y.reshape(n, length, heads, dim)
     if last_block is None:
         return y, None
 
-    # Final state: slot k restarts at block (last - k); walk back from the last real block.
+    # Final state: slot k restarts at block (last - k); walk back from the last real block. Slots past
+    # the first block hold the same sum, so the walk stops after `reach` blocks.
     rows = torch.arange(n, device=x.device)
     slots = []
     acc = torch.zeros_like(terminal[:, 0])
     running = torch.ones_like(block_gate[:, 0])
-    for j in range(w):
+    for j in range(reach):
         idx = last_block - j
         valid = idx >= 0
         idx_c = idx.clamp(min=0)
@@ -189,17 +201,16 @@ def _swr_aligned(
         acc = acc + torch.where(valid.view(n, 1, 1), term, torch.zeros_like(term))
         running = running * torch.where(valid.view(n, 1), block_gate[rows, idx_c], torch.ones_like(running))
         slots.append(acc)
-    final = torch.stack(slots, dim=2)  # (N, H, W, D) without the initial-state terms
+    final = torch.stack(slots, dim=2)  # (N, H, reach, D) without the initial-state terms
+    if w > reach:
+        final = torch.cat([final, final[:, :, -1:].expand(n, heads, w - reach, dim)], dim=2)
     if h_in is not None:
-        # Product of all gates up to and including the last block, per row.
+        # Slot k of the final state receives slot k - last of h_in, decayed by every gate up to the last block.
         all_gates = torch.exp(torch.cumsum(prefix[:, :, -1], dim=1)[rows, last_block])  # (N, H)
-        extra = []
-        for k in range(w):
-            src = k - last_block  # slot of h_in that reaches slot k
-            ok = (src >= 0).view(n, 1, 1)
-            picked = h_in[rows, :, src.clamp(min=0, max=w - 1)]  # (N, H, D)
-            extra.append(torch.where(ok, picked * all_gates.unsqueeze(-1), torch.zeros_like(picked)))
-        final = final + torch.stack(extra, dim=2)
+        src = torch.arange(w, device=x.device).view(1, w) - last_block.view(n, 1)  # (N, W)
+        picked = h_in.gather(2, src.clamp(0, w - 1).view(n, 1, w, 1).expand(n, heads, w, dim))
+        extra = picked * all_gates.view(n, heads, 1, 1)
+        final = final + torch.where((src >= 0).view(n, 1, w, 1), extra, torch.zeros_like(extra))
     return y, final
 
 
@@ -283,16 +294,25 @@ def _swr_torch_impl(
     return y, state
 
 
+def check_step_args(x: torch.Tensor, log_gates: torch.Tensor, state: SWRState, block_len: int) -> None:
+    """Validate a decode step's arguments (x (N, H, D), log_gates (N, H), state, block_len) as one-token SWR
+    arguments through :func:`check_swr_args`; errors name the argument."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"x must have shape (N, H, D) for a decode step, got {getattr(x, 'shape', type(x))}")
+    if not isinstance(log_gates, torch.Tensor) or log_gates.dim() != 2:
+        raise ValueError(f"log_gates must have shape (N, H), got {getattr(log_gates, 'shape', type(log_gates))}")
+    if not isinstance(state, SWRState):
+        raise TypeError(f"state must be an SWRState, got {type(state).__name__}")
+    if not isinstance(state.h, torch.Tensor) or state.h.dim() != 4:
+        raise ValueError(f"state.h must have shape (N, H, W, D), got {getattr(state.h, 'shape', type(state.h))}")
+    check_swr_args(x.unsqueeze(1), log_gates.unsqueeze(1), block_len, state.h.shape[2], None, state)
+
+
 def swr_step(
     x: torch.Tensor, log_gates: torch.Tensor, state: SWRState, block_len: int
 ) -> tuple[torch.Tensor, SWRState]:
     """One decode step for every sequence. x (N, H, D), log_gates (N, H); returns y (N, H, D) and the new state."""
-    if x.dim() != 3:
-        raise ValueError(f"x must have shape (N, H, D) for a decode step, got {tuple(x.shape)}")
-    if tuple(log_gates.shape) != tuple(x.shape[:2]):
-        raise ValueError(f"log_gates shape {tuple(log_gates.shape)} must be {tuple(x.shape[:2])}")
-    if state.h.shape[0] != x.shape[0] or state.h.shape[1] != x.shape[1] or state.h.shape[3] != x.shape[2]:
-        raise ValueError(f"state.h shape {tuple(state.h.shape)} does not match x shape {tuple(x.shape)}")
+    check_step_args(x, log_gates, state, block_len)
     h = incoming_state(state, block_len)
     cdtype = h.dtype
     a = torch.exp(log_gates.to(cdtype)).view(*log_gates.shape, 1, 1)

@@ -174,7 +174,7 @@ def test_export_errors_name_the_problem_and_write_nothing(tiny_model, results_fi
     shutil.copytree(tiny_model, converted)
     (converted / "phalanx_conversion.json").write_text("{broken")
     fails(["export", str(converted), str(out)], "corrupt phalanx_conversion.json")
-    fails(["export", str(tiny_model), str(tiny_model / "inside")], "OUT must lie outside MODEL")
+    fails(["export", str(tiny_model), str(tiny_model / "inside")], "lies inside the input")
 
     out.mkdir()
     (out / "keep.txt").write_text("old export")

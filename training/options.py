@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 from pathlib import Path
 
 import torch
 from transformers import (
     PreTrainedModel, PreTrainedTokenizerBase, ProgressCallback, Trainer, TrainerCallback, TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .callbacks import LabelledProgressCallback
 from .data import TEXT_SUFFIXES, list_text_files, shipped_sample_dir
@@ -84,18 +87,42 @@ def use_bf16(precision: str) -> bool:
     return precision == "bf16" or (precision == "auto" and has_bf16_gpu)
 
 
+def complete_checkpoint(folder: str | Path) -> bool:
+    """Whether a Trainer checkpoint folder was written to the end: the Trainer writes ``trainer_state.json``
+    last (after model, optimizer, scheduler and RNG states), so it must exist and parse."""
+    state = Path(folder) / TRAINER_STATE_NAME
+    try:
+        return isinstance(json.loads(state.read_text(encoding="utf-8")).get("global_step"), int)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
+
+
 def resume_checkpoint(args: argparse.Namespace) -> str | None:
-    """The checkpoint folder named by ``--resume`` (``auto``: the latest under ``--output``)."""
+    """The checkpoint folder named by ``--resume`` (``auto``: the latest complete one under ``--output``).
+
+    A checkpoint cut short (the process killed while writing it) is never taken: ``auto`` skips it with a
+    note, and naming it is an error.
+    """
     if args.resume is None:
         return None
-    if args.resume == "auto":
-        last = get_last_checkpoint(args.output) if Path(args.output).is_dir() else None
-        if last is None:
-            raise FileNotFoundError(f"--resume: no checkpoint-* folder in {args.output}")
-        return last
-    if not Path(args.resume).is_dir():
-        raise FileNotFoundError(f"--resume: checkpoint folder not found: {args.resume}")
-    return args.resume
+    if args.resume != "auto":
+        if not Path(args.resume).is_dir():
+            raise FileNotFoundError(f"--resume: checkpoint folder not found: {args.resume}")
+        if not complete_checkpoint(args.resume):
+            raise ValueError(f"--resume: {args.resume} is incomplete (no valid {TRAINER_STATE_NAME}: the run stopped "
+                             "while writing it); resume from an earlier checkpoint")
+        return args.resume
+    output = Path(args.output)
+    found = sorted(
+        (int(p.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")), p)
+        for p in (output.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if output.is_dir() else [])
+        if p.is_dir() and p.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-").isdigit()
+    )
+    for _, folder in reversed(found):
+        if complete_checkpoint(folder):
+            return str(folder)
+        print(f"phalanx: skipping incomplete checkpoint {folder} (the run stopped while writing it)", file=sys.stderr)
+    raise FileNotFoundError(f"--resume: no complete {PREFIX_CHECKPOINT_DIR}-* folder in {args.output}")
 
 
 def check_positive(args: argparse.Namespace, *names: str) -> None:
