@@ -1,5 +1,5 @@
-"""Phalanx model: mixer against a float64 loop, incremental decoding, chunked prefill, packed sequences,
-left padding, and caches made only of Phalanx layers."""
+"""Phalanx model: mixer against a float64 loop, incremental decoding, chunked prefill, packed sequences, and
+caches made only of Phalanx layers (left padding and generation: test_generation_equivalence.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from transformers import DynamicCache
 
 from modeling_phalanx import PhalanxCache, PhalanxConfig, PhalanxForCausalLM
-from modeling_phalanx.modeling_phalanx import PhalanxMixer
+from modeling_phalanx.modeling_phalanx import CACHE_KWARG, PhalanxMixer
 
 L, S, F = "linear_attention", "sliding_attention", "full_attention"
 VOCAB = 61
@@ -95,9 +95,9 @@ def test_decay_bias_init_spreads_over_heads() -> None:
 def decode_logits(model: PhalanxForCausalLM, ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
     """Logits from a prefill of `prompt_len` tokens, then one token per step with the cache."""
     out = model(ids[:, :prompt_len], use_cache=True)
-    cache, logits = out.past_key_values, [out.logits]
+    cache, logits = getattr(out, CACHE_KWARG), [out.logits]
     for t in range(prompt_len, ids.shape[1]):
-        out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+        out = model(ids[:, t : t + 1], use_cache=True, **{CACHE_KWARG: cache})
         logits.append(out.logits)
     return torch.cat(logits, dim=1)
 
@@ -129,7 +129,7 @@ def test_chunked_prefill_matches_one_shot() -> None:
     full = model(ids).logits
     cache, pieces, start = DynamicCache(config=model.config), [], 0  # a plain DynamicCache works too
     for size in (7, 20, 1, 33):
-        out = model(ids[:, start : start + size], past_key_values=cache, use_cache=True)
+        out = model(ids[:, start : start + size], use_cache=True, **{CACHE_KWARG: cache})
         start += size
         pieces.append(out.logits)
     assert (torch.cat(pieces, dim=1) - full).abs().max().item() <= 1e-4
@@ -140,22 +140,6 @@ def test_chunked_prefill_matches_one_shot() -> None:
     assert state.dtype == torch.float32
     hidden = model(ids, output_hidden_states=True).hidden_states
     assert len(hidden) == config.num_hidden_layers + 1
-
-
-@torch.no_grad()
-def test_left_padding_and_batched_generation_match_single_prompts() -> None:
-    model = tiny_model()
-    prompts = [torch.randint(3, VOCAB, (n,)) for n in (5, 17, 30)]
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = prompt
-        mask[row, width - len(prompt) :] = 1
-    batched = model.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=False)
-    for row, prompt in enumerate(prompts):
-        alone = model.generate(prompt[None], max_new_tokens=24, do_sample=False)
-        assert torch.equal(batched[row, width:], alone[0, len(prompt) :]), f"prompt {row}"
 
 
 def test_packed_loss_equals_mean_of_separate_sequences() -> None:
@@ -183,11 +167,11 @@ def test_phalanx_only_cache_continues_packed_rows() -> None:
     first = torch.randint(3, VOCAB, (1, 40))
     second = torch.randint(3, VOCAB, (1, 19))
     out = model(first[:, :25], use_cache=True)
-    cache = out.past_key_values
+    cache = getattr(out, CACHE_KWARG)
     assert isinstance(cache, PhalanxCache) and cache.get_seq_length() == 25
     chunk = torch.cat([first[:, 25:], second], dim=1)
     position_ids = torch.cat([torch.arange(25, 40), torch.arange(19)])[None]
-    got = model(chunk, position_ids=position_ids, past_key_values=cache, use_cache=True).logits
+    got = model(chunk, position_ids=position_ids, use_cache=True, **{CACHE_KWARG: cache}).logits
     assert (got[:, :15] - model(first).logits[:, 25:]).abs().max().item() <= 1e-4
     assert (got[:, 15:] - model(second).logits).abs().max().item() <= 1e-4
     assert cache.get_seq_length() == 19  # the row's current sequence

@@ -1,0 +1,177 @@
+"""Generation is token-exact across every way Transformers offers to run it, for each layer mix.
+
+For all-Phalanx stacks, Phalanx + sliding + full attention hybrids and the converted-family decoder variants
+(Gemma2 / Gemma3 / Olmo3 / Cohere2 blocks with a Phalanx layer), in fp32 on CPU: greedy decoding with the cache
+equals decoding without it and an argmax loop over full forwards; sampling (fixed seed) and beam search agree with
+and without the cache; a left-padded batch equals each prompt alone (sdpa and eager); `generate` continues from a
+returned cache and starts from `inputs_embeds`; the `text-generation` pipeline, `TextStreamer` and lm-eval's
+`generate_until` give the tokens `generate` gives. The tests pass the cache under the installed release's name
+(`cache` from Transformers 5.24, `past_key_values` before), as `generate` itself does.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_model_cache import VOCAB, single_thread, tiny_model  # noqa: F401  (fixture import)
+from transformers import TextStreamer, pipeline
+
+from modeling_phalanx.modeling_phalanx import CACHE_KWARG
+from phalanx_training.tokenizer import load_byte_tokenizer
+
+L, S, F = "linear_attention", "sliding_attention", "full_attention"
+NESTED_ROPE = {F: {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e5}, S: {"rope_type": "default", "rope_theta": 1e4}}
+GEMMA_BLOCK = dict(
+    norm_type="gemma_rms", norm_placement="sandwich", query_pre_attn_scalar=12, hidden_act="gelu_pytorch_tanh",
+    embedding_scale=32**0.5, tie_word_embeddings=True,
+)
+# Layer mixes: (layer_types, config overrides). Sliding windows are shorter than the prompts, so windows slide.
+MIXES = {
+    "phalanx_only": ([L, L, L], dict(sliding_window=None)),
+    "hybrid": ([L, S, L, F], {}),
+    "gemma2": ([S, L, F], dict(GEMMA_BLOCK, attn_logit_softcapping=5.0, final_logit_softcapping=3.0)),
+    "gemma3": ([L, S, F], dict(GEMMA_BLOCK, qk_norm="head", rope_parameters={k: dict(v) for k, v in NESTED_ROPE.items()})),
+    "olmo3": ([S, L, F], dict(norm_placement="post", qk_norm="projection", rope_parameters={k: dict(v) for k, v in NESTED_ROPE.items()})),
+    "cohere2": ([S, L, F], dict(norm_type="layer_norm", norm_placement="parallel", rope_interleaved=True, no_rope_layers=[2], logit_scale=0.5, tie_word_embeddings=True)),
+}
+GREEDY = dict(do_sample=False, max_new_tokens=20, min_new_tokens=20)
+# The mixes' models have no end-of-sequence token, so that every run generates its full length and an argmax loop
+# (which knows no `min_new_tokens`) is comparable.
+NO_EOS = dict(eos_token_id=None)
+
+
+def mix_model(name: str, attn_implementation: str = "eager", **overrides):
+    layer_types, options = MIXES[name]
+    options = dict(options, **overrides)
+    return tiny_model(
+        num_hidden_layers=len(layer_types), layer_types=layer_types, attn_implementation=attn_implementation,
+        **NO_EOS, **options,
+    )
+
+
+def backends(name: str) -> list[str]:
+    # SDPA cannot soft-cap attention scores: Gemma2 blocks run eager only.
+    return ["eager"] if "attn_logit_softcapping" in MIXES[name][1] else ["sdpa", "eager"]
+
+
+def returned_cache(output):
+    """The cache `generate(return_dict_in_generate=True)` returns, under the installed release's field name."""
+    return getattr(output, CACHE_KWARG)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", list(MIXES))
+def test_greedy_with_cache_equals_without_and_an_argmax_loop(name: str) -> None:
+    model = mix_model(name)
+    prompt = torch.randint(3, VOCAB, (2, 19))
+    cached = model.generate(prompt, **GREEDY)
+    uncached = model.generate(prompt, use_cache=False, **GREEDY)
+    ids = prompt
+    for _ in range(GREEDY["max_new_tokens"]):
+        ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(uncached, ids)
+    assert torch.equal(cached, ids)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", list(MIXES))
+def test_sampling_and_beam_search_agree_with_and_without_cache(name: str) -> None:
+    model = mix_model(name)
+    prompt = torch.randint(3, VOCAB, (2, 13))
+    for options in (
+        dict(do_sample=True, top_k=20, temperature=0.9, num_return_sequences=2),
+        dict(do_sample=False, num_beams=3, num_return_sequences=2),
+    ):
+        runs = []
+        for use_cache in (True, False):
+            torch.manual_seed(11)
+            runs.append(model.generate(prompt, max_new_tokens=17, min_new_tokens=17, use_cache=use_cache, **options))
+        assert runs[0].shape == (4, 30)
+        assert torch.equal(runs[0], runs[1]), options
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", list(MIXES))
+def test_left_padded_batch_equals_each_prompt_alone(name: str) -> None:
+    for backend in backends(name):
+        model = mix_model(name, attn_implementation=backend)
+        prompts = [torch.randint(3, VOCAB, (n,)) for n in (4, 18, 29)]
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros(len(prompts), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = prompt
+            mask[row, width - len(prompt) :] = 1
+        batched = model.generate(ids, attention_mask=mask, pad_token_id=0, **GREEDY)
+        for row, prompt in enumerate(prompts):
+            alone = model.generate(prompt[None], pad_token_id=0, **GREEDY)
+            assert torch.equal(batched[row, width:], alone[0, len(prompt) :]), (backend, row)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", list(MIXES))
+def test_generate_continues_from_a_returned_cache(name: str) -> None:
+    model = mix_model(name)
+    prompt = torch.randint(3, VOCAB, (2, 15))
+    at_once = model.generate(prompt, do_sample=False, max_new_tokens=24, min_new_tokens=24)
+    first = model.generate(prompt, do_sample=False, max_new_tokens=10, min_new_tokens=10, return_dict_in_generate=True)
+    cache = returned_cache(first)
+    assert cache is not None
+    assert cache.get_seq_length() == first.sequences.shape[1] - 1  # the last token is not yet consumed
+    # An explicit mask: generated tokens may equal the pad id, which `generate` would otherwise take for padding.
+    mask = torch.ones_like(first.sequences)
+    second = model.generate(
+        first.sequences, attention_mask=mask, do_sample=False, max_new_tokens=14, min_new_tokens=14, **{CACHE_KWARG: cache}
+    )
+    assert torch.equal(second, at_once)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", list(MIXES))
+def test_generate_from_inputs_embeds_equals_from_ids(name: str) -> None:
+    model = mix_model(name)
+    prompt = torch.randint(3, VOCAB, (2, 14))
+    from_ids = model.generate(prompt, **GREEDY)
+    from_embeds = model.generate(inputs_embeds=model.get_input_embeddings()(prompt), **GREEDY)
+    assert torch.equal(from_embeds, from_ids[:, prompt.shape[1] :])  # embeds prompts return only the new tokens
+
+
+@pytest.fixture(scope="module")
+def byte_model_and_tokenizer():
+    tokenizer = load_byte_tokenizer()
+    model = tiny_model(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    return model, tokenizer
+
+
+@torch.no_grad()
+def test_pipeline_and_streamer_give_the_generate_tokens(byte_model_and_tokenizer, capsys) -> None:
+    model, tokenizer = byte_model_and_tokenizer
+    text = "Friends, Romans, countrymen"
+    ids = tokenizer(text, return_tensors="pt")
+    expected_ids = model.generate(**ids, **GREEDY)[0, ids["input_ids"].shape[1] :]
+    expected = tokenizer.decode(expected_ids, skip_special_tokens=True)
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    out = generator(text, return_full_text=False, **GREEDY)
+    assert out[0]["generated_text"] == expected
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    model.generate(**ids, streamer=streamer, **GREEDY)
+    assert capsys.readouterr().out.rstrip("\n") == expected.rstrip("\n")
+
+
+@torch.no_grad()
+def test_lm_eval_generate_until_gives_the_generate_tokens(byte_model_and_tokenizer) -> None:
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    model, tokenizer = byte_model_and_tokenizer
+    contexts = ["To be, or not to be", "Now is the winter"]
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=2, max_length=256)
+    requests = [
+        Instance("generate_until", doc={}, arguments=(c, {"until": ["\u0000never"], "max_gen_toks": 16, "do_sample": False}), idx=0)
+        for c in contexts
+    ]
+    got = lm.generate_until(requests)
+    for context, text in zip(contexts, got):
+        ids = tokenizer(context, return_tensors="pt")
+        new = model.generate(**ids, do_sample=False, max_new_tokens=16, min_new_tokens=16)[0, ids["input_ids"].shape[1] :]
+        assert text == tokenizer.decode(new, skip_special_tokens=True), context
