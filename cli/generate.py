@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, trust_remote_code=args.trust_remote_code)
     except Exception as err:  # loading fails in many ways (safetensors, OSError, JSON, config errors)
         raise ValueError(f"cannot load the model {args.model}: {type(err).__name__}: {one_line(err)}") from err
-    check_finite_weights(model, args.model)
+    check_finite_weights(model.state_dict(), args.model)
     if len(tokenizer) > model.config.vocab_size:
         raise ValueError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}; "

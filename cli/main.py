@@ -68,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         # Errors are part of the interface: one clear line, non-zero exit; PHALANX_DEBUG=1 shows the traceback.
         if os.environ.get("PHALANX_DEBUG", "") not in ("", "0"):
             raise
-        print(f"phalanx {args.command}: error: {err}", file=sys.stderr)
+        print(f"phalanx {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # outputs in progress are claim folders, already removed on the way out
+        print(f"phalanx {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -68,10 +68,12 @@ def analyze_checkpoint(
         raise ValueError(
             f"seq_len={seq_len} must exceed {max(distances) + 1} to measure mass beyond {max(distances)} tokens"
         )
+    if not (Path(src) / "config.json").is_file():
+        raise FileNotFoundError(f"{src} is not a local checkpoint folder (no config.json there); --analyze reads one")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = (
-        AutoModelForCausalLM.from_pretrained(src, attn_implementation="eager", dtype=torch.float32).to(device).eval()
-    )
+    model = AutoModelForCausalLM.from_pretrained(
+        src, attn_implementation="eager", dtype=torch.float32, trust_remote_code=False
+    ).to(device).eval()
     layers = sliding_layers(model.config)
     if not layers:
         raise ValueError(f"{src} has no sliding-window attention layers to analyze")

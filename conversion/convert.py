@@ -21,6 +21,7 @@ from transformers import AutoConfig, PretrainedConfig
 from modeling_phalanx.configuration_phalanx import PhalanxConfig
 from modeling_phalanx.modeling_phalanx import PhalanxForCausalLM, PhalanxMixer
 
+from phalanx_eval.harness import check_finite_weights
 from phalanx_training.folders import check_output, output_folder
 
 from .checkpoint import carried_files, load_tensors, weight_files
@@ -162,6 +163,7 @@ def convert_checkpoint(
     )
     config = PhalanxConfig(**kwargs)
     tensors = load_tensors(files)
+    check_finite_weights(tensors, src_path)
     target = DTYPES[dtype]
     model, state = build_state_dict(tensors, config, source_config, layer_idx, init, target, seed)
     float_dtypes = {t.dtype for t in state.values() if t.is_floating_point()}

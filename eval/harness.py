@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -118,11 +119,11 @@ def check_remote_code(model: str | Path, trust_remote_code: bool) -> None:
         )
 
 
-def check_finite_weights(model: torch.nn.Module, folder: str | Path) -> None:
-    """Refuse a loaded model whose weights hold NaN or infinity (a damaged checkpoint would give garbage)."""
+def check_finite_weights(tensors: Mapping[str, torch.Tensor], folder: str | Path) -> None:
+    """Refuse weights (name -> tensor) that hold NaN or infinity: a damaged checkpoint would give garbage."""
     import torch
 
-    bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    bad = [name for name, p in tensors.items() if p.is_floating_point() and not torch.isfinite(p).all()]
     if bad:
         raise ValueError(f"the weights in {folder} hold NaN or infinite values ({len(bad)} tensors, e.g. {bad[0]})")
 
@@ -182,7 +183,7 @@ def evaluate(
         lm = HFLM(**model_args, batch_size=batch_size, device=device)
     except Exception as err:  # loading fails in many ways (safetensors, OSError, config errors)
         raise ValueError(f"cannot load the model {model}: {type(err).__name__}: {one_line(err)}") from err
-    check_finite_weights(lm.model, model)
+    check_finite_weights(lm.model.state_dict(), model)
     # model_args, batch_size and device only label the results: the model is already built.
     results = lm_eval.simple_evaluate(
         model=lm,

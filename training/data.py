@@ -40,9 +40,18 @@ def list_text_files(paths: Iterable[str | Path], exclude_held_out: bool = True) 
     return files
 
 
+def read_text(path: Path) -> str:
+    """One UTF-8 text file; a file that is not UTF-8 is refused rather than silently altered (U+FFFD)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                         "convert it to UTF-8 or leave it out") from None
+
+
 def read_texts(paths: Iterable[str | Path], exclude_held_out: bool = True) -> list[str]:
     """Read every text file under ``paths`` as UTF-8 (one document per file, in sorted order)."""
-    return [f.read_text(encoding="utf-8", errors="replace") for f in list_text_files(paths, exclude_held_out)]
+    return [read_text(f) for f in list_text_files(paths, exclude_held_out)]
 
 
 def shipped_sample_dir() -> Path:

@@ -119,8 +119,8 @@ def output_folder(
     if create_parents:
         out.parent.mkdir(parents=True, exist_ok=True)
     with _locked(out.parent):
-        check_output(out, inputs=inputs, force=force)
         _settle_claims(out)
+        check_output(out, inputs=inputs, force=force)
         claim = Path(tempfile.mkdtemp(prefix=_claim_prefix(out), dir=out.parent))
         claim_fd = os.open(claim, os.O_RDONLY)
         fcntl.flock(claim_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held until the write ends; the kernel drops it on kill

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .callbacks import LabelledProgressCallback
 from .data import TEXT_SUFFIXES, list_text_files, shipped_sample_dir
+from .folders import check_output
 from .packing import PackedCollator, build_packed_dataset
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -57,6 +59,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, learning_rate: fl
     run.add_argument("--logging-steps", type=int, default=10, help="log loss and tokens/s every N steps (default: %(default)s)")
     run.add_argument("--eval-steps", type=int, default=None, help="evaluate every N steps (default: --save-steps)")
     run.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT", help="resume from CHECKPOINT, or the latest one in --output")
+    run.add_argument("--force", action="store_true", help="replace a non-empty --output (a new run instead of --resume)")
     run.add_argument("--report-to", default="none", help="Trainer integrations (tensorboard, wandb, ...; default: none)")
 
 
@@ -98,12 +101,24 @@ def complete_checkpoint(folder: str | Path) -> bool:
 
 
 def resume_checkpoint(args: argparse.Namespace) -> str | None:
-    """The checkpoint folder named by ``--resume`` (``auto``: the latest complete one under ``--output``).
+    """How the run uses ``--output``: the checkpoint folder to resume from (``--resume``; ``auto``: the latest
+    complete one under ``--output``), or None for a new run, which needs an empty or new ``--output``
+    (``--force`` replaces a non-empty one; never one that holds or lies inside the run's inputs).
 
     A checkpoint cut short (the process killed while writing it) is never taken: ``auto`` skips it with a
     note, and naming it is an error.
     """
+    output = Path(args.output)
+    inputs = [*data_paths(args), *(args.eval_data or []), *(p for p in (args.tokenizer, getattr(args, "model", None)) if p)]
+    check_output(output, inputs=inputs, force=True, create_parents=True)
+    if args.resume is not None and args.force:
+        raise ValueError("--resume continues the run in --output and --force replaces it: pass one of them")
     if args.resume is None:
+        if output.is_dir() and any(output.iterdir()):
+            if not args.force:
+                raise ValueError(f"--output {output} is not empty; pass --resume to continue its run or --force to replace it")
+            if int(os.environ.get("RANK", "0")) == 0:  # one process of a launched run removes it
+                shutil.rmtree(output, ignore_errors=True)
         return None
     if args.resume != "auto":
         if not Path(args.resume).is_dir():
@@ -112,7 +127,6 @@ def resume_checkpoint(args: argparse.Namespace) -> str | None:
             raise ValueError(f"--resume: {args.resume} is incomplete (no valid {TRAINER_STATE_NAME}: the run stopped "
                              "while writing it); resume from an earlier checkpoint")
         return args.resume
-    output = Path(args.output)
     found = sorted(
         (int(p.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")), p)
         for p in (output.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if output.is_dir() else [])
@@ -122,7 +136,7 @@ def resume_checkpoint(args: argparse.Namespace) -> str | None:
         if complete_checkpoint(folder):
             return str(folder)
         print(f"phalanx: skipping incomplete checkpoint {folder} (the run stopped while writing it)", file=sys.stderr)
-    raise FileNotFoundError(f"--resume: no complete {PREFIX_CHECKPOINT_DIR}-* folder in {args.output}")
+    raise FileNotFoundError(f"--resume: no checkpoint to resume in {args.output} (no complete {PREFIX_CHECKPOINT_DIR}-* folder)")
 
 
 def check_positive(args: argparse.Namespace, *names: str) -> None:
@@ -133,8 +147,21 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
+def check_report_to(report_to: str) -> None:
+    """Every ``--report-to`` integration (comma-separated) must be installed; ``none`` and ``all`` always pass."""
+    from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+
+    names = [n.strip() for n in report_to.split(",") if n.strip() not in ("", "none", "all")]
+    for name in names:
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ValueError(f"--report-to {name}: unknown integration; use one of {', '.join(INTEGRATION_TO_CALLBACK)}")
+        if name not in get_available_reporting_integrations():
+            raise ValueError(f"--report-to {name}: the {name} package is not installed (install it or use --report-to none)")
+
+
 def training_arguments(args: argparse.Namespace, *, has_eval: bool) -> TrainingArguments:
     """``TrainingArguments`` from the shared options (accelerate/DDP/FSDP settings come from the launcher)."""
+    check_report_to(args.report_to)
     check_positive(args, "seq_len", "batch_size", "grad_accum", "max_steps", "lr", "save_steps", "logging_steps", "eval_steps")
     if args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")

@@ -107,4 +107,7 @@ def load_model_config(spec: str) -> tuple[PhalanxConfig, bool]:
     model_type = fields.get("model_type", PhalanxConfig.model_type)
     if model_type != PhalanxConfig.model_type:
         raise ValueError(f"{path} has model_type {model_type!r}; phalanx train builds {PhalanxConfig.model_type!r} models")
-    return PhalanxConfig.from_dict(fields), False
+    try:
+        return PhalanxConfig.from_dict(fields), False
+    except (ValueError, TypeError) as err:  # PhalanxConfig names the field; say which file holds it
+        raise ValueError(f"{path}: {' '.join(str(err).split())}") from None
