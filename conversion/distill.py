@@ -213,7 +213,12 @@ def _batch_rows(step: int, batch_size: int, num_rows: int, seed: int) -> torch.T
 
 
 def converted_layers(student: PreTrainedModel, teacher: PreTrainedModel) -> list[int]:
-    """Layers that are Phalanx mixers in the student and attention in the teacher."""
+    """Layers that are Phalanx mixers in the student and attention in the teacher (the pair must match)."""
+    if student.config.vocab_size != teacher.config.vocab_size:
+        raise ValueError(
+            f"student vocab_size {student.config.vocab_size} differs from the teacher's {teacher.config.vocab_size}: "
+            "the student must be the teacher's conversion"
+        )
     s_types, t_types = student.config.layer_types, source_layer_types(teacher.config)
     if len(s_types) != len(t_types):
         raise ValueError(f"student has {len(s_types)} layers but teacher has {len(t_types)}")
@@ -466,7 +471,9 @@ def distill(
     device = torch.device(options.device)
     amp_dtype = torch.bfloat16 if device.type == "cuda" else None
     load_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=load_dtype).to(device).eval()
+    # Never a folder's own code: converted students are Phalanx, teachers a supported Transformers family.
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=load_dtype, trust_remote_code=False)
+    teacher = teacher.to(device).eval()
     teacher.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(student_path)
     eval_texts = read_texts(eval_data, exclude_held_out=False)
@@ -501,7 +508,7 @@ def distill(
         if (final / "config.json").is_file():
             source = final
             continue
-        student = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(device)
+        student = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, trust_remote_code=False).to(device)
         if "bpb_student_initial" not in metrics:
             metrics["bpb_student_initial"] = evaluate(student, "converted student (before distillation)")
             save_metrics()

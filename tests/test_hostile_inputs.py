@@ -568,3 +568,15 @@ def test_distilled_model_keeps_its_conversion_record(source: Path, student: Path
     assert json.loads((stage1 / "phalanx_conversion.json").read_text()) == record
     exported = export(stage1, tmp_path / "hub")
     assert f"converted-from-{record['model_type']}" in (exported / "README.md").read_text()
+
+
+def test_distill_refuses_a_student_of_another_vocabulary(source: Path, student: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from phalanx_conversion.distill import converted_layers
+
+    teacher, pupil = AutoModelForCausalLM.from_pretrained(source), AutoModelForCausalLM.from_pretrained(student)
+    assert converted_layers(pupil, teacher)
+    pupil.config.vocab_size += 1
+    with pytest.raises(ValueError, match="student vocab_size 260 differs from the teacher's 259"):
+        converted_layers(pupil, teacher)

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, set_seed
 from modeling_phalanx import PHALANX_LORA_TARGET_MODULES
 
 from .callbacks import LossCurveCallback, loss_summary
+from .folders import output_folder
 from .options import add_training_arguments, check_positive, describe_data, packed_trainer, resume_checkpoint
 from .tokenizer import load_tokenizer
 
@@ -95,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_merged(model: PeftModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    """Fold the LoRA weights into the base model and save it as a plain model folder."""
+    """Fold the LoRA weights into the base model and save it as a plain model folder (written whole or not at all)."""
     merged = model.merge_and_unload()
-    merged.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    with output_folder(folder, force=True) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     print(f"phalanx finetune: merged model in {folder}")
