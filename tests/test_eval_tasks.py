@@ -6,6 +6,7 @@ import importlib.util
 import re
 
 import pytest
+from lm_eval import utils as lm_eval_utils
 
 from phalanx_eval.harness import TASK_DIR, resolve_task_manager, shipped_task_manager
 from phalanx_training.data import HELD_OUT_WORKS
@@ -33,7 +34,10 @@ def test_index_lists_every_task_group_and_distance():
     assert set(manager.all_groups) == {"phalanx_passkey", "phalanx_mqar"}
     for family in ("passkey", "mqar"):
         for d in DISTANCES:
-            assert manager.task_index[f"phalanx_{family}_{d}"].cfg["metadata"]["distance"] == d
+            entry = manager.task_index[f"phalanx_{family}_{d}"]
+            # lm-eval 0.4.12+ indexes parsed configs; earlier releases index the YAML file.
+            config = entry.cfg if hasattr(entry, "cfg") else lm_eval_utils.load_yaml_config(entry["yaml_path"], mode="full")
+            assert config["metadata"]["distance"] == d
 
 
 def test_unknown_task_names_list_the_shipped_ones():
