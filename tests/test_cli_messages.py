@@ -4,8 +4,11 @@ of `--tasks`, a left-padding byte tokenizer, and model cards that say when lm-ev
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -61,6 +64,29 @@ def test_demo_hint_reads_back_as_the_prompt(tmp_path: Path) -> None:
     words = subprocess.run(["bash", "-c", "printf '%s\\0' " + hint.removeprefix("phalanx ")],
                            capture_output=True, text=True, check=True).stdout.split("\0")[:-1]
     assert words == ["generate", str(tmp_path / "demo dir" / "export"), "--prompt", "CASSIUS.\n", "--do-sample"]
+
+
+def test_demo_says_what_each_stage_does(tmp_path: Path, offline_env: dict[str, str]) -> None:
+    """A shortened demo as a user runs it: stage messages, a labelled teacher bar, one loss summary per run
+    whose numbers are labelled, no warning printed twice, and a closing hint with a real newline."""
+    from test_model_cli import DEMO_ARGS
+
+    env = {**os.environ, **offline_env}
+    proc = subprocess.run([sys.executable, "-m", "phalanx_cli.main", "demo", *DEMO_ARGS, "--output-dir", str(tmp_path / "demo")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, err = proc.stdout, proc.stderr.replace("\r", "\n")
+    for message in ("training the Gemma3 teacher", "converting the teacher's sliding-window layers",
+                    "distilling the student"):
+        assert message in out, message
+    for message in ("teacher (Gemma3, sliding-window layers):", "distill: held-out bits/byte of the teacher",
+                    "distill: held-out bits/byte of the student after stage 2"):
+        assert message in err, message
+    assert "[1/6] train hybrid: training loss (nats/token) first logged" in out
+    assert not re.search(r"\bloss \d", out)  # every printed loss says which loss it is
+    warned = Counter(line for line in err.splitlines() if re.search(r"\w+Warning: ", line))
+    assert all(count == 1 for count in warned.values()), warned
+    assert out.rstrip().endswith("--prompt $'CASSIUS.\\n' --do-sample")
 
 
 def test_each_future_warning_is_printed_once(tmp_path: Path) -> None:
