@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
+from modeling_phalanx.modeling_phalanx import CACHE_KWARG
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_e2e import environment, time_steps  # noqa: E402
 from model_zoo import build_model, cache_bytes  # noqa: E402
@@ -41,7 +43,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
         holder = {}
 
         def prefill() -> None:
-            holder["cache"] = model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True).past_key_values
+            holder["cache"] = getattr(model(input_ids=ids, **{CACHE_KWARG: DynamicCache(config=model.config)}, use_cache=True), CACHE_KWARG)
 
         med = statistics.median(time_steps(prefill, args.steps, 1, device))
         out["prefill"].append({"context": ctx, "tokens_per_s": ctx / med, "cache_bytes_per_seq": cache_bytes(holder["cache"])})
@@ -51,11 +53,11 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
 
         def decode_pass() -> list[float]:
             """Prefill ``ids``, then time greedy steps: the cache grows by one token per step."""
-            cache = model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True).past_key_values
+            cache = getattr(model(input_ids=ids, **{CACHE_KWARG: DynamicCache(config=model.config)}, use_cache=True), CACHE_KWARG)
             state = {"tok": ids[:, -1:], "cache": cache}
 
             def decode() -> None:
-                logits = model(input_ids=state["tok"], past_key_values=state["cache"], use_cache=True).logits
+                logits = model(input_ids=state["tok"], **{CACHE_KWARG: state["cache"]}, use_cache=True).logits
                 state["tok"] = logits[:, -1:].argmax(-1)
 
             return time_steps(decode, args.decode_steps, 2, device)

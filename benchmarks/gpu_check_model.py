@@ -38,6 +38,7 @@ import phalanx_kernels
 import phalanx_kernels.ops as kernel_ops
 from bench_e2e import time_steps
 from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM
+from modeling_phalanx.modeling_phalanx import CACHE_KWARG
 
 CALLS: Counter = Counter()
 COUNTED = ("phalanx_core_triton", "phalanx_core_torch", "phalanx_core_step_triton", "phalanx_core_step_torch")
@@ -161,10 +162,10 @@ def check_generation(dtype: torch.dtype, log: list[str]) -> dict:
     full = model(ids).logits.float()
     out = model(ids[:, :40], use_cache=True)
     steps = [out.logits.float()]
-    out = model(ids[:, 40:45], past_key_values=out.past_key_values, use_cache=True)  # chunked continuation
+    out = model(ids[:, 40:45], **{CACHE_KWARG: getattr(out, CACHE_KWARG)}, use_cache=True)  # chunked continuation
     steps.append(out.logits.float())
     for t in range(45, 77):
-        out = model(ids[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
+        out = model(ids[:, t : t + 1], **{CACHE_KWARG: getattr(out, CACHE_KWARG)}, use_cache=True)
         steps.append(out.logits.float())
     result["incremental_vs_full_max_abs"] = float((torch.cat(steps, 1) - full).abs().max())
     result["triton_step_calls"] = CALLS["phalanx_core_step_triton"]

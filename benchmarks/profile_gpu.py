@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
+from modeling_phalanx.modeling_phalanx import CACHE_KWARG
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import phalanx_kernels  # noqa: E402
 from model_zoo import build_model  # noqa: E402
@@ -88,7 +90,7 @@ def profile_model(out: Path, prefill_len: int, train_len: int, tokens: int) -> N
     ids = torch.randint(3, vocab, (1, prefill_len), device="cuda")
     model.eval()
     with torch.no_grad():
-        prof = _profiled(lambda: model(input_ids=ids, past_key_values=DynamicCache(config=model.config),
+        prof = _profiled(lambda: model(input_ids=ids, **{CACHE_KWARG: DynamicCache(config=model.config)},
                                        use_cache=True), warmup=2)
     sections.append(_table(prof, f"prefill, batch 1 x {prefill_len} tokens, cache on"))
 
@@ -164,13 +166,14 @@ def profile_decode_step(out: Path, batch: int, context: int, steps: int = 4) -> 
         ids = torch.randint(3, model.config.vocab_size, (batch, context), device="cuda")
 
         def prefill() -> DynamicCache:
-            return model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True,
-                         logits_to_keep=1).past_key_values
+            out = model(input_ids=ids, **{CACHE_KWARG: DynamicCache(config=model.config)}, use_cache=True,
+                        logits_to_keep=1)
+            return getattr(out, CACHE_KWARG)
 
         def decode(cache: DynamicCache) -> None:
             tok = ids[:, -1:]
             for _ in range(steps):
-                tok = model(input_ids=tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+                tok = model(input_ids=tok, **{CACHE_KWARG: cache}, use_cache=True).logits[:, -1:].argmax(-1)
 
         decode(prefill())  # first pass over these cache lengths
         cache = prefill()
