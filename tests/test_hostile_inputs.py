@@ -580,3 +580,27 @@ def test_distill_refuses_a_student_of_another_vocabulary(source: Path, student: 
     pupil.config.vocab_size += 1
     with pytest.raises(ValueError, match="student vocab_size 260 differs from the teacher's 259"):
         converted_layers(pupil, teacher)
+
+
+def test_triton_runs_a_huge_window_as_the_sequence_needs() -> None:
+    triton_ops = pytest.importorskip("phalanx_kernels.triton_ops", reason="needs triton")
+    x, g = inputs(3)
+    start = time.perf_counter()
+    triton_ops.swr_triton(x, g, window_blocks=3, output_final_state=True)  # 3 blocks: the most 40 tokens need
+    small = time.perf_counter() - start
+    start = time.perf_counter()
+    y, state = triton_ops.swr_triton(x, g, window_blocks=10**4, output_final_state=True)
+    assert time.perf_counter() - start < 5 * small + 2.0  # a ring of 10**4 restart slots was 50x slower
+    ref, ref_state = swr_oracle(x, g, 16, 10**4)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state.h.double(), ref_state, rtol=1e-5, atol=1e-5)
+
+
+def test_a_distillation_checkpoint_cut_short_is_not_listed(tmp_path: Path) -> None:
+    from phalanx_conversion.distill import _checkpoints
+
+    done, cut = tmp_path / "checkpoints" / "stage1-step0000002", tmp_path / "checkpoints" / "stage1-step0000004.tmp"
+    for folder in (done, cut):
+        folder.mkdir(parents=True)
+        (folder / "state.json").write_text("{}")
+    assert _checkpoints(tmp_path, 1) == [(2, done)]
