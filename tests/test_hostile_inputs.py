@@ -308,14 +308,20 @@ def test_a_folder_of_the_installed_phalanx_type_uses_the_installed_code(tiny_mod
 # ------------------------------------------------------------------------- 3, 6: the SWR operator
 
 
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # Triton: interpreted on CPU (conftest)
+
+
 def swr_impls() -> list:
-    """The PyTorch path, and the Triton kernels (interpreted on CPU) when Triton is installed."""
+    """The PyTorch path, and the Triton kernels (on CUDA, else interpreted on CPU) when Triton is installed."""
     impls = [pytest.param(swr_torch, id="torch")]
     try:
         from phalanx_kernels.triton_ops import swr_triton
     except ImportError:
         return impls
-    return [*impls, pytest.param(swr_triton, id="triton")]
+    def on_kernel_device(x: torch.Tensor, g: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        return swr_triton(x.to(KERNEL_DEVICE), g.to(KERNEL_DEVICE), **kwargs).cpu()
+
+    return [*impls, pytest.param(on_kernel_device, id="triton")]
 
 
 def inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -584,16 +590,16 @@ def test_distill_refuses_a_student_of_another_vocabulary(source: Path, student: 
 
 def test_triton_runs_a_huge_window_as_the_sequence_needs() -> None:
     triton_ops = pytest.importorskip("phalanx_kernels.triton_ops", reason="needs triton")
-    x, g = inputs(3)
+    x, g = (t.to(KERNEL_DEVICE) for t in inputs(3))
     start = time.perf_counter()
     triton_ops.swr_triton(x, g, window_blocks=3, output_final_state=True)  # 3 blocks: the most 40 tokens need
     small = time.perf_counter() - start
     start = time.perf_counter()
     y, state = triton_ops.swr_triton(x, g, window_blocks=10**4, output_final_state=True)
     assert time.perf_counter() - start < 5 * small + 2.0  # a ring of 10**4 restart slots was 50x slower
-    ref, ref_state = swr_oracle(x, g, 16, 10**4)
-    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(state.h.double(), ref_state, rtol=1e-5, atol=1e-5)
+    ref, ref_state = swr_oracle(x.cpu(), g.cpu(), 16, 10**4)
+    torch.testing.assert_close(y.cpu().double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state.h.cpu().double(), ref_state, rtol=1e-5, atol=1e-5)
 
 
 def test_a_distillation_checkpoint_cut_short_is_not_listed(tmp_path: Path) -> None:
