@@ -1,4 +1,4 @@
-"""`phalanx demo`: the whole project on a CPU in a few minutes, on the shipped Shakespeare sample.
+"""`phalanx demo`: the whole project on a CPU (about 4 minutes on 2 cores), on the shipped Shakespeare sample.
 
 Six stages, each a call into the package that owns the work:
 

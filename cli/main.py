@@ -15,7 +15,7 @@ import warnings
 from typing import Any
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("phalanx_cli.demo", "the whole pipeline on CPU in minutes: train, generate, lm-eval, LoRA, convert+distill, export"),
+    "demo": ("phalanx_cli.demo", "the whole pipeline on CPU in about 4 minutes: train, generate, lm-eval, LoRA, convert+distill, export"),
     "generate": ("phalanx_cli.generate", "generate text from a saved model folder"),
     "train": ("phalanx_training.cli", "pretrain a Phalanx / SWA / Transformer model on local text"),
     "finetune": ("phalanx_training.finetune_cli", "LoRA fine-tuning with PEFT (optionally merged)"),

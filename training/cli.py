@@ -11,6 +11,7 @@ tokens/s per logging step) and ``loss_curve.png``.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, TrainerState, set_seed
 
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     resume = resume_checkpoint(args)
     set_seed(args.seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=args.attn_implementation)
-    trainer = packed_trainer(model, args, tokenizer, callbacks, label=f"phalanx train {args.model_config}")
+    trainer = packed_trainer(model, args, tokenizer, callbacks, label=f"phalanx train {Path(args.model_config).name}")
     if trainer.is_world_process_zero():
         n_params = sum(p.numel() for p in model.parameters())
         print(f"phalanx train: {n_params / 1e6:.2f}M parameters, layer types {sorted(set(config.layer_types))}; "

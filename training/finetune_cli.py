@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if base.config.vocab_size < len(tokenizer):
         raise ValueError(f"model vocab_size {base.config.vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens")
     model = get_peft_model(base, peft_config)
-    trainer = packed_trainer(model, args, tokenizer, [LossCurveCallback()], label=f"phalanx finetune {args.model} (LoRA)")
+    trainer = packed_trainer(model, args, tokenizer, [LossCurveCallback()], label=f"phalanx finetune {Path(args.model).name} (LoRA)")
     if args.merge and trainer.is_fsdp_enabled:
         raise ValueError("--merge needs the whole model in one process; under FSDP train without --merge, then merge "
                          "the saved adapter in a single process (see training/README.md)")
