@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     dtype = getattr(torch, args.dtype) if args.dtype else "auto"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model, trust_remote_code=args.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, trust_remote_code=args.trust_remote_code)
     except Exception as err:  # loading fails in many ways (safetensors, OSError, JSON, config errors)
         raise ValueError(f"cannot load the model {args.model}: {type(err).__name__}: {one_line(err)}") from err

@@ -47,6 +47,17 @@ class ConversionResult:
     dtype: str
 
 
+def source_name(src: Path) -> str:
+    """How the conversion record names its source: the Hub id of a Hub-cache snapshot
+    (``.../models--ORG--NAME/snapshots/REV`` -> ``ORG/NAME``), else the folder's name; never an absolute
+    local path, which would leak into model cards and mean nothing elsewhere."""
+    parts = src.resolve().parts
+    for i, part in enumerate(parts[:-2]):
+        if part.startswith("models--") and parts[i + 1] == "snapshots":
+            return part.removeprefix("models--").replace("--", "/")
+    return src.resolve().name
+
+
 def read_source_config(src: str | os.PathLike) -> PretrainedConfig:
     """The source `config.json` through AutoConfig (local files only), for a supported family only.
 
@@ -172,7 +183,7 @@ def convert_checkpoint(
     model.load_state_dict(state, strict=False, assign=True)
     result = ConversionResult(
         out=str(out),
-        source=src_path.resolve().name,
+        source=source_name(src_path),
         model_type=source_config.model_type,
         converted_layers=layer_idx,
         init=init,
@@ -185,5 +196,6 @@ def convert_checkpoint(
         for rel in carried_files(src_path):
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src_path / rel, tmp / rel)
-        (tmp / CONVERSION_INFO).write_text(json.dumps(asdict(result), indent=2) + "\n")
+        record = {k: v for k, v in asdict(result).items() if k != "out"}  # local paths mean nothing on a model card
+        (tmp / CONVERSION_INFO).write_text(json.dumps(record, indent=2) + "\n")
     return result

@@ -610,3 +610,12 @@ def test_a_distillation_checkpoint_cut_short_is_not_listed(tmp_path: Path) -> No
         folder.mkdir(parents=True)
         (folder / "state.json").write_text("{}")
     assert _checkpoints(tmp_path, 1) == [(2, done)]
+
+
+def test_a_hub_cache_source_is_recorded_by_its_hub_id(source: Path, tmp_path: Path) -> None:
+    snapshot_dir = tmp_path / "hub" / "models--someorg--tiny-gemma" / "snapshots" / "0123abcd"
+    shutil.copytree(source, snapshot_dir)
+    result = convert_checkpoint(snapshot_dir, tmp_path / "out")
+    assert result.source == "someorg/tiny-gemma"
+    card = (export(tmp_path / "out", tmp_path / "hub-export") / "README.md").read_text()
+    assert "base_model: someorg/tiny-gemma" in card and str(tmp_path) not in card
