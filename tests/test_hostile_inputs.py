@@ -619,3 +619,14 @@ def test_a_hub_cache_source_is_recorded_by_its_hub_id(source: Path, tmp_path: Pa
     assert result.source == "someorg/tiny-gemma"
     card = (export(tmp_path / "out", tmp_path / "hub-export") / "README.md").read_text()
     assert "base_model: someorg/tiny-gemma" in card and str(tmp_path) not in card
+
+
+def test_results_file_claims_follow_the_folder_rules(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from phalanx_training.folders import write_file
+
+    stale = tmp_path / f".eval.json{CLAIM_MARK}dead"  # a writer killed mid-write left its temporary file
+    stale.write_text('{"half": ')
+    assert write_file(tmp_path / "eval.json", "{}\n").read_text() == "{}\n"
+    assert "left by an interrupted run" in capsys.readouterr().err and claims(tmp_path) == []
+    with pytest.raises(ValueError, match="is a folder"):
+        write_file(tmp_path, "x")

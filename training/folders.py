@@ -86,7 +86,7 @@ def _settle_claims(out: Path) -> None:
     missing (killed between the two renames of a ``--force`` swap) gives that output back.
     """
     for claim in sorted(out.parent.glob(f"{_claim_prefix(out)}*")):
-        if not claim.is_dir() or claim.is_symlink():
+        if claim.is_symlink() or not (claim.is_dir() or claim.is_file()):
             continue
         fd = os.open(claim, os.O_RDONLY)
         try:
@@ -98,7 +98,10 @@ def _settle_claims(out: Path) -> None:
             if previous.is_dir() and not (out.exists() or out.is_symlink()):
                 os.replace(previous, out)
                 print(f"phalanx: restored {out} from an interrupted replacement ({claim})", file=sys.stderr)
-            shutil.rmtree(claim)
+            if claim.is_dir():
+                shutil.rmtree(claim)
+            else:
+                claim.unlink()
             print(f"phalanx: removed {claim}, left by an interrupted run", file=sys.stderr)
         finally:
             os.close(fd)
@@ -148,7 +151,8 @@ def output_folder(
 
 
 def write_file(path: PathLike, text: str, *, protected: Iterable[PathLike] = ()) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file beside it, then a rename.
+    """Write ``text`` (UTF-8) to ``path`` atomically: a claimed temporary file beside it, then a rename
+    (an existing file is replaced; claims follow :func:`output_folder`'s rules).
 
     Refuses a ``path`` that is a folder or equals one of the ``protected`` files (e.g. a model's own
     ``config.json``); creates missing parent folders.
@@ -161,12 +165,16 @@ def write_file(path: PathLike, text: str, *, protected: Iterable[PathLike] = ())
     if path.is_dir():
         raise ValueError(f"output {path} is a folder; name a file")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{CLAIM_MARK}")
+    with _locked(path.parent):
+        _settle_claims(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_claim_prefix(path))
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:  # closing the file drops the claim
             f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+            f.flush()
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
