@@ -536,6 +536,8 @@ def test_train_refuses_to_overwrite_or_misuse_its_output(train_argv: list[str], 
     assert "exists and is not a folder" in one_error_line(capsys)
     assert main([*train_argv, "--output", str(tmp_path)]) == 1  # holds the training text
     assert "contains the input" in one_error_line(capsys)
+    assert main([*train_argv, "--output", str(existing), "--force", "--batch-size", "2"]) == 0
+    assert json.loads((existing / "config.json").read_text())["model_type"] == "phalanx"
 
 
 def test_train_config_and_integration_errors_are_one_line(train_argv: list[str], tmp_path: Path,
@@ -630,3 +632,16 @@ def test_results_file_claims_follow_the_folder_rules(tmp_path: Path, capsys: pyt
     assert "left by an interrupted run" in capsys.readouterr().err and claims(tmp_path) == []
     with pytest.raises(ValueError, match="is a folder"):
         write_file(tmp_path, "x")
+
+
+def test_a_second_training_run_into_the_same_output_is_refused(train_argv: list[str], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    from phalanx_training.folders import claim_folder
+
+    out = tmp_path / "run"
+    with claim_folder(out):  # a first run, still training
+        assert main([*train_argv, "--output", str(out)]) == 1
+        assert f"another process is writing {out} right now" in one_error_line(capsys)
+    assert not out.exists()  # the first run wrote nothing, so nothing is left
+    assert main([*train_argv, "--output", str(out), "--batch-size", "0"]) == 1  # fails after the claim
+    assert not out.exists()

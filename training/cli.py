@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, TrainerS
 from modeling_phalanx import PhalanxConfig
 
 from .callbacks import LossCurveCallback, loss_summary
-from .options import add_training_arguments, describe_data, packed_trainer, resume_checkpoint
+from .options import add_training_arguments, claim_output, describe_data, packed_trainer, resume_checkpoint
 from .presets import PRESET_NAMES, load_model_config
 from .swax import SWAX_FINAL_LONG_FRACTION, SWAX_SHORT_PROB, SWAX_SHORT_WINDOW, SWAXCallback, SWAXSchedule
 from .tokenizer import load_tokenizer
@@ -93,19 +93,20 @@ def run(args: argparse.Namespace) -> int:
     swax = swax_callback(args, config)
     if swax is not None:
         callbacks.append(swax)
-    resume = resume_checkpoint(args)
-    set_seed(args.seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=args.attn_implementation)
-    trainer = packed_trainer(model, args, tokenizer, callbacks, label=f"phalanx train {Path(args.model_config).name}")
-    if trainer.is_world_process_zero():
-        n_params = sum(p.numel() for p in model.parameters())
-        print(f"phalanx train: {n_params / 1e6:.2f}M parameters, layer types {sorted(set(config.layer_types))}; "
-              f"{describe_data(args)}: {len(trainer.train_dataset)} rows x {args.seq_len} tokens; "
-              f"{trainer.args.world_size} process(es) on {trainer.args.device.type}")
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(args.output)
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        print(f"phalanx train: done, {loss_summary(trainer.state.log_history)}; "
-              f"{tokens_per_second(trainer.state):.0f} tokens/s; model in {args.output}")
+    with claim_output(args):  # held until the run ends; a second run into --output is refused
+        resume = resume_checkpoint(args)
+        set_seed(args.seed)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=args.attn_implementation)
+        trainer = packed_trainer(model, args, tokenizer, callbacks, label=f"phalanx train {Path(args.model_config).name}")
+        if trainer.is_world_process_zero():
+            n_params = sum(p.numel() for p in model.parameters())
+            print(f"phalanx train: {n_params / 1e6:.2f}M parameters, layer types {sorted(set(config.layer_types))}; "
+                  f"{describe_data(args)}: {len(trainer.train_dataset)} rows x {args.seq_len} tokens; "
+                  f"{trainer.args.world_size} process(es) on {trainer.args.device.type}")
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model(args.output)
+        trainer.save_state()
+        if trainer.is_world_process_zero():
+            print(f"phalanx train: done, {loss_summary(trainer.state.log_history)}; "
+                  f"{tokens_per_second(trainer.state):.0f} tokens/s; model in {args.output}")
     return 0

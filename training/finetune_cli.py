@@ -19,7 +19,7 @@ from modeling_phalanx import PHALANX_LORA_TARGET_MODULES
 
 from .callbacks import LossCurveCallback, loss_summary
 from .folders import output_folder
-from .options import add_training_arguments, check_positive, describe_data, packed_trainer, resume_checkpoint
+from .options import add_training_arguments, check_positive, claim_output, describe_data, packed_trainer, resume_checkpoint
 from .tokenizer import load_tokenizer
 
 MERGED_DIR = "merged"
@@ -70,28 +70,29 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"model folder with a config.json not found: {args.model}")
     tokenizer = model_tokenizer(args)
     peft_config = lora_config(args)
-    resume = resume_checkpoint(args)
-    set_seed(args.seed)
-    base = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-    if base.config.vocab_size < len(tokenizer):
-        raise ValueError(f"model vocab_size {base.config.vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens")
-    model = get_peft_model(base, peft_config)
-    trainer = packed_trainer(model, args, tokenizer, [LossCurveCallback()], label=f"phalanx finetune {Path(args.model).name} (LoRA)")
-    if args.merge and trainer.is_fsdp_enabled:
-        raise ValueError("--merge needs the whole model in one process; under FSDP train without --merge, then merge "
-                         "the saved adapter in a single process (see training/README.md)")
-    if trainer.is_world_process_zero():
-        trainable, total = model.get_nb_trainable_parameters()
-        kinds = sorted({name.rsplit(".", 1)[-1] for name in model.targeted_module_names})
-        print(f"phalanx finetune: LoRA r={args.lora_r} on {len(model.targeted_module_names)} modules ({', '.join(kinds)}), "
-              f"{trainable / 1e6:.3f}M of {total / 1e6:.2f}M parameters trainable; {describe_data(args)}")
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(args.output)
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        print(f"phalanx finetune: done, {loss_summary(trainer.state.log_history)}; adapter in {args.output}")
-        if args.merge:
-            write_merged(trainer.model, tokenizer, Path(args.output) / MERGED_DIR)
+    with claim_output(args):  # held until the run ends; a second run into --output is refused
+        resume = resume_checkpoint(args)
+        set_seed(args.seed)
+        base = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+        if base.config.vocab_size < len(tokenizer):
+            raise ValueError(f"model vocab_size {base.config.vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens")
+        model = get_peft_model(base, peft_config)
+        trainer = packed_trainer(model, args, tokenizer, [LossCurveCallback()], label=f"phalanx finetune {Path(args.model).name} (LoRA)")
+        if args.merge and trainer.is_fsdp_enabled:
+            raise ValueError("--merge needs the whole model in one process; under FSDP train without --merge, then merge "
+                             "the saved adapter in a single process (see training/README.md)")
+        if trainer.is_world_process_zero():
+            trainable, total = model.get_nb_trainable_parameters()
+            kinds = sorted({name.rsplit(".", 1)[-1] for name in model.targeted_module_names})
+            print(f"phalanx finetune: LoRA r={args.lora_r} on {len(model.targeted_module_names)} modules ({', '.join(kinds)}), "
+                  f"{trainable / 1e6:.3f}M of {total / 1e6:.2f}M parameters trainable; {describe_data(args)}")
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model(args.output)
+        trainer.save_state()
+        if trainer.is_world_process_zero():
+            print(f"phalanx finetune: done, {loss_summary(trainer.state.log_history)}; adapter in {args.output}")
+            if args.merge:
+                write_merged(trainer.model, tokenizer, Path(args.output) / MERGED_DIR)
     return 0
 
 

@@ -1,5 +1,5 @@
 """Writing outputs safely: the one implementation behind every folder and file the commands write
-(``convert``, ``distill``, ``export``, ``eval``, ``demo``, distillation checkpoints).
+(``convert``, ``distill``, ``export``, ``eval``, ``demo``, ``train``, ``finetune``, distillation checkpoints).
 
 Rules it enforces:
 
@@ -14,6 +14,10 @@ Rules it enforces:
 - the claim folder is removed on every exit path Python sees (errors, Ctrl-C); one left by a killed
   process is reported and removed by the next writer of that output (and an output it had already moved
   aside is put back).
+
+A run that writes into its output over time (training, whose checkpoints must be resumable in place)
+cannot be renamed into place; :func:`claim_folder` holds such a folder for the run instead, with the
+same input checks and the same refusal of a second writer.
 
 Lives in ``phalanx_training`` because every package that writes outputs may import it (it needs only the
 standard library).
@@ -31,6 +35,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 CLAIM_MARK = ".phalanx-tmp-"
+RUN_CLAIM = ".phalanx-run"  # inside a folder a run writes into over time (see claim_folder)
 PREVIOUS_NAME = "previous"  # inside a claim: the replaced output, between the two renames of a --force swap
 
 PathLike = str | os.PathLike
@@ -148,6 +153,47 @@ def output_folder(
             shutil.rmtree(claim, ignore_errors=True)
         finally:
             os.close(claim_fd)
+
+
+@contextlib.contextmanager
+def claim_folder(folder: PathLike, *, inputs: Iterable[PathLike] = ()) -> Iterator[Path]:
+    """Hold ``folder`` (created if missing; never one that overlaps ``inputs``) for a run that writes into
+    it over time, such as training with its checkpoints: while this one lives, a second run into the same
+    folder is refused. The claim is an ``flock`` on the hidden file :data:`RUN_CLAIM` inside it; the first
+    process of a launched (DDP) run holds it for all of them.
+    """
+    folder = check_output(folder, inputs=inputs, force=True, create_parents=True)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield folder
+        return
+    claim = folder / RUN_CLAIM
+    fd = os.open(claim, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"another process is writing {folder} right now; try again later") from None
+        try:
+            yield folder
+        finally:
+            claim.unlink(missing_ok=True)  # still locked: a writer that opened it before sees it gone next time
+            if created and not any(folder.iterdir()):  # the run wrote nothing: leave nothing
+                folder.rmdir()
+    finally:
+        os.close(fd)
+
+
+def clear_folder(folder: Path) -> None:
+    """Remove everything in a claimed ``folder`` but its claim (``--force`` on a run's output)."""
+    for child in folder.iterdir():
+        if child.name == RUN_CLAIM:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def write_file(path: PathLike, text: str, *, protected: Iterable[PathLike] = ()) -> Path:

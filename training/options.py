@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .callbacks import LabelledProgressCallback
 from .data import TEXT_SUFFIXES, list_text_files, shipped_sample_dir
-from .folders import check_output
+from .folders import RUN_CLAIM, claim_folder, clear_folder
 from .packing import PackedCollator, build_packed_dataset
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -100,25 +100,30 @@ def complete_checkpoint(folder: str | Path) -> bool:
         return False
 
 
+def claim_output(args: argparse.Namespace) -> contextlib.AbstractContextManager[Path]:
+    """Hold ``--output`` for this run (``claim_folder``): never a folder that holds or lies inside the run's
+    inputs (data, eval data, tokenizer, model), and a second run into it is refused while this one lives."""
+    inputs = [*data_paths(args), *(args.eval_data or []), *(p for p in (args.tokenizer, getattr(args, "model", None)) if p)]
+    return claim_folder(args.output, inputs=inputs)
+
+
 def resume_checkpoint(args: argparse.Namespace) -> str | None:
-    """How the run uses ``--output``: the checkpoint folder to resume from (``--resume``; ``auto``: the latest
-    complete one under ``--output``), or None for a new run, which needs an empty or new ``--output``
-    (``--force`` replaces a non-empty one; never one that holds or lies inside the run's inputs).
+    """How the run uses its claimed ``--output``: the checkpoint folder to resume from (``--resume``;
+    ``auto``: the latest complete one under ``--output``), or None for a new run, which needs an empty
+    ``--output`` (``--force`` empties a non-empty one).
 
     A checkpoint cut short (the process killed while writing it) is never taken: ``auto`` skips it with a
     note, and naming it is an error.
     """
     output = Path(args.output)
-    inputs = [*data_paths(args), *(args.eval_data or []), *(p for p in (args.tokenizer, getattr(args, "model", None)) if p)]
-    check_output(output, inputs=inputs, force=True, create_parents=True)
     if args.resume is not None and args.force:
         raise ValueError("--resume continues the run in --output and --force replaces it: pass one of them")
     if args.resume is None:
-        if output.is_dir() and any(output.iterdir()):
+        if any(p.name != RUN_CLAIM for p in output.iterdir()):
             if not args.force:
                 raise ValueError(f"--output {output} is not empty; pass --resume to continue its run or --force to replace it")
-            if int(os.environ.get("RANK", "0")) == 0:  # one process of a launched run removes it
-                shutil.rmtree(output, ignore_errors=True)
+            if int(os.environ.get("RANK", "0")) == 0:  # one process of a launched run empties it
+                clear_folder(output)
         return None
     if args.resume != "auto":
         if not Path(args.resume).is_dir():
