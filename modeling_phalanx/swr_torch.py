@@ -303,8 +303,13 @@ def check_step_args(x: torch.Tensor, log_gates: torch.Tensor, state: SWRState, b
         raise ValueError(f"log_gates must have shape (N, H), got {getattr(log_gates, 'shape', type(log_gates))}")
     if not isinstance(state, SWRState):
         raise TypeError(f"state must be an SWRState, got {type(state).__name__}")
-    if not isinstance(state.h, torch.Tensor) or state.h.dim() != 4:
-        raise ValueError(f"state.h must have shape (N, H, W, D), got {getattr(state.h, 'shape', type(state.h))}")
+    if not isinstance(state.h, torch.Tensor) or state.h.dim() != 4 or state.h.shape[:2] != x.shape[:2] or (
+        state.h.shape[3] != x.shape[2]
+    ):
+        expected = f"({x.shape[0]}, {x.shape[1]}, W, {x.shape[2]})"
+        raise ValueError(f"state.h must have shape {expected} to match x, got {getattr(state.h, 'shape', type(state.h))}")
+    if not isinstance(state.pos, torch.Tensor) or tuple(state.pos.shape) != (x.shape[0],) or state.pos.is_floating_point():
+        raise ValueError(f"state.pos must be an integer tensor of shape ({x.shape[0]},) (tokens consumed per sequence)")
     check_swr_args(x.unsqueeze(1), log_gates.unsqueeze(1), block_len, state.h.shape[2], None, state)
 
 

@@ -377,7 +377,7 @@ X1, G1 = torch.randn(2, 2, 16), -torch.rand(2, 2)
         (lambda: swr_step(X1, G1, STATE, 0), ValueError, "block_len must be one of"),
         (lambda: swr_step(X1, G1, tuple(STATE), 16), TypeError, "state must be an SWRState"),
         (lambda: swr_step(X1, G1, SWRState(STATE.h, torch.zeros(3, dtype=torch.long)), 16), ValueError,
-         r"pos must be an integer tensor of shape \(2,\)"),
+         r"state.pos must be an integer tensor of shape \(2,\)"),
         (lambda: swr_step(X1.long(), G1, STATE, 16), TypeError, "x must be a floating-point tensor"),
         (lambda: swr(inputs()[0][:1], inputs()[1][:1], cu_seqlens=torch.tensor([0, 10, 40], device="meta")),
          ValueError, "cu_seqlens is on the meta device"),

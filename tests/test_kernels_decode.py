@@ -74,7 +74,7 @@ def test_step_rejects_bad_inputs() -> None:
     state = SWRState(torch.zeros(2, 3, 2, 16), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="x must have shape"):
         triton_decode.swr_step_triton(torch.zeros(2, 1, 3, 16), torch.zeros(2, 3), state, 16)
-    with pytest.raises(ValueError, match="initial_state.h"):
+    with pytest.raises(ValueError, match=r"state.h must have shape \(2, 4, W, 16\) to match x"):
         triton_decode.swr_step_triton(torch.zeros(2, 4, 16), torch.zeros(2, 4), state, 16)
     with pytest.raises(ValueError, match="block_len"):
         triton_decode.swr_step_triton(torch.zeros(2, 3, 16), torch.zeros(2, 3), state, 12)
