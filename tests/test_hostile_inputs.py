@@ -645,3 +645,13 @@ def test_a_second_training_run_into_the_same_output_is_refused(train_argv: list[
     assert not out.exists()  # the first run wrote nothing, so nothing is left
     assert main([*train_argv, "--output", str(out), "--batch-size", "0"]) == 1  # fails after the claim
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["previous", "output"])  # the names of the writer's own folders in a claim
+def test_force_replacement_of_an_output_named_like_the_writers_folders(tmp_path: Path, name: str) -> None:
+    out = tmp_path / name
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with output_folder(out, force=True) as staging:
+        (staging / "new.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new.txt"] and claims(tmp_path) == []

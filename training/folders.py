@@ -36,6 +36,7 @@ from pathlib import Path
 
 CLAIM_MARK = ".phalanx-tmp-"
 RUN_CLAIM = ".phalanx-run"  # inside a folder a run writes into over time (see claim_folder)
+STAGING_NAME = "output"  # inside a claim: the output being written
 PREVIOUS_NAME = "previous"  # inside a claim: the replaced output, between the two renames of a --force swap
 
 PathLike = str | os.PathLike
@@ -133,7 +134,7 @@ def output_folder(
         claim_fd = os.open(claim, os.O_RDONLY)
         fcntl.flock(claim_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held until the write ends; the kernel drops it on kill
     try:
-        staging = claim / out.name
+        staging = claim / STAGING_NAME
         staging.mkdir()
         yield staging
         with _locked(out.parent):
