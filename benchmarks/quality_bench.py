@@ -206,6 +206,10 @@ def build_corpus(out: Path, train: Sequence[str], held_out: str, max_mb: float |
             "max_mb": max_mb,
             "missing": missing,
             "packages": {name: vars(st) for name, st in stats.items()},
+            # Several machines build the corpus anew: equal fingerprints mean the same files and contents.
+            "fingerprint": hashlib.sha256("".join(
+                f"{stats[name].role}/{name}/{rel}\0{hashlib.sha256(text.encode()).hexdigest()}\n" for name, rel, text in sorted(kept)
+            ).encode()).hexdigest(),
             "train": {"files": sum(s.files for s in stats.values() if s.role == "train"), "bytes": train_bytes},
             "heldout": {"files": stats[held_out].files, "bytes": stats[held_out].bytes},
         }
@@ -223,6 +227,7 @@ def print_corpus(summary: dict[str, Any], out: Path) -> None:
               f"{len(st['not_utf8'])} | {st['duplicates']} | {st['over_cap']} |")
     for role in ("train", "heldout"):
         print(f"\n{role}: {summary[role]['files']} files, {summary[role]['bytes'] / 1e6:.2f} MB in {out / role}")
+    print(f"fingerprint {summary['fingerprint']}")
     if summary["missing"]:
         print(f"not installed (skipped): {', '.join(summary['missing'])}")
 
@@ -392,7 +397,7 @@ def run_one(args: argparse.Namespace, name: str) -> Path | None:
         "bucket_edges": [0, *edges, args.seq_len],
         **scores,
         "recall": recall_result,
-        "corpus": {"path": str(args.corpus), "held_out": corpus["held_out"],
+        "corpus": {"path": str(args.corpus), "held_out": corpus["held_out"], "fingerprint": corpus["fingerprint"],
                    "packages": {n: p["version"] for n, p in corpus["packages"].items()}},
         "environment": environment(device),
     }
@@ -414,7 +419,7 @@ def environment(device: str) -> dict[str, str]:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             versions[dist] = "not installed"
-    gpu = torch.cuda.get_device_name(0) if device == "cuda" else "none"
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(), "gpu": gpu, **versions}
 
 
@@ -496,28 +501,40 @@ def plot_frontier(tokens: Sequence[dict[str, Any]], clock: Sequence[dict[str, An
     return path
 
 
+def budget_groups(tokens: Sequence[dict[str, Any]], clock: Sequence[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Results that share one budget (and row shape), each group under a title that names it."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in tokens:
+        groups.setdefault(f"Equal tokens ({r['steps']} steps x {r['batch_size']} x {r['seq_len']} tokens", []).append(r)
+    for r in clock:
+        title = (f"Equal wall-clock time ({r['seconds_budget']:g} s of training each at batch {r['batch_size']} x "
+                 f"{r['seq_len']} tokens, steps from each configuration's own speed")
+        groups.setdefault(title, []).append(r)
+    return [(f"{title}; held-out package {rows[0]['corpus']['held_out']})", rows) for title, rows in groups.items()]
+
+
 def report(out: Path) -> str:
     """The markdown report of ``out``; also writes ``out/report.md`` and ``out/frontier.png``."""
     tokens, clock = load_results(out)
     if not tokens and not clock:
         raise ValueError(f"no results in {out} (*.tokens.json, *.seconds-*.json): run the bench first")
     parts = []
-    for results, title in ((tokens, "Equal tokens"), (clock, "Equal wall-clock time")):
-        if not results:
-            continue
-        first = results[0]
-        budget = (f"{first['steps']} steps x {first['batch_size']} x {first['seq_len']} tokens" if title == "Equal tokens"
-                  else f"{first['seconds_budget']:g} s of training each, steps from each configuration's own speed")
-        parts.append(f"### {title} ({budget}; held-out package {first['corpus']['held_out']})\n")
+    for title, results in budget_groups(tokens, clock):
+        parts.append(f"### {title}\n")
         parts.append(markdown(table_header(results), [summary_row(r) for r in results]))
         parts.extend(f"\n{t}" for t in (recall_table(results, f) for f in DEFAULT_RECALL_TASKS) if t)
         parts.append("")
-    env = (tokens or clock)[0]["environment"]
+    everything = [*tokens, *clock]
+    fingerprints = {r["corpus"]["fingerprint"] for r in everything}
+    if len(fingerprints) > 1:
+        parts.append(f"**Warning: these results come from {len(fingerprints)} different corpora** (corpus fingerprints differ).\n")
+    env = everything[0]["environment"]
     parts.append(f"Measured on {env['gpu']} ({env['host']}), torch {env['torch']}, transformers {env['transformers']}, "
                  f"{env['date']}.")
     text = "\n".join(parts) + "\n"
     write_file(out / "report.md", text)
-    plot_frontier(tokens, clock, out / "frontier.png", f"Held-out bits/byte vs training speed ({out.name})")
+    plot_frontier(tokens, clock, out / "frontier.png",
+                  f"Held-out bits/byte ({everything[0]['corpus']['held_out']}) vs training tokens/s, results {out.name}")
     return text
 
 
@@ -590,6 +607,11 @@ def run_command(args: argparse.Namespace) -> None:
         raise ValueError("--seconds goes with --budget seconds, and --budget seconds needs --seconds")
     if args.bucket_edge is not None and args.bucket_edge >= args.seq_len:
         raise ValueError(f"--bucket-edge {args.bucket_edge} must be below --seq-len {args.seq_len}")
+    fingerprint = json.loads((args.corpus / CORPUS_FILE).read_text(encoding="utf-8"))["fingerprint"]
+    tokens, clock = load_results(args.out) if args.out.is_dir() else ([], [])
+    if any(r["corpus"]["fingerprint"] != fingerprint for r in (*tokens, *clock)):
+        raise ValueError(f"{args.out} holds results measured on another corpus (fingerprint differs from {args.corpus}); "
+                         "use a new results folder or rebuild the same corpus")
     args.amp_bf16 = torch.cuda.is_available() and args.precision != "fp32"
     args.out.mkdir(parents=True, exist_ok=True)
     done = [p for p in (run_one(args, name) for name in args.configs) if p is not None]

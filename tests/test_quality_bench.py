@@ -135,6 +135,13 @@ def test_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert clock["steps"] == max(1, int(seconds * speed / (32 * 2))) and clock["seconds_budget"] == seconds
     assert clock["recall"] == {"skipped": "no --recall-tasks given"}
 
+    other = json.loads((out / "tiny-transformer.tokens.json").read_text())
+    other["corpus"]["fingerprint"] = "0" * 64
+    (out / "elsewhere.tokens.json").write_text(json.dumps(other))
+    assert bench.main(["run", str(corpus), str(out), "--configs", "tiny-swa", *common]) == 1
+    assert "holds results measured on another corpus" in capsys.readouterr().err
+    (out / "elsewhere.tokens.json").unlink()
+
     assert bench.main(["report", str(out)]) == 0
     text = capsys.readouterr().out
     assert "### Equal tokens" in text and "### Equal wall-clock time" in text
