@@ -197,7 +197,7 @@ def build_corpus(out: Path, train: Sequence[str], held_out: str, max_mb: float |
         for name, rel, text in kept:
             path = staging / stats[name].role / name / f"{rel}.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+            path.write_text(text, encoding="utf-8", newline="")  # the source bytes as they are (CRLF kept)
         summary = {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "python": platform.python_version(),
@@ -571,7 +571,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("out", type=Path, help="results folder (one JSON per configuration and budget)")
     r.add_argument("--configs", nargs="+", required=True, choices=CONFIG_NAMES, metavar="NAME",
                    help=f"<size>-<recipe>; recipes: {', '.join(RECIPES)}")
-    r.add_argument("--steps", type=positive_int, required=True, help="optimizer steps (--budget tokens)")
+    r.add_argument("--steps", type=positive_int, help="optimizer steps, the same for every configuration (--budget tokens)")
     r.add_argument("--seq-len", type=positive_int, required=True)
     r.add_argument("--batch-size", type=positive_int, required=True)
     r.add_argument("--budget", choices=("tokens", "seconds"), default="tokens",
@@ -605,6 +605,8 @@ def run_command(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.corpus} is not a corpus folder (no {CORPUS_FILE}); build it with the corpus command")
     if (args.budget == "seconds") != (args.seconds is not None):
         raise ValueError("--seconds goes with --budget seconds, and --budget seconds needs --seconds")
+    if (args.budget == "tokens") != (args.steps is not None):
+        raise ValueError("--steps goes with --budget tokens (the default), and --budget tokens needs --steps")
     if args.bucket_edge is not None and args.bucket_edge >= args.seq_len:
         raise ValueError(f"--bucket-edge {args.bucket_edge} must be below --seq-len {args.seq_len}")
     fingerprint = json.loads((args.corpus / CORPUS_FILE).read_text(encoding="utf-8"))["fingerprint"]

@@ -30,12 +30,14 @@ def bench():
 
 
 def fake_package(root: Path, name: str) -> Path:
-    """An importable package with a non-UTF-8 file, a duplicate of its own file and a copy of a held-out file."""
+    """An importable package with a non-UTF-8 file, CRLF line ends, a duplicate of its own file and a copy of a
+    held-out file."""
     pkg = root / name
     (pkg / "sub").mkdir(parents=True)
     (pkg / "__init__.py").write_text("VALUE = 'é'\n", encoding="utf-8")
     (pkg / "sub" / "same.py").write_text("VALUE = 'é'\n", encoding="utf-8")  # exact duplicate of __init__.py
     (pkg / "latin1.py").write_bytes("NAME = 'café'\n".encode("latin-1"))  # not UTF-8
+    (pkg / "crlf.py").write_bytes(b"x = 1\r\ny = 2\r\n")  # copied byte for byte
     held_out_root = Path(importlib.util.find_spec(HELD_OUT_PACKAGE).origin).parent
     shutil.copy(held_out_root / "__init__.py", pkg / "copied.py")  # duplicate of a held-out file
     return pkg
@@ -75,20 +77,21 @@ def test_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert "not installed (skipped): no_such_pkg_qb" in printed and "| qb_fake_pkg | train |" in printed
     info = json.loads((corpus / "corpus.json").read_text())
     fake = info["packages"]["qb_fake_pkg"]
-    assert fake["not_utf8"] == ["latin1.py"] and fake["duplicates"] == 2 and fake["files"] == 1
+    assert fake["not_utf8"] == ["latin1.py"] and fake["duplicates"] == 2 and fake["files"] == 2
     assert info["packages"][TRAIN_PACKAGE]["version"] == f"{TRAIN_PACKAGE} {importlib.metadata.version(TRAIN_PACKAGE)}"
     assert info["missing"] == ["no_such_pkg_qb"] and info["held_out"] == HELD_OUT_PACKAGE
     held = sorted(p.relative_to(corpus / "heldout" / HELD_OUT_PACKAGE).as_posix()
                   for p in (corpus / "heldout").rglob("*.txt"))
     assert "__init__.py.txt" in held and info["heldout"]["files"] == len(held)
     train_files = list((corpus / "train").rglob("*.py.txt"))
-    assert len(train_files) == info["train"]["files"] == info["packages"][TRAIN_PACKAGE]["files"] + 1
+    assert len(train_files) == info["train"]["files"] == info["packages"][TRAIN_PACKAGE]["files"] + 2
     assert sum(len(p.read_bytes()) for p in train_files) == info["train"]["bytes"]
+    assert (corpus / "train" / "qb_fake_pkg" / "crlf.py.txt").read_bytes() == b"x = 1\r\ny = 2\r\n"
     assert not list((corpus / "train").rglob("copied.py.txt")) and not list((corpus / "train").rglob("latin1.py.txt"))
 
     # equal tokens: two configurations, recall through lm-eval on one short distance
-    common = ["--steps", "4", "--seq-len", "32", "--batch-size", "2", "--eval-mb", "0.02", "--logging-steps", "1"]
-    assert bench.main(["run", str(corpus), str(out), "--configs", "tiny-transformer", "tiny-phalanx", *common,
+    common = ["--seq-len", "32", "--batch-size", "2", "--eval-mb", "0.02", "--logging-steps", "1"]
+    assert bench.main(["run", str(corpus), str(out), "--configs", "tiny-transformer", "tiny-phalanx", "--steps", "4", *common,
                        "--recall-tasks", "phalanx_passkey_64", "phalanx_mqar_64", "--recall-limit", "1"]) == 0
     assert "| tiny-phalanx | " in capsys.readouterr().out
     results = {}
@@ -120,11 +123,14 @@ def test_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert schedule(results["tiny-transformer"]["train_command"]) == schedule(results["tiny-phalanx"]["train_command"])
 
     # an existing result is skipped; a wall-clock budget needs an equal-token result of the same configuration
-    assert bench.main(["run", str(corpus), str(out), "--configs", "tiny-transformer", *common]) == 0
+    assert bench.main(["run", str(corpus), str(out), "--configs", "tiny-transformer", "--steps", "4", *common]) == 0
     assert "exists, skipped" in capsys.readouterr().out
     assert bench.main(["run", str(corpus), str(out), "--configs", "tiny-swa", *common,
                        "--budget", "seconds", "--seconds", "5"]) == 1
     assert "run tiny-swa with --budget tokens first" in capsys.readouterr().err
+    assert bench.main(["run", str(corpus), str(out), "--configs", "tiny-phalanx", "--steps", "4", *common,
+                       "--budget", "seconds", "--seconds", "5"]) == 1
+    assert "--steps goes with --budget tokens" in capsys.readouterr().err
 
     # equal wall-clock: steps from the configuration's measured speed; recall skipped and says why
     seconds = 2.0
@@ -138,7 +144,7 @@ def test_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     other = json.loads((out / "tiny-transformer.tokens.json").read_text())
     other["corpus"]["fingerprint"] = "0" * 64
     (out / "elsewhere.tokens.json").write_text(json.dumps(other))
-    assert bench.main(["run", str(corpus), str(out), "--configs", "tiny-swa", *common]) == 1
+    assert bench.main(["run", str(corpus), str(out), "--configs", "tiny-swa", "--steps", "4", *common]) == 1
     assert "holds results measured on another corpus" in capsys.readouterr().err
     (out / "elsewhere.tokens.json").unlink()
 
