@@ -13,16 +13,16 @@ TORCH_SPEC ?= torch==2.13.0
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --progress-bar on "$(TORCH_SPEC)"
+	$(PY) -m pip install --progress-bar on -e ".[test]"
 	touch $@
 
 $(OLDEST_VENV)/.installed: pyproject.toml Makefile .ci/lower_bounds.py
 	test -x $(OLDEST_PY) || $(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_PY) -m pip install -q --upgrade pip
-	$(OLDEST_PY) -c "import torch" 2>/dev/null || $(OLDEST_PY) -m pip install -q "$(TORCH_SPEC)"
+	$(OLDEST_PY) -c "import torch" 2>/dev/null || $(OLDEST_PY) -m pip install --progress-bar on "$(TORCH_SPEC)"
 	$(PYTHON) .ci/lower_bounds.py > $(OLDEST_VENV)/constraints.txt
-	$(OLDEST_PY) -m pip install -q -c $(OLDEST_VENV)/constraints.txt -e ".[test]"
+	$(OLDEST_PY) -m pip install --progress-bar on -c $(OLDEST_VENV)/constraints.txt -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
