@@ -23,7 +23,14 @@ several calls fill one results folder. ``--budget seconds`` trains each configur
 fit in ``--seconds`` at its own speed, measured by its equal-token run in the same folder.
 
 ``report`` prints markdown tables at equal tokens and at equal wall-clock time and plots held-out
-bits/byte against training tokens/s.
+bits/byte against training tokens/s (``OUT/report.md``, ``OUT/frontier.png``).
+
+On the GPU machine (after ``source benchmarks/gpu_env.sh``; carry ``.whl`` for lm-eval) each command
+runs in 10 minutes, so build the corpus once per machine and run one 125M configuration per command:
+
+    [ -f /tmp/qb_corpus/corpus.json ] || python3 benchmarks/quality_bench.py corpus /tmp/qb_corpus
+    python3 benchmarks/quality_bench.py run /tmp/qb_corpus RESULTS --configs 125m-phalanx \
+        --steps 900 --seq-len 4096 --batch-size 8 --precision bf16
 """
 
 from __future__ import annotations
