@@ -9,7 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
 
 import modeling_phalanx  # noqa: F401  (registers the Phalanx classes with the Auto classes)
-from phalanx_eval.harness import check_device, check_finite_weights, check_remote_code, one_line
+from phalanx_eval.harness import check_device, check_remote_code, one_line
+from phalanx_training.checks import check_finite_weights
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 

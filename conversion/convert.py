@@ -21,7 +21,7 @@ from transformers import AutoConfig, PretrainedConfig
 from modeling_phalanx.configuration_phalanx import PhalanxConfig
 from modeling_phalanx.modeling_phalanx import PhalanxForCausalLM, PhalanxMixer
 
-from phalanx_eval.harness import check_finite_weights
+from phalanx_training.checks import check_finite_weights
 from phalanx_training.folders import check_output, output_folder
 
 from .checkpoint import carried_files, load_tensors, weight_files

@@ -36,6 +36,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 import modeling_phalanx  # noqa: F401  (registers the phalanx model type with the Auto classes)
 from modeling_phalanx.modeling_phalanx import sequence_starts
+from phalanx_training.checks import check_finite_weights
 from phalanx_training.data import read_texts
 from phalanx_training.folders import output_folder
 from phalanx_training.packing import build_packed_dataset
@@ -473,6 +474,7 @@ def distill(
     load_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     # Never a folder's own code: converted students are Phalanx, teachers a supported Transformers family.
     teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=load_dtype, trust_remote_code=False)
+    check_finite_weights(teacher.state_dict(), teacher_path)
     teacher = teacher.to(device).eval()
     teacher.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(student_path)
@@ -508,7 +510,9 @@ def distill(
         if (final / "config.json").is_file():
             source = final
             continue
-        student = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, trust_remote_code=False).to(device)
+        student = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, trust_remote_code=False)
+        check_finite_weights(student.state_dict(), source)
+        student = student.to(device)
         if "bpb_student_initial" not in metrics:
             metrics["bpb_student_initial"] = evaluate(student, "converted student (before distillation)")
             save_metrics()

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import torch
     from lm_eval.tasks import TaskManager
 
 TASK_DIR = Path(__file__).resolve().parent / "tasks"
@@ -119,15 +117,6 @@ def check_remote_code(model: str | Path, trust_remote_code: bool) -> None:
         )
 
 
-def check_finite_weights(tensors: Mapping[str, torch.Tensor], folder: str | Path) -> None:
-    """Refuse weights (name -> tensor) that hold NaN or infinity: a damaged checkpoint would give garbage."""
-    import torch
-
-    bad = [name for name, p in tensors.items() if p.is_floating_point() and not torch.isfinite(p).all()]
-    if bad:
-        raise ValueError(f"the weights in {folder} hold NaN or infinite values ({len(bad)} tensors, e.g. {bad[0]})")
-
-
 def check_device(device: str) -> None:
     """Fail early, naming the device, when a CUDA device is asked for and CUDA is not available."""
     import torch
@@ -169,6 +158,7 @@ def evaluate(
     from lm_eval.models.huggingface import HFLM
 
     import modeling_phalanx  # noqa: F401  (registers PhalanxConfig / models with the Auto classes)
+    from phalanx_training.checks import check_finite_weights
 
     check_model_path(model)
     check_remote_code(model, trust_remote_code)

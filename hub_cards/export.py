@@ -72,12 +72,14 @@ def _write_folder(
 
     from modeling_phalanx import PhalanxForCausalLM
     from phalanx_hub.card import PROVENANCE_FILE, load_provenance, render_card
+    from phalanx_training.checks import check_finite_weights
 
     provenance = load_provenance(model_dir)
     try:
         model = PhalanxForCausalLM.from_pretrained(str(model_dir), dtype="auto")
     except Exception as err:  # corrupt weights surface as many exception types (safetensors, OSError, ...)
         raise ValueError(f"cannot load the model in {model_dir}: {type(err).__name__}: {err}") from err
+    check_finite_weights(model.state_dict(), model_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except Exception as err:

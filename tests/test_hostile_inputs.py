@@ -655,3 +655,24 @@ def test_force_replacement_of_an_output_named_like_the_writers_folders(tmp_path:
     with output_folder(out, force=True) as staging:
         (staging / "new.txt").write_text("new")
     assert [p.name for p in out.iterdir()] == ["new.txt"] and claims(tmp_path) == []
+
+
+def test_export_finetune_and_distill_refuse_nan_weights(tiny_model: Path, source: Path, student: Path,
+                                                        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = damaged_copy(tiny_model, tmp_path, "nan-weights")
+    capsys.readouterr()
+    assert main(["export", str(folder), str(tmp_path / "hub")]) == 1
+    assert "hold NaN or infinite values" in one_error_line(capsys)
+    assert main(["finetune", str(folder), "--output", str(tmp_path / "lora"), "--max-steps", "1"]) == 1
+    assert "hold NaN or infinite values" in one_error_line(capsys)
+    bad_student = tmp_path / "nan-student"
+    shutil.copytree(student, bad_student)
+    model = PhalanxForCausalLM.from_pretrained(bad_student)
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("inf")
+    model.save_pretrained(bad_student)
+    capsys.readouterr()
+    assert main(["distill", str(source), str(bad_student), "--out", str(tmp_path / "run"), "--device", "cpu",
+                 "--data", str(ROOT / "data" / "shakespeare" / "julius_caesar_gut.txt"), "--eval-max-bytes", "64"]) == 1
+    assert "hold NaN or infinite values" in one_error_line(capsys)
+    assert not (tmp_path / "hub").exists() and not (tmp_path / "lora").exists()

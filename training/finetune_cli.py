@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, set_seed
 from modeling_phalanx import PHALANX_LORA_TARGET_MODULES
 
 from .callbacks import LossCurveCallback, loss_summary
+from .checks import check_finite_weights
 from .folders import output_folder
 from .options import add_training_arguments, check_positive, claim_output, describe_data, packed_trainer, resume_checkpoint
 from .tokenizer import load_tokenizer
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         resume = resume_checkpoint(args)
         set_seed(args.seed)
         base = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+        check_finite_weights(base.state_dict(), args.model)
         if base.config.vocab_size < len(tokenizer):
             raise ValueError(f"model vocab_size {base.config.vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens")
         model = get_peft_model(base, peft_config)
