@@ -6,5 +6,6 @@
 - :mod:`.callbacks`: loss-curve PNG.
 - :mod:`.cli` (``phalanx train``), :mod:`.finetune_cli` (``phalanx finetune``), :mod:`.options` (shared options).
 - :mod:`.data`, :mod:`.tokenizer`: local text, held-out split, the byte tokenizer.
-- :mod:`.folders`: the one output writer every command uses (never over an input, atomic, claimed).
+- :mod:`.folders`: the one output writer every command uses (never over an input, atomic, claimed);
+  :mod:`.checks`: finite weights, checked wherever weights are loaded.
 """
