@@ -5,6 +5,7 @@ before its fix (CPU, tiny models, nothing downloaded)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import math
@@ -676,3 +677,20 @@ def test_export_finetune_and_distill_refuse_nan_weights(tiny_model: Path, source
                  "--data", str(ROOT / "data" / "shakespeare" / "julius_caesar_gut.txt"), "--eval-max-bytes", "64"]) == 1
     assert "hold NaN or infinite values" in one_error_line(capsys)
     assert not (tmp_path / "hub").exists() and not (tmp_path / "lora").exists()
+
+
+def test_outputs_are_still_written_where_the_file_system_has_no_locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    import phalanx_training.folders as folders
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(folders.fcntl, "flock", no_locks)
+    other = tmp_path / f".out{CLAIM_MARK}other"  # can't tell whether its writer lives: left alone, reported
+    other.mkdir()
+    with output_folder(tmp_path / "out") as staging:
+        (staging / "a.txt").write_text("a")
+    assert (tmp_path / "out" / "a.txt").read_text() == "a" and other.is_dir()
+    assert "has no locks" in capsys.readouterr().err
+    assert folders.write_file(tmp_path / "r.json", "{}").read_text() == "{}"

@@ -26,6 +26,7 @@ standard library).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -74,12 +75,29 @@ def check_output(out: PathLike, *, inputs: Iterable[PathLike] = (), force: bool 
     return out
 
 
+def _flock(fd: int, *, wait: bool) -> bool:
+    """Lock ``fd`` exclusively; raise ``BlockingIOError`` when another process holds it (``wait=False``).
+
+    Returns False where the file system cannot lock (some network file systems): writers then still write
+    atomically and check for overlapping inputs, but cannot see a concurrent writer or a dead one.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        raise
+    except OSError as err:
+        if err.errno in (errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            return False
+        raise
+    return True
+
+
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (briefly: the check-and-rename steps of every writer in it)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _flock(fd, wait=True)
         yield
     finally:
         os.close(fd)
@@ -97,9 +115,13 @@ def _settle_claims(out: Path) -> None:
         fd = os.open(claim, os.O_RDONLY)
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                lockable = _flock(fd, wait=False)
             except BlockingIOError:
                 raise ValueError(f"another process is writing {out} right now (claim {claim.name}); try again later") from None
+            if not lockable:
+                print(f"phalanx: found {claim}; this file system has no locks to tell whether its writer still runs: "
+                      "remove it if no phalanx process writes there", file=sys.stderr)
+                continue
             previous = claim / PREVIOUS_NAME
             if previous.is_dir() and not (out.exists() or out.is_symlink()):
                 os.replace(previous, out)
@@ -132,7 +154,7 @@ def output_folder(
         check_output(out, inputs=inputs, force=force)
         claim = Path(tempfile.mkdtemp(prefix=_claim_prefix(out), dir=out.parent))
         claim_fd = os.open(claim, os.O_RDONLY)
-        fcntl.flock(claim_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held until the write ends; the kernel drops it on kill
+        _flock(claim_fd, wait=False)  # held until the write ends; the kernel drops it on kill
     try:
         staging = claim / STAGING_NAME
         staging.mkdir()
@@ -173,7 +195,7 @@ def claim_folder(folder: PathLike, *, inputs: Iterable[PathLike] = ()) -> Iterat
     fd = os.open(claim, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock(fd, wait=False)
         except BlockingIOError:
             raise ValueError(f"another process is writing {folder} right now; try again later") from None
         try:
@@ -215,7 +237,7 @@ def write_file(path: PathLike, text: str, *, protected: Iterable[PathLike] = ())
     with _locked(path.parent):
         _settle_claims(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_claim_prefix(path))
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _flock(fd, wait=False)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:  # closing the file drops the claim
             f.write(text)
