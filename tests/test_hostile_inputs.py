@@ -9,7 +9,6 @@ import errno
 import hashlib
 import json
 import math
-import os
 import shutil
 import signal
 import subprocess
@@ -34,7 +33,6 @@ from phalanx_kernels import SWRState, swr, swr_step
 from phalanx_training.data import read_texts
 from phalanx_training.folders import CLAIM_MARK, output_folder
 from phalanx_training.options import resume_checkpoint
-from phalanx_training.tokenizer import load_byte_tokenizer
 
 from swr_oracle import swr_oracle
 from test_conversion_families import make_source
