@@ -38,9 +38,12 @@ def _use_triton_step(state: SWRState, *tensors: torch.Tensor) -> bool:
 
 
 def _check_log_gates(log_gates: torch.Tensor) -> None:
-    """Refuse log-gates above 0 or NaN (gates must lie in [0, 1]); reads the values, so only in eager calls of the
-    public operator, never while compiling nor in the model's path (which computes its gates itself)."""
-    if torch.compiler.is_compiling() or not isinstance(log_gates, torch.Tensor) or not log_gates.is_floating_point():
+    """Refuse log-gates above 0 or NaN (gates must lie in [0, 1]). It reads the values (a reduction and a host
+    sync), so it runs only in eager calls of the public operator: never while compiling or capturing a CUDA
+    graph, nor in the model's path (which computes its gates itself)."""
+    if not isinstance(log_gates, torch.Tensor) or not log_gates.is_floating_point() or torch.compiler.is_compiling():
+        return
+    if log_gates.is_cuda and torch.cuda.is_current_stream_capturing():
         return
     if not bool((log_gates <= 0).all()):
         raise ValueError("log_gates must be <= 0 (gates a = exp(log_gates) in [0, 1]); got positive or NaN values")
