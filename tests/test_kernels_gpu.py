@@ -50,3 +50,18 @@ def test_compiled_swr_matches_eager_cuda() -> None:
     g = torch.nn.functional.logsigmoid(torch.randn(2, 300, 4, device="cuda"))
     compiled = torch.compile(lambda a, b: swr(a, b) * 2.0, fullgraph=True)
     torch.testing.assert_close(compiled(x, g), swr(x, g) * 2.0)
+
+
+def test_public_swr_is_captured_in_a_cuda_graph() -> None:
+    """The eager log-gate check of the public operator (a host sync) stays out of CUDA graph capture."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 300, 4, 16, device="cuda")
+    g = torch.nn.functional.logsigmoid(torch.randn(2, 300, 4, device="cuda"))
+    expected = swr(x, g)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = swr(x, g)
+    graph.replay()
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(ValueError, match="log_gates must be <= 0"):
+        swr(x, g.abs() + 1.0)
