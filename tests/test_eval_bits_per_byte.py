@@ -13,6 +13,8 @@ from phalanx_conversion.distill import bits_per_byte
 from phalanx_eval.bits_per_byte import TokenBytes, score_texts
 from phalanx_training.tokenizer import load_byte_tokenizer
 
+from fakes import ChunkTokenizer, UniformModel
+
 TEXTS = ["def f(x):\n    return x * 2  # é ü 漢字\n" * 9, "ab", "import os\n" * 30, "x"]
 
 
@@ -67,45 +69,11 @@ def test_buckets_follow_window_positions() -> None:
     assert rest.bits_per_byte == pytest.approx(0.0, abs=1e-6)
 
 
-class _ChunkTokenizer:
-    """Three characters per token (so tokens span several bytes); ``strip_first`` drops a leading space when
-    decoding, as SentencePiece does for a word-start piece, so tokens do not decode alone to their bytes."""
-
-    def __init__(self, strip_first: bool = False) -> None:
-        self.pieces: list[str] = []
-        self.strip_first = strip_first
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
-        ids = []
-        for i in range(0, len(text), 3):
-            piece = text[i:i + 3]
-            if piece not in self.pieces:
-                self.pieces.append(piece)
-            ids.append(self.pieces.index(piece))
-        return {"input_ids": ids}
-
-    def decode(self, ids: list[int]) -> str:
-        text = "".join(self.pieces[i] for i in ids)
-        return text.removeprefix(" ") if self.strip_first else text
-
-
-class _UniformModel(torch.nn.Module):
-    """Logits 0 over ``vocab`` tokens: every predicted token costs log2(vocab) bits."""
-
-    def __init__(self, vocab: int) -> None:
-        super().__init__()
-        self.vocab = vocab
-        self.anchor = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, ids: torch.Tensor, use_cache: bool = False) -> SimpleNamespace:
-        return SimpleNamespace(logits=torch.zeros(*ids.shape, self.vocab))
-
-
 def test_tokens_spanning_several_bytes() -> None:
     text = "abcdéfghij"  # tokens abc dé fgh ij: bytes 3, 3 (é is two), 3, 2; the first token is not predicted
-    tok = _ChunkTokenizer()
-    got = score_texts(_UniformModel(10), tok, [text], seq_len=3, bucket_edges=(2,))
-    want = bits_per_byte(_UniformModel(10), _ChunkTokenizer(), [text], seq_len=3)
+    tok = ChunkTokenizer()
+    got = score_texts(UniformModel(10), tok, [text], seq_len=3, bucket_edges=(2,))
+    want = bits_per_byte(UniformModel(10), ChunkTokenizer(), [text], seq_len=3)
     assert got.bits_per_byte == pytest.approx(want, rel=1e-6)
     assert got.bits_per_byte == pytest.approx(3 * math.log2(10) / 8, rel=1e-6)  # 3 predicted tokens over 8 bytes
     # windows [abc dé fgh] [fgh ij]: position 1 holds dé and ij (5 bytes), position 2 holds fgh (3 bytes)
@@ -113,13 +81,13 @@ def test_tokens_spanning_several_bytes() -> None:
 
 
 def test_tokens_that_do_not_decode_alone_use_prefix_growth() -> None:
-    tok = _ChunkTokenizer(strip_first=True)
+    tok = ChunkTokenizer(strip_first=True)
     text = "ab cd ef g"  # pieces "ab " "cd " "ef " "g" decode alone to their own bytes
     assert TokenBytes(tok)(tok(text)["input_ids"], len(text) - 3) == [3, 3, 1]
     text = "ab  cd  e"  # pieces "ab " " cd" "  e" alone decode to "cd" and " e" (4 bytes, not 6)
     ids = tok(text)["input_ids"]
     assert TokenBytes(tok)(ids, len(text) - 3) == [3, 3]
-    got = score_texts(_UniformModel(10), tok, [text], seq_len=8)
+    got = score_texts(UniformModel(10), tok, [text], seq_len=8)
     assert got.n_bytes == sum(b.n_bytes for b in got.buckets) == 6
     assert got.bits_per_byte == pytest.approx(2 * math.log2(10) / 6, rel=1e-6)
 

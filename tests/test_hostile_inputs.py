@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -34,6 +33,7 @@ from phalanx_training.data import read_texts
 from phalanx_training.folders import CLAIM_MARK, output_folder
 from phalanx_training.options import resume_checkpoint
 
+from fakes import ChunkTokenizer, UniformModel
 from swr_oracle import swr_oracle
 from test_conversion_families import make_source
 
@@ -229,40 +229,9 @@ def test_gemma3_embedding_models_are_refused(source: Path, tmp_path: Path) -> No
     assert not (tmp_path / "out").exists()
 
 
-class _ChunkTokenizer:
-    """Three characters per token (so tokens span several bytes): enough of a tokenizer for bits_per_byte."""
-
-    def __init__(self) -> None:
-        self.pieces: list[str] = []
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
-        ids = []
-        for i in range(0, len(text), 3):
-            piece = text[i:i + 3]
-            if piece not in self.pieces:
-                self.pieces.append(piece)
-            ids.append(self.pieces.index(piece))
-        return {"input_ids": ids}
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(self.pieces[i] for i in ids)
-
-
-class _UniformModel(torch.nn.Module):
-    """Logits 0 over ``vocab`` tokens: every predicted token costs log2(vocab) bits."""
-
-    def __init__(self, vocab: int) -> None:
-        super().__init__()
-        self.vocab = vocab
-        self.anchor = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, ids: torch.Tensor, use_cache: bool = False) -> SimpleNamespace:
-        return SimpleNamespace(logits=torch.zeros(*ids.shape, self.vocab))
-
-
 def test_bits_per_byte_divides_by_bytes_when_tokens_span_several() -> None:
     text = "abcdefghij"  # 4 tokens (abc def ghi j); the first token's 3 bytes are not predicted
-    got = bits_per_byte(_UniformModel(10), _ChunkTokenizer(), [text], seq_len=16)
+    got = bits_per_byte(UniformModel(10), ChunkTokenizer(), [text], seq_len=16)
     assert got == pytest.approx(3 * math.log2(10) / 7, rel=1e-6)  # 3 predicted tokens over 7 bytes
 
 
