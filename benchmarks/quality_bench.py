@@ -85,6 +85,10 @@ RECIPES: dict[str, Recipe] = {
     "phalanx-full1to1": Recipe("phalanx", "1 Phalanx : 1 full", cycle=(PHALANX, FULL)),
     "phalanx-w4": Recipe("phalanx", "3 Phalanx : 1 full, SWR window 4 blocks of 16", {"swr_window_blocks": 4}),
     "phalanx-b64w4": Recipe("phalanx", "3 Phalanx : 1 full, SWR window 4 blocks of 64", {"swr_block_len": 64, "swr_window_blocks": 4}),
+    "phalanx-outnorm": Recipe("phalanx", "3 Phalanx : 1 full, per-head output RMSNorm", {"phalanx_output_norm": True}),
+    "phalanx-full1to1-outnorm": Recipe(
+        "phalanx", "1 Phalanx : 1 full, per-head output RMSNorm", {"phalanx_output_norm": True}, cycle=(PHALANX, FULL)
+    ),
     "multi": Recipe("swa", "Phalanx, sliding, Phalanx, full (window as the preset)", cycle=(PHALANX, SLIDING, PHALANX, FULL)),
     "multi-swa512": Recipe("swa", "Phalanx, sliding-512, Phalanx, full", {"sliding_window": 512}, cycle=(PHALANX, SLIDING, PHALANX, FULL)),
 }

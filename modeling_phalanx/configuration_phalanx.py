@@ -42,6 +42,9 @@ class PhalanxConfig(PreTrainedConfig):
         evenly over heads; the decay bias is `logit(a)`.
     phalanx_decay_cap (`float`, *optional*): upper bound on the decay, `a = cap * sigmoid(z)`.
     phalanx_out_bias (`bool`, defaults to `False`): bias on the mixer's `out_proj`.
+    phalanx_output_norm (`bool`, defaults to `False`): RMS-normalise each head's output `h * c + v` (a weight per
+        channel, as GLA / RetNet normalise their heads) before `out_proj`, which bounds what the mixer writes into
+        the residual stream.
 
     Decoder-block variants (all off by default = pre-norm SwiGLU with RMSNorm), used to represent converted
     checkpoints exactly:
@@ -121,6 +124,7 @@ class PhalanxConfig(PreTrainedConfig):
     phalanx_decay_init_range: list[float] | tuple[float, float] | None = None
     phalanx_decay_cap: float | None = None
     phalanx_out_bias: bool = False
+    phalanx_output_norm: bool = False
 
     norm_type: str = "rms"
     norm_placement: str = "pre"

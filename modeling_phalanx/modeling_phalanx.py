@@ -474,6 +474,8 @@ class PhalanxMixer(nn.Module):
         proj_size = sum(phalanx_projection_sizes(self.num_heads, self.head_dim, self.num_gate_groups))
         self.in_proj = PhalanxInputProjection(config.hidden_size, proj_size, self.num_heads)
         self.out_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.phalanx_out_bias)
+        # Optional per-head RMSNorm of the core's output (config.phalanx_output_norm), in the norm's usual fp32.
+        self.out_norm = PhalanxRMSNorm(self.head_dim, eps=config.rms_norm_eps) if config.phalanx_output_norm else None
         self.kernels = triton_kernels()
 
     def _core_kwargs(self) -> dict:
@@ -521,6 +523,8 @@ class PhalanxMixer(nn.Module):
         if cache_layer is not None:
             cache.update_recurrent_state(state.h, self.layer_idx, state_idx=0)
             cache.update_recurrent_state(state.pos, self.layer_idx, state_idx=1)
+        if self.out_norm is not None:
+            y = self.out_norm(y.unflatten(-1, (self.num_heads, self.head_dim))).flatten(-2)
         return self.out_proj(y), None
 
     def _chunk(

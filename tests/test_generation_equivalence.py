@@ -27,7 +27,7 @@ GEMMA_BLOCK = dict(
 )
 # Layer mixes: (layer_types, config overrides). Sliding windows are shorter than the prompts, so windows slide.
 MIXES = {
-    "phalanx_only": ([L, L, L], dict(sliding_window=None)),
+    "phalanx_only": ([L, L, L], dict(sliding_window=None, phalanx_output_norm=True)),
     "hybrid": ([L, S, L, F], {}),
     "gemma2": ([S, L, F], dict(GEMMA_BLOCK, attn_logit_softcapping=5.0, final_logit_softcapping=3.0)),
     "gemma3": ([L, S, F], dict(GEMMA_BLOCK, qk_norm="head", rope_parameters={k: dict(v) for k, v in NESTED_ROPE.items()})),

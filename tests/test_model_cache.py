@@ -61,6 +61,9 @@ def mixer_reference(mixer: PhalanxMixer, x: torch.Tensor) -> torch.Tensor:
         for s in range(start, t + 1):
             h = a[:, s, :, None] * h + u[:, s]
         out[:, t] = h * c[:, t] + v[:, t]
+    if mixer.out_norm is not None:  # RMS over each head's channels, times a weight per channel
+        rms = out.pow(2).mean(-1, keepdim=True).add(mixer.out_norm.variance_epsilon).sqrt()
+        out = out / rms * mixer.out_norm.weight.double()
     bias = None if mixer.out_proj.bias is None else mixer.out_proj.bias.double()
     return torch.nn.functional.linear(out.reshape(*x.shape[:2], H * D), mixer.out_proj.weight.double(), bias).float()
 
@@ -70,6 +73,7 @@ def mixer_reference(mixer: PhalanxMixer, x: torch.Tensor) -> torch.Tensor:
     [
         dict(swr_window_blocks=2, phalanx_num_gate_groups=1),
         dict(swr_window_blocks=3, phalanx_num_gate_groups=2, phalanx_decay_cap=0.9, phalanx_out_bias=True),
+        dict(swr_window_blocks=2, phalanx_output_norm=True),
     ],
 )
 def test_mixer_matches_float64_loop(options: dict) -> None:
@@ -77,6 +81,8 @@ def test_mixer_matches_float64_loop(options: dict) -> None:
     mixer = PhalanxMixer(tiny_config(hidden_size=64, **options), layer_idx=0)
     with torch.no_grad():
         mixer.in_proj.bias.normal_()
+        if mixer.out_norm is not None:
+            mixer.out_norm.weight.normal_()
         if mixer.out_proj.bias is not None:
             mixer.out_proj.bias.normal_()
     x = torch.randn(2, 53, 64)

@@ -55,7 +55,8 @@ def test_configurations_differ_only_where_named(bench) -> None:
         if name.startswith("125m-"):
             cfg = bench.model_config(name, 259).to_dict()
             changed = {k for k in base if cfg.get(k) != base[k]}
-            assert changed <= {"layer_types", "sliding_window", "swr_window_blocks", "swr_block_len"}, name
+            recipe = bench.RECIPES[name.removeprefix("125m-")]
+            assert changed <= {"layer_types", "sliding_window", *recipe.overrides}, name
     multi = bench.model_config("125m-multi-swa512", 259)
     assert multi.layer_types[:4] == ["linear_attention", "sliding_attention", "linear_attention", "full_attention"]
     assert multi.sliding_window == 512 and len(multi.layer_types) == 12
