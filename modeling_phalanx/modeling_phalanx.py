@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, LinearAttentionCacheLayerMixin
-from transformers.generation import GenerationMixin
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, LinearAttentionCacheLayerMixin, StaticCache
+from transformers.generation import GenerationConfig, GenerationMixin
 from transformers.masking_utils import (
     create_causal_mask,
     create_recurrent_attention_mask,
@@ -419,6 +419,36 @@ class PhalanxAttention(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def create_phalanx_masks(
+    config: PhalanxConfig,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    cache: Cache | None,
+    position_ids: torch.Tensor | None,
+) -> dict[str, torch.Tensor | None]:
+    """The mask of each layer type: causal (full), sliding-window causal, and the 2D padding mask the Phalanx layers
+    zero padding with. Each attention mask is sized by a layer of its own kind (Transformers 5.17 would otherwise
+    take the first non-sliding layer, which may be a Phalanx layer, and size a static cache's mask wrongly)."""
+    layer_types = config.layer_types
+    mask_kwargs = {
+        "config": config,
+        "inputs_embeds": inputs_embeds,
+        "attention_mask": attention_mask,
+        CACHE_KWARG: cache,
+        "position_ids": position_ids,
+    }
+    masks = {}
+    if "full_attention" in layer_types:
+        masks["full_attention"] = create_causal_mask(**mask_kwargs, layer_idx=layer_types.index("full_attention"))
+    if "sliding_attention" in layer_types:
+        masks["sliding_attention"] = create_sliding_window_causal_mask(
+            **mask_kwargs, layer_idx=layer_types.index("sliding_attention")
+        )
+    if "linear_attention" in layer_types:
+        masks["linear_attention"] = create_recurrent_attention_mask(**mask_kwargs)
+    return masks
+
+
 def default_position_ids(
     attention_mask: torch.Tensor | None, cache: Cache | None, seqlen: int, device: torch.device
 ) -> torch.Tensor:
@@ -426,9 +456,10 @@ def default_position_ids(
     the count of real tokens before each one (padding gets 0), as `generate` computes them; otherwise they follow
     the cache. Phalanx blocks are aligned to these positions."""
     past_seen = cache.get_seq_length() if cache is not None else 0
-    if attention_mask is not None and attention_mask.ndim == 2 and attention_mask.shape[1] == past_seen + seqlen:
-        positions = attention_mask.long().cumsum(-1) - 1
-        return positions.masked_fill(attention_mask == 0, 0)[:, -seqlen:]
+    mask = attention_mask if isinstance(attention_mask, torch.Tensor) else None  # not a per-layer-type dict
+    if mask is not None and mask.ndim == 2 and mask.shape[1] == past_seen + seqlen:
+        positions = mask.long().cumsum(-1) - 1
+        return positions.masked_fill(mask == 0, 0)[:, -seqlen:]
     return (torch.arange(seqlen, device=device) + past_seen).unsqueeze(0)
 
 
@@ -669,8 +700,8 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class PhalanxCache(DynamicCache):
-    """`DynamicCache(config)` whose sequence length also works when every layer is a Phalanx layer.
+class PhalanxSeqLengthMixin:
+    """Sequence length that also works when every layer is a Phalanx layer.
 
     Linear-attention layers keep the SWR state `h` in `recurrent_states[0]` and the tokens consumed per row in
     `recurrent_states[1]`; without attention layers the length is read from the latter.
@@ -683,6 +714,18 @@ class PhalanxCache(DynamicCache):
             if isinstance(layer, LinearAttentionCacheLayerMixin) and layer.is_recurrent_states_initialized[1]:
                 return int(layer.recurrent_states[1].max())
         return 0
+
+
+class PhalanxCache(PhalanxSeqLengthMixin, DynamicCache):
+    """`DynamicCache(config)` for Phalanx models: what `forward` and `generate` build by default."""
+
+
+class PhalanxStaticCache(PhalanxSeqLengthMixin, StaticCache):
+    """`StaticCache(config, max_cache_len)` for Phalanx models: `generate(cache_implementation="static")`.
+
+    Attention layers get Transformers' fixed-size layers, Phalanx layers the linear-attention layer, whose
+    recurrent states are updated in place (fixed addresses), so `generate` can compile the decoding step.
+    """
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -811,27 +854,9 @@ class PhalanxModel(PhalanxPreTrainedModel):
             position_ids = default_position_ids(attention_mask, cache, seqlen, inputs_embeds.device)
 
         layer_types = self.config.layer_types
-        if not isinstance(mask_mapping := attention_mask, dict):
-            mask_kwargs = {
-                "config": self.config,
-                "inputs_embeds": inputs_embeds,
-                "attention_mask": attention_mask,
-                CACHE_KWARG: cache,
-                "position_ids": position_ids,
-            }
-            # layer_idx names a layer of the right kind for the cache's mask sizes (Transformers 5.17 would
-            # otherwise take the first non-sliding layer, which may be a Phalanx layer).
-            mask_mapping = {}
-            if "full_attention" in layer_types:
-                mask_mapping["full_attention"] = create_causal_mask(
-                    **mask_kwargs, layer_idx=layer_types.index("full_attention")
-                )
-            if "sliding_attention" in layer_types:
-                mask_mapping["sliding_attention"] = create_sliding_window_causal_mask(
-                    **mask_kwargs, layer_idx=layer_types.index("sliding_attention")
-                )
-            if "linear_attention" in layer_types:
-                mask_mapping["linear_attention"] = create_recurrent_attention_mask(**mask_kwargs)
+        mask_mapping = attention_mask
+        if not isinstance(mask_mapping, dict):
+            mask_mapping = create_phalanx_masks(self.config, inputs_embeds, attention_mask, cache, position_ids)
 
         cu_seqlens = None
         if "linear_attention" in layer_types:
@@ -869,6 +894,42 @@ class PhalanxForCausalLM(PhalanxPreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def _prepare_cache_for_generation(
+        self, generation_config: GenerationConfig, model_kwargs: dict, generation_mode, batch_size: int,
+        max_cache_length: int,
+    ) -> None:
+        """`cache_implementation="static"` gets a `PhalanxStaticCache` sized like Transformers' own static caches;
+        every other case is Transformers' (which leaves the cache to `forward`: see `_supports_default_dynamic_cache`).
+        """
+        wants_static = generation_config.cache_implementation == "static" and generation_config.use_cache is not False
+        if wants_static and model_kwargs.get(CACHE_KWARG) is None:
+            max_cache_len = max(max_cache_length, getattr(generation_config, "max_cache_len", None) or 0)
+            model_kwargs[CACHE_KWARG] = PhalanxStaticCache(config=self.config, max_cache_len=max_cache_len)
+            return
+        super()._prepare_cache_for_generation(
+            generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
+        )
+
+    def _valid_auto_compile_criteria(self, model_kwargs: dict, generation_config: GenerationConfig) -> bool:
+        """Compile the decoding step only when the caller passes a `compile_config`: the compiled step is checked on
+        CPU (PyTorch path, `fullgraph=True`), but not yet with the Triton kernels on a GPU."""
+        return generation_config.compile_config is not None and super()._valid_auto_compile_criteria(
+            model_kwargs, generation_config
+        )
+
+    def create_masks_for_generate(
+        self,
+        config: PhalanxConfig,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cache: Cache | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> dict[str, torch.Tensor | None]:
+        """Masks `generate` builds ahead of a compiled step (static caches), as `forward` builds them."""
+        return create_phalanx_masks(config, inputs_embeds, attention_mask, resolve_cache(cache, past_key_values), position_ids)
 
     @can_return_tuple
     def forward(

@@ -15,6 +15,7 @@ import pytest
 import torch
 from test_model_cache import VOCAB, single_thread, tiny_model  # noqa: F401  (fixture import)
 from transformers import TextStreamer, pipeline
+from transformers.generation import CompileConfig
 
 from modeling_phalanx.modeling_phalanx import CACHE_KWARG
 from phalanx_training.tokenizer import load_byte_tokenizer
@@ -134,6 +135,49 @@ def test_generate_from_inputs_embeds_equals_from_ids(name: str) -> None:
     from_ids = model.generate(prompt, **GREEDY)
     from_embeds = model.generate(inputs_embeds=model.get_input_embeddings()(prompt), **GREEDY)
     assert torch.equal(from_embeds, from_ids[:, prompt.shape[1] :])  # embeds prompts return only the new tokens
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", list(MIXES))
+def test_static_cache_gives_the_default_cache_tokens(name: str) -> None:
+    """`generate(cache_implementation="static")` (fixed-size attention layers, in-place Phalanx states): greedy on a
+    left-padded batch (sdpa and eager), beam search and sampling give the tokens of the default cache."""
+    for backend in backends(name):
+        model = mix_model(name, attn_implementation=backend)
+        ids = torch.randint(3, VOCAB, (2, 23))
+        mask = torch.ones_like(ids)
+        ids[0, :9], mask[0, :9] = 0, 0
+        runs = [
+            model.generate(ids, attention_mask=mask, pad_token_id=0, cache_implementation=impl, **GREEDY)
+            for impl in (None, "static")
+        ]
+        assert torch.equal(runs[0], runs[1]), backend
+    out = model.generate(ids, attention_mask=mask, pad_token_id=0, cache_implementation="static",
+                         return_dict_in_generate=True, **GREEDY)
+    assert type(returned_cache(out)).__name__ == "PhalanxStaticCache"
+    for options in (dict(num_beams=3, num_return_sequences=2), dict(do_sample=True, top_k=20)):
+        runs = []
+        for impl in (None, "static"):
+            torch.manual_seed(5)
+            runs.append(model.generate(ids, attention_mask=mask, pad_token_id=0, max_new_tokens=12,
+                                       min_new_tokens=12, cache_implementation=impl, **options))
+        assert torch.equal(runs[0], runs[1]), options
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", ["phalanx_only", "hybrid"])
+def test_compiled_static_decoding_has_no_graph_break_and_the_same_tokens(name: str) -> None:
+    """`generate` compiles the decoding step with `fullgraph=True` (a graph break is an error) on the static cache;
+    the tokens equal eager decoding with the default cache."""
+    model = mix_model(name, attn_implementation="sdpa")
+    ids = torch.randint(3, VOCAB, (2, 19))
+    expected = model.generate(ids, **GREEDY)
+    compile_config = CompileConfig(fullgraph=True, backend="eager")  # traces the Python; no C++ toolchain needed
+    compile_config._compile_all_devices = True  # Transformers compiles on CPU only when told to
+    torch._dynamo.reset()
+    got = model.generate(ids, cache_implementation="static", compile_config=compile_config, **GREEDY)
+    assert model._compiled_call is not None  # the step really ran compiled
+    assert torch.equal(got, expected)
 
 
 @pytest.fixture(scope="module")
