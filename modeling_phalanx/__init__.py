@@ -13,6 +13,7 @@ from .modeling_phalanx import (
     PhalanxForCausalLM,
     PhalanxModel,
     PhalanxPreTrainedModel,
+    PhalanxStaticCache,
 )
 
 AutoConfig.register(PhalanxConfig.model_type, PhalanxConfig, exist_ok=True)
@@ -29,4 +30,5 @@ __all__ = [
     "PhalanxForCausalLM",
     "PhalanxModel",
     "PhalanxPreTrainedModel",
+    "PhalanxStaticCache",
 ]

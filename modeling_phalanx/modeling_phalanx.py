@@ -982,4 +982,5 @@ __all__ = [
     "PhalanxForCausalLM",
     "PhalanxModel",
     "PhalanxPreTrainedModel",
+    "PhalanxStaticCache",
 ]
