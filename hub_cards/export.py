@@ -50,20 +50,6 @@ def modeling_files() -> list[Path]:
     return sorted(p for p in folder.glob("*.py") if p.name != "__init__.py")
 
 
-def auto_map() -> dict[str, str]:
-    """``auto_map`` entries (``<file stem>.<class>``) for AutoConfig, AutoModel and AutoModelForCausalLM."""
-    from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM, PhalanxModel
-
-    def ref(cls: type) -> str:
-        return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
-
-    return {
-        "AutoConfig": ref(PhalanxConfig),
-        "AutoModel": ref(PhalanxModel),
-        "AutoModelForCausalLM": ref(PhalanxForCausalLM),
-    }
-
-
 def _write_folder(
     model_dir: Path, tmp: Path, card_kwargs: dict[str, Any], results: dict[str, Any] | None
 ) -> None:
@@ -71,6 +57,7 @@ def _write_folder(
     from transformers import AutoTokenizer, GenerationConfig
 
     from modeling_phalanx import PhalanxForCausalLM
+    from modeling_phalanx.modeling_phalanx import PHALANX_AUTO_MAP
     from phalanx_hub.card import PROVENANCE_FILE, load_provenance, render_card
     from phalanx_training.checks import check_finite_weights
 
@@ -93,7 +80,7 @@ def _write_folder(
         shutil.copy2(source, tmp / source.name)
     config_path = tmp / "config.json"
     config_json = json.loads(config_path.read_text(encoding="utf-8"))
-    config_json["auto_map"] = auto_map()
+    config_json["auto_map"] = dict(PHALANX_AUTO_MAP)
     config_path.write_text(json.dumps(config_json, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if provenance is not None:
         shutil.copy2(model_dir / PROVENANCE_FILE, tmp / PROVENANCE_FILE)
