@@ -24,12 +24,12 @@ from modeling_phalanx.modeling_phalanx import PhalanxForCausalLM, PhalanxMixer
 from phalanx_training.checks import check_finite_weights
 from phalanx_training.folders import check_output, output_folder
 
+from . import CONVERSION_RECORD
 from .checkpoint import carried_files, load_tensors, weight_files
 from .families import family_for, get_family, phalanx_config_kwargs, resolve_layers
 from .init import DEFAULT_INIT, warm_start_mixer
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CONVERSION_INFO = "phalanx_conversion.json"
 _ATTN_KEY = re.compile(r"^model\.layers\.(\d+)\.self_attn\.(.+)$")
 
 
@@ -197,5 +197,5 @@ def convert_checkpoint(
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src_path / rel, tmp / rel)
         record = {k: v for k, v in asdict(result).items() if k != "out"}  # local paths mean nothing on a model card
-        (tmp / CONVERSION_INFO).write_text(json.dumps(record, indent=2) + "\n")
+        (tmp / CONVERSION_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return result

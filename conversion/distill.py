@@ -37,11 +37,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 import modeling_phalanx  # noqa: F401  (registers the phalanx model type with the Auto classes)
 from modeling_phalanx.modeling_phalanx import sequence_starts
 from phalanx_training.checks import check_finite_weights
-from phalanx_training.data import read_texts
+from phalanx_training.data import DataSource, build_packed_dataset, read_texts
 from phalanx_training.folders import output_folder
-from phalanx_training.packing import build_packed_dataset
 
-from .convert import CONVERSION_INFO
+from . import CONVERSION_RECORD
 from .families import LINEAR, source_layer_types
 
 
@@ -516,7 +515,7 @@ def distill(
         if "bpb_student_initial" not in metrics:
             metrics["bpb_student_initial"] = evaluate(student, "converted student (before distillation)")
             save_metrics()
-        rows = build_packed_dataset(data, tokenizer, cfg.seq_len).packed
+        rows = build_packed_dataset(DataSource(tuple(data)), tokenizer, cfg.seq_len).packed
         history = run_stage(stage, cfg, student, teacher, rows, out, options)
         plot_history(
             history,
@@ -528,12 +527,12 @@ def distill(
         metrics[f"bpb_after_stage{stage}"] = evaluate(student, f"student after stage {stage}")
         metrics[f"tokens_stage{stage}"] = cfg.tokens
         metrics[f"final_losses_stage{stage}"] = _tail_mean(history)
-        record = Path(student_path) / CONVERSION_INFO
+        record = Path(student_path) / CONVERSION_RECORD
         with output_folder(final, inputs=[teacher_path, student_path], force=True) as tmp:
             student.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             if record.is_file():  # the conversion record travels on, so an export keeps its provenance
-                shutil.copy2(record, tmp / CONVERSION_INFO)
+                shutil.copy2(record, tmp / CONVERSION_RECORD)
         save_metrics()
         source = final
     return metrics

@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from phalanx_conversion import CONVERSION_RECORD
+
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
 
@@ -19,7 +21,7 @@ SHIPPED_PREFIX = "phalanx"
 # JSON files of a model folder that results must never replace (``--output`` must end in .json).
 MODEL_JSON_FILES = (
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "added_tokens.json", "chat_template.json", "model.safetensors.index.json", "phalanx_conversion.json",
+    "added_tokens.json", "chat_template.json", "model.safetensors.index.json", CONVERSION_RECORD,
     "adapter_config.json", "trainer_state.json",
 )
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

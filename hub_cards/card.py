@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from phalanx_conversion import CONVERSION_RECORD
+
 if TYPE_CHECKING:
     from modeling_phalanx import PhalanxConfig
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
-PROVENANCE_FILE = "phalanx_conversion.json"
 PROVENANCE_KEYS = ("source_model_type", "source_path", "converted_layers")
 PROVENANCE_ALIASES = {"model_type": "source_model_type", "source": "source_path"}
 LM_EVAL_URL = "https://github.com/EleutherAI/lm-evaluation-harness"
@@ -78,13 +79,13 @@ def load_provenance(model_dir: str | Path) -> dict[str, Any] | None:
     Required keys are :data:`PROVENANCE_KEYS`; ``model_type`` and ``source`` (the field names of
     ``phalanx_conversion.ConversionResult``) are read as ``source_model_type`` and ``source_path``.
     """
-    path = Path(model_dir) / PROVENANCE_FILE
+    path = Path(model_dir) / CONVERSION_RECORD
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"corrupt {PROVENANCE_FILE} in {model_dir}: {err}") from err
+        raise ValueError(f"corrupt {CONVERSION_RECORD} in {model_dir}: {err}") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object")
     for alias, key in PROVENANCE_ALIASES.items():
@@ -209,7 +210,7 @@ def _limit_note(results: dict[str, Any]) -> str:
 
 def _provenance_section(provenance: dict[str, Any] | None) -> str:
     if provenance is None:
-        return f"No conversion record (`{PROVENANCE_FILE}`) was found: the model was not made by `phalanx convert`."
+        return f"No conversion record (`{CONVERSION_RECORD}`) was found: the model was not made by `phalanx convert`."
     layers = provenance["converted_layers"]
     layers_text = ", ".join(map(str, layers)) if isinstance(layers, list) else str(layers)
     extra = {k: v for k, v in provenance.items() if k not in PROVENANCE_KEYS}

@@ -58,7 +58,8 @@ def _write_folder(
 
     from modeling_phalanx import PhalanxForCausalLM
     from modeling_phalanx.modeling_phalanx import PHALANX_AUTO_MAP
-    from phalanx_hub.card import PROVENANCE_FILE, load_provenance, render_card
+    from phalanx_conversion import CONVERSION_RECORD
+    from phalanx_hub.card import load_provenance, render_card
     from phalanx_training.checks import check_finite_weights
 
     provenance = load_provenance(model_dir)
@@ -83,7 +84,7 @@ def _write_folder(
     config_json["auto_map"] = dict(PHALANX_AUTO_MAP)
     config_path.write_text(json.dumps(config_json, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if provenance is not None:
-        shutil.copy2(model_dir / PROVENANCE_FILE, tmp / PROVENANCE_FILE)
+        shutil.copy2(model_dir / CONVERSION_RECORD, tmp / CONVERSION_RECORD)
     if results is not None:
         (tmp / EVAL_RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     card = render_card(model.config, results=results, provenance=provenance, **card_kwargs)
