@@ -16,7 +16,6 @@ import collections
 import os
 import re
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -24,8 +23,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernels.triton_swr import _swr_bwd_kernel, _swr_fwd_kernel  # noqa: E402
+from phalanx_kernels.triton_swr import _swr_bwd_kernel, _swr_fwd_kernel
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 ALIGNED = {"T"}  # integer arguments Triton specializes as multiples of 16 at shape A
@@ -74,7 +72,7 @@ def main() -> None:
     parser.add_argument("--fused", action="store_true", help="only the fused core (default: both kernels)")
     args = parser.parse_args()
     h, d, bl = args.heads, args.dim, args.block_len
-    from kernels.triton_ops import kernel_meta, launch_config
+    from phalanx_kernels.triton_ops import kernel_meta, launch_config
 
     for fused in ([True] if args.fused else [False, True]):
         cfg = launch_config(h, d, bl, fused)
