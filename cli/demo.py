@@ -45,7 +45,7 @@ from phalanx_training.callbacks import LossCurveCallback, logged_losses, loss_su
 from phalanx_training.data import REPO_ROOT, shipped_sample_dir
 from phalanx_training.finetune_cli import MERGED_DIR
 from phalanx_training.folders import output_folder
-from phalanx_training.options import add_training_arguments, packed_trainer
+from phalanx_training.options import add_training_arguments, packed_trainer, resolve_training_options
 from phalanx_training.tokenizer import load_byte_tokenizer
 
 HYBRID_LAYER_TYPES = ["linear_attention", "sliding_attention", "linear_attention", "full_attention"]
@@ -223,10 +223,10 @@ def train_teacher(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, 
 
     ``phalanx train`` builds Phalanx configs only, so the Gemma3 model is passed to the same Trainer here.
     """
-    train_args = parse_cli(
+    train_args = resolve_training_options(parse_cli(
         lambda p: add_training_arguments(p, learning_rate=args.lr, max_steps=args.teacher_steps),
         ["--lr", str(args.lr), *training_argv(args, args.teacher_steps, output)],
-    )
+    ))
     set_seed(args.seed)
     model = AutoModelForCausalLM.from_config(teacher_config(tokenizer), attn_implementation="sdpa")
     trainer = packed_trainer(model, train_args, tokenizer, [LossCurveCallback()], label="teacher (Gemma3, sliding-window layers)")

@@ -2,11 +2,12 @@
 
 Only sizes shrink (so each command takes seconds on a CPU): the options in :data:`TINY` are appended to a
 `phalanx` command (argparse keeps the last value) and a preset's size becomes `tiny`. Inputs a reader
-supplies (`my_texts/`, `corpus/`, `./text/`, a checkpoint `./gemma3-1b`) are made first. What cannot run
-here is checked as far as it can be: launchers parse their options with their own parsers and run the
-`phalanx` command they launch in one process, `pip install` names existing extras and the Makefile's
-torch pin, `make` targets exist (`make -n`), GPU benchmark scripts accept the documented options. A
-command that fits none of these rules fails the test, so a new documented command needs a rule.
+supplies (`my_texts/`, `corpus/`, `./text/`, `corpus.jsonl` and the other tables, a checkpoint `./gemma3-1b`)
+are made first. What cannot run here is checked as far as it can be: launchers parse their options with
+their own parsers and run the `phalanx` command they launch in one process, `pip install` names existing
+extras and the Makefile's torch pin, `make` targets exist (`make -n`), GPU benchmark scripts accept the
+documented options. A command that fits none of these rules fails the test, so a new documented command
+needs a rule.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from packaging.requirements import Requirement
@@ -180,6 +182,13 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in READER_TEXT_FOLDERS:
         (tmp_path / name).mkdir()
         (tmp_path / name / "sample.txt").write_text(text, encoding="utf-8")
+    chunks = [text[i : i + 2000] for i in range(0, len(text), 2000)]
+    table = datasets.Dataset.from_dict({"text": chunks, "body": chunks})  # the tables a reader names, two text columns
+    table.to_json(str(tmp_path / "corpus.jsonl"))
+    table.to_json(str(tmp_path / "corpus.json"))
+    table.to_csv(str(tmp_path / "corpus.csv"), index=False)
+    table.to_parquet(str(tmp_path / "corpus.parquet"))
+    table.save_to_disk(str(tmp_path / "saved_corpus"))
     for name in READER_CHECKPOINTS:
         make_source("gemma3_text", tmp_path / name)
     (tmp_path / "data").symlink_to(REPO / "data")  # the README's paths are relative to the repository root

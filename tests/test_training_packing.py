@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM
-from phalanx_training.packing import IGNORE_INDEX, PackedCollator, PackedDataset, pack_documents, tokenize_documents
+from phalanx_training.data import IGNORE_INDEX, PackedCollator, PackedDataset, pack_documents, tokenize_documents
 from phalanx_training.tokenizer import load_byte_tokenizer
 
 

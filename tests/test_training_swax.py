@@ -8,7 +8,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from modeling_phalanx import PhalanxForCausalLM
-from phalanx_training.packing import PackedCollator, PackedDataset, pack_documents
+from phalanx_training.data import PackedCollator, PackedDataset, pack_documents
 from phalanx_training.presets import get_preset
 from phalanx_training.swax import SWAXCallback, SWAXSchedule, set_sliding_window
 

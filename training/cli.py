@@ -2,7 +2,7 @@
 
 Built on the Transformers ``Trainer``, so the same command runs on one device, under
 ``accelerate launch`` (DDP, FSDP) or ``torchrun``. Rows are packed with per-sequence position resets
-(:mod:`phalanx_training.packing`); checkpoints hold model, optimizer, scheduler, RNG and data position,
+(:mod:`phalanx_training.data`); checkpoints hold model, optimizer, scheduler, RNG and data position,
 so ``--resume`` continues exactly where the run stopped. The output folder loads with
 ``AutoModelForCausalLM.from_pretrained`` and holds the tokenizer, ``trainer_state.json`` (loss and
 tokens/s per logging step) and ``loss_curve.png``.
@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, TrainerS
 from modeling_phalanx import PhalanxConfig
 
 from .callbacks import LossCurveCallback, loss_summary
-from .options import add_training_arguments, claim_output, describe_data, packed_trainer, resume_checkpoint
+from .options import add_training_arguments, claim_output, packed_trainer, resume_checkpoint, resolve_training_options
 from .presets import PRESET_NAMES, load_model_config
 from .swax import SWAX_FINAL_LONG_FRACTION, SWAX_SHORT_PROB, SWAX_SHORT_WINDOW, SWAXCallback, SWAXSchedule
 from .tokenizer import load_tokenizer
@@ -34,7 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the project's byte tokenizer)")
     parser.add_argument("--attn-implementation", choices=ATTN_IMPLEMENTATIONS, default="sdpa", help="attention backend (default: %(default)s)")
-    add_training_arguments(parser, learning_rate=3e-4, max_steps=1000)
     swax = parser.add_argument_group("SWAX stochastic windows (sliding_attention layers only)")
     swax.add_argument("--swax", action="store_true", help="draw the sliding window per step (SWAX)")
     swax.add_argument("--swax-short-window", type=int, default=SWAX_SHORT_WINDOW, help="short window (SWAX: %(default)s)")
@@ -44,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--swax-final-long-fraction", type=float, default=SWAX_FINAL_LONG_FRACTION,
         help="final fraction of steps trained with the long window only (SWAX: %(default)s)",
     )
+    add_training_arguments(parser, learning_rate=3e-4, max_steps=1000)
 
 
 def resolve_config(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase) -> PhalanxConfig:
@@ -87,6 +87,7 @@ def tokens_per_second(state: TrainerState) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    resolve_training_options(args)
     tokenizer = load_tokenizer(args.tokenizer)
     config = resolve_config(args, tokenizer)
     callbacks = [LossCurveCallback()]
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         if trainer.is_world_process_zero():
             n_params = sum(p.numel() for p in model.parameters())
             print(f"phalanx train: {n_params / 1e6:.2f}M parameters, layer types {sorted(set(config.layer_types))}; "
-                  f"{describe_data(args)}: {len(trainer.train_dataset)} rows x {args.seq_len} tokens; "
+                  f"{trainer.train_dataset.description}: {len(trainer.train_dataset)} rows x {args.seq_len} tokens; "
                   f"{trainer.args.world_size} process(es) on {trainer.args.device.type}")
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(args.output)

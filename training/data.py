@@ -1,18 +1,43 @@
-"""Local text corpora: reading files and folders, the shipped sample, and the held-out split.
+"""Training data: where documents come from, the shipped sample and its held-out split, tokenization and packing.
 
-The split is by file name (see ``data/README.md``): the works in :data:`HELD_OUT_WORKS` are for
+Documents come from text files and folders (one document per file), table files (``.jsonl``, ``.json``,
+``.csv``, ``.parquet``; one document per row of the text column), folders written by
+``datasets.save_to_disk``, or dataset names for ``datasets.load_dataset`` (its local cache when offline).
+The held-out split is by file name (see ``data/README.md``): the works in :data:`HELD_OUT_WORKS` are for
 evaluation only and every training script drops them.
+
+Packing: documents are tokenized, closed with EOS, concatenated and cut into rows of ``seq_len`` tokens.
+Within a row, ``position_ids`` restart at 0 wherever a segment begins (a new document, or the start of the
+row for a document continued from the previous row). That restart is the packing signal everywhere:
+Transformers' mask helpers build a block-diagonal causal mask from it when no ``attention_mask`` is
+passed (``masking_utils.find_packed_sequence_indices``), flash/flex attention derive ``cu_seqlens``
+from it, and the Phalanx mixer resets its recurrence and re-aligns its blocks on it. The first token of
+every segment gets label -100, so no token is trained to predict across a boundary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    import datasets
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_SAMPLE_DIR = REPO_ROOT / "data" / "shakespeare"
 HELD_OUT_WORKS = ("macbeth", "tempest", "twelfth_night")
 TEXT_SUFFIXES = (".txt", ".md", ".text")
+TEXT_PATTERNS = " ".join("*" + suffix for suffix in TEXT_SUFFIXES)  # what a text folder contributes
+TABLE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}  # suffix -> datasets builder
+DATASET_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")  # `name` or `owner/name` on the Hub
+IGNORE_INDEX = -100
 
 
 def is_held_out(path: Path) -> bool:
@@ -61,3 +86,188 @@ def shipped_sample_dir() -> Path:
             f"shipped sample not found at {SHIPPED_SAMPLE_DIR}; pass --data with your own text files"
         )
     return SHIPPED_SAMPLE_DIR
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where documents come from (``--data`` or ``--eval-data`` and the options that say how to read them).
+
+    ``text_column`` names the text of table files, saved datasets and Hub datasets; ``split`` and
+    ``config`` select a split of a saved ``DatasetDict`` or a ``load_dataset`` name; held-out works are
+    dropped from text folders when ``exclude_held_out``.
+    """
+
+    paths: tuple[str | Path, ...]
+    text_column: str = "text"
+    split: str = "train"
+    config: str | None = None
+    exclude_held_out: bool = True
+
+
+def is_saved_dataset(folder: Path) -> bool:
+    """Whether ``folder`` was written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
+
+
+def _load_saved(folder: Path, split: str) -> datasets.Dataset:
+    import datasets
+
+    loaded = datasets.load_from_disk(str(folder))
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise ValueError(f"--data-split {split}: {folder} has splits {', '.join(loaded)}")
+        return loaded[split]
+    return loaded
+
+
+def _load_named(name: str, source: DataSource) -> datasets.Dataset:
+    """``datasets.load_dataset(name)``; offline, only from the local cache, and a clear error when it is not there."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, source.config, split=source.split)
+    except ConnectionError:
+        if datasets.config.HF_HUB_OFFLINE:
+            raise FileNotFoundError(f"dataset {name!r} is not in the local cache and the machine is offline "
+                                    "(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); load it once online, or pass a local file") from None
+        raise
+
+
+def _text_column(table: datasets.Dataset, column: str, label: str) -> datasets.Dataset:
+    """The one string column ``column`` of ``table``, renamed ``text``."""
+    if column not in table.column_names:
+        raise ValueError(f"--text-column {column}: {label} has no column {column!r} (columns: {', '.join(table.column_names)})")
+    dtype = getattr(table.features[column], "dtype", None)
+    if dtype not in ("string", "large_string"):
+        raise ValueError(f"--text-column {column}: column {column!r} of {label} holds {table.features[column]}, not text")
+    table = table.select_columns([column])
+    return table if column == "text" else table.rename_column(column, "text")
+
+
+def load_documents(source: DataSource) -> tuple[datasets.Dataset, str]:
+    """All documents of ``source`` as one dataset with a ``text`` column, in the order given, and a description
+    such as ``3 text files (*.txt *.md *.text) from my_texts; 120 rows of corpus.jsonl (column 'text')``."""
+    import datasets
+
+    parts, described = [], []
+    for spec in source.paths:
+        path = Path(spec)
+        if path.is_dir() and is_saved_dataset(path):
+            table, label = _load_saved(path, source.split), f"saved dataset {path} (split {source.split})"
+        elif path.is_file() and path.suffix in TABLE_BUILDERS:
+            table = datasets.load_dataset(TABLE_BUILDERS[path.suffix], data_files=str(path), split="train")
+            label = str(path)
+        elif path.exists() or not DATASET_NAME.fullmatch(str(spec)) or path.suffix in (*TEXT_SUFFIXES, *TABLE_BUILDERS):
+            files = list_text_files([path], source.exclude_held_out)
+            parts.append(datasets.Dataset.from_dict({"text": [read_text(f) for f in files]}))
+            described.append(f"{len(files)} text file{'s' * (len(files) != 1)} ({TEXT_PATTERNS}) from {path}")
+            continue
+        else:
+            table = _load_named(str(spec), source)
+            label = f"dataset {spec} ({', '.join(filter(None, (source.config, 'split ' + source.split)))})"
+        parts.append(_text_column(table, source.text_column, label))
+        described.append(f"{len(table)} rows of {label} (column {source.text_column!r})")
+    if len({part.features["text"].dtype for part in parts}) > 1:  # e.g. parquet's large_string beside string
+        parts = [part.cast_column("text", datasets.Value("large_string")) for part in parts]
+    return datasets.concatenate_datasets(parts), "; ".join(described)
+
+
+def tokenize_documents(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
+    """Token ids of each text with the tokenizer's own special tokens, closed by EOS when it has one."""
+    eos = tokenizer.eos_token_id
+    docs = []
+    for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]:
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids = ids + [eos]
+        if ids:
+            docs.append(ids)
+    return docs
+
+
+def tokenize_corpus(documents: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, num_proc: int | None = None) -> list[list[int]]:
+    """:func:`tokenize_documents` over a ``text`` dataset with a progress bar, in ``num_proc`` processes; a missing
+    text (an empty CSV cell, a JSON null) is an empty document."""
+    tokenized = documents.map(
+        lambda batch: {"input_ids": tokenize_documents([text or "" for text in batch["text"]], tokenizer)},
+        batched=True, remove_columns=documents.column_names, num_proc=num_proc, desc="tokenizing",
+    )
+    return list(tokenized["input_ids"])
+
+
+def pack_documents(documents: Sequence[Sequence[int]], seq_len: int) -> dict[str, torch.Tensor]:
+    """Concatenate ``documents`` and cut them into rows of ``seq_len`` tokens (the tail is dropped).
+
+    Returns ``input_ids``, ``position_ids`` and ``labels``, each (rows, seq_len) int64.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+    lengths = torch.tensor([len(d) for d in documents], dtype=torch.long)
+    total = int(lengths.sum())
+    rows = total // seq_len
+    if rows == 0:
+        raise ValueError(f"the data holds {total} tokens, fewer than one row of seq_len={seq_len}")
+    stream = torch.cat([torch.as_tensor(d, dtype=torch.long) for d in documents])[: rows * seq_len]
+    index = torch.arange(rows * seq_len)
+    starts = torch.zeros(total, dtype=torch.bool)
+    starts[torch.cumsum(lengths, 0)[:-1]] = True
+    starts[0] = True
+    starts = starts[: rows * seq_len]
+    starts[::seq_len] = True
+    # Position = distance to the latest segment start at or before each token.
+    segment_start = torch.cummax(torch.where(starts, index, torch.zeros_like(index)), 0).values
+    position_ids = index - segment_start
+    labels = stream.masked_fill(starts, IGNORE_INDEX)
+    return {
+        "input_ids": stream.view(rows, seq_len),
+        "position_ids": position_ids.view(rows, seq_len),
+        "labels": labels.view(rows, seq_len),
+    }
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    """Rows of a packed corpus; item ``i`` is a dict of (seq_len,) tensors; ``description`` says what it holds."""
+
+    def __init__(self, packed: dict[str, torch.Tensor], description: str = "") -> None:
+        self.packed = packed
+        self.description = description
+
+    def __len__(self) -> int:
+        return self.packed["input_ids"].shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {key: value[i] for key, value in self.packed.items()}
+
+    def split(self, eval_fraction: float) -> tuple[PackedDataset, PackedDataset]:
+        """(training rows, evaluation rows): the last ``eval_fraction`` of the rows (at least one) are held out."""
+        if not 0 < eval_fraction < 1:
+            raise ValueError(f"--eval-fraction must be between 0 and 1, got {eval_fraction}")
+        n_eval = math.ceil(len(self) * eval_fraction)
+        if n_eval >= len(self):
+            raise ValueError(f"--eval-fraction {eval_fraction} of {len(self)} rows leaves no training row; "
+                             "lower it or pass more data")
+        cut = len(self) - n_eval
+        train = {key: value[:cut] for key, value in self.packed.items()}
+        held = {key: value[cut:] for key, value in self.packed.items()}
+        return (PackedDataset(train, f"{self.description}; last {n_eval} rows held out for evaluation"),
+                PackedDataset(held, f"the last {n_eval} of {len(self)} rows"))
+
+
+def build_packed_dataset(
+    source: DataSource, tokenizer: PreTrainedTokenizerBase, seq_len: int, num_proc: int | None = None,
+) -> PackedDataset:
+    """Read, tokenize (``num_proc`` processes) and pack the documents of ``source``."""
+    documents, description = load_documents(source)
+    return PackedDataset(pack_documents(tokenize_corpus(documents, tokenizer, num_proc), seq_len), description)
+
+
+class PackedCollator:
+    """Stack packed rows; no ``attention_mask``, so the position-id restarts define the sequences.
+
+    ``use_cache=False`` is passed too: with a cache, Transformers' mask helpers skip packed-sequence
+    detection (they only look at ``position_ids`` when ``past_key_values`` is None).
+    """
+
+    def __call__(self, features: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        batch: dict[str, Any] = {key: torch.stack([f[key] for f in features]) for key in features[0]}
+        batch["use_cache"] = False
+        return batch

@@ -20,7 +20,9 @@ from modeling_phalanx import PHALANX_LORA_TARGET_MODULES
 from .callbacks import LossCurveCallback, loss_summary
 from .checks import check_finite_weights
 from .folders import output_folder
-from .options import add_training_arguments, check_positive, claim_output, describe_data, packed_trainer, resume_checkpoint
+from .options import (
+    add_training_arguments, check_positive, claim_output, packed_trainer, resolve_training_options, resume_checkpoint,
+)
 from .tokenizer import load_tokenizer
 
 MERGED_DIR = "merged"
@@ -67,6 +69,7 @@ def lora_config(args: argparse.Namespace) -> LoraConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    resolve_training_options(args)
     if not (Path(args.model) / "config.json").is_file():
         raise FileNotFoundError(f"model folder with a config.json not found: {args.model}")
     tokenizer = model_tokenizer(args)
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             trainable, total = model.get_nb_trainable_parameters()
             kinds = sorted({name.rsplit(".", 1)[-1] for name in model.targeted_module_names})
             print(f"phalanx finetune: LoRA r={args.lora_r} on {len(model.targeted_module_names)} modules ({', '.join(kinds)}), "
-                  f"{trainable / 1e6:.3f}M of {total / 1e6:.2f}M parameters trainable; {describe_data(args)}")
+                  f"{trainable / 1e6:.3f}M of {total / 1e6:.2f}M parameters trainable; {trainer.train_dataset.description}")
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(args.output)
         trainer.save_state()

@@ -1,78 +1,166 @@
 """Command-line options, ``TrainingArguments`` and the packed-data ``Trainer`` shared by ``phalanx train``,
-``phalanx finetune`` and the demo."""
+``phalanx finetune`` and the demo.
+
+Every ``TrainingArguments`` field is an option (``--optim``, ``--torch_compile``, ``--dataloader_num_workers``,
+...), parsed as ``HfArgumentParser`` parses it. The project's own options come first: data options, and
+aliases of fields (``--batch-size`` for ``--per_device_train_batch_size``, ...) whose defaults are the
+project's; a field set through both its alias and its own name is an error.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import dataclasses
 import json
 import os
 import sys
+import typing
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
-    PreTrainedModel, PreTrainedTokenizerBase, ProgressCallback, Trainer, TrainerCallback, TrainingArguments,
+    HfArgumentParser, PreTrainedModel, PreTrainedTokenizerBase, ProgressCallback, Trainer, TrainerCallback,
+    TrainingArguments,
 )
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .callbacks import LabelledProgressCallback
-from .data import TEXT_SUFFIXES, list_text_files, shipped_sample_dir
+from .data import TEXT_PATTERNS, DataSource, PackedDataset, PackedCollator, build_packed_dataset, shipped_sample_dir
 from .folders import RUN_CLAIM, claim_folder, clear_folder
-from .packing import PackedCollator, build_packed_dataset
 
 PRECISIONS = ("auto", "bf16", "fp32")
-TEXT_PATTERNS = " ".join("*" + suffix for suffix in TEXT_SUFFIXES)  # what --data reads in a folder
 # Transformers 5.23 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name warns).
 CHECKPOINTING_FIELD = (
     "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient_checkpointing"
 )
+# Our option (argparse dest) -> the TrainingArguments field it sets.
+ALIASES = {
+    "output": "output_dir", "batch_size": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
+    "max_steps": "max_steps", "lr": "learning_rate", "lr_scheduler": "lr_scheduler_type", "warmup": "warmup_steps",
+    "weight_decay": "weight_decay", "max_grad_norm": "max_grad_norm", "seed": "seed",
+    "gradient_checkpointing": CHECKPOINTING_FIELD, "save_steps": "save_steps", "save_total_limit": "save_total_limit",
+    "logging_steps": "logging_steps", "eval_steps": "eval_steps", "report_to": "report_to", "resume": "resume_from_checkpoint",
+}
+PRECISION_FIELDS = ("bf16", "fp16")  # what --precision sets
+# The project's defaults of the aliases (--lr and --max-steps: per command).
+PROJECT_DEFAULTS: dict[str, Any] = {
+    "batch_size": 8, "grad_accum": 1, "lr_scheduler": "cosine", "warmup": 0.02, "weight_decay": 0.1, "max_grad_norm": 1.0,
+    "seed": 0, "precision": "auto", "gradient_checkpointing": False, "save_steps": 500, "save_total_limit": 3,
+    "logging_steps": 10, "report_to": "none",
+}
+NATIVE = "native_"  # argparse dest prefix of the TrainingArguments fields
+
+
+def _default(text: str, value: Any) -> str:
+    return f"{text} (default: {value})"
+
+
+class _NativeGroup:
+    """Takes ``HfArgumentParser``'s options of a ``TrainingArguments`` field into an argument group, with the dest
+    ``native_<field>``, set only when given (default ``SUPPRESS``), and without the option strings ours use."""
+
+    def __init__(self, group: argparse._ArgumentGroup, taken: set[str]) -> None:
+        self.group, self.taken = group, taken
+
+    def add_argument(self, *option_strings: str, **kwargs: Any) -> None:
+        free = [o for o in option_strings if o not in self.taken]
+        if free:
+            dest = kwargs.pop("dest", option_strings[0].removeprefix("--"))
+            kwargs.pop("default", None)
+            if kwargs.get("action") != "store_false" and "choices" not in kwargs:
+                kwargs["metavar"] = dest.upper()
+            self.group.add_argument(*free, **kwargs, dest=NATIVE + dest, default=argparse.SUPPRESS)
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, max_steps: int) -> None:
-    """Data, batch, optimizer, precision, checkpoint and logging options."""
+    """Data, batch, optimizer, precision, checkpoint and logging options, then every ``TrainingArguments`` field.
+
+    Call it last: the ``TrainingArguments`` group closes ``--help``.
+    """
+    defaults = PROJECT_DEFAULTS | {"lr": learning_rate, "max_steps": max_steps}
+    parser.set_defaults(project_defaults=defaults)
     data = parser.add_argument_group("data")
-    read = f"files, or folders searched recursively for {TEXT_PATTERNS}; one document per file"
-    data.add_argument("--data", nargs="+", metavar="PATH", help=f"training text: {read} (default: the shipped Shakespeare sample)")
-    data.add_argument("--eval-data", nargs="+", metavar="PATH", help=f"text for the evaluation loss (long window): {read}")
+    read = (f"text files, or folders searched recursively for {TEXT_PATTERNS} (one document per file); .jsonl .json .csv "
+            ".parquet files; folders written by datasets' save_to_disk; or a dataset name for datasets.load_dataset")
+    data.add_argument("--data", nargs="+", metavar="PATH", help=f"training data: {read} (default: the shipped Shakespeare sample)")
+    data.add_argument("--eval-data", nargs="+", metavar="PATH", help="data for the evaluation loss (long window), read like --data")
+    data.add_argument("--eval-fraction", type=float, metavar="F", help="hold out the last F of the packed training rows for evaluation")
+    data.add_argument("--text-column", default="text", help="text column of tables and datasets (default: %(default)s)")
+    data.add_argument("--data-split", default="train", help="split of a dataset name or saved DatasetDict (default: %(default)s)")
+    data.add_argument("--data-config", help="configuration of a dataset name (load_dataset's second argument)")
+    data.add_argument("--num-proc", type=int, help="processes that tokenize (default: 1)")
     data.add_argument("--include-held-out", action="store_true", help="do not drop the held-out works (macbeth, tempest, twelfth_night)")
     data.add_argument("--seq-len", type=int, default=512, help="tokens per packed row (default: %(default)s)")
 
-    opt = parser.add_argument_group("optimization")
-    opt.add_argument("--batch-size", type=int, default=8, help="rows per device per micro-batch (default: %(default)s)")
-    opt.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default: %(default)s)")
-    opt.add_argument("--max-steps", type=int, default=max_steps, help="optimizer steps (default: %(default)s)")
-    opt.add_argument("--lr", type=float, default=learning_rate, help="peak learning rate (default: %(default)s)")
-    opt.add_argument("--lr-scheduler", default="cosine", help="Transformers scheduler name (default: %(default)s)")
-    opt.add_argument("--warmup", type=float, default=0.02, help="warmup steps, or a fraction of max steps when < 1 (default: %(default)s)")
-    opt.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default: %(default)s)")
-    opt.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (default: %(default)s)")
-    opt.add_argument("--seed", type=int, default=0, help="seed for init, data order and SWAX draws (default: %(default)s)")
+    opt = parser.add_argument_group("optimization (aliases of TrainingArguments fields, with the project's defaults)")
+    opt.add_argument("--batch-size", type=int, help=_default("rows per device per micro-batch", defaults["batch_size"]))
+    opt.add_argument("--grad-accum", type=int, help=_default("micro-batches per optimizer step", defaults["grad_accum"]))
+    opt.add_argument("--max-steps", type=int, help=_default("optimizer steps", defaults["max_steps"]))
+    opt.add_argument("--lr", type=float, help=_default("peak learning rate", defaults["lr"]))
+    opt.add_argument("--lr-scheduler", help=_default("Transformers scheduler name", defaults["lr_scheduler"]))
+    opt.add_argument("--warmup", type=float, help=_default("warmup steps, or a fraction of max steps when < 1", defaults["warmup"]))
+    opt.add_argument("--weight-decay", type=float, help=_default("AdamW weight decay", defaults["weight_decay"]))
+    opt.add_argument("--max-grad-norm", type=float, help=_default("gradient clipping norm", defaults["max_grad_norm"]))
+    opt.add_argument("--seed", type=int, help=_default("seed for init, data order and SWAX draws", defaults["seed"]))
 
-    run = parser.add_argument_group("run")
-    run.add_argument("--output", required=True, metavar="DIR", help="output folder (checkpoints, final model, loss curve)")
-    run.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto = bf16 on a GPU that supports it, else fp32")
-    run.add_argument("--gradient-checkpointing", action="store_true", help="recompute layer activations in backward")
-    run.add_argument("--save-steps", type=int, default=500, help="checkpoint every N steps (default: %(default)s)")
-    run.add_argument("--save-total-limit", type=int, default=3, help="checkpoints to keep (default: %(default)s)")
-    run.add_argument("--logging-steps", type=int, default=10, help="log loss and tokens/s every N steps (default: %(default)s)")
-    run.add_argument("--eval-steps", type=int, default=None, help="evaluate every N steps (default: --save-steps)")
+    run = parser.add_argument_group("run (aliases of TrainingArguments fields, with the project's defaults)")
+    run.add_argument("--output", metavar="DIR", help="output folder (checkpoints, final model, loss curve); required")
+    run.add_argument("--precision", choices=PRECISIONS, help="auto = bf16 on a GPU that supports it, else fp32 (default: auto)")
+    run.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute layer activations in backward")
+    run.add_argument("--save-steps", type=int, help=_default("checkpoint every N steps", defaults["save_steps"]))
+    run.add_argument("--save-total-limit", type=int, help=_default("checkpoints to keep", defaults["save_total_limit"]))
+    run.add_argument("--logging-steps", type=int, help=_default("log loss and tokens/s every N steps", defaults["logging_steps"]))
+    run.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: --save-steps)")
     run.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT", help="resume from CHECKPOINT, or the latest one in --output")
     run.add_argument("--force", action="store_true", help="replace a non-empty --output (a new run instead of --resume)")
-    run.add_argument("--report-to", default="none", help="Trainer integrations (tensorboard, wandb, ...; default: none)")
+    run.add_argument("--report-to", help="Trainer integrations (tensorboard, wandb, ...; default: none)")
+
+    native = parser.add_argument_group(
+        "Transformers TrainingArguments (every field; the options above are aliases of some and set the project's defaults)")
+    group = _NativeGroup(native, {o for action in parser._actions for o in action.option_strings})
+    hints = typing.get_type_hints(TrainingArguments)
+    for field in dataclasses.fields(TrainingArguments):
+        if field.init:
+            field = copy.copy(field)  # HfArgumentParser rewrites its type
+            field.type = hints[field.name]
+            HfArgumentParser._parse_dataclass_field(group, field)
+
+
+def resolve_training_options(args: argparse.Namespace) -> argparse.Namespace:
+    """Give each alias its value: the alias's, else its field's own option, else the project default.
+
+    Raises ValueError when an alias and its field (or ``--precision`` and ``--bf16``/``--fp16``) are both given.
+    """
+    native = {k.removeprefix(NATIVE): v for k, v in vars(args).items() if k.startswith(NATIVE)}
+    for ours, field in ALIASES.items():
+        if getattr(args, ours) is not None and field in native:
+            raise ValueError(f"--{ours.replace('_', '-')} and --{field} set the same option; pass one of them")
+        if getattr(args, ours) is None:
+            setattr(args, ours, native.get(field, args.project_defaults.get(ours)))
+        if field in native:
+            delattr(args, NATIVE + field)
+    given = [f"--{f}" for f in PRECISION_FIELDS if f in native]
+    if args.precision is not None and given:
+        raise ValueError(f"--precision and {' '.join(given)} set the same option; pass one of them")
+    if args.precision is None and not given:
+        args.precision = args.project_defaults["precision"]
+    if args.output is None:
+        raise ValueError("--output is required (the run's folder)")
+    return args
+
+
+def data_source(args: argparse.Namespace, paths: list[str | Path], *, exclude_held_out: bool) -> DataSource:
+    """A ``DataSource`` of ``paths`` read with the command's ``--text-column``, ``--data-split`` and ``--data-config``."""
+    return DataSource(tuple(paths), args.text_column, args.data_split, args.data_config, exclude_held_out)
 
 
 def data_paths(args: argparse.Namespace) -> list[str | Path]:
     """``--data`` or the shipped sample."""
     return list(args.data) if args.data else [shipped_sample_dir()]
-
-
-def describe_data(args: argparse.Namespace) -> str:
-    """Which files ``--data`` reads, e.g. ``12 text files (*.txt *.md *.text) from my_texts/``."""
-    paths = data_paths(args)
-    files = list_text_files(paths, exclude_held_out=not args.include_held_out)
-    return f"{len(files)} text files ({TEXT_PATTERNS}) from {', '.join(map(str, paths))}"
 
 
 def launched_processes() -> int:
@@ -152,12 +240,12 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
-def check_report_to(report_to: str) -> None:
-    """Every ``--report-to`` integration (comma-separated) must be installed; ``none`` and ``all`` always pass."""
+def check_report_to(report_to: str | list[str]) -> None:
+    """Every ``--report-to`` integration (comma-separated or a list) must be installed; ``none`` and ``all`` always pass."""
     from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 
-    names = [n.strip() for n in report_to.split(",") if n.strip() not in ("", "none", "all")]
-    for name in names:
+    given = report_to.split(",") if isinstance(report_to, str) else report_to
+    for name in (n.strip() for n in given if n.strip() not in ("", "none", "all")):
         if name not in INTEGRATION_TO_CALLBACK:
             raise ValueError(f"--report-to {name}: unknown integration; use one of {', '.join(INTEGRATION_TO_CALLBACK)}")
         if name not in get_available_reporting_integrations():
@@ -165,41 +253,30 @@ def check_report_to(report_to: str) -> None:
 
 
 def training_arguments(args: argparse.Namespace, *, has_eval: bool) -> TrainingArguments:
-    """``TrainingArguments`` from the shared options (accelerate/DDP/FSDP settings come from the launcher)."""
+    """``TrainingArguments``: the project's settings from the resolved aliases (:func:`resolve_training_options`),
+    then every field given by its own name (accelerate/DDP/FSDP settings come from the launcher)."""
     check_report_to(args.report_to)
-    check_positive(args, "seq_len", "batch_size", "grad_accum", "max_steps", "lr", "save_steps", "logging_steps", "eval_steps")
+    check_positive(args, "seq_len", "batch_size", "grad_accum", "max_steps", "lr", "save_steps", "logging_steps", "eval_steps",
+                   "num_proc")
     if args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
-    eval_steps = args.eval_steps or args.save_steps
-    return TrainingArguments(
-        output_dir=args.output,
-        per_device_train_batch_size=args.batch_size,
+    native = {k.removeprefix(NATIVE): v for k, v in vars(args).items() if k.startswith(NATIVE)}
+    project = dict(
         per_device_eval_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum,
-        max_steps=args.max_steps,
-        learning_rate=args.lr,
-        lr_scheduler_type=args.lr_scheduler,
-        warmup_steps=args.warmup,
-        weight_decay=args.weight_decay,
-        max_grad_norm=args.max_grad_norm,
-        seed=args.seed,
         data_seed=args.seed,
-        bf16=use_bf16(args.precision),
+        bf16=use_bf16(args.precision) if args.precision is not None else False,
         save_strategy="steps",
-        save_steps=args.save_steps,
-        save_total_limit=args.save_total_limit,
-        logging_steps=args.logging_steps,
         eval_strategy="steps" if has_eval else "no",
-        eval_steps=eval_steps if has_eval else None,
+        eval_steps=(args.eval_steps or args.save_steps) if has_eval else None,
         include_num_input_tokens_seen=True,
-        report_to=args.report_to,
         ddp_find_unused_parameters=False,  # every parameter takes part in each forward
         # Without CUDA, launched processes must still form one DDP group (gloo); otherwise Accelerate
         # treats each as a separate single-process run and they train independently into one --output.
         use_cpu=launched_processes() > 1 and not torch.cuda.is_available(),
         dataloader_pin_memory=torch.cuda.is_available(),  # pinning without an accelerator only warns
-        **({CHECKPOINTING_FIELD: True} if args.gradient_checkpointing else {}),
     )
+    aliased = {field: getattr(args, ours) for ours, field in ALIASES.items() if ours != "resume"}
+    return TrainingArguments(**(aliased | project | native))
 
 
 def packed_trainer(
@@ -210,12 +287,23 @@ def packed_trainer(
     label: str,
 ) -> Trainer:
     """A ``Trainer`` over ``--data`` packed into ``--seq-len`` rows (held-out works dropped unless
-    ``--include-held-out``) and, when given, ``--eval-data`` as evaluation rows; its progress bar reads ``label``."""
-    train_data = build_packed_dataset(data_paths(args), tokenizer, args.seq_len, exclude_held_out=not args.include_held_out)
-    eval_data = build_packed_dataset(args.eval_data, tokenizer, args.seq_len, exclude_held_out=False) if args.eval_data else None
+    ``--include-held-out``) and ``--eval-data`` or the ``--eval-fraction`` of the rows as evaluation rows;
+    its progress bar reads ``label``. ``args`` are resolved (:func:`resolve_training_options`)."""
+    if args.eval_data and args.eval_fraction is not None:
+        raise ValueError("--eval-data and --eval-fraction both choose the evaluation rows; pass one of them")
+    has_eval = bool(args.eval_data) or args.eval_fraction is not None
+    train_args = training_arguments(args, has_eval=has_eval)  # checks every option before the data is read
+    source = data_source(args, data_paths(args), exclude_held_out=not args.include_held_out)
+    train_data: PackedDataset = build_packed_dataset(source, tokenizer, args.seq_len, args.num_proc)
+    eval_data = None
+    if args.eval_fraction is not None:
+        train_data, eval_data = train_data.split(args.eval_fraction)
+    elif args.eval_data:
+        eval_source = data_source(args, args.eval_data, exclude_held_out=False)
+        eval_data = build_packed_dataset(eval_source, tokenizer, args.seq_len, args.num_proc)
     trainer = Trainer(
         model=model,
-        args=training_arguments(args, has_eval=eval_data is not None),
+        args=train_args,
         train_dataset=train_data,
         eval_dataset=eval_data,
         data_collator=PackedCollator(),

@@ -34,8 +34,7 @@ from phalanx_conversion.analyze import analyze_checkpoint, format_table, plot_ma
 from phalanx_conversion.convert import convert_checkpoint
 from phalanx_conversion.distill import DistillOptions, StageConfig, bits_per_byte, distill, plot_history
 from phalanx_conversion.init import DEFAULT_INIT, INIT_SCHEMES
-from phalanx_training.data import is_held_out, list_text_files
-from phalanx_training.packing import build_packed_dataset
+from phalanx_training.data import DataSource, build_packed_dataset, is_held_out, list_text_files
 from phalanx_training.tokenizer import load_byte_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -399,7 +398,7 @@ def main() -> int:
     }
     log(json.dumps(results["data"]))
     tokenizer = load_byte_tokenizer()
-    rows = build_packed_dataset(train_files, tokenizer, size["seq"]).packed
+    rows = build_packed_dataset(DataSource(tuple(train_files), exclude_held_out=False), tokenizer, size["seq"]).packed
 
     # 2. Teacher.
     teacher_dir = work / "teacher"
