@@ -38,6 +38,7 @@ import phalanx_kernels
 import phalanx_kernels.ops as kernel_ops
 from bench_e2e import time_steps
 from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM
+from modeling_phalanx.configuration_phalanx import FULL_ATTENTION, PHALANX_MIXER, SLIDING_ATTENTION
 from modeling_phalanx.modeling_phalanx import CACHE_KWARG
 
 CALLS: Counter = Counter()
@@ -76,7 +77,7 @@ def build_model(dtype: torch.dtype) -> PhalanxForCausalLM:
     torch.manual_seed(0)
     config = PhalanxConfig(
         vocab_size=259, hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
-        num_key_value_heads=4, layer_types=["linear_attention", "sliding_attention", "linear_attention", "full_attention"] * 2,
+        num_key_value_heads=4, layer_types=[PHALANX_MIXER, SLIDING_ATTENTION, PHALANX_MIXER, FULL_ATTENTION] * 2,
         sliding_window=256, phalanx_head_dim=32, swr_block_len=16, swr_window_blocks=2, max_position_embeddings=8192,
         pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )

@@ -13,6 +13,7 @@ import torch
 from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM
+from modeling_phalanx.configuration_phalanx import FULL_ATTENTION, PHALANX_MIXER, SLIDING_ATTENTION
 from phalanx_training.presets import SIZES
 
 MODELS = ("transformer", "swa_hybrid", "phalanx_hybrid", "bound")
@@ -44,8 +45,8 @@ def build_model(name: str, size: str = "1.3b", sliding_window: int = 512, max_po
                              pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
         attn = "sdpa" if name == "transformer" else "free_v"
         return LlamaForCausalLM._from_config(config, attn_implementation=attn)
-    mixer = "sliding_attention" if name == "swa_hybrid" else "linear_attention"
-    layer_types = ["full_attention" if i % 4 == 0 else mixer for i in range(n)]
+    mixer = SLIDING_ATTENTION if name == "swa_hybrid" else PHALANX_MIXER
+    layer_types = [FULL_ATTENTION if i % 4 == 0 else mixer for i in range(n)]
     config = PhalanxConfig(**dims, max_position_embeddings=max_positions,
                            layer_types=layer_types, sliding_window=sliding_window if name == "swa_hybrid" else None,
                            pad_token_id=0, bos_token_id=1, eos_token_id=2)

@@ -52,6 +52,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from modeling_phalanx.configuration_phalanx import FULL_ATTENTION, PHALANX_MIXER, SLIDING_ATTENTION
 from phalanx_training.folders import output_folder, write_file
 from phalanx_training.presets import SIZES, get_preset
 
@@ -59,7 +60,7 @@ DEFAULT_TRAIN_PACKAGES = ("torch", "transformers", "jax", "scipy", "sympy", "pan
 DEFAULT_HELD_OUT = "sklearn"
 CORPUS_FILE = "corpus.json"
 DEFAULT_RECALL_TASKS = ("phalanx_passkey", "phalanx_mqar")
-FULL, SLIDING, PHALANX = "full_attention", "sliding_attention", "linear_attention"
+FULL, SLIDING, PHALANX = FULL_ATTENTION, SLIDING_ATTENTION, PHALANX_MIXER  # short names for the layer cycles
 
 
 # ----------------------------------------------------------------------------------------- configurations

@@ -41,7 +41,9 @@ from phalanx_training.data import DataSource, build_packed_dataset, read_texts
 from phalanx_training.folders import output_folder
 
 from . import CONVERSION_RECORD
-from .families import LINEAR, source_layer_types
+from modeling_phalanx.configuration_phalanx import PHALANX_MIXER
+
+from .families import source_layer_types
 
 
 @dataclass
@@ -222,7 +224,8 @@ def converted_layers(student: PreTrainedModel, teacher: PreTrainedModel) -> list
     s_types, t_types = student.config.layer_types, source_layer_types(teacher.config)
     if len(s_types) != len(t_types):
         raise ValueError(f"student has {len(s_types)} layers but teacher has {len(t_types)}")
-    layers = [i for i, (s, t) in enumerate(zip(s_types, t_types, strict=True)) if s == LINEAR and t != LINEAR]
+    pairs = enumerate(zip(s_types, t_types, strict=True))
+    layers = [i for i, (s, t) in pairs if s == PHALANX_MIXER and t != PHALANX_MIXER]
     if not layers:
         raise ValueError(
             "the student has no converted layers (no linear_attention layer where the teacher has attention)"

@@ -16,9 +16,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-SLIDING = "sliding_attention"
-FULL = "full_attention"
-LINEAR = "linear_attention"
+from modeling_phalanx.configuration_phalanx import FULL_ATTENTION, PHALANX_MIXER, SLIDING_ATTENTION
 
 
 @dataclass(frozen=True)
@@ -82,7 +80,7 @@ def _cohere2(config: PretrainedConfig) -> dict[str, Any]:
         "norm_placement": "parallel",
         "rms_norm_eps": config.layer_norm_eps,
         "rope_interleaved": True,
-        "no_rope_layers": [i for i, t in enumerate(config.layer_types) if t != SLIDING],
+        "no_rope_layers": [i for i, t in enumerate(config.layer_types) if t != SLIDING_ATTENTION],
         "logit_scale": config.logit_scale,
     }
 
@@ -139,14 +137,14 @@ def source_layer_types(config: PretrainedConfig) -> list[str]:
     """
     layer_types = getattr(config, "layer_types", None)
     if layer_types is None:
-        kind = SLIDING if getattr(config, "sliding_window", None) is not None else FULL
+        kind = SLIDING_ATTENTION if getattr(config, "sliding_window", None) is not None else FULL_ATTENTION
         return [kind] * config.num_hidden_layers
     return list(layer_types)
 
 
 def sliding_layers(config: PretrainedConfig) -> list[int]:
     """Indices of the sliding-window attention layers of a source config."""
-    return [i for i, t in enumerate(source_layer_types(config)) if t == SLIDING]
+    return [i for i, t in enumerate(source_layer_types(config)) if t == SLIDING_ATTENTION]
 
 
 def resolve_layers(config: PretrainedConfig, layers: str | list[int]) -> list[int]:
@@ -192,10 +190,10 @@ def _rope_parameters(config: PretrainedConfig, layer_types: list[str]) -> dict[s
     rope = copy.deepcopy(getattr(config, "rope_parameters", None))
     if not isinstance(rope, dict) or not any(isinstance(v, dict) for v in rope.values()):
         return rope
-    present = {t for t in layer_types if t != LINEAR}
+    present = {t for t in layer_types if t != PHALANX_MIXER}
     kept = {k: v for k, v in rope.items() if k in present}
     # With every attention layer converted the nesting has no key left; keep the full-attention entry.
-    return kept or {FULL: rope.get(FULL, next(iter(rope.values())))}
+    return kept or {FULL_ATTENTION: rope.get(FULL_ATTENTION, next(iter(rope.values())))}
 
 
 def phalanx_config_kwargs(
@@ -219,7 +217,7 @@ def phalanx_config_kwargs(
         raise ValueError(f"phalanx_head_dim={phalanx_head_dim} must divide the attention head_dim {head_dim}")
     layer_types = source_layer_types(config)
     for i in layers:
-        layer_types[i] = LINEAR
+        layer_types[i] = PHALANX_MIXER
     kwargs: dict[str, Any] = {
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
@@ -240,7 +238,7 @@ def phalanx_config_kwargs(
         "attention_dropout": getattr(config, "attention_dropout", 0.0),
         "mlp_bias": bool(getattr(config, "mlp_bias", False)),
         "layer_types": layer_types,
-        "sliding_window": getattr(config, "sliding_window", None) if SLIDING in layer_types else None,
+        "sliding_window": getattr(config, "sliding_window", None) if SLIDING_ATTENTION in layer_types else None,
         "phalanx_head_dim": phalanx_head_dim,
         "phalanx_num_heads": width // phalanx_head_dim,
         "swr_block_len": block_len,

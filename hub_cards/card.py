@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from modeling_phalanx.configuration_phalanx import FULL_ATTENTION, PHALANX_MIXER, SLIDING_ATTENTION
 from phalanx_conversion import CONVERSION_RECORD
 
 if TYPE_CHECKING:
@@ -26,9 +27,9 @@ PROVENANCE_ALIASES = {"model_type": "source_model_type", "source": "source_path"
 LM_EVAL_URL = "https://github.com/EleutherAI/lm-evaluation-harness"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MIXER_NAMES = {
-    "full_attention": "full attention",
-    "sliding_attention": "sliding-window attention",
-    "linear_attention": "Phalanx (sliding window recurrence)",
+    FULL_ATTENTION: "full attention",
+    SLIDING_ATTENTION: "sliding-window attention",
+    PHALANX_MIXER: "Phalanx (sliding window recurrence)",
 }
 
 
@@ -158,9 +159,9 @@ def layer_table(config: PhalanxConfig) -> str:
     """Markdown table of the decoder's layers: index, mixer kind and what it sees."""
     block_len, window_blocks = config.swr_block_len, config.swr_window_blocks
     details = {
-        "full_attention": f"{config.num_attention_heads} heads, {config.num_key_value_heads} KV heads",
-        "sliding_attention": f"window {config.sliding_window} tokens",
-        "linear_attention": (
+        FULL_ATTENTION: f"{config.num_attention_heads} heads, {config.num_key_value_heads} KV heads",
+        SLIDING_ATTENTION: f"window {config.sliding_window} tokens",
+        PHALANX_MIXER: (
             f"{config.phalanx_num_heads} heads of dim {config.phalanx_head_dim}, blocks of {block_len}, "
             f"{window_blocks} blocks ({(window_blocks - 1) * block_len + 1}-{window_blocks * block_len} tokens)"
         ),

@@ -9,8 +9,13 @@ from transformers.modeling_rope_utils import RopeParameters
 
 from .swr_torch import MAX_HEAD_DIM, SUPPORTED_BLOCK_LENS
 
-PHALANX_LAYER_TYPES = ("full_attention", "sliding_attention", "linear_attention")
-ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
+# Layer types, with Transformers' own names (the cache classes and mask helpers key on them); the one place they
+# are spelt out. The Phalanx mixer is a "linear_attention" layer to Transformers.
+FULL_ATTENTION = "full_attention"
+SLIDING_ATTENTION = "sliding_attention"
+PHALANX_MIXER = "linear_attention"
+PHALANX_LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION, PHALANX_MIXER)
+ATTENTION_LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION)
 NORM_TYPES = ("rms", "gemma_rms", "layer_norm")
 NORM_PLACEMENTS = ("pre", "sandwich", "post", "parallel")
 QK_NORMS = (None, "head", "projection")
@@ -144,7 +149,7 @@ class PhalanxConfig(PreTrainedConfig):
         if self.layer_types is None:
             # Default hybrid: three Phalanx layers, then one full-attention layer.
             self.layer_types = [
-                "full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(self.num_hidden_layers)
+                FULL_ATTENTION if (i + 1) % 4 == 0 else PHALANX_MIXER for i in range(self.num_hidden_layers)
             ]
         self._check_layer_types()
         if self.head_dim is None:
@@ -204,7 +209,7 @@ class PhalanxConfig(PreTrainedConfig):
             raise ValueError(
                 f"layer_types has {len(self.layer_types)} entries but num_hidden_layers={self.num_hidden_layers}"
             )
-        if "sliding_attention" in self.layer_types and (self.sliding_window is None or self.sliding_window < 1):
+        if SLIDING_ATTENTION in self.layer_types and (self.sliding_window is None or self.sliding_window < 1):
             raise ValueError(
                 "layer_types contains 'sliding_attention' layers but sliding_window is not set (need an int >= 1)"
             )

@@ -33,7 +33,13 @@ from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_phalanx import ATTENTION_LAYER_TYPES, PhalanxConfig
+from .configuration_phalanx import (
+    ATTENTION_LAYER_TYPES,
+    FULL_ATTENTION,
+    PHALANX_MIXER,
+    SLIDING_ATTENTION,
+    PhalanxConfig,
+)
 from .swr_torch import SWRState, phalanx_core_step_torch, phalanx_core_torch, phalanx_projection_sizes
 
 
@@ -346,7 +352,7 @@ class PhalanxAttention(nn.Module):
         self.scaling = (config.query_pre_attn_scalar or config.head_dim) ** -0.5
         self.attention_dropout = config.attention_dropout
         self.is_causal = True
-        self.sliding_window = config.sliding_window if self.layer_type == "sliding_attention" else None
+        self.sliding_window = config.sliding_window if self.layer_type == SLIDING_ATTENTION else None
         self.attn_logit_softcapping = config.attn_logit_softcapping
         self.use_rope = layer_idx not in (config.no_rope_layers or [])
         self.apply_rotary = apply_interleaved_rotary_pos_emb if config.rope_interleaved else apply_rotary_pos_emb
@@ -438,14 +444,14 @@ def create_phalanx_masks(
         "position_ids": position_ids,
     }
     masks = {}
-    if "full_attention" in layer_types:
-        masks["full_attention"] = create_causal_mask(**mask_kwargs, layer_idx=layer_types.index("full_attention"))
-    if "sliding_attention" in layer_types:
-        masks["sliding_attention"] = create_sliding_window_causal_mask(
-            **mask_kwargs, layer_idx=layer_types.index("sliding_attention")
+    if FULL_ATTENTION in layer_types:
+        masks[FULL_ATTENTION] = create_causal_mask(**mask_kwargs, layer_idx=layer_types.index(FULL_ATTENTION))
+    if SLIDING_ATTENTION in layer_types:
+        masks[SLIDING_ATTENTION] = create_sliding_window_causal_mask(
+            **mask_kwargs, layer_idx=layer_types.index(SLIDING_ATTENTION)
         )
-    if "linear_attention" in layer_types:
-        masks["linear_attention"] = create_recurrent_attention_mask(**mask_kwargs)
+    if PHALANX_MIXER in layer_types:
+        masks[PHALANX_MIXER] = create_recurrent_attention_mask(**mask_kwargs)
     return masks
 
 
@@ -635,7 +641,7 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
         super().__init__()
         self.layer_type = config.layer_types[layer_idx]
         self.placement = config.norm_placement
-        if self.layer_type == "linear_attention":
+        if self.layer_type == PHALANX_MIXER:
             self.mixer = PhalanxMixer(config, layer_idx)
         else:
             self.self_attn = PhalanxAttention(config, layer_idx)
@@ -650,7 +656,7 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
             self.post_feedforward_layernorm = make_norm(config, config.hidden_size)
 
     def _mix(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
-        token_mixer = self.mixer if self.layer_type == "linear_attention" else self.self_attn
+        token_mixer = self.mixer if self.layer_type == PHALANX_MIXER else self.self_attn
         output, _ = token_mixer(hidden_states, **kwargs)
         return output
 
@@ -667,7 +673,7 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
     ) -> torch.Tensor:
         # The model passes the cache under the installed release's name: gradient checkpointing drops it by that name.
         cache = resolve_cache(cache, past_key_values)
-        if self.layer_type == "linear_attention":
+        if self.layer_type == PHALANX_MIXER:
             mix_kwargs = {"position_ids": position_ids, "cu_seqlens": cu_seqlens}
         else:
             mix_kwargs = {"position_embeddings": position_embeddings}
@@ -859,7 +865,7 @@ class PhalanxModel(PhalanxPreTrainedModel):
             mask_mapping = create_phalanx_masks(self.config, inputs_embeds, attention_mask, cache, position_ids)
 
         cu_seqlens = None
-        if "linear_attention" in layer_types:
+        if PHALANX_MIXER in layer_types:
             position_ids = position_ids.expand(batch, -1)
             if seqlen > 1:
                 cu_seqlens = sequence_starts(position_ids)

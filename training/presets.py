@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from modeling_phalanx import PhalanxConfig
+from modeling_phalanx.configuration_phalanx import FULL_ATTENTION, PHALANX_MIXER, SLIDING_ATTENTION
 
 FLAVOURS: dict[str, str | None] = {
     "transformer": None,
-    "swa": "sliding_attention",
-    "phalanx": "linear_attention",
+    "swa": SLIDING_ATTENTION,
+    "phalanx": PHALANX_MIXER,
 }
 FULL_ATTENTION_EVERY = 4
 
@@ -65,7 +66,7 @@ def layer_pattern(num_layers: int, flavour: str) -> list[str]:
         raise ValueError(f"unknown flavour {flavour!r}; expected one of {', '.join(FLAVOURS)}")
     other = FLAVOURS[flavour]
     return [
-        "full_attention" if other is None or (i + 1) % FULL_ATTENTION_EVERY == 0 else other
+        FULL_ATTENTION if other is None or (i + 1) % FULL_ATTENTION_EVERY == 0 else other
         for i in range(num_layers)
     ]
 

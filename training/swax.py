@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from modeling_phalanx.configuration_phalanx import SLIDING_ATTENTION
+
 SWAX_SHORT_WINDOW = 128
 SWAX_LONG_WINDOW = 2048
 SWAX_SHORT_PROB = 0.5
@@ -78,7 +80,7 @@ class SWAXCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: nn.Module, **kwargs
     ) -> None:
-        if "sliding_attention" not in (getattr(model.config, "layer_types", None) or []):
+        if SLIDING_ATTENTION not in (getattr(model.config, "layer_types", None) or []):
             raise ValueError("SWAX windows need a model with sliding_attention layers (layer_types has none)")
         set_sliding_window(model, self.schedule.long_window)
 
