@@ -102,7 +102,10 @@ PHALANX_LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "in_proj"
 
 
 class PhalanxRMSNorm(nn.Module):
-    """RMSNorm as in Llama/Qwen3: normalise in fp32, cast back, then scale by `weight` (initialised to 1)."""
+    """RMSNorm as in Llama/Qwen3: normalise in fp32, cast back, then scale by `weight` (initialised to 1).
+
+    Adapted from `transformers.models.llama.modeling_llama.LlamaRMSNorm`.
+    """
 
     def __init__(self, hidden_size: int | tuple[int, ...], eps: float = 1e-6) -> None:
         super().__init__()
@@ -121,7 +124,10 @@ class PhalanxRMSNorm(nn.Module):
 
 
 class PhalanxGemmaRMSNorm(nn.Module):
-    """Gemma RMSNorm: `x_hat * (1 + weight)` computed in fp32 (weight initialised to 0)."""
+    """Gemma RMSNorm: `x_hat * (1 + weight)` computed in fp32 (weight initialised to 0).
+
+    Adapted from `transformers.models.gemma3.modeling_gemma3.Gemma3RMSNorm`.
+    """
 
     def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -138,7 +144,10 @@ class PhalanxGemmaRMSNorm(nn.Module):
 
 
 class PhalanxLayerNorm(nn.Module):
-    """Cohere LayerNorm: mean-centred, weight only (no bias), in fp32."""
+    """Cohere LayerNorm: mean-centred, weight only (no bias), in fp32.
+
+    Adapted from `transformers.models.cohere.modeling_cohere.CohereLayerNorm`.
+    """
 
     def __init__(self, hidden_size: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -170,7 +179,10 @@ def make_norm(config: PhalanxConfig, size: int) -> nn.Module:
 
 
 class PhalanxScaledWordEmbedding(nn.Embedding):
-    """Token embedding multiplied by `embed_scale` cast to the weight dtype (Gemma), skipped when the scale is 1."""
+    """Token embedding multiplied by `embed_scale` cast to the weight dtype (Gemma), skipped when the scale is 1.
+
+    Adapted from `transformers.models.gemma3.modeling_gemma3.Gemma3TextScaledWordEmbedding`.
+    """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None, embed_scale: float = 1.0):
         super().__init__(num_embeddings, embedding_dim, padding_idx)
@@ -195,6 +207,9 @@ class PhalanxRotaryEmbedding(nn.Module):
     With a flat `rope_parameters` the buffers are `inv_freq` / `original_inv_freq`; with `rope_parameters` nested
     by layer type they are `{layer_type}_inv_freq` / `{layer_type}_original_inv_freq`, and a `None` entry means
     that layer type uses no RoPE. `rope_interleaved` repeats each frequency for GPT-J-style pairs (Cohere).
+
+    Adapted from `transformers.models.llama.modeling_llama.LlamaRotaryEmbedding`; the per-layer-type tables from
+    `transformers.models.gemma3.modeling_gemma3.Gemma3RotaryEmbedding`.
     """
 
     def __init__(self, config: PhalanxConfig, device: torch.device | None = None) -> None:
@@ -260,14 +275,20 @@ class PhalanxRotaryEmbedding(nn.Module):
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """Rotates half the hidden dims of the input (Llama layout)."""
+    """Rotates half the hidden dims of the input (Llama layout).
+
+    Adapted from `transformers.models.llama.modeling_llama.rotate_half`.
+    """
     x1 = x[..., : x.shape[-1] // 2]
     x2 = x[..., x.shape[-1] // 2 :]
     return torch.cat((-x2, x1), dim=-1)
 
 
 def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
-    """Rotates adjacent channel pairs (GPT-J / Cohere layout)."""
+    """Rotates adjacent channel pairs (GPT-J / Cohere layout).
+
+    Adapted from `transformers.models.cohere.modeling_cohere.rotate_half`.
+    """
     x1 = x[..., ::2]
     x2 = x[..., 1::2]
     return torch.stack([-x2, x1], dim=-1).flatten(-2)
@@ -276,7 +297,10 @@ def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary_pos_emb(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Applies half-split rotary embeddings to q and k shaped (B, H, T, D)."""
+    """Applies half-split rotary embeddings to q and k shaped (B, H, T, D).
+
+    Adapted from `transformers.models.llama.modeling_llama.apply_rotary_pos_emb`.
+    """
     cos = cos.unsqueeze(unsqueeze_dim)
     sin = sin.unsqueeze(unsqueeze_dim)
     q_embed = (q * cos) + (rotate_half(q) * sin)
@@ -287,7 +311,10 @@ def apply_rotary_pos_emb(
 def apply_interleaved_rotary_pos_emb(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Applies pairwise rotary embeddings in fp32, as Cohere does."""
+    """Applies pairwise rotary embeddings in fp32, as Cohere does.
+
+    Adapted from `transformers.models.cohere.modeling_cohere.apply_rotary_pos_emb`.
+    """
     dtype = q.dtype
     q, k = q.float(), k.float()
     cos = cos.unsqueeze(unsqueeze_dim)
@@ -303,7 +330,10 @@ def apply_interleaved_rotary_pos_emb(
 
 
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """(B, H_kv, T, D) -> (B, H_kv * n_rep, T, D), as `torch.repeat_interleave(x, n_rep, dim=1)`."""
+    """(B, H_kv, T, D) -> (B, H_kv * n_rep, T, D), as `torch.repeat_interleave(x, n_rep, dim=1)`.
+
+    Adapted from `transformers.models.llama.modeling_llama.repeat_kv`.
+    """
     batch, num_key_value_heads, slen, head_dim = hidden_states.shape
     if n_rep == 1:
         return hidden_states
@@ -322,7 +352,10 @@ def eager_attention_forward(
     softcap: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference attention with optional tanh soft-capping of the scores (Gemma2)."""
+    """Reference attention with optional tanh soft-capping of the scores (Gemma2).
+
+    Adapted from `transformers.models.gemma2.modeling_gemma2.eager_attention_forward`.
+    """
     if scaling is None:
         scaling = module.head_dim**-0.5
     key_states = repeat_kv(key, module.num_key_value_groups)
@@ -340,7 +373,12 @@ def eager_attention_forward(
 
 
 class PhalanxAttention(nn.Module):
-    """Multi-head (GQA) attention, full or sliding-window, with the QK-norm / scaling / soft-cap variants."""
+    """Multi-head (GQA) attention, full or sliding-window, with the QK-norm / scaling / soft-cap variants.
+
+    Adapted from `transformers.models.qwen3.modeling_qwen3.Qwen3Attention`, with the scaling and soft-capping of
+    `gemma2.modeling_gemma2.Gemma2Attention`, the projection QK-norm of `olmo3.modeling_olmo3.Olmo3Attention` and
+    the NoPE layers of `cohere2.modeling_cohere2.Cohere2Attention`.
+    """
 
     def __init__(self, config: PhalanxConfig, layer_idx: int) -> None:
         super().__init__()
@@ -616,7 +654,10 @@ class PhalanxMixer(nn.Module):
 
 
 class PhalanxMLP(nn.Module):
-    """Gated MLP: `down(act(gate(x)) * up(x))`."""
+    """Gated MLP: `down(act(gate(x)) * up(x))`.
+
+    Adapted from `transformers.models.llama.modeling_llama.LlamaMLP`.
+    """
 
     def __init__(self, config: PhalanxConfig) -> None:
         super().__init__()
@@ -635,6 +676,10 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
     pre: `x + mix(n1(x))`, then `x + mlp(n2(x))` (Llama). sandwich: `x + n2(mix(n1(x)))`, then
     `x + n4(mlp(n3(x)))` (Gemma2/3). post: `x + n2(mix(x))`, then `x + n4(mlp(x))` (Olmo3).
     parallel: `x + mix(n1(x)) + mlp(n1(x))` (Cohere).
+
+    Adapted from `transformers.models.llama.modeling_llama.LlamaDecoderLayer`, with the norm placements of
+    `gemma2.modeling_gemma2.Gemma2DecoderLayer`, `olmo3.modeling_olmo3.Olmo3DecoderLayer` and
+    `cohere.modeling_cohere.CohereDecoderLayer`.
     """
 
     def __init__(self, config: PhalanxConfig, layer_idx: int) -> None:
@@ -707,7 +752,8 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
 
 
 class PhalanxSeqLengthMixin:
-    """Sequence length that also works when every layer is a Phalanx layer.
+    """Sequence length that also works when every layer is a Phalanx layer (Transformers' `Cache.get_seq_length`
+    refuses a cache made only of linear-attention layers).
 
     Linear-attention layers keep the SWR state `h` in `recurrent_states[0]` and the tokens consumed per row in
     `recurrent_states[1]`; without attention layers the length is read from the latter.
@@ -740,7 +786,10 @@ class PhalanxStaticCache(PhalanxSeqLengthMixin, StaticCache):
 
 
 class PhalanxPreTrainedModel(PreTrainedModel):
-    """Weight init, attention-backend flags and output capture shared by the Phalanx models."""
+    """Weight init, attention-backend flags and output capture shared by the Phalanx models.
+
+    Adapted from `transformers.models.qwen3_next.modeling_qwen3_next.Qwen3NextPreTrainedModel`.
+    """
 
     config_class = PhalanxConfig
     config: PhalanxConfig
@@ -800,7 +849,10 @@ class PhalanxPreTrainedModel(PreTrainedModel):
 
 
 class PhalanxModel(PhalanxPreTrainedModel):
-    """Phalanx decoder stack without the language-model head."""
+    """Phalanx decoder stack without the language-model head.
+
+    Adapted from `transformers.models.qwen3_next.modeling_qwen3_next.Qwen3NextModel`.
+    """
 
     def __init__(self, config: PhalanxConfig) -> None:
         super().__init__(config)
@@ -888,7 +940,11 @@ class PhalanxModel(PhalanxPreTrainedModel):
 
 
 class PhalanxForCausalLM(PhalanxPreTrainedModel, GenerationMixin):
-    """Phalanx decoder with a language-model head (optional logit scaling and soft-capping)."""
+    """Phalanx decoder with a language-model head (optional logit scaling and soft-capping).
+
+    Adapted from `transformers.models.llama.modeling_llama.LlamaForCausalLM`, with Cohere's logit scale and Gemma2's
+    final soft-capping.
+    """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     _tp_plan = {"lm_head": "colwise_gather_output"}
@@ -935,7 +991,8 @@ class PhalanxForCausalLM(PhalanxPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> dict[str, torch.Tensor | None]:
         """Masks `generate` builds ahead of a compiled step (static caches), as `forward` builds them."""
-        return create_phalanx_masks(config, inputs_embeds, attention_mask, resolve_cache(cache, past_key_values), position_ids)
+        cache = resolve_cache(cache, past_key_values)
+        return create_phalanx_masks(config, inputs_embeds, attention_mask, cache, position_ids)
 
     @can_return_tuple
     def forward(
