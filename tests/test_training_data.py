@@ -1,18 +1,26 @@
 """Training data in every form `--data` reads (text, jsonl, json, csv, parquet, save_to_disk folders, dataset
-names offline), tokenization in several processes, the `--eval-fraction` split, and every TrainingArguments
-field reaching the Trainer with the project's aliases and defaults on top."""
+names offline), tokenization in several processes, the `--eval-fraction` split, `--streaming` (the same rows,
+exact resume), and every TrainingArguments field reaching the Trainer with the project's aliases and defaults
+on top."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from phalanx_cli.main import build_parser, main
-from phalanx_training.data import DataSource, build_packed_dataset, load_documents, tokenize_corpus
+from phalanx_training.data import (
+    DataSource, PackedCollator, PackedStream, build_packed_dataset, load_documents, tokenize_corpus,
+)
 from phalanx_training.options import CHECKPOINTING_FIELD, resolve_training_options, training_arguments
 from phalanx_training.tokenizer import load_byte_tokenizer
 
@@ -175,3 +183,75 @@ def test_eval_data_and_eval_fraction_are_exclusive(corpora: dict[str, Path], tmp
     assert main(["train", "--model-config", "tiny-phalanx", "--eval-data", str(corpora["texts"]), "--eval-fraction", "0.1",
                  "--output", str(tmp_path / "out")]) == 1
     assert "--eval-data and --eval-fraction both choose the evaluation rows" in capsys.readouterr().err
+
+
+def test_streamed_rows_equal_the_packed_rows_in_order(corpora: dict[str, Path]) -> None:
+    """Small document batches force many buffer flushes with documents cut at row ends; a DataLoader worker
+    gives the same rows."""
+    source = DataSource((corpora["texts"], corpora["jsonl"], corpora["saved"], corpora["csv"]), text_column="body")
+    expected = build_packed_dataset(source, load_byte_tokenizer(), SEQ_LEN)
+    stream = PackedStream(source, load_byte_tokenizer(), SEQ_LEN, batch_docs=1)
+    rows = list(stream)
+    assert len(rows) == len(expected) == 97
+    for key in expected.packed:
+        assert torch.equal(torch.stack([row[key] for row in rows]), expected.packed[key])
+    loader = torch.utils.data.DataLoader(stream, batch_size=4, num_workers=1, collate_fn=PackedCollator())
+    assert torch.equal(torch.cat([batch["input_ids"] for batch in loader]), expected.packed["input_ids"])
+    assert stream.description.startswith("4 text files (*.txt *.md *.text) from ") and "streamed rows of " in stream.description
+
+
+def streaming_argv(corpora: dict[str, Path], batch_size: int) -> list[str]:
+    return ["train", "--model-config", "tiny-phalanx", "--data", str(corpora["jsonl"]), "--text-column", "body",
+            "--streaming", "--seq-len", str(SEQ_LEN), "--batch-size", str(batch_size), "--max-steps", "8", "--save-steps", "4",
+            "--logging-steps", "1", "--lr", "3e-3", "--warmup", "1", "--precision", "fp32"]
+
+
+def losses(output: Path) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in json.loads((output / "trainer_state.json").read_text())["log_history"] if "loss" in e}
+
+
+@pytest.fixture(scope="module")
+def streaming_reference(corpora: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted --streaming run, batch 4, 8 steps: the stream of 24 rows runs into a second pass."""
+    out = tmp_path_factory.mktemp("streaming") / "reference"
+    assert main([*streaming_argv(corpora, 4), "--output", str(out)]) == 0
+    return out
+
+
+def test_streaming_run_resumes_exactly(corpora: dict[str, Path], streaming_reference: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture) -> None:
+    """An interrupted and resumed --streaming run equals the uninterrupted one (losses and weights)."""
+    resumed = tmp_path / "resumed"
+    shutil.copytree(streaming_reference / "checkpoint-4", resumed / "checkpoint-4")
+    assert main([*streaming_argv(corpora, 4), "--output", str(resumed), "--resume"]) == 0
+    assert "streamed rows of " in capsys.readouterr().out
+    assert [losses(resumed)[s] for s in range(5, 9)] == [losses(streaming_reference)[s] for s in range(5, 9)]
+    ref_weights, weights = load_file(streaming_reference / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(ref_weights[k], weights[k]) for k in ref_weights)
+    never = ["--output", str(tmp_path / "never")]
+    assert main([*streaming_argv(corpora, 4), *never, "--eval-fraction", "0.1"]) == 1
+    assert "--streaming reads the rows as training goes" in capsys.readouterr().err
+    assert main([*streaming_argv(corpora, 4), *never, "--dataloader_num_workers", "2"]) == 1
+    assert "--dataloader_num_workers must be 0 or 1" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+def test_streaming_on_two_processes_equals_one_with_the_same_global_batch(
+    corpora: dict[str, Path], streaming_reference: Path, tmp_path: Path, offline_env: dict[str, str],
+) -> None:
+    """Two gloo processes, each reading the stream and taking its half of every global batch, train like one."""
+    out = tmp_path / "ddp"
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"} | offline_env | {"OMP_NUM_THREADS": "1"}
+    if torch.cuda.is_available():
+        env["ACCELERATE_USE_CPU"] = "true"  # the comparison is with the CPU reference run
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "phalanx_cli.main",
+           *streaming_argv(corpora, 2), "--gradient-checkpointing", "--output", str(out)]
+    # cwd outside the repository: its `kernels/` folder must not shadow the `kernels` package Transformers probes.
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es) on cpu" in proc.stdout
+    ref_weights, weights = load_file(streaming_reference / "model.safetensors"), load_file(out / "model.safetensors")
+    for key in ref_weights:
+        torch.testing.assert_close(weights[key], ref_weights[key], atol=2e-5, rtol=1e-4)
+    assert losses(out) == pytest.approx(losses(streaming_reference), rel=1e-4)

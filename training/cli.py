@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, TrainerS
 from modeling_phalanx import PhalanxConfig
 
 from .callbacks import LossCurveCallback, loss_summary
+from .data import PackedDataset, PackedStream
 from .options import add_training_arguments, claim_output, packed_trainer, resume_checkpoint, resolve_training_options
 from .presets import PRESET_NAMES, load_model_config
 from .swax import SWAX_FINAL_LONG_FRACTION, SWAX_SHORT_PROB, SWAX_SHORT_WINDOW, SWAXCallback, SWAXSchedule
@@ -86,6 +87,11 @@ def tokens_per_second(state: TrainerState) -> float:
     return logged[-1] if logged else float("nan")
 
 
+def describe_rows(dataset: PackedDataset | PackedStream) -> str:
+    """``5749 rows``, or ``rows packed on the fly`` for a stream."""
+    return f"{len(dataset)} rows" if isinstance(dataset, PackedDataset) else "rows packed on the fly"
+
+
 def run(args: argparse.Namespace) -> int:
     resolve_training_options(args)
     tokenizer = load_tokenizer(args.tokenizer)
@@ -102,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         if trainer.is_world_process_zero():
             n_params = sum(p.numel() for p in model.parameters())
             print(f"phalanx train: {n_params / 1e6:.2f}M parameters, layer types {sorted(set(config.layer_types))}; "
-                  f"{trainer.train_dataset.description}: {len(trainer.train_dataset)} rows x {args.seq_len} tokens; "
+                  f"{trainer.train_dataset.description}: {describe_rows(trainer.train_dataset)} x {args.seq_len} tokens; "
                   f"{trainer.args.world_size} process(es) on {trainer.args.device.type}")
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(args.output)

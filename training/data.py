@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,12 +120,12 @@ def _load_saved(folder: Path, split: str) -> datasets.Dataset:
     return loaded
 
 
-def _load_named(name: str, source: DataSource) -> datasets.Dataset:
+def _load_named(name: str, source: DataSource, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
     """``datasets.load_dataset(name)``; offline, only from the local cache, and a clear error when it is not there."""
     import datasets
 
     try:
-        return datasets.load_dataset(name, source.config, split=source.split)
+        return datasets.load_dataset(name, source.config, split=source.split, streaming=streaming)
     except ConnectionError:
         if datasets.config.HF_HUB_OFFLINE:
             raise FileNotFoundError(f"dataset {name!r} is not in the local cache and the machine is offline "
@@ -133,20 +133,29 @@ def _load_named(name: str, source: DataSource) -> datasets.Dataset:
         raise
 
 
-def _text_column(table: datasets.Dataset, column: str, label: str) -> datasets.Dataset:
+def _read_files(files: list[Path]) -> Iterator[dict[str, str]]:
+    """One ``text`` row per file (the generator of a streamed text folder)."""
+    for file in files:
+        yield {"text": read_text(file)}
+
+
+def _text_column(table: datasets.Dataset | datasets.IterableDataset, column: str, label: str) -> datasets.Dataset | datasets.IterableDataset:
     """The one string column ``column`` of ``table``, renamed ``text``."""
-    if column not in table.column_names:
-        raise ValueError(f"--text-column {column}: {label} has no column {column!r} (columns: {', '.join(table.column_names)})")
-    dtype = getattr(table.features[column], "dtype", None)
-    if dtype not in ("string", "large_string"):
-        raise ValueError(f"--text-column {column}: column {column!r} of {label} holds {table.features[column]}, not text")
+    columns = table.column_names
+    if columns is None:  # a stream whose columns are known only from its rows
+        columns = list(next(iter(table), {}))
+    if column not in columns:
+        raise ValueError(f"--text-column {column}: {label} has no column {column!r} (columns: {', '.join(columns)})")
+    feature = (table.features or {}).get(column)
+    if feature is not None and getattr(feature, "dtype", None) not in ("string", "large_string"):
+        raise ValueError(f"--text-column {column}: column {column!r} of {label} holds {feature}, not text")
     table = table.select_columns([column])
     return table if column == "text" else table.rename_column(column, "text")
 
 
-def load_documents(source: DataSource) -> tuple[datasets.Dataset, str]:
-    """All documents of ``source`` as one dataset with a ``text`` column, in the order given, and a description
-    such as ``3 text files (*.txt *.md *.text) from my_texts; 120 rows of corpus.jsonl (column 'text')``."""
+def document_parts(source: DataSource, streaming: bool = False) -> tuple[list[datasets.Dataset | datasets.IterableDataset], str]:
+    """The documents of each entry of ``source`` (a ``text`` column; read lazily when ``streaming``) and a
+    description such as ``3 text files (*.txt *.md *.text) from my_texts; 120 rows of corpus.jsonl (column 'text')``."""
     import datasets
 
     parts, described = [], []
@@ -154,22 +163,35 @@ def load_documents(source: DataSource) -> tuple[datasets.Dataset, str]:
         path = Path(spec)
         if path.is_dir() and is_saved_dataset(path):
             table, label = _load_saved(path, source.split), f"saved dataset {path} (split {source.split})"
+            table = table.to_iterable_dataset() if streaming else table
         elif path.is_file() and path.suffix in TABLE_BUILDERS:
-            table = datasets.load_dataset(TABLE_BUILDERS[path.suffix], data_files=str(path), split="train")
+            table = datasets.load_dataset(TABLE_BUILDERS[path.suffix], data_files=str(path), split="train", streaming=streaming)
             label = str(path)
         elif path.exists() or not DATASET_NAME.fullmatch(str(spec)) or path.suffix in (*TEXT_SUFFIXES, *TABLE_BUILDERS):
             files = list_text_files([path], source.exclude_held_out)
-            parts.append(datasets.Dataset.from_dict({"text": [read_text(f) for f in files]}))
+            text = datasets.Features({"text": datasets.Value("string")})
+            parts.append(datasets.IterableDataset.from_generator(_read_files, features=text, gen_kwargs={"files": files})
+                         if streaming else datasets.Dataset.from_dict({"text": [read_text(f) for f in files]}, features=text))
             described.append(f"{len(files)} text file{'s' * (len(files) != 1)} ({TEXT_PATTERNS}) from {path}")
             continue
         else:
-            table = _load_named(str(spec), source)
+            table = _load_named(str(spec), source, streaming)
             label = f"dataset {spec} ({', '.join(filter(None, (source.config, 'split ' + source.split)))})"
         parts.append(_text_column(table, source.text_column, label))
-        described.append(f"{len(table)} rows of {label} (column {source.text_column!r})")
+        rows = "streamed rows" if streaming else f"{len(table)} rows"
+        described.append(f"{rows} of {label} (column {source.text_column!r})")
+    return parts, "; ".join(described)
+
+
+def load_documents(source: DataSource) -> tuple[datasets.Dataset, str]:
+    """All documents of ``source`` in memory as one dataset with a ``text`` column, in the order given, and
+    their description (:func:`document_parts`)."""
+    import datasets
+
+    parts, description = document_parts(source)
     if len({part.features["text"].dtype for part in parts}) > 1:  # e.g. parquet's large_string beside string
         parts = [part.cast_column("text", datasets.Value("large_string")) for part in parts]
-    return datasets.concatenate_datasets(parts), "; ".join(described)
+    return datasets.concatenate_datasets(parts), description
 
 
 def tokenize_documents(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
@@ -258,6 +280,46 @@ def build_packed_dataset(
     """Read, tokenize (``num_proc`` processes) and pack the documents of ``source``."""
     documents, description = load_documents(source)
     return PackedDataset(pack_documents(tokenize_corpus(documents, tokenizer, num_proc), seq_len), description)
+
+
+class PackedStream(torch.utils.data.IterableDataset):
+    """Packed rows made on the fly from documents read lazily (``--streaming``), for corpora larger than memory.
+
+    The rows, in order, are those of :func:`pack_documents` over all documents (a document cut at a row end
+    continues as a new segment, as there), so a resumed run that skips the rows already trained on sees
+    exactly the rows the uninterrupted run saw. One process packs (the main one, or one ``DataLoader`` worker).
+    """
+
+    def __init__(self, source: DataSource, tokenizer: PreTrainedTokenizerBase, seq_len: int, batch_docs: int = 256) -> None:
+        if seq_len < 2:
+            raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+        self.parts, self.description = document_parts(source, streaming=True)
+        self.tokenizer, self.seq_len, self.batch_docs = tokenizer, seq_len, batch_docs
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        buffer: list[list[int]] = []
+        for part in self.parts:
+            for batch in part.iter(batch_size=self.batch_docs):
+                buffer += tokenize_documents([text or "" for text in batch["text"]], self.tokenizer)
+                total = sum(len(doc) for doc in buffer)
+                if total < self.seq_len:
+                    continue
+                packed = pack_documents(buffer, self.seq_len)
+                for i in range(packed["input_ids"].shape[0]):
+                    yield {key: value[i] for key, value in packed.items()}
+                buffer = _drop_tokens(buffer, total - total % self.seq_len)
+
+
+def _drop_tokens(documents: list[list[int]], n: int) -> list[list[int]]:
+    """``documents`` without their first ``n`` tokens (a document cut short keeps its remaining tokens)."""
+    rest = []
+    for doc in documents:
+        if n >= len(doc):
+            n -= len(doc)
+        else:
+            rest.append(doc[n:])
+            n = 0
+    return rest
 
 
 class PackedCollator:

@@ -29,7 +29,9 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .callbacks import LabelledProgressCallback
-from .data import TEXT_PATTERNS, DataSource, PackedDataset, PackedCollator, build_packed_dataset, shipped_sample_dir
+from .data import (
+    TEXT_PATTERNS, DataSource, PackedCollator, PackedDataset, PackedStream, build_packed_dataset, shipped_sample_dir,
+)
 from .folders import RUN_CLAIM, claim_folder, clear_folder
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -93,6 +95,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, learning_rate: fl
     data.add_argument("--data-split", default="train", help="split of a dataset name or saved DatasetDict (default: %(default)s)")
     data.add_argument("--data-config", help="configuration of a dataset name (load_dataset's second argument)")
     data.add_argument("--num-proc", type=int, help="processes that tokenize (default: 1)")
+    data.add_argument("--streaming", action="store_true",
+                      help="read, tokenize and pack the training data on the fly, for corpora larger than memory")
     data.add_argument("--include-held-out", action="store_true", help="do not drop the held-out works (macbeth, tempest, twelfth_night)")
     data.add_argument("--seq-len", type=int, default=512, help="tokens per packed row (default: %(default)s)")
 
@@ -274,6 +278,9 @@ def training_arguments(args: argparse.Namespace, *, has_eval: bool) -> TrainingA
         # treats each as a separate single-process run and they train independently into one --output.
         use_cpu=launched_processes() > 1 and not torch.cuda.is_available(),
         dataloader_pin_memory=torch.cuda.is_available(),  # pinning without an accelerator only warns
+        # A stream is read by every process, each taking its share of the batches: dispatching batches from
+        # the first process would concatenate them, which the collator's `use_cache` flag does not allow.
+        **({"accelerator_config": {"dispatch_batches": False}} if args.streaming else {}),
     )
     aliased = {field: getattr(args, ours) for ours, field in ALIASES.items() if ours != "resume"}
     return TrainingArguments(**(aliased | project | native))
@@ -287,14 +294,23 @@ def packed_trainer(
     label: str,
 ) -> Trainer:
     """A ``Trainer`` over ``--data`` packed into ``--seq-len`` rows (held-out works dropped unless
-    ``--include-held-out``) and ``--eval-data`` or the ``--eval-fraction`` of the rows as evaluation rows;
-    its progress bar reads ``label``. ``args`` are resolved (:func:`resolve_training_options`)."""
+    ``--include-held-out``; packed on the fly with ``--streaming``) and ``--eval-data`` or the
+    ``--eval-fraction`` of the rows as evaluation rows; its progress bar reads ``label``. ``args`` are
+    resolved (:func:`resolve_training_options`)."""
     if args.eval_data and args.eval_fraction is not None:
         raise ValueError("--eval-data and --eval-fraction both choose the evaluation rows; pass one of them")
+    if args.streaming and (args.eval_fraction is not None or args.num_proc is not None):
+        raise ValueError("--streaming reads the rows as training goes: --eval-fraction and --num-proc need them all "
+                         "first (pass --eval-data for evaluation)")
     has_eval = bool(args.eval_data) or args.eval_fraction is not None
     train_args = training_arguments(args, has_eval=has_eval)  # checks every option before the data is read
+    if args.streaming and train_args.dataloader_num_workers > 1:
+        raise ValueError("--streaming packs the rows in one process, in order: --dataloader_num_workers must be 0 or 1")
     source = data_source(args, data_paths(args), exclude_held_out=not args.include_held_out)
-    train_data: PackedDataset = build_packed_dataset(source, tokenizer, args.seq_len, args.num_proc)
+    train_data: PackedDataset | PackedStream = (
+        PackedStream(source, tokenizer, args.seq_len) if args.streaming
+        else build_packed_dataset(source, tokenizer, args.seq_len, args.num_proc)
+    )
     eval_data = None
     if args.eval_fraction is not None:
         train_data, eval_data = train_data.split(args.eval_fraction)
