@@ -133,6 +133,10 @@ def test_training_arguments_layer_project_defaults_aliases_and_native_fields() -
                                         "--gradient-checkpointing", "--eval-steps", "3"), has_eval=True)
     assert (aliases.per_device_train_batch_size, aliases.learning_rate, aliases.lr_scheduler_type.value) == (2, 0.1, "constant")
     assert getattr(aliases, CHECKPOINTING_FIELD) is True and (aliases.eval_strategy.value, aliases.eval_steps) == ("steps", 3)
+    epochs = training_arguments(parsed("--output", "e", "--max_steps", "-1", "--num_train_epochs", "2"), has_eval=False)
+    assert (epochs.max_steps, epochs.num_train_epochs) == (-1, 2)
+    with pytest.raises(ValueError, match="--max-steps must be positive, or -1"):
+        training_arguments(parsed("--output", "e", "--max-steps", "0"), has_eval=False)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -159,6 +163,10 @@ def test_help_lists_our_options_before_the_training_arguments(capsys: pytest.Cap
     order = [options.index(s) for s in ("--data PATH", "--text-column", "--batch-size", "--output DIR",
                                         "Transformers TrainingArguments", "--optim", "--torch_compile", "--dataloader_num_workers")]
     assert order == sorted(order)
+    with pytest.raises(SystemExit):
+        main(["train", "--model-config", "tiny-phalanx", "--output", "o", "--optim", "nope"])
+    usage, error = capsys.readouterr().err.splitlines()
+    assert usage == "usage: phalanx train [options]" and error.startswith("phalanx train: error: argument --optim: invalid choice")
 
 
 def test_train_on_jsonl_with_native_options_and_eval_fraction(corpora: dict[str, Path], tmp_path: Path,

@@ -125,6 +125,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, learning_rate: fl
 
     native = parser.add_argument_group(
         "Transformers TrainingArguments (every field; the options above are aliases of some and set the project's defaults)")
+    # A usage line listing every field would fill the screen above each argparse error; --help lists them.
+    positionals = [action.metavar or action.dest for action in parser._actions if not action.option_strings]
+    parser.usage = " ".join(["%(prog)s", *positionals, "[options]"])
     group = _NativeGroup(native, {o for action in parser._actions for o in action.option_strings})
     hints = typing.get_type_hints(TrainingArguments)
     for field in dataclasses.fields(TrainingArguments):
@@ -260,8 +263,9 @@ def training_arguments(args: argparse.Namespace, *, has_eval: bool) -> TrainingA
     """``TrainingArguments``: the project's settings from the resolved aliases (:func:`resolve_training_options`),
     then every field given by its own name (accelerate/DDP/FSDP settings come from the launcher)."""
     check_report_to(args.report_to)
-    check_positive(args, "seq_len", "batch_size", "grad_accum", "max_steps", "lr", "save_steps", "logging_steps", "eval_steps",
-                   "num_proc")
+    check_positive(args, "seq_len", "batch_size", "grad_accum", "lr", "save_steps", "logging_steps", "eval_steps", "num_proc")
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise ValueError(f"--max-steps must be positive, or -1 to train --num_train_epochs epochs; got {args.max_steps}")
     if args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
     native = {k.removeprefix(NATIVE): v for k, v in vars(args).items() if k.startswith(NATIVE)}
