@@ -64,7 +64,7 @@ def test_split_of_a_saved_dataset_dict_and_description(corpora: dict[str, Path])
     source = DataSource((corpora["saved_dict"], corpora["texts"]), text_column="body", split="validation")
     documents, description = load_documents(source)
     assert documents["text"] == DOCS + DOCS
-    assert description == (f"4 rows of saved dataset {corpora['saved_dict']} (split validation) (column 'body'); "
+    assert description == (f"4 documents from saved dataset {corpora['saved_dict']} (split validation) (column 'body'); "
                            f"4 text files (*.txt *.md *.text) from {corpora['texts']}")
     mixed, _ = load_documents(DataSource((corpora["parquet"], corpora["csv"], corpora["texts"]), text_column="body"))
     assert [text or "" for text in mixed["text"]] == DOCS * 3  # CSV reads the empty document as a missing value
@@ -177,7 +177,7 @@ def test_train_on_jsonl_with_native_options_and_eval_fraction(corpora: dict[str,
                  "--eval-steps", "1", "--precision", "fp32", "--output", str(out), "--num-proc", "2",
                  "--optim", "adamw_torch", "--report_to", "none", "--lr_scheduler_type", "linear",
                  "--dataloader_num_workers", "2", "--per_device_train_batch_size", "3", "--adam_beta1", "0.8"]) == 0
-    assert f"4 rows of {corpora['jsonl']} (column 'body'); last 5 rows held out for evaluation: 19 rows x 16 tokens" \
+    assert f"4 documents from {corpora['jsonl']} (column 'body'); last 5 rows held out for evaluation: 19 rows x 16 tokens" \
         in capsys.readouterr().out
     saved = torch.load(out / "training_args.bin", weights_only=False)
     assert (saved.optim.value, saved.lr_scheduler_type.value, saved.dataloader_num_workers, saved.adam_beta1) == (
@@ -205,7 +205,7 @@ def test_streamed_rows_equal_the_packed_rows_in_order(corpora: dict[str, Path]) 
         assert torch.equal(torch.stack([row[key] for row in rows]), expected.packed[key])
     loader = torch.utils.data.DataLoader(stream, batch_size=4, num_workers=1, collate_fn=PackedCollator())
     assert torch.equal(torch.cat([batch["input_ids"] for batch in loader]), expected.packed["input_ids"])
-    assert stream.description.startswith("4 text files (*.txt *.md *.text) from ") and "streamed rows of " in stream.description
+    assert stream.description.startswith("4 text files (*.txt *.md *.text) from ") and "documents streamed from " in stream.description
 
 
 def streaming_argv(corpora: dict[str, Path], batch_size: int) -> list[str]:
@@ -232,7 +232,7 @@ def test_streaming_run_resumes_exactly(corpora: dict[str, Path], streaming_refer
     resumed = tmp_path / "resumed"
     shutil.copytree(streaming_reference / "checkpoint-4", resumed / "checkpoint-4")
     assert main([*streaming_argv(corpora, 4), "--output", str(resumed), "--resume"]) == 0
-    assert "streamed rows of " in capsys.readouterr().out
+    assert "documents streamed from " in capsys.readouterr().out
     assert [losses(resumed)[s] for s in range(5, 9)] == [losses(streaming_reference)[s] for s in range(5, 9)]
     ref_weights, weights = load_file(streaming_reference / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(ref_weights[k], weights[k]) for k in ref_weights)

@@ -155,7 +155,7 @@ def _text_column(table: datasets.Dataset | datasets.IterableDataset, column: str
 
 def document_parts(source: DataSource, streaming: bool = False) -> tuple[list[datasets.Dataset | datasets.IterableDataset], str]:
     """The documents of each entry of ``source`` (a ``text`` column; read lazily when ``streaming``) and a
-    description such as ``3 text files (*.txt *.md *.text) from my_texts; 120 rows of corpus.jsonl (column 'text')``."""
+    description such as ``3 text files (*.txt *.md *.text) from my_texts; 120 documents from corpus.jsonl (column 'text')``."""
     import datasets
 
     parts, described = [], []
@@ -178,8 +178,8 @@ def document_parts(source: DataSource, streaming: bool = False) -> tuple[list[da
             table = _load_named(str(spec), source, streaming)
             label = f"dataset {spec} ({', '.join(filter(None, (source.config, 'split ' + source.split)))})"
         parts.append(_text_column(table, source.text_column, label))
-        rows = "streamed rows" if streaming else f"{len(table)} rows"
-        described.append(f"{rows} of {label} (column {source.text_column!r})")
+        documents = "documents streamed" if streaming else f"{len(table)} documents"
+        described.append(f"{documents} from {label} (column {source.text_column!r})")
     return parts, "; ".join(described)
 
 
