@@ -34,6 +34,7 @@ import torch
 from transformers import AutoModelForCausalLM, Gemma3TextConfig, PreTrainedTokenizerBase, set_seed
 
 from modeling_phalanx import PhalanxConfig
+from modeling_phalanx.configuration_phalanx import FULL_ATTENTION, PHALANX_MIXER, SLIDING_ATTENTION
 from phalanx_conversion.convert import convert_checkpoint
 from phalanx_conversion.distill import DistillOptions, StageConfig, distill
 from phalanx_conversion.distill_cli import HELD_OUT_DIR
@@ -48,8 +49,8 @@ from phalanx_training.folders import output_folder
 from phalanx_training.options import add_training_arguments, packed_trainer, resolve_training_options
 from phalanx_training.tokenizer import load_byte_tokenizer
 
-HYBRID_LAYER_TYPES = ["linear_attention", "sliding_attention", "linear_attention", "full_attention"]
-TEACHER_LAYER_TYPES = ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]
+HYBRID_LAYER_TYPES = [PHALANX_MIXER, SLIDING_ATTENTION, PHALANX_MIXER, FULL_ATTENTION]
+TEACHER_LAYER_TYPES = [SLIDING_ATTENTION, SLIDING_ATTENTION, SLIDING_ATTENTION, FULL_ATTENTION]
 PASSKEY_DISTANCES = tuple(sorted(int(p.stem.rsplit("_", 1)[1]) for p in TASK_DIR.glob("phalanx_passkey_*.yaml")))
 # LoRA adapts the Shakespeare model to a new domain: the project's own Markdown documentation.
 FINETUNE_DOCS = ("README.md", "training/README.md", "eval/README.md", "conversion/README.md")
@@ -238,7 +239,7 @@ def train_teacher(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, 
 def convert_and_distill(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, work: Path) -> dict[str, Any]:
     """Stage 5: teacher -> ``convert_checkpoint`` (every SWA layer) -> ``distill`` stage 1 and stage 2."""
     teacher = work / "teacher"
-    sliding = TEACHER_LAYER_TYPES.count("sliding_attention")
+    sliding = TEACHER_LAYER_TYPES.count(SLIDING_ATTENTION)
     print(f"training the Gemma3 teacher ({sliding} sliding-window layers, {len(TEACHER_LAYER_TYPES) - sliding} global) "
           f"for {args.teacher_steps} steps", flush=True)
     train_teacher(args, tokenizer, teacher)

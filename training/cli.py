@@ -16,6 +16,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, TrainerState, set_seed
 
 from modeling_phalanx import PhalanxConfig
+from modeling_phalanx.configuration_phalanx import SLIDING_ATTENTION
 
 from .callbacks import LossCurveCallback, loss_summary
 from .data import PackedDataset, PackedStream
@@ -67,7 +68,7 @@ def swax_callback(args: argparse.Namespace, config: PhalanxConfig) -> SWAXCallba
         if args.swax_long_window is not None:
             raise ValueError("--swax-long-window only applies with --swax")
         return None
-    if "sliding_attention" not in config.layer_types:
+    if SLIDING_ATTENTION not in config.layer_types:
         raise ValueError("--swax needs sliding_attention layers (e.g. a *-swa preset)")
     if args.swax_long_window is not None:
         config.sliding_window = args.swax_long_window

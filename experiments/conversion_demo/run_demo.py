@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from modeling_phalanx.configuration_phalanx import FULL_ATTENTION, SLIDING_ATTENTION
 from phalanx_conversion.analyze import analyze_checkpoint, format_table, plot_mass
 from phalanx_conversion.convert import convert_checkpoint
 from phalanx_conversion.distill import DistillOptions, StageConfig, bits_per_byte, distill, plot_history
@@ -85,7 +86,7 @@ class Tee:
 
 
 def teacher_config(size: dict, tokenizer) -> transformers.Gemma3TextConfig:
-    layer_types = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(size["layers"])]
+    layer_types = [FULL_ATTENTION if (i + 1) % 6 == 0 else SLIDING_ATTENTION for i in range(size["layers"])]
     return transformers.Gemma3TextConfig(
         vocab_size=len(tokenizer),
         hidden_size=size["hidden"],
