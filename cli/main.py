@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)
-    except (FileNotFoundError, ValueError, TypeError) as err:
+    except (FileNotFoundError, ValueError, TypeError, FloatingPointError) as err:
         # Errors are part of the interface: one clear line, non-zero exit; PHALANX_DEBUG=1 shows the traceback.
         if os.environ.get("PHALANX_DEBUG", "") not in ("", "0"):
             raise

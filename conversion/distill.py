@@ -435,7 +435,10 @@ def run_stage(
             else:
                 loss, logs = _stage2_loss(student, teacher, cfg, batch, amp)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"stage {stage} loss is {loss.item()} at step {step}")
+                raise FloatingPointError(
+                    f"stage {stage} loss is {loss.item()} at step {step}: training diverged; lower "
+                    f"--stage{stage}-lr, or --resume from the last checkpoint"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)

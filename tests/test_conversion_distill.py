@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -147,6 +148,14 @@ def test_cli_runs_and_refuses_to_mix_runs(
     summary = json.loads(capsys.readouterr().out)
     assert summary["tokens_stage1"] == summary["tokens_stage2"] == 32 and "bpb_after_stage2" in summary
     assert (tmp_path / "ok" / "stage2" / "config.json").is_file()
+    diverging = [*small, "--stage1-steps", "3", "--stage1-lr", "1e30"]
+    assert phalanx_main(
+        ["distill", str(pair[0]), str(pair[1]), "--out", str(tmp_path / "nan"), "--data", str(TRAIN), *diverging]
+    ) == 1
+    err = capsys.readouterr().err  # progress bars, then one error line and no traceback
+    assert "Traceback" not in err
+    assert re.fullmatch(r"phalanx distill: error: stage 1 loss is \S+ at step \d+: training diverged; lower "
+                        r"--stage1-lr, or --resume from the last checkpoint", err.strip().splitlines()[-1])
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.json").write_text("{}")
