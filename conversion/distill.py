@@ -36,6 +36,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 import modeling_phalanx  # noqa: F401  (registers the phalanx model type with the Auto classes)
 from modeling_phalanx.modeling_phalanx import sequence_starts
+from phalanx_eval.bits_per_byte import score_texts
 from phalanx_training.checks import check_finite_weights
 from phalanx_training.data import DataSource, build_packed_dataset, read_texts
 from phalanx_training.folders import output_folder
@@ -146,7 +147,6 @@ def chunked_kl(
     return kl_sum / n, ce_sum / max(n_ce, 1)
 
 
-@torch.no_grad()
 def bits_per_byte(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -157,41 +157,15 @@ def bits_per_byte(
     max_bytes: int | None = None,
     amp_dtype: torch.dtype | None = None,
 ) -> float:
-    """Bits per UTF-8 byte of `texts` under `model`.
+    """Bits per UTF-8 byte of `texts` under `model` (`phalanx_eval.bits_per_byte.score_texts`, overall).
 
-    Each text is tokenized without special tokens and scored in windows of `seq_len` tokens that
-    overlap by one token, so every token except the first of each text is predicted; the bytes of
-    that first token are not counted. `max_bytes` truncates each text (for quick evaluations).
+    Each text is scored in windows of `seq_len` tokens that overlap by one token, so every token except the first
+    of each text is predicted; the bytes of that first token are not counted.
     """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    nll, n_bytes = 0.0, 0
-    windows: list[list[int]] = []
-    for text in texts:
-        if max_bytes is not None:
-            text = text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) < 2:
-            continue
-        n_bytes += len(text.encode("utf-8")) - len(tokenizer.decode(ids[:1]).encode("utf-8"))
-        windows.extend(ids[s : s + seq_len] for s in range(0, len(ids) - 1, seq_len - 1))
-    if n_bytes == 0:
-        raise ValueError("held-out texts are empty: nothing to score")
-    windows = [w for w in windows if len(w) >= 2]
-    windows.sort(key=len)  # equal lengths batch together without padding
-    i = 0
-    while i < len(windows):
-        j = i
-        while j < len(windows) and j - i < batch_size and len(windows[j]) == len(windows[i]):
-            j += 1
-        batch = torch.tensor(windows[i:j], device=device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(batch, use_cache=False).logits
-        nll += F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
-        i = j
-    model.train(was_training)
-    return nll / math.log(2) / n_bytes
+    result = score_texts(
+        model, tokenizer, texts, seq_len=seq_len, batch_size=batch_size, max_bytes=max_bytes, amp_dtype=amp_dtype
+    )
+    return result.bits_per_byte
 
 
 def _lr_at(step: int, cfg: StageConfig) -> float:
