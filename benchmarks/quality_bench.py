@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Quality bench on real text (issue 15): held-out bits/byte, recall and training speed of model recipes.
 
-Three subcommands, one table each:
+Four subcommands:
 
     python benchmarks/quality_bench.py corpus OUT [--packages torch transformers ...] [--held-out sklearn] [--max-mb N]
     python benchmarks/quality_bench.py run CORPUS OUT --configs NAME [NAME ...] --steps N --seq-len L --batch-size B
-                                       [--budget tokens|seconds --seconds S] [--precision bf16]
+                                       [--budget tokens|seconds --seconds S] [--precision bf16] [--shared-gpu]
+    python benchmarks/quality_bench.py speed CORPUS OUT --configs NAME [NAME ...] --seq-len L --batch-size B [--steps N]
     python benchmarks/quality_bench.py report OUT
 
 ``corpus`` builds a text corpus from the ``.py`` sources of installed packages, split by package: the
@@ -17,16 +18,21 @@ duplicates (sha256) are dropped, held-out files first, so no held-out file is al
 ``run`` trains each configuration of :data:`RECIPES` (a preset plus ``PhalanxConfig`` overrides) with
 ``phalanx train`` (same seed, data order, steps and schedule), then scores it: held-out bits/byte overall
 and by window position (``phalanx_eval.bits_per_byte``), bits/byte on a sample of the training files,
-training tokens/s and final loss from ``trainer_state.json``, passkey and MQAR accuracy against distance
+training tokens/s after warm-up and final loss from ``trainer_state.json``, passkey and MQAR accuracy against distance
 through the project's lm-eval harness. One JSON per configuration and budget, written atomically, so
 several calls fill one results folder. ``--budget seconds`` trains each configuration for as many steps as
 fit in ``--seconds`` at its own speed, measured by its equal-token run in the same folder.
 
+Several ``run`` calls may share one GPU to save time (``--shared-gpu``); their speed is then not their own, and
+``speed`` measures it instead: a short ``phalanx train`` of the same shape with the device to itself
+(``OUT/<config>.speed.json``, which the tables, the plot and ``--budget seconds`` prefer over a run's own figure).
+
 ``report`` prints markdown tables at equal tokens and at equal wall-clock time and plots held-out
 bits/byte against training tokens/s (``OUT/report.md``, ``OUT/frontier.png``).
 
-On the GPU machine (after ``source benchmarks/gpu_env.sh``; carry ``.whl`` for lm-eval) each command
-runs in 10 minutes, so build the corpus once per machine and run one 125M configuration per command:
+On the GPU machine (after ``source benchmarks/gpu_env.sh``; carry ``.whl`` for lm-eval) a command runs at
+most 10 minutes: build the corpus once per machine, then one 125M configuration per command, or three at once
+with ``--shared-gpu`` followed by their ``speed`` (``benchmarks/gpu_quality_batch.sh`` does exactly that):
 
     [ -f /tmp/qb_corpus/corpus.json ] || python3 benchmarks/quality_bench.py corpus /tmp/qb_corpus
     python3 benchmarks/quality_bench.py run /tmp/qb_corpus RESULTS --configs 125m-phalanx \
@@ -92,6 +98,14 @@ RECIPES: dict[str, Recipe] = {
     ),
     "multi": Recipe("swa", "Phalanx, sliding, Phalanx, full (window as the preset)", cycle=(PHALANX, SLIDING, PHALANX, FULL)),
     "multi-swa512": Recipe("swa", "Phalanx, sliding-512, Phalanx, full", {"sliding_window": 512}, cycle=(PHALANX, SLIDING, PHALANX, FULL)),
+    "multi-swa512-outnorm": Recipe(
+        "swa", "Phalanx, sliding-512, Phalanx, full; per-head output RMSNorm",
+        {"sliding_window": 512, "phalanx_output_norm": True}, cycle=(PHALANX, SLIDING, PHALANX, FULL),
+    ),
+    "phalanx-b64w4-outnorm": Recipe(
+        "phalanx", "3 Phalanx : 1 full, SWR window 4 blocks of 64, per-head output RMSNorm",
+        {"swr_block_len": 64, "swr_window_blocks": 4, "phalanx_output_norm": True},
+    ),
 }
 CONFIG_NAMES = tuple(f"{size}-{recipe}" for size in SIZES for recipe in RECIPES)
 
@@ -252,8 +266,35 @@ def result_path(out: Path, name: str, budget: str, seconds: float | None) -> Pat
     return out / (f"{name}.tokens.json" if budget == "tokens" else f"{name}.seconds-{seconds:g}.json")
 
 
+def steady_tokens_per_second(log_history: Sequence[dict[str, Any]], skip_fraction: float = 0.25) -> float:
+    """Training tokens/s after warm-up (Triton compilation, allocator growth): the tokens seen between the logged
+    step at ``skip_fraction`` of the run and the last one, over the training time between them."""
+    logged = [e for e in log_history if "num_input_tokens_seen" in e and "train_runtime" in e and "loss" in e]
+    if len(logged) < 2:
+        raise ValueError("the run logged fewer than two steps with tokens and runtime; log more often (--logging-steps)")
+    first, last = logged[min(int(len(logged) * skip_fraction), len(logged) - 2)], logged[-1]
+    return (last["num_input_tokens_seen"] - first["num_input_tokens_seen"]) / (last["train_runtime"] - first["train_runtime"])
+
+
+def speed_path(out: Path, name: str) -> Path:
+    """``OUT/<config>.speed.json``: the configuration's training tokens/s measured with the GPU to itself."""
+    return out / f"{name}.speed.json"
+
+
+def throughput(out: Path, r: dict[str, Any]) -> float | None:
+    """Training tokens/s of result ``r``: from its exclusive speed run when there is one of the same shape, else
+    its own run's unless that run shared the GPU (then None: its speed was not its own)."""
+    path = speed_path(out, r["config"])
+    if path.is_file():
+        speed = json.loads(path.read_text(encoding="utf-8"))
+        if (speed["seq_len"], speed["batch_size"]) == (r["seq_len"], r["batch_size"]):
+            return speed["tokens_per_second"]
+    return None if r["train"].get("shared_gpu") else r["train"]["tokens_per_second"]
+
+
 def steps_for_seconds(out: Path, name: str, seconds: float, seq_len: int, batch_size: int) -> int:
-    """Steps that fit in ``seconds`` at the speed measured by ``name``'s equal-token run of the same shape."""
+    """Steps that fit in ``seconds`` at the speed measured for ``name`` at this shape (its speed run, else its
+    equal-token run)."""
     source = result_path(out, name, "tokens", None)
     if not source.is_file():
         raise ValueError(f"--budget seconds needs {source} (run {name} with --budget tokens first: it measures the speed)")
@@ -261,7 +302,10 @@ def steps_for_seconds(out: Path, name: str, seconds: float, seq_len: int, batch_
     if (measured["seq_len"], measured["batch_size"]) != (seq_len, batch_size):
         raise ValueError(f"{source} was measured at seq_len {measured['seq_len']}, batch {measured['batch_size']}; "
                          f"run with those or measure this shape first")
-    return max(1, int(seconds * measured["train"]["tokens_per_second"] / (seq_len * batch_size)))
+    speed = throughput(out, measured)
+    if speed is None:
+        raise ValueError(f"{source} shared the GPU and {speed_path(out, name)} is missing: run the speed command first")
+    return max(1, int(seconds * speed / (seq_len * batch_size)))
 
 
 def text_sample(folder: Path, max_mb: float, spread: bool) -> tuple[list[str], int]:
@@ -327,32 +371,18 @@ def recall(args: argparse.Namespace, model_dir: Path, run_dir: Path, device: str
     }
 
 
-def run_one(args: argparse.Namespace, name: str) -> Path | None:
-    """Train and score one configuration; return its result JSON, or None when it exists already."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
-
-    import modeling_phalanx  # noqa: F401  (registers the phalanx model type)
-    from phalanx_eval.bits_per_byte import score_texts
-    from phalanx_training.callbacks import logged_losses
-    from phalanx_training.cli import tokens_per_second
+def train_config(args: argparse.Namespace, name: str, run_dir: Path, steps: int) -> tuple[Any, list[str], float]:
+    """Train configuration ``name`` for ``steps`` steps into ``run_dir/model`` (``run_dir`` is recreated); return its
+    ``PhalanxConfig``, the ``phalanx train`` command and the wall-clock seconds it took."""
     from phalanx_training.tokenizer import load_byte_tokenizer
 
-    seconds = args.seconds if args.budget == "seconds" else None
-    path = result_path(args.out, name, args.budget, seconds)
-    if path.exists() and not args.force:
-        print(f"quality_bench: {path} exists, skipped (--force reruns it)")
-        return None
-    steps = args.steps if seconds is None else steps_for_seconds(args.out, name, seconds, args.seq_len, args.batch_size)
-    run_dir = args.out / "runs" / path.stem
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     config = model_config(name, len(load_byte_tokenizer()))
     config_path = run_dir / "config.json"
     config.to_json_file(config_path)
-    model_dir = run_dir / "model"
-    cmd = train_command(args, config_path, model_dir, steps)
+    cmd = train_command(args, config_path, run_dir / "model", steps)
     log = run_dir / "train.log"
     print(f"quality_bench: training {name} for {steps} steps ({steps * args.batch_size * args.seq_len:,} tokens); log {log}", flush=True)
     start = time.perf_counter()
@@ -363,6 +393,46 @@ def run_one(args: argparse.Namespace, name: str) -> Path | None:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
         print("\n".join(tail), file=sys.stderr)
         raise RuntimeError(f"phalanx train failed for {name} (exit {code}); see {log}")
+    return config, cmd, wall
+
+
+def speed_one(args: argparse.Namespace, name: str) -> Path:
+    """Train ``name`` for ``--steps`` steps, alone on the device, and write its steady training tokens/s."""
+    import torch
+    from transformers import TrainerState
+
+    run_dir = args.out / "runs" / f"{name}.speed"
+    _, cmd, _ = train_config(args, name, run_dir, args.steps)
+    state = TrainerState.load_from_json(str(run_dir / "model" / "trainer_state.json"))
+    shutil.rmtree(run_dir / "model")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = {"config": name, "seq_len": args.seq_len, "batch_size": args.batch_size, "steps": state.global_step,
+              "tokens_per_second": steady_tokens_per_second(state.log_history), "train_command": cmd,
+              "environment": environment(device)}
+    path = speed_path(args.out, name)
+    write_file(path, json.dumps(result, indent=2) + "\n")
+    print(f"quality_bench: {name}: {result['tokens_per_second']:,.0f} training tokens/s -> {path}", flush=True)
+    return path
+
+
+def run_one(args: argparse.Namespace, name: str) -> Path | None:
+    """Train and score one configuration; return its result JSON, or None when it exists already."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
+
+    import modeling_phalanx  # noqa: F401  (registers the phalanx model type)
+    from phalanx_eval.bits_per_byte import score_texts
+    from phalanx_training.callbacks import logged_losses
+
+    seconds = args.seconds if args.budget == "seconds" else None
+    path = result_path(args.out, name, args.budget, seconds)
+    if path.exists() and not args.force:
+        print(f"quality_bench: {path} exists, skipped (--force reruns it)")
+        return None
+    steps = args.steps if seconds is None else steps_for_seconds(args.out, name, seconds, args.seq_len, args.batch_size)
+    run_dir = args.out / "runs" / path.stem
+    config, cmd, wall = train_config(args, name, run_dir, steps)
+    model_dir = run_dir / "model"
     state = TrainerState.load_from_json(str(model_dir / "trainer_state.json"))
     for checkpoint in model_dir.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)  # optimizer state; only the final weights are scored
@@ -384,7 +454,7 @@ def run_one(args: argparse.Namespace, name: str) -> Path | None:
     recall_result = recall(args, model_dir, run_dir, device)
 
     first_loss, final_loss = logged_losses(state.log_history)
-    corpus = json.loads((args.corpus / CORPUS_FILE).read_text(encoding="utf-8"))
+    corpus = corpus_record(args.corpus)
     result = {
         "config": name,
         "about": RECIPES[name.split("-", 1)[1]].about,
@@ -400,7 +470,8 @@ def run_one(args: argparse.Namespace, name: str) -> Path | None:
         "seed": args.seed,
         "train_command": cmd,
         "train": {
-            "tokens_per_second": tokens_per_second(state),
+            "tokens_per_second": steady_tokens_per_second(state.log_history),
+            "shared_gpu": args.shared_gpu,
             "wall_seconds": wall,
             "first_loss": first_loss,
             "final_loss": final_loss,
@@ -435,14 +506,14 @@ def environment(device: str) -> dict[str, str]:
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(), "gpu": gpu, **versions}
 
 
-def summary_row(r: dict[str, Any]) -> list[str]:
-    """One row of the run table printed after ``run`` (and of the report)."""
+def summary_row(r: dict[str, Any], tokens_per_second: float | None) -> list[str]:
+    """One row of the run table printed after ``run`` (and of the report); the speed from :func:`throughput`."""
     buckets = " / ".join(fmt(b["bits_per_byte"]) for b in r["heldout"]["buckets"])
     rec = r["recall"].get("families", {})
     acc = " / ".join(fmt(rec[f]["mean_acc"], 2) if f in rec else "-" for f in DEFAULT_RECALL_TASKS)
     return [r["config"], f"{r['parameters'] / 1e6:.1f}M", str(r["steps"]), f"{r['tokens']:,}",
             fmt(r["train"]["final_loss"]), fmt(r["train_sample"]["bits_per_byte"]), fmt(r["heldout"]["bits_per_byte"]),
-            buckets, acc, f"{r['train']['tokens_per_second']:,.0f}"]
+            buckets, acc, "-" if tokens_per_second is None else f"{tokens_per_second:,.0f}"]
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -486,8 +557,8 @@ def recall_table(results: Sequence[dict[str, Any]], family: str) -> str | None:
     return markdown(["config", *(f"{family} acc @ {d}" for d in distances)], rows)
 
 
-def plot_frontier(tokens: Sequence[dict[str, Any]], clock: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
-    """Held-out bits/byte against training tokens/s, one point per result."""
+def plot_frontier(out: Path, tokens: Sequence[dict[str, Any]], clock: Sequence[dict[str, Any]], title: str) -> Path:
+    """Held-out bits/byte against training tokens/s, one point per result with a known speed; ``out/frontier.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -495,9 +566,10 @@ def plot_frontier(tokens: Sequence[dict[str, Any]], clock: Sequence[dict[str, An
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for results, marker, label in ((tokens, "o", "equal tokens"), (clock, "s", "equal wall-clock")):
+        results = [r for r in results if throughput(out, r) is not None]
         if not results:
             continue
-        xs = [r["train"]["tokens_per_second"] for r in results]
+        xs = [throughput(out, r) for r in results]
         ys = [r["heldout"]["bits_per_byte"] for r in results]
         ax.scatter(xs, ys, marker=marker, label=label)
         for r, x, y in zip(results, xs, ys):
@@ -508,6 +580,7 @@ def plot_frontier(tokens: Sequence[dict[str, Any]], clock: Sequence[dict[str, An
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    path = out / "frontier.png"
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -533,7 +606,7 @@ def report(out: Path) -> str:
     parts = []
     for title, results in budget_groups(tokens, clock):
         parts.append(f"### {title}\n")
-        parts.append(markdown(table_header(results), [summary_row(r) for r in results]))
+        parts.append(markdown(table_header(results), [summary_row(r, throughput(out, r)) for r in results]))
         parts.extend(f"\n{t}" for t in (recall_table(results, f) for f in DEFAULT_RECALL_TASKS) if t)
         parts.append("")
     everything = [*tokens, *clock]
@@ -545,7 +618,7 @@ def report(out: Path) -> str:
                  f"{env['date']}.")
     text = "\n".join(parts) + "\n"
     write_file(out / "report.md", text)
-    plot_frontier(tokens, clock, out / "frontier.png",
+    plot_frontier(out, tokens, clock,
                   f"Held-out bits/byte ({everything[0]['corpus']['held_out']}) vs training tokens/s, results {out.name}")
     return text
 
@@ -578,22 +651,28 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--max-mb", type=positive_float, help="cap on training megabytes (a uniform sample of files)")
     c.add_argument("--force", action="store_true", help="replace an existing OUT")
 
+    def add_training_options(sp: argparse.ArgumentParser, steps_help: str, steps_default: int | None) -> None:
+        """Options of ``phalanx train`` shared by ``run`` and ``speed`` (same data, schedule and shape)."""
+        sp.add_argument("corpus", type=Path, help="folder written by the corpus command")
+        sp.add_argument("out", type=Path, help="results folder (one JSON per configuration and budget)")
+        sp.add_argument("--configs", nargs="+", required=True, choices=CONFIG_NAMES, metavar="NAME",
+                        help=f"<size>-<recipe>; recipes: {', '.join(RECIPES)}")
+        sp.add_argument("--steps", type=positive_int, default=steps_default, help=steps_help)
+        sp.add_argument("--seq-len", type=positive_int, required=True)
+        sp.add_argument("--batch-size", type=positive_int, required=True)
+        sp.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="phalanx train --precision")
+        sp.add_argument("--lr", type=positive_float, help="phalanx train --lr (default: its default)")
+        sp.add_argument("--warmup", type=float, help="phalanx train --warmup (default: its default)")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--logging-steps", type=positive_int, help="default: steps / 50")
+
     r = sub.add_parser("run", help="train and score configurations")
-    r.add_argument("corpus", type=Path, help="folder written by the corpus command")
-    r.add_argument("out", type=Path, help="results folder (one JSON per configuration and budget)")
-    r.add_argument("--configs", nargs="+", required=True, choices=CONFIG_NAMES, metavar="NAME",
-                   help=f"<size>-<recipe>; recipes: {', '.join(RECIPES)}")
-    r.add_argument("--steps", type=positive_int, help="optimizer steps, the same for every configuration (--budget tokens)")
-    r.add_argument("--seq-len", type=positive_int, required=True)
-    r.add_argument("--batch-size", type=positive_int, required=True)
+    add_training_options(r, "optimizer steps, the same for every configuration (--budget tokens)", None)
     r.add_argument("--budget", choices=("tokens", "seconds"), default="tokens",
                    help="tokens: --steps for all; seconds: the steps each configuration trains in --seconds")
     r.add_argument("--seconds", type=positive_float, help="training seconds per configuration (--budget seconds)")
-    r.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="phalanx train --precision")
-    r.add_argument("--lr", type=positive_float, help="phalanx train --lr (default: its default)")
-    r.add_argument("--warmup", type=float, help="phalanx train --warmup (default: its default)")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--logging-steps", type=positive_int, help="default: steps / 50")
+    r.add_argument("--shared-gpu", action="store_true",
+                   help="other runs share the device: the speed column then comes from the speed command")
     r.add_argument("--eval-mb", type=positive_float, default=4.0, help="megabytes scored per split (default: %(default)s)")
     r.add_argument("--eval-batch-size", type=positive_int, default=8)
     r.add_argument("--bucket-edge", type=positive_int, help="first position of the far bucket (default: seq_len / 8)")
@@ -604,6 +683,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--keep-models", action="store_true", help="keep the trained weights under OUT/runs")
     r.add_argument("--force", action="store_true", help="rerun configurations whose result exists")
 
+    sp = sub.add_parser("speed", help="training tokens/s of configurations, each alone on the device")
+    add_training_options(sp, "steps timed; the first quarter is warm-up (default: %(default)s)", 100)
+
     rep = sub.add_parser("report", help="markdown tables and the speed/quality plot of a results folder")
     rep.add_argument("out", type=Path)
     return p
@@ -613,15 +695,13 @@ def run_command(args: argparse.Namespace) -> None:
     """Check the options, run each configuration, print the table of this call."""
     import torch
 
-    if not (args.corpus / CORPUS_FILE).is_file():
-        raise ValueError(f"{args.corpus} is not a corpus folder (no {CORPUS_FILE}); build it with the corpus command")
+    fingerprint = corpus_record(args.corpus)["fingerprint"]
     if (args.budget == "seconds") != (args.seconds is not None):
         raise ValueError("--seconds goes with --budget seconds, and --budget seconds needs --seconds")
     if (args.budget == "tokens") != (args.steps is not None):
         raise ValueError("--steps goes with --budget tokens (the default), and --budget tokens needs --steps")
     if args.bucket_edge is not None and args.bucket_edge >= args.seq_len:
         raise ValueError(f"--bucket-edge {args.bucket_edge} must be below --seq-len {args.seq_len}")
-    fingerprint = json.loads((args.corpus / CORPUS_FILE).read_text(encoding="utf-8"))["fingerprint"]
     tokens, clock = load_results(args.out) if args.out.is_dir() else ([], [])
     if any(r["corpus"]["fingerprint"] != fingerprint for r in (*tokens, *clock)):
         raise ValueError(f"{args.out} holds results measured on another corpus (fingerprint differs from {args.corpus}); "
@@ -631,8 +711,23 @@ def run_command(args: argparse.Namespace) -> None:
     done = [p for p in (run_one(args, name) for name in args.configs) if p is not None]
     if done:
         results = [json.loads(p.read_text(encoding="utf-8")) for p in done]
-        print("\n" + markdown(table_header(results), [summary_row(r) for r in results]))
+        print("\n" + markdown(table_header(results), [summary_row(r, throughput(args.out, r)) for r in results]))
         print("\nresults: " + ", ".join(map(str, done)))
+
+
+def corpus_record(corpus: Path) -> dict[str, Any]:
+    """The ``corpus.json`` of a folder written by the corpus command."""
+    if not (corpus / CORPUS_FILE).is_file():
+        raise ValueError(f"{corpus} is not a corpus folder (no {CORPUS_FILE}); build it with the corpus command")
+    return json.loads((corpus / CORPUS_FILE).read_text(encoding="utf-8"))
+
+
+def speed_command(args: argparse.Namespace) -> None:
+    """Measure each configuration's training speed alone on the device (``OUT/<config>.speed.json``)."""
+    corpus_record(args.corpus)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.configs:
+        speed_one(args, name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -642,6 +737,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_corpus(build_corpus(args.out, args.packages, args.held_out, args.max_mb, args.force), args.out)
         elif args.command == "run":
             run_command(args)
+        elif args.command == "speed":
+            speed_command(args)
         else:
             print(report(args.out))
             print(f"written: {args.out / 'report.md'}, {args.out / 'frontier.png'}")

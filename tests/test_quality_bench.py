@@ -65,6 +65,15 @@ def test_configurations_differ_only_where_named(bench) -> None:
         bench.model_config("125m-nope", 259)
 
 
+def test_steady_speed_skips_warm_up(bench) -> None:
+    """Tokens/s between the logged step at a quarter of the run and the last: a slow first step is left out."""
+    log = [{"loss": 1.0, "step": s, "num_input_tokens_seen": 100 * s, "train_runtime": 10.0 + 0.5 * s} for s in range(1, 9)]
+    log.append({"step": 8, "num_input_tokens_seen": 800, "train_runtime": 15.0, "train_loss": 1.0})  # the summary
+    assert bench.steady_tokens_per_second(log) == pytest.approx(200.0)
+    with pytest.raises(ValueError, match="fewer than two steps"):
+        bench.steady_tokens_per_second(log[:1])
+
+
 def test_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the training subprocesses; the test machine is small and shared
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
@@ -148,6 +157,19 @@ def test_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert bench.main(["run", str(corpus), str(out), "--configs", "tiny-swa", "--steps", "4", *common]) == 1
     assert "holds results measured on another corpus" in capsys.readouterr().err
     (out / "elsewhere.tokens.json").unlink()
+
+    # a run that shared the device has no speed of its own until the speed command measures it alone
+    assert bench.main(["run", str(corpus), str(out), "--configs", "tiny-swa", "--steps", "4", *common,
+                       "--recall-tasks", "--shared-gpu"]) == 0
+    assert capsys.readouterr().out.rstrip().splitlines()[-3].endswith("| - |")
+    shared = json.loads((out / "tiny-swa.tokens.json").read_text())
+    assert shared["train"]["shared_gpu"] is True and bench.throughput(out, shared) is None
+    assert bench.main(["speed", str(corpus), str(out), "--configs", "tiny-swa", "--seq-len", "32", "--batch-size", "2",
+                       "--steps", "8", "--logging-steps", "1"]) == 0
+    measured = json.loads((out / "tiny-swa.speed.json").read_text())
+    assert measured["steps"] == 8 and measured["tokens_per_second"] > 0
+    assert bench.throughput(out, shared) == measured["tokens_per_second"]
+    assert not (out / "runs" / "tiny-swa.speed" / "model").exists()
 
     assert bench.main(["report", str(out)]) == 0
     text = capsys.readouterr().out
