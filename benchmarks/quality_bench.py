@@ -5,7 +5,7 @@ Four subcommands:
 
     python benchmarks/quality_bench.py corpus OUT [--packages torch transformers ...] [--held-out sklearn] [--max-mb N]
     python benchmarks/quality_bench.py run CORPUS OUT --configs NAME [NAME ...] --steps N --seq-len L --batch-size B
-                                       [--budget tokens|seconds --seconds S] [--precision bf16] [--shared-gpu]
+                                       [--budget tokens|seconds --seconds S] [--precision bf16]
     python benchmarks/quality_bench.py speed CORPUS OUT --configs NAME [NAME ...] --seq-len L --batch-size B [--steps N]
     python benchmarks/quality_bench.py report OUT
 
@@ -23,16 +23,16 @@ through the project's lm-eval harness. One JSON per configuration and budget, wr
 several calls fill one results folder. ``--budget seconds`` trains each configuration for as many steps as
 fit in ``--seconds`` at its own speed, measured by its equal-token run in the same folder.
 
-Several ``run`` calls may share one GPU to save time (``--shared-gpu``); their speed is then not their own, and
-``speed`` measures it instead: a short ``phalanx train`` of the same shape with the device to itself
-(``OUT/<config>.speed.json``, which the tables, the plot and ``--budget seconds`` prefer over a run's own figure).
+``speed`` measures a configuration's training tokens/s with a short ``phalanx train`` of the same shape
+(``OUT/<config>.speed.json``, which the tables, the plot and ``--budget seconds`` prefer over a run's own
+figure): for a configuration trained elsewhere, or measured again next to a new one.
 
 ``report`` prints markdown tables at equal tokens and at equal wall-clock time and plots held-out
 bits/byte against training tokens/s (``OUT/report.md``, ``OUT/frontier.png``).
 
 On the GPU machine (after ``source benchmarks/gpu_env.sh``; carry ``.whl`` for lm-eval) a command runs at
-most 10 minutes: build the corpus once per machine, then one 125M configuration per command, or three at once
-with ``--shared-gpu`` followed by their ``speed`` (``benchmarks/gpu_quality_batch.sh`` does exactly that):
+most 10 minutes: build the corpus once per machine, then at most two 125M configurations per command, one
+after the other (three trained at once on one H200 were no faster than in turn: none finished in 500 s):
 
     [ -f /tmp/qb_corpus/corpus.json ] || python3 benchmarks/quality_bench.py corpus /tmp/qb_corpus
     python3 benchmarks/quality_bench.py run /tmp/qb_corpus RESULTS --configs 125m-phalanx \
@@ -102,6 +102,9 @@ RECIPES: dict[str, Recipe] = {
         "swa", "Phalanx, sliding-512, Phalanx, full; per-head output RMSNorm",
         {"sliding_window": 512, "phalanx_output_norm": True}, cycle=(PHALANX, SLIDING, PHALANX, FULL),
     ),
+    # Control: layers that mix nothing (attention to the token itself only) in place of the Phalanx layers of
+    # phalanx-full1to1, to tell a mixer that hurts from one that adds nothing beyond the full-attention layers.
+    "selfonly-full1to1": Recipe("swa", "1 self-only (sliding window 1) : 1 full", {"sliding_window": 1}, cycle=(SLIDING, FULL)),
     "phalanx-b64w4-outnorm": Recipe(
         "phalanx", "3 Phalanx : 1 full, SWR window 4 blocks of 64, per-head output RMSNorm",
         {"swr_block_len": 64, "swr_window_blocks": 4, "phalanx_output_norm": True},
@@ -281,15 +284,15 @@ def speed_path(out: Path, name: str) -> Path:
     return out / f"{name}.speed.json"
 
 
-def throughput(out: Path, r: dict[str, Any]) -> float | None:
-    """Training tokens/s of result ``r``: from its exclusive speed run when there is one of the same shape, else
-    its own run's unless that run shared the GPU (then None: its speed was not its own)."""
+def throughput(out: Path, r: dict[str, Any]) -> float:
+    """Training tokens/s of result ``r``: from the configuration's speed run when there is one of the same shape,
+    else its own run's."""
     path = speed_path(out, r["config"])
     if path.is_file():
         speed = json.loads(path.read_text(encoding="utf-8"))
         if (speed["seq_len"], speed["batch_size"]) == (r["seq_len"], r["batch_size"]):
             return speed["tokens_per_second"]
-    return None if r["train"].get("shared_gpu") else r["train"]["tokens_per_second"]
+    return r["train"]["tokens_per_second"]
 
 
 def steps_for_seconds(out: Path, name: str, seconds: float, seq_len: int, batch_size: int) -> int:
@@ -302,10 +305,7 @@ def steps_for_seconds(out: Path, name: str, seconds: float, seq_len: int, batch_
     if (measured["seq_len"], measured["batch_size"]) != (seq_len, batch_size):
         raise ValueError(f"{source} was measured at seq_len {measured['seq_len']}, batch {measured['batch_size']}; "
                          f"run with those or measure this shape first")
-    speed = throughput(out, measured)
-    if speed is None:
-        raise ValueError(f"{source} shared the GPU and {speed_path(out, name)} is missing: run the speed command first")
-    return max(1, int(seconds * speed / (seq_len * batch_size)))
+    return max(1, int(seconds * throughput(out, measured) / (seq_len * batch_size)))
 
 
 def text_sample(folder: Path, max_mb: float, spread: bool) -> tuple[list[str], int]:
@@ -471,7 +471,6 @@ def run_one(args: argparse.Namespace, name: str) -> Path | None:
         "train_command": cmd,
         "train": {
             "tokens_per_second": steady_tokens_per_second(state.log_history),
-            "shared_gpu": args.shared_gpu,
             "wall_seconds": wall,
             "first_loss": first_loss,
             "final_loss": final_loss,
@@ -506,14 +505,14 @@ def environment(device: str) -> dict[str, str]:
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(), "gpu": gpu, **versions}
 
 
-def summary_row(r: dict[str, Any], tokens_per_second: float | None) -> list[str]:
+def summary_row(r: dict[str, Any], tokens_per_second: float) -> list[str]:
     """One row of the run table printed after ``run`` (and of the report); the speed from :func:`throughput`."""
     buckets = " / ".join(fmt(b["bits_per_byte"]) for b in r["heldout"]["buckets"])
     rec = r["recall"].get("families", {})
     acc = " / ".join(fmt(rec[f]["mean_acc"], 2) if f in rec else "-" for f in DEFAULT_RECALL_TASKS)
     return [r["config"], f"{r['parameters'] / 1e6:.1f}M", str(r["steps"]), f"{r['tokens']:,}",
             fmt(r["train"]["final_loss"]), fmt(r["train_sample"]["bits_per_byte"]), fmt(r["heldout"]["bits_per_byte"]),
-            buckets, acc, "-" if tokens_per_second is None else f"{tokens_per_second:,.0f}"]
+            buckets, acc, f"{tokens_per_second:,.0f}"]
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -558,7 +557,7 @@ def recall_table(results: Sequence[dict[str, Any]], family: str) -> str | None:
 
 
 def plot_frontier(out: Path, tokens: Sequence[dict[str, Any]], clock: Sequence[dict[str, Any]], title: str) -> Path:
-    """Held-out bits/byte against training tokens/s, one point per result with a known speed; ``out/frontier.png``."""
+    """Held-out bits/byte against training tokens/s, one point per result; ``out/frontier.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -566,7 +565,6 @@ def plot_frontier(out: Path, tokens: Sequence[dict[str, Any]], clock: Sequence[d
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for results, marker, label in ((tokens, "o", "equal tokens"), (clock, "s", "equal wall-clock")):
-        results = [r for r in results if throughput(out, r) is not None]
         if not results:
             continue
         xs = [throughput(out, r) for r in results]
@@ -671,8 +669,6 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--budget", choices=("tokens", "seconds"), default="tokens",
                    help="tokens: --steps for all; seconds: the steps each configuration trains in --seconds")
     r.add_argument("--seconds", type=positive_float, help="training seconds per configuration (--budget seconds)")
-    r.add_argument("--shared-gpu", action="store_true",
-                   help="other runs share the device: the speed column then comes from the speed command")
     r.add_argument("--eval-mb", type=positive_float, default=4.0, help="megabytes scored per split (default: %(default)s)")
     r.add_argument("--eval-batch-size", type=positive_int, default=8)
     r.add_argument("--bucket-edge", type=positive_int, help="first position of the far bucket (default: seq_len / 8)")
