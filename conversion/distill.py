@@ -309,6 +309,8 @@ def stage_arguments(stage: int, config: StageConfig, options: DistillOptions, ou
     if options.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device here; use --device cpu")
     cpu = options.device == "cpu" or (launched_processes() > 1 and not torch.cuda.is_available())
+    if cpu and options.precision == "bf16":
+        raise ValueError("--precision bf16 needs --device cuda (on the CPU distillation runs in fp32)")
     check_report_to(options.report_to)
     warmup = config.warmup_steps if config.warmup_steps is not None else max(1, config.steps // 20)
     return TrainingArguments(

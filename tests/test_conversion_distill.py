@@ -115,17 +115,23 @@ def test_two_stage_run_resumes_exactly(pair: tuple[Path, Path], full_run: tuple[
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(".mixer." in k for k in changed)
 
-    # Interrupt stage 2 after its first step: keep only the step-1 checkpoint, then run again.
-    resumed = tmp_path / "resumed"
-    shutil.copytree(full, resumed)
-    shutil.rmtree(resumed / "stage2")
-    shutil.rmtree(resumed / "checkpoints" / "stage2" / "checkpoint-2")
-    state = json.loads((resumed / "metrics.json").read_text())
-    (resumed / "metrics.json").write_text(json.dumps({k: v for k, v in state.items() if "stage2" not in k}))
-    again = distill(teacher, student, resumed, [TRAIN], [HELD_OUT], OPTIONS)
-    a, b = weights(full / "stage2"), weights(resumed / "stage2")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert again["final_losses_stage2"] == metrics["final_losses_stage2"]
+    # Interrupt stage 2 after its first step (keep only its step-1 checkpoint), or stage 1 after its second
+    # (the trained module is then the mixers alone), and run again.
+    for stage, cut, later in (("stage2", "checkpoint-2", []), ("stage1", "checkpoint-3", ["stage2"])):
+        resumed = tmp_path / f"resumed-{stage}"
+        shutil.copytree(full, resumed)
+        for folder in (stage, *later):
+            shutil.rmtree(resumed / folder)
+        shutil.rmtree(resumed / "checkpoints" / stage / cut)
+        for folder in later:
+            shutil.rmtree(resumed / "checkpoints" / folder)
+        state = json.loads((resumed / "metrics.json").read_text())
+        kept = {k: v for k, v in state.items() if not any(f in k for f in (stage, *later))}
+        (resumed / "metrics.json").write_text(json.dumps(kept))
+        again = distill(teacher, student, resumed, [TRAIN], [HELD_OUT], OPTIONS)
+        a, b = weights(full / "stage2"), weights(resumed / "stage2")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stage
+        assert again[f"final_losses_{stage}"] == metrics[f"final_losses_{stage}"]
 
 
 def test_gradient_accumulation_equals_the_larger_batch(pair: tuple[Path, Path], tmp_path: Path) -> None:
@@ -208,6 +214,11 @@ def test_cli_runs_and_refuses_to_mix_runs(
     assert "Traceback" not in err
     assert re.fullmatch(r"phalanx distill: error: stage 1 loss is \S+ at step \d+: training diverged; lower "
                         r"--stage1-lr, or --resume from the last checkpoint", err.strip().splitlines()[-1])
+    for option, message in ((["--report-to", "nonsense"], "--report-to nonsense: unknown integration"),
+                            (["--precision", "bf16"], "--precision bf16 needs --device cuda")):
+        assert phalanx_main(["distill", str(pair[0]), str(pair[1]), "--out", str(tmp_path / "bad"), *small, *option]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and not (tmp_path / "bad").exists()
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.json").write_text("{}")
