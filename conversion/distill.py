@@ -344,22 +344,19 @@ def stage_arguments(stage: int, config: StageConfig, options: DistillOptions, ou
 def run_stage(
     stage: int,
     config: StageConfig,
+    args: TrainingArguments,
     student: PreTrainedModel,
     teacher: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     data: Sequence[str | os.PathLike],
-    out: Path,
-    options: DistillOptions,
 ) -> DistillTrainer:
-    """Train one stage (resuming from its latest complete checkpoint in `out/checkpoints/stage{stage}`); returns
-    the trainer (its state holds the logged history)."""
+    """Train one stage with `args` (:func:`stage_arguments`), resuming from the latest complete checkpoint in
+    its output folder; returns the trainer (its state holds the logged history)."""
     layers = converted_layers(student, teacher)
     train_others = stage == 2 and config.other_lr > 0
     for name, p in student.named_parameters():
         p.requires_grad_(bool(MIXER_PARAMETER.search(name)) or train_others)
     model = ConvertedMixers(student, layers) if stage == 1 else student
-    output_dir = out / "checkpoints" / f"stage{stage}"
-    args = stage_arguments(stage, config, options, output_dir)
     trainer = DistillTrainer(
         model=model,
         args=args,
@@ -373,7 +370,7 @@ def run_stage(
     progress = _StageProgress(f"distill stage {stage}")
     trainer.add_callback(progress)
     try:
-        trainer.train(resume_from_checkpoint=latest_checkpoint(output_dir))
+        trainer.train(resume_from_checkpoint=latest_checkpoint(args.output_dir))
     finally:
         trainer.remove_tap()
         if progress.training_bar is not None:  # a stage that failed: its bar ends before the error line
@@ -397,12 +394,17 @@ def distill(
     process runs this; the first one evaluates and writes.
     """
     out = Path(out)
-    stages = [(s, c) for s, c in ((1, options.stage1), (2, options.stage2)) if c is not None and c.steps > 0]
+    stages = ((1, options.stage1), (2, options.stage2))
     # Every option is checked, and the processes of a launched run join one group, before any work.
-    checked = [stage_arguments(stage, config, options, out / "checkpoints" / f"stage{stage}") for stage, config in stages]
-    device = checked[0].device if checked else torch.device(options.device)
+    arguments = {
+        stage: stage_arguments(stage, config, options, out / "checkpoints" / f"stage{stage}")
+        for stage, config in stages
+        if config is not None and config.steps > 0
+    }
+    first = next(iter(arguments.values()), None)
+    device = first.device if first is not None else torch.device(options.device)
     state = PartialState()
-    bf16 = bool(checked) and checked[0].bf16
+    bf16 = first is not None and first.bf16
     dtype = torch.bfloat16 if bf16 else torch.float32
     # Never a folder's own code: converted students are Phalanx, teachers a supported Transformers family.
     teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=dtype, trust_remote_code=False)
@@ -448,11 +450,13 @@ def distill(
     source = Path(student_path)
     for stage, config in stages:
         final = out / f"stage{stage}"
-        if (final / "config.json").is_file():
+        if (final / "config.json").is_file():  # done in an earlier run, e.g. stage 1 before a stage-2-only run
             source = final
             continue
+        if stage not in arguments:
+            continue
         student = load(source)
-        trainer = run_stage(stage, config, student, teacher, tokenizer, data, out, options)
+        trainer = run_stage(stage, config, arguments[stage], student, teacher, tokenizer, data)
         history = trainer.state.log_history
         parts = [k for h in history if "loss" in h for k in h if k.startswith("layer") or k in ("kl", "ce")]
         curves = list(dict.fromkeys(parts))
