@@ -459,7 +459,9 @@ def test_convert_refuses_nan_weights(source: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["convert", "--analyze", "missing-folder", "--data", "x"], "missing-folder is not a local checkpoint folder"),
+        (["convert", "--analyze", "missing-folder", "--data", "x"],  # a name that could be a Hub id: the cache is searched
+         "missing-folder is not a local folder, and not in the local Hugging Face cache"),
+        (["convert", "--analyze", "./missing-folder", "--data", "x"], "missing-folder is not a local checkpoint folder"),
         (["generate", "FOLDER", "--prompt", "x", "--device", "cuda"], "CUDA is not available"),
         (["eval", "FOLDER", "--device", "cuda"], "CUDA is not available"),
     ],
