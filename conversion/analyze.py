@@ -3,12 +3,14 @@
 A Phalanx mixer with block length BL and W window blocks sees the last BL*(W-1)+1 .. BL*W tokens
 (17-32 at 16 x 2). For every sliding-window layer this measures, on real text, the share of attention
 probability on keys more than d tokens back (d = 16, 32, 128): layers with little mass beyond the
-Phalanx window convert cheaply; the rest are candidates for a wider window or for staying SWA.
+Phalanx window convert cheaply; the rest are candidates for a wider window or for staying SWA, and
+`phalanx convert --layers lowest-mass:K` converts the K layers with the least mass beyond the Phalanx window.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +19,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from phalanx_training.data import read_texts
 
+from .checkpoint import resolve_checkpoint
 from .families import sliding_layers
 
 DISTANCES = (16, 32, 128)
+LOWEST_MASS = re.compile(r"lowest-mass:(\d+)")  # --layers rule: the K SWA layers with the least mass beyond the window
 
 
 @dataclass
@@ -63,11 +67,13 @@ def analyze_checkpoint(
     device: str | None = None,
     distances: tuple[int, ...] = DISTANCES,
 ) -> list[LayerMass]:
-    """Attention mass beyond each distance for every SWA layer of checkpoint `src` on text `data`."""
+    """Attention mass beyond each distance for every SWA layer of checkpoint `src` (a folder, or a Hub id in the
+    local cache) on text `data`."""
     if seq_len <= max(distances) + 1:
         raise ValueError(
             f"seq_len={seq_len} must exceed {max(distances) + 1} to measure mass beyond {max(distances)} tokens"
         )
+    src = resolve_checkpoint(src)
     if not (Path(src) / "config.json").is_file():
         raise FileNotFoundError(f"{src} is not a local checkpoint folder (no config.json there); --analyze reads one")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -94,6 +100,25 @@ def analyze_checkpoint(
             for d, s in attention_mass_beyond(attentions[i], distances).items():
                 totals[i][d] += s
     return [LayerMass(i, {d: float(s[0] / s[1]) for d, s in totals[i].items()}) for i in layers]
+
+
+def lowest_mass_count(layers: str) -> int | None:
+    """K of a ``--layers lowest-mass:K`` rule, or None when ``layers`` is not that rule."""
+    match = LOWEST_MASS.fullmatch(layers.strip().lower())
+    if match is None:
+        return None
+    if int(match.group(1)) < 1:
+        raise ValueError(f"--layers {layers}: K must be at least 1")
+    return int(match.group(1))
+
+
+def lowest_mass_layers(results: list[LayerMass], k: int, distance: int) -> list[int]:
+    """The ``k`` layers of ``results`` with the least attention mass beyond ``distance`` tokens (ties: the lower
+    index), sorted by index."""
+    if k > len(results):
+        raise ValueError(f"--layers lowest-mass:{k}: the checkpoint has only {len(results)} SWA layers")
+    ranked = sorted(results, key=lambda r: (r.beyond[distance], r.layer))
+    return sorted(r.layer for r in ranked[:k])
 
 
 def format_table(results: list[LayerMass], window: int | None = None) -> str:

@@ -1,5 +1,6 @@
-"""Read-only access to a Transformers checkpoint folder: safetensors validation and loading, and the files
-that travel with a model (tokenizer, chat template, generation config).
+"""Read-only access to a Transformers checkpoint folder: where it is (a local folder or a Hub id in the local
+Hugging Face cache), safetensors validation and loading, and the files that travel with a model (tokenizer,
+chat template, generation config).
 
 Every check runs before anything is written, so a corrupt or truncated source leaves no output behind
 (outputs are written by :mod:`phalanx_training.folders`).
@@ -10,12 +11,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
+HUB_ID = re.compile(r"[\w][\w.-]*(/[\w][\w.-]*)?")  # `name` or `org/name`
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
@@ -51,6 +54,27 @@ CARRIED_PATTERNS = (
     "additional_chat_templates/*",
     "generation_config.json",
 )
+
+
+def resolve_checkpoint(src: str | os.PathLike) -> Path:
+    """The checkpoint folder ``src`` names: a path (any ``os.PathLike``, or a string naming an existing path or
+    written as one, ``./name``), else a Hub id (``org/name``) resolved in the local Hugging Face cache
+    (``HF_HUB_CACHE``). Never downloads: a Hub id that is not cached is an error."""
+    path = Path(src)
+    if not isinstance(src, str) or path.exists() or not HUB_ID.fullmatch(src):
+        return path
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(src), local_files_only=True))
+    except LocalEntryNotFoundError:
+        where = f"{src} is not a local folder, and not in the local Hugging Face cache ({constants.HF_HUB_CACHE})"
+        if constants.HF_HUB_OFFLINE:
+            raise FileNotFoundError(f"{where}, and the machine is offline (HF_HUB_OFFLINE): download it where there is "
+                                    f"network (hf download {src}) or pass a checkpoint folder") from None
+        raise FileNotFoundError(f"{where}; phalanx never downloads: fetch it first (hf download {src}) or pass a "
+                                "checkpoint folder") from None
 
 
 def _read_header(path: Path) -> dict[str, dict]:

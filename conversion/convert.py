@@ -25,7 +25,7 @@ from phalanx_training.checks import check_finite_weights
 from phalanx_training.folders import check_output, output_folder
 
 from . import CONVERSION_RECORD
-from .checkpoint import carried_files, load_tensors, weight_files
+from .checkpoint import carried_files, load_tensors, resolve_checkpoint, weight_files
 from .families import family_for, get_family, phalanx_config_kwargs, resolve_layers
 from .init import DEFAULT_INIT, warm_start_mixer
 
@@ -155,7 +155,7 @@ def convert_checkpoint(
     max_shard_size: str | int = "5GB",
     seed: int = 0,
 ) -> ConversionResult:
-    """Convert checkpoint folder `src` into a `PhalanxForCausalLM` folder `out`.
+    """Convert checkpoint `src` (a folder, or a Hub id in the local cache) into a `PhalanxForCausalLM` folder `out`.
 
     `layers`: "sliding" (every SWA layer), "none", or layer indices (any attention layer). `dtype`:
     "auto" keeps every source tensor's dtype (converted mixers take their layer's dtype); otherwise
@@ -163,7 +163,7 @@ def convert_checkpoint(
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    src_path = Path(src)
+    src_path = resolve_checkpoint(src)
     files = weight_files(src_path)
     check_output(out, inputs=[src_path], force=force)
     source_config = read_source_config(src_path)

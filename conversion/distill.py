@@ -1,25 +1,28 @@
-"""Distil a converted Phalanx student back to its SWA teacher (`phalanx distill`).
+"""Distil a converted Phalanx student back to its SWA teacher (`phalanx distill`), on the Transformers `Trainer`.
 
 Stage 1, per-layer output matching (teacher-forced): every converted layer's mixer receives the input
 the teacher's attention received at that layer and learns to reproduce the teacher attention output
-(after `o_proj`); loss = MSE / mean square of the teacher output, averaged over layers. Only mixer
-parameters train, and all layers train in one pass because their inputs come from the teacher.
+(after `o_proj`); loss = MSE / mean square of the teacher output, per row, averaged over rows and
+layers. Only the mixers train (:class:`ConvertedMixers` is the trained module), all layers in one pass
+since their inputs come from the teacher.
 
-Stage 2, end-to-end logit distillation: forward KL(teacher || student) at temperature 1, computed in
-time chunks whose student logits are recomputed in backward (never held for the whole sequence),
-optionally plus `ce_weight` x cross-entropy; mixer parameters train at `lr`, the rest at `other_lr`
-(0 freezes them).
+Stage 2, end-to-end logit distillation: forward KL(teacher || student) at temperature 1 between the two
+models' own logits (``F.kl_div(..., log_target=True)``), in time chunks whose float32 log-probabilities
+are recomputed in backward, optionally plus `ce_weight` x the student's own cross-entropy; mixer
+parameters train at `lr`, the rest at `other_lr` (0 freezes them).
 
-Both stages sample packed rows of the training text deterministically from (seed, step), save
-checkpoints (student weights, optimizer, loss history) every `save_every` steps and resume exactly
-from the latest one. Held-out bits-per-byte is measured before and after each stage.
+Each stage is one `Trainer` run (:class:`DistillTrainer`), so it has gradient accumulation, DDP and FSDP
+under `accelerate launch` / `torchrun` (the frozen teacher on each device), bf16, `report_to`, and
+checkpoints in `out/checkpoints/stage{1,2}` that resume exactly. Held-out bits-per-byte is measured before
+and after each stage.
 """
 
 from __future__ import annotations
 
+import gc
 import json
-import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -29,22 +32,29 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from accelerate import PartialState
+from torch import nn
 from torch.utils.checkpoint import checkpoint
-from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, ProgressCallback, Trainer, TrainerControl,
+    TrainerState, TrainingArguments,
+)
 
 import modeling_phalanx  # noqa: F401  (registers the phalanx model type with the Auto classes)
+from modeling_phalanx.configuration_phalanx import PHALANX_MIXER
 from modeling_phalanx.modeling_phalanx import sequence_starts
 from phalanx_eval.bits_per_byte import score_texts
+from phalanx_training.callbacks import LabelledProgressCallback, plot_loss_curve
 from phalanx_training.checks import check_finite_weights
-from phalanx_training.data import DataSource, build_packed_dataset, read_texts
-from phalanx_training.folders import output_folder
+from phalanx_training.cli import tokens_per_second
+from phalanx_training.data import DataSource, PackedCollator, build_packed_dataset, read_texts
+from phalanx_training.folders import output_folder, write_file
+from phalanx_training.options import check_report_to, latest_checkpoint, launched_processes, use_bf16
 
 from . import CONVERSION_RECORD
-from modeling_phalanx.configuration_phalanx import PHALANX_MIXER
-
 from .families import source_layer_types
+
+MIXER_PARAMETER = re.compile(r"(^|\.)mixer\.")  # names of Phalanx mixer parameters, in the student and in ConvertedMixers
 
 
 @dataclass
@@ -53,7 +63,8 @@ class StageConfig:
 
     steps: int
     lr: float
-    batch_size: int = 8
+    batch_size: int = 8  # rows per device per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
     seq_len: int = 512
     warmup_steps: int | None = None  # None: 5% of steps
     other_lr: float = 0.0  # stage 2: lr of non-mixer parameters (0 freezes them)
@@ -63,17 +74,12 @@ class StageConfig:
     grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.seq_len < 2 or self.kl_chunk < 1:
+        if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1 or self.seq_len < 2 or self.kl_chunk < 1:
             raise ValueError(f"invalid stage settings: {self}")
         if self.lr <= 0 or self.other_lr < 0:
             raise ValueError(
                 f"learning rates must be positive (other_lr >= 0), got lr={self.lr}, other_lr={self.other_lr}"
             )
-
-    @property
-    def tokens(self) -> int:
-        """Training tokens this stage consumes."""
-        return self.steps * self.batch_size * self.seq_len
 
 
 @dataclass
@@ -84,67 +90,35 @@ class DistillOptions:
     stage2: StageConfig | None = None
     seed: int = 0
     save_every: int = 200
+    logging_steps: int = 10
     eval_seq_len: int = 512
     eval_batch_size: int = 8
     eval_max_bytes: int | None = None
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
+    precision: str = "auto"  # auto: bf16 on a GPU that supports it, else fp32
+    report_to: str = "none"
 
 
 # ----------------------------------------------------------------------------------------- helpers
 
 
-def logits_from_hidden(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """The model's logits from its final hidden states: `lm_head`, then the family's logit scale or soft cap.
+def chunked_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Mean forward KL(teacher || student) per token of (B, T, V) logits, in chunks of `chunk` time steps.
 
-    Mirrors the heads of Transformers' Gemma2/3 (final soft-capping), Cohere (logit scale) and Phalanx.
-    """
-    logits = model.lm_head(hidden)
-    scale = getattr(model.config, "logit_scale", None)
-    if scale is not None:
-        logits = logits * scale
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap is not None:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
-def chunked_kl(
-    student: PreTrainedModel,
-    teacher: PreTrainedModel,
-    student_hidden: torch.Tensor,
-    teacher_hidden: torch.Tensor,
-    chunk: int,
-    labels: torch.Tensor | None = None,
-    ce_weight: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean forward KL(teacher || student) per token (and mean CE on `labels`), in time chunks.
-
-    Each chunk's student logits are recomputed in backward (activation checkpointing), so logits for
-    the whole sequence never exist at once, let alone twice.
+    Each chunk's float32 log-probabilities are recomputed in backward (activation checkpointing), so they never
+    exist for the whole sequence at once.
     """
 
-    def piece(h_s: torch.Tensor, h_t: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        log_q = F.log_softmax(logits_from_hidden(student, h_s).float(), dim=-1)
-        with torch.no_grad():
-            log_p = F.log_softmax(logits_from_hidden(teacher, h_t).float(), dim=-1)
-        kl = (log_p.exp() * (log_p - log_q)).sum()
-        ce = (
-            F.nll_loss(log_q.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
-            if y is not None
-            else kl.new_zeros(())
-        )
-        return kl, ce
+    def piece(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        log_q = F.log_softmax(s.float(), dim=-1)
+        log_p = F.log_softmax(t.float(), dim=-1)
+        return F.kl_div(log_q, log_p, log_target=True, reduction="sum")
 
-    kl_sum = student_hidden.new_zeros((), dtype=torch.float32)
-    ce_sum = kl_sum.clone()
-    for start in range(0, student_hidden.shape[1], chunk):
+    total = student_logits.new_zeros((), dtype=torch.float32)
+    for start in range(0, student_logits.shape[1], chunk):
         sl = slice(start, start + chunk)
-        y = labels[:, sl] if labels is not None and ce_weight > 0 else None
-        kl, ce = checkpoint(piece, student_hidden[:, sl], teacher_hidden[:, sl], y, use_reentrant=False)
-        kl_sum, ce_sum = kl_sum + kl, ce_sum + ce
-    n = student_hidden.shape[0] * student_hidden.shape[1]
-    n_ce = int((labels != -100).sum()) if labels is not None and ce_weight > 0 else 1
-    return kl_sum / n, ce_sum / max(n_ce, 1)
+        total = total + checkpoint(piece, student_logits[:, sl], teacher_logits[:, sl].detach(), use_reentrant=False)
+    return total / (student_logits.shape[0] * student_logits.shape[1])
 
 
 def bits_per_byte(
@@ -168,26 +142,6 @@ def bits_per_byte(
     return result.bits_per_byte
 
 
-def _lr_at(step: int, cfg: StageConfig) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak (a factor applied to each group's lr)."""
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.steps // 20)
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, cfg.steps - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _batch_rows(step: int, batch_size: int, num_rows: int, seed: int) -> torch.Tensor:
-    """Row indices of the batch at `step`: epochs are seeded permutations, so batches depend only on step."""
-    first = step * batch_size
-    idx = torch.arange(first, first + batch_size)
-    epochs = (idx // num_rows).tolist()
-    perms = {
-        e: torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed * 1_000_003 + e)) for e in set(epochs)
-    }
-    return torch.stack([perms[e][i % num_rows] for e, i in zip(epochs, idx.tolist(), strict=True)])
-
-
 def converted_layers(student: PreTrainedModel, teacher: PreTrainedModel) -> list[int]:
     """Layers that are Phalanx mixers in the student and attention in the teacher (the pair must match)."""
     if student.config.vocab_size != teacher.config.vocab_size:
@@ -207,30 +161,45 @@ def converted_layers(student: PreTrainedModel, teacher: PreTrainedModel) -> list
     return layers
 
 
-def mixer_parameters(student: PreTrainedModel, layers: Sequence[int]) -> list[torch.nn.Parameter]:
-    """Parameters of the Phalanx mixers of `layers`."""
-    return [p for i in layers for p in student.model.layers[i].mixer.parameters()]
+class ConvertedMixers(nn.Module):
+    """The student's mixers of the converted `layers` as one module, the module stage 1 trains (its
+    parameters are the student's): `forward` maps the teacher attention's input at each layer to the
+    mixer's output."""
+
+    def __init__(self, student: PreTrainedModel, layers: Sequence[int]) -> None:
+        super().__init__()
+        self.mixer = nn.ModuleDict({str(i): student.model.layers[i].mixer for i in layers})
+
+    def forward(self, hidden: dict[str, torch.Tensor], position_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        # Packed rows: the teacher's mask restarts attention at every position-0 token; the mixer restarts its
+        # recurrence there too when given the same sequence boundaries.
+        cu_seqlens = sequence_starts(position_ids)
+        outputs = {}
+        for i, mixer in self.mixer.items():
+            out = mixer(hidden[i], position_ids=position_ids, cu_seqlens=cu_seqlens)
+            outputs[i] = out[0] if isinstance(out, tuple) else out
+        return outputs
 
 
 class _AttentionTap:
     """Forward hooks recording the input and output of the teacher attention modules of `layers`."""
 
     def __init__(self, teacher: PreTrainedModel, layers: Sequence[int]) -> None:
-        self.inputs: dict[int, torch.Tensor] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
         self.handles = []
         for i in layers:
             attn = teacher.model.layers[i].self_attn
-            self.handles.append(attn.register_forward_pre_hook(self._pre(i), with_kwargs=True))
-            self.handles.append(attn.register_forward_hook(self._post(i)))
+            self.handles.append(attn.register_forward_pre_hook(self._pre(str(i)), with_kwargs=True))
+            self.handles.append(attn.register_forward_hook(self._post(str(i))))
 
-    def _pre(self, i: int) -> Callable:
+    def _pre(self, i: str) -> Callable:
         def hook(module, args, kwargs):
             self.inputs[i] = args[0] if args else kwargs["hidden_states"]
 
         return hook
 
-    def _post(self, i: int) -> Callable:
+    def _post(self, i: str) -> Callable:
         def hook(module, args, output):
             self.outputs[i] = output[0] if isinstance(output, tuple) else output
 
@@ -241,195 +210,172 @@ class _AttentionTap:
             h.remove()
 
 
-# ------------------------------------------------------------------------------------ checkpoints
+class _StageProgress(LabelledProgressCallback):
+    """The labelled progress bar with the latest logged loss as its postfix; logs are not printed, since stdout
+    carries the run's metrics."""
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs) -> None:
+        if self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}")
 
 
-def _checkpoints(out: Path, stage: int) -> list[tuple[int, Path]]:
-    """Complete checkpoints of ``stage`` in ``out`` as (step, folder), oldest first."""
-    found = []
-    for p in (out / "checkpoints").glob(f"stage{stage}-step*"):
-        step = p.name.split("step")[-1]
-        if step.isdigit() and (p / "state.json").is_file():
-            found.append((int(step), p))
-    return sorted(found)
+# ----------------------------------------------------------------------------------------- trainer
 
 
-def _save_checkpoint(
-    out: Path, stage: int, step: int, student: PreTrainedModel, optimizer: torch.optim.Optimizer, history: list[dict]
-) -> None:
-    """Write a checkpoint atomically (``output_folder``) and keep only the latest two."""
-    final = out / "checkpoints" / f"stage{stage}-step{step:07d}"
-    with output_folder(final, force=True, create_parents=True) as tmp:
-        save_file(
-            {k: v.detach().contiguous() for k, v in student.state_dict().items() if not _is_tied_copy(student, k)},
-            tmp / "student.safetensors",
-        )
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"stage": stage, "step": step, "history": history}))
-    for _, old in _checkpoints(out, stage)[:-2]:
-        shutil.rmtree(old)
+class DistillTrainer(Trainer):
+    """A `Trainer` whose loss is stage 1's per-layer output matching or stage 2's logit KL against a frozen
+    `teacher` (moved to this process's device). Each loss is a per-micro-batch mean; its parts (stage 1's
+    `layer{i}` losses, stage 2's `kl` and `ce` when `ce_weight` > 0) are logged with it, averaged over the
+    steps since the last log and over processes."""
 
+    def __init__(self, *args: Any, teacher: PreTrainedModel, stage: int, config: StageConfig, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher.to(self.args.device)
+        self.stage, self.config = stage, config
+        self.model_accepts_loss_kwargs = False  # per-micro-batch means: the Trainer divides by the accumulation steps
+        self.parts: dict[str, list[float]] = {}
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        self.tap = _AttentionTap(teacher, [int(i) for i in unwrapped.mixer]) if stage == 1 else None
 
-def _is_tied_copy(model: PreTrainedModel, key: str) -> bool:
-    return key == "lm_head.weight" and bool(getattr(model.config, "tie_word_embeddings", False))
-
-
-def _load_checkpoint(path: Path, student: PreTrainedModel, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
-    missing, unexpected = student.load_state_dict(
-        load_file(path / "student.safetensors", device=str(next(student.parameters()).device)), strict=False
-    )
-    if unexpected or any(not _is_tied_copy(student, k) for k in missing):
-        raise ValueError(f"checkpoint {path} does not match the student (missing {missing}, unexpected {unexpected})")
-    optimizer.load_state_dict(
-        torch.load(path / "optimizer.pt", map_location=next(student.parameters()).device, weights_only=True)
-    )
-    state = json.loads((path / "state.json").read_text())
-    return state["step"], state["history"]
-
-
-def loss_curves(history: list[dict]) -> dict[str, list[float]]:
-    """One curve per quantity of the history (every key but 'step'); keys with identical values, such as
-    stage 2's 'loss' and 'kl' when the CE weight is 0, are one curve labelled 'loss = kl'."""
-    keys_of: dict[tuple[float, ...], list[str]] = {}
-    for key in [k for k in history[0] if k != "step"]:
-        keys_of.setdefault(tuple(h[key] for h in history), []).append(key)
-    return {" = ".join(keys): list(values) for values, keys in keys_of.items()}
-
-
-def plot_history(history: list[dict], path: Path, title: str, ylabel: str) -> None:
-    """The history's :func:`loss_curves` against optimizer step as a PNG, log-scale y."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    steps = [h["step"] for h in history]
-    for label, values in loss_curves(history).items():
-        ax.plot(steps, values, label=label, linewidth=1.5 if "loss" in label.split(" = ") else 0.8)
-    ax.set_yscale("log")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-# ----------------------------------------------------------------------------------------- stages
-
-
-def _stage1_loss(
-    student: PreTrainedModel,
-    teacher: PreTrainedModel,
-    tap: _AttentionTap,
-    layers: Sequence[int],
-    batch: dict[str, torch.Tensor],
-    amp: dict[str, Any],
-) -> tuple[torch.Tensor, dict[str, float]]:
-    with torch.no_grad(), torch.autocast(**amp):
-        teacher.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
-    # Packed rows: the teacher's mask restarts attention at every position-0 token; the mixer restarts its
-    # recurrence there too when given the same sequence boundaries.
-    cu_seqlens = sequence_starts(batch["position_ids"])
-    losses = []
-    with torch.autocast(**amp):
-        for i in layers:
-            target = tap.outputs[i].float()
-            pred = student.model.layers[i].mixer(
-                tap.inputs[i], position_ids=batch["position_ids"], cu_seqlens=cu_seqlens
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """AdamW (betas 0.9, 0.95): mixer parameters at the stage's lr, every other trained one at `other_lr`."""
+        if self.optimizer is None:
+            named = [(n, p) for n, p in (model or self.model).named_parameters() if p.requires_grad]
+            groups = [{"params": [p for n, p in named if MIXER_PARAMETER.search(n)], "lr": self.config.lr}]
+            others = [p for n, p in named if not MIXER_PARAMETER.search(n)]
+            if others:
+                groups.append({"params": others, "lr": self.config.other_lr})
+            self.optimizer = torch.optim.AdamW(
+                groups, lr=self.config.lr, betas=(0.9, 0.95), weight_decay=self.config.weight_decay
             )
-            pred = pred[0] if isinstance(pred, tuple) else pred
-            losses.append(F.mse_loss(pred.float(), target) / target.pow(2).mean().clamp_min(1e-12))
-    per_layer = {f"layer{i}": loss.item() for i, loss in zip(layers, losses, strict=True)}
-    return torch.stack(losses).mean(), per_layer
+        return self.optimizer
+
+    def compute_loss(
+        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        loss, parts = self._stage1_loss(model, inputs) if self.stage == 1 else self._stage2_loss(model, inputs)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"stage {self.stage} loss is {loss.item()} at step {self.state.global_step + 1}: training diverged; "
+                f"lower --stage{self.stage}-lr, or --resume from the last checkpoint"
+            )
+        for key, value in parts.items():
+            self.parts.setdefault(key, []).append(value)
+        return (loss, None) if return_outputs else loss
+
+    def _stage1_loss(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        with torch.no_grad():
+            self.teacher.model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False)
+        predicted = model(hidden=self.tap.inputs, position_ids=inputs["position_ids"])
+        losses = {}
+        for i, target in self.tap.outputs.items():  # per row, so a batch split over steps or processes is the same
+            target = target.float()
+            error = (predicted[i].float() - target).pow(2).mean(dim=(1, 2))
+            losses[f"layer{i}"] = (error / target.pow(2).mean(dim=(1, 2)).clamp_min(1e-12)).mean()
+        return torch.stack(list(losses.values())).mean(), {k: v.item() for k, v in losses.items()}
+
+    def _stage2_loss(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        kwargs = {"input_ids": inputs["input_ids"], "position_ids": inputs["position_ids"], "use_cache": False}
+        with torch.no_grad():
+            teacher_logits = self.teacher(**kwargs).logits
+        with_ce = self.config.ce_weight > 0
+        outputs = model(**kwargs, labels=inputs["labels"] if with_ce else None)
+        kl = chunked_kl(outputs.logits, teacher_logits, self.config.kl_chunk)
+        if not with_ce:
+            return kl, {}
+        return kl + self.config.ce_weight * outputs.loss, {"kl": kl.item(), "ce": outputs.loss.item()}
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self.parts and "loss" in logs:  # every process logs at the same steps, so the mean over them is collective
+            means = torch.tensor([sum(v) / len(v) for v in self.parts.values()], device=self.args.device)
+            means = self.accelerator.reduce(means, reduction="mean")
+            logs = {**logs, **{k: round(float(m), 6) for k, m in zip(self.parts, means.tolist(), strict=True)}}
+            self.parts = {}
+        super().log(logs, *args, **kwargs)
+
+    def remove_tap(self) -> None:
+        if self.tap is not None:
+            self.tap.remove()
 
 
-def _stage2_loss(
-    student: PreTrainedModel,
-    teacher: PreTrainedModel,
-    cfg: StageConfig,
-    batch: dict[str, torch.Tensor],
-    amp: dict[str, Any],
-) -> tuple[torch.Tensor, dict[str, float]]:
-    kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
-    with torch.no_grad(), torch.autocast(**amp):
-        h_t = teacher.model(**kwargs).last_hidden_state
-    with torch.autocast(**amp):
-        h_s = student.model(**kwargs).last_hidden_state
-        kl, ce = chunked_kl(student, teacher, h_s, h_t, cfg.kl_chunk, batch["labels"], cfg.ce_weight)
-    loss = kl + cfg.ce_weight * ce
-    logs = {"kl": kl.item()}
-    if cfg.ce_weight > 0:
-        logs["ce"] = ce.item()
-    return loss, logs
+# ------------------------------------------------------------------------------------------ driver
+
+
+def stage_arguments(stage: int, config: StageConfig, options: DistillOptions, output_dir: Path) -> TrainingArguments:
+    """The `TrainingArguments` of one stage: linear warm-up (5% of the steps unless set), cosine decay to 10%
+    of each group's lr, checkpoints every `save_every` steps (the latest two kept)."""
+    if options.device not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda, got {options.device!r}")
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device here; use --device cpu")
+    cpu = options.device == "cpu" or (launched_processes() > 1 and not torch.cuda.is_available())
+    if cpu and options.precision == "bf16":
+        raise ValueError("--precision bf16 needs --device cuda (on the CPU distillation runs in fp32)")
+    check_report_to(options.report_to)
+    warmup = config.warmup_steps if config.warmup_steps is not None else max(1, config.steps // 20)
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        run_name=f"{output_dir.parent.parent.name} stage {stage}",
+        max_steps=config.steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.grad_clip,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": 0.1},
+        warmup_steps=warmup,
+        seed=options.seed,
+        data_seed=options.seed + 7919 * stage,
+        save_strategy="steps",
+        save_steps=options.save_every,
+        save_total_limit=2,
+        logging_steps=min(options.logging_steps, config.steps),  # a short stage still logs its loss once
+        report_to=options.report_to,
+        bf16=not cpu and use_bf16(options.precision),
+        use_cpu=cpu,
+        include_num_input_tokens_seen=True,
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
+        dataloader_pin_memory=not cpu,
+    )
 
 
 def run_stage(
     stage: int,
-    cfg: StageConfig,
+    config: StageConfig,
+    args: TrainingArguments,
     student: PreTrainedModel,
     teacher: PreTrainedModel,
-    rows: dict[str, torch.Tensor],
-    out: Path,
-    options: DistillOptions,
-) -> list[dict]:
-    """Train one stage (resuming from its latest checkpoint in `out`); returns the loss history."""
+    tokenizer: PreTrainedTokenizerBase,
+    data: Sequence[str | os.PathLike],
+) -> DistillTrainer:
+    """Train one stage with `args` (:func:`stage_arguments`), resuming from the latest complete checkpoint in
+    its output folder; returns the trainer (its state holds the logged history)."""
     layers = converted_layers(student, teacher)
-    device = next(student.parameters()).device
-    amp = {"device_type": device.type, "dtype": torch.bfloat16, "enabled": device.type == "cuda"}
-    mixer = mixer_parameters(student, layers)
-    mixer_ids = {id(p) for p in mixer}
-    others = [p for p in student.parameters() if id(p) not in mixer_ids]
-    train_others = stage == 2 and cfg.other_lr > 0
-    for p in student.parameters():
-        p.requires_grad_(id(p) in mixer_ids or train_others)
-    groups = [{"params": mixer, "lr": cfg.lr, "base_lr": cfg.lr}]
-    if train_others:
-        groups.append({"params": others, "lr": cfg.other_lr, "base_lr": cfg.other_lr})
-    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    start, history = 0, []
-    saved = _checkpoints(out, stage)
-    if saved:
-        start, history = _load_checkpoint(saved[-1][1], student, optimizer)
-    tap = _AttentionTap(teacher, layers) if stage == 1 else None
-    student.train()
-    num_rows = rows["input_ids"].shape[0]
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"stage {stage}", dynamic_ncols=True)
+    train_others = stage == 2 and config.other_lr > 0
+    for name, p in student.named_parameters():
+        p.requires_grad_(bool(MIXER_PARAMETER.search(name)) or train_others)
+    model = ConvertedMixers(student, layers) if stage == 1 else student
+    trainer = DistillTrainer(
+        model=model,
+        args=args,
+        train_dataset=build_packed_dataset(DataSource(tuple(data)), tokenizer, config.seq_len),
+        data_collator=PackedCollator(),
+        teacher=teacher,
+        stage=stage,
+        config=config,
+    )
+    trainer.pop_callback(ProgressCallback)
+    progress = _StageProgress(f"distill stage {stage}")
+    trainer.add_callback(progress)
     try:
-        for step in bar:
-            idx = _batch_rows(step, cfg.batch_size, num_rows, options.seed + 7919 * stage)
-            batch = {k: v[idx].to(device) for k, v in rows.items()}
-            factor = _lr_at(step, cfg)
-            for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * factor
-            if stage == 1:
-                loss, logs = _stage1_loss(student, teacher, tap, layers, batch, amp)
-            else:
-                loss, logs = _stage2_loss(student, teacher, cfg, batch, amp)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"stage {stage} loss is {loss.item()} at step {step}: training diverged; lower "
-                    f"--stage{stage}-lr, or --resume from the last checkpoint"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
-            optimizer.step()
-            history.append({"step": step + 1, "loss": loss.item(), **logs})
-            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-            if (step + 1) % options.save_every == 0 or step + 1 == cfg.steps:
-                _save_checkpoint(out, stage, step + 1, student, optimizer, history)
+        trainer.train(resume_from_checkpoint=latest_checkpoint(args.output_dir))
     finally:
-        if tap is not None:
-            tap.remove()
-    for p in student.parameters():
-        p.requires_grad_(True)
-    return history
-
-
-# ------------------------------------------------------------------------------------------ driver
+        trainer.remove_tap()
+        if progress.training_bar is not None:  # a stage that failed: its bar ends before the error line
+            progress.training_bar.close()
+    return trainer
 
 
 def distill(
@@ -442,83 +388,112 @@ def distill(
 ) -> dict[str, Any]:
     """Run stage 1 and/or stage 2 and write the distilled student to `out/stage{1,2}`.
 
-    `out` holds `checkpoints/`, `metrics.json` (held-out bits-per-byte of the teacher, the student
-    before distillation and after each stage; tokens used; final per-layer stage-1 losses) and the loss
-    curves `loss_stage{1,2}.png`. Calling again with the same `out` resumes where it stopped.
+    `out` holds `checkpoints/`, `metrics.json` (held-out bits-per-byte of the teacher, the student before
+    distillation and after each stage; tokens and tokens/s of each stage; final losses) and the loss curves
+    `loss_stage{1,2}.png`. Calling again with the same `out` resumes where it stopped. Under a launcher every
+    process runs this; the first one evaluates and writes.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(options.device)
-    amp_dtype = torch.bfloat16 if device.type == "cuda" else None
-    load_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    stages = ((1, options.stage1), (2, options.stage2))
+    # Every option is checked, and the processes of a launched run join one group, before any work.
+    arguments = {
+        stage: stage_arguments(stage, config, options, out / "checkpoints" / f"stage{stage}")
+        for stage, config in stages
+        if config is not None and config.steps > 0
+    }
+    first = next(iter(arguments.values()), None)
+    device = first.device if first is not None else torch.device(options.device)
+    state = PartialState()
+    bf16 = first is not None and first.bf16
+    dtype = torch.bfloat16 if bf16 else torch.float32
     # Never a folder's own code: converted students are Phalanx, teachers a supported Transformers family.
-    teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=load_dtype, trust_remote_code=False)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=dtype, trust_remote_code=False)
     check_finite_weights(teacher.state_dict(), teacher_path)
     teacher = teacher.to(device).eval()
     teacher.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(student_path)
     eval_texts = read_texts(eval_data, exclude_held_out=False)
 
+    def load(folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=False)
+        check_finite_weights(model.state_dict(), folder)
+        return model
+
     def evaluate(model: PreTrainedModel, name: str) -> float:
         print(f"distill: held-out bits/byte of the {name}", file=sys.stderr, flush=True)  # stdout: the metrics
         return bits_per_byte(
-            model,
+            model.to(device).eval(),
             tokenizer,
             eval_texts,
             seq_len=options.eval_seq_len,
             batch_size=options.eval_batch_size,
             max_bytes=options.eval_max_bytes,
-            amp_dtype=amp_dtype,
+            amp_dtype=torch.bfloat16 if bf16 else None,
         )
 
     metrics_path = out / "metrics.json"
     metrics: dict[str, Any] = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     metrics["options"] = json.loads(json.dumps(asdict(options), default=str))
+    metrics["processes"] = state.num_processes
 
     def save_metrics() -> None:
-        metrics_path.write_text(json.dumps(metrics, indent=2))
+        write_file(metrics_path, json.dumps(metrics, indent=2) + "\n")
 
-    if "bpb_teacher" not in metrics:
-        metrics["bpb_teacher"] = evaluate(teacher, "teacher")
+    if state.is_main_process:
+        print(f"distill: {state.num_processes} process(es) on {device.type}", file=sys.stderr, flush=True)
+        if "bpb_teacher" not in metrics:
+            metrics["bpb_teacher"] = evaluate(teacher, "teacher")
+        if "bpb_student_initial" not in metrics:
+            metrics["bpb_student_initial"] = evaluate(load(student_path, dtype), "converted student (before distillation)")
         save_metrics()
+    state.wait_for_everyone()
     source = Path(student_path)
-    for stage, cfg in ((1, options.stage1), (2, options.stage2)):
-        if cfg is None or cfg.steps == 0:
-            continue
+    for stage, config in stages:
         final = out / f"stage{stage}"
-        if (final / "config.json").is_file():
+        if (final / "config.json").is_file():  # done in an earlier run, e.g. stage 1 before a stage-2-only run
             source = final
             continue
-        student = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, trust_remote_code=False)
-        check_finite_weights(student.state_dict(), source)
-        student = student.to(device)
-        if "bpb_student_initial" not in metrics:
-            metrics["bpb_student_initial"] = evaluate(student, "converted student (before distillation)")
+        if stage not in arguments:
+            continue
+        student = load(source)
+        trainer = run_stage(stage, config, arguments[stage], student, teacher, tokenizer, data)
+        history = trainer.state.log_history
+        parts = [k for h in history if "loss" in h for k in h if k.startswith("layer") or k in ("kl", "ce")]
+        curves = list(dict.fromkeys(parts))
+        state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if stage == 2 else None  # FSDP: gathered
+        if state.is_main_process:
+            record = Path(student_path) / CONVERSION_RECORD
+            with output_folder(final, inputs=[teacher_path, student_path], force=True) as tmp:
+                student.save_pretrained(tmp, state_dict=state_dict)
+                tokenizer.save_pretrained(tmp)
+                if record.is_file():  # the conversion record travels on, so an export keeps its provenance
+                    shutil.copy2(record, tmp / CONVERSION_RECORD)
+            plot_loss_curve(
+                history,
+                out / f"loss_stage{stage}.png",
+                f"distill stage {stage} ({'per-layer output MSE' if stage == 1 else 'logit KL'}): student "
+                f"{student_path}, teacher {teacher_path}\nrun: {out}",
+                curves=curves,
+                ylabel="layer-output MSE / teacher output mean square" if stage == 1 else "nats / token",
+                log_scale=True,
+            )
+            metrics[f"tokens_stage{stage}"] = (
+                config.steps * config.batch_size * config.grad_accum * state.num_processes * config.seq_len
+            )
+            metrics[f"tokens_per_second_stage{stage}"] = tokens_per_second(trainer.state)
+            metrics[f"final_losses_stage{stage}"] = _tail_mean(history, ["loss", *curves])
+        del trainer, student, state_dict  # the trained model and optimizer leave memory before the evaluation
+        gc.collect()
+        if state.is_main_process:
+            metrics[f"bpb_after_stage{stage}"] = evaluate(load(final, dtype), f"student after stage {stage}")
             save_metrics()
-        rows = build_packed_dataset(DataSource(tuple(data)), tokenizer, cfg.seq_len).packed
-        history = run_stage(stage, cfg, student, teacher, rows, out, options)
-        plot_history(
-            history,
-            out / f"loss_stage{stage}.png",
-            f"distill stage {stage} ({'per-layer output MSE' if stage == 1 else 'logit KL'}): student {student_path}, "
-            f"teacher {teacher_path}\nrun: {out}",
-            "layer-output MSE / teacher output mean square" if stage == 1 else "nats / token",
-        )
-        metrics[f"bpb_after_stage{stage}"] = evaluate(student, f"student after stage {stage}")
-        metrics[f"tokens_stage{stage}"] = cfg.tokens
-        metrics[f"final_losses_stage{stage}"] = _tail_mean(history)
-        record = Path(student_path) / CONVERSION_RECORD
-        with output_folder(final, inputs=[teacher_path, student_path], force=True) as tmp:
-            student.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            if record.is_file():  # the conversion record travels on, so an export keeps its provenance
-                shutil.copy2(record, tmp / CONVERSION_RECORD)
-        save_metrics()
+        state.wait_for_everyone()
         source = final
     return metrics
 
 
-def _tail_mean(history: list[dict], frac: float = 0.1) -> dict[str, float]:
-    """Mean of each logged value over the last `frac` of the steps."""
-    tail = history[-max(1, int(len(history) * frac)) :]
-    return {k: sum(h[k] for h in tail) / len(tail) for k in tail[0] if k != "step"}
+def _tail_mean(history: list[dict], keys: Sequence[str], frac: float = 0.1) -> dict[str, float]:
+    """Mean of each of `keys` over the last `frac` of the logged training steps."""
+    logged = [h for h in history if "loss" in h]
+    tail = logged[-max(1, int(len(logged) * frac)) :]
+    return {k: sum(h[k] for h in tail) / len(tail) for k in keys}

@@ -170,7 +170,7 @@ def resolve_layers(config: PretrainedConfig, layers: str | list[int]) -> list[in
             layers = [int(p) for p in spec.split(",") if p.strip()]
         except ValueError:
             raise ValueError(
-                f"--layers must be 'sliding', 'none' or comma-separated layer indices, got {layers!r}"
+                f"--layers must be 'sliding', 'none', 'lowest-mass:K' or comma-separated layer indices, got {layers!r}"
             ) from None
         if not layers:
             raise ValueError("--layers is empty; use 'none' to convert no layers")

@@ -459,7 +459,9 @@ def test_convert_refuses_nan_weights(source: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["convert", "--analyze", "missing-folder", "--data", "x"], "missing-folder is not a local checkpoint folder"),
+        (["convert", "--analyze", "missing-folder", "--data", "x"],  # a name that could be a Hub id: the cache is searched
+         "missing-folder is not a local folder, and not in the local Hugging Face cache"),
+        (["convert", "--analyze", "./missing-folder", "--data", "x"], "missing-folder is not a local checkpoint folder"),
         (["generate", "FOLDER", "--prompt", "x", "--device", "cuda"], "CUDA is not available"),
         (["eval", "FOLDER", "--device", "cuda"], "CUDA is not available"),
     ],
@@ -572,14 +574,17 @@ def test_triton_runs_a_huge_window_as_the_sequence_needs() -> None:
     torch.testing.assert_close(state.h.cpu().double(), ref_state, rtol=1e-5, atol=1e-5)
 
 
-def test_a_distillation_checkpoint_cut_short_is_not_listed(tmp_path: Path) -> None:
-    from phalanx_conversion.distill import _checkpoints
+def test_a_distillation_checkpoint_cut_short_is_not_taken(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from phalanx_training.options import latest_checkpoint
 
-    done, cut = tmp_path / "checkpoints" / "stage1-step0000002", tmp_path / "checkpoints" / "stage1-step0000004.tmp"
+    stage = tmp_path / "checkpoints" / "stage1"  # distill resumes each stage from the latest complete Trainer checkpoint
+    done, cut = stage / "checkpoint-2", stage / "checkpoint-4"
     for folder in (done, cut):
         folder.mkdir(parents=True)
-        (folder / "state.json").write_text("{}")
-    assert _checkpoints(tmp_path, 1) == [(2, done)]
+    (done / "trainer_state.json").write_text('{"global_step": 2}')
+    (cut / "trainer_state.json").write_text('{"global_st')  # killed while writing it
+    assert latest_checkpoint(stage) == str(done)
+    assert "skipping incomplete checkpoint" in capsys.readouterr().err
 
 
 def test_a_hub_cache_source_is_recorded_by_its_hub_id(source: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,27 +42,33 @@ def describe_model(model: nn.Module) -> str:
     return text
 
 
-def plot_loss_curve(log_history: list[dict[str, Any]], path: str | Path, title: str) -> Path:
-    """Plot training (and evaluation, when logged) loss against optimizer step and save a PNG titled ``title``."""
+def plot_loss_curve(
+    log_history: list[dict[str, Any]], path: str | Path, title: str, *, curves: Sequence[str] = (),
+    ylabel: str = "loss (nats / token)", log_scale: bool = False,
+) -> Path:
+    """Plot training (and evaluation, when logged) loss, and every other logged quantity named in ``curves`` (such
+    as distillation's per-layer losses), against optimizer step and save a PNG titled ``title``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
-    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
-    if not train and not evals:
+    series = [("loss", "train", "-"), ("eval_loss", "eval", "o--"), *((key, key, "-") for key in curves)]
+    drawn = [([(e["step"], e[key]) for e in log_history if key in e], label, style) for key, label, style in series]
+    if not drawn[0][0] and not drawn[1][0]:
         raise ValueError("no logged losses to plot (set logging_steps so that training logs at least once)")
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for points, label, style in ((train, "train", "-"), (evals, "eval", "o--")):
+    for points, label, style in drawn:
         if points:
             steps, losses = zip(*points)
-            ax.plot(steps, losses, style, label=label)
+            ax.plot(steps, losses, style, label=label, linewidth=1.5 if label in ("train", "eval") else 0.8)
+    if log_scale:
+        ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats / token)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

@@ -227,16 +227,26 @@ def resume_checkpoint(args: argparse.Namespace) -> str | None:
             raise ValueError(f"--resume: {args.resume} is incomplete (no valid {TRAINER_STATE_NAME}: the run stopped "
                              "while writing it); resume from an earlier checkpoint")
         return args.resume
+    latest = latest_checkpoint(output)
+    if latest is None:
+        raise FileNotFoundError(f"--resume: no checkpoint to resume in {args.output} (no complete {PREFIX_CHECKPOINT_DIR}-* folder)")
+    return latest
+
+
+def latest_checkpoint(folder: str | Path) -> str | None:
+    """The latest complete Trainer checkpoint (``checkpoint-N``) in ``folder``, or None; one cut short (the process
+    killed while writing it) is skipped with a note."""
+    folder = Path(folder)
     found = sorted(
         (int(p.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")), p)
-        for p in (output.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if output.is_dir() else [])
+        for p in (folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if folder.is_dir() else [])
         if p.is_dir() and p.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-").isdigit()
     )
-    for _, folder in reversed(found):
-        if complete_checkpoint(folder):
-            return str(folder)
-        print(f"phalanx: skipping incomplete checkpoint {folder} (the run stopped while writing it)", file=sys.stderr)
-    raise FileNotFoundError(f"--resume: no checkpoint to resume in {args.output} (no complete {PREFIX_CHECKPOINT_DIR}-* folder)")
+    for _, checkpoint in reversed(found):
+        if complete_checkpoint(checkpoint):
+            return str(checkpoint)
+        print(f"phalanx: skipping incomplete checkpoint {checkpoint} (the run stopped while writing it)", file=sys.stderr)
+    return None
 
 
 def check_positive(args: argparse.Namespace, *names: str) -> None:

@@ -33,8 +33,9 @@ import transformers
 from modeling_phalanx.configuration_phalanx import FULL_ATTENTION, SLIDING_ATTENTION
 from phalanx_conversion.analyze import analyze_checkpoint, format_table, plot_mass
 from phalanx_conversion.convert import convert_checkpoint
-from phalanx_conversion.distill import DistillOptions, StageConfig, bits_per_byte, distill, plot_history
+from phalanx_conversion.distill import DistillOptions, StageConfig, bits_per_byte, distill
 from phalanx_conversion.init import DEFAULT_INIT, INIT_SCHEMES
+from phalanx_training.callbacks import plot_loss_curve
 from phalanx_training.data import DataSource, build_packed_dataset, is_held_out, list_text_files
 from phalanx_training.tokenizer import load_byte_tokenizer
 
@@ -411,7 +412,8 @@ def main() -> int:
     info = train_teacher(teacher, rows, size, args.teacher_seconds, device, log, heldout, tokenizer)
     teacher.save_pretrained(teacher_dir)
     tokenizer.save_pretrained(teacher_dir)
-    plot_history(info.pop("history"), out / "teacher_loss.png", f"teacher training loss: {teacher_dir}", "nats / byte")
+    plot_loss_curve(info.pop("history"), out / "teacher_loss.png", f"teacher training loss: {teacher_dir}",
+                    ylabel="nats / byte", log_scale=True)
     results["teacher"] = {**info, "params": params, "layers": size["layers"], "window": size["window"]}
     save()
     log(f"teacher: {info['tokens'] / 1e6:.1f}M tokens in {info['seconds']:.0f}s")
