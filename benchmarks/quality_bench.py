@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Quality bench on real text (issue 15): held-out bits/byte, recall and training speed of model recipes.
 
-Four subcommands:
+Five subcommands:
 
     python benchmarks/quality_bench.py corpus OUT [--packages torch transformers ...] [--held-out sklearn] [--max-mb N]
     python benchmarks/quality_bench.py run CORPUS OUT --configs NAME [NAME ...] --steps N --seq-len L --batch-size B
                                        [--budget tokens|seconds --seconds S] [--precision bf16]
     python benchmarks/quality_bench.py speed CORPUS OUT --configs NAME [NAME ...] --seq-len L --batch-size B [--steps N]
+    python benchmarks/quality_bench.py tokenizer CORPUS [--vocab-size 8192]
     python benchmarks/quality_bench.py report OUT
 
 ``corpus`` builds a text corpus from the ``.py`` sources of installed packages, split by package: the
@@ -26,6 +27,10 @@ fit in ``--seconds`` at its own speed, measured by its equal-token run in the sa
 ``speed`` measures a configuration's training tokens/s with a short ``phalanx train`` of the same shape
 (``OUT/<config>.speed.json``, which the tables, the plot and ``--budget seconds`` prefer over a run's own
 figure): for a configuration trained elsewhere, or measured again next to a new one.
+
+``tokenizer`` learns a byte-level BPE tokenizer on the training files (``CORPUS/tokenizer-bpe<N>/``); ``run``
+and ``speed`` take it with ``--tokenizer`` (default: the byte tokenizer). Bits/byte stay comparable across
+tokenizers; one results folder holds one tokenizer's runs.
 
 ``report`` prints markdown tables at equal tokens and at equal wall-clock time and plots held-out
 bits/byte against training tokens/s (``OUT/report.md``, ``OUT/frontier.png``).
@@ -290,7 +295,8 @@ def throughput(out: Path, r: dict[str, Any]) -> float:
     path = speed_path(out, r["config"])
     if path.is_file():
         speed = json.loads(path.read_text(encoding="utf-8"))
-        if (speed["seq_len"], speed["batch_size"]) == (r["seq_len"], r["batch_size"]):
+        same_tokenizer = speed.get("tokenizer", BYTE_TOKENIZER) == r.get("tokenizer", BYTE_TOKENIZER)
+        if same_tokenizer and (speed["seq_len"], speed["batch_size"]) == (r["seq_len"], r["batch_size"]):
             return speed["tokens_per_second"]
     return r["train"]["tokens_per_second"]
 
@@ -336,7 +342,7 @@ def train_command(args: argparse.Namespace, config_path: Path, model_dir: Path, 
         "--precision", args.precision, "--logging-steps", str(args.logging_steps or max(1, steps // 50)),
         "--save-steps", str(steps), "--save-total-limit", "1", "--output", str(model_dir), "--force",
     ]
-    for option, value in (("--lr", args.lr), ("--warmup", args.warmup)):
+    for option, value in (("--lr", args.lr), ("--warmup", args.warmup), ("--tokenizer", args.tokenizer)):
         if value is not None:
             cmd += [option, str(value)]
     return cmd
@@ -374,12 +380,12 @@ def recall(args: argparse.Namespace, model_dir: Path, run_dir: Path, device: str
 def train_config(args: argparse.Namespace, name: str, run_dir: Path, steps: int) -> tuple[Any, list[str], float]:
     """Train configuration ``name`` for ``steps`` steps into ``run_dir/model`` (``run_dir`` is recreated); return its
     ``PhalanxConfig``, the ``phalanx train`` command and the wall-clock seconds it took."""
-    from phalanx_training.tokenizer import load_byte_tokenizer
+    from phalanx_training.tokenizer import load_tokenizer
 
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    config = model_config(name, len(load_byte_tokenizer()))
+    config = model_config(name, len(load_tokenizer(args.tokenizer)))
     config_path = run_dir / "config.json"
     config.to_json_file(config_path)
     cmd = train_command(args, config_path, run_dir / "model", steps)
@@ -406,7 +412,8 @@ def speed_one(args: argparse.Namespace, name: str) -> Path:
     state = TrainerState.load_from_json(str(run_dir / "model" / "trainer_state.json"))
     shutil.rmtree(run_dir / "model")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = {"config": name, "seq_len": args.seq_len, "batch_size": args.batch_size, "steps": state.global_step,
+    result = {"config": name, "tokenizer": tokenizer_record(args.tokenizer), "seq_len": args.seq_len,
+              "batch_size": args.batch_size, "steps": state.global_step,
               "tokens_per_second": steady_tokens_per_second(state.log_history), "train_command": cmd,
               "environment": environment(device)}
     path = speed_path(args.out, name)
@@ -479,6 +486,7 @@ def run_one(args: argparse.Namespace, name: str) -> Path | None:
         "bucket_edges": [0, *edges, args.seq_len],
         **scores,
         "recall": recall_result,
+        "tokenizer": tokenizer_record(args.tokenizer),
         "corpus": {"path": str(args.corpus), "held_out": corpus["held_out"], "fingerprint": corpus["fingerprint"],
                    "packages": {n: p["version"] for n, p in corpus["packages"].items()}},
         "environment": environment(device),
@@ -593,7 +601,8 @@ def budget_groups(tokens: Sequence[dict[str, Any]], clock: Sequence[dict[str, An
         title = (f"Equal wall-clock time ({r['seconds_budget']:g} s of training each at batch {r['batch_size']} x "
                  f"{r['seq_len']} tokens, steps from each configuration's own speed")
         groups.setdefault(title, []).append(r)
-    return [(f"{title}; held-out package {rows[0]['corpus']['held_out']})", rows) for title, rows in groups.items()]
+    return [(f"{title}; {rows[0].get('tokenizer', BYTE_TOKENIZER)['name']} tokenizer; held-out package "
+             f"{rows[0]['corpus']['held_out']})", rows) for title, rows in groups.items()]
 
 
 def report(out: Path) -> str:
@@ -663,6 +672,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--warmup", type=float, help="phalanx train --warmup (default: its default)")
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--logging-steps", type=positive_int, help="default: steps / 50")
+        sp.add_argument("--tokenizer", type=Path, help="tokenizer folder, e.g. from the tokenizer command (default: bytes)")
 
     r = sub.add_parser("run", help="train and score configurations")
     add_training_options(r, "optimizer steps, the same for every configuration (--budget tokens)", None)
@@ -678,6 +688,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--recall-max-length", type=positive_int, help="lm-eval max_length (default: the harness's)")
     r.add_argument("--keep-models", action="store_true", help="keep the trained weights under OUT/runs")
     r.add_argument("--force", action="store_true", help="rerun configurations whose result exists")
+
+    tk = sub.add_parser("tokenizer", help="learn a byte-level BPE tokenizer on the corpus's training files")
+    tk.add_argument("corpus", type=Path, help="folder written by the corpus command")
+    tk.add_argument("--vocab-size", type=positive_int, default=8192, help="tokens, special and byte ones included (default: %(default)s)")
+    tk.add_argument("--force", action="store_true", help="replace an existing tokenizer folder")
 
     sp = sub.add_parser("speed", help="training tokens/s of configurations, each alone on the device")
     add_training_options(sp, "steps timed; the first quarter is warm-up (default: %(default)s)", 100)
@@ -699,6 +714,9 @@ def run_command(args: argparse.Namespace) -> None:
     if args.bucket_edge is not None and args.bucket_edge >= args.seq_len:
         raise ValueError(f"--bucket-edge {args.bucket_edge} must be below --seq-len {args.seq_len}")
     tokens, clock = load_results(args.out) if args.out.is_dir() else ([], [])
+    tokenizer = tokenizer_record(args.tokenizer)
+    if any(r.get("tokenizer", BYTE_TOKENIZER) != tokenizer for r in (*tokens, *clock)):
+        raise ValueError(f"{args.out} holds results of another tokenizer than {tokenizer['name']}; use a new results folder")
     if any(r["corpus"]["fingerprint"] != fingerprint for r in (*tokens, *clock)):
         raise ValueError(f"{args.out} holds results measured on another corpus (fingerprint differs from {args.corpus}); "
                          "use a new results folder or rebuild the same corpus")
@@ -718,6 +736,37 @@ def corpus_record(corpus: Path) -> dict[str, Any]:
     return json.loads((corpus / CORPUS_FILE).read_text(encoding="utf-8"))
 
 
+BYTE_TOKENIZER = {"name": "byte"}  # what results without a tokenizer record were measured with
+
+
+def tokenizer_record(folder: Path | None) -> dict[str, Any]:
+    """What a run's tokenizer was: the byte tokenizer, or a folder's name, vocabulary size and tokenizer.json hash."""
+    if folder is None:
+        return dict(BYTE_TOKENIZER)
+    from phalanx_training.tokenizer import load_tokenizer
+
+    digest = hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest() if (folder / "tokenizer.json").is_file() else None
+    return {"name": folder.name, "vocab_size": len(load_tokenizer(folder)), "sha256": digest}
+
+
+def tokenizer_command(args: argparse.Namespace) -> Path:
+    """Learn a byte-level BPE tokenizer on the corpus's training files; write ``CORPUS/tokenizer-bpe<N>/``."""
+    from phalanx_training.data import list_text_files, read_text
+    from phalanx_training.tokenizer import train_bpe_tokenizer
+
+    corpus_record(args.corpus)
+    files = list_text_files([args.corpus / "train"], exclude_held_out=False)
+    tokenizer = train_bpe_tokenizer((read_text(p) for p in files), args.vocab_size)
+    out = args.corpus / f"tokenizer-bpe{args.vocab_size}"
+    with output_folder(out, inputs=[args.corpus / "train"], force=args.force) as staging:
+        tokenizer.save_pretrained(str(staging))
+    texts, n_bytes = text_sample(args.corpus / "heldout", 1.0, spread=False)
+    n_tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    print(f"quality_bench: {out}: {len(tokenizer)} tokens learned from {len(files)} files; "
+          f"{n_bytes / max(n_tokens, 1):.2f} bytes per token on {n_bytes / 1e6:.2f} MB of held-out text")
+    return out
+
+
 def speed_command(args: argparse.Namespace) -> None:
     """Measure each configuration's training speed alone on the device (``OUT/<config>.speed.json``)."""
     corpus_record(args.corpus)
@@ -735,6 +784,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_command(args)
         elif args.command == "speed":
             speed_command(args)
+        elif args.command == "tokenizer":
+            tokenizer_command(args)
         else:
             print(report(args.out))
             print(f"written: {args.out / 'report.md'}, {args.out / 'frontier.png'}")

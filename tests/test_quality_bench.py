@@ -65,6 +65,30 @@ def test_configurations_differ_only_where_named(bench) -> None:
         bench.model_config("125m-nope", 259)
 
 
+def test_bench_with_a_bpe_tokenizer(bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The tokenizer command learns BPE on the training files; run trains and scores with it and records it;
+    a results folder holds one tokenizer's runs."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    corpus, out = tmp_path / "corpus", tmp_path / "results"
+    assert bench.main(["corpus", str(corpus), "--packages", TRAIN_PACKAGE, "--held-out", HELD_OUT_PACKAGE]) == 0
+    assert bench.main(["tokenizer", str(corpus), "--vocab-size", "400"]) == 0
+    assert "bytes per token" in capsys.readouterr().out
+    folder = corpus / "tokenizer-bpe400"
+    assert bench.main(["tokenizer", str(corpus), "--vocab-size", "400"]) == 1  # exists: needs --force
+    capsys.readouterr()
+    common = ["--steps", "3", "--seq-len", "32", "--batch-size", "2", "--eval-mb", "0.02", "--logging-steps", "1",
+              "--recall-tasks"]
+    assert bench.main(["run", str(corpus), str(out), "--configs", "tiny-phalanx", *common, "--tokenizer", str(folder)]) == 0
+    r = json.loads((out / "tiny-phalanx.tokens.json").read_text())
+    assert r["tokenizer"]["name"] == "tokenizer-bpe400" and r["tokenizer"]["vocab_size"] == 400
+    assert json.loads((out / "runs" / "tiny-phalanx.tokens" / "config.json").read_text())["vocab_size"] == 400
+    assert 0 < r["heldout"]["bits_per_byte"] < 20 and r["tokens"] == 3 * 32 * 2
+    assert bench.main(["run", str(corpus), str(out), "--configs", "tiny-swa", *common]) == 1
+    assert "another tokenizer than byte" in capsys.readouterr().err
+    assert bench.main(["report", str(out)]) == 0
+    assert "tokenizer-bpe400 tokenizer" in capsys.readouterr().out
+
+
 def test_steady_speed_skips_warm_up(bench) -> None:
     """Tokens/s between the logged step at a quarter of the run and the last: a slow first step is left out."""
     log = [{"loss": 1.0, "step": s, "num_input_tokens_seen": 100 * s, "train_runtime": 10.0 + 0.5 * s} for s in range(1, 9)]

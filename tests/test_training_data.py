@@ -263,3 +263,26 @@ def test_streaming_on_two_processes_equals_one_with_the_same_global_batch(
     for key in ref_weights:
         torch.testing.assert_close(weights[key], ref_weights[key], atol=2e-5, rtol=1e-4)
     assert losses(out) == pytest.approx(losses(streaming_reference), rel=1e-4)
+
+
+def test_bpe_tokenizer_is_deterministic_lossless_and_keeps_the_special_ids() -> None:
+    """Learned merges shorten code; any text, including bytes never seen in training, decodes back exactly;
+    the special tokens keep the byte tokenizer's ids; the same texts give the same tokenizer."""
+    from phalanx_training.tokenizer import SPECIAL_TOKENS, load_byte_tokenizer, train_bpe_tokenizer
+
+    sources = Path(__file__).resolve().parent.parent / "modeling_phalanx"
+    texts = [path.read_text(encoding="utf-8") for path in sorted(sources.glob("*.py"))]
+    tokenizer = train_bpe_tokenizer(texts, 600)
+    assert len(tokenizer) == 600
+    assert tokenizer.get_vocab() == train_bpe_tokenizer(texts, 600).get_vocab()
+    byte = load_byte_tokenizer()
+    assert [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS.values()] == [0, 1, 2]
+    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (
+        byte.pad_token_id, byte.bos_token_id, byte.eos_token_id)
+    code = "    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:\n"
+    assert len(tokenizer(code)["input_ids"]) < len(code) / 2
+    for text in (code, "naïve ☃ 日本\r\n\t\x00?", ""):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(ids) == text
+    with pytest.raises(ValueError, match="must exceed the 259"):
+        train_bpe_tokenizer(texts, 259)
