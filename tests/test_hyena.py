@@ -164,6 +164,20 @@ def test_chunked_prefill_and_steps_equal_one_pass(layer_types: list[str]) -> Non
     torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
 
 
+def test_sequences_restarting_inside_a_continued_chunk_do_not_see_the_cache() -> None:
+    """A chunk continuing the cache in which row 0 starts a new sequence mid-chunk and row 1 starts one at its first
+    token: the continued tokens equal one full pass, the new sequences equal fresh runs of their own tokens."""
+    model = hyena_model(seed=9, layer_types=[LI, MR, SE, L, LI])
+    ids = torch.randint(3, VOCAB, (2, 15))
+    second = torch.tensor([[8, 9, 10, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        out = model(ids[:, :8], use_cache=True)
+        got = model(ids[:, 8:], position_ids=second, use_cache=True, **{CACHE_KWARG: getattr(out, CACHE_KWARG)}).logits
+        torch.testing.assert_close(got[0, :3], model(ids[:1, :11]).logits[0, 8:], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[0, 3:], model(ids[:1, 11:]).logits[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[1], model(ids[1:, 8:]).logits[0], rtol=1e-5, atol=1e-5)
+
+
 def test_cache_layers_hold_fir_windows_and_modal_state() -> None:
     """Hyena layers are Transformers `LinearAttentionLayer`s: FIR windows in `conv_states`, LI's modal state in
     `recurrent_states[0]`, tokens consumed in `recurrent_states[1]`; a decoding step leaves every shape unchanged."""
