@@ -15,8 +15,7 @@ import pytest
 import torch
 from test_model_cache import single_thread  # noqa: F401  (fixture import)
 from test_model_hub import CLEAN_PROCESS
-from transformers import DynamicCache
-from transformers.cache_utils import LinearAttentionLayer
+from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, LinearAttentionLayer
 
 from modeling_phalanx import PhalanxCache, PhalanxConfig, PhalanxForCausalLM
 from modeling_phalanx.hyena_phalanx import PhalanxHyenaMixer
@@ -295,15 +294,14 @@ def test_hub_bundle_generates_the_same_tokens_in_a_clean_process(tmp_path: Path)
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
 
 
-def test_transformers_dynamic_cache_reads_the_cache_layout() -> None:
-    """`config.cache_layer_types` is what Transformers' own `DynamicCache` needs for a Hyena model."""
+def test_caches_use_transformers_layer_kinds() -> None:
+    """`config.cache_layer_types` names Transformers' layer kinds; `PhalanxCache` builds the layers Transformers maps
+    them to; the config itself keeps the Hyena names."""
     config = hyena_config()
-    assert config.cache_layer_types == ["conv", "conv", L, L, F]
-    with pytest.raises(KeyError):
-        DynamicCache(config=config)  # Transformers knows no "hyena_*" cache layers: PhalanxCache maps them
-    assert [type(layer).__name__ for layer in PhalanxCache(config=config).layers] == [
-        "LinearAttentionLayer", "LinearAttentionLayer", "LinearAttentionLayer", "LinearAttentionLayer", "DynamicLayer"
-    ]
+    assert config.cache_layer_types == ["conv", "conv", L, L, F] and config.layer_types == [SE, MR, L, LI, F]
+    expected = [DYNAMIC_LAYER_TYPE_MAPPING[kind] for kind in config.cache_layer_types]
+    assert [type(layer) for layer in PhalanxCache(config=config).layers] == expected
+    assert expected[:4] == [LinearAttentionLayer] * 4
 
 
 @pytest.mark.parametrize(
