@@ -229,7 +229,7 @@ class PhalanxHyenaMixer(nn.Module):
         y = y.reshape(num_rows, width, seqlen)
         if not want_state:
             return y, None
-        # State after token lengths - 1: x_n = lambda_n ** lengths x0_n + sum_{s < lengths} lambda_n ** (lengths-1-s) z_s
+        # State after token L - 1 (L = lengths): x_n = lambda_n ** L x0_n + sum_{s < L} lambda_n ** (L - 1 - s) z_s
         ends = torch.full((num_rows,), seqlen, device=z.device) if lengths is None else lengths
         age = ends[:, None].to(dtype) - 1 - steps  # (N, T); negative past the row's end
         weights = torch.exp(log_lambda[None, :, :, None] * age.clamp(min=0)[:, None, None, :])
