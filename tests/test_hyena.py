@@ -20,6 +20,7 @@ from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, LinearAttention
 from modeling_phalanx import PhalanxCache, PhalanxConfig, PhalanxForCausalLM
 from modeling_phalanx.hyena_phalanx import PhalanxHyenaMixer
 from modeling_phalanx.modeling_phalanx import CACHE_KWARG, PhalanxStaticCache, sequence_starts
+from phalanx_hub.card import layer_table
 
 SE, MR, LI, F, L = "hyena_se", "hyena_mr", "hyena_li", "full_attention", "linear_attention"
 VARIANTS = (SE, MR, LI)
@@ -323,3 +324,10 @@ def test_caches_use_transformers_layer_kinds() -> None:
 def test_config_validation_messages(kwargs: dict, message: str) -> None:
     with pytest.raises((ValueError, TypeError), match=message):
         hyena_config(**kwargs)
+
+
+def test_model_card_names_the_hyena_layers() -> None:
+    table = layer_table(hyena_config())
+    assert "| 0 | Hyena-SE (short explicit filter) | 4 taps |" in table
+    assert "| 1 | Hyena-MR (medium regularized filter) | 9 taps, decay rates 0.05-0.5 per tap |" in table
+    assert "| 3 | Hyena-LI (long implicit filter) | 3 modes over the whole sequence |" in table
