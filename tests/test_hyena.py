@@ -167,16 +167,24 @@ def test_chunked_prefill_and_steps_equal_one_pass(layer_types: list[str]) -> Non
 
 def test_sequences_restarting_inside_a_continued_chunk_do_not_see_the_cache() -> None:
     """A chunk continuing the cache in which row 0 starts a new sequence mid-chunk and row 1 starts one at its first
-    token: the continued tokens equal one full pass, the new sequences equal fresh runs of their own tokens."""
+    token: the continued tokens equal one full pass, the new sequences equal fresh runs of their own tokens, and
+    single steps after the chunk continue each row's new sequence (the state of a row's last sequence is kept)."""
     model = hyena_model(seed=9, layer_types=[LI, MR, SE, L, LI])
-    ids = torch.randint(3, VOCAB, (2, 15))
+    ids = torch.randint(3, VOCAB, (2, 17))
     second = torch.tensor([[8, 9, 10, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6]])
     with torch.no_grad():
         out = model(ids[:, :8], use_cache=True)
-        got = model(ids[:, 8:], position_ids=second, use_cache=True, **{CACHE_KWARG: getattr(out, CACHE_KWARG)}).logits
+        cache = getattr(out, CACHE_KWARG)
+        got = model(ids[:, 8:15], position_ids=second, use_cache=True, **{CACHE_KWARG: cache}).logits
         torch.testing.assert_close(got[0, :3], model(ids[:1, :11]).logits[0, 8:], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(got[0, 3:], model(ids[:1, 11:]).logits[0], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(got[1], model(ids[1:, 8:]).logits[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[0, 3:], model(ids[:1, 11:15]).logits[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[1], model(ids[1:, 8:15]).logits[0], rtol=1e-5, atol=1e-5)
+        steps = [
+            model(ids[:, t : t + 1], position_ids=second[:, -1:] + t - 14, use_cache=True, **{CACHE_KWARG: cache}).logits
+            for t in (15, 16)
+        ]
+        torch.testing.assert_close(torch.cat(steps, 1)[0], model(ids[:1, 11:]).logits[0, 4:], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(torch.cat(steps, 1)[1], model(ids[1:, 8:]).logits[0, 7:], rtol=1e-5, atol=1e-5)
 
 
 def state_shapes(cache: PhalanxCache) -> list[list[tuple[int, ...] | None]]:
