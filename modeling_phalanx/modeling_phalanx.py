@@ -476,8 +476,9 @@ def create_phalanx_masks(
     position_ids: torch.Tensor | None,
 ) -> dict[str, torch.Tensor | None]:
     """The mask of each layer type: causal (full), sliding-window causal, and the 2D padding mask the mixer layers
-    (Phalanx, Hyena) zero padding with. Each attention mask is sized by a layer of its own kind (Transformers 5.17 would otherwise
-    take the first non-sliding layer, which may be a Phalanx layer, and size a static cache's mask wrongly)."""
+    (Phalanx, Hyena) zero padding with. Each attention mask is sized by a layer of its own kind (Transformers 5.17
+    would otherwise take the first non-sliding layer, which may be a mixer layer, and size a static cache's mask
+    wrongly)."""
     layer_types = config.layer_types
     mask_kwargs = {
         "config": config,
@@ -688,7 +689,8 @@ MIXER_CLASSES: dict[str, type[nn.Module]] = {
 
 
 class PhalanxDecoderLayer(GradientCheckpointingLayer):
-    """One decoder block: a token mixer (attention, or a `MIXER_CLASSES` mixer) and an MLP, with the configured norm placement.
+    """One decoder block: a token mixer (attention, or a `MIXER_CLASSES` mixer) and an MLP, with the configured norm
+    placement.
 
     pre: `x + mix(n1(x))`, then `x + mlp(n2(x))` (Llama). sandwich: `x + n2(mix(n1(x)))`, then
     `x + n4(mlp(n3(x)))` (Gemma2/3). post: `x + n2(mix(x))`, then `x + n4(mlp(x))` (Olmo3).
@@ -788,7 +790,7 @@ class PhalanxSeqLengthMixin:
 def cache_layout_config(config: PhalanxConfig) -> PhalanxConfig:
     """`config` as Transformers' caches should read it: a copy whose `layer_types` names each mixer's cache layer
     kind (`config.cache_layer_types`), or `config` itself when every layer type is already one of Transformers'."""
-    layer_types = config.get_text_config(decoder=True).cache_layer_types
+    layer_types = config.cache_layer_types
     if layer_types == config.layer_types:
         return config
     view = copy.copy(config)
