@@ -230,11 +230,15 @@ class PhalanxHyenaMixer(nn.Module):
         if not want_state:
             return y, None
         # State after token L - 1 (L = lengths): x_n = lambda_n ** L x0_n + sum_{s < L} lambda_n ** (L - 1 - s) z_s
-        ends = torch.full((num_rows,), seqlen, device=z.device) if lengths is None else lengths
-        age = ends[:, None].to(dtype) - 1 - steps  # (N, T); negative past the row's end
+        # One row of weights shared by all rows when every row ends at T (no packing), else one per row.
+        ends = torch.full((1,), seqlen, device=z.device) if lengths is None else lengths
+        age = ends[:, None].to(dtype) - 1 - steps  # (1 or N, T); negative past a row's end
         weights = torch.exp(log_lambda[None, :, :, None] * age.clamp(min=0)[:, None, None, :])
-        weights = weights * (age >= 0)[:, None, None, :]  # (N, G, modes, T)
-        new = torch.einsum("bgdt,bgnt->bgdn", zg, weights)
+        weights = weights * (age >= 0)[:, None, None, :]  # (1 or N, G, modes, T)
+        if lengths is None:
+            new = torch.einsum("bgdt,gnt->bgdn", zg, weights[0])
+        else:
+            new = torch.einsum("bgdt,bgnt->bgdn", zg, weights)
         if modal is not None:
             new = new + x0 * torch.exp(log_lambda[None, :, None, :] * ends.to(dtype).view(-1, 1, 1, 1))
         return y, new.reshape(num_rows, width, modes)
