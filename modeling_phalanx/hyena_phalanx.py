@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
+from transformers.cache_utils import Cache, LinearAttentionCacheLayerMixin
 
 from .configuration_phalanx import HYENA_LI, HYENA_MR, HYENA_SE, PhalanxConfig
 
@@ -134,7 +135,7 @@ class PhalanxHyenaMixer(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        cache=None,
+        cache: Cache | None = None,
         cu_seqlens: torch.Tensor | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
@@ -166,7 +167,9 @@ class PhalanxHyenaMixer(nn.Module):
             cache.update_recurrent_state(position_ids[:, -1].to(torch.long) + 1, self.layer_idx, state_idx=1)
         return self.out_proj(y), None
 
-    def _cached_state(self, layer, proj: torch.Tensor, batch: int) -> tuple[HyenaState | None, torch.Tensor]:
+    def _cached_state(
+        self, layer: LinearAttentionCacheLayerMixin | None, proj: torch.Tensor, batch: int
+    ) -> tuple[HyenaState | None, torch.Tensor]:
         """The cached `HyenaState` (None before the first call) and the tokens each row has consumed."""
         past = torch.zeros(batch, dtype=torch.long, device=proj.device)
         if layer is None or not layer.is_conv_states_initialized[0]:
