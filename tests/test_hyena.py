@@ -5,6 +5,7 @@ torch.compile, config validation, save / load and the Hub bundle in a clean proc
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import subprocess
@@ -112,6 +113,80 @@ def test_mixer_matches_float64_reference(variant: str) -> None:
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
+def import_vortex_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`vortex.model.engine`, or a skip when vtx is not installed. Importing vortex configures the root logger and
+    opens `activations_debug.log` in the working directory: import it from `tmp_path` and drop the handlers it added."""
+    root = logging.getLogger()
+    before = set(root.handlers)
+    monkeypatch.chdir(tmp_path)
+    engine_module = pytest.importorskip("vortex.model.engine", exc_type=ImportError)
+    for handler in set(root.handlers) - before:
+        root.removeHandler(handler)
+        handler.close()
+    return engine_module
+
+
+@pytest.mark.filterwarnings("ignore:Casting complex values to real:UserWarning")  # inside vortex's modal prefill
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_matches_vortex_operators(variant: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against the StripedHyena 2 authors' inference engine (`pip install vtx`, CPU): prefill through
+    `parallel_fir` / `parallel_iir`, then one step through `step_fir` / `step_iir` from the states our cache holds
+    (vortex keeps taps in `conv1d` order, hence the flips; it has one modal system per channel)."""
+    engine_module = import_vortex_engine(tmp_path, monkeypatch)
+    conv1d = torch.nn.functional.conv1d
+    mixer = make_mixer(variant, seed=11).float()
+    config = hyena_config(num_hidden_layers=1, layer_types=[variant])
+    x = torch.randn(2, 13, 16)
+    width, prefill = mixer.width, x.shape[1] - 1
+    with torch.no_grad():
+        cache = PhalanxCache(config=config)
+        ours = mixer(x[:, :prefill], cache=cache)[0]
+        layer = cache.layers[0]
+        inner = layer.recurrent_states[0] if variant == LI else layer.conv_states[1]
+        ours_states = [layer.conv_states[0].clone(), inner.clone()]
+        ours_step = mixer(x[:, prefill:], cache=cache)[0]
+
+        engine = engine_module.HyenaInferenceEngine()
+        params = type("InferenceParams", (), {"state_dict": {}})()
+        modes = config.hyena_li_modes
+        dims = (width, 1, width, modes, 1)
+        featurizer = mixer.featurizer.flip(-1)[:, None]
+        u = mixer.in_proj(x[:, :prefill]).transpose(1, 2)
+        feat, feat_state = engine.parallel_fir(
+            conv1d, u, featurizer, None, prefill, dims, gate=False, dim_last=False,
+            fir_length=mixer.featurizer_len, inference_params=params,
+        )
+        if variant == LI:
+            group = width // mixer.num_groups
+            residues = mixer.residues.repeat_interleave(group, 0)
+            log_poles = -torch.exp(mixer.log_rates).repeat_interleave(group, 0)[..., None]
+            t = torch.arange(prefill)[None, None]
+            h = (residues[..., None] * (log_poles * t).exp()).sum(1)[None]
+            y = engine.parallel_iir(
+                feat, h, mixer.direct, prefill, log_poles, residues, t, dims, 0, inference_params=params
+            )
+            inner_state = params.state_dict[0].real
+        else:
+            taps = mixer.explicit_filter().flip(-1)[:, None]
+            y, inner_state = engine.parallel_fir(
+                conv1d, feat, taps, None, prefill, dims, gate=True, dim_last=False,
+                fir_length=mixer.filter_len, inference_params=params,
+            )
+            y = y.transpose(1, 2)
+        torch.testing.assert_close(ours, mixer.out_proj(y), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours_states[0], feat_state, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(ours_states[1], inner_state, rtol=1e-5, atol=1e-5)
+
+        z_pre, _ = engine.step_fir(mixer.in_proj(x[:, prefill]), feat_state, weight=featurizer)
+        q, k, v = z_pre.split([width] * 3, dim=1)
+        if variant == LI:
+            y, _ = engine.step_iir(q, k, v, mixer.direct, residues, log_poles, inner_state)
+        else:
+            y, _ = engine.step_fir(k * v, inner_state, weight=taps)
+            y = y * q
+        torch.testing.assert_close(ours_step[:, 0], mixer.out_proj(y), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_packed_sequences_do_not_leak(variant: str) -> None:
     """Rows packing several sequences (position_ids restart at 0) equal each sequence run on its own."""
@@ -180,7 +255,7 @@ def test_sequences_restarting_inside_a_continued_chunk_do_not_see_the_cache() ->
         torch.testing.assert_close(got[0, 3:], model(ids[:1, 11:15]).logits[0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got[1], model(ids[1:, 8:15]).logits[0], rtol=1e-5, atol=1e-5)
         steps = [
-            model(ids[:, t : t + 1], position_ids=second[:, -1:] + t - 14, use_cache=True, **{CACHE_KWARG: cache}).logits
+            model(ids[:, t : t + 1], position_ids=second[:, -1:] + t - 14, **{CACHE_KWARG: cache}).logits
             for t in (15, 16)
         ]
         torch.testing.assert_close(torch.cat(steps, 1)[0], model(ids[:1, 11:]).logits[0, 4:], rtol=1e-5, atol=1e-5)
