@@ -211,7 +211,6 @@ class PhalanxConfig(PreTrainedConfig):
             self.hyena_filter_groups = self.hidden_size
         if self.hyena_mr_decay is None:
             self.hyena_mr_decay = [1e-4, 1e-2]
-        self.hyena_mr_decay = [float(a) for a in self.hyena_mr_decay]
         self._check_hyena()
         self._check_block_variants()
         super().__post_init__(**kwargs)
@@ -287,8 +286,12 @@ class PhalanxConfig(PreTrainedConfig):
                 f"hyena_filter_groups={self.hyena_filter_groups} must divide hidden_size={self.hidden_size}"
             )
         low_high = self.hyena_mr_decay
-        if len(low_high) != 2 or not 0.0 < low_high[0] <= low_high[1]:
-            raise ValueError(f"hyena_mr_decay must be [min, max] with 0 < min <= max, got {low_high}")
+        numbers = isinstance(low_high, (list, tuple)) and all(
+            isinstance(a, (int, float)) and not isinstance(a, bool) for a in low_high
+        )
+        if not numbers or len(low_high) != 2 or not 0.0 < low_high[0] <= low_high[1]:
+            raise ValueError(f"hyena_mr_decay must be [min, max] with 0 < min <= max, got {low_high!r}")
+        self.hyena_mr_decay = [float(a) for a in low_high]
 
     def validate_layer_type(self) -> None:
         """`layer_types` names the Phalanx layer types (Transformers' own plus the Hyena mixers) and has

@@ -401,6 +401,7 @@ def test_caches_use_transformers_layer_kinds() -> None:
         (dict(hyena_filter_groups=3), "hyena_filter_groups=3 must divide hidden_size=16"),
         (dict(hyena_li_modes=0), "hyena_li_modes must be a positive integer, got 0"),
         (dict(hyena_mr_decay=[0.5, 0.1]), r"hyena_mr_decay must be \[min, max\] with 0 < min <= max"),
+        (dict(hyena_mr_decay="ab"), r"hyena_mr_decay must be \[min, max\] with 0 < min <= max, got 'ab'"),
         (dict(layer_types=[SE, "hyena", F, F, F]), r"unknown types \['hyena'\]"),
     ],
 )
