@@ -338,12 +338,14 @@ def test_mixer_compiles_fullgraph_forward_and_backward(variant: str) -> None:
 
 
 def test_model_compiles_and_trains() -> None:
-    """A Hyena hybrid under torch.compile gives eager mode's loss, and the backward reaches every filter parameter
-    (the model-level `fullgraph=True` is not available: `sequence_starts` inspects position_ids on the host)."""
+    """A Hyena hybrid under torch.compile, on rows with packed sequences, gives eager mode's logits, and the backward
+    reaches every filter parameter (the model-level `fullgraph=True` is not available: `sequence_starts` inspects
+    position_ids on the host)."""
     model = hyena_model(seed=6).train()
     ids = torch.randint(3, VOCAB, (2, 12))
-    eager = model(ids, labels=ids)
-    compiled = torch.compile(model, backend="eager")(ids, labels=ids)
+    packed = torch.tensor([[*range(5), *range(7)], [*range(12)]])  # row 0 holds two sequences
+    eager = model(ids, position_ids=packed, labels=ids)
+    compiled = torch.compile(model, backend="eager")(ids, position_ids=packed, labels=ids)
     torch.testing.assert_close(compiled.logits, eager.logits)
     compiled.loss.backward()
     for i in (0, 1, 3):
