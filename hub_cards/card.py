@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from modeling_phalanx.configuration_phalanx import FULL_ATTENTION, PHALANX_MIXER, SLIDING_ATTENTION
+from modeling_phalanx.configuration_phalanx import (
+    FULL_ATTENTION,
+    HYENA_LI,
+    HYENA_MR,
+    HYENA_SE,
+    PHALANX_MIXER,
+    SLIDING_ATTENTION,
+)
 from phalanx_conversion import CONVERSION_RECORD
 
 if TYPE_CHECKING:
@@ -30,6 +37,9 @@ MIXER_NAMES = {
     FULL_ATTENTION: "full attention",
     SLIDING_ATTENTION: "sliding-window attention",
     PHALANX_MIXER: "Phalanx (sliding window recurrence)",
+    HYENA_SE: "Hyena-SE (short explicit filter)",
+    HYENA_MR: "Hyena-MR (medium regularized filter)",
+    HYENA_LI: "Hyena-LI (long implicit filter)",
 }
 
 
@@ -158,6 +168,7 @@ def card_data(
 def layer_table(config: PhalanxConfig) -> str:
     """Markdown table of the decoder's layers: index, mixer kind and what it sees."""
     block_len, window_blocks = config.swr_block_len, config.swr_window_blocks
+    low, high = config.hyena_mr_decay
     details = {
         FULL_ATTENTION: f"{config.num_attention_heads} heads, {config.num_key_value_heads} KV heads",
         SLIDING_ATTENTION: f"window {config.sliding_window} tokens",
@@ -165,6 +176,9 @@ def layer_table(config: PhalanxConfig) -> str:
             f"{config.phalanx_num_heads} heads of dim {config.phalanx_head_dim}, blocks of {block_len}, "
             f"{window_blocks} blocks ({(window_blocks - 1) * block_len + 1}-{window_blocks * block_len} tokens)"
         ),
+        HYENA_SE: f"{config.hyena_se_len} taps",
+        HYENA_MR: f"{config.hyena_mr_len} taps, decay rates {low:g}-{high:g} per tap",
+        HYENA_LI: f"{config.hyena_li_modes} modes over the whole sequence",
     }
     rows = ["| layer | mixer | details |", "|---:|---|---|"]
     rows += [

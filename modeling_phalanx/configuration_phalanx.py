@@ -14,7 +14,16 @@ from .swr_torch import MAX_HEAD_DIM, SUPPORTED_BLOCK_LENS
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
 PHALANX_MIXER = "linear_attention"
-PHALANX_LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION, PHALANX_MIXER)
+# Mixers from the source papers (StripedHyena 2's Hyena-SE / -MR / -LI) have their own names in `layer_types`; for
+# Transformers' caches they are the recurrent-state layer kind in CACHE_LAYER_KINDS (a `LinearAttentionLayer` holding
+# FIR windows in `conv_states` and recurrent states in `recurrent_states`). A new mixer adds a name here, an entry in
+# CACHE_LAYER_KINDS and one in `modeling_phalanx.MIXER_CLASSES`.
+HYENA_SE = "hyena_se"
+HYENA_MR = "hyena_mr"
+HYENA_LI = "hyena_li"
+HYENA_LAYER_TYPES = (HYENA_SE, HYENA_MR, HYENA_LI)
+CACHE_LAYER_KINDS = {HYENA_SE: "conv", HYENA_MR: "conv", HYENA_LI: "linear_attention"}
+PHALANX_LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION, PHALANX_MIXER, *HYENA_LAYER_TYPES)
 ATTENTION_LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION)
 NORM_TYPES = ("rms", "gemma_rms", "layer_norm")
 NORM_PLACEMENTS = ("pre", "sandwich", "post", "parallel")
@@ -23,9 +32,11 @@ QK_NORMS = (None, "head", "projection")
 SIZE_FIELDS = (
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "head_dim", "max_position_embeddings", "phalanx_head_dim", "phalanx_num_heads",
-    "phalanx_num_gate_groups", "swr_block_len", "swr_window_blocks",
+    "phalanx_num_gate_groups", "swr_block_len", "swr_window_blocks", "hyena_filter_groups", "hyena_li_modes",
 )
-OPTIONAL_SIZE_FIELDS = ("head_dim", "phalanx_num_heads", "phalanx_num_gate_groups")
+OPTIONAL_SIZE_FIELDS = ("head_dim", "phalanx_num_heads", "phalanx_num_gate_groups", "hyena_filter_groups")
+# Filter lengths of the Hyena operators: at least 2 taps, so that decoding keeps a window of past inputs.
+HYENA_LENGTH_FIELDS = ("hyena_featurizer_len", "hyena_se_len", "hyena_mr_len")
 
 
 @strict
@@ -50,6 +61,18 @@ class PhalanxConfig(PreTrainedConfig):
     phalanx_output_norm (`bool`, defaults to `False`): RMS-normalise each head's output `h * c + v` (a weight per
         channel, as GLA / RetNet normalise their heads) before `out_proj`, which bounds what the mixer writes into
         the residual stream.
+
+    Hyena mixers of StripedHyena 2 (`"hyena_se"`, `"hyena_mr"`, `"hyena_li"` in `layer_types`; docs/hyena.md):
+
+    hyena_featurizer_len (`int`, defaults to 3): taps of the short depthwise featurizer convolutions on q, k, v.
+    hyena_se_len (`int`, defaults to 7): taps of Hyena-SE's short explicit filter.
+    hyena_mr_len (`int`, defaults to 128): taps of Hyena-MR's medium explicit filter.
+    hyena_mr_decay (`list[float]`, defaults to `[1e-4, 1e-2]`): `[min, max]` of Hyena-MR's per-tap decay rates
+        `alpha` (filter `h_k = w_k * exp(-alpha * k)`), spread log-evenly over filter groups.
+    hyena_li_modes (`int`, defaults to 16): real decaying modes of Hyena-LI's long implicit filter
+        `h_k = sum_n R_n * lambda_n ** k`.
+    hyena_filter_groups (`int`, *optional*): filters per Hyena layer, each shared by `hidden_size // groups`
+        consecutive channels; defaults to `hidden_size` (one filter per channel).
 
     Decoder-block variants (all off by default = pre-norm SwiGLU with RMSNorm), used to represent converted
     checkpoints exactly:
@@ -131,6 +154,13 @@ class PhalanxConfig(PreTrainedConfig):
     phalanx_out_bias: bool = False
     phalanx_output_norm: bool = False
 
+    hyena_featurizer_len: int = 3
+    hyena_se_len: int = 7
+    hyena_mr_len: int = 128
+    hyena_mr_decay: list[float] | tuple[float, float] | None = None
+    hyena_li_modes: int = 16
+    hyena_filter_groups: int | None = None
+
     norm_type: str = "rms"
     norm_placement: str = "pre"
     qk_norm: str | None = None
@@ -177,6 +207,11 @@ class PhalanxConfig(PreTrainedConfig):
             self.phalanx_decay_init_range = [0.5, 0.95]
         self.phalanx_decay_init_range = [float(a) for a in self.phalanx_decay_init_range]
         self._check_phalanx()
+        if self.hyena_filter_groups is None:
+            self.hyena_filter_groups = self.hidden_size
+        if self.hyena_mr_decay is None:
+            self.hyena_mr_decay = [1e-4, 1e-2]
+        self._check_hyena()
         self._check_block_variants()
         super().__post_init__(**kwargs)
         self._check_rope_layout()
@@ -201,7 +236,7 @@ class PhalanxConfig(PreTrainedConfig):
             raise ValueError(f"layer_types must be a list of layer-type names, got {self.layer_types!r}")
 
     def _check_layer_types(self) -> None:
-        """Validate `layer_types` against the three supported names and `num_hidden_layers`."""
+        """Validate `layer_types` against PHALANX_LAYER_TYPES and `num_hidden_layers`."""
         unknown = sorted({t for t in self.layer_types if t not in PHALANX_LAYER_TYPES})
         if unknown:
             raise ValueError(f"layer_types contains unknown types {unknown}; allowed: {list(PHALANX_LAYER_TYPES)}")
@@ -239,6 +274,35 @@ class PhalanxConfig(PreTrainedConfig):
             raise ValueError(f"phalanx_decay_init_range must be [low, high] with 0 < low <= high < 1, got {low_high}")
         if self.phalanx_decay_cap is not None and not 0.0 < self.phalanx_decay_cap <= 1.0:
             raise ValueError(f"phalanx_decay_cap must be in (0, 1], got {self.phalanx_decay_cap}")
+
+    def _check_hyena(self) -> None:
+        """Validate the Hyena mixer fields (filter lengths, MR decay range, filter groups)."""
+        for name in HYENA_LENGTH_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+                raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
+        if self.hidden_size % self.hyena_filter_groups != 0:
+            raise ValueError(
+                f"hyena_filter_groups={self.hyena_filter_groups} must divide hidden_size={self.hidden_size}"
+            )
+        low_high = self.hyena_mr_decay
+        numbers = isinstance(low_high, (list, tuple)) and all(
+            isinstance(a, (int, float)) and not isinstance(a, bool) for a in low_high
+        )
+        if not numbers or len(low_high) != 2 or not 0.0 < low_high[0] <= low_high[1]:
+            raise ValueError(f"hyena_mr_decay must be [min, max] with 0 < min <= max, got {low_high!r}")
+        self.hyena_mr_decay = [float(a) for a in low_high]
+
+    def validate_layer_type(self) -> None:
+        """`layer_types` names the Phalanx layer types (Transformers' own plus the Hyena mixers) and has
+        `num_hidden_layers` entries; replaces Transformers' check, which knows only its own names, when saving."""
+        if self.layer_types is not None:
+            self._check_layer_types()
+
+    @property
+    def cache_layer_types(self) -> list[str]:
+        """`layer_types` with each mixer replaced by the Transformers cache layer kind it uses (CACHE_LAYER_KINDS)."""
+        return [CACHE_LAYER_KINDS.get(t, t) for t in self.layer_types]
 
     def _check_block_variants(self) -> None:
         """Validate the decoder-block variant switches."""

@@ -9,6 +9,7 @@ Phalanx state. The Phalanx mixer (DESIGN.md section 3) runs the sliding window r
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from dataclasses import fields
@@ -36,10 +37,14 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_phalanx import (
     ATTENTION_LAYER_TYPES,
     FULL_ATTENTION,
+    HYENA_LI,
+    HYENA_MR,
+    HYENA_SE,
     PHALANX_MIXER,
     SLIDING_ATTENTION,
     PhalanxConfig,
 )
+from .hyena_phalanx import PhalanxHyenaMixer
 from .swr_torch import SWRState, phalanx_core_step_torch, phalanx_core_torch, phalanx_projection_sizes
 
 
@@ -470,9 +475,10 @@ def create_phalanx_masks(
     cache: Cache | None,
     position_ids: torch.Tensor | None,
 ) -> dict[str, torch.Tensor | None]:
-    """The mask of each layer type: causal (full), sliding-window causal, and the 2D padding mask the Phalanx layers
-    zero padding with. Each attention mask is sized by a layer of its own kind (Transformers 5.17 would otherwise
-    take the first non-sliding layer, which may be a Phalanx layer, and size a static cache's mask wrongly)."""
+    """The mask of each layer type: causal (full), sliding-window causal, and the 2D padding mask the mixer layers
+    (Phalanx, Hyena) zero padding with. Each attention mask is sized by a layer of its own kind (Transformers 5.17
+    would otherwise take the first non-sliding layer, which may be a mixer layer, and size a static cache's mask
+    wrongly)."""
     layer_types = config.layer_types
     mask_kwargs = {
         "config": config,
@@ -488,8 +494,10 @@ def create_phalanx_masks(
         masks[SLIDING_ATTENTION] = create_sliding_window_causal_mask(
             **mask_kwargs, layer_idx=layer_types.index(SLIDING_ATTENTION)
         )
-    if PHALANX_MIXER in layer_types:
-        masks[PHALANX_MIXER] = create_recurrent_attention_mask(**mask_kwargs)
+    mixer_types = {t for t in layer_types if t not in ATTENTION_LAYER_TYPES}
+    if mixer_types:
+        padding_mask = create_recurrent_attention_mask(**mask_kwargs)
+        masks.update(dict.fromkeys(mixer_types, padding_mask))
     return masks
 
 
@@ -670,8 +678,19 @@ class PhalanxMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
+# Token mixers other than attention, by layer type: each is built as `cls(config, layer_idx)` and called as
+# `mixer(hidden_states, attention_mask=, position_ids=, cache=, cu_seqlens=)` returning `(output, None)`.
+MIXER_CLASSES: dict[str, type[nn.Module]] = {
+    PHALANX_MIXER: PhalanxMixer,
+    HYENA_SE: PhalanxHyenaMixer,
+    HYENA_MR: PhalanxHyenaMixer,
+    HYENA_LI: PhalanxHyenaMixer,
+}
+
+
 class PhalanxDecoderLayer(GradientCheckpointingLayer):
-    """One decoder block: a token mixer (attention or Phalanx) and an MLP, with the configured norm placement.
+    """One decoder block: a token mixer (attention, or a `MIXER_CLASSES` mixer) and an MLP, with the configured norm
+    placement.
 
     pre: `x + mix(n1(x))`, then `x + mlp(n2(x))` (Llama). sandwich: `x + n2(mix(n1(x)))`, then
     `x + n4(mlp(n3(x)))` (Gemma2/3). post: `x + n2(mix(x))`, then `x + n4(mlp(x))` (Olmo3).
@@ -686,8 +705,8 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
         super().__init__()
         self.layer_type = config.layer_types[layer_idx]
         self.placement = config.norm_placement
-        if self.layer_type == PHALANX_MIXER:
-            self.mixer = PhalanxMixer(config, layer_idx)
+        if self.layer_type in MIXER_CLASSES:
+            self.mixer = MIXER_CLASSES[self.layer_type](config, layer_idx)
         else:
             self.self_attn = PhalanxAttention(config, layer_idx)
         self.mlp = PhalanxMLP(config)
@@ -701,7 +720,7 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
             self.post_feedforward_layernorm = make_norm(config, config.hidden_size)
 
     def _mix(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
-        token_mixer = self.mixer if self.layer_type == PHALANX_MIXER else self.self_attn
+        token_mixer = self.mixer if self.layer_type in MIXER_CLASSES else self.self_attn
         output, _ = token_mixer(hidden_states, **kwargs)
         return output
 
@@ -718,7 +737,7 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
     ) -> torch.Tensor:
         # The model passes the cache under the installed release's name: gradient checkpointing drops it by that name.
         cache = resolve_cache(cache, past_key_values)
-        if self.layer_type == PHALANX_MIXER:
+        if self.layer_type in MIXER_CLASSES:
             mix_kwargs = {"position_ids": position_ids, "cu_seqlens": cu_seqlens}
         else:
             mix_kwargs = {"position_embeddings": position_embeddings}
@@ -755,8 +774,8 @@ class PhalanxSeqLengthMixin:
     """Sequence length that also works when every layer is a Phalanx layer (Transformers' `Cache.get_seq_length`
     refuses a cache made only of linear-attention layers).
 
-    Linear-attention layers keep the SWR state `h` in `recurrent_states[0]` and the tokens consumed per row in
-    `recurrent_states[1]`; without attention layers the length is read from the latter.
+    Linear-attention layers (Phalanx and Hyena) keep the tokens consumed per row in `recurrent_states[1]` (Phalanx
+    keeps its SWR state `h` in `recurrent_states[0]`); without attention layers the length is read from the former.
     """
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -768,16 +787,33 @@ class PhalanxSeqLengthMixin:
         return 0
 
 
+def cache_layout_config(config: PhalanxConfig) -> PhalanxConfig:
+    """`config` as Transformers' caches should read it: a copy whose `layer_types` names each mixer's cache layer
+    kind (`config.cache_layer_types`), or `config` itself when every layer type is already one of Transformers'."""
+    layer_types = config.cache_layer_types
+    if layer_types == config.layer_types:
+        return config
+    view = copy.copy(config)
+    view.layer_types = layer_types
+    return view
+
+
 class PhalanxCache(PhalanxSeqLengthMixin, DynamicCache):
     """`DynamicCache(config)` for Phalanx models: what `forward` and `generate` build by default."""
+
+    def __init__(self, ddp_cache_data=None, config: PhalanxConfig | None = None, **kwargs) -> None:
+        super().__init__(ddp_cache_data, config=None if config is None else cache_layout_config(config), **kwargs)
 
 
 class PhalanxStaticCache(PhalanxSeqLengthMixin, StaticCache):
     """`StaticCache(config, max_cache_len)` for Phalanx models: `generate(cache_implementation="static")`.
 
-    Attention layers get Transformers' fixed-size layers, Phalanx layers the linear-attention layer, whose
-    recurrent states are updated in place (fixed addresses), so `generate` can compile the decoding step.
+    Attention layers get Transformers' fixed-size layers, Phalanx and Hyena layers the linear-attention layer, whose
+    states are updated in place (fixed addresses), so `generate` can compile the decoding step.
     """
+
+    def __init__(self, config: PhalanxConfig, max_cache_len: int, **kwargs) -> None:
+        super().__init__(cache_layout_config(config), max_cache_len, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -837,6 +873,8 @@ class PhalanxPreTrainedModel(PreTrainedModel):
             bias = torch.zeros(module.out_features, dtype=torch.float64)
             bias[: module.num_decay_heads] = torch.log(decays) - torch.log1p(-decays)
             init.copy_(module.bias, bias.to(device=module.bias.device, dtype=module.bias.dtype))
+        elif isinstance(module, PhalanxHyenaMixer):
+            module.init_filters()
         elif isinstance(module, PhalanxGemmaRMSNorm):
             init.zeros_(module.weight)
         elif isinstance(module, PhalanxScaledWordEmbedding):
@@ -917,7 +955,7 @@ class PhalanxModel(PhalanxPreTrainedModel):
             mask_mapping = create_phalanx_masks(self.config, inputs_embeds, attention_mask, cache, position_ids)
 
         cu_seqlens = None
-        if PHALANX_MIXER in layer_types:
+        if any(t in MIXER_CLASSES for t in layer_types):
             position_ids = position_ids.expand(batch, -1)
             if seqlen > 1:
                 cu_seqlens = sequence_starts(position_ids)

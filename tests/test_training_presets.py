@@ -1,4 +1,5 @@
-"""Model presets: three flavours per size sharing one schema, sizes up to ~1.3B, JSON configs."""
+"""Model presets: five flavours per size sharing one schema, sizes up to ~1.3B, JSON configs; `phalanx train` on the
+tiny multi-hybrids."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM
-from phalanx_training.presets import PRESET_NAMES, SIZES, get_preset, load_model_config
+from phalanx_cli.main import main
+from phalanx_training.presets import FLAVOURS, PRESET_NAMES, SIZES, get_preset, load_model_config
 
 
 def n_params(config: PhalanxConfig) -> int:
@@ -29,6 +31,17 @@ def test_flavours_differ_only_in_layer_types() -> None:
         ignore = {"layer_types", "sliding_window"}
         assert {k: v for k, v in swa.items() if k not in ignore} == {k: v for k, v in phalanx.items() if k not in ignore}
         assert {k: v for k, v in transformer.items() if k not in ignore} == {k: v for k, v in phalanx.items() if k not in ignore}
+        same = {k: v for k, v in phalanx.items() if k not in ignore}
+        for flavour in ("stripedhyena", "multihybrid"):
+            assert {k: v for k, v in get_preset(f"{size}-{flavour}").to_dict().items() if k not in ignore} == same
+
+
+def test_multi_hybrid_striping() -> None:
+    """StripedHyena 2: SE, MR, LI, attention repeated; the Phalanx multi-hybrid: Phalanx, Phalanx, LI, attention."""
+    se, mr, li, full, phalanx = "hyena_se", "hyena_mr", "hyena_li", "full_attention", "linear_attention"
+    assert get_preset("small-stripedhyena").layer_types == [se, mr, li, full] * 2
+    assert get_preset("125m-multihybrid").layer_types == [phalanx, phalanx, li, full] * 3
+    assert get_preset("small-stripedhyena").hyena_filter_groups == 256 // 16
 
 
 def test_largest_preset_is_about_1_3b() -> None:
@@ -46,7 +59,7 @@ def test_overrides_and_unknown_names() -> None:
         get_preset("huge-phalanx")
     with pytest.raises(ValueError, match="unknown model preset"):
         get_preset("tiny-mamba")
-    assert len(PRESET_NAMES) == 3 * len(SIZES)
+    assert len(PRESET_NAMES) == len(FLAVOURS) * len(SIZES)
 
 
 def test_load_model_config_from_preset_json_and_folder(tmp_path: Path) -> None:
@@ -75,3 +88,17 @@ def test_load_model_config_errors(tmp_path: Path) -> None:
     listed.write_text("[1, 2]")
     with pytest.raises(ValueError, match="JSON object"):
         load_model_config(str(listed))
+
+
+@pytest.mark.parametrize("preset", ["tiny-stripedhyena", "tiny-multihybrid"])
+def test_phalanx_train_runs_the_tiny_multi_hybrids(preset: str, tmp_path: Path) -> None:
+    """A few optimizer steps on the shipped sample (packed rows: the Hyena layers see sequence restarts); the loss
+    is finite and the saved model reloads with its layer types."""
+    out = tmp_path / "run"
+    args = ["train", "--model-config", preset, "--seq-len", "32", "--max-steps", "3", "--batch-size", "2",
+            "--logging-steps", "1", "--precision", "fp32", "--seed", "0", "--output", str(out)]
+    assert main(args) == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert PhalanxForCausalLM.from_pretrained(out).config.layer_types == get_preset(preset).layer_types

@@ -1,12 +1,16 @@
 """Named ``PhalanxConfig`` presets, from a CPU toy to about 1.3B parameters.
 
-Every size comes in three flavours that differ only in ``layer_types`` (one schema for all three, so
-comparisons change nothing else):
+Every size comes in five flavours that differ only in ``layer_types`` (one schema for all, so
+comparisons change nothing else). Layer ``i`` is ``full_attention`` when ``(i + 1) % 4 == 0``; the other
+layers cycle through the flavour's mixers:
 
 - ``<size>-transformer``: every layer ``full_attention``;
-- ``<size>-swa``: three ``sliding_attention`` layers then one ``full_attention`` layer, repeated
-  (layer ``i`` is full when ``(i + 1) % 4 == 0``), i.e. 1 full : 3 sliding;
-- ``<size>-phalanx``: the same pattern with ``linear_attention`` (Phalanx mixer) in place of sliding.
+- ``<size>-swa``: ``sliding_attention``, i.e. 1 full : 3 sliding;
+- ``<size>-phalanx``: ``linear_attention`` (Phalanx mixer) in place of sliding;
+- ``<size>-stripedhyena``: StripedHyena 2's striping, ``hyena_se, hyena_mr, hyena_li, full_attention``
+  repeated (docs/hyena.md);
+- ``<size>-multihybrid``: Phalanx for local mixing, Hyena-LI for long range, full attention for recall:
+  ``linear_attention, linear_attention, hyena_li, full_attention`` repeated.
 
 ``--model-config`` accepts a preset name or a path to a ``config.json`` (:func:`load_model_config`).
 """
@@ -18,14 +22,26 @@ from pathlib import Path
 from typing import Any
 
 from modeling_phalanx import PhalanxConfig
-from modeling_phalanx.configuration_phalanx import FULL_ATTENTION, PHALANX_MIXER, SLIDING_ATTENTION
+from modeling_phalanx.configuration_phalanx import (
+    FULL_ATTENTION,
+    HYENA_LI,
+    HYENA_MR,
+    HYENA_SE,
+    PHALANX_MIXER,
+    SLIDING_ATTENTION,
+)
 
-FLAVOURS: dict[str, str | None] = {
+# The mixers each flavour cycles through on the layers that are not full attention (None: none are).
+FLAVOURS: dict[str, tuple[str, ...] | None] = {
     "transformer": None,
-    "swa": SLIDING_ATTENTION,
-    "phalanx": PHALANX_MIXER,
+    "swa": (SLIDING_ATTENTION,),
+    "phalanx": (PHALANX_MIXER,),
+    "stripedhyena": (HYENA_SE, HYENA_MR, HYENA_LI),
+    "multihybrid": (PHALANX_MIXER, PHALANX_MIXER, HYENA_LI),
 }
 FULL_ATTENTION_EVERY = 4
+# Channels sharing one Hyena filter (StripedHyena 2's filter grouping); every flavour carries the field.
+HYENA_GROUP_CHANNELS = 16
 
 # Architecture per size. Widths, depths and SwiGLU sizes follow the usual Llama/Pythia ladder; the
 # largest is the ~1.3B point of DESIGN.md section 9 (width 2048, 24 layers, 16 heads x 128, 5504).
@@ -64,9 +80,10 @@ def layer_pattern(num_layers: int, flavour: str) -> list[str]:
     """``layer_types`` for ``flavour``: every fourth layer full attention, the rest the flavour's mixer."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}; expected one of {', '.join(FLAVOURS)}")
-    other = FLAVOURS[flavour]
+    mixers = FLAVOURS[flavour]
     return [
-        FULL_ATTENTION if other is None or (i + 1) % FULL_ATTENTION_EVERY == 0 else other
+        FULL_ATTENTION if mixers is None or (i + 1) % FULL_ATTENTION_EVERY == 0
+        else mixers[(i - (i + 1) // FULL_ATTENTION_EVERY) % len(mixers)]
         for i in range(num_layers)
     ]
 
@@ -80,6 +97,7 @@ def get_preset(name: str, **overrides: Any) -> PhalanxConfig:
     fields["layer_types"] = layer_pattern(fields["num_hidden_layers"], flavour)
     if flavour != "swa":
         fields["sliding_window"] = None
+    fields["hyena_filter_groups"] = fields["hidden_size"] // HYENA_GROUP_CHANNELS
     fields.update(overrides)
     return PhalanxConfig(**fields)
 
