@@ -73,7 +73,9 @@ def test_model_gradients_triton_equal_pytorch_path() -> None:
     """A training forward and backward of a 125m-phalanx model (4 layers, fp32, packed rows with document
     restarts) gives the same loss and parameter gradients through the Triton kernels as through PyTorch."""
     torch.manual_seed(5)
-    model = PhalanxForCausalLM(get_preset("125m-phalanx", num_hidden_layers=4, vocab_size=259)).cuda().train()
+    layer_types = ["linear_attention"] * 3 + ["full_attention"]
+    config = get_preset("125m-phalanx", num_hidden_layers=4, layer_types=layer_types, vocab_size=259)
+    model = PhalanxForCausalLM(config).cuda().train()
     mixers = [layer.mixer for layer in model.model.layers if hasattr(layer, "mixer")]
     kernels = mixers[0].kernels
     assert kernels is not None and len(mixers) == 3
