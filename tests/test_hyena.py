@@ -7,15 +7,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from test_model_cache import single_thread  # noqa: F401  (fixture import)
-from test_model_hub import CLEAN_PROCESS
+from test_model_hub import assert_bundle_generates_in_a_clean_process
 from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, LinearAttentionLayer
 
 from modeling_phalanx import PhalanxCache, PhalanxConfig, PhalanxForCausalLM
@@ -366,22 +363,7 @@ def test_save_load_round_trip_keeps_layer_names_and_logits(tmp_path: Path) -> No
 
 
 def test_hub_bundle_generates_the_same_tokens_in_a_clean_process(tmp_path: Path) -> None:
-    model = hyena_model(seed=8)
-    model.save_pretrained(tmp_path / "saved")
-    bundle = tmp_path / "elsewhere" / "hyena-tiny"
-    shutil.copytree(tmp_path / "saved", bundle)
-    prompt = torch.randint(3, VOCAB, (2, 6))
-    expected = model.generate(prompt, max_new_tokens=15, do_sample=False).tolist()
-    result = subprocess.run(
-        [sys.executable, "-I", "-c", CLEAN_PROCESS, str(bundle), json.dumps(prompt.tolist())],
-        cwd=tmp_path / "elsewhere",
-        env={"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+    assert_bundle_generates_in_a_clean_process(hyena_model(seed=8), tmp_path, torch.randint(3, VOCAB, (2, 6)))
 
 
 def test_caches_use_transformers_layer_kinds() -> None:

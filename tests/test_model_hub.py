@@ -78,12 +78,12 @@ print(json.dumps(model.generate(ids, max_new_tokens=15, do_sample=False).tolist(
 """
 
 
-def test_hub_bundle_generates_the_same_tokens_in_a_clean_process(tmp_path: Path) -> None:
-    model = tiny_model()
+def assert_bundle_generates_in_a_clean_process(model, tmp_path: Path, prompt: torch.Tensor) -> None:
+    """``model`` saved, copied elsewhere and loaded with ``trust_remote_code`` in a fresh interpreter that has only
+    torch and transformers generates the tokens ``model`` generates."""
     model.save_pretrained(tmp_path / "saved")
-    bundle = tmp_path / "elsewhere" / "phalanx-tiny"
+    bundle = tmp_path / "elsewhere" / "bundle"
     shutil.copytree(tmp_path / "saved", bundle)
-    prompt = torch.randint(3, VOCAB, (2, 11))
     expected = model.generate(prompt, max_new_tokens=15, do_sample=False).tolist()
     result = subprocess.run(
         [sys.executable, "-I", "-c", CLEAN_PROCESS, str(bundle), json.dumps(prompt.tolist())],
@@ -95,6 +95,10 @@ def test_hub_bundle_generates_the_same_tokens_in_a_clean_process(tmp_path: Path)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_hub_bundle_generates_the_same_tokens_in_a_clean_process(tmp_path: Path) -> None:
+    assert_bundle_generates_in_a_clean_process(tiny_model(), tmp_path, torch.randint(3, VOCAB, (2, 11)))
 
 
 def test_lora_trains_saves_reloads_and_merges(tmp_path: Path) -> None:
