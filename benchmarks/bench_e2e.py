@@ -97,7 +97,7 @@ def main() -> int:
     parser.add_argument("--size", default="1.3b", choices=["1.3b", "tiny"])
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
     parser.add_argument("--tokens", type=int, default=32768)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=[m for m in MODELS if m != "phalanx_full"], choices=MODELS)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -1,6 +1,8 @@
 """The end-to-end models compared in the benchmarks (issue 7): one place that defines them.
 
 - ``transformer``: Transformers' own ``LlamaForCausalLM`` with SDPA attention.
+- ``phalanx_full``: ``PhalanxForCausalLM`` with every layer full attention, SDPA (the same Transformer built
+  from ``PhalanxConfig``, to separate the model code's cost from the layer mix's).
 - ``swa_hybrid``: ``PhalanxForCausalLM`` with 1 full : 3 sliding-window (512) layers, FlexAttention.
 - ``phalanx_hybrid``: ``PhalanxForCausalLM`` with 1 full : 3 Phalanx layers, SDPA for the full layers.
 - ``bound``: the Llama model whose attention core is replaced by a free copy of ``v`` (projections
@@ -16,7 +18,7 @@ from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM
 from modeling_phalanx.configuration_phalanx import FULL_ATTENTION, PHALANX_MIXER, SLIDING_ATTENTION
 from phalanx_training.presets import SIZES
 
-MODELS = ("transformer", "swa_hybrid", "phalanx_hybrid", "bound")
+MODELS = ("transformer", "swa_hybrid", "phalanx_hybrid", "bound", "phalanx_full")
 
 # Architecture fields taken from the training presets (``1.3b``: width 2048, 24 layers, 16 heads x 128,
 # SwiGLU 5504, vocab 32000, as in kernels.md section 4; ``tiny`` for CPU smoke runs).
@@ -45,7 +47,7 @@ def build_model(name: str, size: str = "1.3b", sliding_window: int = 512, max_po
                              pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
         attn = "sdpa" if name == "transformer" else "free_v"
         return LlamaForCausalLM._from_config(config, attn_implementation=attn)
-    mixer = SLIDING_ATTENTION if name == "swa_hybrid" else PHALANX_MIXER
+    mixer = {"swa_hybrid": SLIDING_ATTENTION, "phalanx_hybrid": PHALANX_MIXER, "phalanx_full": FULL_ATTENTION}[name]
     layer_types = [FULL_ATTENTION if i % 4 == 0 else mixer for i in range(n)]
     config = PhalanxConfig(**dims, max_position_embeddings=max_positions,
                            layer_types=layer_types, sliding_window=sliding_window if name == "swa_hybrid" else None,
