@@ -79,13 +79,17 @@ FULL, SLIDING, PHALANX = FULL_ATTENTION, SLIDING_ATTENTION, PHALANX_MIXER  # sho
 
 @dataclass(frozen=True)
 class Recipe:
-    """A preset flavour plus ``PhalanxConfig`` overrides; ``cycle`` repeats a unit of layer types to the depth."""
+    """A preset flavour plus ``PhalanxConfig`` overrides; ``cycle`` repeats a unit of layer types to the depth;
+    ``train_args`` are extra ``phalanx train`` options (SWAX's stochastic windows)."""
 
     flavour: str
     about: str
     overrides: dict[str, Any] = field(default_factory=dict)
     cycle: tuple[str, ...] = ()
+    train_args: tuple[str, ...] = ()
 
+
+SWAX_ARGS = ("--swax", "--swax-long-window", "2048")
 
 # Each recipe exists at every preset size: configuration ``<size>-<recipe>``, e.g. ``125m-phalanx-full1to2``.
 RECIPES: dict[str, Recipe] = {
@@ -110,6 +114,12 @@ RECIPES: dict[str, Recipe] = {
     # Control: layers that mix nothing (attention to the token itself only) in place of the Phalanx layers of
     # phalanx-full1to1, to tell a mixer that hurts from one that adds nothing beyond the full-attention layers.
     "selfonly-full1to1": Recipe("swa", "1 self-only (sliding window 1) : 1 full", {"sliding_window": 1}, cycle=(SLIDING, FULL)),
+    # SWAX (the third source paper): each step trains the sliding layers at window 128 or 2048 (128 with p=0.5,
+    # the last 10% of the steps at 2048), evaluated at 2048 (at every size, so the tiny ones run too).
+    "swa-swax": Recipe("swa", "3 sliding : 1 full, SWAX stochastic windows 128/2048", train_args=SWAX_ARGS),
+    "multi-swax": Recipe(
+        "swa", "Phalanx, sliding (SWAX 128/2048), Phalanx, full", cycle=(PHALANX, SLIDING, PHALANX, FULL), train_args=SWAX_ARGS
+    ),
     "phalanx-b64w4-outnorm": Recipe(
         "phalanx", "3 Phalanx : 1 full, SWR window 4 blocks of 64, per-head output RMSNorm",
         {"swr_block_len": 64, "swr_window_blocks": 4, "phalanx_output_norm": True},
@@ -118,11 +128,21 @@ RECIPES: dict[str, Recipe] = {
 CONFIG_NAMES = tuple(f"{size}-{recipe}" for size in SIZES for recipe in RECIPES)
 
 
+def split_name(name: str) -> tuple[str, str]:
+    """``(size, recipe)`` of configuration ``name``, e.g. ``("125m", "phalanx-outnorm")``."""
+    found = next(((s, r) for s in SIZES for r in RECIPES if name == f"{s}-{r}"), None)
+    if found is None:
+        raise ValueError(f"unknown configuration {name!r}; known: {', '.join(CONFIG_NAMES)}")
+    return found
+
+
+def recipe_of(name: str) -> Recipe:
+    return RECIPES[split_name(name)[1]]
+
+
 def model_config(name: str, vocab_size: int) -> Any:
     """The ``PhalanxConfig`` of configuration ``name`` with the tokenizer's vocabulary size."""
-    size, recipe = next(((s, r) for s in SIZES for r in RECIPES if name == f"{s}-{r}"), (None, None))
-    if recipe is None:
-        raise ValueError(f"unknown configuration {name!r}; known: {', '.join(CONFIG_NAMES)}")
+    size, recipe = split_name(name)
     spec = RECIPES[recipe]
     overrides = dict(spec.overrides, vocab_size=vocab_size)
     if spec.cycle:
@@ -333,8 +353,9 @@ def text_sample(folder: Path, max_mb: float, spread: bool) -> tuple[list[str], i
     return texts, total
 
 
-def train_command(args: argparse.Namespace, config_path: Path, model_dir: Path, steps: int) -> list[str]:
-    """The ``phalanx train`` command line of one configuration (same seed, data, schedule for all)."""
+def train_command(args: argparse.Namespace, name: str, config_path: Path, model_dir: Path, steps: int) -> list[str]:
+    """The ``phalanx train`` command line of configuration ``name`` (same seed, data, schedule for all; a recipe's
+    own training options last)."""
     cmd = [
         sys.executable, "-m", "phalanx_cli.main", "train", "--model-config", str(config_path),
         "--data", str(args.corpus / "train"), "--include-held-out", "--seq-len", str(args.seq_len),
@@ -345,7 +366,7 @@ def train_command(args: argparse.Namespace, config_path: Path, model_dir: Path, 
     for option, value in (("--lr", args.lr), ("--warmup", args.warmup), ("--tokenizer", args.tokenizer)):
         if value is not None:
             cmd += [option, str(value)]
-    return cmd
+    return cmd + list(recipe_of(name).train_args)
 
 
 def recall(args: argparse.Namespace, model_dir: Path, run_dir: Path, device: str) -> dict[str, Any]:
@@ -377,9 +398,9 @@ def recall(args: argparse.Namespace, model_dir: Path, run_dir: Path, device: str
     }
 
 
-def train_config(args: argparse.Namespace, name: str, run_dir: Path, steps: int) -> tuple[Any, list[str], float]:
-    """Train configuration ``name`` for ``steps`` steps into ``run_dir/model`` (``run_dir`` is recreated); return its
-    ``PhalanxConfig``, the ``phalanx train`` command and the wall-clock seconds it took."""
+def train_config(args: argparse.Namespace, name: str, run_dir: Path, steps: int) -> tuple[list[str], float]:
+    """Train configuration ``name`` for ``steps`` steps into ``run_dir/model`` (``run_dir`` is recreated); return the
+    ``phalanx train`` command and the wall-clock seconds it took."""
     from phalanx_training.tokenizer import load_tokenizer
 
     if run_dir.exists():
@@ -388,7 +409,7 @@ def train_config(args: argparse.Namespace, name: str, run_dir: Path, steps: int)
     config = model_config(name, len(load_tokenizer(args.tokenizer)))
     config_path = run_dir / "config.json"
     config.to_json_file(config_path)
-    cmd = train_command(args, config_path, run_dir / "model", steps)
+    cmd = train_command(args, name, config_path, run_dir / "model", steps)
     log = run_dir / "train.log"
     print(f"quality_bench: training {name} for {steps} steps ({steps * args.batch_size * args.seq_len:,} tokens); log {log}", flush=True)
     start = time.perf_counter()
@@ -399,7 +420,7 @@ def train_config(args: argparse.Namespace, name: str, run_dir: Path, steps: int)
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
         print("\n".join(tail), file=sys.stderr)
         raise RuntimeError(f"phalanx train failed for {name} (exit {code}); see {log}")
-    return config, cmd, wall
+    return cmd, wall
 
 
 def speed_one(args: argparse.Namespace, name: str) -> Path:
@@ -408,7 +429,7 @@ def speed_one(args: argparse.Namespace, name: str) -> Path:
     from transformers import TrainerState
 
     run_dir = args.out / "runs" / f"{name}.speed"
-    _, cmd, _ = train_config(args, name, run_dir, args.steps)
+    cmd, _ = train_config(args, name, run_dir, args.steps)
     state = TrainerState.load_from_json(str(run_dir / "model" / "trainer_state.json"))
     shutil.rmtree(run_dir / "model")
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -438,7 +459,7 @@ def run_one(args: argparse.Namespace, name: str) -> Path | None:
         return None
     steps = args.steps if seconds is None else steps_for_seconds(args.out, name, seconds, args.seq_len, args.batch_size)
     run_dir = args.out / "runs" / path.stem
-    config, cmd, wall = train_config(args, name, run_dir, steps)
+    cmd, wall = train_config(args, name, run_dir, steps)
     model_dir = run_dir / "model"
     state = TrainerState.load_from_json(str(model_dir / "trainer_state.json"))
     for checkpoint in model_dir.glob("checkpoint-*"):
@@ -446,6 +467,7 @@ def run_one(args: argparse.Namespace, name: str) -> Path | None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device)
+    config = model.config  # as trained: SWAX, for one, sets the sliding window
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     amp = torch.bfloat16 if args.amp_bf16 else None
     edges = (args.bucket_edge or args.seq_len // 8,)
@@ -464,7 +486,7 @@ def run_one(args: argparse.Namespace, name: str) -> Path | None:
     corpus = corpus_record(args.corpus)
     result = {
         "config": name,
-        "about": RECIPES[name.split("-", 1)[1]].about,
+        "about": recipe_of(name).about,
         "layer_types": config.layer_types,
         "model_config": {k: getattr(config, k) for k in ("sliding_window", "swr_block_len", "swr_window_blocks")},
         "parameters": n_params,

@@ -63,6 +63,10 @@ def test_configurations_differ_only_where_named(bench) -> None:
     assert bench.model_config("125m-phalanx-full1to1", 259).layer_types.count("full_attention") == 6
     with pytest.raises(ValueError, match="unknown configuration"):
         bench.model_config("125m-nope", 259)
+    args = bench.parser().parse_args(["run", "c", "o", "--configs", "125m-swa", "--steps", "9", "--seq-len", "8",
+                                      "--batch-size", "2"])
+    assert bench.train_command(args, "125m-multi-swax", Path("c.json"), Path("m"), 9)[-3:] == ["--swax", "--swax-long-window", "2048"]
+    assert "--swax" not in bench.train_command(args, "125m-multi", Path("c.json"), Path("m"), 9)
 
 
 def test_bench_with_a_bpe_tokenizer(bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
