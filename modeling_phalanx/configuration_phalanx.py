@@ -7,6 +7,7 @@ from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
+from .mlstm_phalanx import MLSTM_FORGET_GATES
 from .swr_torch import MAX_HEAD_DIM, SUPPORTED_BLOCK_LENS
 
 # Layer types, with Transformers' own names (the cache classes and mask helpers key on them); the one place they
@@ -14,7 +15,11 @@ from .swr_torch import MAX_HEAD_DIM, SUPPORTED_BLOCK_LENS
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
 PHALANX_MIXER = "linear_attention"
-PHALANX_LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION, PHALANX_MIXER)
+# Further token mixers have names of their own in `layer_types`; to Transformers' cache classes and mask helpers each is
+# the recurrent-state layer kind it maps onto here (`PhalanxConfig.cache_layer_types`).
+MLSTM_MIXER = "mlstm"
+MIXER_CACHE_KINDS = {MLSTM_MIXER: PHALANX_MIXER}
+PHALANX_LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION, PHALANX_MIXER, MLSTM_MIXER)
 ATTENTION_LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION)
 NORM_TYPES = ("rms", "gemma_rms", "layer_norm")
 NORM_PLACEMENTS = ("pre", "sandwich", "post", "parallel")
@@ -50,6 +55,17 @@ class PhalanxConfig(PreTrainedConfig):
     phalanx_output_norm (`bool`, defaults to `False`): RMS-normalise each head's output `h * c + v` (a weight per
         channel, as GLA / RetNet normalise their heads) before `out_proj`, which bounds what the mixer writes into
         the residual stream.
+
+    mLSTM mixer fields (layer type `"mlstm"`, xLSTM's matrix-memory layer; definitions in docs/mlstm.md):
+
+    mlstm_num_heads (`int`, defaults to 4): mLSTM heads.
+    mlstm_qk_dim_factor / mlstm_v_dim_factor (`float`, defaults to 0.5 / 1.0): query-key and value widths as
+        fractions of `hidden_size`, split over the heads (xLSTM-7B's factors).
+    mlstm_gate_soft_cap (`float`, *optional*, defaults to 15.0): `cap * tanh(x / cap)` on the input- and forget-gate
+        pre-activations; None disables it.
+    mlstm_forget_gate (`str`, defaults to `"sigmoid"`): `"sigmoid"` (log f = logsigmoid) or `"exp"` (log f = pre-activation).
+    mlstm_chunk_size (`int`, defaults to 64): tokens per chunk of the chunkwise-parallel form (does not change results).
+    mlstm_eps (`float`, defaults to 1e-6): added to the stabilised denominator of the readout.
 
     Decoder-block variants (all off by default = pre-norm SwiGLU with RMSNorm), used to represent converted
     checkpoints exactly:
@@ -131,6 +147,14 @@ class PhalanxConfig(PreTrainedConfig):
     phalanx_out_bias: bool = False
     phalanx_output_norm: bool = False
 
+    mlstm_num_heads: int = 4
+    mlstm_qk_dim_factor: float | int = 0.5
+    mlstm_v_dim_factor: float | int = 1.0
+    mlstm_gate_soft_cap: float | int | None = 15.0
+    mlstm_forget_gate: str = "sigmoid"
+    mlstm_chunk_size: int = 64
+    mlstm_eps: float = 1e-6
+
     norm_type: str = "rms"
     norm_placement: str = "pre"
     qk_norm: str | None = None
@@ -177,6 +201,7 @@ class PhalanxConfig(PreTrainedConfig):
             self.phalanx_decay_init_range = [0.5, 0.95]
         self.phalanx_decay_init_range = [float(a) for a in self.phalanx_decay_init_range]
         self._check_phalanx()
+        self._check_mlstm()
         self._check_block_variants()
         super().__post_init__(**kwargs)
         self._check_rope_layout()
@@ -240,6 +265,28 @@ class PhalanxConfig(PreTrainedConfig):
         if self.phalanx_decay_cap is not None and not 0.0 < self.phalanx_decay_cap <= 1.0:
             raise ValueError(f"phalanx_decay_cap must be in (0, 1], got {self.phalanx_decay_cap}")
 
+    def _check_mlstm(self) -> None:
+        """Validate the mLSTM fields (head splits only when the model has mLSTM layers)."""
+        for name in ("mlstm_num_heads", "mlstm_chunk_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("mlstm_qk_dim_factor", "mlstm_v_dim_factor", "mlstm_gate_soft_cap", "mlstm_eps"):
+            value = getattr(self, name)
+            if (value is not None or name != "mlstm_gate_soft_cap") and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if self.mlstm_forget_gate not in MLSTM_FORGET_GATES:
+            raise ValueError(f"mlstm_forget_gate={self.mlstm_forget_gate!r} is unknown; use one of {MLSTM_FORGET_GATES}")
+        if MLSTM_MIXER not in self.layer_types:
+            return
+        for name in ("mlstm_qk_dim_factor", "mlstm_v_dim_factor"):
+            width = int(self.hidden_size * getattr(self, name))
+            if width < self.mlstm_num_heads or width % self.mlstm_num_heads != 0:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} gives width int(hidden_size * factor)={width}, which "
+                    f"mlstm_num_heads={self.mlstm_num_heads} heads do not split evenly"
+                )
+
     def _check_block_variants(self) -> None:
         """Validate the decoder-block variant switches."""
         if self.norm_type not in NORM_TYPES:
@@ -256,6 +303,17 @@ class PhalanxConfig(PreTrainedConfig):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive when set, got {value}")
+
+    def validate_layer_type(self) -> None:
+        """Transformers' `layer_types` check (run by `save_pretrained` and `@strict`), with Phalanx's names: the base
+        check allows only Transformers' own, which would refuse the further mixers (`MIXER_CACHE_KINDS`)."""
+        if self.layer_types is not None:
+            self._check_layer_types()
+
+    @property
+    def cache_layer_types(self) -> list[str]:
+        """`layer_types` as Transformers' cache classes and mask helpers know them (further mixers mapped)."""
+        return [MIXER_CACHE_KINDS.get(t, t) for t in self.layer_types]
 
     def _check_rope_layout(self) -> None:
         """A nested `rope_parameters` must cover every attention layer type the model uses."""

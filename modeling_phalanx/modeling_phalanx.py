@@ -9,6 +9,7 @@ Phalanx state. The Phalanx mixer (DESIGN.md section 3) runs the sliding window r
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from dataclasses import fields
@@ -36,10 +37,13 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_phalanx import (
     ATTENTION_LAYER_TYPES,
     FULL_ATTENTION,
+    MIXER_CACHE_KINDS,
+    MLSTM_MIXER,
     PHALANX_MIXER,
     SLIDING_ATTENTION,
     PhalanxConfig,
 )
+from .mlstm_phalanx import MLSTM_NUM_CACHE_STATES, MLSTMGateProjection, PhalanxMLSTMMixer
 from .swr_torch import SWRState, phalanx_core_step_torch, phalanx_core_torch, phalanx_projection_sizes
 
 
@@ -482,14 +486,15 @@ def create_phalanx_masks(
         "position_ids": position_ids,
     }
     masks = {}
+    recurrent = {t for t in layer_types if t == PHALANX_MIXER or t in MIXER_CACHE_KINDS}
+    if recurrent:
+        masks.update(dict.fromkeys(recurrent, create_recurrent_attention_mask(**mask_kwargs)))
     if FULL_ATTENTION in layer_types:
         masks[FULL_ATTENTION] = create_causal_mask(**mask_kwargs, layer_idx=layer_types.index(FULL_ATTENTION))
     if SLIDING_ATTENTION in layer_types:
         masks[SLIDING_ATTENTION] = create_sliding_window_causal_mask(
             **mask_kwargs, layer_idx=layer_types.index(SLIDING_ATTENTION)
         )
-    if PHALANX_MIXER in layer_types:
-        masks[PHALANX_MIXER] = create_recurrent_attention_mask(**mask_kwargs)
     return masks
 
 
@@ -670,6 +675,11 @@ class PhalanxMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
+# Token mixers other than attention, by layer type: each is built as `cls(config, layer_idx)` and called as
+# `mixer(hidden_states, attention_mask=, position_ids=, cache=, cu_seqlens=) -> (output, None)`.
+TOKEN_MIXERS: dict[str, type[nn.Module]] = {PHALANX_MIXER: PhalanxMixer, MLSTM_MIXER: PhalanxMLSTMMixer}
+
+
 class PhalanxDecoderLayer(GradientCheckpointingLayer):
     """One decoder block: a token mixer (attention or Phalanx) and an MLP, with the configured norm placement.
 
@@ -686,8 +696,8 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
         super().__init__()
         self.layer_type = config.layer_types[layer_idx]
         self.placement = config.norm_placement
-        if self.layer_type == PHALANX_MIXER:
-            self.mixer = PhalanxMixer(config, layer_idx)
+        if self.layer_type in TOKEN_MIXERS:
+            self.mixer = TOKEN_MIXERS[self.layer_type](config, layer_idx)
         else:
             self.self_attn = PhalanxAttention(config, layer_idx)
         self.mlp = PhalanxMLP(config)
@@ -701,7 +711,7 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
             self.post_feedforward_layernorm = make_norm(config, config.hidden_size)
 
     def _mix(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
-        token_mixer = self.mixer if self.layer_type == PHALANX_MIXER else self.self_attn
+        token_mixer = self.mixer if self.layer_type in TOKEN_MIXERS else self.self_attn
         output, _ = token_mixer(hidden_states, **kwargs)
         return output
 
@@ -718,7 +728,7 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
     ) -> torch.Tensor:
         # The model passes the cache under the installed release's name: gradient checkpointing drops it by that name.
         cache = resolve_cache(cache, past_key_values)
-        if self.layer_type == PHALANX_MIXER:
+        if self.layer_type in TOKEN_MIXERS:
             mix_kwargs = {"position_ids": position_ids, "cu_seqlens": cu_seqlens}
         else:
             mix_kwargs = {"position_embeddings": position_embeddings}
@@ -751,13 +761,28 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def cache_config(config: PhalanxConfig) -> PhalanxConfig:
+    """`config` as Transformers' cache classes read it: a copy whose `layer_types` name each further mixer by the
+    cache layer kind it maps onto, with enough state slots for the mLSTM's (C, tokens consumed, n, m)."""
+    if not any(t in MIXER_CACHE_KINDS for t in config.layer_types):
+        return config
+    view = copy.copy(config)
+    view.layer_types = config.cache_layer_types
+    if MLSTM_MIXER in config.layer_types:
+        view.number_of_conv_states = max(config.number_of_conv_states, MLSTM_NUM_CACHE_STATES)
+    return view
+
+
 class PhalanxSeqLengthMixin:
     """Sequence length that also works when every layer is a Phalanx layer (Transformers' `Cache.get_seq_length`
-    refuses a cache made only of linear-attention layers).
+    refuses a cache made only of linear-attention layers), and cache layers for the further mixers' layer types.
 
-    Linear-attention layers keep the SWR state `h` in `recurrent_states[0]` and the tokens consumed per row in
-    `recurrent_states[1]`; without attention layers the length is read from the latter.
+    Linear-attention layers keep the mixer's state in `recurrent_states[0]` (and, for the mLSTM, 2 and 3) and the
+    tokens consumed per row in `recurrent_states[1]`; without attention layers the length is read from the latter.
     """
+
+    def __init__(self, *args, config: PhalanxConfig | None = None, **kwargs) -> None:
+        super().__init__(*args, config=None if config is None else cache_config(config), **kwargs)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         if any(isinstance(layer, CacheLayerMixin) for layer in self.layers):
@@ -836,6 +861,11 @@ class PhalanxPreTrainedModel(PreTrainedModel):
             decays = torch.linspace(low, high, module.num_decay_heads, dtype=torch.float64)
             bias = torch.zeros(module.out_features, dtype=torch.float64)
             bias[: module.num_decay_heads] = torch.log(decays) - torch.log1p(-decays)
+            init.copy_(module.bias, bias.to(device=module.bias.device, dtype=module.bias.dtype))
+        elif isinstance(module, MLSTMGateProjection):
+            # xLSTM-7B: gate weights 0, input-gate bias -10, forget-gate biases spread over the heads.
+            init.zeros_(module.weight)
+            bias = module.initial_bias(self.config.mlstm_forget_gate)
             init.copy_(module.bias, bias.to(device=module.bias.device, dtype=module.bias.dtype))
         elif isinstance(module, PhalanxGemmaRMSNorm):
             init.zeros_(module.weight)
