@@ -208,7 +208,8 @@ class MLSTMGateProjection(nn.Linear):
 
 
 class MLSTMMultiHeadLayerNorm(nn.Module):
-    """Layer norm of each head's `h` over its channels (fp32, no bias), then one weight per channel of all heads.
+    """Layer norm of each head's `h` over its channels (in fp32 or wider, no bias), then one weight per channel of all
+    heads.
 
     Adapted from `transformers.models.xlstm.modeling_xlstm.xLSTMMultiHeadLayerNorm`.
     """
@@ -223,7 +224,7 @@ class MLSTMMultiHeadLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T, H, D) -> (B, T, H * D) in x's dtype."""
         input_dtype = x.dtype
-        x = x.float()
+        x = x.to(compute_dtype(x))
         x = (x - x.mean(-1, keepdim=True)) * torch.rsqrt(x.var(-1, keepdim=True, unbiased=False) + self.eps)
         return self.weight * x.to(input_dtype).flatten(-2)
 
