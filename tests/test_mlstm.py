@@ -238,6 +238,42 @@ def test_core_matches_transformers_mlstm_functions_from_a_state() -> None:
             torch.testing.assert_close(a, b.reshape(a.shape), rtol=1e-9, atol=1e-9, msg=name)
 
 
+def test_core_matches_the_xlstm_authors_mlstm_kernels() -> None:
+    """`mlstm-kernels` (the xLSTM authors' package; optional, skipped when absent): its native chunkwise and
+    recurrent-sequence functions from a nonzero state, and its quadratic parallel form from zero (with `eps = 0`:
+    the parallel form's stabiliser has no `m_0` term, which only moves the `eps * exp(m)` part of the denominator)."""
+    kernels = pytest.importorskip("mlstm_kernels.torch")
+    from mlstm_kernels.torch.recurrent.native_sequence import mlstm_recurrent_sequence__native_fw
+
+    g = torch.Generator().manual_seed(11)
+    batch, heads, seqlen, dk, dv = 2, 2, 16, 8, 4
+    q, k = (torch.randn(batch, heads, seqlen, dk, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(batch, heads, seqlen, dv, generator=g, dtype=torch.float64)
+    i_pre = torch.randn(batch, heads, seqlen, generator=g, dtype=torch.float64) * 3
+    f_pre = torch.randn(batch, heads, seqlen, generator=g, dtype=torch.float64) + 3
+    state = (
+        torch.randn(batch, heads, dk, dv, generator=g, dtype=torch.float64),
+        torch.randn(batch, heads, dk, generator=g, dtype=torch.float64),
+        torch.randn(batch, heads, generator=g, dtype=torch.float64),
+    )
+    log_i, log_f = mlstm_log_gates(i_pre, f_pre, "sigmoid")
+    no_restart = torch.zeros(batch, seqlen, dtype=torch.bool)
+    got, got_state = mlstm_chunkwise(q, k, v, log_i, log_f, no_restart, state, chunk_size=4)
+    c0, n0, m0 = state
+    common = dict(q=q, k=k, v=v, i=i_pre, f=f_pre, c_initial=c0, n_initial=n0, m_initial=m0[..., None], return_last_states=True)
+    chunkwise = kernels.get_mlstm_kernel("chunkwise--native_autograd")
+    for name, (expected, expected_state) in (
+        ("chunkwise", chunkwise(**common, chunk_size=4)),
+        ("recurrent", mlstm_recurrent_sequence__native_fw(**common, dtype_state=torch.float64)),
+    ):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9, msg=name)
+        for a, b in zip(got_state, expected_state):
+            torch.testing.assert_close(a, b.reshape(a.shape), rtol=1e-9, atol=1e-9, msg=name)
+    parallel = kernels.get_mlstm_kernel("parallel--native_autograd")(q=q, k=k, v=v, i=i_pre, f=f_pre, eps=0.0)
+    from_zero, _ = mlstm_chunkwise(q, k, v, log_i, log_f, no_restart, chunk_size=4, eps=0.0)
+    torch.testing.assert_close(from_zero, parallel, rtol=1e-9, atol=1e-9)
+
+
 def test_mixer_backward_and_compile_fullgraph() -> None:
     """Gradients reach every parameter; the forward (chunkwise with padding and restarts, and the cached step)
     compiles with `fullgraph=True` and matches eager."""
