@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM
-from phalanx_training.presets import PRESET_NAMES, SIZES, get_preset, load_model_config
+from phalanx_training.presets import FLAVOURS, PRESET_NAMES, SIZES, get_preset, load_model_config
 
 
 def n_params(config: PhalanxConfig) -> int:
@@ -46,7 +46,7 @@ def test_overrides_and_unknown_names() -> None:
         get_preset("huge-phalanx")
     with pytest.raises(ValueError, match="unknown model preset"):
         get_preset("tiny-mamba")
-    assert len(PRESET_NAMES) == 3 * len(SIZES)
+    assert len(PRESET_NAMES) == len(FLAVOURS) * len(SIZES)
 
 
 def test_load_model_config_from_preset_json_and_folder(tmp_path: Path) -> None:

@@ -8,6 +8,11 @@ comparisons change nothing else):
   (layer ``i`` is full when ``(i + 1) % 4 == 0``), i.e. 1 full : 3 sliding;
 - ``<size>-phalanx``: the same pattern with ``linear_attention`` (Phalanx mixer) in place of sliding.
 
+and one multi-hybrid with a layer cycle of its own:
+
+- ``<size>-swax``: SWAX (design seed 002), ``sliding_attention`` and ``mlstm`` (xLSTM's mLSTM) alternating, no
+  full attention; train it with ``phalanx train --swax`` for SWAX's stochastic windows.
+
 ``--model-config`` accepts a preset name or a path to a ``config.json`` (:func:`load_model_config`).
 """
 
@@ -18,14 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from modeling_phalanx import PhalanxConfig
-from modeling_phalanx.configuration_phalanx import FULL_ATTENTION, PHALANX_MIXER, SLIDING_ATTENTION
+from modeling_phalanx.configuration_phalanx import FULL_ATTENTION, MLSTM_MIXER, PHALANX_MIXER, SLIDING_ATTENTION
 
 FLAVOURS: dict[str, str | None] = {
     "transformer": None,
     "swa": SLIDING_ATTENTION,
     "phalanx": PHALANX_MIXER,
+    "swax": MLSTM_MIXER,
 }
 FULL_ATTENTION_EVERY = 4
+# Flavours whose layers repeat a cycle of their own instead of "every fourth layer full attention".
+CYCLES: dict[str, tuple[str, ...]] = {"swax": (SLIDING_ATTENTION, MLSTM_MIXER)}
 
 # Architecture per size. Widths, depths and SwiGLU sizes follow the usual Llama/Pythia ladder; the
 # largest is the ~1.3B point of DESIGN.md section 9 (width 2048, 24 layers, 16 heads x 128, 5504).
@@ -61,9 +69,11 @@ PRESET_NAMES: tuple[str, ...] = tuple(f"{size}-{flavour}" for size in SIZES for 
 
 
 def layer_pattern(num_layers: int, flavour: str) -> list[str]:
-    """``layer_types`` for ``flavour``: every fourth layer full attention, the rest the flavour's mixer."""
+    """``layer_types`` for ``flavour``: its cycle, or every fourth layer full attention and the rest its mixer."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}; expected one of {', '.join(FLAVOURS)}")
+    if flavour in CYCLES:
+        return [CYCLES[flavour][i % len(CYCLES[flavour])] for i in range(num_layers)]
     other = FLAVOURS[flavour]
     return [
         FULL_ATTENTION if other is None or (i + 1) % FULL_ATTENTION_EVERY == 0 else other
@@ -78,7 +88,7 @@ def get_preset(name: str, **overrides: Any) -> PhalanxConfig:
         raise ValueError(f"unknown model preset {name!r}; available: {', '.join(PRESET_NAMES)}")
     fields = dict(SIZES[size])
     fields["layer_types"] = layer_pattern(fields["num_hidden_layers"], flavour)
-    if flavour != "swa":
+    if SLIDING_ATTENTION not in fields["layer_types"]:
         fields["sliding_window"] = None
     fields.update(overrides)
     return PhalanxConfig(**fields)
