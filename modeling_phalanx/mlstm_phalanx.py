@@ -84,7 +84,7 @@ def mlstm_step(
     dtype = compute_dtype(q)
     q = q.to(dtype) * q.shape[-1] ** -0.5
     k, v = k.to(dtype), v.to(dtype)
-    m_new = torch.maximum(log_f + m_old, log_i)
+    m_new = torch.maximum(log_f + m_old, log_i).detach()
     f_act = torch.exp(log_f + m_old - m_new)
     i_act = torch.exp(log_i - m_new)
     c_new = f_act[..., None, None] * c_old + i_act[..., None, None] * (k[..., :, None] * v[..., None, :])
@@ -116,6 +116,8 @@ def mlstm_chunkwise(
     the earlier tokens of j's own sequence in the chunk, `m_j = max(inter_j, max_s(b_j - b_s + log i_s))`, where
     `inter_j = b_j + m_chunk` when j continues the state the chunk started with, else `b_j - b_{r-1}` for j's
     sequence starting at r (the restart's `m = 0` decayed to j). Every exponent is taken after subtracting `m_j`.
+    The stabiliser is a constant to autograd (in :func:`mlstm_step` too): it changes the function only through the
+    `eps * exp(m)` part of the denominator, and Inductor's CPU code (torch 2.13) turned the max's gradient into NaN.
     """
     batch, heads, seqlen, dk = q.shape
     dv = v.shape[-1]
@@ -151,7 +153,7 @@ def mlstm_chunkwise(
     causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
     same_seq = (seq_id[..., :, None] == seq_id[..., None, :]) & causal  # (B, 1, nc, L, L)
     log_d = torch.where(same_seq, b[..., :, None] - b[..., None, :] + log_i[..., None, :], float("-inf"))
-    m_intra = log_d.amax(-1)  # (B, H, nc, L), -inf where no earlier token of the sequence is in the chunk
+    m_intra = log_d.detach().amax(-1)  # (B, H, nc, L), -inf where no earlier token of the sequence is in the chunk
 
     # Chunk-to-chunk recurrence of the state each chunk starts with.
     if initial_state is None:
@@ -168,7 +170,7 @@ def mlstm_chunkwise(
         carry_last = carries[:, :, chunk, -1]  # (B, 1)
         b_last = b[:, :, chunk, -1]
         inter = torch.where(carry_last, b_last + m_state, phantom[:, :, chunk, -1])
-        m_next = torch.maximum(inter, m_intra[:, :, chunk, -1])
+        m_next = torch.maximum(inter, m_intra[:, :, chunk, -1]).detach()
         decay = torch.exp(torch.where(carry_last, b_last + m_state - m_next, float("-inf")))
         weights = torch.exp(log_d[:, :, chunk, -1] - m_next[..., None])  # (B, H, L)
         k_weighted = k[:, :, chunk] * weights[..., None]
@@ -181,7 +183,7 @@ def mlstm_chunkwise(
 
     # Outputs of all chunks at once: the incoming state's share plus the causal (decay-weighted) attention inside.
     inter = torch.where(carries, b + m_start[..., None], phantom)
-    m = torch.maximum(inter, m_intra)  # (B, H, nc, L)
+    m = torch.maximum(inter, m_intra).detach()  # (B, H, nc, L)
     inter_scale = torch.exp(torch.where(carries, b + m_start[..., None] - m, float("-inf")))
     scores = (q @ k.transpose(-2, -1)) * torch.exp(log_d - m[..., None])
     numerator = (q @ c_start) * inter_scale[..., None] + scores @ v
