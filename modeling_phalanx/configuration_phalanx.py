@@ -18,7 +18,7 @@ PHALANX_MIXER = "linear_attention"
 # Further token mixers have names of their own in `layer_types`; to Transformers' cache classes and mask helpers each is
 # the recurrent-state layer kind it maps onto here (`PhalanxConfig.cache_layer_types`).
 MLSTM_MIXER = "mlstm"
-MIXER_CACHE_KINDS = {MLSTM_MIXER: PHALANX_MIXER}
+CACHE_LAYER_KINDS = {MLSTM_MIXER: PHALANX_MIXER}
 PHALANX_LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION, PHALANX_MIXER, MLSTM_MIXER)
 ATTENTION_LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION)
 NORM_TYPES = ("rms", "gemma_rms", "layer_norm")
@@ -306,14 +306,14 @@ class PhalanxConfig(PreTrainedConfig):
 
     def validate_layer_type(self) -> None:
         """Transformers' `layer_types` check (run by `save_pretrained` and `@strict`), with Phalanx's names: the base
-        check allows only Transformers' own, which would refuse the further mixers (`MIXER_CACHE_KINDS`)."""
+        check allows only Transformers' own, which would refuse the further mixers (`CACHE_LAYER_KINDS`)."""
         if self.layer_types is not None:
             self._check_layer_types()
 
     @property
     def cache_layer_types(self) -> list[str]:
-        """`layer_types` as Transformers' cache classes and mask helpers know them (further mixers mapped)."""
-        return [MIXER_CACHE_KINDS.get(t, t) for t in self.layer_types]
+        """`layer_types` as Transformers' cache classes know them (each further mixer as its cache layer kind)."""
+        return [CACHE_LAYER_KINDS.get(t, t) for t in self.layer_types]
 
     def _check_rope_layout(self) -> None:
         """A nested `rope_parameters` must cover every attention layer type the model uses."""

@@ -37,7 +37,6 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_phalanx import (
     ATTENTION_LAYER_TYPES,
     FULL_ATTENTION,
-    MIXER_CACHE_KINDS,
     MLSTM_MIXER,
     PHALANX_MIXER,
     SLIDING_ATTENTION,
@@ -474,8 +473,8 @@ def create_phalanx_masks(
     cache: Cache | None,
     position_ids: torch.Tensor | None,
 ) -> dict[str, torch.Tensor | None]:
-    """The mask of each layer type: causal (full), sliding-window causal, and the 2D padding mask the Phalanx layers
-    zero padding with. Each attention mask is sized by a layer of its own kind (Transformers 5.17 would otherwise
+    """The mask of each layer type: causal (full), sliding-window causal, and the 2D padding mask the mixer layers
+    (Phalanx, mLSTM) handle padding with. Each attention mask is sized by a layer of its own kind (Transformers 5.17 would otherwise
     take the first non-sliding layer, which may be a Phalanx layer, and size a static cache's mask wrongly)."""
     layer_types = config.layer_types
     mask_kwargs = {
@@ -486,15 +485,16 @@ def create_phalanx_masks(
         "position_ids": position_ids,
     }
     masks = {}
-    recurrent = {t for t in layer_types if t == PHALANX_MIXER or t in MIXER_CACHE_KINDS}
-    if recurrent:
-        masks.update(dict.fromkeys(recurrent, create_recurrent_attention_mask(**mask_kwargs)))
     if FULL_ATTENTION in layer_types:
         masks[FULL_ATTENTION] = create_causal_mask(**mask_kwargs, layer_idx=layer_types.index(FULL_ATTENTION))
     if SLIDING_ATTENTION in layer_types:
         masks[SLIDING_ATTENTION] = create_sliding_window_causal_mask(
             **mask_kwargs, layer_idx=layer_types.index(SLIDING_ATTENTION)
         )
+    mixer_types = {t for t in layer_types if t not in ATTENTION_LAYER_TYPES}
+    if mixer_types:
+        padding_mask = create_recurrent_attention_mask(**mask_kwargs)
+        masks.update(dict.fromkeys(mixer_types, padding_mask))
     return masks
 
 
@@ -676,8 +676,11 @@ class PhalanxMLP(nn.Module):
 
 
 # Token mixers other than attention, by layer type: each is built as `cls(config, layer_idx)` and called as
-# `mixer(hidden_states, attention_mask=, position_ids=, cache=, cu_seqlens=) -> (output, None)`.
-TOKEN_MIXERS: dict[str, type[nn.Module]] = {PHALANX_MIXER: PhalanxMixer, MLSTM_MIXER: PhalanxMLSTMMixer}
+# `mixer(hidden_states, attention_mask=, position_ids=, cache=, cu_seqlens=)` returning `(output, None)`.
+MIXER_CLASSES: dict[str, type[nn.Module]] = {
+    PHALANX_MIXER: PhalanxMixer,
+    MLSTM_MIXER: PhalanxMLSTMMixer,
+}
 
 
 class PhalanxDecoderLayer(GradientCheckpointingLayer):
@@ -696,8 +699,8 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
         super().__init__()
         self.layer_type = config.layer_types[layer_idx]
         self.placement = config.norm_placement
-        if self.layer_type in TOKEN_MIXERS:
-            self.mixer = TOKEN_MIXERS[self.layer_type](config, layer_idx)
+        if self.layer_type in MIXER_CLASSES:
+            self.mixer = MIXER_CLASSES[self.layer_type](config, layer_idx)
         else:
             self.self_attn = PhalanxAttention(config, layer_idx)
         self.mlp = PhalanxMLP(config)
@@ -711,7 +714,7 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
             self.post_feedforward_layernorm = make_norm(config, config.hidden_size)
 
     def _mix(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
-        token_mixer = self.mixer if self.layer_type in TOKEN_MIXERS else self.self_attn
+        token_mixer = self.mixer if self.layer_type in MIXER_CLASSES else self.self_attn
         output, _ = token_mixer(hidden_states, **kwargs)
         return output
 
@@ -728,7 +731,7 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
     ) -> torch.Tensor:
         # The model passes the cache under the installed release's name: gradient checkpointing drops it by that name.
         cache = resolve_cache(cache, past_key_values)
-        if self.layer_type in TOKEN_MIXERS:
+        if self.layer_type in MIXER_CLASSES:
             mix_kwargs = {"position_ids": position_ids, "cu_seqlens": cu_seqlens}
         else:
             mix_kwargs = {"position_embeddings": position_embeddings}
@@ -761,13 +764,15 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def cache_config(config: PhalanxConfig) -> PhalanxConfig:
-    """`config` as Transformers' cache classes read it: a copy whose `layer_types` name each further mixer by the
-    cache layer kind it maps onto, with enough state slots for the mLSTM's (C, tokens consumed, n, m)."""
-    if not any(t in MIXER_CACHE_KINDS for t in config.layer_types):
+def cache_layout_config(config: PhalanxConfig) -> PhalanxConfig:
+    """`config` as Transformers' caches should read it: a copy whose `layer_types` names each mixer's cache layer
+    kind (`config.cache_layer_types`), with enough state slots for the mLSTM's (C, tokens consumed, n, m), or
+    `config` itself when every layer type is already one of Transformers'."""
+    layer_types = config.cache_layer_types
+    if layer_types == config.layer_types:
         return config
     view = copy.copy(config)
-    view.layer_types = config.cache_layer_types
+    view.layer_types = layer_types
     if MLSTM_MIXER in config.layer_types:
         view.number_of_conv_states = max(config.number_of_conv_states, MLSTM_NUM_CACHE_STATES)
     return view
@@ -775,14 +780,11 @@ def cache_config(config: PhalanxConfig) -> PhalanxConfig:
 
 class PhalanxSeqLengthMixin:
     """Sequence length that also works when every layer is a Phalanx layer (Transformers' `Cache.get_seq_length`
-    refuses a cache made only of linear-attention layers), and cache layers for the further mixers' layer types.
+    refuses a cache made only of linear-attention layers).
 
     Linear-attention layers keep the mixer's state in `recurrent_states[0]` (and, for the mLSTM, 2 and 3) and the
     tokens consumed per row in `recurrent_states[1]`; without attention layers the length is read from the latter.
     """
-
-    def __init__(self, *args, config: PhalanxConfig | None = None, **kwargs) -> None:
-        super().__init__(*args, config=None if config is None else cache_config(config), **kwargs)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         if any(isinstance(layer, CacheLayerMixin) for layer in self.layers):
@@ -796,6 +798,9 @@ class PhalanxSeqLengthMixin:
 class PhalanxCache(PhalanxSeqLengthMixin, DynamicCache):
     """`DynamicCache(config)` for Phalanx models: what `forward` and `generate` build by default."""
 
+    def __init__(self, ddp_cache_data=None, config: PhalanxConfig | None = None, **kwargs) -> None:
+        super().__init__(ddp_cache_data, config=None if config is None else cache_layout_config(config), **kwargs)
+
 
 class PhalanxStaticCache(PhalanxSeqLengthMixin, StaticCache):
     """`StaticCache(config, max_cache_len)` for Phalanx models: `generate(cache_implementation="static")`.
@@ -803,6 +808,9 @@ class PhalanxStaticCache(PhalanxSeqLengthMixin, StaticCache):
     Attention layers get Transformers' fixed-size layers, Phalanx layers the linear-attention layer, whose
     recurrent states are updated in place (fixed addresses), so `generate` can compile the decoding step.
     """
+
+    def __init__(self, config: PhalanxConfig, max_cache_len: int, **kwargs) -> None:
+        super().__init__(cache_layout_config(config), max_cache_len, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
