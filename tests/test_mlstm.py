@@ -363,6 +363,44 @@ def test_packed_sequences_equal_separate_rows(layer_types: list[str]) -> None:
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("layer_types", [[M, M], [M, L, M]])
+def test_warm_cache_reused_for_a_new_sequence_equals_a_fresh_run(layer_types: list[str]) -> None:
+    """A row whose first position is 0 starts a new sequence: nothing cached leaks in, as a chunk or a single step,
+    and decoding goes on from the new sequence's state (recurrent layers: an attention cache keeps its keys)."""
+    model = tiny_model(num_hidden_layers=len(layer_types), layer_types=layer_types, mlstm_num_heads=2, mlstm_chunk_size=8)
+    old, new = torch.randint(3, VOCAB, (2, 37)), torch.randint(3, VOCAB, (2, 24))
+    for length in (23, 1):
+        cache = getattr(model(old, use_cache=True), CACHE_KWARG)
+        position_ids = torch.arange(length).expand(2, -1)
+        got = model(new[:, :length], position_ids=position_ids, use_cache=True, **{CACHE_KWARG: cache}).logits
+        torch.testing.assert_close(got, model(new[:, :length]).logits, rtol=1e-4, atol=1e-5)
+        assert cache.get_seq_length() == length
+        step = model(new[:, length : length + 1], use_cache=True, **{CACHE_KWARG: cache}).logits
+        torch.testing.assert_close(step, model(new[:, : length + 1]).logits[:, -1:], rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", ["mlstm_only", "swax"])
+def test_left_padding_in_one_pass_and_across_chunks_equals_each_row_alone(name: str) -> None:
+    """`model(ids, attention_mask=mask)` of a left-padded batch, without `position_ids`, in one forward and in two
+    chunks through the cache (row 0's first chunk nearly all padding), gives each row's own logits."""
+    model = mix_model(name, attn_implementation="sdpa")
+    prompts = [torch.randint(3, VOCAB, (n,)) for n in (9, 30)]
+    ids = torch.zeros(2, 30, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, 30 - len(prompt) :], mask[row, 30 - len(prompt) :] = prompt, 1
+    whole = model(ids, attention_mask=mask).logits
+    first = model(ids[:, :24], attention_mask=mask[:, :24], use_cache=True)
+    second = model(ids[:, 24:], attention_mask=mask, use_cache=True, **{CACHE_KWARG: getattr(first, CACHE_KWARG)})
+    chunked = torch.cat([first.logits, second.logits], dim=1)
+    for row, prompt in enumerate(prompts):
+        alone = model(prompt[None]).logits[0]
+        for logits in (whole, chunked):
+            torch.testing.assert_close(logits[row, 30 - len(prompt) :], alone, rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("name", list(MIXES))
 def test_generate_default_and_static_cache_and_left_padding(name: str) -> None:
     """Greedy with the cache equals without it and an argmax loop; the static cache gives the same tokens;
