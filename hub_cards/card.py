@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from modeling_phalanx.configuration_phalanx import FULL_ATTENTION, PHALANX_MIXER, SLIDING_ATTENTION
+from modeling_phalanx.configuration_phalanx import FULL_ATTENTION, MLSTM_MIXER, PHALANX_MIXER, SLIDING_ATTENTION
 from phalanx_conversion import CONVERSION_RECORD
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ MIXER_NAMES = {
     FULL_ATTENTION: "full attention",
     SLIDING_ATTENTION: "sliding-window attention",
     PHALANX_MIXER: "Phalanx (sliding window recurrence)",
+    MLSTM_MIXER: "mLSTM (xLSTM matrix memory)",
 }
 
 
@@ -164,6 +165,11 @@ def layer_table(config: PhalanxConfig) -> str:
         PHALANX_MIXER: (
             f"{config.phalanx_num_heads} heads of dim {config.phalanx_head_dim}, blocks of {block_len}, "
             f"{window_blocks} blocks ({(window_blocks - 1) * block_len + 1}-{window_blocks * block_len} tokens)"
+        ),
+        MLSTM_MIXER: (
+            f"{config.mlstm_num_heads} heads, key dim {int(config.hidden_size * config.mlstm_qk_dim_factor)}, value dim "
+            f"{int(config.hidden_size * config.mlstm_v_dim_factor)}, {config.mlstm_forget_gate} forget gate, "
+            f"gate soft cap {config.mlstm_gate_soft_cap}"
         ),
     }
     rows = ["| layer | mixer | details |", "|---:|---|---|"]

@@ -1,4 +1,5 @@
-"""The SWAX preset (sliding-window attention and mLSTM layers alternating) and `phalanx train --swax` on it."""
+"""The SWAX preset (sliding-window attention and mLSTM layers alternating), `phalanx train --swax` on it, and the
+model card's layer table."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from modeling_phalanx import PhalanxForCausalLM
 from phalanx_cli.main import main
+from phalanx_hub.card import layer_table
 from phalanx_training.presets import SIZES, get_preset
 
 M, S = "mlstm", "sliding_attention"
@@ -44,3 +46,9 @@ def test_phalanx_train_runs_swax_with_stochastic_windows(tmp_path: Path) -> None
     assert model.config.layer_types == [S, M, S, M] and model.config.sliding_window == 16
     prompt = torch.randint(3, 259, (1, 9))
     assert model.generate(prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False).shape == (1, 14)
+
+
+def test_model_card_names_the_mlstm_layers() -> None:
+    table = layer_table(get_preset("tiny-swax"))
+    assert "| 1 | mLSTM (xLSTM matrix memory) | 4 heads, key dim 32, value dim 64, sigmoid forget gate, gate soft cap 15.0 |" in table
+    assert "| 0 | sliding-window attention | window 64 tokens |" in table
