@@ -167,8 +167,8 @@ def layer_table(config: PhalanxConfig) -> str:
             f"{window_blocks} blocks ({(window_blocks - 1) * block_len + 1}-{window_blocks * block_len} tokens)"
         ),
         MLSTM_MIXER: (
-            f"{config.mlstm_num_heads} heads, key dim {int(config.hidden_size * config.mlstm_qk_dim_factor)}, value dim "
-            f"{int(config.hidden_size * config.mlstm_v_dim_factor)}, {config.mlstm_forget_gate} forget gate, "
+            f"{config.mlstm_num_heads} heads, key dim {int(config.hidden_size * config.mlstm_qk_dim_factor)}, "
+            f"value dim {int(config.hidden_size * config.mlstm_v_dim_factor)}, {config.mlstm_forget_gate} forget gate, "
             f"gate soft cap {config.mlstm_gate_soft_cap}"
         ),
     }

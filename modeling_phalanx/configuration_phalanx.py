@@ -15,8 +15,8 @@ from .swr_torch import MAX_HEAD_DIM, SUPPORTED_BLOCK_LENS
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
 PHALANX_MIXER = "linear_attention"
-# Further token mixers have names of their own in `layer_types`; to Transformers' cache classes and mask helpers each is
-# the recurrent-state layer kind it maps onto here (`PhalanxConfig.cache_layer_types`).
+# Further token mixers have names of their own in `layer_types`; to Transformers' cache classes each is the
+# recurrent-state layer kind it maps onto here (`PhalanxConfig.cache_layer_types`).
 MLSTM_MIXER = "mlstm"
 CACHE_LAYER_KINDS = {MLSTM_MIXER: PHALANX_MIXER}
 PHALANX_LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION, PHALANX_MIXER, MLSTM_MIXER)
@@ -63,7 +63,8 @@ class PhalanxConfig(PreTrainedConfig):
         fractions of `hidden_size`, split over the heads (xLSTM-7B's factors).
     mlstm_gate_soft_cap (`float`, *optional*, defaults to 15.0): `cap * tanh(x / cap)` on the input- and forget-gate
         pre-activations; None disables it.
-    mlstm_forget_gate (`str`, defaults to `"sigmoid"`): `"sigmoid"` (log f = logsigmoid) or `"exp"` (log f = pre-activation).
+    mlstm_forget_gate (`str`, defaults to `"sigmoid"`): `"sigmoid"` (log f = logsigmoid) or `"exp"`
+        (log f = pre-activation).
     mlstm_chunk_size (`int`, defaults to 64): tokens per chunk of the chunkwise-parallel form (does not change results).
     mlstm_eps (`float`, defaults to 1e-6): added to the stabilised denominator of the readout.
 
@@ -276,7 +277,9 @@ class PhalanxConfig(PreTrainedConfig):
             if (value is not None or name != "mlstm_gate_soft_cap") and not value > 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
         if self.mlstm_forget_gate not in MLSTM_FORGET_GATES:
-            raise ValueError(f"mlstm_forget_gate={self.mlstm_forget_gate!r} is unknown; use one of {MLSTM_FORGET_GATES}")
+            raise ValueError(
+                f"mlstm_forget_gate={self.mlstm_forget_gate!r} is unknown; use one of {MLSTM_FORGET_GATES}"
+            )
         if MLSTM_MIXER not in self.layer_types:
             return
         for name in ("mlstm_qk_dim_factor", "mlstm_v_dim_factor"):

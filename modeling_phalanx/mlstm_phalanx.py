@@ -53,8 +53,8 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 def mlstm_log_gates(
     igate_preact: torch.Tensor, fgate_preact: torch.Tensor, forget_gate: str, mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log i, log f) in float32 (float64 for float64 input) from the (soft-capped) pre-activations; where `mask` is False the token is padding:
-    `log i = -inf`, `log f = 0`, so it leaves the state as it was."""
+    """(log i, log f) in float32 (float64 for float64 input) from the (soft-capped) pre-activations; where `mask` is
+    False the token is padding: `log i = -inf`, `log f = 0`, so it leaves the state as it was."""
     dtype = compute_dtype(igate_preact)
     log_i = igate_preact.to(dtype)
     log_f = F.logsigmoid(fgate_preact.to(dtype)) if forget_gate == "sigmoid" else fgate_preact.to(dtype)
@@ -292,7 +292,8 @@ class PhalanxMLSTMMixer(nn.Module):
         if cache_layer is not None and cache_layer.is_recurrent_states_initialized[MLSTM_STATE_C]:
             state = tuple(cache_layer.recurrent_states[i] for i in (MLSTM_STATE_C, MLSTM_STATE_N, MLSTM_STATE_M))
         if state is not None and seqlen == 1:
-            h, state = mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], log_i[..., 0], log_f[..., 0], state, restart[:, 0], self.eps)
+            first = (q[:, :, 0], k[:, :, 0], v[:, :, 0], log_i[..., 0], log_f[..., 0])
+            h, state = mlstm_step(*first, state, restart[:, 0], self.eps)
             h = h[:, :, None]
         else:
             h, state = mlstm_chunkwise(q, k, v, log_i, log_f, restart, state, self.chunk_size, self.eps)

@@ -474,8 +474,9 @@ def create_phalanx_masks(
     position_ids: torch.Tensor | None,
 ) -> dict[str, torch.Tensor | None]:
     """The mask of each layer type: causal (full), sliding-window causal, and the 2D padding mask the mixer layers
-    (Phalanx, mLSTM) handle padding with. Each attention mask is sized by a layer of its own kind (Transformers 5.17 would otherwise
-    take the first non-sliding layer, which may be a Phalanx layer, and size a static cache's mask wrongly)."""
+    (Phalanx, mLSTM) handle padding with. Each attention mask is sized by a layer of its own kind (Transformers 5.17
+    would otherwise take the first non-sliding layer, which may be a mixer layer, and size a static cache's mask
+    wrongly)."""
     layer_types = config.layer_types
     mask_kwargs = {
         "config": config,
@@ -684,7 +685,8 @@ MIXER_CLASSES: dict[str, type[nn.Module]] = {
 
 
 class PhalanxDecoderLayer(GradientCheckpointingLayer):
-    """One decoder block: a token mixer (attention or Phalanx) and an MLP, with the configured norm placement.
+    """One decoder block: a token mixer (attention, or a `MIXER_CLASSES` mixer) and an MLP, with the configured norm
+    placement.
 
     pre: `x + mix(n1(x))`, then `x + mlp(n2(x))` (Llama). sandwich: `x + n2(mix(n1(x)))`, then
     `x + n4(mlp(n3(x)))` (Gemma2/3). post: `x + n2(mix(x))`, then `x + n4(mlp(x))` (Olmo3).

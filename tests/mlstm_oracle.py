@@ -4,10 +4,13 @@ xLSTM (Beck et al. 2024, section 2.3), unstabilised: `C_t = f_t C_{t-1} + i_t v_
 `h~_t = C_t q_t / max(|n_t^T q_t|, 1)` with `i_t = exp(i~_t)` and `f_t = sigmoid(f~_t)` (or `exp(f~_t)`), keys scaled by
 `1 / sqrt(d)` (here: queries, as xLSTM-7B does; the product is the same). xLSTM-7B (Beck et al. 2025) soft-caps the
 gate pre-activations and adds `eps` to the stabilised denominator `max(|n'^T q|, exp(-m_t)) + eps`; in unstabilised
-terms that is `max(|n^T q|, 1) + eps * exp(m_t)`, with the stabiliser `m_t = max(log f_t + m_{t-1}, log i_t)`, `m_0 = 0`.
+terms that is `max(|n^T q|, 1) + eps * exp(m_t)`, with the stabiliser `m_t = max(log f_t + m_{t-1}, log i_t)`,
+`m_0 = 0`.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -54,6 +57,6 @@ def mlstm_oracle(
                     torch.tensor(log_i, dtype=torch.float64)
                 ) * kt
                 qt = q[row, t, head]
-                denominator = max(abs(float(n @ qt)), 1.0) + eps * float(torch.exp(torch.tensor(m, dtype=torch.float64)))
+                denominator = max(abs(float(n @ qt)), 1.0) + eps * math.exp(m)
                 out[row, t, head] = (c @ qt) / denominator
     return out

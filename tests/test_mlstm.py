@@ -83,7 +83,8 @@ def test_chunkwise_and_step_match_the_float64_oracle(forget_gate: str, dtype: to
     """Restarts (packed sequences), left padding and padding mid-sequence, every chunk size (1, uneven, longer
     than the sequence): exact in float64, to float32 rounding in float32."""
     inputs = core_inputs(forget_gate, dtype)
-    expected = mlstm_oracle(**{n: inputs[n] for n in ("q", "k", "v", "i_pre", "f_pre", "starts", "keep")}, forget_gate=forget_gate)
+    names = ("q", "k", "v", "i_pre", "f_pre", "starts", "keep")
+    expected = mlstm_oracle(**{n: inputs[n] for n in names}, forget_gate=forget_gate)
     keep = inputs["keep"]
     scale = expected[keep].abs().max()
     tol = 1e-10 if dtype == torch.float64 else 2e-5
@@ -179,7 +180,7 @@ def layer_oracle(mixer, config, x, starts, keep):
 
 
 needs_native_xlstm = pytest.mark.skipif(
-    xlstm.external_xlstm, reason="the `xlstm` package is installed: Transformers then uses its kernels, not the native ones"
+    xlstm.external_xlstm, reason="the `xlstm` package is installed: Transformers then uses its kernels, not native ones"
 )
 
 
@@ -228,10 +229,11 @@ def test_core_matches_transformers_mlstm_functions_from_a_state() -> None:
     log_i, log_f = mlstm_log_gates(i_pre, f_pre, "sigmoid")
     no_restart = torch.zeros(batch, seqlen, dtype=torch.bool)
     got, state = mlstm_chunkwise(q, k, v, log_i, log_f, no_restart, (c0, n0, m0), chunk_size=4)
-    common = dict(query=q, key=k, value=v, igate=i_pre, fgate=f_pre, c_initial=c0, n_initial=n0, m_initial=m0[..., None])
+    common = dict(query=q, key=k, value=v, igate=i_pre, fgate=f_pre, c_initial=c0, n_initial=n0)
+    common["m_initial"] = m0[..., None]
     for name, expected, expected_state in (
         ("chunkwise", *xlstm.mlstm_chunkwise_native_autograd(**common, return_last_states=True, chunk_size=4)),
-        ("recurrent", *xlstm.mlstm_recurrent_sequence_native(**common, return_last_states=True, dtype_state=torch.float64)),
+        ("recurrent", *xlstm.mlstm_recurrent_sequence_native(**common, return_last_states=True, dtype_state=q.dtype)),
     ):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9, msg=name)
         for a, b in zip(state, expected_state):
@@ -260,7 +262,8 @@ def test_core_matches_the_xlstm_authors_mlstm_kernels() -> None:
     no_restart = torch.zeros(batch, seqlen, dtype=torch.bool)
     got, got_state = mlstm_chunkwise(q, k, v, log_i, log_f, no_restart, state, chunk_size=4)
     c0, n0, m0 = state
-    common = dict(q=q, k=k, v=v, i=i_pre, f=f_pre, c_initial=c0, n_initial=n0, m_initial=m0[..., None], return_last_states=True)
+    common = dict(q=q, k=k, v=v, i=i_pre, f=f_pre, c_initial=c0, n_initial=n0, m_initial=m0[..., None])
+    common["return_last_states"] = True
     chunkwise = kernels.get_mlstm_kernel("chunkwise--native_autograd")
     for name, (expected, expected_state) in (
         ("chunkwise", chunkwise(**common, chunk_size=4)),
@@ -329,6 +332,11 @@ def mix_model(name: str, **overrides):
     return tiny_model(num_hidden_layers=len(layer_types), layer_types=layer_types, **options)
 
 
+def recurrent_model(layer_types: list[str]):
+    options = dict(mlstm_num_heads=2, mlstm_chunk_size=8)
+    return tiny_model(num_hidden_layers=len(layer_types), layer_types=layer_types, **options)
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("name", list(MIXES))
 def test_chunked_prefill_and_steps_equal_one_pass(name: str) -> None:
@@ -350,7 +358,7 @@ def test_chunked_prefill_and_steps_equal_one_pass(name: str) -> None:
 def test_packed_sequences_equal_separate_rows(layer_types: list[str]) -> None:
     """Three sequences packed in one row with `position_ids` restarting at 0 give each sequence's own logits (the
     recurrent layers; packed attention is Transformers' business), in training and with a cache."""
-    model = tiny_model(num_hidden_layers=len(layer_types), layer_types=layer_types, mlstm_num_heads=2, mlstm_chunk_size=8)
+    model = recurrent_model(layer_types)
     seqs = [torch.randint(3, VOCAB, (1, n)) for n in (17, 12, 5)]
     packed = torch.cat(seqs, dim=1)
     position_ids = torch.cat([torch.arange(s.shape[1]) for s in seqs])[None]
@@ -367,7 +375,7 @@ def test_packed_sequences_equal_separate_rows(layer_types: list[str]) -> None:
 def test_warm_cache_reused_for_a_new_sequence_equals_a_fresh_run(layer_types: list[str]) -> None:
     """A row whose first position is 0 starts a new sequence: nothing cached leaks in, as a chunk or a single step,
     and decoding goes on from the new sequence's state (recurrent layers: an attention cache keeps its keys)."""
-    model = tiny_model(num_hidden_layers=len(layer_types), layer_types=layer_types, mlstm_num_heads=2, mlstm_chunk_size=8)
+    model = recurrent_model(layer_types)
     old, new = torch.randint(3, VOCAB, (2, 37)), torch.randint(3, VOCAB, (2, 24))
     for length in (23, 1):
         cache = getattr(model(old, use_cache=True), CACHE_KWARG)
@@ -414,7 +422,8 @@ def test_generate_default_and_static_cache_and_left_padding(name: str) -> None:
     assert torch.equal(cached, ids)
     assert torch.equal(model.generate(prompt, use_cache=False, **GREEDY), ids)
     assert torch.equal(model.generate(prompt, cache_implementation="static", **GREEDY), ids)
-    beams = [model.generate(prompt, num_beams=3, use_cache=c, max_new_tokens=8, min_new_tokens=8) for c in (True, False)]
+    beam = dict(num_beams=3, max_new_tokens=8, min_new_tokens=8)
+    beams = [model.generate(prompt, use_cache=use_cache, **beam) for use_cache in (True, False)]
     assert torch.equal(beams[0], beams[1])
 
     prompts = [torch.randint(3, VOCAB, (n,)) for n in (5, 21)]
@@ -443,7 +452,7 @@ def test_compiled_static_decoding_has_no_graph_break() -> None:
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(mlstm_num_heads=3), r"mlstm_qk_dim_factor=0.5 gives width int\(hidden_size \* factor\)=16, which mlstm_num_heads=3"),
+        (dict(mlstm_num_heads=3), r"mlstm_qk_dim_factor=0.5 gives width int\(hidden_size \* factor\)=16, which"),
         (dict(mlstm_v_dim_factor=0.3), "mlstm_v_dim_factor=0.3 gives width"),
         (dict(mlstm_forget_gate="tanh"), r"mlstm_forget_gate='tanh' is unknown; use one of \('sigmoid', 'exp'\)"),
         (dict(mlstm_gate_soft_cap=0.0), "mlstm_gate_soft_cap must be positive, got 0.0"),

@@ -50,5 +50,6 @@ def test_phalanx_train_runs_swax_with_stochastic_windows(tmp_path: Path) -> None
 
 def test_model_card_names_the_mlstm_layers() -> None:
     table = layer_table(get_preset("tiny-swax"))
-    assert "| 1 | mLSTM (xLSTM matrix memory) | 4 heads, key dim 32, value dim 64, sigmoid forget gate, gate soft cap 15.0 |" in table
+    details = "4 heads, key dim 32, value dim 64, sigmoid forget gate, gate soft cap 15.0"
+    assert f"| 1 | mLSTM (xLSTM matrix memory) | {details} |" in table
     assert "| 0 | sliding-window attention | window 64 tokens |" in table
