@@ -179,6 +179,20 @@ def layer_oracle(mixer, config, x, starts, keep):
     return mixer.out_proj(torch.sigmoid(mixer.ogate_preact(x)) * normed.flatten(-2) * mixer.multihead_norm.weight)
 
 
+def test_cu_seqlens_marks_restarts_like_position_ids() -> None:
+    """Without `position_ids`, `cu_seqlens` of the flattened batch restarts the state at each sequence start."""
+    mixer = randomised_mixer(mixer_config())
+    x = torch.randn(2, 13, 32)
+    position_ids = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]])
+    cu_seqlens = torch.tensor([0, 5, 13, 16, 26])  # flattened: row 1 begins at 13, its second sequence at 16
+    with torch.no_grad():
+        by_positions, _ = mixer(x, position_ids=position_ids)
+        by_cu_seqlens, _ = mixer(x, cu_seqlens=cu_seqlens)
+        unpacked, _ = mixer(x)
+    torch.testing.assert_close(by_cu_seqlens, by_positions)
+    assert not torch.allclose(unpacked, by_positions)
+
+
 needs_native_xlstm = pytest.mark.skipif(
     xlstm.external_xlstm, reason="the `xlstm` package is installed: Transformers then uses its kernels, not native ones"
 )
