@@ -20,6 +20,7 @@ from modeling_phalanx.configuration_phalanx import (
     HYENA_LI,
     HYENA_MR,
     HYENA_SE,
+    MLSTM_MIXER,
     PHALANX_MIXER,
     SLIDING_ATTENTION,
 )
@@ -40,6 +41,7 @@ MIXER_NAMES = {
     HYENA_SE: "Hyena-SE (short explicit filter)",
     HYENA_MR: "Hyena-MR (medium regularized filter)",
     HYENA_LI: "Hyena-LI (long implicit filter)",
+    MLSTM_MIXER: "mLSTM (xLSTM matrix memory)",
 }
 
 
@@ -179,6 +181,11 @@ def layer_table(config: PhalanxConfig) -> str:
         HYENA_SE: f"{config.hyena_se_len} taps",
         HYENA_MR: f"{config.hyena_mr_len} taps, decay rates {low:g}-{high:g} per tap",
         HYENA_LI: f"{config.hyena_li_modes} modes over the whole sequence",
+        MLSTM_MIXER: (
+            f"{config.mlstm_num_heads} heads, key dim {int(config.hidden_size * config.mlstm_qk_dim_factor)}, "
+            f"value dim {int(config.hidden_size * config.mlstm_v_dim_factor)}, {config.mlstm_forget_gate} forget gate, "
+            f"gate soft cap {config.mlstm_gate_soft_cap}"
+        ),
     }
     rows = ["| layer | mixer | details |", "|---:|---|---|"]
     rows += [

@@ -7,6 +7,7 @@ from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
+from .mlstm_phalanx import MLSTM_FORGET_GATES
 from .swr_torch import MAX_HEAD_DIM, SUPPORTED_BLOCK_LENS
 
 # Layer types, with Transformers' own names (the cache classes and mask helpers key on them); the one place they
@@ -14,16 +15,17 @@ from .swr_torch import MAX_HEAD_DIM, SUPPORTED_BLOCK_LENS
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
 PHALANX_MIXER = "linear_attention"
-# Mixers from the source papers (StripedHyena 2's Hyena-SE / -MR / -LI) have their own names in `layer_types`; for
-# Transformers' caches they are the recurrent-state layer kind in CACHE_LAYER_KINDS (a `LinearAttentionLayer` holding
-# FIR windows in `conv_states` and recurrent states in `recurrent_states`). A new mixer adds a name here, an entry in
-# CACHE_LAYER_KINDS and one in `modeling_phalanx.MIXER_CLASSES`.
+# Mixers from the source papers have names of their own in `layer_types` (StripedHyena 2's Hyena-SE / -MR / -LI,
+# xLSTM's mLSTM); for Transformers' caches each is the recurrent-state layer kind in CACHE_LAYER_KINDS (a
+# `LinearAttentionLayer` holding FIR windows in `conv_states` and recurrent states in `recurrent_states`). A new
+# mixer adds a name here, an entry in CACHE_LAYER_KINDS and one in `modeling_phalanx.MIXER_CLASSES`.
 HYENA_SE = "hyena_se"
 HYENA_MR = "hyena_mr"
 HYENA_LI = "hyena_li"
 HYENA_LAYER_TYPES = (HYENA_SE, HYENA_MR, HYENA_LI)
-CACHE_LAYER_KINDS = {HYENA_SE: "conv", HYENA_MR: "conv", HYENA_LI: "linear_attention"}
-PHALANX_LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION, PHALANX_MIXER, *HYENA_LAYER_TYPES)
+MLSTM_MIXER = "mlstm"
+CACHE_LAYER_KINDS = {HYENA_SE: "conv", HYENA_MR: "conv", HYENA_LI: "linear_attention", MLSTM_MIXER: PHALANX_MIXER}
+PHALANX_LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION, PHALANX_MIXER, *HYENA_LAYER_TYPES, MLSTM_MIXER)
 ATTENTION_LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION)
 NORM_TYPES = ("rms", "gemma_rms", "layer_norm")
 NORM_PLACEMENTS = ("pre", "sandwich", "post", "parallel")
@@ -73,6 +75,17 @@ class PhalanxConfig(PreTrainedConfig):
         `h_k = sum_n R_n * lambda_n ** k`.
     hyena_filter_groups (`int`, *optional*): filters per Hyena layer, each shared by `hidden_size // groups`
         consecutive channels; defaults to `hidden_size` (one filter per channel).
+    mLSTM mixer fields (layer type `"mlstm"`, xLSTM's matrix-memory layer; definitions in docs/mlstm.md):
+
+    mlstm_num_heads (`int`, defaults to 4): mLSTM heads.
+    mlstm_qk_dim_factor / mlstm_v_dim_factor (`float`, defaults to 0.5 / 1.0): query-key and value widths as
+        fractions of `hidden_size`, split over the heads (xLSTM-7B's factors).
+    mlstm_gate_soft_cap (`float`, *optional*, defaults to 15.0): `cap * tanh(x / cap)` on the input- and forget-gate
+        pre-activations; None disables it.
+    mlstm_forget_gate (`str`, defaults to `"sigmoid"`): `"sigmoid"` (log f = logsigmoid) or `"exp"`
+        (log f = pre-activation).
+    mlstm_chunk_size (`int`, defaults to 64): tokens per chunk of the chunkwise-parallel form (does not change results).
+    mlstm_eps (`float`, defaults to 1e-6): added to the stabilised denominator of the readout.
 
     Decoder-block variants (all off by default = pre-norm SwiGLU with RMSNorm), used to represent converted
     checkpoints exactly:
@@ -160,6 +173,13 @@ class PhalanxConfig(PreTrainedConfig):
     hyena_mr_decay: list[float] | tuple[float, float] | None = None
     hyena_li_modes: int = 16
     hyena_filter_groups: int | None = None
+    mlstm_num_heads: int = 4
+    mlstm_qk_dim_factor: float | int = 0.5
+    mlstm_v_dim_factor: float | int = 1.0
+    mlstm_gate_soft_cap: float | int | None = 15.0
+    mlstm_forget_gate: str = "sigmoid"
+    mlstm_chunk_size: int = 64
+    mlstm_eps: float = 1e-6
 
     norm_type: str = "rms"
     norm_placement: str = "pre"
@@ -212,6 +232,7 @@ class PhalanxConfig(PreTrainedConfig):
         if self.hyena_mr_decay is None:
             self.hyena_mr_decay = [1e-4, 1e-2]
         self._check_hyena()
+        self._check_mlstm()
         self._check_block_variants()
         super().__post_init__(**kwargs)
         self._check_rope_layout()
@@ -293,16 +314,29 @@ class PhalanxConfig(PreTrainedConfig):
             raise ValueError(f"hyena_mr_decay must be [min, max] with 0 < min <= max, got {low_high!r}")
         self.hyena_mr_decay = [float(a) for a in low_high]
 
-    def validate_layer_type(self) -> None:
-        """`layer_types` names the Phalanx layer types (Transformers' own plus the Hyena mixers) and has
-        `num_hidden_layers` entries; replaces Transformers' check, which knows only its own names, when saving."""
-        if self.layer_types is not None:
-            self._check_layer_types()
-
-    @property
-    def cache_layer_types(self) -> list[str]:
-        """`layer_types` with each mixer replaced by the Transformers cache layer kind it uses (CACHE_LAYER_KINDS)."""
-        return [CACHE_LAYER_KINDS.get(t, t) for t in self.layer_types]
+    def _check_mlstm(self) -> None:
+        """Validate the mLSTM fields (head splits only when the model has mLSTM layers)."""
+        for name in ("mlstm_num_heads", "mlstm_chunk_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("mlstm_qk_dim_factor", "mlstm_v_dim_factor", "mlstm_gate_soft_cap", "mlstm_eps"):
+            value = getattr(self, name)
+            if (value is not None or name != "mlstm_gate_soft_cap") and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if self.mlstm_forget_gate not in MLSTM_FORGET_GATES:
+            raise ValueError(
+                f"mlstm_forget_gate={self.mlstm_forget_gate!r} is unknown; use one of {MLSTM_FORGET_GATES}"
+            )
+        if MLSTM_MIXER not in self.layer_types:
+            return
+        for name in ("mlstm_qk_dim_factor", "mlstm_v_dim_factor"):
+            width = int(self.hidden_size * getattr(self, name))
+            if width < self.mlstm_num_heads or width % self.mlstm_num_heads != 0:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} gives width int(hidden_size * factor)={width}, which "
+                    f"mlstm_num_heads={self.mlstm_num_heads} heads do not split evenly"
+                )
 
     def _check_block_variants(self) -> None:
         """Validate the decoder-block variant switches."""
@@ -320,6 +354,17 @@ class PhalanxConfig(PreTrainedConfig):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive when set, got {value}")
+
+    def validate_layer_type(self) -> None:
+        """Transformers' `layer_types` check (run by `save_pretrained` and `@strict`), with Phalanx's names: the base
+        check allows only Transformers' own, which would refuse the further mixers (`CACHE_LAYER_KINDS`)."""
+        if self.layer_types is not None:
+            self._check_layer_types()
+
+    @property
+    def cache_layer_types(self) -> list[str]:
+        """`layer_types` as Transformers' cache classes know them (each further mixer as its cache layer kind)."""
+        return [CACHE_LAYER_KINDS.get(t, t) for t in self.layer_types]
 
     def _check_rope_layout(self) -> None:
         """A nested `rope_parameters` must cover every attention layer type the model uses."""

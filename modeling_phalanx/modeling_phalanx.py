@@ -40,11 +40,13 @@ from .configuration_phalanx import (
     HYENA_LI,
     HYENA_MR,
     HYENA_SE,
+    MLSTM_MIXER,
     PHALANX_MIXER,
     SLIDING_ATTENTION,
     PhalanxConfig,
 )
 from .hyena_phalanx import PhalanxHyenaMixer
+from .mlstm_phalanx import MLSTM_NUM_CACHE_STATES, MLSTMGateProjection, PhalanxMLSTMMixer
 from .swr_torch import SWRState, phalanx_core_step_torch, phalanx_core_torch, phalanx_projection_sizes
 
 
@@ -476,7 +478,7 @@ def create_phalanx_masks(
     position_ids: torch.Tensor | None,
 ) -> dict[str, torch.Tensor | None]:
     """The mask of each layer type: causal (full), sliding-window causal, and the 2D padding mask the mixer layers
-    (Phalanx, Hyena) zero padding with. Each attention mask is sized by a layer of its own kind (Transformers 5.17
+    (Phalanx, Hyena, mLSTM) handle padding with. Each attention mask is sized by a layer of its own kind (Transformers 5.17
     would otherwise take the first non-sliding layer, which may be a mixer layer, and size a static cache's mask
     wrongly)."""
     layer_types = config.layer_types
@@ -685,6 +687,7 @@ MIXER_CLASSES: dict[str, type[nn.Module]] = {
     HYENA_SE: PhalanxHyenaMixer,
     HYENA_MR: PhalanxHyenaMixer,
     HYENA_LI: PhalanxHyenaMixer,
+    MLSTM_MIXER: PhalanxMLSTMMixer,
 }
 
 
@@ -770,12 +773,27 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def cache_layout_config(config: PhalanxConfig) -> PhalanxConfig:
+    """`config` as Transformers' caches should read it: a copy whose `layer_types` names each mixer's cache layer
+    kind (`config.cache_layer_types`), with enough state slots for the mLSTM's (C, tokens consumed, n, m), or
+    `config` itself when every layer type is already one of Transformers'."""
+    layer_types = config.cache_layer_types
+    if layer_types == config.layer_types:
+        return config
+    view = copy.copy(config)
+    view.layer_types = layer_types
+    if MLSTM_MIXER in config.layer_types:
+        view.number_of_conv_states = max(config.number_of_conv_states, MLSTM_NUM_CACHE_STATES)
+    return view
+
+
 class PhalanxSeqLengthMixin:
     """Sequence length that also works when every layer is a Phalanx layer (Transformers' `Cache.get_seq_length`
     refuses a cache made only of linear-attention layers).
 
-    Linear-attention layers (Phalanx and Hyena) keep the tokens consumed per row in `recurrent_states[1]` (Phalanx
-    keeps its SWR state `h` in `recurrent_states[0]`); without attention layers the length is read from the former.
+    Linear-attention layers (Phalanx, Hyena, mLSTM) keep the mixer's state in `recurrent_states[0]` (and, for the
+    mLSTM, 2 and 3; Hyena's FIR windows sit in `conv_states`) and the tokens consumed per row in
+    `recurrent_states[1]`; without attention layers the length is read from the latter.
     """
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -785,17 +803,6 @@ class PhalanxSeqLengthMixin:
             if isinstance(layer, LinearAttentionCacheLayerMixin) and layer.is_recurrent_states_initialized[1]:
                 return int(layer.recurrent_states[1].max())
         return 0
-
-
-def cache_layout_config(config: PhalanxConfig) -> PhalanxConfig:
-    """`config` as Transformers' caches should read it: a copy whose `layer_types` names each mixer's cache layer
-    kind (`config.cache_layer_types`), or `config` itself when every layer type is already one of Transformers'."""
-    layer_types = config.cache_layer_types
-    if layer_types == config.layer_types:
-        return config
-    view = copy.copy(config)
-    view.layer_types = layer_types
-    return view
 
 
 class PhalanxCache(PhalanxSeqLengthMixin, DynamicCache):
@@ -808,7 +815,7 @@ class PhalanxCache(PhalanxSeqLengthMixin, DynamicCache):
 class PhalanxStaticCache(PhalanxSeqLengthMixin, StaticCache):
     """`StaticCache(config, max_cache_len)` for Phalanx models: `generate(cache_implementation="static")`.
 
-    Attention layers get Transformers' fixed-size layers, Phalanx and Hyena layers the linear-attention layer, whose
+    Attention layers get Transformers' fixed-size layers, the mixer layers the linear-attention layer, whose
     states are updated in place (fixed addresses), so `generate` can compile the decoding step.
     """
 
@@ -875,6 +882,11 @@ class PhalanxPreTrainedModel(PreTrainedModel):
             init.copy_(module.bias, bias.to(device=module.bias.device, dtype=module.bias.dtype))
         elif isinstance(module, PhalanxHyenaMixer):
             module.init_filters()
+        elif isinstance(module, MLSTMGateProjection):
+            # xLSTM-7B: gate weights 0, input-gate bias -10, forget-gate biases spread over the heads.
+            init.zeros_(module.weight)
+            bias = module.initial_bias(self.config.mlstm_forget_gate)
+            init.copy_(module.bias, bias.to(device=module.bias.device, dtype=module.bias.dtype))
         elif isinstance(module, PhalanxGemmaRMSNorm):
             init.zeros_(module.weight)
         elif isinstance(module, PhalanxScaledWordEmbedding):

@@ -1,4 +1,4 @@
-"""Model presets: five flavours per size sharing one schema, sizes up to ~1.3B, JSON configs; `phalanx train` on the
+"""Model presets: six flavours per size sharing one schema, sizes up to ~1.3B, JSON configs; `phalanx train` on the
 tiny multi-hybrids."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Named ``PhalanxConfig`` presets, from a CPU toy to about 1.3B parameters.
 
-Every size comes in five flavours that differ only in ``layer_types`` (one schema for all, so
+Every size comes in six flavours that differ only in ``layer_types`` (one schema for all, so
 comparisons change nothing else). Layer ``i`` is ``full_attention`` when ``(i + 1) % 4 == 0``; the other
 layers cycle through the flavour's mixers:
 
@@ -10,7 +10,12 @@ layers cycle through the flavour's mixers:
 - ``<size>-stripedhyena``: StripedHyena 2's striping, ``hyena_se, hyena_mr, hyena_li, full_attention``
   repeated (docs/hyena.md);
 - ``<size>-multihybrid``: Phalanx for local mixing, Hyena-LI for long range, full attention for recall:
-  ``linear_attention, linear_attention, hyena_li, full_attention`` repeated.
+  ``linear_attention, linear_attention, hyena_li, full_attention`` repeated;
+
+and one with no full attention:
+
+- ``<size>-swax``: SWAX (design seed 002), ``sliding_attention`` and ``mlstm`` (xLSTM's mLSTM) alternating, no
+  full attention; train it with ``phalanx train --swax`` for SWAX's stochastic windows.
 
 ``--model-config`` accepts a preset name or a path to a ``config.json`` (:func:`load_model_config`).
 """
@@ -27,6 +32,7 @@ from modeling_phalanx.configuration_phalanx import (
     HYENA_LI,
     HYENA_MR,
     HYENA_SE,
+    MLSTM_MIXER,
     PHALANX_MIXER,
     SLIDING_ATTENTION,
 )
@@ -38,8 +44,11 @@ FLAVOURS: dict[str, tuple[str, ...] | None] = {
     "phalanx": (PHALANX_MIXER,),
     "stripedhyena": (HYENA_SE, HYENA_MR, HYENA_LI),
     "multihybrid": (PHALANX_MIXER, PHALANX_MIXER, HYENA_LI),
+    "swax": (SLIDING_ATTENTION, MLSTM_MIXER),
 }
 FULL_ATTENTION_EVERY = 4
+# Flavours whose layers repeat their mixers with no full attention (instead of every fourth layer full).
+NO_FULL_ATTENTION = frozenset({"swax"})
 # Channels sharing one Hyena filter (StripedHyena 2's filter grouping); every flavour carries the field.
 HYENA_GROUP_CHANNELS = 16
 
@@ -77,10 +86,12 @@ PRESET_NAMES: tuple[str, ...] = tuple(f"{size}-{flavour}" for size in SIZES for 
 
 
 def layer_pattern(num_layers: int, flavour: str) -> list[str]:
-    """``layer_types`` for ``flavour``: every fourth layer full attention, the rest the flavour's mixer."""
+    """``layer_types`` for ``flavour``: its cycle, or every fourth layer full attention and the rest its mixer."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}; expected one of {', '.join(FLAVOURS)}")
     mixers = FLAVOURS[flavour]
+    if flavour in NO_FULL_ATTENTION:
+        return [mixers[i % len(mixers)] for i in range(num_layers)]
     return [
         FULL_ATTENTION if mixers is None or (i + 1) % FULL_ATTENTION_EVERY == 0
         else mixers[(i - (i + 1) // FULL_ATTENTION_EVERY) % len(mixers)]
@@ -95,7 +106,7 @@ def get_preset(name: str, **overrides: Any) -> PhalanxConfig:
         raise ValueError(f"unknown model preset {name!r}; available: {', '.join(PRESET_NAMES)}")
     fields = dict(SIZES[size])
     fields["layer_types"] = layer_pattern(fields["num_hidden_layers"], flavour)
-    if flavour != "swa":
+    if SLIDING_ATTENTION not in fields["layer_types"]:
         fields["sliding_window"] = None
     fields["hyena_filter_groups"] = fields["hidden_size"] // HYENA_GROUP_CHANNELS
     fields.update(overrides)

@@ -1,0 +1,341 @@
+"""The mLSTM token mixer of xLSTM (Beck et al. 2024; xLSTM-7B, Beck et al. 2025) in plain PyTorch.
+
+Torch-only and flat, so a Hub bundle imports it as a sibling module. Definitions (docs/mlstm.md has them in full):
+per head, with gate pre-activations soft-capped (`cap * tanh(x / cap)`), `log i_t = i~_t` (exponential input gate) and
+`log f_t = logsigmoid(f~_t)` (or `f~_t` for the exponential forget gate), the stabilised recurrence
+
+    m_t = max(log f_t + m_{t-1}, log i_t)                       m_0 = 0, C_0 = 0, n_0 = 0
+    C_t = exp(log f_t + m_{t-1} - m_t) C_{t-1} + exp(log i_t - m_t) k_t v_t^T
+    n_t = exp(log f_t + m_{t-1} - m_t) n_{t-1} + exp(log i_t - m_t) k_t
+    h_t = (q_t / sqrt(d_qk))^T C_t / (max(|(q_t / sqrt(d_qk))^T n_t|, exp(-m_t)) + eps)
+
+is computed chunkwise in parallel for training and prefill (:func:`mlstm_chunkwise`) and one step at a time for
+decoding (:func:`mlstm_step`); both carry the state `(C, n, m)` in float32. A token flagged as a restart starts its
+sequence from the zero state (packed sequences, `position_ids` restarts); a masked (padding) token leaves the state
+unchanged. The layer around it (:class:`PhalanxMLSTMMixer`) is xLSTM's mLSTM layer: q/k/v, gate and output-gate
+projections, per-head layer norm of `h`, `sigmoid(o) * norm(h)`, `out_proj`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from .configuration_phalanx import PhalanxConfig
+
+# xLSTM-7B's gate bias init: input gate -10, forget gate spread over heads in [3, 6] (sigmoid(3..6) ~ 0.95..0.998).
+MLSTM_IGATE_BIAS_INIT = -10.0
+MLSTM_FGATE_BIAS_INIT_RANGE = (3.0, 6.0)
+MLSTM_FORGET_GATES = ("sigmoid", "exp")
+
+# Cache layout: the mLSTM state in a linear-attention cache layer's `recurrent_states`. Slot 1 holds the tokens
+# consumed per row, as for the Phalanx mixer, so the cache's sequence length reads the same from either layer kind.
+MLSTM_STATE_C, MLSTM_STATE_POS, MLSTM_STATE_N, MLSTM_STATE_M = 0, 1, 2, 3
+MLSTM_NUM_CACHE_STATES = 4
+
+
+def soft_cap(values: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """`cap * tanh(values / cap)`, or `values` when `cap` is None (Gemma2 / xLSTM-7B soft-capping)."""
+    if cap is None:
+        return values
+    return cap * torch.tanh(values / cap)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 for float64 inputs (exactness tests), float32 otherwise."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def mlstm_log_gates(
+    igate_preact: torch.Tensor, fgate_preact: torch.Tensor, forget_gate: str, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log i, log f) in float32 (float64 for float64 input) from the (soft-capped) pre-activations; where `mask` is
+    False the token is padding: `log i = -inf`, `log f = 0`, so it leaves the state as it was."""
+    dtype = compute_dtype(igate_preact)
+    log_i = igate_preact.to(dtype)
+    log_f = F.logsigmoid(fgate_preact.to(dtype)) if forget_gate == "sigmoid" else fgate_preact.to(dtype)
+    if mask is not None:
+        log_i = log_i.masked_fill(~mask, float("-inf"))
+        log_f = log_f.masked_fill(~mask, 0.0)
+    return log_i, log_f
+
+
+def mlstm_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_i: torch.Tensor,
+    log_f: torch.Tensor,
+    state: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    restart: torch.Tensor | None = None,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One recurrent step. q, k: (B, H, Dk); v: (B, H, Dv); log_i, log_f: (B, H) float32; state (C, n, m):
+    (B, H, Dk, Dv), (B, H, Dk), (B, H) float32; `restart` (B,) bool zeroes a row's state first. Returns h (B, H, Dv)
+    float32 and the new state."""
+    c_old, n_old, m_old = state
+    if restart is not None:
+        keep = (~restart).to(torch.float32)
+        c_old, n_old, m_old = c_old * keep[:, None, None, None], n_old * keep[:, None, None], m_old * keep[:, None]
+    dtype = compute_dtype(q)
+    q = q.to(dtype) * q.shape[-1] ** -0.5
+    k, v = k.to(dtype), v.to(dtype)
+    m_new = torch.maximum(log_f + m_old, log_i).detach()
+    f_act = torch.exp(log_f + m_old - m_new)
+    i_act = torch.exp(log_i - m_new)
+    c_new = f_act[..., None, None] * c_old + i_act[..., None, None] * (k[..., :, None] * v[..., None, :])
+    n_new = f_act[..., None] * n_old + i_act[..., None] * k
+    numerator = (q[..., None, :] @ c_new).squeeze(-2)
+    qn = (q * n_new).sum(-1)
+    denominator = torch.maximum(qn.abs(), torch.exp(-m_new)) + eps
+    return numerator / denominator[..., None], (c_new, n_new, m_new)
+
+
+def mlstm_chunkwise(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_i: torch.Tensor,
+    log_f: torch.Tensor,
+    restart: torch.Tensor,
+    initial_state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    chunk_size: int = 64,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Chunkwise-parallel mLSTM over a sequence, equal to :func:`mlstm_step` applied token by token.
+
+    q, k: (B, H, T, Dk); v: (B, H, T, Dv); log_i, log_f: (B, H, T) float32 (padding as :func:`mlstm_log_gates` sets
+    it); restart: (B, T) bool, True where a token starts its sequence from the zero state; initial_state (C, n, m) as
+    in :func:`mlstm_step` (zeros when None). Any T >= 1. Returns h (B, H, T, Dv) float32 and the final state.
+
+    Within a chunk of L tokens, with `b_j` the cumulative log forget gate from the chunk start and `s` ranging over
+    the earlier tokens of j's own sequence in the chunk, `m_j = max(inter_j, max_s(b_j - b_s + log i_s))`, where
+    `inter_j = b_j + m_chunk` when j continues the state the chunk started with, else `b_j - b_{r-1}` for j's
+    sequence starting at r (the restart's `m = 0` decayed to j). Every exponent is taken after subtracting `m_j`.
+    The stabiliser is a constant to autograd (in :func:`mlstm_step` too): it changes the function only through the
+    `eps * exp(m)` part of the denominator, and Inductor's CPU code (torch 2.13) turned the max's gradient into NaN.
+    """
+    batch, heads, seqlen, dk = q.shape
+    dv = v.shape[-1]
+    device = q.device
+    nc = -(-seqlen // chunk_size)
+    pad = nc * chunk_size - seqlen
+    dtype = compute_dtype(q)
+    q, k, v = q.to(dtype) * dk**-0.5, k.to(dtype), v.to(dtype)
+    log_i, log_f = log_i.to(dtype), log_f.to(dtype)
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        log_i = F.pad(log_i, (0, pad), value=float("-inf"))
+        log_f = F.pad(log_f, (0, pad), value=0.0)
+        restart = F.pad(restart, (0, pad), value=False)
+    L = chunk_size
+    q = q.view(batch, heads, nc, L, dk)
+    k = k.view(batch, heads, nc, L, dk)
+    v = v.view(batch, heads, nc, L, dv)
+    log_i = log_i.view(batch, heads, nc, L)
+    b = log_f.view(batch, heads, nc, L).cumsum(-1)  # cumulative log forget gate within each chunk
+
+    # Sequence ids (one more per restart); a token continues the chunk's incoming state iff its id equals the id of
+    # the token before the chunk (0 before the first token, so a restart at t = 0 discards `initial_state`).
+    seq_id = restart.long().cumsum(-1).view(batch, 1, nc, L)
+    incoming_id = torch.cat([seq_id.new_zeros(batch, 1, 1), seq_id[..., :-1, -1]], dim=-1)
+    carries = seq_id == incoming_id[..., None]  # (B, 1, nc, L)
+    # Start r of each token's sequence inside the chunk (-1 when it started before the chunk) and b_{r-1}.
+    local = torch.arange(L, device=device)
+    starts = torch.where(restart.view(batch, 1, nc, L), local, -1).cummax(-1).values
+    b_before = torch.where(starts > 0, b.gather(-1, (starts - 1).clamp(min=0).expand_as(b)), 0.0)
+    phantom = b - b_before  # the restart's m = 0 decayed to j (used where the token does not carry)
+
+    causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+    same_seq = (seq_id[..., :, None] == seq_id[..., None, :]) & causal  # (B, 1, nc, L, L)
+    log_d = torch.where(same_seq, b[..., :, None] - b[..., None, :] + log_i[..., None, :], float("-inf"))
+    m_intra = log_d.detach().amax(-1)  # (B, H, nc, L), -inf where no earlier token of the sequence is in the chunk
+
+    # Chunk-to-chunk recurrence of the state each chunk starts with.
+    if initial_state is None:
+        c_state = q.new_zeros(batch, heads, dk, dv)
+        n_state = q.new_zeros(batch, heads, dk)
+        m_state = q.new_zeros(batch, heads)
+    else:
+        c_state, n_state, m_state = (t.to(dtype) for t in initial_state)
+    c_starts, n_starts, m_starts = [], [], []
+    for chunk in range(nc):
+        c_starts.append(c_state)
+        n_starts.append(n_state)
+        m_starts.append(m_state)
+        carry_last = carries[:, :, chunk, -1]  # (B, 1)
+        b_last = b[:, :, chunk, -1]
+        inter = torch.where(carry_last, b_last + m_state, phantom[:, :, chunk, -1])
+        m_next = torch.maximum(inter, m_intra[:, :, chunk, -1]).detach()
+        decay = torch.exp(torch.where(carry_last, b_last + m_state - m_next, float("-inf")))
+        weights = torch.exp(log_d[:, :, chunk, -1] - m_next[..., None])  # (B, H, L)
+        k_weighted = k[:, :, chunk] * weights[..., None]
+        c_state = decay[..., None, None] * c_state + k_weighted.transpose(-2, -1) @ v[:, :, chunk]
+        n_state = decay[..., None] * n_state + k_weighted.sum(-2)
+        m_state = m_next
+    c_start = torch.stack(c_starts, dim=2)  # (B, H, nc, Dk, Dv)
+    n_start = torch.stack(n_starts, dim=2)  # (B, H, nc, Dk)
+    m_start = torch.stack(m_starts, dim=2)  # (B, H, nc)
+
+    # Outputs of all chunks at once: the incoming state's share plus the causal (decay-weighted) attention inside.
+    inter = torch.where(carries, b + m_start[..., None], phantom)
+    m = torch.maximum(inter, m_intra).detach()  # (B, H, nc, L)
+    inter_scale = torch.exp(torch.where(carries, b + m_start[..., None] - m, float("-inf")))
+    scores = (q @ k.transpose(-2, -1)) * torch.exp(log_d - m[..., None])
+    numerator = (q @ c_start) * inter_scale[..., None] + scores @ v
+    qn = (q * n_start[..., None, :]).sum(-1) * inter_scale + scores.sum(-1)
+    denominator = torch.maximum(qn.abs(), torch.exp(-m)) + eps
+    h = (numerator / denominator[..., None]).view(batch, heads, nc * L, dv)[:, :, :seqlen]
+    return h, (c_state, n_state, m_state)
+
+
+class MLSTMGateProjection(nn.Linear):
+    """Input- or forget-gate pre-activation (one per head); its type marks where xLSTM's gate init applies."""
+
+    def __init__(self, in_features: int, num_heads: int, kind: str) -> None:
+        super().__init__(in_features, num_heads, bias=True)
+        self.kind = kind
+
+    def initial_bias(self, forget_gate: str) -> torch.Tensor:
+        """xLSTM-7B's bias: -10 for the input gate; forget gates spread over [3, 6] in sigmoid terms (the exponential
+        forget gate gets `logsigmoid` of those, so both start with the same forgetting)."""
+        if self.kind == "igate":
+            return torch.full((self.out_features,), MLSTM_IGATE_BIAS_INIT, dtype=torch.float64)
+        bias = torch.linspace(*MLSTM_FGATE_BIAS_INIT_RANGE, self.out_features, dtype=torch.float64)
+        return bias if forget_gate == "sigmoid" else F.logsigmoid(bias)
+
+
+class MLSTMMultiHeadLayerNorm(nn.Module):
+    """Layer norm of each head's `h` over its channels (in fp32 or wider, no bias), then one weight per channel of all
+    heads.
+
+    Adapted from `transformers.models.xlstm.modeling_xlstm.xLSTMMultiHeadLayerNorm`.
+    """
+
+    def __init__(self, num_heads: int, head_dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_heads * head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, H, D) -> (B, T, H * D) in x's dtype."""
+        input_dtype = x.dtype
+        x = x.to(compute_dtype(x))
+        x = (x - x.mean(-1, keepdim=True)) * torch.rsqrt(x.var(-1, keepdim=True, unbiased=False) + self.eps)
+        return self.weight * x.to(input_dtype).flatten(-2)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, head_dim={self.head_dim}, eps={self.eps}"
+
+
+class PhalanxMLSTMMixer(nn.Module):
+    """xLSTM's mLSTM layer as a Phalanx token mixer: `out_proj(sigmoid(o) * norm(mLSTM(q, k, v, i, f)))`.
+
+    Projections keep the names of `transformers.models.xlstm.modeling_xlstm.xLSTMLayer` (weight_mode="single"), so
+    its weights load by name; the cache keeps `(C, n, m)` and the tokens consumed in a linear-attention cache layer.
+    """
+
+    def __init__(self, config: PhalanxConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.mlstm_num_heads
+        self.qk_dim = int(config.hidden_size * config.mlstm_qk_dim_factor)
+        self.v_dim = int(config.hidden_size * config.mlstm_v_dim_factor)
+        self.qk_head_dim = self.qk_dim // self.num_heads
+        self.v_head_dim = self.v_dim // self.num_heads
+        self.gate_soft_cap = config.mlstm_gate_soft_cap
+        self.forget_gate = config.mlstm_forget_gate
+        self.chunk_size = config.mlstm_chunk_size
+        self.eps = config.mlstm_eps
+        hidden = config.hidden_size
+        self.q = nn.Linear(hidden, self.qk_dim, bias=False)
+        self.k = nn.Linear(hidden, self.qk_dim, bias=False)
+        self.v = nn.Linear(hidden, self.v_dim, bias=False)
+        self.ogate_preact = nn.Linear(hidden, self.v_dim, bias=False)
+        self.igate_preact = MLSTMGateProjection(hidden, self.num_heads, "igate")
+        self.fgate_preact = MLSTMGateProjection(hidden, self.num_heads, "fgate")
+        self.multihead_norm = MLSTMMultiHeadLayerNorm(self.num_heads, self.v_head_dim, eps=config.rms_norm_eps)
+        self.out_proj = nn.Linear(self.v_dim, hidden, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache=None,
+        cu_seqlens: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, None]:
+        """`attention_mask`: 2D padding mask (1 = token) or None; `position_ids` (B, T): a 0 restarts the state (packed
+        sequences; a row continuing the cache starts above 0); `cu_seqlens` (of the batch flattened to one row) marks
+        restarts too. Without either, each row continues the cache, or starts from zero."""
+        batch, seqlen, _ = hidden_states.shape
+        heads = self.num_heads
+        q = self.q(hidden_states).view(batch, seqlen, heads, self.qk_head_dim).transpose(1, 2)
+        k = self.k(hidden_states).view(batch, seqlen, heads, self.qk_head_dim).transpose(1, 2)
+        v = self.v(hidden_states).view(batch, seqlen, heads, self.v_head_dim).transpose(1, 2)
+        o = self.ogate_preact(hidden_states)
+        i_pre = soft_cap(self.igate_preact(hidden_states), self.gate_soft_cap).transpose(1, 2)
+        f_pre = soft_cap(self.fgate_preact(hidden_states), self.gate_soft_cap).transpose(1, 2)
+        mask = None if attention_mask is None else attention_mask[:, None, -seqlen:].bool()
+        log_i, log_f = mlstm_log_gates(i_pre, f_pre, self.forget_gate, mask)
+        restart = self._restarts(batch, seqlen, position_ids, cu_seqlens, hidden_states.device)
+
+        cache_layer = None if cache is None else cache.layers[self.layer_idx]
+        state = None
+        if cache_layer is not None and cache_layer.is_recurrent_states_initialized[MLSTM_STATE_C]:
+            state = tuple(cache_layer.recurrent_states[i] for i in (MLSTM_STATE_C, MLSTM_STATE_N, MLSTM_STATE_M))
+        if state is not None and seqlen == 1:
+            first = (q[:, :, 0], k[:, :, 0], v[:, :, 0], log_i[..., 0], log_f[..., 0])
+            h, state = mlstm_step(*first, state, restart[:, 0], self.eps)
+            h = h[:, :, None]
+        else:
+            h, state = mlstm_chunkwise(q, k, v, log_i, log_f, restart, state, self.chunk_size, self.eps)
+        if cache_layer is not None:
+            self._update_cache(cache, state, restart, position_ids, seqlen)
+
+        h = h.transpose(1, 2).to(hidden_states.dtype)  # (B, T, H, Dv)
+        h = torch.sigmoid(o) * self.multihead_norm(h)
+        return self.out_proj(h), None
+
+    def _restarts(
+        self,
+        batch: int,
+        seqlen: int,
+        position_ids: torch.Tensor | None,
+        cu_seqlens: torch.Tensor | None,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """(B, T) bool: tokens that start their sequence from the zero state."""
+        if position_ids is not None:
+            return (position_ids == 0).expand(batch, seqlen)
+        restart = torch.zeros(batch * seqlen, dtype=torch.bool, device=device)
+        if cu_seqlens is not None:
+            restart[cu_seqlens[:-1].long()] = True
+        return restart.view(batch, seqlen)
+
+    def _update_cache(
+        self, cache, state: tuple, restart: torch.Tensor, position_ids: torch.Tensor | None, seqlen: int
+    ) -> None:
+        """Store (C, n, m) and the tokens each row has consumed: one past its last position, or without positions,
+        the tokens since its last restart (added to the cached count when it has none)."""
+        if position_ids is not None:
+            pos = position_ids[:, -1].long().expand(restart.shape[0]) + 1
+        else:
+            cache_layer = cache.layers[self.layer_idx]
+            previous = torch.zeros(restart.shape[0], dtype=torch.long, device=restart.device)
+            if cache_layer.is_recurrent_states_initialized[MLSTM_STATE_POS]:
+                previous = cache_layer.recurrent_states[MLSTM_STATE_POS]
+            last_restart = torch.where(restart, torch.arange(seqlen, device=restart.device), -1).amax(-1)
+            pos = torch.where(last_restart >= 0, seqlen - last_restart, previous + seqlen)
+        for index, tensor in zip((MLSTM_STATE_C, MLSTM_STATE_N, MLSTM_STATE_M, MLSTM_STATE_POS), (*state, pos)):
+            cache.update_recurrent_state(tensor, self.layer_idx, state_idx=index)
+
+
+__all__ = ["PhalanxMLSTMMixer", "mlstm_chunkwise", "mlstm_step"]
