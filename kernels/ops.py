@@ -1,4 +1,4 @@
-"""Device dispatch between the PyTorch SWR (``modeling_phalanx.swr_torch``) and the Triton kernels."""
+"""Device dispatch between the PyTorch SWR (``swr_torch``) and the Triton kernels."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from modeling_phalanx.swr_torch import (
+from .swr_torch import (
     SWRState,
     phalanx_core_step_torch,
     phalanx_core_torch,

@@ -15,8 +15,7 @@ from collections.abc import Callable
 import torch
 import triton
 
-from modeling_phalanx.swr_torch import SWRState, _split_core_inputs, check_swr_args, swr_torch
-
+from .swr_torch import SWRState, _split_core_inputs, check_swr_args, swr_torch
 from .triton_swr import _swr_bwd_kernel, _swr_fwd_kernel
 
 def launch_config(num_heads: int, head_dim: int, block_len: int, fused: bool = False) -> dict[str, dict[str, int]]:
@@ -104,6 +103,10 @@ def _rows_info(
 # Custom ops: the SWR from a zero state (per-sequence phase) and the fused core.
 # ----------------------------------------------------------------------------------------------
 
+# Op namespace = this package's import name: `phalanx_kernels` when installed, the unique module name the
+# `kernels` library gives a Hub copy, so both can be loaded in one process without a clash.
+OP_NAMESPACE = __name__.split(".")[0]
+
 
 def _final_buffer(
     with_final: bool, num_seqs: int, heads: int, window_blocks: int, dim: int, like: torch.Tensor
@@ -113,7 +116,7 @@ def _final_buffer(
     return like.new_empty(shape, dtype=torch.float32)
 
 
-@torch.library.custom_op("phalanx_kernels::swr_fwd", mutates_args=())
+@torch.library.custom_op(f"{OP_NAMESPACE}::swr_fwd", mutates_args=())
 def swr_fwd_op(
     x: torch.Tensor,
     log_gates: torch.Tensor,
@@ -147,7 +150,7 @@ def _(x, log_gates, cu_seqlens, phase, max_len, block_len, window_blocks, with_f
     return torch.empty_like(x), _final_buffer(with_final, num_seqs, x.shape[2], window_blocks, x.shape[3], x)
 
 
-@torch.library.custom_op("phalanx_kernels::swr_bwd", mutates_args=())
+@torch.library.custom_op(f"{OP_NAMESPACE}::swr_bwd", mutates_args=())
 def swr_bwd_op(
     x: torch.Tensor,
     log_gates: torch.Tensor,
@@ -192,7 +195,7 @@ def _swr_backward(ctx, dy, _dfinal):
 swr_fwd_op.register_autograd(_swr_backward, setup_context=_swr_setup_context)
 
 
-@torch.library.custom_op("phalanx_kernels::core_fwd", mutates_args=())
+@torch.library.custom_op(f"{OP_NAMESPACE}::core_fwd", mutates_args=())
 def core_fwd_op(
     proj: torch.Tensor,
     cu_seqlens: torch.Tensor | None,
@@ -228,7 +231,7 @@ def _(proj, cu_seqlens, phase, max_len, num_heads, head_dim, num_gate_groups, bl
     return out, _final_buffer(with_final, num_seqs, num_heads, window_blocks, head_dim, proj)
 
 
-@torch.library.custom_op("phalanx_kernels::core_bwd", mutates_args=())
+@torch.library.custom_op(f"{OP_NAMESPACE}::core_bwd", mutates_args=())
 def core_bwd_op(
     proj: torch.Tensor,
     dout: torch.Tensor,
@@ -386,7 +389,7 @@ def swr_triton(
 ) -> torch.Tensor | tuple[torch.Tensor, SWRState]:
     """SWR through the Triton kernels (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
 
-    Same signature and semantics as ``modeling_phalanx.swr_torch.swr_torch``.
+    Same signature and semantics as ``swr_torch.swr_torch``.
     """
     num_seqs = check_swr_args(x, log_gates, block_len, window_blocks, cu_seqlens, initial_state)
     batch, seqlen, heads, dim = x.shape

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modeling_phalanx.swr_torch import swr_step
+from phalanx_kernels.swr_torch import swr_step
 from phalanx_kernels import SWRState
 from swr_oracle import core_oracle, cu_seqlens_of, make_inputs, swr_oracle
 
