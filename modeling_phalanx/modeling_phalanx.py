@@ -91,6 +91,10 @@ PHALANX_AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_phalanx.PhalanxForCausalLM",
 }
 
+# API version of the Hub kernel repository (`phalanx export-kernels`): its metadata.json says it, and the model
+# loads it with `kernels.get_kernel(repo, version=...)`, which reads the branch `v<version>`.
+PHALANX_KERNEL_VERSION = 1
+
 # Default LoRA targets: attention and Phalanx projections (PEFT suffix match). The MLP is left out on purpose;
 # add "gate_proj", "up_proj", "down_proj" for more capacity.
 PHALANX_LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "out_proj"]
