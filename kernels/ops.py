@@ -23,10 +23,15 @@ except ImportError:  # triton missing or unusable on this platform: the PyTorch 
     HAS_TRITON = False
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
 def _use_triton(t: torch.Tensor) -> bool:
-    """Triton runs CUDA tensors unless it is missing or ``PHALANX_FORCE_TORCH`` is set to a true value."""
-    force_torch = os.environ.get("PHALANX_FORCE_TORCH", "") not in ("", "0")
-    return HAS_TRITON and t.is_cuda and not force_torch
+    """Triton runs CUDA tensors unless it is missing or ``PHALANX_FORCE_TORCH`` is set to a true value.
+    ``PHALANX_FORCE_TRITON=1`` sends CPU tensors to it too: for tests under the Triton interpreter
+    (``TRITON_INTERPRET=1``), which run the Triton path of a whole model on CPU."""
+    return HAS_TRITON and (t.is_cuda or _flag("PHALANX_FORCE_TRITON")) and not _flag("PHALANX_FORCE_TORCH")
 
 
 def _use_triton_step(state: SWRState, *tensors: torch.Tensor) -> bool:

@@ -50,6 +50,10 @@ class PhalanxConfig(PreTrainedConfig):
     phalanx_output_norm (`bool`, defaults to `False`): RMS-normalise each head's output `h * c + v` (a weight per
         channel, as GLA / RetNet normalise their heads) before `out_proj`, which bounds what the mixer writes into
         the residual stream.
+    phalanx_kernel_repo (`str`, *optional*): a kernel repository written by `phalanx export-kernels` (a Hub id or
+        a local folder) that the mixers load their Triton kernels from with the `kernels` library, when it is
+        installed and the `phalanx_kernels` package is not. Default `None`: nothing is downloaded, and without
+        `phalanx_kernels` the mixers run the PyTorch SWR. Only where the model runs: not part of the weights.
 
     Decoder-block variants (all off by default = pre-norm SwiGLU with RMSNorm), used to represent converted
     checkpoints exactly:
@@ -130,6 +134,7 @@ class PhalanxConfig(PreTrainedConfig):
     phalanx_decay_cap: float | None = None
     phalanx_out_bias: bool = False
     phalanx_output_norm: bool = False
+    phalanx_kernel_repo: str | None = None
 
     norm_type: str = "rms"
     norm_placement: str = "pre"

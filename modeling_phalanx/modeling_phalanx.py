@@ -2,16 +2,20 @@
 
 Layout follows Transformers' own decoders (Qwen3, Gemma3, Olmo3, Cohere2): attention goes through the attention
 interface, masks through `masking_utils`, the cache is a `DynamicCache` whose linear-attention layers hold the
-Phalanx state. The Phalanx mixer (DESIGN.md section 3) runs the sliding window recurrence with Triton through
-`phalanx_kernels` for CUDA tensors when that package is installed, and with the PyTorch reference in
+Phalanx state. The Phalanx mixer (DESIGN.md section 3) runs the sliding window recurrence with Triton for CUDA
+tensors through `phalanx_kernels` when that package is installed, else through the kernel repository that
+`config.phalanx_kernel_repo` names (the `kernels` library loads it), and with the PyTorch reference in
 `swr_torch.py` otherwise, so a Hub bundle of these flat files runs anywhere.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -29,7 +33,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
@@ -42,6 +46,8 @@ from .configuration_phalanx import (
 )
 from .swr_torch import SWRState, phalanx_core_step_torch, phalanx_core_torch, phalanx_projection_sizes
 
+
+logger = logging.get_logger(__name__)
 
 # Transformers 5.24 renamed the cache that `generate` passes to `forward`, and the output field it reads it back
 # from, from `past_key_values` to `cache` (compare `modeling_qwen3_next.py` in 5.23 and 5.24). The models take both
@@ -69,19 +75,41 @@ def check_model_kwargs(kwargs: dict, method: str) -> None:
         raise TypeError(f"{method}() got unexpected keyword arguments {unknown}")
 
 
-def triton_kernels() -> tuple[type, Callable, Callable] | None:
-    """(SWRState, phalanx_core, phalanx_core_step) of `phalanx_kernels` when that package is installed, else None.
+@functools.cache
+def triton_kernels(repo: str | None = None) -> tuple[type, Callable, Callable] | None:
+    """(SWRState, phalanx_core, phalanx_core_step) of the Triton kernels, chosen once per process and repository:
+    the installed `phalanx_kernels`, else the kernel repository `repo` (`config.phalanx_kernel_repo`: a local
+    folder or a Hub id, `phalanx export-kernels`) through the `kernels` library, else None: the PyTorch SWR, said
+    in one log line. The kernels dispatch on device themselves (CPU tensors go to their PyTorch path).
 
-    Resolved when a mixer is built, not at import: `phalanx_kernels` imports this package's `swr_torch`, so an
-    import-time lookup saw a half-initialised `phalanx_kernels` (and silently fell back to PyTorch) whenever
-    that package was imported first. Hub bundles without the package use the PyTorch path.
+    Resolved when a mixer is built, not at import, so a config that names a repository is read first.
     """
     try:
-        from phalanx_kernels import SWRState as KernelSWRState
-        from phalanx_kernels import phalanx_core, phalanx_core_step
+        import phalanx_kernels as module
     except ImportError:
+        module = _load_kernel_repo(repo) if repo else None
+    if module is None:
+        if not repo:
+            logger.info("Phalanx mixers run the PyTorch SWR (no phalanx_kernels package, no phalanx_kernel_repo)")
         return None
-    return KernelSWRState, phalanx_core, phalanx_core_step
+    return module.SWRState, module.phalanx_core, module.phalanx_core_step
+
+
+def _load_kernel_repo(repo: str) -> ModuleType | None:
+    """The kernel repository `repo` loaded by the `kernels` library, or None after one warning saying why."""
+    try:
+        from kernels import get_kernel, get_local_kernel
+    except ImportError:
+        logger.warning(f"phalanx_kernel_repo={repo!r} needs the `kernels` library (pip install kernels): PyTorch SWR")
+        return None
+    try:
+        if os.path.isdir(repo):
+            return get_local_kernel(Path(repo))
+        # The model's own remote code, which the user trusted, names the repository.
+        return get_kernel(repo, version=PHALANX_KERNEL_VERSION, trust_remote_code=True)
+    except Exception as err:  # the kernels library raises many types (offline, missing variant, bad metadata)
+        logger.warning(f"cannot load phalanx_kernel_repo={repo!r} ({type(err).__name__}: {err}): PyTorch SWR")
+        return None
 
 
 # `auto_map` written to config.json so the saved folder loads with trust_remote_code and no package installed.
@@ -555,7 +583,7 @@ class PhalanxMixer(nn.Module):
         self.out_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.phalanx_out_bias)
         # Optional per-head RMSNorm of the core's output (config.phalanx_output_norm), in the norm's usual fp32.
         self.out_norm = PhalanxRMSNorm(self.head_dim, eps=config.rms_norm_eps) if config.phalanx_output_norm else None
-        self.kernels = triton_kernels()
+        self.kernels = triton_kernels(config.phalanx_kernel_repo)
 
     def _core_kwargs(self) -> dict:
         return {"num_heads": self.num_heads, "head_dim": self.head_dim, "num_gate_groups": self.num_gate_groups}
@@ -576,7 +604,7 @@ class PhalanxMixer(nn.Module):
         if attention_mask is not None:
             # Padding contributes nothing to the state (create_recurrent_attention_mask gives a 2D mask).
             proj = proj * attention_mask[:, -seqlen:, None].to(proj.dtype)
-        use_kernels = self.kernels is not None and proj.is_cuda
+        use_kernels = self.kernels is not None  # they send CPU tensors to their PyTorch path
         state_cls = self.kernels[0] if use_kernels else SWRState
         cache_layer = None if cache is None else cache.layers[self.layer_idx]
         cached_h = None
