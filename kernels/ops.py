@@ -63,17 +63,19 @@ def swr(
     cu_seqlens: torch.Tensor | None = None,
     initial_state: SWRState | None = None,
     output_final_state: bool = False,
+    max_seqlen: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, SWRState]:
     """Sliding window recurrence (DESIGN.md section 2), differentiable in ``x`` and ``log_gates``.
 
-    x (B, T, H, D), log_gates (B, T, H) <= 0; ``cu_seqlens`` packs sequences (B = 1);
-    ``initial_state`` continues sequences; returns y in x's dtype (and the final state when asked).
+    x (B, T, H, D), log_gates (B, T, H) <= 0; ``cu_seqlens`` packs sequences (B = 1), checked with a host copy
+    unless the caller vouches for it with ``max_seqlen`` (its longest sequence); ``initial_state`` continues
+    sequences; returns y in x's dtype (and the final state when asked).
     """
     impl = swr_triton if isinstance(x, torch.Tensor) and _use_triton(x) else swr_torch
     _check_log_gates(log_gates)
     return impl(
         x, log_gates, block_len=block_len, window_blocks=window_blocks, cu_seqlens=cu_seqlens,
-        initial_state=initial_state, output_final_state=output_final_state,
+        initial_state=initial_state, output_final_state=output_final_state, max_seqlen=max_seqlen,
     )
 
 
@@ -99,8 +101,10 @@ def phalanx_core(
     initial_state: SWRState | None = None,
     output_final_state: bool = False,
     decay_cap: float | None = None,
+    max_seqlen: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, SWRState]:
-    """Phalanx mixer core (DESIGN.md section 3): proj (B, T, H + 2*Hg*D + H*D) -> (B, T, H*D)."""
+    """Phalanx mixer core (DESIGN.md section 3): proj (B, T, H + 2*Hg*D + H*D) -> (B, T, H*D); ``max_seqlen`` as
+    in :func:`swr`."""
     kwargs = dict(
         num_heads=num_heads,
         head_dim=head_dim,
@@ -111,6 +115,7 @@ def phalanx_core(
         initial_state=initial_state,
         output_final_state=output_final_state,
         decay_cap=decay_cap,
+        max_seqlen=max_seqlen,
     )
     if not isinstance(proj, torch.Tensor) or not _use_triton(proj):
         return phalanx_core_torch(proj, **kwargs)

@@ -46,8 +46,14 @@ def check_swr_args(
     window_blocks: int,
     cu_seqlens: torch.Tensor | None = None,
     initial_state: SWRState | None = None,
+    max_seqlen: int | None = None,
 ) -> int:
-    """Validate SWR arguments; return the number of sequences. Raises ValueError/TypeError naming the argument."""
+    """Validate SWR arguments; return the number of sequences. Raises ValueError/TypeError naming the argument.
+
+    ``cu_seqlens``' values are checked with one host copy, unless the caller gives ``max_seqlen`` (its longest
+    sequence, as flash-attn's varlen functions take it): then the caller vouches for them, as the model does
+    after deriving both once per forward, and nothing here waits for the device.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not isinstance(log_gates, torch.Tensor):
@@ -90,14 +96,19 @@ def check_swr_args(
             raise ValueError(f"cu_seqlens must be 1-D with at least 2 entries, got shape {tuple(cu_seqlens.shape)}")
         if batch != 1:
             raise ValueError(f"with cu_seqlens, x must have batch size 1 (packed), got batch {batch}")
-        cpu = cu_seqlens.detach().cpu()
-        if int(cpu[0]) != 0 or int(cpu[-1]) != seqlen:
-            raise ValueError(
-                f"cu_seqlens must start at 0 and end at T={seqlen}, got {int(cpu[0])} .. {int(cpu[-1])}"
-            )
-        if bool((cpu[1:] <= cpu[:-1]).any()):
-            raise ValueError("cu_seqlens must be strictly increasing (no empty sequences)")
-        num_seqs = cpu.numel() - 1
+        if max_seqlen is None:
+            cpu = cu_seqlens.detach().cpu()
+            if int(cpu[0]) != 0 or int(cpu[-1]) != seqlen:
+                raise ValueError(
+                    f"cu_seqlens must start at 0 and end at T={seqlen}, got {int(cpu[0])} .. {int(cpu[-1])}"
+                )
+            if bool((cpu[1:] <= cpu[:-1]).any()):
+                raise ValueError("cu_seqlens must be strictly increasing (no empty sequences)")
+        num_seqs = cu_seqlens.numel() - 1
+    if max_seqlen is not None and (
+        isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or not 1 <= max_seqlen <= seqlen
+    ):
+        raise ValueError(f"max_seqlen must be an int in [1, T={seqlen}], got {max_seqlen!r}")
     if initial_state is not None:
         if not isinstance(initial_state, SWRState):
             raise TypeError(f"initial_state must be an SWRState, got {type(initial_state).__name__}")
@@ -225,16 +236,19 @@ def swr_torch(
     cu_seqlens: torch.Tensor | None = None,
     initial_state: SWRState | None = None,
     output_final_state: bool = False,
+    max_seqlen: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, SWRState]:
     """Sliding window recurrence, vectorised PyTorch (any device, differentiable by autograd).
 
     x (B, T, H, D), log_gates (B, T, H) <= 0. With ``cu_seqlens`` (B must be 1) each packed sequence starts
-    from zero state and its blocks align to its own first token. ``initial_state`` continues sequences
-    (one entry per sequence). Returns y in x's dtype, plus the final :class:`SWRState` when
-    ``output_final_state``.
+    from zero state and its blocks align to its own first token; ``max_seqlen``, its longest sequence, spares
+    the host syncs (see :func:`check_swr_args`). ``initial_state`` continues sequences (one entry per
+    sequence). Returns y in x's dtype, plus the final :class:`SWRState` when ``output_final_state``.
     """
-    num_seqs = check_swr_args(x, log_gates, block_len, window_blocks, cu_seqlens, initial_state)
-    return _swr_torch_impl(x, log_gates, block_len, window_blocks, cu_seqlens, initial_state, output_final_state, num_seqs)
+    num_seqs = check_swr_args(x, log_gates, block_len, window_blocks, cu_seqlens, initial_state, max_seqlen)
+    return _swr_torch_impl(
+        x, log_gates, block_len, window_blocks, cu_seqlens, initial_state, output_final_state, num_seqs, max_seqlen
+    )
 
 
 def _swr_torch_impl(
@@ -246,6 +260,7 @@ def _swr_torch_impl(
     initial_state: SWRState | None,
     output_final_state: bool,
     num_seqs: int,
+    max_seqlen: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, SWRState]:
     batch, seqlen, heads, dim = x.shape
     cdtype = _compute_dtype(x)
@@ -278,9 +293,12 @@ def _swr_torch_impl(
         y = y[:, :seqlen]
     else:
         aligned_len = phase + lengths
-        max_len = int(aligned_len.max())
+        if max_seqlen is None:
+            max_len = int(aligned_len.max())
+        else:  # a bound without a host sync: a phase adds at most block_len - 1 (padding beyond is zeros)
+            max_len = max_seqlen + (0 if initial_state is None else block_len - 1)
         padded = -(-max_len // block_len) * block_len
-        seg = torch.repeat_interleave(torch.arange(num_seqs, device=device), lengths)
+        seg = torch.repeat_interleave(torch.arange(num_seqs, device=device), lengths, output_size=batch * seqlen)
         offset = torch.arange(batch * seqlen, device=device) - starts[seg] + phase[seg]
         xa = xc.new_zeros(num_seqs, padded, heads, dim)
         ga = gc.new_zeros(num_seqs, padded, heads)
@@ -368,6 +386,7 @@ def phalanx_core_torch(
     initial_state: SWRState | None = None,
     output_final_state: bool = False,
     decay_cap: float | None = None,
+    max_seqlen: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, SWRState]:
     """Phalanx mixer core (DESIGN.md section 3) from the input projection output.
 
@@ -387,6 +406,7 @@ def phalanx_core_torch(
         cu_seqlens=cu_seqlens,
         initial_state=initial_state,
         output_final_state=output_final_state,
+        max_seqlen=max_seqlen,
     )
     h, state = out if output_final_state else (out, None)
     y = (h * c + v).reshape(batch, seqlen, num_heads * head_dim).to(proj.dtype)

@@ -539,19 +539,22 @@ def default_position_ids(
     return (torch.arange(seqlen, device=device) + past_seen).unsqueeze(0)
 
 
-def sequence_starts(position_ids: torch.Tensor) -> torch.Tensor | None:
-    """`cu_seqlens` of the batch flattened to one packed row, or None when every row is one sequence.
+def sequence_starts(position_ids: torch.Tensor) -> tuple[torch.Tensor | None, int | None]:
+    """`cu_seqlens` of the batch flattened to one packed row and its longest sequence, or (None, None) when every
+    row is one sequence.
 
     A position equal to 0 starts a new sequence (as `DataCollatorWithFlattening` and left-padded generation
-    produce); the first token of every row always starts one.
+    produce); the first token of every row always starts one. Both come from one host copy of the start flags, so
+    the layers (which get both) wait for the device no more in the forward.
     """
     starts = position_ids == 0
     starts[:, 0] = True
-    if bool(starts[:, 1:].any()):
-        boundaries = torch.nonzero(starts.reshape(-1)).squeeze(-1)
-        total = torch.tensor([starts.numel()], device=boundaries.device, dtype=boundaries.dtype)
-        return torch.cat([boundaries, total])
-    return None
+    starts = starts.cpu()
+    if not bool(starts[:, 1:].any()):
+        return None, None
+    flat = starts.reshape(-1)
+    cu_seqlens = torch.cat([torch.nonzero(flat).squeeze(-1), torch.tensor([flat.numel()])])
+    return cu_seqlens.to(position_ids.device), int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
 
 
 class PhalanxInputProjection(nn.Linear):
@@ -595,10 +598,12 @@ class PhalanxMixer(nn.Module):
         position_ids: torch.Tensor | None = None,
         cache: Cache | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, None]:
         """`attention_mask`: 2D padding mask (1 = token) or None; `position_ids` (B, T) give each row's phase when
-        it continues from the cache; `cu_seqlens` (from :func:`sequence_starts`) splits rows into sequences."""
+        it continues from the cache; `cu_seqlens` and `max_seqlen` (from :func:`sequence_starts`) split rows into
+        sequences."""
         seqlen = hidden_states.shape[1]
         proj = self.in_proj(hidden_states)
         if attention_mask is not None:
@@ -626,7 +631,9 @@ class PhalanxMixer(nn.Module):
             y = y.unsqueeze(1)
         else:
             want_state = cache_layer is not None
-            y, state = self._chunk(proj, state_cls, cached_h, position_ids, cu_seqlens, want_state, use_kernels)
+            y, state = self._chunk(
+                proj, state_cls, cached_h, position_ids, cu_seqlens, max_seqlen, want_state, use_kernels
+            )
         if cache_layer is not None:
             cache.update_recurrent_state(state.h, self.layer_idx, state_idx=0)
             cache.update_recurrent_state(state.pos, self.layer_idx, state_idx=1)
@@ -641,6 +648,7 @@ class PhalanxMixer(nn.Module):
         cached_h: torch.Tensor | None,
         position_ids: torch.Tensor,
         cu_seqlens: torch.Tensor | None,
+        max_seqlen: int | None,
         want_state: bool,
         use_kernels: bool,
     ) -> tuple[torch.Tensor, SWRState | None]:
@@ -672,7 +680,7 @@ class PhalanxMixer(nn.Module):
             pos0[row_first] = position_ids[:, 0].to(torch.long)
             initial = state_cls(h0, pos0)
         packed = proj.reshape(1, batch * seqlen, features)
-        out = core(packed, cu_seqlens=cu_seqlens, initial_state=initial, **core_kwargs)
+        out = core(packed, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, initial_state=initial, **core_kwargs)
         y, state = out if want_state else (out, None)
         y = y.view(batch, seqlen, -1)
         if state is not None:
@@ -745,13 +753,14 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
         past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         # The model passes the cache under the installed release's name: gradient checkpointing drops it by that name.
         cache = resolve_cache(cache, past_key_values)
         if self.layer_type == PHALANX_MIXER:
-            mix_kwargs = {"position_ids": position_ids, "cu_seqlens": cu_seqlens}
+            mix_kwargs = {"position_ids": position_ids, "cu_seqlens": cu_seqlens, "max_seqlen": max_seqlen}
         else:
             mix_kwargs = {"position_embeddings": position_embeddings}
         mix_kwargs.update(attention_mask=attention_mask, cache=cache, **kwargs)
@@ -948,11 +957,11 @@ class PhalanxModel(PhalanxPreTrainedModel):
         if not isinstance(mask_mapping, dict):
             mask_mapping = create_phalanx_masks(self.config, inputs_embeds, attention_mask, cache, position_ids)
 
-        cu_seqlens = None
+        cu_seqlens = max_seqlen = None
         if PHALANX_MIXER in layer_types:
             position_ids = position_ids.expand(batch, -1)
             if seqlen > 1:
-                cu_seqlens = sequence_starts(position_ids)
+                cu_seqlens, max_seqlen = sequence_starts(position_ids)
 
         hidden_states = inputs_embeds
         position_embeddings = self._position_embeddings(hidden_states, position_ids)
@@ -964,6 +973,7 @@ class PhalanxModel(PhalanxPreTrainedModel):
                 position_embeddings=position_embeddings.get(layer_type),
                 position_ids=position_ids,
                 cu_seqlens=cu_seqlens,
+                max_seqlen=max_seqlen,
                 **{CACHE_KWARG: cache},
                 **kwargs,
             )
