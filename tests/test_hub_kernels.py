@@ -37,7 +37,8 @@ for name in ("modeling_phalanx", "phalanx_kernels", "phalanx_hub"):
 import os
 import torch
 from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained("hub_model", trust_remote_code=True).eval()
+overrides = {"phalanx_kernel_repo": sys.argv[4]} if len(sys.argv) > 4 else {}
+model = AutoModelForCausalLM.from_pretrained("hub_model", trust_remote_code=True, **overrides).eval()
 kernels = model.model.layers[0].mixer.kernels
 calls = []
 if kernels is not None:
@@ -74,14 +75,14 @@ def exported(tiny_model, tmp_path_factory) -> tuple[Path, Path]:
     return model_dir.parent, kernel_dir
 
 
-def _load(clean: Path, mode: str, ids: torch.Tensor, offline_env: dict[str, str]) -> tuple[dict, str]:
+def _load(clean: Path, mode: str, ids: torch.Tensor, offline_env: dict[str, str], *repo: str) -> tuple[dict, str]:
     paths = json.dumps(sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}))
     env = {
         "PATH": os.environ.get("PATH", ""), "HOME": str(clean), "HF_MODULES_CACHE": str(clean / "modules"),
         "TRITON_INTERPRET": "1", "PHALANX_FORCE_TRITON": "1", **offline_env,
     }
     proc = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", LOAD_SCRIPT, paths, json.dumps(ids.tolist()), mode],
+        [sys.executable, "-I", "-S", "-c", LOAD_SCRIPT, paths, json.dumps(ids.tolist()), mode, *repo],
         cwd=clean, env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -134,4 +135,16 @@ def test_without_the_kernels_library_it_falls_back_with_one_log_line(exported, t
     assert [line for line in stderr.splitlines() if "phalanx_kernel_repo" in line] == [
         next(line for line in stderr.splitlines() if "needs the `kernels` library" in line)
     ]
+    torch.testing.assert_close(torch.tensor(loaded["logits"]), _reference(tiny_model, ids)["logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_a_hub_kernel_that_cannot_be_loaded_falls_back_with_one_warning(exported, tiny_model, offline_env):
+    """A Hub id (not a folder) goes to `kernels.get_kernel`; offline and not cached, the model says so once and
+    runs the PyTorch path."""
+    clean, _ = exported
+    ids = torch.randint(3, 200, (1, 21))
+    loaded, stderr = _load(clean, "kernels", ids, offline_env, "someone/phalanx-kernels")
+    assert loaded["kernel_module"] is None and loaded["triton_calls"] == 0
+    warnings = [line for line in stderr.splitlines() if "phalanx_kernel_repo" in line]
+    assert len(warnings) == 1 and "cannot load phalanx_kernel_repo='someone/phalanx-kernels'" in warnings[0], stderr
     torch.testing.assert_close(torch.tensor(loaded["logits"]), _reference(tiny_model, ids)["logits"], atol=1e-5, rtol=1e-5)
