@@ -43,7 +43,7 @@ A Phalanx model exported with `phalanx export` uses it when its `config.json` na
 
 ## Push to the Hub
 
-`get_kernel(..., version={version})` loads the branch `v{version}`:
+`get_kernel(..., version={version})` loads the branch `v{version}`. From this folder (with `hf auth login` done):
 
 ```bash
 hf repos create ORG/{name} --repo-type kernel
