@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 
 # Bounded dependencies tested at their lower bound (torch comes from TORCH_SPEC; its CPU build is pinned there).
-TESTED = ("transformers", "peft", "accelerate", "lm-eval", "datasets")
+TESTED = ("transformers", "peft", "accelerate", "lm-eval", "datasets", "kernels")
 
 
 def main() -> None:

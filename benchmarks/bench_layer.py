@@ -16,7 +16,7 @@ import json
 import torch
 from torch import nn
 
-from modeling_phalanx.swr_torch import phalanx_core_torch
+from phalanx_kernels.swr_torch import phalanx_core_torch
 from phalanx_kernels import phalanx_core
 
 from bench_swr import bench_ms

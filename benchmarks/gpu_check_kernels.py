@@ -27,7 +27,7 @@ import transformers
 
 import bench_layer
 import bench_swr
-from modeling_phalanx.swr_torch import SWRState, phalanx_core_torch, swr_torch
+from phalanx_kernels.swr_torch import SWRState, phalanx_core_torch, swr_torch
 from phalanx_kernels import phalanx_core, swr, swr_step
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}

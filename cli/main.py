@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "distill": ("phalanx_conversion.distill_cli", "distill a converted student back to its teacher"),
     "eval": ("phalanx_eval.cli", "evaluate with lm-eval on the shipped offline tasks"),
     "export": ("phalanx_hub.export", "write a Hub-ready folder with a model card"),
+    "export-kernels": ("phalanx_hub.kernel_export", "write the Triton kernels as a Hub kernel repository (`kernels` library)"),
 }
 
 

@@ -173,10 +173,10 @@ class ConvertedMixers(nn.Module):
     def forward(self, hidden: dict[str, torch.Tensor], position_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         # Packed rows: the teacher's mask restarts attention at every position-0 token; the mixer restarts its
         # recurrence there too when given the same sequence boundaries.
-        cu_seqlens = sequence_starts(position_ids)
+        cu_seqlens, max_seqlen = sequence_starts(position_ids)
         outputs = {}
         for i, mixer in self.mixer.items():
-            out = mixer(hidden[i], position_ids=position_ids, cu_seqlens=cu_seqlens)
+            out = mixer(hidden[i], position_ids=position_ids, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
             outputs[i] = out[0] if isinstance(out, tuple) else out
         return outputs
 

@@ -1,4 +1,4 @@
-"""Device dispatch between the PyTorch SWR (``modeling_phalanx.swr_torch``) and the Triton kernels."""
+"""Device dispatch between the PyTorch SWR (``swr_torch``) and the Triton kernels."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from modeling_phalanx.swr_torch import (
+from .swr_torch import (
     SWRState,
     phalanx_core_step_torch,
     phalanx_core_torch,
@@ -23,10 +23,15 @@ except ImportError:  # triton missing or unusable on this platform: the PyTorch 
     HAS_TRITON = False
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
 def _use_triton(t: torch.Tensor) -> bool:
-    """Triton runs CUDA tensors unless it is missing or ``PHALANX_FORCE_TORCH`` is set to a true value."""
-    force_torch = os.environ.get("PHALANX_FORCE_TORCH", "") not in ("", "0")
-    return HAS_TRITON and t.is_cuda and not force_torch
+    """Triton runs CUDA tensors unless it is missing or ``PHALANX_FORCE_TORCH`` is set to a true value.
+    ``PHALANX_FORCE_TRITON=1`` sends CPU tensors to it too: for tests under the Triton interpreter
+    (``TRITON_INTERPRET=1``), which run the Triton path of a whole model on CPU."""
+    return HAS_TRITON and (t.is_cuda or _flag("PHALANX_FORCE_TRITON")) and not _flag("PHALANX_FORCE_TORCH")
 
 
 def _use_triton_step(state: SWRState, *tensors: torch.Tensor) -> bool:
@@ -58,17 +63,19 @@ def swr(
     cu_seqlens: torch.Tensor | None = None,
     initial_state: SWRState | None = None,
     output_final_state: bool = False,
+    max_seqlen: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, SWRState]:
     """Sliding window recurrence (DESIGN.md section 2), differentiable in ``x`` and ``log_gates``.
 
-    x (B, T, H, D), log_gates (B, T, H) <= 0; ``cu_seqlens`` packs sequences (B = 1);
-    ``initial_state`` continues sequences; returns y in x's dtype (and the final state when asked).
+    x (B, T, H, D), log_gates (B, T, H) <= 0; ``cu_seqlens`` packs sequences (B = 1), checked with a host copy
+    unless the caller vouches for it with ``max_seqlen`` (its longest sequence); ``initial_state`` continues
+    sequences; returns y in x's dtype (and the final state when asked).
     """
     impl = swr_triton if isinstance(x, torch.Tensor) and _use_triton(x) else swr_torch
     _check_log_gates(log_gates)
     return impl(
         x, log_gates, block_len=block_len, window_blocks=window_blocks, cu_seqlens=cu_seqlens,
-        initial_state=initial_state, output_final_state=output_final_state,
+        initial_state=initial_state, output_final_state=output_final_state, max_seqlen=max_seqlen,
     )
 
 
@@ -94,8 +101,10 @@ def phalanx_core(
     initial_state: SWRState | None = None,
     output_final_state: bool = False,
     decay_cap: float | None = None,
+    max_seqlen: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, SWRState]:
-    """Phalanx mixer core (DESIGN.md section 3): proj (B, T, H + 2*Hg*D + H*D) -> (B, T, H*D)."""
+    """Phalanx mixer core (DESIGN.md section 3): proj (B, T, H + 2*Hg*D + H*D) -> (B, T, H*D); ``max_seqlen`` as
+    in :func:`swr`."""
     kwargs = dict(
         num_heads=num_heads,
         head_dim=head_dim,
@@ -106,6 +115,7 @@ def phalanx_core(
         initial_state=initial_state,
         output_final_state=output_final_state,
         decay_cap=decay_cap,
+        max_seqlen=max_seqlen,
     )
     if not isinstance(proj, torch.Tensor) or not _use_triton(proj):
         return phalanx_core_torch(proj, **kwargs)

@@ -1,6 +1,6 @@
 """Triton decode step for the SWR and the Phalanx core: one launch per step instead of a dozen small ops.
 
-State layout is ``modeling_phalanx.swr_torch.SWRState``: h (N, H, W, D) float32, slot ``k`` the recurrence
+State layout is ``swr_torch.SWRState``: h (N, H, W, D) float32, slot ``k`` the recurrence
 restarted ``k`` blocks back; pos (N,) tokens consumed. A token that begins a block (``pos % block_len
 == 0``) first shifts the slots by one (slot 0 restarts from zero), then every slot takes
 ``h = a h + x`` and the output is the oldest slot. The step is for inference: it is not differentiable
@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from modeling_phalanx.swr_torch import SWRState, check_step_args, check_swr_args, phalanx_projection_sizes
+from .swr_torch import SWRState, check_step_args, check_swr_args, phalanx_projection_sizes
 
 
 @triton.jit

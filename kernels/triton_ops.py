@@ -15,8 +15,7 @@ from collections.abc import Callable
 import torch
 import triton
 
-from modeling_phalanx.swr_torch import SWRState, _split_core_inputs, check_swr_args, swr_torch
-
+from .swr_torch import SWRState, _split_core_inputs, check_swr_args, swr_torch
 from .triton_swr import _swr_bwd_kernel, _swr_fwd_kernel
 
 def launch_config(num_heads: int, head_dim: int, block_len: int, fused: bool = False) -> dict[str, dict[str, int]]:
@@ -104,6 +103,10 @@ def _rows_info(
 # Custom ops: the SWR from a zero state (per-sequence phase) and the fused core.
 # ----------------------------------------------------------------------------------------------
 
+# Op namespace = this package's import name: `phalanx_kernels` when installed, the unique module name the
+# `kernels` library gives a Hub copy, so both can be loaded in one process without a clash.
+OP_NAMESPACE = __name__.split(".")[0]
+
 
 def _final_buffer(
     with_final: bool, num_seqs: int, heads: int, window_blocks: int, dim: int, like: torch.Tensor
@@ -113,7 +116,7 @@ def _final_buffer(
     return like.new_empty(shape, dtype=torch.float32)
 
 
-@torch.library.custom_op("phalanx_kernels::swr_fwd", mutates_args=())
+@torch.library.custom_op(f"{OP_NAMESPACE}::swr_fwd", mutates_args=())
 def swr_fwd_op(
     x: torch.Tensor,
     log_gates: torch.Tensor,
@@ -147,7 +150,7 @@ def _(x, log_gates, cu_seqlens, phase, max_len, block_len, window_blocks, with_f
     return torch.empty_like(x), _final_buffer(with_final, num_seqs, x.shape[2], window_blocks, x.shape[3], x)
 
 
-@torch.library.custom_op("phalanx_kernels::swr_bwd", mutates_args=())
+@torch.library.custom_op(f"{OP_NAMESPACE}::swr_bwd", mutates_args=())
 def swr_bwd_op(
     x: torch.Tensor,
     log_gates: torch.Tensor,
@@ -192,7 +195,7 @@ def _swr_backward(ctx, dy, _dfinal):
 swr_fwd_op.register_autograd(_swr_backward, setup_context=_swr_setup_context)
 
 
-@torch.library.custom_op("phalanx_kernels::core_fwd", mutates_args=())
+@torch.library.custom_op(f"{OP_NAMESPACE}::core_fwd", mutates_args=())
 def core_fwd_op(
     proj: torch.Tensor,
     cu_seqlens: torch.Tensor | None,
@@ -228,7 +231,7 @@ def _(proj, cu_seqlens, phase, max_len, num_heads, head_dim, num_gate_groups, bl
     return out, _final_buffer(with_final, num_seqs, num_heads, window_blocks, head_dim, proj)
 
 
-@torch.library.custom_op("phalanx_kernels::core_bwd", mutates_args=())
+@torch.library.custom_op(f"{OP_NAMESPACE}::core_bwd", mutates_args=())
 def core_bwd_op(
     proj: torch.Tensor,
     dout: torch.Tensor,
@@ -293,10 +296,10 @@ RowInputs = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 def _initial_state_terms(
     inputs: RowInputs, starts: torch.Tensor, lengths: torch.Tensor, state: SWRState, block_len: int, window: int,
-    total_rows: int,
+    total_rows: int, max_len: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Rows of the first ``W`` aligned blocks of each sequence and what the initial state adds to their SWR output."""
-    span = min(window * block_len, int(lengths.max()) + block_len)  # the state reaches no further
+    span = min(window * block_len, max_len + block_len)  # the state reaches no further
     offs = torch.arange(span, device=starts.device)
     n_head = torch.clamp(span - state.pos.to(starts.device) % block_len, max=lengths)
     valid = offs[None, :] < n_head[:, None]
@@ -358,9 +361,14 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _max_len(seqlen: int, cu_seqlens: torch.Tensor | None) -> int:
-    """Longest sequence (tokens), which sizes the launch grid."""
-    return seqlen if cu_seqlens is None else int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+def _max_len(seqlen: int, cu_seqlens: torch.Tensor | None, max_seqlen: int | None) -> int:
+    """Longest sequence (tokens), which sizes the launch grid: the caller's ``max_seqlen`` when given, else read
+    from ``cu_seqlens`` (a host sync)."""
+    if cu_seqlens is None:
+        return seqlen
+    if max_seqlen is not None:
+        return max_seqlen
+    return int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
 
 
 def _sequences(
@@ -383,16 +391,17 @@ def swr_triton(
     cu_seqlens: torch.Tensor | None = None,
     initial_state: SWRState | None = None,
     output_final_state: bool = False,
+    max_seqlen: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, SWRState]:
     """SWR through the Triton kernels (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
 
-    Same signature and semantics as ``modeling_phalanx.swr_torch.swr_torch``.
+    Same signature and semantics as ``swr_torch.swr_torch``.
     """
-    num_seqs = check_swr_args(x, log_gates, block_len, window_blocks, cu_seqlens, initial_state)
+    num_seqs = check_swr_args(x, log_gates, block_len, window_blocks, cu_seqlens, initial_state, max_seqlen)
     batch, seqlen, heads, dim = x.shape
     phase = None if initial_state is None else initial_state.pos.to(x.device) % block_len
     kernel_final = output_final_state and initial_state is None and not _needs_grad(x, log_gates)
-    max_len = _max_len(seqlen, cu_seqlens)
+    max_len = _max_len(seqlen, cu_seqlens, max_seqlen)
     y, final = swr_fwd_op(x, log_gates, cu_seqlens, phase, max_len, block_len,
                           _kernel_window(window_blocks, max_len, block_len), kernel_final)
     if initial_state is None and not output_final_state:
@@ -406,7 +415,7 @@ def swr_triton(
 
     if initial_state is not None:
         rows, corr, _ = _initial_state_terms(inputs, starts, lengths, initial_state, block_len, window_blocks,
-                                             batch * seqlen)
+                                             batch * seqlen, max_len)
         y = y.reshape(-1, heads, dim).index_add(0, rows, corr.to(y.dtype)).view(batch, seqlen, heads, dim)
     if not output_final_state:
         return y
@@ -425,6 +434,7 @@ def phalanx_core_triton(
     initial_state: SWRState | None = None,
     output_final_state: bool = False,
     decay_cap: float | None = None,
+    max_seqlen: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, SWRState]:
     """Fused Phalanx core through the Triton kernels; same signature as ``phalanx_core_torch``."""
     if not isinstance(proj, torch.Tensor) or proj.dim() != 3:
@@ -441,13 +451,13 @@ def phalanx_core_triton(
     # Head counts and feature width through the one splitter (on zero rows), the SWR arguments on meta tensors.
     _split_core_inputs(proj[:1, :0], num_heads, head_dim, num_gate_groups, decay_cap)
     meta_x = torch.empty(batch, seqlen, num_heads, head_dim, device="meta", dtype=proj.dtype)
-    num_seqs = check_swr_args(meta_x, meta_x[..., 0], block_len, window_blocks, cu_seqlens, initial_state)
+    num_seqs = check_swr_args(meta_x, meta_x[..., 0], block_len, window_blocks, cu_seqlens, initial_state, max_seqlen)
     if decay_cap is not None and not 0.0 < decay_cap <= 1.0:
         raise ValueError(f"decay_cap must be in (0, 1], got {decay_cap}")
     log_cap = 0.0 if decay_cap is None else math.log(decay_cap)
     phase = None if initial_state is None else initial_state.pos.to(proj.device) % block_len
     kernel_final = output_final_state and initial_state is None and not _needs_grad(proj)
-    max_len = _max_len(seqlen, cu_seqlens)
+    max_len = _max_len(seqlen, cu_seqlens, max_seqlen)
     out, final = core_fwd_op(proj, cu_seqlens, phase, max_len, num_heads, head_dim, num_gate_groups, block_len,
                              _kernel_window(window_blocks, max_len, block_len), log_cap, kernel_final)
     if initial_state is None and not output_final_state:
@@ -457,7 +467,7 @@ def phalanx_core_triton(
         return out, SWRState(_widen(final, window_blocks), lengths)
     if initial_state is not None:
         rows, corr, readout = _initial_state_terms(inputs, starts, lengths, initial_state, block_len, window_blocks,
-                                                   batch * seqlen)
+                                                   batch * seqlen, max_len)
         width = num_heads * head_dim
         add = (corr * readout).reshape(-1, width).to(out.dtype)
         out = out.reshape(-1, width).index_add(0, rows, add).view(batch, seqlen, width)

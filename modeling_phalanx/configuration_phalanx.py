@@ -63,6 +63,10 @@ class PhalanxConfig(PreTrainedConfig):
     phalanx_output_norm (`bool`, defaults to `False`): RMS-normalise each head's output `h * c + v` (a weight per
         channel, as GLA / RetNet normalise their heads) before `out_proj`, which bounds what the mixer writes into
         the residual stream.
+    phalanx_kernel_repo (`str`, *optional*): a kernel repository written by `phalanx export-kernels` (a Hub id or
+        a local folder) that the mixers load their Triton kernels from with the `kernels` library, when it is
+        installed and the `phalanx_kernels` package is not. Default `None`: nothing is downloaded, and without
+        `phalanx_kernels` the mixers run the PyTorch SWR. Only where the model runs: not part of the weights.
 
     Hyena mixers of StripedHyena 2 (`"hyena_se"`, `"hyena_mr"`, `"hyena_li"` in `layer_types`; docs/hyena.md):
 
@@ -166,6 +170,7 @@ class PhalanxConfig(PreTrainedConfig):
     phalanx_decay_cap: float | None = None
     phalanx_out_bias: bool = False
     phalanx_output_norm: bool = False
+    phalanx_kernel_repo: str | None = None
 
     hyena_featurizer_len: int = 3
     hyena_se_len: int = 7

@@ -2,17 +2,21 @@
 
 Layout follows Transformers' own decoders (Qwen3, Gemma3, Olmo3, Cohere2): attention goes through the attention
 interface, masks through `masking_utils`, the cache is a `DynamicCache` whose linear-attention layers hold the
-Phalanx state. The Phalanx mixer (DESIGN.md section 3) runs the sliding window recurrence with Triton through
-`phalanx_kernels` for CUDA tensors when that package is installed, and with the PyTorch reference in
+Phalanx state. The Phalanx mixer (DESIGN.md section 3) runs the sliding window recurrence with Triton for CUDA
+tensors through `phalanx_kernels` when that package is installed, else through the kernel repository that
+`config.phalanx_kernel_repo` names (the `kernels` library loads it), and with the PyTorch reference in
 `swr_torch.py` otherwise, so a Hub bundle of these flat files runs anywhere.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -30,7 +34,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
@@ -49,6 +53,8 @@ from .hyena_phalanx import PhalanxHyenaMixer
 from .mlstm_phalanx import MLSTM_NUM_CACHE_STATES, MLSTMGateProjection, PhalanxMLSTMMixer
 from .swr_torch import SWRState, phalanx_core_step_torch, phalanx_core_torch, phalanx_projection_sizes
 
+
+logger = logging.get_logger(__name__)
 
 # Transformers 5.24 renamed the cache that `generate` passes to `forward`, and the output field it reads it back
 # from, from `past_key_values` to `cache` (compare `modeling_qwen3_next.py` in 5.23 and 5.24). The models take both
@@ -76,19 +82,41 @@ def check_model_kwargs(kwargs: dict, method: str) -> None:
         raise TypeError(f"{method}() got unexpected keyword arguments {unknown}")
 
 
-def triton_kernels() -> tuple[type, Callable, Callable] | None:
-    """(SWRState, phalanx_core, phalanx_core_step) of `phalanx_kernels` when that package is installed, else None.
+@functools.cache
+def triton_kernels(repo: str | None = None) -> tuple[type, Callable, Callable] | None:
+    """(SWRState, phalanx_core, phalanx_core_step) of the Triton kernels, chosen once per process and repository:
+    the installed `phalanx_kernels`, else the kernel repository `repo` (`config.phalanx_kernel_repo`: a local
+    folder or a Hub id, `phalanx export-kernels`) through the `kernels` library, else None: the PyTorch SWR, said
+    in one log line. The kernels dispatch on device themselves (CPU tensors go to their PyTorch path).
 
-    Resolved when a mixer is built, not at import: `phalanx_kernels` imports this package's `swr_torch`, so an
-    import-time lookup saw a half-initialised `phalanx_kernels` (and silently fell back to PyTorch) whenever
-    that package was imported first. Hub bundles without the package use the PyTorch path.
+    Resolved when a mixer is built, not at import, so a config that names a repository is read first.
     """
     try:
-        from phalanx_kernels import SWRState as KernelSWRState
-        from phalanx_kernels import phalanx_core, phalanx_core_step
+        import phalanx_kernels as module
     except ImportError:
+        module = _load_kernel_repo(repo) if repo else None
+    if module is None:
+        if not repo:
+            logger.info("Phalanx mixers run the PyTorch SWR (no phalanx_kernels package, no phalanx_kernel_repo)")
         return None
-    return KernelSWRState, phalanx_core, phalanx_core_step
+    return module.SWRState, module.phalanx_core, module.phalanx_core_step
+
+
+def _load_kernel_repo(repo: str) -> ModuleType | None:
+    """The kernel repository `repo` loaded by the `kernels` library, or None after one warning saying why."""
+    try:
+        from kernels import get_kernel, get_local_kernel
+    except ImportError:
+        logger.warning(f"phalanx_kernel_repo={repo!r} needs the `kernels` library (pip install kernels): PyTorch SWR")
+        return None
+    try:
+        if os.path.isdir(repo):
+            return get_local_kernel(Path(repo))
+        # The model's own remote code, which the user trusted, names the repository.
+        return get_kernel(repo, version=PHALANX_KERNEL_VERSION, trust_remote_code=True)
+    except Exception as err:  # the kernels library raises many types (offline, missing variant, bad metadata)
+        logger.warning(f"cannot load phalanx_kernel_repo={repo!r} ({type(err).__name__}: {err}): PyTorch SWR")
+        return None
 
 
 # `auto_map` written to config.json so the saved folder loads with trust_remote_code and no package installed.
@@ -97,6 +125,10 @@ PHALANX_AUTO_MAP = {
     "AutoModel": "modeling_phalanx.PhalanxModel",
     "AutoModelForCausalLM": "modeling_phalanx.PhalanxForCausalLM",
 }
+
+# API version of the Hub kernel repository (`phalanx export-kernels`): its metadata.json says it, and the model
+# loads it with `kernels.get_kernel(repo, version=...)`, which reads the branch `v<version>`.
+PHALANX_KERNEL_VERSION = 1
 
 # Default LoRA targets: attention and Phalanx projections (PEFT suffix match). The MLP is left out on purpose;
 # add "gate_proj", "up_proj", "down_proj" for more capacity.
@@ -517,19 +549,22 @@ def default_position_ids(
     return (torch.arange(seqlen, device=device) + past_seen).unsqueeze(0)
 
 
-def sequence_starts(position_ids: torch.Tensor) -> torch.Tensor | None:
-    """`cu_seqlens` of the batch flattened to one packed row, or None when every row is one sequence.
+def sequence_starts(position_ids: torch.Tensor) -> tuple[torch.Tensor | None, int | None]:
+    """`cu_seqlens` of the batch flattened to one packed row and its longest sequence, or (None, None) when every
+    row is one sequence.
 
     A position equal to 0 starts a new sequence (as `DataCollatorWithFlattening` and left-padded generation
-    produce); the first token of every row always starts one.
+    produce); the first token of every row always starts one. Both come from one host copy of the start flags, so
+    the layers (which get both) wait for the device no more in the forward.
     """
     starts = position_ids == 0
     starts[:, 0] = True
-    if bool(starts[:, 1:].any()):
-        boundaries = torch.nonzero(starts.reshape(-1)).squeeze(-1)
-        total = torch.tensor([starts.numel()], device=boundaries.device, dtype=boundaries.dtype)
-        return torch.cat([boundaries, total])
-    return None
+    starts = starts.cpu()
+    if not bool(starts[:, 1:].any()):
+        return None, None
+    flat = starts.reshape(-1)
+    cu_seqlens = torch.cat([torch.nonzero(flat).squeeze(-1), torch.tensor([flat.numel()])])
+    return cu_seqlens.to(position_ids.device), int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
 
 
 class PhalanxInputProjection(nn.Linear):
@@ -561,7 +596,7 @@ class PhalanxMixer(nn.Module):
         self.out_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.phalanx_out_bias)
         # Optional per-head RMSNorm of the core's output (config.phalanx_output_norm), in the norm's usual fp32.
         self.out_norm = PhalanxRMSNorm(self.head_dim, eps=config.rms_norm_eps) if config.phalanx_output_norm else None
-        self.kernels = triton_kernels()
+        self.kernels = triton_kernels(config.phalanx_kernel_repo)
 
     def _core_kwargs(self) -> dict:
         return {"num_heads": self.num_heads, "head_dim": self.head_dim, "num_gate_groups": self.num_gate_groups}
@@ -573,16 +608,18 @@ class PhalanxMixer(nn.Module):
         position_ids: torch.Tensor | None = None,
         cache: Cache | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, None]:
         """`attention_mask`: 2D padding mask (1 = token) or None; `position_ids` (B, T) give each row's phase when
-        it continues from the cache; `cu_seqlens` (from :func:`sequence_starts`) splits rows into sequences."""
+        it continues from the cache; `cu_seqlens` and `max_seqlen` (from :func:`sequence_starts`) split rows into
+        sequences."""
         seqlen = hidden_states.shape[1]
         proj = self.in_proj(hidden_states)
         if attention_mask is not None:
             # Padding contributes nothing to the state (create_recurrent_attention_mask gives a 2D mask).
             proj = proj * attention_mask[:, -seqlen:, None].to(proj.dtype)
-        use_kernels = self.kernels is not None and proj.is_cuda
+        use_kernels = self.kernels is not None  # they send CPU tensors to their PyTorch path
         state_cls = self.kernels[0] if use_kernels else SWRState
         cache_layer = None if cache is None else cache.layers[self.layer_idx]
         cached_h = None
@@ -604,7 +641,9 @@ class PhalanxMixer(nn.Module):
             y = y.unsqueeze(1)
         else:
             want_state = cache_layer is not None
-            y, state = self._chunk(proj, state_cls, cached_h, position_ids, cu_seqlens, want_state, use_kernels)
+            y, state = self._chunk(
+                proj, state_cls, cached_h, position_ids, cu_seqlens, max_seqlen, want_state, use_kernels
+            )
         if cache_layer is not None:
             cache.update_recurrent_state(state.h, self.layer_idx, state_idx=0)
             cache.update_recurrent_state(state.pos, self.layer_idx, state_idx=1)
@@ -619,6 +658,7 @@ class PhalanxMixer(nn.Module):
         cached_h: torch.Tensor | None,
         position_ids: torch.Tensor,
         cu_seqlens: torch.Tensor | None,
+        max_seqlen: int | None,
         want_state: bool,
         use_kernels: bool,
     ) -> tuple[torch.Tensor, SWRState | None]:
@@ -650,7 +690,7 @@ class PhalanxMixer(nn.Module):
             pos0[row_first] = position_ids[:, 0].to(torch.long)
             initial = state_cls(h0, pos0)
         packed = proj.reshape(1, batch * seqlen, features)
-        out = core(packed, cu_seqlens=cu_seqlens, initial_state=initial, **core_kwargs)
+        out = core(packed, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, initial_state=initial, **core_kwargs)
         y, state = out if want_state else (out, None)
         y = y.view(batch, seqlen, -1)
         if state is not None:
@@ -735,13 +775,14 @@ class PhalanxDecoderLayer(GradientCheckpointingLayer):
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
         past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         # The model passes the cache under the installed release's name: gradient checkpointing drops it by that name.
         cache = resolve_cache(cache, past_key_values)
         if self.layer_type in MIXER_CLASSES:
-            mix_kwargs = {"position_ids": position_ids, "cu_seqlens": cu_seqlens}
+            mix_kwargs = {"position_ids": position_ids, "cu_seqlens": cu_seqlens, "max_seqlen": max_seqlen}
         else:
             mix_kwargs = {"position_embeddings": position_embeddings}
         mix_kwargs.update(attention_mask=attention_mask, cache=cache, **kwargs)
@@ -966,11 +1007,11 @@ class PhalanxModel(PhalanxPreTrainedModel):
         if not isinstance(mask_mapping, dict):
             mask_mapping = create_phalanx_masks(self.config, inputs_embeds, attention_mask, cache, position_ids)
 
-        cu_seqlens = None
+        cu_seqlens = max_seqlen = None
         if any(t in MIXER_CLASSES for t in layer_types):
             position_ids = position_ids.expand(batch, -1)
             if seqlen > 1:
-                cu_seqlens = sequence_starts(position_ids)
+                cu_seqlens, max_seqlen = sequence_starts(position_ids)
 
         hidden_states = inputs_embeds
         position_embeddings = self._position_embeddings(hidden_states, position_ids)
@@ -982,6 +1023,7 @@ class PhalanxModel(PhalanxPreTrainedModel):
                 position_embeddings=position_embeddings.get(layer_type),
                 position_ids=position_ids,
                 cu_seqlens=cu_seqlens,
+                max_seqlen=max_seqlen,
                 **{CACHE_KWARG: cache},
                 **kwargs,
             )

@@ -22,7 +22,7 @@ import torch
 import phalanx_conversion.convert as convert_module
 import phalanx_hub.export as export_module
 from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM
-from modeling_phalanx.swr_torch import swr_torch
+from phalanx_kernels.swr_torch import swr_torch
 from phalanx_cli.main import main
 from phalanx_conversion.convert import convert_checkpoint
 from phalanx_conversion.distill import bits_per_byte

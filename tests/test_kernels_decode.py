@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modeling_phalanx.swr_torch import phalanx_core_torch, swr_torch
+from phalanx_kernels.swr_torch import phalanx_core_torch, swr_torch
 from phalanx_kernels import SWRState
 from swr_oracle import core_oracle, swr_oracle
 

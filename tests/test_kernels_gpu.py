@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from modeling_phalanx import PhalanxForCausalLM
-from modeling_phalanx.swr_torch import phalanx_core_torch
+from phalanx_kernels.swr_torch import phalanx_core_torch
 from phalanx_kernels import phalanx_core, swr
 from phalanx_training.presets import get_preset
 from swr_oracle import core_oracle, cu_seqlens_of, swr_oracle

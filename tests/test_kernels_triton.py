@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modeling_phalanx.swr_torch import swr_step
+from phalanx_kernels.swr_torch import swr_step, swr_torch
 from phalanx_kernels import SWRState
 from swr_oracle import core_oracle, cu_seqlens_of, make_inputs, swr_oracle
 
@@ -118,6 +118,26 @@ def check_packed_against_oracle(
 )
 def test_varlen_phase_initial_and_final_state(lengths, pos0, window: int, gates: str, dtype, cu_dtype) -> None:
     check_packed_against_oracle(lengths, pos0, window, gates, dtype, seed=sum(lengths), cu_dtype=cu_dtype)
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_max_seqlen_from_the_caller_gives_the_same_result(impl: str) -> None:
+    """A caller's `max_seqlen` (the model derives it once per forward) replaces the host reads of `cu_seqlens`
+    without changing y or the final state, from a zero or an initial state."""
+    torch.manual_seed(7)
+    lengths = [1, 20, 45, 9]
+    cu = torch.tensor([0, 1, 21, 66, 75], device=DEVICE)
+    x = torch.randn(1, sum(lengths), 2, 16, device=DEVICE)
+    g = torch.nn.functional.logsigmoid(torch.randn(1, sum(lengths), 2, device=DEVICE) + 2)
+    h0 = SWRState(torch.randn(4, 2, 3, 16, device=DEVICE), torch.tensor([0, 3, 16, 21], device=DEVICE))
+    fn = triton_ops.swr_triton if impl == "triton" else swr_torch
+    for initial in (None, h0):
+        kw = dict(window_blocks=3, cu_seqlens=cu, initial_state=initial, output_final_state=True)
+        (y, fin), (ref_y, ref_fin) = fn(x, g, max_seqlen=45, **kw), fn(x, g, **kw)
+        torch.testing.assert_close(y, ref_y, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(fin.h, ref_fin.h, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="max_seqlen must be an int in"):
+        fn(x, g, cu_seqlens=cu, max_seqlen=0)
 
 
 @pytest.mark.parametrize("splits", [(5, 40, 61), (16, 32)])

@@ -165,6 +165,28 @@ def test_packed_loss_equals_mean_of_separate_sequences() -> None:
     torch.testing.assert_close(packed, separate_sum / tokens, atol=1e-5, rtol=1e-5)
 
 
+def _host_reads(model: PhalanxForCausalLM, ids: torch.Tensor, position_ids: torch.Tensor, monkeypatch) -> int:
+    """Tensor values a packed training forward reads on the host (each a device sync on a GPU)."""
+    reads = []
+    for name in ("cpu", "item", "tolist", "__bool__", "__int__"):
+        method = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _m=method, **k: reads.append(1) or _m(self, *a, **k))
+    model(ids, position_ids=position_ids, use_cache=False)
+    monkeypatch.undo()
+    return len(reads)
+
+
+def test_packed_forward_reads_cu_seqlens_on_the_host_once_not_per_layer(monkeypatch) -> None:
+    """`cu_seqlens` and its longest sequence are derived once per forward (one host copy); the layers read none."""
+    ids = torch.randint(3, VOCAB, (2, 40))
+    position_ids = torch.cat([torch.arange(13), torch.arange(27)])[None].expand(2, -1)
+    reads = [
+        _host_reads(tiny_model(num_hidden_layers=n, layer_types=[L] * n, sliding_window=None), ids, position_ids, monkeypatch)
+        for n in (1, 4)
+    ]
+    assert reads[0] == reads[1] <= 3, reads
+
+
 @torch.no_grad()
 def test_phalanx_only_cache_continues_packed_rows() -> None:
     """A model of only Phalanx layers: `get_seq_length` works, and a chunk that continues one sequence and starts

@@ -52,6 +52,7 @@ def test_auto_classes_and_bit_exact_round_trip(tmp_path: Path) -> None:
     auto_map = json.loads((tmp_path / "a" / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
     assert {"configuration_phalanx.py", "modeling_phalanx.py", "swr_torch.py"} <= {p.name for p in (tmp_path / "a").iterdir()}
+    assert not (tmp_path / "a" / "swr_torch.py").is_symlink()  # a real copy of the kernels' file, not the repo's link
     assert isinstance(AutoConfig.from_pretrained(tmp_path / "a"), PhalanxConfig)
     assert type(AutoModel.from_pretrained(tmp_path / "a")) is PhalanxModel
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "a")

@@ -39,6 +39,7 @@ TINY: dict[str, list[str]] = {
                 "--eval-max-bytes", "100", "--device", "cpu"],
     "convert": [],
     "export": [],
+    "export-kernels": [],
 }
 TINY_ANALYZE = ["--seq-len", "160", "--max-tokens", "640"]
 TINY_SWAX = ["--swax-short-window", "16"]  # below the tiny preset's 64-token window

@@ -249,7 +249,7 @@ def kernel_check(device: torch.device, log: Tee) -> str:
     if device.type != "cuda":
         return "torch (cpu)"
     import phalanx_kernels
-    from modeling_phalanx.swr_torch import phalanx_core_torch
+    from phalanx_kernels.swr_torch import phalanx_core_torch
 
     if not phalanx_kernels.HAS_TRITON:
         return "torch (triton unavailable)"
