@@ -1,0 +1,213 @@
+"""Launchers, ``torch.library`` custom ops and autograd for the Triton causal depthwise FIR (``triton_fir``).
+
+``causal_fir(x, weight, cu_seqlens=..., initial_state=..., output_final_state=...) -> (y, final_state)`` is
+the convolution of the Hyena mixers (``modeling_phalanx.hyena_phalanx``): the SE / MR filter on ``k * v`` and
+the featurizers on the projections. The kernels compute each sequence from zero inputs before its start; a
+continued sequence's earlier inputs (``initial_state``, the last ``K - 1`` inputs, what the Hyena cache
+stores) only reach its first ``K - 1`` outputs, so their contribution and the final state are computed here
+in PyTorch (differentiable, traceable by ``torch.compile``).
+
+Runs CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from .triton_fir import _fir_dw_kernel, _fir_kernel
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DW_CHUNKS = 64  # token chunks of the filter-gradient reduction (partials: chunks x K x C fp32)
+
+
+def _seq_index(cu_seqlens: torch.Tensor | None, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sequence of every row, cu_seqlens) as int32 for the kernels; placeholders without packing."""
+    if cu_seqlens is None:
+        dummy = torch.zeros(1, dtype=torch.int32, device=device)
+        return dummy, dummy
+    cu = cu_seqlens.to(device=device, dtype=torch.int32)
+    token = torch.arange(rows, device=device, dtype=torch.int32)
+    seq = torch.searchsorted(cu[1:], token, right=True).clamp_(max=cu.numel() - 2)
+    return seq.to(torch.int32), cu
+
+
+def _launch_fir(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, reverse: bool) -> torch.Tensor:
+    """Forward (or, ``reverse``, input-gradient) kernel over x (B, T, C) with taps weight (C, K)."""
+    batch, seqlen, channels = x.shape
+    rows = batch * seqlen
+    out = torch.empty_like(x)
+    if rows == 0:
+        return out
+    seq, cu = _seq_index(cu_seqlens, rows, x.device)
+    block_t, block_c = 64, min(64, triton.next_power_of_2(channels))
+    grid = (triton.cdiv(rows, block_t), triton.cdiv(channels, block_c))
+    _fir_kernel[grid](
+        x, weight.t().contiguous(), out, seq, cu, rows, seqlen, C=channels, K=weight.shape[1],
+        VARLEN=cu_seqlens is not None, REVERSE=reverse, BT=block_t, BC=block_c, num_warps=4,
+    )
+    return out
+
+
+def _launch_dw(x: torch.Tensor, dy: torch.Tensor, taps: int, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
+    """Filter gradient (C, K) in fp32: chunk partials from the kernel, summed here."""
+    batch, seqlen, channels = x.shape
+    rows = batch * seqlen
+    if rows == 0:
+        return x.new_zeros(channels, taps, dtype=torch.float32)
+    seq, cu = _seq_index(cu_seqlens, rows, x.device)
+    block_t, block_k, block_c = 32, min(8, triton.next_power_of_2(taps)), min(32, triton.next_power_of_2(channels))
+    chunk = block_t * triton.cdiv(triton.cdiv(rows, DW_CHUNKS), block_t)
+    num_chunks = triton.cdiv(rows, chunk)
+    partials = x.new_empty(num_chunks, taps, channels, dtype=torch.float32)
+    grid = (num_chunks, triton.cdiv(taps, block_k), triton.cdiv(channels, block_c))
+    _fir_dw_kernel[grid](
+        x, dy, partials, seq, cu, rows, seqlen, chunk, C=channels, K=taps, VARLEN=cu_seqlens is not None,
+        BT=block_t, BK=block_k, BC=block_c, num_warps=4,
+    )
+    return partials.sum(0).t()
+
+
+@torch.library.custom_op("phalanx_kernels::fir_fwd", mutates_args=())
+def fir_fwd_op(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
+    """y (B, T, C) in x's dtype: causal depthwise FIR of x (B, T, C) with weight (C, K), zero before each
+    sequence (rows of the batch, or the sequences of ``cu_seqlens`` over the flattened rows)."""
+    return _launch_fir(x.contiguous(), weight, cu_seqlens, reverse=False)
+
+
+@fir_fwd_op.register_fake
+def _(x, weight, cu_seqlens):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("phalanx_kernels::fir_bwd", mutates_args=())
+def fir_bwd_op(
+    x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, cu_seqlens: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx in x's dtype, dweight in weight's dtype) of ``fir_fwd``, accumulated in fp32."""
+    x, dy = x.contiguous(), dy.contiguous().to(x.dtype)
+    dx = _launch_fir(dy, weight, cu_seqlens, reverse=True)
+    return dx, _launch_dw(x, dy, weight.shape[1], cu_seqlens).to(weight.dtype)
+
+
+@fir_bwd_op.register_fake
+def _(x, weight, dy, cu_seqlens):
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
+def _fir_setup_context(ctx, inputs, output) -> None:
+    x, weight, cu_seqlens = inputs
+    ctx.save_for_backward(x, weight, cu_seqlens)
+
+
+def _fir_backward(ctx, dy):
+    x, weight, cu_seqlens = ctx.saved_tensors
+    dx, dw = fir_bwd_op(x, weight, dy, cu_seqlens)
+    return dx, dw, None
+
+
+fir_fwd_op.register_autograd(_fir_backward, setup_context=_fir_setup_context)
+
+
+def _check_args(
+    x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, initial_state: torch.Tensor | None
+) -> int:
+    """Refuse bad shapes and dtypes with one-line errors; returns the number of sequences."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"x must be a tensor of shape (B, T, C), got {getattr(x, 'shape', type(x))}")
+    if x.dtype not in DTYPES:
+        raise TypeError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+    channels = x.shape[-1]
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != channels:
+        raise ValueError(f"weight must have shape (C={channels}, K), got {getattr(weight, 'shape', type(weight))}")
+    if weight.dtype not in DTYPES:
+        raise TypeError(f"weight must be float32, float16 or bfloat16, got {weight.dtype}")
+    if weight.shape[1] < 1:
+        raise ValueError("weight must have at least one tap (K >= 1)")
+    if weight.device != x.device:
+        raise ValueError(f"weight is on {weight.device}, x on {x.device}")
+    num_seqs = x.shape[0]
+    if cu_seqlens is not None:
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.is_floating_point():
+            raise ValueError(f"cu_seqlens must be a 1D integer tensor of N + 1 offsets, got {cu_seqlens.shape}")
+        num_seqs = cu_seqlens.numel() - 1
+        if not torch.compiler.is_compiling() and int(cu_seqlens[-1]) != x.shape[0] * x.shape[1]:
+            raise ValueError(f"cu_seqlens must end at B * T = {x.shape[0] * x.shape[1]}, got {int(cu_seqlens[-1])}")
+    if initial_state is not None:
+        want = (num_seqs, channels, weight.shape[1] - 1)
+        if tuple(initial_state.shape) != want:
+            raise ValueError(f"initial_state must have shape (N, C, K - 1) = {want}, got {tuple(initial_state.shape)}")
+    return num_seqs
+
+
+def _sequences(x: torch.Tensor, cu_seqlens: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """First row and length of every sequence over the flattened rows of x (B, T, C)."""
+    batch, seqlen = x.shape[:2]
+    if cu_seqlens is None:
+        starts = torch.arange(batch, device=x.device) * seqlen
+        return starts, torch.full((batch,), seqlen, device=x.device, dtype=torch.long)
+    cu = cu_seqlens.to(device=x.device, dtype=torch.long)
+    return cu[:-1], cu[1:] - cu[:-1]
+
+
+def _add_initial(
+    y: torch.Tensor, weight: torch.Tensor, state: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor
+) -> torch.Tensor:
+    """y plus what each sequence's earlier inputs ``state`` (N, C, K - 1) add to its first K - 1 outputs."""
+    batch, seqlen, channels = y.shape
+    width = weight.shape[1] - 1
+    # Output p < K - 1 of a sequence: sum_{k > p} w[k] state[K - 1 + p - k]: a valid convolution of [state, 0].
+    padded = torch.cat([state.float(), state.new_zeros(state.shape, dtype=torch.float32)], dim=-1)
+    corr = torch.nn.functional.conv1d(padded, weight.float().flip(-1).unsqueeze(1), groups=channels)
+    offs = torch.arange(width, device=y.device)
+    corr = corr * (offs < lengths[:, None])[:, None, :]  # (N, C, K - 1); nothing past a sequence's end
+    rows = (starts[:, None] + offs).clamp(max=batch * seqlen - 1)
+    flat = y.reshape(-1, channels).index_add(0, rows.reshape(-1), corr.transpose(1, 2).reshape(-1, channels).to(y.dtype))
+    return flat.view(batch, seqlen, channels)
+
+
+def _final_state(
+    x: torch.Tensor, width: int, state: torch.Tensor | None, starts: torch.Tensor, lengths: torch.Tensor
+) -> torch.Tensor:
+    """The last ``width`` inputs (N, C, width) of every sequence, reaching into ``state`` (or zeros) when it is
+    shorter: what a continuation needs."""
+    channels = x.shape[-1]
+    pos = lengths[:, None] - width + torch.arange(width, device=x.device)  # (N, width), relative to the start
+    rows = (starts[:, None] + pos).clamp(0, x.shape[0] * x.shape[1] - 1)
+    inside = (pos >= 0)[:, None, :]
+    from_x = x.reshape(-1, channels)[rows].transpose(1, 2)  # (N, C, width)
+    if state is None:
+        return torch.where(inside, from_x, 0.0).to(x.dtype)
+    index = (width + pos).clamp(0, width - 1)[:, None, :].expand(-1, channels, -1)
+    return torch.where(inside, from_x, state.to(x.dtype).gather(-1, index))
+
+
+def causal_fir(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    cu_seqlens: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Causal depthwise FIR ``y[t, c] = sum_{k < K} weight[c, k] * x[t - k, c]`` through the Triton kernels.
+
+    x: (B, T, C) float32 / float16 / bfloat16; weight: (C, K) (any of those dtypes; fp32 arithmetic);
+    cu_seqlens: (N + 1,) offsets of packed sequences over the B * T flattened rows (no sequence sees another);
+    initial_state: (N, C, K - 1) the inputs before each sequence, oldest first (zeros when None).
+    Returns y (B, T, C) in x's dtype and, when ``output_final_state``, the last K - 1 inputs of each sequence
+    (N, C, K - 1) in x's dtype, else None. Differentiable in x, weight and initial_state.
+    """
+    num_seqs = _check_args(x, weight, cu_seqlens, initial_state)
+    y = fir_fwd_op(x, weight, cu_seqlens)
+    width = weight.shape[1] - 1
+    if (initial_state is None or width == 0) and not output_final_state:
+        return y, None
+    starts, lengths = _sequences(x, cu_seqlens)
+    if initial_state is not None and width > 0:
+        y = _add_initial(y, weight, initial_state, starts, lengths)
+    if not output_final_state:
+        return y, None
+    if width == 0:
+        return y, x.new_zeros(num_seqs, x.shape[-1], 0)
+    return y, _final_state(x, width, initial_state, starts, lengths)

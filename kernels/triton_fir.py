@@ -1,0 +1,90 @@
+"""Triton kernels for the causal depthwise FIR convolution of the Hyena mixers (SE, MR and the featurizers).
+
+Per channel c and token t of a sequence, ``y[t, c] = sum_{k < K} w[k, c] * x[t - k, c]`` with x = 0 before the
+sequence's first token (a continued sequence's earlier inputs are added by the launcher, in PyTorch).
+
+Layout: token-major rows (``R = B * T`` rows of ``C`` channels, or the packed rows of ``cu_seqlens``), taps
+transposed to ``(K, C)`` so that a tap's channels are contiguous. A program owns ``BT`` rows by ``BC`` channels
+and walks the taps, each a shifted (BT, BC) tile of the input, masked to its sequence; neighbouring taps read
+overlapping rows, which stay in L1/L2. Arithmetic is fp32 whatever the storage dtype.
+
+Backward: ``dx[s] = sum_k w[k] dy[s + k]`` (the same walk towards the sequence's end) and
+``dw[k, c] = sum_t dy[t, c] x[t - k, c]``, reduced by programs over (token chunk, tap block, channel block)
+from a (BT, BK, BC) tile of shifted inputs per token block; the launcher sums the chunks' partials.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _bounds(rows, mask_r, SEQ, CU, T, VARLEN: tl.constexpr):
+    """First row and one past the last row of the sequence holding each row."""
+    if VARLEN:
+        seq = tl.load(SEQ + rows, mask=mask_r, other=0)
+        start = tl.load(CU + seq)
+        end = tl.load(CU + seq + 1)
+    else:
+        start = (rows // T) * T
+        end = start + T
+    return start, end
+
+
+@triton.jit
+def _fir_kernel(
+    X, WT, Y, SEQ, CU, R, T,
+    C: tl.constexpr, K: tl.constexpr, VARLEN: tl.constexpr, REVERSE: tl.constexpr, BT: tl.constexpr,
+    BC: tl.constexpr,
+):
+    """Forward ``Y[t] = sum_k WT[k] X[t - k]`` or, with REVERSE, the input gradient ``Y[s] = sum_k WT[k] X[s + k]``
+    (X then holds dy), both restricted to each row's sequence."""
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    mask_r = rows < R
+    mask_c = cols < C
+    start, end = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
+    acc = tl.zeros((BT, BC), dtype=tl.float32)
+    for k in range(K):
+        w = tl.load(WT + k * C + cols, mask=mask_c, other=0.0).to(tl.float32)
+        if REVERSE:
+            src = rows + k
+            inside = src < end
+        else:
+            src = rows - k
+            inside = src >= start
+        m = (mask_r & inside)[:, None] & mask_c[None, :]
+        xv = tl.load(X + src.to(tl.int64)[:, None] * C + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        acc += w[None, :] * xv
+    out = rows.to(tl.int64)[:, None] * C + cols[None, :]
+    tl.store(Y + out, acc.to(Y.dtype.element_ty), mask=mask_r[:, None] & mask_c[None, :])
+
+
+@triton.jit
+def _fir_dw_kernel(
+    X, DY, DWP, SEQ, CU, R, T, CHUNK,
+    C: tl.constexpr, K: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr,
+):
+    """Partial filter gradient ``DWP[chunk, k, c] = sum_{t in chunk} DY[t, c] X[t - k, c]`` (fp32; the chunk's
+    rows are ``CHUNK`` consecutive rows, a multiple of BT)."""
+    pid_chunk = tl.program_id(0)
+    taps = tl.program_id(1) * BK + tl.arange(0, BK)
+    cols = tl.program_id(2) * BC + tl.arange(0, BC)
+    mask_k = taps < K
+    mask_c = cols < C
+    acc = tl.zeros((BK, BC), dtype=tl.float32)
+    base = pid_chunk * CHUNK
+    for offset in range(0, CHUNK, BT):
+        rows = base + offset + tl.arange(0, BT)
+        mask_r = rows < R
+        start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
+        m2 = mask_r[:, None] & mask_c[None, :]
+        dy = tl.load(DY + rows.to(tl.int64)[:, None] * C + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        src = rows[:, None] - taps[None, :]  # (BT, BK)
+        ok = mask_r[:, None] & mask_k[None, :] & (src >= start[:, None])
+        m3 = ok[:, :, None] & mask_c[None, None, :]
+        xv = tl.load(X + src.to(tl.int64)[:, :, None] * C + cols[None, None, :], mask=m3, other=0.0)
+        acc += tl.sum(dy[:, None, :] * xv.to(tl.float32), axis=0)
+    out = pid_chunk.to(tl.int64) * K * C + taps[:, None] * C + cols[None, :]
+    tl.store(DWP + out, acc, mask=mask_k[:, None] & mask_c[None, :])
