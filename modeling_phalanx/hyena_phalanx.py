@@ -20,6 +20,7 @@ torch and sibling modules, so a Hub bundle runs it anywhere.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -76,6 +77,18 @@ def fft_causal_conv(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return y[..., :seqlen]
 
 
+def fir_kernel() -> Callable | None:
+    """`causal_fir` of `phalanx_kernels.fir_ops` (Triton) when that package and Triton are installed, else None.
+
+    Resolved when a mixer is built, like `modeling_phalanx.triton_kernels`; Hub bundles without the package use the
+    PyTorch path."""
+    try:
+        from phalanx_kernels.fir_ops import causal_fir as kernel
+    except ImportError:
+        return None
+    return kernel
+
+
 class PhalanxHyenaMixer(nn.Module):
     """Hyena-SE / -MR / -LI token mixer (the variant is `config.layer_types[layer_idx]`): `in_proj` -> featurizer
     convolutions -> `q * (h * (k * v))` -> `out_proj`."""
@@ -103,6 +116,8 @@ class PhalanxHyenaMixer(nn.Module):
             self.filter_taps = nn.Parameter(torch.empty(self.num_groups, self.filter_len))
             # Hyena-MR's fixed decay rates, one per group, log-evenly spaced over config.hyena_mr_decay.
             self.decay_rates = config.hyena_mr_decay if self.variant == HYENA_MR else None
+        # Triton FIR for SE / MR on CUDA tensors (featurizers and filter); LI and CPU tensors take the PyTorch path.
+        self.fir = None if self.variant == HYENA_LI else fir_kernel()
 
     @torch.no_grad()
     def init_filters(self) -> None:
@@ -154,7 +169,9 @@ class PhalanxHyenaMixer(nn.Module):
             fresh = (position_ids[:, 0] == 0).view(-1, 1, 1)
             state = HyenaState(*(s.masked_fill(fresh, 0) for s in state))
         want_state = layer is not None
-        if cu_seqlens is None:
+        if self.fir is not None and proj.is_cuda:
+            y, new_state = self._kernel_path(proj, state, cu_seqlens, want_state)
+        elif cu_seqlens is None:
             y, new_state = self._core(proj, state, None, want_state)
         else:
             y, new_state = self._packed(proj, state, cu_seqlens, want_state)
@@ -209,6 +226,35 @@ class PhalanxHyenaMixer(nn.Module):
         if not want_state:
             return y, None
         return y, HyenaState(last_inputs(feat_context, x, lengths), filter_state)
+
+    def _kernel_path(
+        self, proj: torch.Tensor, state: HyenaState | None, cu_seqlens: torch.Tensor | None, want_state: bool
+    ) -> tuple[torch.Tensor, HyenaState | None]:
+        """SE / MR through the Triton FIR on token-major rows (packed sequences without padding): same results as
+        `_core` / `_packed`. Each row's first sequence continues that row's state; the state returned per row is
+        that of its last sequence."""
+        batch, seqlen, _ = proj.shape
+        row_last = None
+        if cu_seqlens is not None:
+            starts = cu_seqlens[:-1]
+            row_start = torch.arange(batch, device=proj.device) * seqlen
+            row_last = torch.searchsorted(starts, row_start + seqlen - 1, right=True) - 1
+            if state is not None:
+                row_first = torch.searchsorted(starts, row_start, right=True) - 1
+                state = HyenaState(*(self._scatter_rows(s, row_first, starts.numel()) for s in state))
+        kwargs = {"cu_seqlens": cu_seqlens, "output_final_state": want_state}
+        feats, feat_state = self.fir(
+            proj, self.featurizer, initial_state=None if state is None else state.featurizer, **kwargs
+        )
+        q, k, v = feats.chunk(3, dim=-1)
+        mixed, filt_state = self.fir(
+            k * v, self.explicit_filter(), initial_state=None if state is None else state.filter, **kwargs
+        )
+        y = q * mixed
+        if not want_state:
+            return y, None
+        new_state = HyenaState(feat_state, filt_state)
+        return y, new_state if row_last is None else HyenaState(*(s[row_last] for s in new_state))
 
     def _long_conv(
         self, z: torch.Tensor, modal: torch.Tensor | None, lengths: torch.Tensor | None, want_state: bool
