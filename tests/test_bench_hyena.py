@@ -1,0 +1,24 @@
+"""``benchmarks/bench_hyena.py`` in its CPU smoke mode: every row has its timings and floors, and the JSON is written."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_cpu_tiny_smoke_run_writes_json(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("bench_hyena", REPO / "benchmarks" / "bench_hyena.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "hyena.json"
+    rows = bench.main(["--device", "cpu", "--size", "tiny", "--reps", "1", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == rows and saved["device"] == "cpu"
+    assert [(r["taps"], r["mixer"]) for r in rows] == [(7, "hyena_se"), (24, "hyena_mr")]
+    for row in rows:
+        for key in ("mixer_torch_fwd_ms", "mixer_torch_fwd_bwd_ms", "phalanx_core_fwd_ms", "phalanx_core_fwd_bwd_ms",
+                    "fir_floor_fwd_ms", "mixer_floor_fwd_bwd_ms"):
+            assert row[key] > 0, key
