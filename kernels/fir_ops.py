@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from .triton_fir import _fir_dw_kernel, _fir_kernel
+from .triton_fir import _fir_dw_kernel, _fir_kernel, _hyena_gate_kernel, _hyena_out_kernel
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DW_CHUNKS = 64  # token chunks of the filter-gradient reduction (partials: chunks x K x C fp32)
@@ -109,23 +109,78 @@ def _fir_backward(ctx, dy):
 fir_fwd_op.register_autograd(_fir_backward, setup_context=_fir_setup_context)
 
 
-def _check_args(
-    x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, initial_state: torch.Tensor | None
-) -> int:
-    """Refuse bad shapes and dtypes with one-line errors; returns the number of sequences."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 3:
-        raise ValueError(f"x must be a tensor of shape (B, T, C), got {getattr(x, 'shape', type(x))}")
-    if x.dtype not in DTYPES:
-        raise TypeError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
-    channels = x.shape[-1]
+@torch.library.custom_op("phalanx_kernels::hyena_core_fwd", mutates_args=())
+def hyena_core_fwd_op(
+    proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None
+) -> torch.Tensor:
+    """Fused Hyena core y (B, T, W) in proj's dtype from proj (B, T, 3W), featurizer (3W, Kf), weight (W, K)."""
+    proj = proj.contiguous()
+    batch, seqlen, features = proj.shape
+    width, rows = features // 3, batch * seqlen
+    y = proj.new_empty(batch, seqlen, width)
+    if rows == 0:
+        return y
+    z = torch.empty_like(y)
+    seq, cu = _seq_index(cu_seqlens, rows, proj.device)
+    feat_t = featurizer.t().contiguous()
+    block_t, block_c = 64, min(64, triton.next_power_of_2(width))
+    grid = (triton.cdiv(rows, block_t), triton.cdiv(width, block_c))
+    meta = dict(W=width, KF=featurizer.shape[1], VARLEN=cu_seqlens is not None, BT=block_t, BC=block_c, num_warps=4)
+    _hyena_gate_kernel[grid](proj, feat_t, z, seq, cu, rows, seqlen, **meta)
+    _hyena_out_kernel[grid](proj, feat_t, z, weight.t().contiguous(), y, seq, cu, rows, seqlen, K=weight.shape[1],
+                            **meta)
+    return y
+
+
+@hyena_core_fwd_op.register_fake
+def _(proj, featurizer, weight, cu_seqlens):
+    return proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
+
+
+def _hyena_core_setup_context(ctx, inputs, output) -> None:
+    proj, featurizer, weight, cu_seqlens = inputs
+    ctx.save_for_backward(proj, featurizer, weight, cu_seqlens)
+
+
+def _hyena_core_backward(ctx, dy):
+    """Recompute q, k, v, z and the filter output (one featurizer and one filter pass), then the FIR backward
+    kernels: only proj is kept between forward and backward."""
+    proj, featurizer, weight, cu_seqlens = ctx.saved_tensors
+    dy = dy.to(proj.dtype)
+    q, k, v = fir_fwd_op(proj, featurizer, cu_seqlens).chunk(3, dim=-1)
+    z = k * v
+    dz, dweight = fir_bwd_op(z, weight, dy * q, cu_seqlens)
+    dfeats = torch.cat([dy * fir_fwd_op(z, weight, cu_seqlens), dz * v, dz * k], dim=-1)
+    dproj, dfeaturizer = fir_bwd_op(proj, featurizer, dfeats, cu_seqlens)
+    return dproj, dfeaturizer, dweight, None
+
+
+hyena_core_fwd_op.register_autograd(_hyena_core_backward, setup_context=_hyena_core_setup_context)
+
+
+def _check_taps(weight: torch.Tensor, name: str, channels: int, device: torch.device) -> None:
+    """Refuse taps that are not (channels, K >= 1) float32 / float16 / bfloat16 on ``device``."""
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != channels:
-        raise ValueError(f"weight must have shape (C={channels}, K), got {getattr(weight, 'shape', type(weight))}")
+        raise ValueError(f"{name} must have shape (C={channels}, K), got {getattr(weight, 'shape', type(weight))}")
     if weight.dtype not in DTYPES:
-        raise TypeError(f"weight must be float32, float16 or bfloat16, got {weight.dtype}")
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {weight.dtype}")
     if weight.shape[1] < 1:
-        raise ValueError("weight must have at least one tap (K >= 1)")
-    if weight.device != x.device:
-        raise ValueError(f"weight is on {weight.device}, x on {x.device}")
+        raise ValueError(f"{name} must have at least one tap (K >= 1)")
+    if weight.device != device:
+        raise ValueError(f"{name} is on {weight.device}, the input on {device}")
+
+
+def _check_args(
+    x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, initial_state: torch.Tensor | None,
+    names: tuple[str, str] = ("x", "weight"),
+) -> int:
+    """Refuse bad shapes and dtypes with one-line errors naming the argument; returns the number of sequences."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"{names[0]} must be a tensor of shape (B, T, C), got {getattr(x, 'shape', type(x))}")
+    if x.dtype not in DTYPES:
+        raise TypeError(f"{names[0]} must be float32, float16 or bfloat16, got {x.dtype}")
+    channels = x.shape[-1]
+    _check_taps(weight, names[1], channels, x.device)
     num_seqs = x.shape[0]
     if cu_seqlens is not None:
         if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.is_floating_point():
@@ -212,3 +267,20 @@ def causal_fir(
     if width == 0:
         return y, x.new_zeros(num_seqs, x.shape[-1], 0)
     return y, _final_state(x, width, initial_state, starts, lengths)
+
+
+def hyena_core(
+    proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, *, cu_seqlens: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Hyena-SE / -MR core ``q * (h * (k * v))`` from zero inputs before each sequence, fused (two kernel passes).
+
+    proj: (B, T, 3W) = [u_q | u_k | u_v] (the mixer's ``in_proj`` output); featurizer: (3W, Kf) causal taps on proj;
+    weight: (W, K) the filter h; cu_seqlens as for ``causal_fir``. Returns y (B, T, W) in proj's dtype;
+    differentiable in all three (the backward recomputes from proj). For continued sequences and cache states
+    compose ``causal_fir`` calls instead.
+    """
+    if not isinstance(proj, torch.Tensor) or proj.dim() != 3 or proj.shape[-1] % 3 != 0 or proj.shape[-1] == 0:
+        raise ValueError(f"proj must be a tensor of shape (B, T, 3W), got {getattr(proj, 'shape', type(proj))}")
+    _check_args(proj, featurizer, cu_seqlens, None, names=("proj", "featurizer"))
+    _check_taps(weight, "weight", proj.shape[-1] // 3, proj.device)
+    return hyena_core_fwd_op(proj, featurizer, weight, cu_seqlens)

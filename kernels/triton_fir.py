@@ -88,3 +88,64 @@ def _fir_dw_kernel(
         acc += tl.sum(dy[:, None, :] * xv.to(tl.float32), axis=0)
     out = pid_chunk.to(tl.int64) * K * C + taps[:, None] * C + cols[None, :]
     tl.store(DWP + out, acc, mask=mask_k[:, None] & mask_c[None, :])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fused Hyena core (training forward): proj (R, 3W) = [u_q | u_k | u_v] -> y = q * (h * (k * v)), in two passes.
+# Pass 1 writes z = k * v (featurizers applied on the fly); pass 2 recomputes q and filters z. DRAM traffic per
+# token and channel: read u_k, u_v, write z; read u_q, z, write y (6 values; the floor is 4: read 3, write 1).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _featurize(P, FT, rows, mask_r, start, cols, mask_c, OFF: tl.constexpr, W: tl.constexpr, KF: tl.constexpr,
+               BT: tl.constexpr, BC: tl.constexpr):
+    """Featurizer output (BT, BC) fp32 of the projection columns ``OFF + cols``: ``sum_j F[j] u[t - j]``."""
+    acc = tl.zeros((BT, BC), dtype=tl.float32)
+    for j in range(KF):
+        f = tl.load(FT + j * 3 * W + OFF + cols, mask=mask_c, other=0.0).to(tl.float32)
+        src = rows - j
+        m = (mask_r & (src >= start))[:, None] & mask_c[None, :]
+        u = tl.load(P + src.to(tl.int64)[:, None] * (3 * W) + OFF + cols[None, :], mask=m, other=0.0)
+        acc += f[None, :] * u.to(tl.float32)
+    return acc
+
+
+@triton.jit
+def _hyena_gate_kernel(
+    P, FT, Z, SEQ, CU, R, T,
+    W: tl.constexpr, KF: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+):
+    """Pass 1: ``Z = k * v`` with k, v the featurized second and third thirds of the projection rows P."""
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    mask_r = rows < R
+    mask_c = cols < W
+    start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
+    k = _featurize(P, FT, rows, mask_r, start, cols, mask_c, W, W, KF, BT, BC)
+    v = _featurize(P, FT, rows, mask_r, start, cols, mask_c, 2 * W, W, KF, BT, BC)
+    out = rows.to(tl.int64)[:, None] * W + cols[None, :]
+    tl.store(Z + out, (k * v).to(Z.dtype.element_ty), mask=mask_r[:, None] & mask_c[None, :])
+
+
+@triton.jit
+def _hyena_out_kernel(
+    P, FT, Z, HT, Y, SEQ, CU, R, T,
+    W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+):
+    """Pass 2: ``Y = q * sum_k HT[k] Z[t - k]`` with q the featurized first third of the projection rows P."""
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    mask_r = rows < R
+    mask_c = cols < W
+    start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
+    acc = tl.zeros((BT, BC), dtype=tl.float32)
+    for k in range(K):
+        h = tl.load(HT + k * W + cols, mask=mask_c, other=0.0).to(tl.float32)
+        src = rows - k
+        m = (mask_r & (src >= start))[:, None] & mask_c[None, :]
+        z = tl.load(Z + src.to(tl.int64)[:, None] * W + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        acc += h[None, :] * z
+    q = _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, BC)
+    out = rows.to(tl.int64)[:, None] * W + cols[None, :]
+    tl.store(Y + out, (q * acc).to(Y.dtype.element_ty), mask=mask_r[:, None] & mask_c[None, :])

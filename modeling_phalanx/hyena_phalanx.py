@@ -77,16 +77,15 @@ def fft_causal_conv(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return y[..., :seqlen]
 
 
-def fir_kernel() -> Callable | None:
-    """`causal_fir` of `phalanx_kernels.fir_ops` (Triton) when that package and Triton are installed, else None.
-
-    Resolved when a mixer is built, like `modeling_phalanx.triton_kernels`; Hub bundles without the package use the
-    PyTorch path."""
+def fir_kernels() -> tuple[Callable, Callable] | None:
+    """(causal_fir, hyena_core) of `phalanx_kernels.fir_ops` (Triton) when that package and Triton are installed,
+    else None. Resolved when a mixer is built, like `modeling_phalanx.triton_kernels`; Hub bundles without the
+    package use the PyTorch path."""
     try:
-        from phalanx_kernels.fir_ops import causal_fir as kernel
+        from phalanx_kernels.fir_ops import causal_fir, hyena_core
     except ImportError:
         return None
-    return kernel
+    return causal_fir, hyena_core
 
 
 class PhalanxHyenaMixer(nn.Module):
@@ -117,7 +116,7 @@ class PhalanxHyenaMixer(nn.Module):
             # Hyena-MR's fixed decay rates, one per group, log-evenly spaced over config.hyena_mr_decay.
             self.decay_rates = config.hyena_mr_decay if self.variant == HYENA_MR else None
         # Triton FIR for SE / MR on CUDA tensors (featurizers and filter); LI and CPU tensors take the PyTorch path.
-        self.fir = None if self.variant == HYENA_LI else fir_kernel()
+        self.fir = None if self.variant == HYENA_LI else fir_kernels()
 
     @torch.no_grad()
     def init_filters(self) -> None:
@@ -232,7 +231,10 @@ class PhalanxHyenaMixer(nn.Module):
     ) -> tuple[torch.Tensor, HyenaState | None]:
         """SE / MR through the Triton FIR on token-major rows (packed sequences without padding): same results as
         `_core` / `_packed`. Each row's first sequence continues that row's state; the state returned per row is
-        that of its last sequence."""
+        that of its last sequence. Without a state in or out (training) the fused core runs instead."""
+        causal_fir, hyena_core = self.fir
+        if state is None and not want_state:
+            return hyena_core(proj, self.featurizer, self.explicit_filter(), cu_seqlens=cu_seqlens), None
         batch, seqlen, _ = proj.shape
         row_last = None
         if cu_seqlens is not None:
@@ -243,11 +245,11 @@ class PhalanxHyenaMixer(nn.Module):
                 row_first = torch.searchsorted(starts, row_start, right=True) - 1
                 state = HyenaState(*(self._scatter_rows(s, row_first, starts.numel()) for s in state))
         kwargs = {"cu_seqlens": cu_seqlens, "output_final_state": want_state}
-        feats, feat_state = self.fir(
+        feats, feat_state = causal_fir(
             proj, self.featurizer, initial_state=None if state is None else state.featurizer, **kwargs
         )
         q, k, v = feats.chunk(3, dim=-1)
-        mixed, filt_state = self.fir(
+        mixed, filt_state = causal_fir(
             k * v, self.explicit_filter(), initial_state=None if state is None else state.filter, **kwargs
         )
         y = q * mixed

@@ -119,6 +119,43 @@ def test_continuation_and_weight_in_input_dtype() -> None:
     run_case((3, 4, 5), 7, torch.float16, None, with_init=True, weight_dtype=torch.float16, seed=5)
 
 
+def hyena_reference(proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, lengths: list[int]):
+    """float64 Hyena core ``q * (h * (k * v))`` from the FIR reference (featurizers on proj, then the filter)."""
+    q, k, v = fir_reference(proj, featurizer, lengths)[0].chunk(3, dim=-1)
+    return q * fir_reference(k * v, weight, lengths)[0]
+
+
+@pytest.mark.parametrize(
+    "shape,lengths,taps,dtype",
+    [
+        ((2, 13, 15), None, 7, torch.float32),
+        ((2, 13, 15), None, 7, torch.float16),
+        ((2, 14, 18), [3, 10, 1, 9, 5], 7, torch.float32),  # packed, one sequence crossing rows
+        ((1, 70, 210), [2, 68], 40, torch.float32),  # MR-like; two row and two channel blocks
+    ],
+)
+def test_fused_hyena_core_matches_float64_reference(shape, lengths, taps: int, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(taps + shape[1])
+    width = shape[-1] // 3
+    proj = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    feat = torch.randn(3 * width, 3, generator=gen, dtype=torch.float64) / 3**0.5
+    w = torch.randn(width, taps, generator=gen, dtype=torch.float64) / taps**0.5
+    dy = torch.randn(*shape[:-1], width, generator=gen, dtype=torch.float64)
+    cu = None if lengths is None else torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=DEVICE)
+    results = []
+    for fn, dev, cast in (
+        (lambda a, b, c: fir_ops.hyena_core(a, b, c, cu_seqlens=cu), DEVICE, (dtype, torch.float32, torch.float32)),
+        (lambda a, b, c: hyena_reference(a, b, c, lengths or [shape[1]] * shape[0]), "cpu", (torch.float64,) * 3),
+    ):
+        leaves = [t.detach().to(dev, ct).requires_grad_() for t, ct in zip((proj, feat, w), cast)]
+        y = fn(*leaves)
+        (y.double() * dy.to(dev)).sum().backward()
+        results.append([y] + [leaf.grad for leaf in leaves])
+    assert results[0][0].dtype == dtype
+    for name, a, b in zip(("y", "dproj", "dfeaturizer", "dweight"), *results):
+        assert_close(a, b, dtype, name)
+
+
 def test_chunked_prefill_equals_one_pass() -> None:
     """Chunks handing their final state to the next give the outputs of one pass (the decode cache's use)."""
     torch.manual_seed(0)
@@ -143,13 +180,18 @@ def test_compiles_fullgraph_with_same_values_and_grads() -> None:
         return (y * y).sum() + final.sum()
 
     results = []
-    for f in (fn, torch.compile(fn, fullgraph=True, backend="aot_eager")):
+    def fused(a, b, c):
+        return (fir_ops.hyena_core(a.repeat(1, 1, 3), c.reshape(9, 6), b, cu_seqlens=cu) ** 2).sum()
+
+    for f in (fn, torch.compile(fn, fullgraph=True, backend="aot_eager"),
+              fused, torch.compile(fused, fullgraph=True, backend="aot_eager")):
         leaves = [t.clone().requires_grad_() for t in (x, w, init)]
         loss = f(*leaves)
         loss.backward()
         results.append([loss.detach()] + [t.grad for t in leaves])
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for eager, compiled in (results[:2], results[2:]):
+        for a, b in zip(eager, compiled):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -180,21 +222,28 @@ def tiny_mixer(variant: str) -> PhalanxHyenaMixer:
 
 
 @pytest.mark.parametrize("variant", ["hyena_se", "hyena_mr"])
-def test_mixer_kernel_path_equals_pytorch_path(variant: str) -> None:
-    """The mixer's kernel path (the one CUDA tensors take) on the same inputs as its PyTorch path: packed rows
-    continuing a cached state, outputs, states and gradients."""
+@pytest.mark.parametrize("packed,with_state", [(True, True), (True, False), (False, False)])
+def test_mixer_kernel_path_equals_pytorch_path(variant: str, packed: bool, with_state: bool) -> None:
+    """The mixer's kernel path (the one CUDA tensors take) on the same inputs as its PyTorch path: rows (packed or
+    not) continuing a cached state and returning the new one (the FIR calls), or neither (the fused core);
+    outputs, states and gradients."""
     mixer = tiny_mixer(variant).to(DEVICE)
     assert mixer.fir is not None
     proj = torch.randn(2, 11, 48, device=DEVICE, requires_grad=True)
-    state = HyenaState(torch.randn(2, 48, 2, device=DEVICE), torch.randn(2, 16, mixer.filter_len - 1, device=DEVICE))
-    cu = torch.tensor([0, 4, 11, 12, 22], device=DEVICE)
+    state = None
+    if with_state:
+        state = HyenaState(torch.randn(2, 48, 2, device=DEVICE), torch.randn(2, 16, mixer.filter_len - 1,
+                                                                             device=DEVICE))
+    cu = torch.tensor([0, 4, 11, 12, 22], device=DEVICE) if packed else None
+    torch_path = (lambda *a: mixer._packed(*a)) if packed else (lambda p, s, _, w: mixer._core(p, s, None, w))
     results = []
-    for path in (mixer._packed, mixer._kernel_path):
+    for path in (torch_path, mixer._kernel_path):
         proj.grad = None
         mixer.zero_grad()
-        y, new = path(proj, state, cu, True)
+        y, new = path(proj, state, cu, with_state)
         (y * torch.linspace(-1, 1, y.numel(), device=DEVICE).view_as(y)).sum().backward()
-        results.append([y.detach(), *new, proj.grad.clone(), mixer.filter_taps.grad.clone(), mixer.featurizer.grad])
+        states = [] if new is None else list(new)
+        results.append([y.detach(), *states, proj.grad.clone(), mixer.filter_taps.grad.clone(), mixer.featurizer.grad])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
