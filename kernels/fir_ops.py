@@ -12,13 +12,16 @@ Runs CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 
-from .triton_fir import _fir_dw_kernel, _fir_kernel, _hyena_gate_kernel, _hyena_out_kernel
+from .triton_fir import _fir_dw_kernel, _fir_kernel, _hyena_gate_kernel, _hyena_out_kernel, _hyena_out_tc_kernel
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DW_CHUNKS = 64  # token chunks of the filter-gradient reduction (partials: chunks x K x C fp32)
+TC_MIN_TAPS = 32  # filters longer than this, shared by a multiple of 16 channels, go through the tensor-core pass
 
 
 def _seq_index(cu_seqlens: torch.Tensor | None, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,10 +116,13 @@ fir_fwd_op.register_autograd(_fir_backward, setup_context=_fir_setup_context)
 def hyena_core_fwd_op(
     proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None
 ) -> torch.Tensor:
-    """Fused Hyena core y (B, T, W) in proj's dtype from proj (B, T, 3W), featurizer (3W, Kf), weight (W, K)."""
+    """Fused Hyena core y (B, T, W) in proj's dtype from proj (B, T, 3W), featurizer (3W, Kf) and the filter
+    weight (G, K) shared by groups of W / G consecutive channels."""
     proj = proj.contiguous()
     batch, seqlen, features = proj.shape
     width, rows = features // 3, batch * seqlen
+    groups, taps = weight.shape
+    group_size = width // groups
     y = proj.new_empty(batch, seqlen, width)
     if rows == 0:
         return y
@@ -125,10 +131,18 @@ def hyena_core_fwd_op(
     feat_t = featurizer.t().contiguous()
     block_t, block_c = 64, min(64, triton.next_power_of_2(width))
     grid = (triton.cdiv(rows, block_t), triton.cdiv(width, block_c))
-    meta = dict(W=width, KF=featurizer.shape[1], VARLEN=cu_seqlens is not None, BT=block_t, BC=block_c, num_warps=4)
-    _hyena_gate_kernel[grid](proj, feat_t, z, seq, cu, rows, seqlen, **meta)
-    _hyena_out_kernel[grid](proj, feat_t, z, weight.t().contiguous(), y, seq, cu, rows, seqlen, K=weight.shape[1],
-                            **meta)
+    meta = dict(W=width, KF=featurizer.shape[1], VARLEN=cu_seqlens is not None, BT=block_t, num_warps=4)
+    _hyena_gate_kernel[grid](proj, feat_t, z, seq, cu, rows, seqlen, BC=block_c, **meta)
+    if group_size % 16 == 0 and taps > TC_MIN_TAPS:
+        block_c = math.gcd(group_size, 64)  # a program's channels share one filter
+        grid = (triton.cdiv(rows, block_t), width // block_c)
+        _hyena_out_tc_kernel[grid](
+            proj, feat_t, z, weight.float().contiguous(), y, seq, cu, rows, seqlen, K=taps, D=group_size,
+            NB=triton.cdiv(taps - 1, block_t) + 1, BC=block_c, **meta,
+        )
+    else:
+        per_channel = weight.repeat_interleave(group_size, dim=0).t().contiguous()
+        _hyena_out_kernel[grid](proj, feat_t, z, per_channel, y, seq, cu, rows, seqlen, K=taps, BC=block_c, **meta)
     return y
 
 
@@ -147,12 +161,15 @@ def _hyena_core_backward(ctx, dy):
     kernels: only proj is kept between forward and backward."""
     proj, featurizer, weight, cu_seqlens = ctx.saved_tensors
     dy = dy.to(proj.dtype)
+    groups, taps = weight.shape
+    group_size = proj.shape[-1] // 3 // groups
+    per_channel = weight.repeat_interleave(group_size, dim=0)
     q, k, v = fir_fwd_op(proj, featurizer, cu_seqlens).chunk(3, dim=-1)
     z = k * v
-    dz, dweight = fir_bwd_op(z, weight, dy * q, cu_seqlens)
-    dfeats = torch.cat([dy * fir_fwd_op(z, weight, cu_seqlens), dz * v, dz * k], dim=-1)
+    dz, dweight = fir_bwd_op(z, per_channel, dy * q, cu_seqlens)
+    dfeats = torch.cat([dy * fir_fwd_op(z, per_channel, cu_seqlens), dz * v, dz * k], dim=-1)
     dproj, dfeaturizer = fir_bwd_op(proj, featurizer, dfeats, cu_seqlens)
-    return dproj, dfeaturizer, dweight, None
+    return dproj, dfeaturizer, dweight.view(groups, group_size, taps).sum(1), None
 
 
 hyena_core_fwd_op.register_autograd(_hyena_core_backward, setup_context=_hyena_core_setup_context)
@@ -275,12 +292,17 @@ def hyena_core(
     """Hyena-SE / -MR core ``q * (h * (k * v))`` from zero inputs before each sequence, fused (two kernel passes).
 
     proj: (B, T, 3W) = [u_q | u_k | u_v] (the mixer's ``in_proj`` output); featurizer: (3W, Kf) causal taps on proj;
-    weight: (W, K) the filter h; cu_seqlens as for ``causal_fir``. Returns y (B, T, W) in proj's dtype;
+    weight: (G, K) the filter h, shared by groups of W / G consecutive channels (G = W: one per channel); filters
+    longer than 32 taps shared by a multiple of 16 channels run on tensor cores; cu_seqlens as for ``causal_fir``. Returns y (B, T, W) in proj's dtype;
     differentiable in all three (the backward recomputes from proj). For continued sequences and cache states
     compose ``causal_fir`` calls instead.
     """
     if not isinstance(proj, torch.Tensor) or proj.dim() != 3 or proj.shape[-1] % 3 != 0 or proj.shape[-1] == 0:
         raise ValueError(f"proj must be a tensor of shape (B, T, 3W), got {getattr(proj, 'shape', type(proj))}")
     _check_args(proj, featurizer, cu_seqlens, None, names=("proj", "featurizer"))
-    _check_taps(weight, "weight", proj.shape[-1] // 3, proj.device)
+    width = proj.shape[-1] // 3
+    groups = weight.shape[0] if isinstance(weight, torch.Tensor) and weight.dim() == 2 else 0
+    if groups == 0 or width % groups != 0:
+        raise ValueError(f"weight must have shape (G, K) with G dividing W = {width}, got {getattr(weight, 'shape', None)}")
+    _check_taps(weight, "weight", groups, proj.device)
     return hyena_core_fwd_op(proj, featurizer, weight, cu_seqlens)

@@ -134,15 +134,19 @@ class PhalanxHyenaMixer(nn.Module):
             bound = 1.0 / math.sqrt(self.filter_len)
             init.uniform_(self.filter_taps, -bound, bound)
 
-    def explicit_filter(self) -> torch.Tensor:
-        """SE / MR filter per channel (hidden, K): the group's taps, times MR's decay `exp(-alpha_g k)`."""
+    def group_filter(self) -> torch.Tensor:
+        """SE / MR filter per group (groups, K): the taps, times MR's decay `exp(-alpha_g k)`."""
         taps = self.filter_taps
         if self.decay_rates is not None:
             low, high = (math.log(a) for a in self.decay_rates)
             alpha = torch.exp(torch.linspace(low, high, self.num_groups, device=taps.device, dtype=torch.float64))
             k = torch.arange(self.filter_len, device=taps.device, dtype=torch.float64)
             taps = taps * torch.exp(-alpha[:, None] * k).to(taps.dtype)
-        return taps.repeat_interleave(self.width // self.num_groups, dim=0)
+        return taps
+
+    def explicit_filter(self) -> torch.Tensor:
+        """SE / MR filter per channel (hidden, K): each group's filter repeated over its channels."""
+        return self.group_filter().repeat_interleave(self.width // self.num_groups, dim=0)
 
     def forward(
         self,
@@ -234,7 +238,7 @@ class PhalanxHyenaMixer(nn.Module):
         that of its last sequence. Without a state in or out (training) the fused core runs instead."""
         causal_fir, hyena_core = self.fir
         if state is None and not want_state:
-            return hyena_core(proj, self.featurizer, self.explicit_filter(), cu_seqlens=cu_seqlens), None
+            return hyena_core(proj, self.featurizer, self.group_filter(), cu_seqlens=cu_seqlens), None
         batch, seqlen, _ = proj.shape
         row_last = None
         if cu_seqlens is not None:

@@ -126,26 +126,34 @@ def hyena_reference(proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.
 
 
 @pytest.mark.parametrize(
-    "shape,lengths,taps,dtype",
+    "shape,lengths,taps,groups,dtype",
     [
-        ((2, 13, 15), None, 7, torch.float32),
-        ((2, 13, 15), None, 7, torch.float16),
-        ((2, 14, 18), [3, 10, 1, 9, 5], 7, torch.float32),  # packed, one sequence crossing rows
-        ((1, 70, 210), [2, 68], 40, torch.float32),  # MR-like; two row and two channel blocks
+        ((2, 13, 15), None, 7, 5, torch.float32),
+        ((2, 13, 15), None, 7, 5, torch.float16),
+        ((2, 14, 18), [3, 10, 1, 9, 5], 7, 3, torch.float32),  # packed, one sequence crossing rows, groups of 2
+        ((1, 70, 210), [2, 68], 40, 70, torch.float32),  # MR-like; two row and two channel blocks
+        # Tensor-core pass (groups of 16 channels, more than 32 taps): two and three Toeplitz blocks per tile.
+        ((1, 150, 96), [3, 80, 67], 40, 2, torch.float32),
+        ((1, 150, 96), [3, 80, 67], 40, 2, torch.float16),
+        ((2, 100, 96), [150, 1, 49], 128, 2, torch.float32),
     ],
 )
-def test_fused_hyena_core_matches_float64_reference(shape, lengths, taps: int, dtype: torch.dtype) -> None:
+def test_fused_hyena_core_matches_float64_reference(shape, lengths, taps: int, groups: int, dtype) -> None:
     gen = torch.Generator().manual_seed(taps + shape[1])
     width = shape[-1] // 3
     proj = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
     feat = torch.randn(3 * width, 3, generator=gen, dtype=torch.float64) / 3**0.5
-    w = torch.randn(width, taps, generator=gen, dtype=torch.float64) / taps**0.5
+    w = torch.randn(groups, taps, generator=gen, dtype=torch.float64) / taps**0.5
     dy = torch.randn(*shape[:-1], width, generator=gen, dtype=torch.float64)
     cu = None if lengths is None else torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=DEVICE)
+
+    def reference(a, b, c):
+        return hyena_reference(a, b, c.repeat_interleave(width // groups, 0), lengths or [shape[1]] * shape[0])
+
     results = []
     for fn, dev, cast in (
         (lambda a, b, c: fir_ops.hyena_core(a, b, c, cu_seqlens=cu), DEVICE, (dtype, torch.float32, torch.float32)),
-        (lambda a, b, c: hyena_reference(a, b, c, lengths or [shape[1]] * shape[0]), "cpu", (torch.float64,) * 3),
+        (reference, "cpu", (torch.float64,) * 3),
     ):
         leaves = [t.detach().to(dev, ct).requires_grad_() for t, ct in zip((proj, feat, w), cast)]
         y = fn(*leaves)
@@ -210,10 +218,10 @@ def test_refuses_bad_arguments(call, message: str) -> None:
         call(fir_ops.causal_fir)
 
 
-def tiny_mixer(variant: str) -> PhalanxHyenaMixer:
+def tiny_mixer(variant: str, groups: int = 4, mr_len: int = 16) -> PhalanxHyenaMixer:
     config = PhalanxConfig(
         vocab_size=32, hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-        layer_types=[variant], hyena_mr_len=16, hyena_filter_groups=4, hyena_mr_decay=[0.05, 0.5],
+        layer_types=[variant], hyena_mr_len=mr_len, hyena_filter_groups=groups, hyena_mr_decay=[0.05, 0.5],
     )
     torch.manual_seed(0)
     mixer = PhalanxHyenaMixer(config, 0)
@@ -221,13 +229,17 @@ def tiny_mixer(variant: str) -> PhalanxHyenaMixer:
     return mixer
 
 
-@pytest.mark.parametrize("variant", ["hyena_se", "hyena_mr"])
+@pytest.mark.parametrize(
+    "variant,groups,mr_len",
+    [("hyena_se", 4, 16), ("hyena_mr", 4, 16), ("hyena_mr", 1, 40)],  # the last: the tensor-core pass
+)
 @pytest.mark.parametrize("packed,with_state", [(True, True), (True, False), (False, False)])
-def test_mixer_kernel_path_equals_pytorch_path(variant: str, packed: bool, with_state: bool) -> None:
+def test_mixer_kernel_path_equals_pytorch_path(variant: str, groups: int, mr_len: int, packed: bool,
+                                               with_state: bool) -> None:
     """The mixer's kernel path (the one CUDA tensors take) on the same inputs as its PyTorch path: rows (packed or
     not) continuing a cached state and returning the new one (the FIR calls), or neither (the fused core);
     outputs, states and gradients."""
-    mixer = tiny_mixer(variant).to(DEVICE)
+    mixer = tiny_mixer(variant, groups, mr_len).to(DEVICE)
     assert mixer.fir is not None
     proj = torch.randn(2, 11, 48, device=DEVICE, requires_grad=True)
     state = None
