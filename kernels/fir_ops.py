@@ -235,7 +235,8 @@ def _add_initial(
     offs = torch.arange(width, device=y.device)
     corr = corr * (offs < lengths[:, None])[:, None, :]  # (N, C, K - 1); nothing past a sequence's end
     rows = (starts[:, None] + offs).clamp(max=batch * seqlen - 1)
-    flat = y.reshape(-1, channels).index_add(0, rows.reshape(-1), corr.transpose(1, 2).reshape(-1, channels).to(y.dtype))
+    add = corr.transpose(1, 2).reshape(-1, channels).to(y.dtype)
+    flat = y.reshape(-1, channels).index_add(0, rows.reshape(-1), add)
     return flat.view(batch, seqlen, channels)
 
 
@@ -293,9 +294,9 @@ def hyena_core(
 
     proj: (B, T, 3W) = [u_q | u_k | u_v] (the mixer's ``in_proj`` output); featurizer: (3W, Kf) causal taps on proj;
     weight: (G, K) the filter h, shared by groups of W / G consecutive channels (G = W: one per channel); filters
-    longer than 32 taps shared by a multiple of 16 channels run on tensor cores; cu_seqlens as for ``causal_fir``. Returns y (B, T, W) in proj's dtype;
-    differentiable in all three (the backward recomputes from proj). For continued sequences and cache states
-    compose ``causal_fir`` calls instead.
+    longer than 32 taps shared by a multiple of 16 channels run on tensor cores; cu_seqlens as for ``causal_fir``.
+    Returns y (B, T, W) in proj's dtype; differentiable in all three (the backward recomputes from proj). For
+    continued sequences and cache states compose ``causal_fir`` calls instead.
     """
     if not isinstance(proj, torch.Tensor) or proj.dim() != 3 or proj.shape[-1] % 3 != 0 or proj.shape[-1] == 0:
         raise ValueError(f"proj must be a tensor of shape (B, T, 3W), got {getattr(proj, 'shape', type(proj))}")
@@ -303,6 +304,7 @@ def hyena_core(
     width = proj.shape[-1] // 3
     groups = weight.shape[0] if isinstance(weight, torch.Tensor) and weight.dim() == 2 else 0
     if groups == 0 or width % groups != 0:
-        raise ValueError(f"weight must have shape (G, K) with G dividing W = {width}, got {getattr(weight, 'shape', None)}")
+        got = getattr(weight, "shape", type(weight))
+        raise ValueError(f"weight must have shape (G, K) with G dividing W = {width}, got {got}")
     _check_taps(weight, "weight", groups, proj.device)
     return hyena_core_fwd_op(proj, featurizer, weight, cu_seqlens)

@@ -1,4 +1,4 @@
-"""``benchmarks/bench_hyena.py`` in its CPU smoke mode: every row has its timings and floors, and the JSON is written."""
+"""``benchmarks/bench_hyena.py`` in its CPU smoke mode: every row has its timings and floors; the JSON is written."""
 
 from __future__ import annotations
 

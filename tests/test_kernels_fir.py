@@ -289,20 +289,21 @@ def test_cuda_realistic_shapes_match_float64(dtype: torch.dtype, taps: int) -> N
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("taps", [7, 128])
-def test_cuda_fused_core_matches_float64(dtype: torch.dtype, taps: int) -> None:
-    """The fused Hyena core at width 2048, 16K tokens (packed), featurizers of 3 taps; y and all gradients."""
+@pytest.mark.parametrize("taps,groups", [(7, 2048), (7, 128), (128, 2048), (128, 128)])  # (128, 128): tensor cores
+def test_cuda_fused_core_matches_float64(dtype: torch.dtype, taps: int, groups: int) -> None:
+    """The fused Hyena core at width 2048, 16K tokens (packed), featurizers of 3 taps, filters per channel or
+    shared by 16 channels; y and all gradients."""
     gen = torch.Generator(device="cuda").manual_seed(taps)
     proj = torch.randn(1, 16384, 3 * 2048, device="cuda", generator=gen).to(dtype)
     feat = torch.randn(3 * 2048, 3, device="cuda", generator=gen) / 3**0.5
-    w = torch.randn(2048, taps, device="cuda", generator=gen) / taps**0.5
+    w = torch.randn(groups, taps, device="cuda", generator=gen) / taps**0.5
     dy = torch.randn(1, 16384, 2048, device="cuda", generator=gen)
     lengths = [7000, 1, 9383]
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device="cuda")
     results = []
     for fn, cast in (
         (lambda a, b, c: fir_ops.hyena_core(a, b, c, cu_seqlens=cu), (dtype, torch.float32, torch.float32)),
-        (lambda a, b, c: hyena_reference(a, b, c, lengths), (torch.float64,) * 3),
+        (lambda a, b, c: hyena_reference(a, b, c.repeat_interleave(2048 // groups, 0), lengths), (torch.float64,) * 3),
     ):
         leaves = [t.detach().to(ct).requires_grad_() for t, ct in zip((proj, feat, w), cast)]
         y = fn(*leaves)
