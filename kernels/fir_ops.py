@@ -17,7 +17,7 @@ import math
 import torch
 import triton
 
-from .triton_fir import _fir_dw_kernel, _fir_kernel, _hyena_gate_kernel, _hyena_out_kernel, _hyena_out_tc_kernel
+from .triton_fir import _fir_dw_kernel, _fir_kernel, _fir_tc_kernel, _hyena_gate_kernel, _hyena_out_kernel
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DW_CHUNKS = 64  # token chunks of the filter-gradient reduction (partials: chunks x K x C fp32)
@@ -112,6 +112,31 @@ def _fir_backward(ctx, dy):
 fir_fwd_op.register_autograd(_fir_backward, setup_context=_fir_setup_context)
 
 
+def _use_tensor_cores(width: int, weight: torch.Tensor) -> bool:
+    """Whether the filter passes of the fused core run on tensor cores (``_fir_tc_kernel``)."""
+    return (width // weight.shape[0]) % 16 == 0 and weight.shape[1] > TC_MIN_TAPS
+
+
+def _launch_tc(
+    proj: torch.Tensor, feat_t: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, seq: torch.Tensor,
+    cu: torch.Tensor, varlen: bool, reverse: bool, gate_q: bool,
+) -> torch.Tensor:
+    """Tensor-core filter pass over x (B, T, W) with the group filter weight (G, K): forward or transposed, times
+    the featurized q of proj when ``gate_q``."""
+    batch, seqlen, width = x.shape
+    rows = batch * seqlen
+    groups, taps = weight.shape
+    group_size, block_t = width // groups, 64
+    block_c = math.gcd(group_size, 64)  # a program's channels share one filter
+    out = torch.empty_like(x)
+    _fir_tc_kernel[(triton.cdiv(rows, block_t), width // block_c)](
+        proj, feat_t, x, weight.float().contiguous(), out, seq, cu, rows, seqlen, W=width, KF=feat_t.shape[0],
+        K=taps, D=group_size, NB=triton.cdiv(taps - 1, block_t) + 1, VARLEN=varlen, REVERSE=reverse,
+        GATE_Q=gate_q, BT=block_t, BC=block_c, num_warps=4,
+    )
+    return out
+
+
 @torch.library.custom_op("phalanx_kernels::hyena_core_fwd", mutates_args=())
 def hyena_core_fwd_op(
     proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None
@@ -133,13 +158,8 @@ def hyena_core_fwd_op(
     grid = (triton.cdiv(rows, block_t), triton.cdiv(width, block_c))
     meta = dict(W=width, KF=featurizer.shape[1], VARLEN=cu_seqlens is not None, BT=block_t, num_warps=4)
     _hyena_gate_kernel[grid](proj, feat_t, z, seq, cu, rows, seqlen, BC=block_c, **meta)
-    if group_size % 16 == 0 and taps > TC_MIN_TAPS:
-        block_c = math.gcd(group_size, 64)  # a program's channels share one filter
-        grid = (triton.cdiv(rows, block_t), width // block_c)
-        _hyena_out_tc_kernel[grid](
-            proj, feat_t, z, weight.float().contiguous(), y, seq, cu, rows, seqlen, K=taps, D=group_size,
-            NB=triton.cdiv(taps - 1, block_t) + 1, BC=block_c, **meta,
-        )
+    if _use_tensor_cores(width, weight):
+        return _launch_tc(proj, feat_t, z, weight, seq, cu, cu_seqlens is not None, reverse=False, gate_q=True)
     else:
         per_channel = weight.repeat_interleave(group_size, dim=0).t().contiguous()
         _hyena_out_kernel[grid](proj, feat_t, z, per_channel, y, seq, cu, rows, seqlen, K=taps, BC=block_c, **meta)
@@ -156,20 +176,43 @@ def _hyena_core_setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(proj, featurizer, weight, cu_seqlens)
 
 
-def _hyena_core_backward(ctx, dy):
-    """Recompute q, k, v, z and the filter output (one featurizer and one filter pass), then the FIR backward
-    kernels: only proj is kept between forward and backward."""
-    proj, featurizer, weight, cu_seqlens = ctx.saved_tensors
-    dy = dy.to(proj.dtype)
+@torch.library.custom_op("phalanx_kernels::hyena_core_bwd", mutates_args=())
+def hyena_core_bwd_op(
+    proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dproj, dfeaturizer, dweight) of ``hyena_core_fwd``: recompute q, k, v, z and the filter output m (only
+    proj is kept between forward and backward), then dm = dy * q -> dz (the filter's transpose, on tensor cores
+    where the forward used them), the filter gradient, and the featurizers' backward."""
+    proj, dy = proj.contiguous(), dy.contiguous().to(proj.dtype)
+    width = proj.shape[-1] // 3
     groups, taps = weight.shape
-    group_size = proj.shape[-1] // 3 // groups
-    per_channel = weight.repeat_interleave(group_size, dim=0)
+    group_size = width // groups
     q, k, v = fir_fwd_op(proj, featurizer, cu_seqlens).chunk(3, dim=-1)
-    z = k * v
-    dz, dweight = fir_bwd_op(z, per_channel, dy * q, cu_seqlens)
-    dfeats = torch.cat([dy * fir_fwd_op(z, per_channel, cu_seqlens), dz * v, dz * k], dim=-1)
+    z, dm = k * v, dy * q
+    if _use_tensor_cores(width, weight):
+        seq, cu = _seq_index(cu_seqlens, z.shape[0] * z.shape[1], z.device)
+        tc = (featurizer.t(), seq, cu, cu_seqlens is not None)  # the featurizer is not read without gate_q
+        m = _launch_tc(proj, tc[0], z, weight, *tc[1:], reverse=False, gate_q=False)
+        dz = _launch_tc(proj, tc[0], dm, weight, *tc[1:], reverse=True, gate_q=False)
+        dweight = _launch_dw(z, dm, taps, cu_seqlens)
+    else:
+        per_channel = weight.repeat_interleave(group_size, dim=0)
+        m = fir_fwd_op(z, per_channel, cu_seqlens)
+        dz, dweight = fir_bwd_op(z, per_channel, dm, cu_seqlens)
+    dfeats = torch.cat([dy * m, dz * v, dz * k], dim=-1)
     dproj, dfeaturizer = fir_bwd_op(proj, featurizer, dfeats, cu_seqlens)
-    return dproj, dfeaturizer, dweight.view(groups, group_size, taps).sum(1), None
+    return dproj, dfeaturizer, dweight.float().view(groups, group_size, taps).sum(1).to(weight.dtype)
+
+
+@hyena_core_bwd_op.register_fake
+def _(proj, featurizer, weight, dy, cu_seqlens):
+    return torch.empty_like(proj), torch.empty_like(featurizer), torch.empty_like(weight)
+
+
+def _hyena_core_backward(ctx, dy):
+    proj, featurizer, weight, cu_seqlens = ctx.saved_tensors
+    return (*hyena_core_bwd_op(proj, featurizer, weight, dy, cu_seqlens), None)
 
 
 hyena_core_fwd_op.register_autograd(_hyena_core_backward, setup_context=_hyena_core_setup_context)

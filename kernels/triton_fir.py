@@ -152,37 +152,46 @@ def _hyena_out_kernel(
 
 
 @triton.jit
-def _hyena_out_tc_kernel(
-    P, FT, Z, HG, Y, SEQ, CU, R, T,
+def _fir_tc_kernel(
+    P, FT, X, HG, Y, SEQ, CU, R, T,
     W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, D: tl.constexpr, NB: tl.constexpr, VARLEN: tl.constexpr,
-    BT: tl.constexpr, BC: tl.constexpr,
+    REVERSE: tl.constexpr, GATE_Q: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
 ):
-    """Pass 2 on tensor cores for filters shared by groups of D channels (HG: (W / D, K) fp32): per block b of BT
-    inputs ending b blocks back, ``Y += Toeplitz_b(h) @ Z_b`` with ``Toeplitz_b[i, j] = h[i - j + b * BT]`` (zero
-    outside the taps and across sequence starts), the two-stage blocked convolution of StripedHyena 2. The
-    filter enters as a 16-bit high part plus a 16-bit remainder, so the result keeps its fp32 precision."""
+    """The filter on tensor cores for filters shared by groups of D channels (HG: (W / D, K) fp32), the two-stage
+    blocked convolution of StripedHyena 2: per block b of BT inputs b blocks back, ``Y += Toeplitz_b(h) @ X_b``
+    with ``Toeplitz_b[i, j] = h[i - j + b * BT]`` (zero outside the taps and across sequence starts). REVERSE
+    applies the transpose (the input gradient: blocks ahead, ``h[j - i + b * BT]``, up to each sequence's end);
+    GATE_Q multiplies by q, the featurized first third of the projection rows P (the fused core's pass 2). The
+    filter enters 16-bit dots as a high part plus a remainder, so the result keeps its fp32 precision."""
     pid_t = tl.program_id(0)
     rows = pid_t * BT + tl.arange(0, BT)
     cols = tl.program_id(1) * BC + tl.arange(0, BC)
     group = (tl.program_id(1) * BC) // D
     mask_r = rows < R
     mask_c = cols < W
-    start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
+    start, end = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
     acc = tl.zeros((BT, BC), dtype=tl.float32)
     offs = tl.arange(0, BT)
     for b in tl.static_range(NB):
-        src = pid_t * BT - b * BT + offs  # input rows of block b
-        lag = offs[:, None] - offs[None, :] + b * BT
-        ok = (lag >= 0) & (lag < K) & (src[None, :] >= start[:, None]) & mask_r[:, None]
+        if REVERSE:
+            src = pid_t * BT + b * BT + offs  # input rows of block b
+            lag = offs[None, :] - offs[:, None] + b * BT
+            inside = src[None, :] < end[:, None]
+        else:
+            src = pid_t * BT - b * BT + offs
+            lag = offs[:, None] - offs[None, :] + b * BT
+            inside = src[None, :] >= start[:, None]
+        ok = (lag >= 0) & (lag < K) & inside & mask_r[:, None]
         toe = tl.load(HG + group * K + lag, mask=ok, other=0.0)
         m = ((src >= 0) & (src < R))[:, None] & mask_c[None, :]
-        zb = tl.load(Z + src.to(tl.int64)[:, None] * W + cols[None, :], mask=m, other=0.0)
-        if Z.dtype.element_ty == tl.float32:
-            acc += tl.dot(toe, zb, input_precision="ieee")
+        xb = tl.load(X + src.to(tl.int64)[:, None] * W + cols[None, :], mask=m, other=0.0)
+        if X.dtype.element_ty == tl.float32:
+            acc += tl.dot(toe, xb, input_precision="ieee")
         else:
-            hi = toe.to(Z.dtype.element_ty)
-            lo = (toe - hi.to(tl.float32)).to(Z.dtype.element_ty)
-            acc += tl.dot(hi, zb) + tl.dot(lo, zb)
-    q = _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, BC)
+            hi = toe.to(X.dtype.element_ty)
+            lo = (toe - hi.to(tl.float32)).to(X.dtype.element_ty)
+            acc += tl.dot(hi, xb) + tl.dot(lo, xb)
+    if GATE_Q:
+        acc = acc * _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, BC)
     out = rows.to(tl.int64)[:, None] * W + cols[None, :]
-    tl.store(Y + out, (q * acc).to(Y.dtype.element_ty), mask=mask_r[:, None] & mask_c[None, :])
+    tl.store(Y + out, acc.to(Y.dtype.element_ty), mask=mask_r[:, None] & mask_c[None, :])
