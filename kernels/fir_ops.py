@@ -17,7 +17,14 @@ import math
 import torch
 import triton
 
-from .triton_fir import _fir_dw_kernel, _fir_kernel, _fir_tc_kernel, _hyena_gate_kernel, _hyena_out_kernel
+from .triton_fir import (
+    _fir_dw_kernel,
+    _fir_kernel,
+    _fir_tc_dw_kernel,
+    _fir_tc_kernel,
+    _hyena_gate_kernel,
+    _hyena_out_kernel,
+)
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DW_CHUNKS = 64  # token chunks of the filter-gradient reduction (partials: chunks x K x C fp32)
@@ -137,6 +144,33 @@ def _launch_tc(
     return out
 
 
+def _launch_tc_dw(x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, seq: torch.Tensor, cu: torch.Tensor,
+                  varlen: bool) -> torch.Tensor:
+    """Gradient (G, K) fp32 of the group filter of the tensor-core pass: per (chunk, channel block, block offset)
+    the masked products ``dy_tile @ x_block^T`` from the kernel, summed here over chunks, along their diagonals
+    (lags) and over each group's channel blocks."""
+    batch, seqlen, width = x.shape
+    rows = batch * seqlen
+    groups, taps = weight.shape
+    block_t = 64
+    block_c = math.gcd(width // groups, 64)
+    num_blocks = triton.cdiv(taps - 1, block_t) + 1
+    per_chunk = (width // block_c) * num_blocks
+    chunk = block_t * triton.cdiv(rows, block_t * max(1, min(triton.cdiv(rows, block_t), 4096 // per_chunk)))
+    num_chunks = triton.cdiv(rows, chunk)
+    partials = x.new_empty(num_chunks, width // block_c, num_blocks, block_t, block_t, dtype=torch.float32)
+    _fir_tc_dw_kernel[(num_chunks, width // block_c, num_blocks)](
+        x, dy, partials, seq, cu, rows, seqlen, chunk, W=width, K=taps, VARLEN=varlen, BT=block_t, BC=block_c,
+        num_warps=4,
+    )
+    offs = torch.arange(block_t, device=x.device)
+    lag = (offs[:, None] - offs[None, :]) + block_t * torch.arange(num_blocks, device=x.device)[:, None, None]
+    valid = (lag >= 0) & (lag < taps)
+    per_block = partials.sum(0)[:, valid]  # (W / BC, valid pairs)
+    grads = per_block.new_zeros(width // block_c, taps).index_add_(1, lag[valid], per_block)
+    return grads.view(groups, -1, taps).sum(1)
+
+
 @torch.library.custom_op("phalanx_kernels::hyena_core_fwd", mutates_args=())
 def hyena_core_fwd_op(
     proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None
@@ -195,14 +229,15 @@ def hyena_core_bwd_op(
         tc = (featurizer.t(), seq, cu, cu_seqlens is not None)  # the featurizer is not read without gate_q
         m = _launch_tc(proj, tc[0], z, weight, *tc[1:], reverse=False, gate_q=False)
         dz = _launch_tc(proj, tc[0], dm, weight, *tc[1:], reverse=True, gate_q=False)
-        dweight = _launch_dw(z, dm, taps, cu_seqlens)
+        dweight = _launch_tc_dw(z, dm, weight, seq, cu, cu_seqlens is not None)
     else:
         per_channel = weight.repeat_interleave(group_size, dim=0)
         m = fir_fwd_op(z, per_channel, cu_seqlens)
         dz, dweight = fir_bwd_op(z, per_channel, dm, cu_seqlens)
+        dweight = dweight.float().view(groups, group_size, taps).sum(1)
     dfeats = torch.cat([dy * m, dz * v, dz * k], dim=-1)
     dproj, dfeaturizer = fir_bwd_op(proj, featurizer, dfeats, cu_seqlens)
-    return dproj, dfeaturizer, dweight.float().view(groups, group_size, taps).sum(1).to(weight.dtype)
+    return dproj, dfeaturizer, dweight.to(weight.dtype)
 
 
 @hyena_core_bwd_op.register_fake

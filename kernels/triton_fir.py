@@ -11,6 +11,9 @@ overlapping rows, which stay in L1/L2. Arithmetic is fp32 whatever the storage d
 Backward: ``dx[s] = sum_k w[k] dy[s + k]`` (the same walk towards the sequence's end) and
 ``dw[k, c] = sum_t dy[t, c] x[t - k, c]``, reduced by programs over (token chunk, tap block, channel block)
 from a (BT, BK, BC) tile of shifted inputs per token block; the launcher sums the chunks' partials.
+
+The fused Hyena core (below) adds, for filters shared by groups of 16k channels, tensor-core versions of the
+filter, its transpose and its gradient (Toeplitz blocks times tiles, as StripedHyena 2's two-stage kernels).
 """
 
 from __future__ import annotations
@@ -195,3 +198,38 @@ def _fir_tc_kernel(
         acc = acc * _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, BC)
     out = rows.to(tl.int64)[:, None] * W + cols[None, :]
     tl.store(Y + out, acc.to(Y.dtype.element_ty), mask=mask_r[:, None] & mask_c[None, :])
+
+
+@triton.jit
+def _fir_tc_dw_kernel(
+    X, DY, SP, SEQ, CU, R, T, CHUNK,
+    W: tl.constexpr, K: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+):
+    """Filter gradient of the tensor-core pass, before its diagonal sums: for block offset b (grid axis 2) and the
+    BC channels of one filter group, ``SP[chunk, cblock, b, i, j] = sum_tiles sum_c DY[t0 + i, c] X[t0 - b * BT +
+    j, c]`` over the chunk's row tiles, restricted to pairs in one sequence at lag ``i - j + b * BT < K``. The
+    gradient of tap k is the sum of the entries at lag k (done by the launcher), since the lag does not depend
+    on the tile."""
+    pid_chunk = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    b = tl.program_id(2)
+    cols = pid_c * BC + tl.arange(0, BC)
+    offs = tl.arange(0, BT)
+    lag = offs[:, None] - offs[None, :] + b * BT
+    acc = tl.zeros((BT, BT), dtype=tl.float32)
+    for offset in range(0, CHUNK, BT):
+        rows = pid_chunk * CHUNK + offset + offs
+        mask_r = rows < R
+        start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
+        dy = tl.load(DY + rows.to(tl.int64)[:, None] * W + cols[None, :], mask=mask_r[:, None], other=0.0)
+        src = rows - b * BT
+        m = (src >= 0) & (src < R)
+        xb = tl.load(X + src.to(tl.int64)[:, None] * W + cols[None, :], mask=m[:, None], other=0.0)
+        if X.dtype.element_ty == tl.float32:
+            s = tl.dot(dy, tl.trans(xb), input_precision="ieee")
+        else:
+            s = tl.dot(dy, tl.trans(xb))
+        ok = (lag >= 0) & (lag < K) & (src[None, :] >= start[:, None]) & mask_r[:, None]
+        acc += tl.where(ok, s, 0.0)
+    out = ((pid_chunk * tl.num_programs(1) + pid_c) * tl.num_programs(2) + b).to(tl.int64) * BT * BT
+    tl.store(SP + out + offs[:, None] * BT + offs[None, :], acc)
