@@ -22,6 +22,7 @@ from .triton_fir import (
     _fir_kernel,
     _fir_tc_dw_kernel,
     _fir_tc_kernel,
+    _hyena_fused_tc_kernel,
     _hyena_gate_kernel,
     _hyena_out_kernel,
 )
@@ -29,6 +30,7 @@ from .triton_fir import (
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DW_CHUNKS = 64  # token chunks of the filter-gradient reduction (partials: chunks x K x C fp32)
 TC_MIN_TAPS = 32  # filters longer than this, shared by a multiple of 16 channels, go through the tensor-core pass
+FUSED_MAX_TAPS = 129  # shared filters up to this length run the one-pass fused core (its halo is <= 128 rows)
 
 
 def _seq_index(cu_seqlens: torch.Tensor | None, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +178,9 @@ def hyena_core_fwd_op(
     proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None
 ) -> torch.Tensor:
     """Fused Hyena core y (B, T, W) in proj's dtype from proj (B, T, 3W), featurizer (3W, Kf) and the filter
-    weight (G, K) shared by groups of W / G consecutive channels."""
+    weight (G, K) shared by groups of W / G consecutive channels: one tensor-core pass for groups of 16k channels
+    and up to 129 taps, else z = k * v (pass 1) then the filter gated by q (pass 2, on tensor cores for groups of
+    16k channels)."""
     proj = proj.contiguous()
     batch, seqlen, features = proj.shape
     width, rows = features // 3, batch * seqlen
@@ -185,9 +189,17 @@ def hyena_core_fwd_op(
     y = proj.new_empty(batch, seqlen, width)
     if rows == 0:
         return y
-    z = torch.empty_like(y)
     seq, cu = _seq_index(cu_seqlens, rows, proj.device)
     feat_t = featurizer.t().contiguous()
+    if group_size % 16 == 0 and taps <= FUSED_MAX_TAPS:
+        block_c = math.gcd(group_size, 64)  # a program's channels share one filter
+        _hyena_fused_tc_kernel[(triton.cdiv(rows, 64), width // block_c)](
+            proj, feat_t, weight.float().contiguous(), y, seq, cu, rows, seqlen, W=width, KF=featurizer.shape[1],
+            K=taps, D=group_size, HALO=max(16, triton.next_power_of_2(taps - 1)), VARLEN=cu_seqlens is not None,
+            BT=64, BC=block_c, num_warps=4,
+        )
+        return y
+    z = torch.empty_like(y)
     block_t, block_c = 64, min(64, triton.next_power_of_2(width))
     grid = (triton.cdiv(rows, block_t), triton.cdiv(width, block_c))
     meta = dict(W=width, KF=featurizer.shape[1], VARLEN=cu_seqlens is not None, BT=block_t, num_warps=4)
@@ -372,7 +384,8 @@ def hyena_core(
 
     proj: (B, T, 3W) = [u_q | u_k | u_v] (the mixer's ``in_proj`` output); featurizer: (3W, Kf) causal taps on proj;
     weight: (G, K) the filter h, shared by groups of W / G consecutive channels (G = W: one per channel); filters
-    longer than 32 taps shared by a multiple of 16 channels run on tensor cores; cu_seqlens as for ``causal_fir``.
+    shared by a multiple of 16 channels run on tensor cores (forward in one pass up to 129 taps; backward past 32
+    taps); cu_seqlens as for ``causal_fir``.
     Returns y (B, T, W) in proj's dtype; differentiable in all three (the backward recomputes from proj). For
     continued sequences and cache states compose ``causal_fir`` calls instead.
     """

@@ -233,3 +233,52 @@ def _fir_tc_dw_kernel(
         acc += tl.where(ok, s, 0.0)
     out = ((pid_chunk * tl.num_programs(1) + pid_c) * tl.num_programs(2) + b).to(tl.int64) * BT * BT
     tl.store(SP + out + offs[:, None] * BT + offs[None, :], acc)
+
+
+@triton.jit
+def _toeplitz_dot(acc, HG, group, lag, ok, zb, K: tl.constexpr):
+    """``acc + Toeplitz @ zb`` with ``Toeplitz[i, j] = h[lag[i, j]]`` where ``ok``: fp32 dots for fp32 tiles, else
+    16-bit dots of the filter's high part and remainder (fp32 precision of the filter)."""
+    toe = tl.load(HG + group * K + lag, mask=ok & (lag >= 0) & (lag < K), other=0.0)
+    if zb.dtype == tl.float32:
+        return acc + tl.dot(toe, zb, input_precision="ieee")
+    hi = toe.to(zb.dtype)
+    lo = (toe - hi.to(tl.float32)).to(zb.dtype)
+    return acc + tl.dot(hi, zb) + tl.dot(lo, zb)
+
+
+@triton.jit
+def _hyena_fused_tc_kernel(
+    P, FT, HG, Y, SEQ, CU, R, T,
+    W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, D: tl.constexpr, HALO: tl.constexpr, VARLEN: tl.constexpr,
+    BT: tl.constexpr, BC: tl.constexpr,
+):
+    """The whole Hyena core in one pass for filters shared by groups of D channels (HG: (W / D, K) fp32, HALO >=
+    K - 1): z = k * v is computed in registers for the tile's BT rows and the HALO rows before them (featurizers
+    on the fly, rounded to the storage dtype as the two-pass path stores it), filtered by two Toeplitz blocks on
+    tensor cores and gated by q. DRAM traffic: the projection rows once (plus the halo, mostly from L2) and y."""
+    pid_t = tl.program_id(0)
+    rows = pid_t * BT + tl.arange(0, BT)
+    halo = pid_t * BT - HALO + tl.arange(0, HALO)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    group = (tl.program_id(1) * BC) // D
+    mask_r = rows < R
+    mask_h = (halo >= 0) & (halo < R)
+    mask_c = cols < W
+    start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
+    start_h, _ = _bounds(halo, mask_h, SEQ, CU, T, VARLEN)
+    dt = Y.dtype.element_ty
+    z = (_featurize(P, FT, rows, mask_r, start, cols, mask_c, W, W, KF, BT, BC)
+         * _featurize(P, FT, rows, mask_r, start, cols, mask_c, 2 * W, W, KF, BT, BC)).to(dt)
+    zh = (_featurize(P, FT, halo, mask_h, start_h, cols, mask_c, W, W, KF, HALO, BC)
+          * _featurize(P, FT, halo, mask_h, start_h, cols, mask_c, 2 * W, W, KF, HALO, BC)).to(dt)
+    offs = tl.arange(0, BT)
+    offs_h = tl.arange(0, HALO)
+    acc = tl.zeros((BT, BC), dtype=tl.float32)
+    ok = (rows[None, :] >= start[:, None]) & mask_r[:, None]
+    acc = _toeplitz_dot(acc, HG, group, offs[:, None] - offs[None, :], ok, z, K)
+    ok_h = (halo[None, :] >= start[:, None]) & mask_r[:, None] & mask_h[None, :]
+    acc = _toeplitz_dot(acc, HG, group, offs[:, None] + HALO - offs_h[None, :], ok_h, zh, K)
+    q = _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, BC)
+    out = rows.to(tl.int64)[:, None] * W + cols[None, :]
+    tl.store(Y + out, (q * acc).to(dt), mask=mask_r[:, None] & mask_c[None, :])

@@ -132,10 +132,14 @@ def hyena_reference(proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.
         ((2, 13, 15), None, 7, 5, torch.float16),
         ((2, 14, 18), [3, 10, 1, 9, 5], 7, 3, torch.float32),  # packed, one sequence crossing rows, groups of 2
         ((1, 70, 210), [2, 68], 40, 70, torch.float32),  # MR-like; two row and two channel blocks
-        # Tensor-core pass (groups of 16 channels, more than 32 taps): two and three Toeplitz blocks per tile.
+        # Groups of 16 channels: the one-pass tensor-core forward (halo of 16 and 128 rows) and, past 129 taps,
+        # the two-pass one (four Toeplitz blocks); tensor-core backward past 32 taps.
+        ((1, 150, 96), [3, 80, 67], 7, 2, torch.float32),
+        ((1, 150, 96), [3, 80, 67], 7, 2, torch.float16),
         ((1, 150, 96), [3, 80, 67], 40, 2, torch.float32),
         ((1, 150, 96), [3, 80, 67], 40, 2, torch.float16),
         ((2, 100, 96), [150, 1, 49], 128, 2, torch.float32),
+        ((1, 200, 96), [190, 10], 150, 2, torch.float32),
     ],
 )
 def test_fused_hyena_core_matches_float64_reference(shape, lengths, taps: int, groups: int, dtype) -> None:
