@@ -5,8 +5,9 @@ is measured until then. Per shape (width W = 2048 or 4096, 4K-32K tokens with 32
 
 - ``fir``: the causal depthwise FIR alone (``phalanx_kernels.fir_ops.causal_fir``) on (B, T, W) with K taps;
   floor: forward reads x and writes y (4 bytes per token-channel), backward reads x and dy and writes dx (6).
-- ``se`` / ``mr``: the Hyena mixer without its projections (featurizers, gating, filter: ``in_proj`` output
-  (B, T, 3W) -> (B, T, W)) through the mixer's kernel path, and through its PyTorch path for comparison;
+- ``mixer``: the Hyena-SE (K <= 16) or -MR mixer without its projections (featurizers, gating, filter:
+  ``in_proj`` output (B, T, 3W) -> (B, T, W)) through the mixer's kernel path (filters shared by 16 channels:
+  tensor cores), with per-channel filters (``mixer_per_channel``: direct kernels), and through its PyTorch path;
   floor: forward reads 3W and writes W (8 bytes per token and channel), backward reads 3W and dy, writes 3W (14).
 - ``phalanx_core``: the fused Phalanx core (W / 16 heads of 16, one gate group per head), the SWR peer.
 
@@ -15,12 +16,14 @@ bandwidth measured in the same run. Forward+backward returns gradients with ``to
 
     python benchmarks/bench_hyena.py --json benchmarks/results/hyena_h200.json     # GPU machine
     python benchmarks/bench_hyena.py --device cpu --size tiny                       # smoke test (PyTorch paths)
+    TRITON_INTERPRET=1 python benchmarks/bench_hyena.py --device cpu --size tiny    # also the kernels, interpreted
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -38,8 +41,8 @@ SIZES = {
 
 
 def median_ms(fn: Callable[[], object], device: str, reps: int) -> float:
-    """Median milliseconds of ``fn`` over ``reps`` calls after three warm-up calls (CUDA events on the GPU)."""
-    for _ in range(3):
+    """Median milliseconds of ``fn`` over ``reps`` calls after up to three warm-up calls (CUDA events on the GPU)."""
+    for _ in range(min(3, reps)):
         fn()
     times = []
     for _ in range(reps):
@@ -98,12 +101,12 @@ def bench_shape(width: int, seqlen: int, taps: int, tokens: int, device: str, dt
     batch = max(1, tokens // seqlen)
     row: dict = {"width": width, "seqlen": seqlen, "batch": batch, "taps": taps, "dtype": str(dtype)}
     scale = batch * seqlen * width / bandwidth * 1e3  # ms per byte per token-channel
-    kernels = device == "cuda"
+    kernels = device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter runs them on the CPU
     x = torch.randn(batch, seqlen, width, device=device, dtype=dtype, requires_grad=True)
     weight = torch.randn(width, taps, device=device, requires_grad=True)
     dy = torch.randn_like(x)
     if kernels:
-        from phalanx_kernels.fir_ops import causal_fir
+        from phalanx_kernels.fir_ops import causal_fir, hyena_core
 
         row.update(timed(lambda: causal_fir(x, weight)[0], [x, weight], dy, device, reps, "fir"))
     row.update(fir_floor_fwd_ms=4 * scale, fir_floor_fwd_bwd_ms=10 * scale)
@@ -115,6 +118,9 @@ def bench_shape(width: int, seqlen: int, taps: int, tokens: int, device: str, dt
     row["mixer"] = variant
     if kernels:
         row.update(timed(lambda: mixer._kernel_path(proj, None, None, False)[0], params, dy, device, reps, "mixer"))
+        # A filter per channel (no sharing, so no tensor cores): the direct kernels.
+        inputs = [proj, mixer.featurizer, torch.randn(width, taps, device=device, requires_grad=True)]
+        row.update(timed(lambda: hyena_core(*inputs), inputs, dy, device, reps, "mixer_per_channel"))
     row.update(timed(lambda: mixer._core(proj, None, None, False)[0], params, dy, device, reps, "mixer_torch"))
     row.update(mixer_floor_fwd_ms=8 * scale, mixer_floor_fwd_bwd_ms=22 * scale)
 
@@ -123,24 +129,27 @@ def bench_shape(width: int, seqlen: int, taps: int, tokens: int, device: str, dt
     kw = dict(num_heads=heads, head_dim=16, num_gate_groups=heads)
     row.update(timed(lambda: phalanx_kernels.phalanx_core(core_proj, **kw), [core_proj], dy, device, reps,
                      "phalanx_core"))
-    for name in ("fir", "mixer"):
+    for name, floor in (("fir", "fir"), ("mixer", "mixer"), ("mixer_per_channel", "mixer")):
         for mode in ("fwd", "fwd_bwd"):
             if f"{name}_{mode}_ms" in row:
-                row[f"{name}_{mode}_x_floor"] = row[f"{name}_{mode}_ms"] / row[f"{name}_floor_{mode}_ms"]
+                row[f"{name}_{mode}_x_floor"] = row[f"{name}_{mode}_ms"] / row[f"{floor}_floor_{mode}_ms"]
     return row
 
 
 def format_table(rows: list[dict]) -> str:
-    """Kernel-path times (PyTorch path when there is none) against the floors, and the Phalanx core."""
-    lines = ["| W | T x B | K | FIR fwd / fwd+bwd ms | mixer fwd / fwd+bwd ms | x floor fwd | PyTorch mixer fwd ms "
-             "| Phalanx core fwd / fwd+bwd ms |", "|---:|---|---:|---|---|---:|---:|---|"]
+    """Kernel-path times against the floors, the PyTorch path, and the Phalanx core ("-": not run on this device)."""
+    def pair(r: dict, name: str) -> str:
+        return f"{r[name + '_fwd_ms']:.3f} / {r[name + '_fwd_bwd_ms']:.3f}" if name + "_fwd_ms" in r else "-"
+
+    lines = ["| W | T x B | K | FIR fwd / fwd+bwd ms | mixer fwd / fwd+bwd ms | floor | x floor fwd | per-channel "
+             "filters | PyTorch mixer | Phalanx core |", "|---:|---|---:|---|---|---|---:|---|---|---|"]
     for r in rows:
-        fir = f"{r['fir_fwd_ms']:.3f} / {r['fir_fwd_bwd_ms']:.3f}" if "fir_fwd_ms" in r else "-"
-        mixer = f"{r['mixer_fwd_ms']:.3f} / {r['mixer_fwd_bwd_ms']:.3f}" if "mixer_fwd_ms" in r else "-"
         ratio = f"{r['mixer_fwd_x_floor']:.2f}" if "mixer_fwd_x_floor" in r else "-"
+        floor = f"{r['mixer_floor_fwd_ms']:.3f} / {r['mixer_floor_fwd_bwd_ms']:.3f}"
         lines.append(
-            f"| {r['width']} | {r['seqlen']} x {r['batch']} | {r['taps']} | {fir} | {mixer} | {ratio} | "
-            f"{r['mixer_torch_fwd_ms']:.3f} | {r['phalanx_core_fwd_ms']:.3f} / {r['phalanx_core_fwd_bwd_ms']:.3f} |"
+            f"| {r['width']} | {r['seqlen']} x {r['batch']} | {r['taps']} | {pair(r, 'fir')} | {pair(r, 'mixer')} | "
+            f"{floor} | {ratio} | {pair(r, 'mixer_per_channel')} | {pair(r, 'mixer_torch')} | "
+            f"{pair(r, 'phalanx_core')} |"
         )
     return "\n".join(lines)
 
