@@ -7,6 +7,10 @@ continued sequence's earlier inputs (``initial_state``, the last ``K - 1`` input
 stores) only reach its first ``K - 1`` outputs, so their contribution and the final state are computed here
 in PyTorch (differentiable, traceable by ``torch.compile``).
 
+``hyena_core(proj, featurizer, weight, cu_seqlens=...) -> y`` is the whole Hyena-SE / -MR core
+``q * (h * (k * v))`` from zero states (training), fused; with filters shared by groups of 16k channels its
+filter passes run on tensor cores.
+
 Runs CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
 """
 
@@ -234,6 +238,8 @@ def hyena_core_bwd_op(
     width = proj.shape[-1] // 3
     groups, taps = weight.shape
     group_size = width // groups
+    if proj.numel() == 0:
+        return torch.zeros_like(proj), torch.zeros_like(featurizer), torch.zeros_like(weight)
     q, k, v = fir_fwd_op(proj, featurizer, cu_seqlens).chunk(3, dim=-1)
     z, dm = k * v, dy * q
     if _use_tensor_cores(width, weight):
@@ -367,20 +373,21 @@ def causal_fir(
     width = weight.shape[1] - 1
     if (initial_state is None or width == 0) and not output_final_state:
         return y, None
+    if x.numel() == 0 or width == 0:  # nothing to continue or nothing kept: the state passes through
+        final = x.new_zeros(num_seqs, x.shape[-1], width) if initial_state is None else initial_state.to(x.dtype)
+        return y, final if output_final_state else None
     starts, lengths = _sequences(x, cu_seqlens)
-    if initial_state is not None and width > 0:
+    if initial_state is not None:
         y = _add_initial(y, weight, initial_state, starts, lengths)
     if not output_final_state:
         return y, None
-    if width == 0:
-        return y, x.new_zeros(num_seqs, x.shape[-1], 0)
     return y, _final_state(x, width, initial_state, starts, lengths)
 
 
 def hyena_core(
     proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, *, cu_seqlens: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Hyena-SE / -MR core ``q * (h * (k * v))`` from zero inputs before each sequence, fused (two kernel passes).
+    """Hyena-SE / -MR core ``q * (h * (k * v))`` from zero inputs before each sequence, fused.
 
     proj: (B, T, 3W) = [u_q | u_k | u_v] (the mixer's ``in_proj`` output); featurizer: (3W, Kf) causal taps on proj;
     weight: (G, K) the filter h, shared by groups of W / G consecutive channels (G = W: one per channel); filters

@@ -206,6 +206,18 @@ def test_compiles_fullgraph_with_same_values_and_grads() -> None:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_empty_inputs() -> None:
+    """No tokens: empty outputs, zero gradients, and the state passes through unchanged."""
+    x, w = torch.randn(2, 0, 5, device=DEVICE, requires_grad=True), torch.randn(5, 7, device=DEVICE)
+    state = torch.randn(2, 5, 6, device=DEVICE)
+    y, final = fir_ops.causal_fir(x, w, initial_state=state, output_final_state=True)
+    assert y.shape == (2, 0, 5) and torch.equal(final, state)
+    proj = torch.randn(1, 0, 96, device=DEVICE, requires_grad=True)
+    weight = torch.randn(2, 40, device=DEVICE, requires_grad=True)
+    fir_ops.hyena_core(proj, torch.randn(96, 3, device=DEVICE), weight).sum().backward()
+    assert proj.grad.shape == proj.shape and not weight.grad.any()
+
+
 @pytest.mark.parametrize(
     "call,message",
     [
