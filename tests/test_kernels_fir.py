@@ -140,6 +140,8 @@ def hyena_reference(proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.
         ((1, 150, 96), [3, 80, 67], 40, 2, torch.float16),
         ((2, 100, 96), [150, 1, 49], 128, 2, torch.float32),
         ((1, 200, 96), [190, 10], 150, 2, torch.float32),
+        ((3, 37, 96), None, 40, 2, torch.float32),  # rows of the batch, tiles spanning two of them
+        ((3, 37, 96), None, 150, 2, torch.float16),
     ],
 )
 def test_fused_hyena_core_matches_float64_reference(shape, lengths, taps: int, groups: int, dtype) -> None:
