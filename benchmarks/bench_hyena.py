@@ -15,6 +15,7 @@ Times are medians of CUDA-event intervals after warm-up (``time.perf_counter`` o
 bandwidth measured in the same run. Forward+backward returns gradients with ``torch.autograd.grad``.
 
     python benchmarks/bench_hyena.py --json benchmarks/results/hyena_h200.json     # GPU machine
+    bash benchmarks/gpu_hyena_run.sh OUT_DIR                                        # GPU tests, then this
     python benchmarks/bench_hyena.py --device cpu --size tiny                       # smoke test (PyTorch paths)
     TRITON_INTERPRET=1 python benchmarks/bench_hyena.py --device cpu --size tiny    # also the kernels, interpreted
 """
