@@ -20,6 +20,7 @@ torch and sibling modules, so a Hub bundle runs it anywhere.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -76,6 +77,17 @@ def fft_causal_conv(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return y[..., :seqlen]
 
 
+def fir_kernels() -> tuple[Callable, Callable] | None:
+    """(causal_fir, hyena_core) of `phalanx_kernels.fir_ops` (Triton) when that package and Triton are installed,
+    else None. Resolved when a mixer is built, like `modeling_phalanx.triton_kernels`; Hub bundles without the
+    package use the PyTorch path."""
+    try:
+        from phalanx_kernels.fir_ops import causal_fir, hyena_core
+    except ImportError:
+        return None
+    return causal_fir, hyena_core
+
+
 class PhalanxHyenaMixer(nn.Module):
     """Hyena-SE / -MR / -LI token mixer (the variant is `config.layer_types[layer_idx]`): `in_proj` -> featurizer
     convolutions -> `q * (h * (k * v))` -> `out_proj`."""
@@ -103,6 +115,8 @@ class PhalanxHyenaMixer(nn.Module):
             self.filter_taps = nn.Parameter(torch.empty(self.num_groups, self.filter_len))
             # Hyena-MR's fixed decay rates, one per group, log-evenly spaced over config.hyena_mr_decay.
             self.decay_rates = config.hyena_mr_decay if self.variant == HYENA_MR else None
+        # Triton FIR for SE / MR on CUDA tensors (featurizers and filter); LI and CPU tensors take the PyTorch path.
+        self.fir = None if self.variant == HYENA_LI else fir_kernels()
 
     @torch.no_grad()
     def init_filters(self) -> None:
@@ -120,15 +134,19 @@ class PhalanxHyenaMixer(nn.Module):
             bound = 1.0 / math.sqrt(self.filter_len)
             init.uniform_(self.filter_taps, -bound, bound)
 
-    def explicit_filter(self) -> torch.Tensor:
-        """SE / MR filter per channel (hidden, K): the group's taps, times MR's decay `exp(-alpha_g k)`."""
+    def group_filter(self) -> torch.Tensor:
+        """SE / MR filter per group (groups, K): the taps, times MR's decay `exp(-alpha_g k)`."""
         taps = self.filter_taps
         if self.decay_rates is not None:
             low, high = (math.log(a) for a in self.decay_rates)
             alpha = torch.exp(torch.linspace(low, high, self.num_groups, device=taps.device, dtype=torch.float64))
             k = torch.arange(self.filter_len, device=taps.device, dtype=torch.float64)
             taps = taps * torch.exp(-alpha[:, None] * k).to(taps.dtype)
-        return taps.repeat_interleave(self.width // self.num_groups, dim=0)
+        return taps
+
+    def explicit_filter(self) -> torch.Tensor:
+        """SE / MR filter per channel (hidden, K): each group's filter repeated over its channels."""
+        return self.group_filter().repeat_interleave(self.width // self.num_groups, dim=0)
 
     def forward(
         self,
@@ -154,7 +172,9 @@ class PhalanxHyenaMixer(nn.Module):
             fresh = (position_ids[:, 0] == 0).view(-1, 1, 1)
             state = HyenaState(*(s.masked_fill(fresh, 0) for s in state))
         want_state = layer is not None
-        if cu_seqlens is None:
+        if self.fir is not None and proj.is_cuda:
+            y, new_state = self._kernel_path(proj, state, cu_seqlens, want_state)
+        elif cu_seqlens is None:
             y, new_state = self._core(proj, state, None, want_state)
         else:
             y, new_state = self._packed(proj, state, cu_seqlens, want_state)
@@ -209,6 +229,38 @@ class PhalanxHyenaMixer(nn.Module):
         if not want_state:
             return y, None
         return y, HyenaState(last_inputs(feat_context, x, lengths), filter_state)
+
+    def _kernel_path(
+        self, proj: torch.Tensor, state: HyenaState | None, cu_seqlens: torch.Tensor | None, want_state: bool
+    ) -> tuple[torch.Tensor, HyenaState | None]:
+        """SE / MR through the Triton FIR on token-major rows (packed sequences without padding): same results as
+        `_core` / `_packed`. Each row's first sequence continues that row's state; the state returned per row is
+        that of its last sequence. Without a state in or out (training) the fused core runs instead."""
+        causal_fir, hyena_core = self.fir
+        if state is None and not want_state:
+            return hyena_core(proj, self.featurizer, self.group_filter(), cu_seqlens=cu_seqlens), None
+        batch, seqlen, _ = proj.shape
+        row_last = None
+        if cu_seqlens is not None:
+            starts = cu_seqlens[:-1]
+            row_start = torch.arange(batch, device=proj.device) * seqlen
+            row_last = torch.searchsorted(starts, row_start + seqlen - 1, right=True) - 1
+            if state is not None:
+                row_first = torch.searchsorted(starts, row_start, right=True) - 1
+                state = HyenaState(*(self._scatter_rows(s, row_first, starts.numel()) for s in state))
+        kwargs = {"cu_seqlens": cu_seqlens, "output_final_state": want_state}
+        feats, feat_state = causal_fir(
+            proj, self.featurizer, initial_state=None if state is None else state.featurizer, **kwargs
+        )
+        q, k, v = feats.chunk(3, dim=-1)
+        mixed, filt_state = causal_fir(
+            k * v, self.explicit_filter(), initial_state=None if state is None else state.filter, **kwargs
+        )
+        y = q * mixed
+        if not want_state:
+            return y, None
+        new_state = HyenaState(feat_state, filt_state)
+        return y, new_state if row_last is None else HyenaState(*(s[row_last] for s in new_state))
 
     def _long_conv(
         self, z: torch.Tensor, modal: torch.Tensor | None, lengths: torch.Tensor | None, want_state: bool

@@ -1,0 +1,186 @@
+"""Time the Hyena-SE / -MR kernels (Triton causal FIR) next to their memory floor and the Phalanx SWR core.
+
+Not yet run on a GPU: the numbers come from a later session on the GPU machine (issue 20, item 2); nothing here
+is measured until then. Per shape (width W = 2048 or 4096, 4K-32K tokens with 32768 tokens per call, bf16):
+
+- ``fir``: the causal depthwise FIR alone (``phalanx_kernels.fir_ops.causal_fir``) on (B, T, W) with K taps;
+  floor: forward reads x and writes y (4 bytes per token-channel), backward reads x and dy and writes dx (6).
+- ``mixer``: the Hyena-SE (K <= 16) or -MR mixer without its projections (featurizers, gating, filter:
+  ``in_proj`` output (B, T, 3W) -> (B, T, W)) through the mixer's kernel path (filters shared by 16 channels:
+  tensor cores), with per-channel filters (``mixer_per_channel``: direct kernels), and through its PyTorch path;
+  floor: forward reads 3W and writes W (8 bytes per token and channel), backward reads 3W and dy, writes 3W (14).
+- ``phalanx_core``: the fused Phalanx core (W / 16 heads of 16, one gate group per head), the SWR peer.
+
+Times are medians of CUDA-event intervals after warm-up (``time.perf_counter`` on CPU); floors use the copy
+bandwidth measured in the same run. Forward+backward returns gradients with ``torch.autograd.grad``.
+
+    python benchmarks/bench_hyena.py --json benchmarks/results/hyena_h200.json     # GPU machine
+    bash benchmarks/gpu_hyena_run.sh OUT_DIR                                        # GPU tests, then this
+    python benchmarks/bench_hyena.py --device cpu --size tiny                       # smoke test (PyTorch paths)
+    TRITON_INTERPRET=1 python benchmarks/bench_hyena.py --device cpu --size tiny    # also the kernels, interpreted
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import phalanx_kernels
+from modeling_phalanx import PhalanxConfig
+from modeling_phalanx.hyena_phalanx import PhalanxHyenaMixer
+
+SIZES = {
+    "full": {"widths": (2048, 4096), "lengths": (4096, 8192, 16384, 32768), "taps": (7, 128), "tokens": 32768},
+    "tiny": {"widths": (32,), "lengths": (64,), "taps": (7, 24), "tokens": 128},
+}
+
+
+def median_ms(fn: Callable[[], object], device: str, reps: int) -> float:
+    """Median milliseconds of ``fn`` over ``reps`` calls after up to three warm-up calls (CUDA events on the GPU)."""
+    for _ in range(min(3, reps)):
+        fn()
+    times = []
+    for _ in range(reps):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device: str) -> float:
+    """Copy bandwidth in bytes/s (bytes read + written) over a 1 GiB buffer on the GPU, 4 MiB on the CPU."""
+    numel = (256 if device == "cuda" else 1) * 1024 * 1024
+    src = torch.randn(numel, device=device)
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), device, 20)
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def timed(fwd: Callable[[], torch.Tensor], inputs: list[torch.Tensor], dy: torch.Tensor, device: str, reps: int,
+          prefix: str) -> dict[str, float]:
+    """Forward (no grad) and forward+backward medians of ``fwd``; gradients of ``inputs`` against ``dy``."""
+    def forward() -> None:
+        with torch.no_grad():
+            fwd()
+
+    def forward_backward() -> None:
+        torch.autograd.grad(fwd(), inputs, dy)
+
+    return {f"{prefix}_fwd_ms": median_ms(forward, device, reps),
+            f"{prefix}_fwd_bwd_ms": median_ms(forward_backward, device, reps)}
+
+
+def hyena_mixer(variant: str, width: int, taps: int, device: str, dtype: torch.dtype) -> PhalanxHyenaMixer:
+    """A Hyena-SE / -MR mixer with filters shared by 16 channels (as StripedHyena 2)."""
+    config = PhalanxConfig(
+        vocab_size=256, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
+        num_attention_heads=max(1, width // 128), layer_types=[variant], hyena_filter_groups=width // 16,
+        **({"hyena_se_len": taps} if variant == "hyena_se" else {"hyena_mr_len": taps}),
+    )
+    mixer = PhalanxHyenaMixer(config, 0)
+    mixer.init_filters()
+    return mixer.to(device=device, dtype=dtype)
+
+
+def bench_shape(width: int, seqlen: int, taps: int, tokens: int, device: str, dtype: torch.dtype, reps: int,
+                bandwidth: float) -> dict:
+    """One row: FIR alone, the SE (K <= 16) or MR mixer core on both paths, the Phalanx core, and floors."""
+    batch = max(1, tokens // seqlen)
+    row: dict = {"width": width, "seqlen": seqlen, "batch": batch, "taps": taps, "dtype": str(dtype)}
+    scale = batch * seqlen * width / bandwidth * 1e3  # ms per byte per token-channel
+    kernels = device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter runs them on the CPU
+    x = torch.randn(batch, seqlen, width, device=device, dtype=dtype, requires_grad=True)
+    weight = torch.randn(width, taps, device=device, requires_grad=True)
+    dy = torch.randn_like(x)
+    if kernels:
+        from phalanx_kernels.fir_ops import causal_fir, hyena_core
+
+        row.update(timed(lambda: causal_fir(x, weight)[0], [x, weight], dy, device, reps, "fir"))
+    row.update(fir_floor_fwd_ms=4 * scale, fir_floor_fwd_bwd_ms=10 * scale)
+
+    variant = "hyena_se" if taps <= 16 else "hyena_mr"
+    mixer = hyena_mixer(variant, width, taps, device, dtype)
+    proj = torch.randn(batch, seqlen, 3 * width, device=device, dtype=dtype, requires_grad=True)
+    params = [proj, mixer.featurizer, mixer.filter_taps]
+    row["mixer"] = variant
+    if kernels:
+        row.update(timed(lambda: mixer._kernel_path(proj, None, None, False)[0], params, dy, device, reps, "mixer"))
+        # A filter per channel (no sharing, so no tensor cores): the direct kernels.
+        inputs = [proj, mixer.featurizer, torch.randn(width, taps, device=device, requires_grad=True)]
+        row.update(timed(lambda: hyena_core(*inputs), inputs, dy, device, reps, "mixer_per_channel"))
+    row.update(timed(lambda: mixer._core(proj, None, None, False)[0], params, dy, device, reps, "mixer_torch"))
+    row.update(mixer_floor_fwd_ms=8 * scale, mixer_floor_fwd_bwd_ms=22 * scale)
+
+    heads = width // 16
+    core_proj = torch.randn(batch, seqlen, heads + 3 * width, device=device, dtype=dtype, requires_grad=True)
+    kw = dict(num_heads=heads, head_dim=16, num_gate_groups=heads)
+    row.update(timed(lambda: phalanx_kernels.phalanx_core(core_proj, **kw), [core_proj], dy, device, reps,
+                     "phalanx_core"))
+    for name, floor in (("fir", "fir"), ("mixer", "mixer"), ("mixer_per_channel", "mixer")):
+        for mode in ("fwd", "fwd_bwd"):
+            if f"{name}_{mode}_ms" in row:
+                row[f"{name}_{mode}_x_floor"] = row[f"{name}_{mode}_ms"] / row[f"{floor}_floor_{mode}_ms"]
+    return row
+
+
+def format_table(rows: list[dict]) -> str:
+    """Kernel-path times against the floors, the PyTorch path, and the Phalanx core ("-": not run on this device)."""
+    def pair(r: dict, name: str) -> str:
+        return f"{r[name + '_fwd_ms']:.3f} / {r[name + '_fwd_bwd_ms']:.3f}" if name + "_fwd_ms" in r else "-"
+
+    lines = ["| W | T x B | K | FIR fwd / fwd+bwd ms | mixer fwd / fwd+bwd ms | floor | x floor fwd | per-channel "
+             "filters | PyTorch mixer | Phalanx core |", "|---:|---|---:|---|---|---|---:|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['mixer_fwd_x_floor']:.2f}" if "mixer_fwd_x_floor" in r else "-"
+        floor = f"{r['mixer_floor_fwd_ms']:.3f} / {r['mixer_floor_fwd_bwd_ms']:.3f}"
+        lines.append(
+            f"| {r['width']} | {r['seqlen']} x {r['batch']} | {r['taps']} | {pair(r, 'fir')} | {pair(r, 'mixer')} | "
+            f"{floor} | {ratio} | {pair(r, 'mixer_per_channel')} | {pair(r, 'mixer_torch')} | "
+            f"{pair(r, 'phalanx_core')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--size", choices=tuple(SIZES), default="full")
+    parser.add_argument("--reps", type=int, default=None, help="timed calls per measurement (50 GPU, 3 CPU)")
+    parser.add_argument("--json", help="write the raw results here")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a CUDA GPU (use --device cpu --size tiny for a smoke run)")
+    size = SIZES[args.size]
+    reps = args.reps or (50 if args.device == "cuda" else 3)
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    bandwidth = copy_bandwidth(args.device)
+    rows = [
+        bench_shape(width, seqlen, taps, size["tokens"], args.device, dtype, reps, bandwidth)
+        for width in size["widths"] for seqlen in size["lengths"] for taps in size["taps"]
+    ]
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"{name}  torch {torch.__version__}  copy {bandwidth / 1e12:.3f} TB/s")
+    print(format_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "torch": torch.__version__, "copy_bandwidth": bandwidth, "rows": rows}, f,
+                      indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

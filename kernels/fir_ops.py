@@ -1,0 +1,408 @@
+"""Launchers, ``torch.library`` custom ops and autograd for the Triton causal depthwise FIR (``triton_fir``).
+
+``causal_fir(x, weight, cu_seqlens=..., initial_state=..., output_final_state=...) -> (y, final_state)`` is
+the convolution of the Hyena mixers (``modeling_phalanx.hyena_phalanx``): the SE / MR filter on ``k * v`` and
+the featurizers on the projections. The kernels compute each sequence from zero inputs before its start; a
+continued sequence's earlier inputs (``initial_state``, the last ``K - 1`` inputs, what the Hyena cache
+stores) only reach its first ``K - 1`` outputs, so their contribution and the final state are computed here
+in PyTorch (differentiable, traceable by ``torch.compile``).
+
+``hyena_core(proj, featurizer, weight, cu_seqlens=...) -> y`` is the whole Hyena-SE / -MR core
+``q * (h * (k * v))`` from zero states (training), fused; with filters shared by groups of 16k channels its
+filter passes run on tensor cores.
+
+Runs CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from .triton_fir import (
+    _fir_dw_kernel,
+    _fir_kernel,
+    _fir_tc_dw_kernel,
+    _fir_tc_kernel,
+    _hyena_fused_tc_kernel,
+    _hyena_gate_kernel,
+    _hyena_out_kernel,
+)
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DW_CHUNKS = 64  # token chunks of the filter-gradient reduction (partials: chunks x K x C fp32)
+TC_MIN_TAPS = 32  # filters longer than this, shared by a multiple of 16 channels, go through the tensor-core pass
+FUSED_MAX_TAPS = 129  # shared filters up to this length run the one-pass fused core (its halo is <= 128 rows)
+
+
+def _seq_index(cu_seqlens: torch.Tensor | None, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sequence of every row, cu_seqlens) as int32 for the kernels; placeholders without packing."""
+    if cu_seqlens is None:
+        dummy = torch.zeros(1, dtype=torch.int32, device=device)
+        return dummy, dummy
+    cu = cu_seqlens.to(device=device, dtype=torch.int32)
+    token = torch.arange(rows, device=device, dtype=torch.int32)
+    seq = torch.searchsorted(cu[1:], token, right=True).clamp_(max=cu.numel() - 2)
+    return seq.to(torch.int32), cu
+
+
+def _launch_fir(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, reverse: bool) -> torch.Tensor:
+    """Forward (or, ``reverse``, input-gradient) kernel over x (B, T, C) with taps weight (C, K)."""
+    batch, seqlen, channels = x.shape
+    rows = batch * seqlen
+    out = torch.empty_like(x)
+    if rows == 0:
+        return out
+    seq, cu = _seq_index(cu_seqlens, rows, x.device)
+    block_t, block_c = 64, min(64, triton.next_power_of_2(channels))
+    grid = (triton.cdiv(rows, block_t), triton.cdiv(channels, block_c))
+    _fir_kernel[grid](
+        x, weight.t().contiguous(), out, seq, cu, rows, seqlen, C=channels, K=weight.shape[1],
+        VARLEN=cu_seqlens is not None, REVERSE=reverse, BT=block_t, BC=block_c, num_warps=4,
+    )
+    return out
+
+
+def _launch_dw(x: torch.Tensor, dy: torch.Tensor, taps: int, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
+    """Filter gradient (C, K) in fp32: chunk partials from the kernel, summed here."""
+    batch, seqlen, channels = x.shape
+    rows = batch * seqlen
+    if rows == 0:
+        return x.new_zeros(channels, taps, dtype=torch.float32)
+    seq, cu = _seq_index(cu_seqlens, rows, x.device)
+    block_t, block_k, block_c = 32, min(8, triton.next_power_of_2(taps)), min(32, triton.next_power_of_2(channels))
+    chunk = block_t * triton.cdiv(triton.cdiv(rows, DW_CHUNKS), block_t)
+    num_chunks = triton.cdiv(rows, chunk)
+    partials = x.new_empty(num_chunks, taps, channels, dtype=torch.float32)
+    grid = (num_chunks, triton.cdiv(taps, block_k), triton.cdiv(channels, block_c))
+    _fir_dw_kernel[grid](
+        x, dy, partials, seq, cu, rows, seqlen, chunk, C=channels, K=taps, VARLEN=cu_seqlens is not None,
+        BT=block_t, BK=block_k, BC=block_c, num_warps=4,
+    )
+    return partials.sum(0).t()
+
+
+@torch.library.custom_op("phalanx_kernels::fir_fwd", mutates_args=())
+def fir_fwd_op(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
+    """y (B, T, C) in x's dtype: causal depthwise FIR of x (B, T, C) with weight (C, K), zero before each
+    sequence (rows of the batch, or the sequences of ``cu_seqlens`` over the flattened rows)."""
+    return _launch_fir(x.contiguous(), weight, cu_seqlens, reverse=False)
+
+
+@fir_fwd_op.register_fake
+def _(x, weight, cu_seqlens):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("phalanx_kernels::fir_bwd", mutates_args=())
+def fir_bwd_op(
+    x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, cu_seqlens: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx in x's dtype, dweight in weight's dtype) of ``fir_fwd``, accumulated in fp32."""
+    x, dy = x.contiguous(), dy.contiguous().to(x.dtype)
+    dx = _launch_fir(dy, weight, cu_seqlens, reverse=True)
+    return dx, _launch_dw(x, dy, weight.shape[1], cu_seqlens).to(weight.dtype)
+
+
+@fir_bwd_op.register_fake
+def _(x, weight, dy, cu_seqlens):
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
+def _fir_setup_context(ctx, inputs, output) -> None:
+    x, weight, cu_seqlens = inputs
+    ctx.save_for_backward(x, weight, cu_seqlens)
+
+
+def _fir_backward(ctx, dy):
+    x, weight, cu_seqlens = ctx.saved_tensors
+    dx, dw = fir_bwd_op(x, weight, dy, cu_seqlens)
+    return dx, dw, None
+
+
+fir_fwd_op.register_autograd(_fir_backward, setup_context=_fir_setup_context)
+
+
+def _use_tensor_cores(width: int, weight: torch.Tensor) -> bool:
+    """Whether the filter passes of the fused core run on tensor cores (``_fir_tc_kernel``)."""
+    return (width // weight.shape[0]) % 16 == 0 and weight.shape[1] > TC_MIN_TAPS
+
+
+def _launch_tc(
+    proj: torch.Tensor, feat_t: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, seq: torch.Tensor,
+    cu: torch.Tensor, varlen: bool, reverse: bool, gate_q: bool,
+) -> torch.Tensor:
+    """Tensor-core filter pass over x (B, T, W) with the group filter weight (G, K): forward or transposed, times
+    the featurized q of proj when ``gate_q``."""
+    batch, seqlen, width = x.shape
+    rows = batch * seqlen
+    groups, taps = weight.shape
+    group_size, block_t = width // groups, 64
+    block_c = math.gcd(group_size, 64)  # a program's channels share one filter
+    out = torch.empty_like(x)
+    _fir_tc_kernel[(triton.cdiv(rows, block_t), width // block_c)](
+        proj, feat_t, x, weight.float().contiguous(), out, seq, cu, rows, seqlen, W=width, KF=feat_t.shape[0],
+        K=taps, D=group_size, NB=triton.cdiv(taps - 1, block_t) + 1, VARLEN=varlen, REVERSE=reverse,
+        GATE_Q=gate_q, BT=block_t, BC=block_c, num_warps=4,
+    )
+    return out
+
+
+def _launch_tc_dw(x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, seq: torch.Tensor, cu: torch.Tensor,
+                  varlen: bool) -> torch.Tensor:
+    """Gradient (G, K) fp32 of the group filter of the tensor-core pass: per (chunk, channel block, block offset)
+    the masked products ``dy_tile @ x_block^T`` from the kernel, summed here over chunks, along their diagonals
+    (lags) and over each group's channel blocks."""
+    batch, seqlen, width = x.shape
+    rows = batch * seqlen
+    groups, taps = weight.shape
+    block_t = 64
+    block_c = math.gcd(width // groups, 64)
+    num_blocks = triton.cdiv(taps - 1, block_t) + 1
+    per_chunk = (width // block_c) * num_blocks
+    chunk = block_t * triton.cdiv(rows, block_t * max(1, min(triton.cdiv(rows, block_t), 4096 // per_chunk)))
+    num_chunks = triton.cdiv(rows, chunk)
+    partials = x.new_empty(num_chunks, width // block_c, num_blocks, block_t, block_t, dtype=torch.float32)
+    _fir_tc_dw_kernel[(num_chunks, width // block_c, num_blocks)](
+        x, dy, partials, seq, cu, rows, seqlen, chunk, W=width, K=taps, VARLEN=varlen, BT=block_t, BC=block_c,
+        num_warps=4,
+    )
+    offs = torch.arange(block_t, device=x.device)
+    lag = (offs[:, None] - offs[None, :]) + block_t * torch.arange(num_blocks, device=x.device)[:, None, None]
+    valid = (lag >= 0) & (lag < taps)
+    per_block = partials.sum(0)[:, valid]  # (W / BC, valid pairs)
+    grads = per_block.new_zeros(width // block_c, taps).index_add_(1, lag[valid], per_block)
+    return grads.view(groups, -1, taps).sum(1)
+
+
+@torch.library.custom_op("phalanx_kernels::hyena_core_fwd", mutates_args=())
+def hyena_core_fwd_op(
+    proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None
+) -> torch.Tensor:
+    """Fused Hyena core y (B, T, W) in proj's dtype from proj (B, T, 3W), featurizer (3W, Kf) and the filter
+    weight (G, K) shared by groups of W / G consecutive channels: one tensor-core pass for groups of 16k channels
+    and up to 129 taps, else z = k * v (pass 1) then the filter gated by q (pass 2, on tensor cores for groups of
+    16k channels)."""
+    proj = proj.contiguous()
+    batch, seqlen, features = proj.shape
+    width, rows = features // 3, batch * seqlen
+    groups, taps = weight.shape
+    group_size = width // groups
+    y = proj.new_empty(batch, seqlen, width)
+    if rows == 0:
+        return y
+    seq, cu = _seq_index(cu_seqlens, rows, proj.device)
+    feat_t = featurizer.t().contiguous()
+    if group_size % 16 == 0 and taps <= FUSED_MAX_TAPS:
+        block_c = math.gcd(group_size, 64)  # a program's channels share one filter
+        _hyena_fused_tc_kernel[(triton.cdiv(rows, 64), width // block_c)](
+            proj, feat_t, weight.float().contiguous(), y, seq, cu, rows, seqlen, W=width, KF=featurizer.shape[1],
+            K=taps, D=group_size, HALO=max(16, triton.next_power_of_2(taps - 1)), VARLEN=cu_seqlens is not None,
+            BT=64, BC=block_c, num_warps=4,
+        )
+        return y
+    z = torch.empty_like(y)
+    block_t, block_c = 64, min(64, triton.next_power_of_2(width))
+    grid = (triton.cdiv(rows, block_t), triton.cdiv(width, block_c))
+    meta = dict(W=width, KF=featurizer.shape[1], VARLEN=cu_seqlens is not None, BT=block_t, num_warps=4)
+    _hyena_gate_kernel[grid](proj, feat_t, z, seq, cu, rows, seqlen, BC=block_c, **meta)
+    if _use_tensor_cores(width, weight):
+        return _launch_tc(proj, feat_t, z, weight, seq, cu, cu_seqlens is not None, reverse=False, gate_q=True)
+    else:
+        per_channel = weight.repeat_interleave(group_size, dim=0).t().contiguous()
+        _hyena_out_kernel[grid](proj, feat_t, z, per_channel, y, seq, cu, rows, seqlen, K=taps, BC=block_c, **meta)
+    return y
+
+
+@hyena_core_fwd_op.register_fake
+def _(proj, featurizer, weight, cu_seqlens):
+    return proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
+
+
+def _hyena_core_setup_context(ctx, inputs, output) -> None:
+    proj, featurizer, weight, cu_seqlens = inputs
+    ctx.save_for_backward(proj, featurizer, weight, cu_seqlens)
+
+
+@torch.library.custom_op("phalanx_kernels::hyena_core_bwd", mutates_args=())
+def hyena_core_bwd_op(
+    proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dproj, dfeaturizer, dweight) of ``hyena_core_fwd``: recompute q, k, v, z and the filter output m (only
+    proj is kept between forward and backward), then dm = dy * q -> dz (the filter's transpose, on tensor cores
+    where the forward used them), the filter gradient, and the featurizers' backward."""
+    proj, dy = proj.contiguous(), dy.contiguous().to(proj.dtype)
+    width = proj.shape[-1] // 3
+    groups, taps = weight.shape
+    group_size = width // groups
+    if proj.numel() == 0:
+        return torch.zeros_like(proj), torch.zeros_like(featurizer), torch.zeros_like(weight)
+    q, k, v = fir_fwd_op(proj, featurizer, cu_seqlens).chunk(3, dim=-1)
+    z, dm = k * v, dy * q
+    if _use_tensor_cores(width, weight):
+        seq, cu = _seq_index(cu_seqlens, z.shape[0] * z.shape[1], z.device)
+        tc = (featurizer.t(), seq, cu, cu_seqlens is not None)  # the featurizer is not read without gate_q
+        m = _launch_tc(proj, tc[0], z, weight, *tc[1:], reverse=False, gate_q=False)
+        dz = _launch_tc(proj, tc[0], dm, weight, *tc[1:], reverse=True, gate_q=False)
+        dweight = _launch_tc_dw(z, dm, weight, seq, cu, cu_seqlens is not None)
+    else:
+        per_channel = weight.repeat_interleave(group_size, dim=0)
+        m = fir_fwd_op(z, per_channel, cu_seqlens)
+        dz, dweight = fir_bwd_op(z, per_channel, dm, cu_seqlens)
+        dweight = dweight.float().view(groups, group_size, taps).sum(1)
+    dfeats = torch.cat([dy * m, dz * v, dz * k], dim=-1)
+    dproj, dfeaturizer = fir_bwd_op(proj, featurizer, dfeats, cu_seqlens)
+    return dproj, dfeaturizer, dweight.to(weight.dtype)
+
+
+@hyena_core_bwd_op.register_fake
+def _(proj, featurizer, weight, dy, cu_seqlens):
+    return torch.empty_like(proj), torch.empty_like(featurizer), torch.empty_like(weight)
+
+
+def _hyena_core_backward(ctx, dy):
+    proj, featurizer, weight, cu_seqlens = ctx.saved_tensors
+    return (*hyena_core_bwd_op(proj, featurizer, weight, dy, cu_seqlens), None)
+
+
+hyena_core_fwd_op.register_autograd(_hyena_core_backward, setup_context=_hyena_core_setup_context)
+
+
+def _check_taps(weight: torch.Tensor, name: str, channels: int, device: torch.device) -> None:
+    """Refuse taps that are not (channels, K >= 1) float32 / float16 / bfloat16 on ``device``."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != channels:
+        raise ValueError(f"{name} must have shape (C={channels}, K), got {getattr(weight, 'shape', type(weight))}")
+    if weight.dtype not in DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {weight.dtype}")
+    if weight.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one tap (K >= 1)")
+    if weight.device != device:
+        raise ValueError(f"{name} is on {weight.device}, the input on {device}")
+
+
+def _check_args(
+    x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, initial_state: torch.Tensor | None,
+    names: tuple[str, str] = ("x", "weight"),
+) -> int:
+    """Refuse bad shapes and dtypes with one-line errors naming the argument; returns the number of sequences."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"{names[0]} must be a tensor of shape (B, T, C), got {getattr(x, 'shape', type(x))}")
+    if x.dtype not in DTYPES:
+        raise TypeError(f"{names[0]} must be float32, float16 or bfloat16, got {x.dtype}")
+    channels = x.shape[-1]
+    _check_taps(weight, names[1], channels, x.device)
+    num_seqs = x.shape[0]
+    if cu_seqlens is not None:
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.is_floating_point():
+            raise ValueError(f"cu_seqlens must be a 1D integer tensor of N + 1 offsets, got {cu_seqlens.shape}")
+        num_seqs = cu_seqlens.numel() - 1
+        capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
+        if not (torch.compiler.is_compiling() or capturing) and int(cu_seqlens[-1]) != x.shape[0] * x.shape[1]:
+            raise ValueError(f"cu_seqlens must end at B * T = {x.shape[0] * x.shape[1]}, got {int(cu_seqlens[-1])}")
+    if initial_state is not None:
+        want = (num_seqs, channels, weight.shape[1] - 1)
+        if tuple(initial_state.shape) != want:
+            raise ValueError(f"initial_state must have shape (N, C, K - 1) = {want}, got {tuple(initial_state.shape)}")
+    return num_seqs
+
+
+def _sequences(x: torch.Tensor, cu_seqlens: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """First row and length of every sequence over the flattened rows of x (B, T, C)."""
+    batch, seqlen = x.shape[:2]
+    if cu_seqlens is None:
+        starts = torch.arange(batch, device=x.device) * seqlen
+        return starts, torch.full((batch,), seqlen, device=x.device, dtype=torch.long)
+    cu = cu_seqlens.to(device=x.device, dtype=torch.long)
+    return cu[:-1], cu[1:] - cu[:-1]
+
+
+def _add_initial(
+    y: torch.Tensor, weight: torch.Tensor, state: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor
+) -> torch.Tensor:
+    """y plus what each sequence's earlier inputs ``state`` (N, C, K - 1) add to its first K - 1 outputs."""
+    batch, seqlen, channels = y.shape
+    width = weight.shape[1] - 1
+    # Output p < K - 1 of a sequence: sum_{k > p} w[k] state[K - 1 + p - k]: a valid convolution of [state, 0].
+    padded = torch.cat([state.float(), state.new_zeros(state.shape, dtype=torch.float32)], dim=-1)
+    corr = torch.nn.functional.conv1d(padded, weight.float().flip(-1).unsqueeze(1), groups=channels)
+    offs = torch.arange(width, device=y.device)
+    corr = corr * (offs < lengths[:, None])[:, None, :]  # (N, C, K - 1); nothing past a sequence's end
+    rows = (starts[:, None] + offs).clamp(max=batch * seqlen - 1)
+    add = corr.transpose(1, 2).reshape(-1, channels).to(y.dtype)
+    flat = y.reshape(-1, channels).index_add(0, rows.reshape(-1), add)
+    return flat.view(batch, seqlen, channels)
+
+
+def _final_state(
+    x: torch.Tensor, width: int, state: torch.Tensor | None, starts: torch.Tensor, lengths: torch.Tensor
+) -> torch.Tensor:
+    """The last ``width`` inputs (N, C, width) of every sequence, reaching into ``state`` (or zeros) when it is
+    shorter: what a continuation needs."""
+    channels = x.shape[-1]
+    pos = lengths[:, None] - width + torch.arange(width, device=x.device)  # (N, width), relative to the start
+    rows = (starts[:, None] + pos).clamp(0, x.shape[0] * x.shape[1] - 1)
+    inside = (pos >= 0)[:, None, :]
+    from_x = x.reshape(-1, channels)[rows].transpose(1, 2)  # (N, C, width)
+    if state is None:
+        return torch.where(inside, from_x, 0.0).to(x.dtype)
+    index = (width + pos).clamp(0, width - 1)[:, None, :].expand(-1, channels, -1)
+    return torch.where(inside, from_x, state.to(x.dtype).gather(-1, index))
+
+
+def causal_fir(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    cu_seqlens: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Causal depthwise FIR ``y[t, c] = sum_{k < K} weight[c, k] * x[t - k, c]`` through the Triton kernels.
+
+    x: (B, T, C) float32 / float16 / bfloat16; weight: (C, K) (any of those dtypes; fp32 arithmetic);
+    cu_seqlens: (N + 1,) offsets of packed sequences over the B * T flattened rows (no sequence sees another);
+    initial_state: (N, C, K - 1) the inputs before each sequence, oldest first (zeros when None).
+    Returns y (B, T, C) in x's dtype and, when ``output_final_state``, the last K - 1 inputs of each sequence
+    (N, C, K - 1) in x's dtype, else None. Differentiable in x, weight and initial_state.
+    """
+    num_seqs = _check_args(x, weight, cu_seqlens, initial_state)
+    y = fir_fwd_op(x, weight, cu_seqlens)
+    width = weight.shape[1] - 1
+    if (initial_state is None or width == 0) and not output_final_state:
+        return y, None
+    if x.numel() == 0 or width == 0:  # nothing to continue or nothing kept: the state passes through
+        final = x.new_zeros(num_seqs, x.shape[-1], width) if initial_state is None else initial_state.to(x.dtype)
+        return y, final if output_final_state else None
+    starts, lengths = _sequences(x, cu_seqlens)
+    if initial_state is not None:
+        y = _add_initial(y, weight, initial_state, starts, lengths)
+    if not output_final_state:
+        return y, None
+    return y, _final_state(x, width, initial_state, starts, lengths)
+
+
+def hyena_core(
+    proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, *, cu_seqlens: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Hyena-SE / -MR core ``q * (h * (k * v))`` from zero inputs before each sequence, fused.
+
+    proj: (B, T, 3W) = [u_q | u_k | u_v] (the mixer's ``in_proj`` output); featurizer: (3W, Kf) causal taps on proj;
+    weight: (G, K) the filter h, shared by groups of W / G consecutive channels (G = W: one per channel); filters
+    shared by a multiple of 16 channels run on tensor cores (forward in one pass up to 129 taps; backward past 32
+    taps); cu_seqlens as for ``causal_fir``.
+    Returns y (B, T, W) in proj's dtype; differentiable in all three (the backward recomputes from proj). For
+    continued sequences and cache states compose ``causal_fir`` calls instead.
+    """
+    if not isinstance(proj, torch.Tensor) or proj.dim() != 3 or proj.shape[-1] % 3 != 0 or proj.shape[-1] == 0:
+        raise ValueError(f"proj must be a tensor of shape (B, T, 3W), got {getattr(proj, 'shape', type(proj))}")
+    _check_args(proj, featurizer, cu_seqlens, None, names=("proj", "featurizer"))
+    width = proj.shape[-1] // 3
+    groups = weight.shape[0] if isinstance(weight, torch.Tensor) and weight.dim() == 2 else 0
+    if groups == 0 or width % groups != 0:
+        got = getattr(weight, "shape", type(weight))
+        raise ValueError(f"weight must have shape (G, K) with G dividing W = {width}, got {got}")
+    _check_taps(weight, "weight", groups, proj.device)
+    return hyena_core_fwd_op(proj, featurizer, weight, cu_seqlens)

@@ -1,0 +1,384 @@
+"""The Triton causal depthwise FIR of the Hyena mixers (``phalanx_kernels.fir_ops``): under ``TRITON_INTERPRET=1``
+on CPU tensors, or on CUDA when present; the `gpu`-marked tests run realistic shapes in bf16 on the GPU machine.
+
+Reference: ``fir_reference``, a float64 direct sum over taps per sequence written here (not the mixer's code);
+gradients by autograd through it. CPU shapes stay tiny: the interpreter runs every program in numpy.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modeling_phalanx import PhalanxConfig
+from modeling_phalanx.hyena_phalanx import HyenaState, PhalanxHyenaMixer
+
+fir_ops = pytest.importorskip("phalanx_kernels.fir_ops", reason="needs triton")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+REL = {torch.float32: 2e-6, torch.float16: 3e-3, torch.bfloat16: 2e-2}  # ||got - ref|| / ||ref||
+
+
+def fir_reference(
+    x: torch.Tensor, weight: torch.Tensor, lengths: list[int], init: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 ``y[t] = sum_k weight[:, k] * x[t - k]`` over each sequence of the flattened rows of x (B, T, C),
+    with the inputs before a sequence from ``init`` (N, C, K - 1) or zeros; returns y (B, T, C) and the last
+    K - 1 inputs of every sequence (N, C, K - 1)."""
+    channels, taps = weight.shape
+    flat = x.reshape(-1, channels).double()
+    outs, finals, start = [], [], 0
+    for n, length in enumerate(lengths):
+        before = flat.new_zeros(taps - 1, channels) if init is None else init[n].double().t()
+        full = torch.cat([before, flat[start : start + length]])  # (K - 1 + L, C): position p at row K - 1 + p
+        y = flat.new_zeros(length, channels)
+        for k in range(taps):
+            y = y + weight[:, k].double() * full[taps - 1 - k : taps - 1 - k + length]
+        outs.append(y)
+        finals.append(full[full.shape[0] - (taps - 1) :].t())
+        start += length
+    return torch.cat(outs).view(x.shape), torch.stack(finals)
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    got, ref = got.detach().double().cpu(), ref.detach().double().cpu()
+    return float((got - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def assert_close(got: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, name: str) -> None:
+    """Relative norm error within the dtype's tolerance; fp32 also elementwise."""
+    got, ref = got.detach(), ref.detach()
+    err = rel_err(got, ref)
+    assert err <= REL[dtype], f"{name}: relative error {err:.2e} > {REL[dtype]:.0e}"
+    if dtype == torch.float32:
+        atol = 1e-5 * max(1.0, float(ref.abs().max()))
+        torch.testing.assert_close(got.detach().double().cpu(), ref.detach().double().cpu(), rtol=1e-4, atol=atol)
+
+
+def run_case(
+    shape: tuple[int, int, int], taps: int, dtype: torch.dtype, lengths: list[int] | None, with_init: bool,
+    weight_dtype: torch.dtype = torch.float32, seed: int = 0,
+) -> None:
+    """Outputs, final states and the gradients of x, weight (and initial state) against ``fir_reference`` run on
+    the same (rounded) inputs."""
+    gen = torch.Generator().manual_seed(seed)
+    batch, seqlen, channels = shape
+    packed = lengths is not None
+    lengths = lengths if packed else [seqlen] * batch
+    x = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    w = (torch.randn(channels, taps, generator=gen, dtype=torch.float64) / taps**0.5).to(weight_dtype)
+    init = torch.randn(len(lengths), channels, taps - 1, generator=gen, dtype=torch.float64).to(dtype)
+    dy = torch.randn(shape, generator=gen, dtype=torch.float64)
+    dfinal = torch.randn(len(lengths), channels, taps - 1, generator=gen, dtype=torch.float64)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32) if packed else None
+
+    def grads(fn, dev, *tensors):
+        leaves = [t.detach().to(dev).requires_grad_() for t in tensors]
+        y, final = fn(*leaves)
+        ((y.double() * dy.to(dev)).sum() + (final.double() * dfinal.to(dev)).sum()).backward()
+        return [y, final] + [leaf.grad for leaf in leaves]
+
+    inputs = (x, w, init) if with_init else (x, w)
+    got = grads(
+        lambda a, b, c=None: fir_ops.causal_fir(
+            a, b, cu_seqlens=None if cu is None else cu.to(DEVICE), initial_state=c, output_final_state=True
+        ),
+        DEVICE, *inputs,
+    )
+    ref = grads(lambda a, b, c=None: fir_reference(a, b, lengths, c), "cpu", *(t.double() for t in inputs))
+    assert got[0].dtype == dtype and got[1].dtype == dtype and got[3].dtype == weight_dtype
+    for name, a, b in zip(("y", "final", "dx", "dweight", "dinit"), got, ref):
+        assert_close(a, b, dtype, name)
+
+
+@pytest.mark.parametrize(
+    "shape,taps,dtype",
+    [
+        ((2, 13, 5), 7, torch.float32),  # Hyena-SE, odd length
+        ((2, 13, 5), 7, torch.float16),
+        ((1, 5, 3), 7, torch.float32),  # shorter than the filter
+        ((1, 70, 70), 3, torch.float32),  # featurizer; two row blocks and two channel blocks
+        ((1, 150, 4), 128, torch.float32),  # Hyena-MR: taps span several row blocks
+        ((1, 150, 4), 128, torch.float16),
+    ],
+)
+def test_matches_float64_reference(shape, taps: int, dtype: torch.dtype) -> None:
+    run_case(shape, taps, dtype, None, with_init=False, seed=sum(shape) + taps)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("with_init", [False, True])
+def test_packed_sequences_do_not_leak(dtype: torch.dtype, with_init: bool) -> None:
+    # Sequences shorter than the filter, of one token, and one crossing the boundary between the two rows.
+    run_case((2, 14, 6), 7, dtype, [3, 10, 1, 9, 5], with_init, seed=3)
+
+
+def test_continuation_and_weight_in_input_dtype() -> None:
+    """A sequence continued from its initial state (shorter than the filter), fp16 taps: the taps' gradient
+    comes back in their dtype."""
+    run_case((3, 4, 5), 7, torch.float16, None, with_init=True, weight_dtype=torch.float16, seed=5)
+
+
+def hyena_reference(proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, lengths: list[int]):
+    """float64 Hyena core ``q * (h * (k * v))`` from the FIR reference (featurizers on proj, then the filter)."""
+    q, k, v = fir_reference(proj, featurizer, lengths)[0].chunk(3, dim=-1)
+    return q * fir_reference(k * v, weight, lengths)[0]
+
+
+@pytest.mark.parametrize(
+    "shape,lengths,taps,groups,dtype",
+    [
+        ((2, 13, 15), None, 7, 5, torch.float32),
+        ((2, 13, 15), None, 7, 5, torch.float16),
+        ((2, 14, 18), [3, 10, 1, 9, 5], 7, 3, torch.float32),  # packed, one sequence crossing rows, groups of 2
+        ((1, 70, 210), [2, 68], 40, 70, torch.float32),  # MR-like; two row and two channel blocks
+        # Groups of 16 channels: the one-pass tensor-core forward (halo of 16 and 128 rows) and, past 129 taps,
+        # the two-pass one (four Toeplitz blocks); tensor-core backward past 32 taps.
+        ((1, 150, 96), [3, 80, 67], 7, 2, torch.float32),
+        ((1, 150, 96), [3, 80, 67], 7, 2, torch.float16),
+        ((1, 150, 96), [3, 80, 67], 40, 2, torch.float32),
+        ((1, 150, 96), [3, 80, 67], 40, 2, torch.float16),
+        ((2, 100, 96), [150, 1, 49], 128, 2, torch.float32),
+        ((1, 200, 96), [190, 10], 150, 2, torch.float32),
+        ((3, 37, 96), None, 40, 2, torch.float32),  # rows of the batch, tiles spanning two of them
+        ((3, 37, 96), None, 150, 2, torch.float16),
+    ],
+)
+def test_fused_hyena_core_matches_float64_reference(shape, lengths, taps: int, groups: int, dtype) -> None:
+    gen = torch.Generator().manual_seed(taps + shape[1])
+    width = shape[-1] // 3
+    proj = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    feat = torch.randn(3 * width, 3, generator=gen, dtype=torch.float64) / 3**0.5
+    w = torch.randn(groups, taps, generator=gen, dtype=torch.float64) / taps**0.5
+    dy = torch.randn(*shape[:-1], width, generator=gen, dtype=torch.float64)
+    cu = None if lengths is None else torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=DEVICE)
+
+    def reference(a, b, c):
+        return hyena_reference(a, b, c.repeat_interleave(width // groups, 0), lengths or [shape[1]] * shape[0])
+
+    results = []
+    for fn, dev, cast in (
+        (lambda a, b, c: fir_ops.hyena_core(a, b, c, cu_seqlens=cu), DEVICE, (dtype, torch.float32, torch.float32)),
+        (reference, "cpu", (torch.float64,) * 3),
+    ):
+        leaves = [t.detach().to(dev, ct).requires_grad_() for t, ct in zip((proj, feat, w), cast)]
+        y = fn(*leaves)
+        (y.double() * dy.to(dev)).sum().backward()
+        results.append([y] + [leaf.grad for leaf in leaves])
+    assert results[0][0].dtype == dtype
+    for name, a, b in zip(("y", "dproj", "dfeaturizer", "dweight"), *results):
+        assert_close(a, b, dtype, name)
+
+
+def test_chunked_prefill_equals_one_pass() -> None:
+    """Chunks handing their final state to the next give the outputs of one pass (the decode cache's use)."""
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 19, 4, device=DEVICE), torch.randn(4, 7, device=DEVICE)
+    full, final = fir_ops.causal_fir(x, w, output_final_state=True)
+    state, pieces = None, []
+    for lo, hi in ((0, 2), (2, 3), (3, 12), (12, 19)):
+        y, state = fir_ops.causal_fir(x[:, lo:hi], w, initial_state=state, output_final_state=True)
+        pieces.append(y)
+    torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, final)
+
+
+def test_compiles_fullgraph_with_same_values_and_grads() -> None:
+    torch.manual_seed(1)
+    x = torch.randn(1, 16, 3, device=DEVICE)
+    w, init = torch.randn(3, 7, device=DEVICE), torch.randn(3, 3, 6, device=DEVICE)
+    cu = torch.tensor([0, 5, 6, 16], dtype=torch.int32, device=DEVICE)
+
+    def fn(a, b, c):
+        y, final = fir_ops.causal_fir(a, b, cu_seqlens=cu, initial_state=c, output_final_state=True)
+        return (y * y).sum() + final.sum()
+
+    results = []
+    def fused(a, b, c):
+        return (fir_ops.hyena_core(a.repeat(1, 1, 3), c.reshape(9, 6), b, cu_seqlens=cu) ** 2).sum()
+
+    for f in (fn, torch.compile(fn, fullgraph=True, backend="aot_eager"),
+              fused, torch.compile(fused, fullgraph=True, backend="aot_eager")):
+        leaves = [t.clone().requires_grad_() for t in (x, w, init)]
+        loss = f(*leaves)
+        loss.backward()
+        results.append([loss.detach()] + [t.grad for t in leaves])
+    for eager, compiled in (results[:2], results[2:]):
+        for a, b in zip(eager, compiled):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_empty_inputs() -> None:
+    """No tokens: empty outputs, zero gradients, and the state passes through unchanged."""
+    x, w = torch.randn(2, 0, 5, device=DEVICE, requires_grad=True), torch.randn(5, 7, device=DEVICE)
+    state = torch.randn(2, 5, 6, device=DEVICE)
+    y, final = fir_ops.causal_fir(x, w, initial_state=state, output_final_state=True)
+    assert y.shape == (2, 0, 5) and torch.equal(final, state)
+    proj = torch.randn(1, 0, 96, device=DEVICE, requires_grad=True)
+    weight = torch.randn(2, 40, device=DEVICE, requires_grad=True)
+    fir_ops.hyena_core(proj, torch.randn(96, 3, device=DEVICE), weight).sum().backward()
+    assert proj.grad.shape == proj.shape and not weight.grad.any()
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda f: f(torch.zeros(2, 3), torch.zeros(3, 7)), "x must be a tensor of shape"),
+        (lambda f: f(torch.zeros(1, 4, 3, dtype=torch.float64), torch.zeros(3, 7)), "x must be float32"),
+        (lambda f: f(torch.zeros(1, 4, 3), torch.zeros(4, 7)), "weight must have shape"),
+        (lambda f: f(torch.zeros(1, 4, 3), torch.zeros(3, 0)), "at least one tap"),
+        (lambda f: f(torch.zeros(1, 4, 3), torch.zeros(3, 7), cu_seqlens=torch.tensor([0, 3])), "must end at"),
+        (lambda f: f(torch.zeros(1, 4, 3), torch.zeros(3, 7), initial_state=torch.zeros(1, 3, 7)), "initial_state"),
+    ],
+)
+def test_refuses_bad_arguments(call, message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        call(fir_ops.causal_fir)
+
+
+def tiny_mixer(variant: str, groups: int = 4, mr_len: int = 16) -> PhalanxHyenaMixer:
+    config = PhalanxConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+        layer_types=[variant], hyena_mr_len=mr_len, hyena_filter_groups=groups, hyena_mr_decay=[0.05, 0.5],
+    )
+    torch.manual_seed(0)
+    mixer = PhalanxHyenaMixer(config, 0)
+    mixer.init_filters()
+    return mixer
+
+
+@pytest.mark.parametrize(
+    "variant,groups,mr_len",
+    [("hyena_se", 4, 16), ("hyena_mr", 4, 16), ("hyena_mr", 1, 40)],  # the last: the tensor-core pass
+)
+@pytest.mark.parametrize("packed,with_state", [(True, True), (True, False), (False, False)])
+def test_mixer_kernel_path_equals_pytorch_path(variant: str, groups: int, mr_len: int, packed: bool,
+                                               with_state: bool) -> None:
+    """The mixer's kernel path (the one CUDA tensors take) on the same inputs as its PyTorch path: rows (packed or
+    not) continuing a cached state and returning the new one (the FIR calls), or neither (the fused core);
+    outputs, states and gradients."""
+    mixer = tiny_mixer(variant, groups, mr_len).to(DEVICE)
+    assert mixer.fir is not None
+    proj = torch.randn(2, 11, 48, device=DEVICE, requires_grad=True)
+    state = None
+    if with_state:
+        state = HyenaState(torch.randn(2, 48, 2, device=DEVICE), torch.randn(2, 16, mixer.filter_len - 1,
+                                                                             device=DEVICE))
+    cu = torch.tensor([0, 4, 11, 12, 22], device=DEVICE) if packed else None
+    torch_path = (lambda *a: mixer._packed(*a)) if packed else (lambda p, s, _, w: mixer._core(p, s, None, w))
+    results = []
+    for path in (torch_path, mixer._kernel_path):
+        proj.grad = None
+        mixer.zero_grad()
+        y, new = path(proj, state, cu, with_state)
+        (y * torch.linspace(-1, 1, y.numel(), device=DEVICE).view_as(y)).sum().backward()
+        states = [] if new is None else list(new)
+        results.append([y.detach(), *states, proj.grad.clone(), mixer.filter_taps.grad.clone(), mixer.featurizer.grad])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU: realistic shapes, bf16 and fp32 against float64 (skipped without CUDA).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("taps", [7, 128])
+def test_cuda_realistic_shapes_match_float64(dtype: torch.dtype, taps: int) -> None:
+    """Width 2048, 16K tokens as two rows of 8K and as packed sequences; forward, dx and dweight."""
+    gen = torch.Generator(device="cuda").manual_seed(taps)
+    x = torch.randn(2, 8192, 2048, device="cuda", generator=gen)
+    w = torch.randn(2048, taps, device="cuda", generator=gen) / taps**0.5
+    dy = torch.randn(2, 8192, 2048, device="cuda", generator=gen)
+    for lengths in (None, [100, 5000, 3, 3281, 8000]):
+        cu = None if lengths is None else torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device="cuda")
+        xs, ws = x.detach().to(dtype).requires_grad_(), w.clone().requires_grad_()
+        y, _ = fir_ops.causal_fir(xs, ws, cu_seqlens=cu)
+        (y.float() * dy).sum().backward()
+        xr, wr = x.to(dtype).double().requires_grad_(), w.detach().double().requires_grad_()
+        yr, _ = fir_reference(xr, wr, lengths or [8192, 8192])
+        (yr * dy.double()).sum().backward()
+        for name, a, b in (("y", y, yr), ("dx", xs.grad, xr.grad), ("dweight", ws.grad, wr.grad)):
+            err = rel_err(a, b)
+            assert err <= (2e-2 if dtype == torch.bfloat16 else 2e-5), f"{name} ({lengths}): {err:.2e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("taps,groups", [(7, 2048), (7, 128), (128, 2048), (128, 128)])  # (128, 128): tensor cores
+def test_cuda_fused_core_matches_float64(dtype: torch.dtype, taps: int, groups: int) -> None:
+    """The fused Hyena core at width 2048, 16K tokens (packed), featurizers of 3 taps, filters per channel or
+    shared by 16 channels; y and all gradients."""
+    gen = torch.Generator(device="cuda").manual_seed(taps)
+    proj = torch.randn(1, 16384, 3 * 2048, device="cuda", generator=gen).to(dtype)
+    feat = torch.randn(3 * 2048, 3, device="cuda", generator=gen) / 3**0.5
+    w = torch.randn(groups, taps, device="cuda", generator=gen) / taps**0.5
+    dy = torch.randn(1, 16384, 2048, device="cuda", generator=gen)
+    lengths = [7000, 1, 9383]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device="cuda")
+    results = []
+    for fn, cast in (
+        (lambda a, b, c: fir_ops.hyena_core(a, b, c, cu_seqlens=cu), (dtype, torch.float32, torch.float32)),
+        (lambda a, b, c: hyena_reference(a, b, c.repeat_interleave(2048 // groups, 0), lengths), (torch.float64,) * 3),
+    ):
+        leaves = [t.detach().to(ct).requires_grad_() for t, ct in zip((proj, feat, w), cast)]
+        y = fn(*leaves)
+        (y.double() * dy.double()).sum().backward()
+        results.append([y.detach()] + [leaf.grad for leaf in leaves])
+    for name, a, b in zip(("y", "dproj", "dfeaturizer", "dweight"), *results):
+        err = rel_err(a, b)
+        assert err <= (2e-2 if dtype == torch.bfloat16 else 2e-5), f"{name}: {err:.2e}"
+
+
+@pytest.mark.gpu
+def test_cuda_model_kernel_path_matches_pytorch_path() -> None:
+    """A model with SE and MR layers on CUDA: packed rows (position_ids restarting), logits and parameter
+    gradients, and greedy generation through the cache, with the kernels and with the PyTorch path."""
+    from modeling_phalanx import PhalanxForCausalLM
+
+    config = PhalanxConfig(
+        vocab_size=61, hidden_size=256, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
+        layer_types=["hyena_se", "hyena_mr", "full_attention"], hyena_filter_groups=16, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2, max_position_embeddings=1024,
+    )
+    torch.manual_seed(0)
+    model = PhalanxForCausalLM(config).cuda()
+    mixers = [m for m in model.modules() if isinstance(m, PhalanxHyenaMixer)]
+    assert all(m.fir is not None for m in mixers)
+    ids = torch.randint(3, 61, (2, 300), device="cuda")
+    position_ids = torch.cat([torch.arange(100), torch.arange(200)]).expand(2, -1).cuda()
+    results = []
+    for fir in (mixers[0].fir, None):
+        for m in mixers:
+            m.fir = fir
+        model.zero_grad()
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # the PyTorch path's conv1d in full fp32
+            out = model(input_ids=ids, position_ids=position_ids, labels=ids)
+            out.loss.backward()
+            tokens = model.generate(ids[:, :37], max_new_tokens=12, do_sample=False)
+        results.append([out.logits.detach(), tokens, *(p.grad for p in model.parameters())])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_mixer_kernel_path_compiles_fullgraph() -> None:
+    """The mixer's training path (fused core, tensor-core passes, packed rows) traces with fullgraph=True and gives
+    the eager values and gradients."""
+    mixer = tiny_mixer("hyena_mr", groups=1, mr_len=40).to(DEVICE)
+    cu = torch.tensor([0, 9, 22], device=DEVICE)
+    proj = torch.randn(2, 11, 48, device=DEVICE)
+
+    def fn(p):
+        return (mixer._kernel_path(p, None, cu, False)[0] ** 2).sum()
+
+    results = []
+    for f in (fn, torch.compile(fn, fullgraph=True, backend="aot_eager")):
+        mixer.zero_grad()
+        p = proj.clone().requires_grad_()
+        loss = f(p)
+        loss.backward()
+        results.append([loss.detach(), p.grad, mixer.filter_taps.grad, mixer.featurizer.grad])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
