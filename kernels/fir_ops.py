@@ -21,6 +21,7 @@ import math
 import torch
 import triton
 
+from .triton_ops import OP_NAMESPACE
 from .triton_fir import (
     _fir_dw_kernel,
     _fir_kernel,
@@ -84,7 +85,7 @@ def _launch_dw(x: torch.Tensor, dy: torch.Tensor, taps: int, cu_seqlens: torch.T
     return partials.sum(0).t()
 
 
-@torch.library.custom_op("phalanx_kernels::fir_fwd", mutates_args=())
+@torch.library.custom_op(f"{OP_NAMESPACE}::fir_fwd", mutates_args=())
 def fir_fwd_op(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
     """y (B, T, C) in x's dtype: causal depthwise FIR of x (B, T, C) with weight (C, K), zero before each
     sequence (rows of the batch, or the sequences of ``cu_seqlens`` over the flattened rows)."""
@@ -96,7 +97,7 @@ def _(x, weight, cu_seqlens):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("phalanx_kernels::fir_bwd", mutates_args=())
+@torch.library.custom_op(f"{OP_NAMESPACE}::fir_bwd", mutates_args=())
 def fir_bwd_op(
     x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, cu_seqlens: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,7 +178,7 @@ def _launch_tc_dw(x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, seq: 
     return grads.view(groups, -1, taps).sum(1)
 
 
-@torch.library.custom_op("phalanx_kernels::hyena_core_fwd", mutates_args=())
+@torch.library.custom_op(f"{OP_NAMESPACE}::hyena_core_fwd", mutates_args=())
 def hyena_core_fwd_op(
     proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None
 ) -> torch.Tensor:
@@ -226,7 +227,7 @@ def _hyena_core_setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(proj, featurizer, weight, cu_seqlens)
 
 
-@torch.library.custom_op("phalanx_kernels::hyena_core_bwd", mutates_args=())
+@torch.library.custom_op(f"{OP_NAMESPACE}::hyena_core_bwd", mutates_args=())
 def hyena_core_bwd_op(
     proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
     cu_seqlens: torch.Tensor | None,
