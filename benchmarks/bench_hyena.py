@@ -26,14 +26,18 @@ import argparse
 import json
 import os
 import statistics
-import time
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 import phalanx_kernels
 from modeling_phalanx import PhalanxConfig
 from modeling_phalanx.hyena_phalanx import PhalanxHyenaMixer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_e2e import time_steps  # noqa: E402
 
 SIZES = {
     "full": {"widths": (2048, 4096), "lengths": (4096, 8192, 16384, 32768), "taps": (7, 128), "tokens": 32768},
@@ -43,22 +47,7 @@ SIZES = {
 
 def median_ms(fn: Callable[[], object], device: str, reps: int) -> float:
     """Median milliseconds of ``fn`` over ``reps`` calls after up to three warm-up calls (CUDA events on the GPU)."""
-    for _ in range(min(3, reps)):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return statistics.median(time_steps(fn, reps, min(3, reps), device)) * 1e3
 
 
 def copy_bandwidth(device: str) -> float:

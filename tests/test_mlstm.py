@@ -7,16 +7,13 @@ Hub bundle in a clean process."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from mlstm_oracle import mlstm_oracle
 from test_model_cache import VOCAB, single_thread, tiny_config, tiny_model  # noqa: F401  (fixture import)
-from test_model_hub import CLEAN_PROCESS
+from test_model_hub import assert_bundle_generates_in_a_clean_process
 from transformers import AutoModelForCausalLM
 from transformers.generation import CompileConfig
 from transformers.models.xlstm import modeling_xlstm as xlstm
@@ -518,19 +515,4 @@ def test_config_round_trip_keeps_layer_types_and_cache_kinds(tmp_path: Path) -> 
 
 
 def test_hub_bundle_with_mlstm_layers_generates_in_a_clean_process(tmp_path: Path) -> None:
-    model = mix_model("swax")
-    model.save_pretrained(tmp_path / "saved")
-    bundle = tmp_path / "elsewhere" / "swax-tiny"
-    shutil.copytree(tmp_path / "saved", bundle)
-    prompt = torch.randint(3, VOCAB, (2, 11))
-    expected = model.generate(prompt, max_new_tokens=15, do_sample=False).tolist()
-    result = subprocess.run(
-        [sys.executable, "-I", "-c", CLEAN_PROCESS, str(bundle), json.dumps(prompt.tolist())],
-        cwd=tmp_path / "elsewhere",
-        env={"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+    assert_bundle_generates_in_a_clean_process(mix_model("swax"), tmp_path, torch.randint(3, VOCAB, (2, 11)))
