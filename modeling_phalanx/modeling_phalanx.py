@@ -884,7 +884,9 @@ class PhalanxPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
-    _can_compile_fullgraph = False
+    # Decoding steps and unpadded multi-token forwards compile with fullgraph=True (tests); a padded or packed
+    # multi-token forward reads its sequence starts on the host once (`sequence_starts`).
+    _can_compile_fullgraph = True
     _supports_attention_backend = False
     _is_stateful = True
     _can_record_outputs = {"hidden_states": PhalanxDecoderLayer, "attentions": PhalanxAttention}
@@ -999,6 +1001,8 @@ class PhalanxModel(PhalanxPreTrainedModel):
         if use_cache and cache is None:
             cache = PhalanxCache(config=self.config)
         batch, seqlen = inputs_embeds.shape[:2]
+        # Default positions restart (a row holding several sequences) only at the padding of a 2D mask.
+        may_restart = position_ids is not None or isinstance(attention_mask, torch.Tensor)
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, cache, seqlen, inputs_embeds.device)
 
@@ -1010,7 +1014,7 @@ class PhalanxModel(PhalanxPreTrainedModel):
         cu_seqlens = max_seqlen = None
         if any(t in MIXER_CLASSES for t in layer_types):
             position_ids = position_ids.expand(batch, -1)
-            if seqlen > 1:
+            if seqlen > 1 and may_restart:  # else no host read: the forward compiles as one graph
                 cu_seqlens, max_seqlen = sequence_starts(position_ids)
 
         hidden_states = inputs_embeds

@@ -180,6 +180,22 @@ def test_compiled_static_decoding_has_no_graph_break_and_the_same_tokens(name: s
     assert torch.equal(got, expected)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("name", ["hybrid", "every_mixer"])
+def test_unpadded_forward_compiles_as_one_graph(name: str) -> None:
+    """A multi-token forward without padding or caller positions reads nothing on the host: it compiles with
+    `fullgraph=True` (a graph break is an error) and gives the eager logits, for every kind of mixer."""
+    if name == "hybrid":
+        model = mix_model(name, attn_implementation="sdpa")
+    else:
+        model = tiny_model(num_hidden_layers=6, layer_types=[L, "hyena_se", "hyena_li", "mlstm", S, F],
+                           hyena_mr_len=16, mlstm_num_heads=2, attn_implementation="sdpa", **NO_EOS)
+    ids = torch.randint(3, VOCAB, (2, 37))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")  # traces the Python; no C++ toolchain needed
+    torch.testing.assert_close(compiled(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def byte_model_and_tokenizer():
     tokenizer = load_byte_tokenizer()
