@@ -66,7 +66,7 @@ def kernel_files() -> list[Path]:
 def metadata(files: list[Path]) -> dict:
     """``metadata.json`` of the variant. ``id`` (the module name the `kernels` library imports it under, and so
     the namespace of its torch ops) is unique to the files' contents, so two versions load side by side."""
-    from modeling_phalanx.modeling_phalanx import PHALANX_KERNEL_VERSION
+    from modeling_phalanx.kernel_choice import PHALANX_KERNEL_VERSION
 
     digest = hashlib.sha256()
     for path in files:
@@ -83,7 +83,7 @@ def metadata(files: list[Path]) -> dict:
 
 def export_kernels(out_dir: str | Path, *, force: bool = False) -> Path:
     """Write the kernel repository to ``out_dir`` (see the module docstring); returns ``out_dir``."""
-    from modeling_phalanx.modeling_phalanx import PHALANX_KERNEL_VERSION
+    from modeling_phalanx.kernel_choice import PHALANX_KERNEL_VERSION
     from phalanx_training.folders import check_output, output_folder
 
     out_dir = Path(out_dir)

@@ -30,6 +30,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, LinearAttentionCacheLayerMixin
 
 from .configuration_phalanx import HYENA_LI, HYENA_MR, HYENA_SE, PhalanxConfig
+from .kernel_choice import kernel_module
 
 
 class HyenaState(NamedTuple):
@@ -77,15 +78,11 @@ def fft_causal_conv(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return y[..., :seqlen]
 
 
-def fir_kernels() -> tuple[Callable, Callable] | None:
-    """(causal_fir, hyena_core) of `phalanx_kernels.fir_ops` (Triton) when that package and Triton are installed,
-    else None. Resolved when a mixer is built, like `modeling_phalanx.triton_kernels`; Hub bundles without the
-    package use the PyTorch path."""
-    try:
-        from phalanx_kernels.fir_ops import causal_fir, hyena_core
-    except ImportError:
-        return None
-    return causal_fir, hyena_core
+def fir_kernels(repo: str | None = None) -> tuple[Callable, Callable] | None:
+    """(causal_fir, hyena_core) of the Triton FIR kernels (`fir_ops`) of the kernels package `kernel_choice` picks,
+    or None: the PyTorch path (no package, or no Triton)."""
+    fir_ops = kernel_module(repo, "fir_ops")
+    return None if fir_ops is None else (fir_ops.causal_fir, fir_ops.hyena_core)
 
 
 class PhalanxHyenaMixer(nn.Module):
@@ -116,7 +113,7 @@ class PhalanxHyenaMixer(nn.Module):
             # Hyena-MR's fixed decay rates, one per group, log-evenly spaced over config.hyena_mr_decay.
             self.decay_rates = config.hyena_mr_decay if self.variant == HYENA_MR else None
         # Triton FIR for SE / MR on CUDA tensors (featurizers and filter); LI and CPU tensors take the PyTorch path.
-        self.fir = None if self.variant == HYENA_LI else fir_kernels()
+        self.fir = None if self.variant == HYENA_LI else fir_kernels(config.phalanx_kernel_repo)
 
     @torch.no_grad()
     def init_filters(self) -> None:

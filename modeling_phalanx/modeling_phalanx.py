@@ -11,12 +11,9 @@ tensors through `phalanx_kernels` when that package is installed, else through t
 from __future__ import annotations
 
 import copy
-import functools
 import os
 from collections.abc import Callable
 from dataclasses import fields
-from pathlib import Path
-from types import ModuleType
 
 import torch
 from torch import nn
@@ -50,6 +47,7 @@ from .configuration_phalanx import (
     PhalanxConfig,
 )
 from .hyena_phalanx import PhalanxHyenaMixer
+from .kernel_choice import kernel_package
 from .mlstm_phalanx import MLSTM_NUM_CACHE_STATES, MLSTMGateProjection, PhalanxMLSTMMixer
 from .swr_torch import SWRState, phalanx_core_step_torch, phalanx_core_torch, phalanx_projection_sizes
 
@@ -82,41 +80,10 @@ def check_model_kwargs(kwargs: dict, method: str) -> None:
         raise TypeError(f"{method}() got unexpected keyword arguments {unknown}")
 
 
-@functools.cache
 def triton_kernels(repo: str | None = None) -> tuple[type, Callable, Callable] | None:
-    """(SWRState, phalanx_core, phalanx_core_step) of the Triton kernels, chosen once per process and repository:
-    the installed `phalanx_kernels`, else the kernel repository `repo` (`config.phalanx_kernel_repo`: a local
-    folder or a Hub id, `phalanx export-kernels`) through the `kernels` library, else None: the PyTorch SWR, said
-    in one log line. The kernels dispatch on device themselves (CPU tensors go to their PyTorch path).
-
-    Resolved when a mixer is built, not at import, so a config that names a repository is read first.
-    """
-    try:
-        import phalanx_kernels as module
-    except ImportError:
-        module = _load_kernel_repo(repo) if repo else None
-    if module is None:
-        if not repo:
-            logger.info("Phalanx mixers run the PyTorch SWR (no phalanx_kernels package, no phalanx_kernel_repo)")
-        return None
-    return module.SWRState, module.phalanx_core, module.phalanx_core_step
-
-
-def _load_kernel_repo(repo: str) -> ModuleType | None:
-    """The kernel repository `repo` loaded by the `kernels` library, or None after one warning saying why."""
-    try:
-        from kernels import get_kernel, get_local_kernel
-    except ImportError:
-        logger.warning(f"phalanx_kernel_repo={repo!r} needs the `kernels` library (pip install kernels): PyTorch SWR")
-        return None
-    try:
-        if os.path.isdir(repo):
-            return get_local_kernel(Path(repo))
-        # The model's own remote code, which the user trusted, names the repository.
-        return get_kernel(repo, version=PHALANX_KERNEL_VERSION, trust_remote_code=True)
-    except Exception as err:  # the kernels library raises many types (offline, missing variant, bad metadata)
-        logger.warning(f"cannot load phalanx_kernel_repo={repo!r} ({type(err).__name__}: {err}): PyTorch SWR")
-        return None
+    """(SWRState, phalanx_core, phalanx_core_step) of the kernels package `kernel_choice` picks, or None (PyTorch)."""
+    package = kernel_package(repo)
+    return None if package is None else (package.SWRState, package.phalanx_core, package.phalanx_core_step)
 
 
 # `auto_map` written to config.json so the saved folder loads with trust_remote_code and no package installed.
@@ -125,10 +92,6 @@ PHALANX_AUTO_MAP = {
     "AutoModel": "modeling_phalanx.PhalanxModel",
     "AutoModelForCausalLM": "modeling_phalanx.PhalanxForCausalLM",
 }
-
-# API version of the Hub kernel repository (`phalanx export-kernels`): its metadata.json says it, and the model
-# loads it with `kernels.get_kernel(repo, version=...)`, which reads the branch `v<version>`.
-PHALANX_KERNEL_VERSION = 1
 
 # Default LoRA targets: attention and Phalanx projections (PEFT suffix match). The MLP is left out on purpose;
 # add "gate_proj", "up_proj", "down_proj" for more capacity.
