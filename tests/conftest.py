@@ -1,11 +1,18 @@
 """Test setup: run Triton kernels through the interpreter on CPU; skip GPU-marked tests without CUDA; shared fixtures."""
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import torch
+# Tests import the project as installed, as users do. With the repository root on `sys.path` (as `python -m pytest`
+# puts it), the folder `kernels/` would shadow the Hugging Face `kernels` library, which some Transformers
+# releases (5.20) import when they are imported.
+_ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != _ROOT]
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede any import of triton
