@@ -10,20 +10,28 @@ Per (model, cache, batch, prompt): prefill tokens/s (from the call to the first 
 (over the following ``--new-tokens`` - 1 steps; a stopping criterion stamps each step, as ``generate`` checks
 its criteria once per token), the fraction of the weight-bandwidth limit (``--bandwidth`` bytes/s over the
 weights' bytes, per sequence), and the cache's bytes per sequence. Medians of ``--repeats`` timed calls after
-one untimed call that compiles.
+one untimed call that compiles. The points are ``--points BATCHxPROMPT ...`` (default: batch 1 and 32 at a 4K
+prompt, 1 and 16 at a 32K prompt); each model is built once and runs every point with each cache.
 
-    python benchmarks/bench_generate.py --out benchmarks/results/generate_h200.json          # the GPU run
-    python benchmarks/bench_generate.py --size tiny --device cpu --prompts 32 --batches 1 2 --new-tokens 4 --no-compile
+A point that fails (out of memory, a compile error) is recorded as an error point (``"error": "Type: message"``)
+and the run goes on; ``--out`` is rewritten (atomically) after every point, so a run killed by ``timeout`` keeps
+what it finished; ``--deadline-s`` starts no new point past that many seconds and ends normally.
 
-Not yet run on a GPU: its numbers come with the next GPU session (the CPU smoke run above is tested).
+    timeout 540 python benchmarks/bench_generate.py --deadline-s 420 --out benchmarks/results/generate_h200.json  # GPU
+    python benchmarks/bench_generate.py --size tiny --device cpu --points 1x32 2x32 --new-tokens 4 --no-compile
+
+Run on one H200 (2026-12-01; torch 2.11, transformers 5.17) for the anchor and the Phalanx hybrid at 1x4096, 32x4096
+and 1x32768: ``benchmarks/results/generate_h200.json`` and ``.log`` (README, "Generation speed").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +46,7 @@ from model_zoo import build_model, cache_bytes  # noqa: E402
 
 GENERATE_MODELS = ("transformer", "phalanx_full", "swa_hybrid", "phalanx_hybrid")
 CACHES = ("default", "static")
+DEFAULT_POINTS = ("1x4096", "32x4096", "1x32768", "16x32768")  # issue 16: batch 1 and 32 at 4K, 1 and 16 at 32K
 
 
 class StepClock(StoppingCriteria):
@@ -68,58 +77,134 @@ def generate_kwargs(cache: str, compile_step: bool, new_tokens: int) -> dict:
     return kwargs
 
 
-@torch.no_grad()
-def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
-    """Every (cache, prompt, batch) point of one model."""
-    device = args.device
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+def parse_point(text: str) -> tuple[int, int]:
+    """``BATCHxPROMPT`` (e.g. ``32x4096``) as ``(batch, prompt)``, both positive."""
+    batch, sep, prompt = text.strip().lower().partition("x")
+    try:
+        values = (int(batch), int(prompt)) if sep else (0, 0)
+    except ValueError:
+        values = (0, 0)
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"points must look like 1x4096 (positive batch x prompt), got {text!r}")
+    return values
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters of it)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def build(name: str, args: argparse.Namespace) -> torch.nn.Module:
+    """One model in the run's dtype, sized for the longest prompt plus the new tokens."""
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     torch.manual_seed(0)
-    with torch.device(device):
-        model = build_model(name, args.size, max_positions=max(args.prompts) + args.new_tokens + 64).to(dtype).eval()
+    longest = max(prompt for _, prompt in args.points)
+    with torch.device(args.device):
+        return build_model(name, args.size, max_positions=longest + args.new_tokens + 64).to(dtype).eval()
+
+
+@torch.no_grad()
+def bench_point(model: torch.nn.Module, name: str, cache: str, batch: int, prompt: int,
+                args: argparse.Namespace) -> dict:
+    """One (model, cache, batch, prompt) point: an untimed call that compiles, then ``--repeats`` timed calls."""
+    device = args.device
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    points = []
-    for cache in CACHES:
-        for prompt in args.prompts:
-            for batch in args.batches:
-                ids = torch.randint(3, model.config.vocab_size, (batch, prompt), device=device)
-                mask = torch.ones_like(ids)
-                options = generate_kwargs(cache, not args.no_compile, args.new_tokens)
-                model.generate(ids, attention_mask=mask, **options)  # compiles / warms up
-                prefill, step = [], []
-                for _ in range(args.repeats):
-                    clock = StepClock(device)
-                    start = clock.now()
-                    out = model.generate(ids, attention_mask=mask, stopping_criteria=StoppingCriteriaList([clock]),
-                                         **options)
-                    prefill.append(clock.times[0] - start)
-                    step.append((clock.times[-1] - clock.times[0]) / (len(clock.times) - 1))
-                decode_tps = batch / statistics.median(step)
-                points.append({
-                    "model": name, "cache": cache, "prompt": prompt, "batch": batch, "new_tokens": args.new_tokens,
-                    "compiled_step": cache == "static" and not args.no_compile,
-                    "prefill_tokens_per_s": batch * prompt / statistics.median(prefill),
-                    "decode_tokens_per_s": decode_tps,
-                    "fraction_of_weight_bandwidth_limit": decode_tps / (batch * args.bandwidth / weight_bytes),
-                    "cache_bytes_per_seq": cache_bytes(getattr(out, CACHE_KWARG)) / batch,
-                })
-                print(json.dumps(points[-1]), flush=True)
-    del model
+    ids = torch.randint(3, model.config.vocab_size, (batch, prompt), device=device)
+    mask = torch.ones_like(ids)
+    options = generate_kwargs(cache, not args.no_compile, args.new_tokens)
+    out = model.generate(ids, attention_mask=mask, **options)  # compiles / warms up
+    del out
+    prefill, step = [], []
+    for _ in range(args.repeats):
+        clock = StepClock(device)
+        start = clock.now()
+        out = model.generate(ids, attention_mask=mask, stopping_criteria=StoppingCriteriaList([clock]), **options)
+        prefill.append(clock.times[0] - start)
+        step.append((clock.times[-1] - clock.times[0]) / (len(clock.times) - 1))
+    cache_per_seq = cache_bytes(getattr(out, CACHE_KWARG)) / batch
+    del out, ids, mask
+    decode_tps = batch / statistics.median(step)
+    return {
+        "model": name, "cache": cache, "prompt": prompt, "batch": batch, "new_tokens": args.new_tokens,
+        "compiled_step": cache == "static" and not args.no_compile,
+        "prefill_tokens_per_s": batch * prompt / statistics.median(prefill),
+        "decode_tokens_per_s": decode_tps,
+        "fraction_of_weight_bandwidth_limit": decode_tps / (batch * args.bandwidth / weight_bytes),
+        "cache_bytes_per_seq": cache_per_seq,
+    }
+
+
+def free_memory(device: str) -> None:
     if device == "cuda":
         torch.cuda.empty_cache()
-    return points
+
+
+def run(args: argparse.Namespace, record) -> None:
+    """Every model (built once), cache and point in turn; ``record`` gets each point or error point as it ends.
+    Stops early, recording nothing more, once ``--deadline-s`` has passed."""
+    start = time.monotonic()
+
+    def out_of_time() -> bool:
+        if args.deadline_s is not None and time.monotonic() - start >= args.deadline_s:
+            print("bench_generate: deadline reached, skipping the rest", flush=True)
+            return True
+        return False
+
+    for name in args.models:
+        if out_of_time():
+            return
+        try:
+            model = build(name, args)
+        except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+            record({"model": name, "cache": None, "batch": None, "prompt": None, "error": error_text(exc)})
+            model = None
+        if model is None:
+            free_memory(args.device)
+            continue
+        for cache in CACHES:
+            for batch, prompt in args.points:
+                if out_of_time():
+                    return
+                point = {"model": name, "cache": cache, "batch": batch, "prompt": prompt}
+                try:
+                    point = bench_point(model, name, cache, batch, prompt, args)
+                except Exception as exc:  # noqa: BLE001 - out of memory and the like: recorded, the run goes on
+                    point["error"] = error_text(exc)
+                free_memory(args.device)  # after the except clause, so the traceback's tensors are gone
+                record(point)
+        del model
+        free_memory(args.device)
+
+
+def write_json(path: Path, result: dict) -> None:
+    """Atomically: a temporary file in the same folder, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
+        f.write(json.dumps(result, indent=2) + "\n")
+    os.replace(f.name, path)
 
 
 def table(points: list[dict]) -> str:
-    """Markdown table: one row per model and cache, decode tokens/s per (batch, prompt)."""
-    keys = sorted({(p["batch"], p["prompt"]) for p in points}, key=lambda k: (k[1], k[0]))
+    """Markdown table: a row per model and cache, decode tokens/s per (batch, prompt); "error" where a point failed."""
+    keys = sorted({(p["batch"], p["prompt"]) for p in points if p["batch"] is not None}, key=lambda k: (k[1], k[0]))
     header = ["model", "cache", *(f"b{b} @ {n}: decode tok/s (share of limit)" for b, n in keys)]
+
+    def cell(p: dict | None) -> str:
+        if p is None:
+            return "-"
+        if "error" in p:
+            return "error"
+        return f"{p['decode_tokens_per_s']:,.1f} ({p['fraction_of_weight_bandwidth_limit']:.0%})"
+
     rows = []
     for model in dict.fromkeys(p["model"] for p in points):
+        if any(p["model"] == model and p["cache"] is None for p in points):
+            rows.append([model, "(build)", *("error" for _ in keys)])
         for cache in CACHES:
             got = {(p["batch"], p["prompt"]): p for p in points if p["model"] == model and p["cache"] == cache}
             if got:
-                rows.append([model, cache, *(f"{got[k]['decode_tokens_per_s']:,.1f} ({got[k]['fraction_of_weight_bandwidth_limit']:.0%})"
-                                              if k in got else "-" for k in keys)])
+                rows.append([model, cache, *(cell(got.get(k)) for k in keys)])
     return "\n".join("| " + " | ".join(r) + " |" for r in (header, ["---"] * len(header), *rows))
 
 
@@ -127,23 +212,33 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="1.3b", choices=["1.3b", "tiny"])
     parser.add_argument("--models", nargs="+", default=list(GENERATE_MODELS), choices=GENERATE_MODELS)
-    parser.add_argument("--prompts", type=int, nargs="+", default=[4096, 32768])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--points", type=parse_point, nargs="+", default=[parse_point(p) for p in DEFAULT_POINTS],
+                        metavar="BATCHxPROMPT", help=f"(batch, prompt) points (default: {' '.join(DEFAULT_POINTS)})")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bandwidth", type=float, default=4.3e12, help="bytes/s the weights stream at (H200: 4.3e12)")
     parser.add_argument("--no-compile", action="store_true", help="static cache without compiling the step")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--deadline-s", type=float, help="start no new point after this many seconds")
+    parser.add_argument("--out", type=Path, help="JSON, rewritten after every point")
     args = parser.parse_args(argv)
     if args.new_tokens < 2:
         parser.error("--new-tokens must be at least 2 (decode speed is measured past the first token)")
-    points = [p for name in args.models for p in bench_model(name, args)]
-    result = {"environment": environment(), "args": {k: str(v) for k, v in vars(args).items()}, "points": points}
+    args.points = list(dict.fromkeys(args.points))
+    shown = {k: str(v) for k, v in vars(args).items()}
+    shown["points"] = " ".join(f"{b}x{n}" for b, n in args.points)
+    result = {"environment": environment(), "args": shown, "points": []}
+
+    def record(point: dict) -> None:
+        result["points"].append(point)
+        print(json.dumps(point), flush=True)
+        if args.out:
+            write_json(args.out, result)
+
+    run(args, record)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(points))
+        write_json(args.out, result)
+    print(table(result["points"]))
     return 0
 
 

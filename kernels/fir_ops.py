@@ -300,8 +300,10 @@ def _check_args(
         if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.is_floating_point():
             raise ValueError(f"cu_seqlens must be a 1D integer tensor of N + 1 offsets, got {cu_seqlens.shape}")
         num_seqs = cu_seqlens.numel() - 1
-        capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
-        if not (torch.compiler.is_compiling() or capturing) and int(cu_seqlens[-1]) != x.shape[0] * x.shape[1]:
+        # Under compile or CUDA-graph capture the host read is impossible; is_compiling() goes first so
+        # dynamo never traces the capture query (it returns a bool, which breaks the graph).
+        traced = torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing())
+        if not traced and int(cu_seqlens[-1]) != x.shape[0] * x.shape[1]:
             raise ValueError(f"cu_seqlens must end at B * T = {x.shape[0] * x.shape[1]}, got {int(cu_seqlens[-1])}")
     if initial_state is not None:
         want = (num_seqs, channels, weight.shape[1] - 1)

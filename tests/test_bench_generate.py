@@ -1,5 +1,6 @@
 """``benchmarks/bench_generate.py`` in its CPU smoke mode: every model and cache gives a point with finite speeds,
-the static cache's size does not depend on the tokens generated, the table lists every model."""
+the static cache's size does not depend on the tokens generated, the table lists every model; a bad ``--points``
+value is refused by name; a point that fails is recorded as an error point and the run goes on."""
 
 from __future__ import annotations
 
@@ -9,22 +10,28 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
+SMOKE = ["--size", "tiny", "--device", "cpu", "--points", "2x17", "--new-tokens", "3", "--repeats", "1", "--no-compile"]
 
 
-def test_smoke_run_writes_every_point(tmp_path: Path, capsys, monkeypatch) -> None:
+@pytest.fixture
+def bench(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     spec = importlib.util.spec_from_file_location("bench_generate", REPO / "benchmarks" / "bench_generate.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     try:
-        spec.loader.exec_module(bench)
-        out = tmp_path / "generate.json"
-        argv = ["--size", "tiny", "--device", "cpu", "--prompts", "17", "--batches", "2", "--new-tokens", "3",
-                "--repeats", "1", "--no-compile", "--models", "transformer", "phalanx_hybrid", "--out", str(out)]
-        assert bench.main(argv) == 0
+        spec.loader.exec_module(module)
+        yield module
     finally:
         del sys.modules[spec.name]
+
+
+def test_smoke_run_writes_every_point(bench, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "generate.json"
+    assert bench.main([*SMOKE, "--models", "transformer", "phalanx_hybrid", "--out", str(out)]) == 0
     points = json.loads(out.read_text())["points"]
     assert {(p["model"], p["cache"]) for p in points} == {
         (m, c) for m in ("transformer", "phalanx_hybrid") for c in ("default", "static")}
@@ -36,3 +43,40 @@ def test_smoke_run_writes_every_point(tmp_path: Path, capsys, monkeypatch) -> No
     assert dyn["phalanx_hybrid"] < dyn["transformer"]  # 1 of 4 layers keeps keys; the others a fixed state
     table = capsys.readouterr().out
     assert "| transformer | static |" in table and "| phalanx_hybrid | default |" in table
+
+
+@pytest.mark.parametrize("bad", ["4096", "0x4096", "2x", "ax17", "2x-5"])
+def test_bad_points_are_refused_by_name(bench, capsys, bad: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([*SMOKE[:4], "--points", bad])
+    assert exit_info.value.code == 2
+    assert f"points must look like 1x4096 (positive batch x prompt), got '{bad}'" in capsys.readouterr().err
+
+
+def test_a_failing_point_is_recorded_and_the_run_goes_on(bench, tmp_path: Path, capsys, monkeypatch) -> None:
+    real = bench.generate_kwargs
+
+    def static_fails(cache: str, *args, **kwargs) -> dict:
+        if cache == "static":
+            raise RuntimeError("CUDA out of memory (pretend)\nsecond line")
+        return real(cache, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "generate_kwargs", static_fails)
+    out = tmp_path / "sub" / "generate.json"
+    assert bench.main([*SMOKE, "--models", "phalanx_hybrid", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result) == {"environment", "args", "points"}
+    by_cache = {p["cache"]: p for p in result["points"]}
+    assert set(by_cache) == {"default", "static"}
+    assert by_cache["static"] == {"model": "phalanx_hybrid", "cache": "static", "batch": 2, "prompt": 17,
+                                  "error": "RuntimeError: CUDA out of memory (pretend)"}
+    assert "error" not in by_cache["default"] and by_cache["default"]["decode_tokens_per_s"] > 0
+    assert [p.name for p in out.parent.iterdir()] == ["generate.json"]  # no temporary file left behind
+    assert "| phalanx_hybrid | static | error |" in capsys.readouterr().out
+
+
+def test_deadline_stops_before_the_next_point(bench, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "generate.json"
+    assert bench.main([*SMOKE, "--models", "transformer", "--deadline-s", "0", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["points"] == []
+    assert capsys.readouterr().out.count("bench_generate: deadline reached, skipping the rest") == 1
