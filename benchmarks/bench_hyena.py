@@ -1,7 +1,7 @@
 """Time the Hyena-SE / -MR kernels (Triton causal FIR) next to their memory floor and the Phalanx SWR core.
 
-Not yet run on a GPU: the numbers come from a later session on the GPU machine (issue 20, item 2); nothing here
-is measured until then. Per shape (width W = 2048 or 4096, 4K-32K tokens with 32768 tokens per call, bf16):
+Not yet run on a GPU (the first GPU call ran out of time after the kernel tests, benchmarks/results/hyena_h200/);
+nothing here is measured until then. Per shape (width W = 2048 or 4096, 4K-32K tokens with 32768 tokens per call, bf16):
 
 - ``fir``: the causal depthwise FIR alone (``phalanx_kernels.fir_ops.causal_fir``) on (B, T, W) with K taps;
   floor: forward reads x and writes y (4 bytes per token-channel), backward reads x and dy and writes dx (6).

@@ -3,7 +3,7 @@
 #   1. tests/test_kernels_fir.py on CUDA: the gpu-marked float64 checks (bf16 / fp32, width 2048, 16K tokens,
 #      7 and 128 taps; a model with the kernels against its PyTorch path) and the CPU suite's tests, now on CUDA;
 #   2. benchmarks/bench_hyena.py (raw JSON and table).
-# Not yet run: written without a GPU.
+# First run (2026-12-01, H200): only the tests, up to the compile test (fixed since); see docs/hyena.md.
 #
 #   bash benchmarks/gpu_hyena_run.sh OUT_DIR
 set -uo pipefail

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("phalanx_cli.demo", "the whole pipeline on CPU in about 4 minutes: train, generate, lm-eval, LoRA, convert+distill, export"),
     "generate": ("phalanx_cli.generate", "generate text from a saved model folder"),
     "train": ("phalanx_training.cli", "pretrain a Phalanx / SWA / Transformer model on local text"),
+    "tokenizer": ("phalanx_training.tokenizer_cli", "learn a byte-level BPE tokenizer from local text (for train --tokenizer)"),
     "finetune": ("phalanx_training.finetune_cli", "LoRA fine-tuning with PEFT (optionally merged)"),
     "convert": ("phalanx_conversion.cli", "swap the SWA layers of a checkpoint for Phalanx mixers"),
     "distill": ("phalanx_conversion.distill_cli", "distill a converted student back to its teacher"),

@@ -40,6 +40,7 @@ TINY: dict[str, list[str]] = {
     "convert": [],
     "export": [],
     "export-kernels": [],
+    "tokenizer": ["--vocab-size", "300"],
 }
 TINY_ANALYZE = ["--seq-len", "160", "--max-tokens", "640"]
 TINY_SWAX = ["--swax-short-window", "16"]  # below the tiny preset's 64-token window
