@@ -40,7 +40,7 @@ def cache_kwarg(model: torch.nn.Module) -> str:
 def static_cache(model: torch.nn.Module, batch_size: int, max_cache_len: int) -> Any:
     """The cache `model.generate(cache_implementation="static")` would build for `batch_size` rows of `max_cache_len`
     tokens (the model's own `_prepare_cache_for_generation`: `PhalanxStaticCache` for Phalanx models)."""
-    generation_config = type(model.generation_config)(cache_implementation="static")
+    generation_config = type(model.generation_config)(cache_implementation="static", num_beams=1, num_return_sequences=1)
     model_kwargs: dict[str, Any] = {}
     model._prepare_cache_for_generation(generation_config, model_kwargs, None, batch_size, max_cache_len)
     return model_kwargs[cache_kwarg(model)]
@@ -100,16 +100,17 @@ def compiled_step() -> Any:
 
 
 def check_fast_arguments(
-    input_ids: Any, max_new_tokens: Any, temperature: Any, top_k: Any, check_every: Any, attention_mask: Any
+    input_ids: Any, max_new_tokens: Any, do_sample: bool, temperature: Any, top_k: Any, check_every: Any,
+    attention_mask: Any,
 ) -> None:
     """One-line errors for arguments `fast_generate` cannot run."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[1] == 0:
         raise ValueError("input_ids must be a (batch, length) tensor with at least one token")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    if not temperature > 0:
+    if do_sample and not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if do_sample and top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
         raise ValueError(f"check_every must be an int >= 1, got {check_every!r}")
@@ -141,7 +142,7 @@ def fast_generate(
     dropped. `compile=None` compiles the step on CUDA only. A left-padded `attention_mask` is refused (ValueError):
     the fixed-shape step has no padding mask yet; `model.generate` handles padded batches.
     """
-    check_fast_arguments(input_ids, max_new_tokens, temperature, top_k, check_every, attention_mask)
+    check_fast_arguments(input_ids, max_new_tokens, do_sample, temperature, top_k, check_every, attention_mask)
     device = input_ids.device
     batch, prompt_len = input_ids.shape
     total = prompt_len + max_new_tokens
@@ -215,7 +216,8 @@ def generate(model: torch.nn.Module, inputs: torch.Tensor | None = None, **kwarg
     defaults = type(generation_config)._get_default_generation_params()
     other_settings = {
         name for name, value in generation_config.to_diff_dict().items()
-        if name not in FAST_CONFIG_FIELDS and value != defaults.get(name)
+        if name not in FAST_CONFIG_FIELDS and not name.startswith("_") and value not in (None, False)
+        and value != defaults.get(name)
     }
     padded = isinstance(attention_mask, torch.Tensor) and not bool(attention_mask.bool().all())
     fast = (
