@@ -4,13 +4,17 @@ Models: Transformers' own ``LlamaForCausalLM`` (``transformer``, the anchor) and
 of ``model_zoo``: every layer full attention (``phalanx_full``), the SWA hybrid and the Phalanx hybrid. Each
 runs ``generate`` greedily with the default cache and with ``cache_implementation="static"``; the static runs
 pass one ``CompileConfig(fullgraph=True)`` to every model, so each compiles its decoding step the same way
-(Transformers compiles the Llama step itself on CUDA; the Phalanx models compile only when asked).
+(Transformers compiles the Llama step itself on CUDA; the Phalanx models compile only when asked). The third
+kind, ``fast``, runs the project's own decode loop (``modeling_phalanx.generation_phalanx.fast_generate``: the
+same static cache, the whole step compiled with CUDA graphs on CUDA, no per-token host synchronisation) on every
+model, the Llama anchor included, so the comparison stays fair.
 
 Per (model, cache, batch, prompt): prefill tokens/s (from the call to the first new token), decode tokens/s
 (over the following ``--new-tokens`` - 1 steps; a stopping criterion stamps each step, as ``generate`` checks
 its criteria once per token), the fraction of the weight-bandwidth limit (``--bandwidth`` bytes/s over the
 weights' bytes, per sequence), and the cache's bytes per sequence. Medians of ``--repeats`` timed calls after
-one untimed call that compiles. The points are ``--points BATCHxPROMPT ...`` (default: batch 1 and 32 at a 4K
+one untimed call that compiles. The fast loop has no per-step hook, so its prefill is timed as a call for one
+new token and its decode step as (a call for ``--new-tokens`` - a call for one) / (``--new-tokens`` - 1). The points are ``--points BATCHxPROMPT ...`` (default: batch 1 and 32 at a 4K
 prompt, 1 and 16 at a 32K prompt); each model is built once and runs every point with each cache.
 
 A point that fails (out of memory, a compile error) is recorded as an error point (``"error": "Type: message"``)
@@ -38,6 +42,7 @@ from pathlib import Path
 import torch
 from transformers.generation import CompileConfig, StoppingCriteria, StoppingCriteriaList
 
+from modeling_phalanx.generation_phalanx import cache_kwarg, fast_generate, static_cache
 from modeling_phalanx.modeling_phalanx import CACHE_KWARG
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,7 +50,7 @@ from bench_e2e import environment  # noqa: E402
 from model_zoo import build_model, cache_bytes  # noqa: E402
 
 GENERATE_MODELS = ("transformer", "phalanx_full", "swa_hybrid", "phalanx_hybrid")
-CACHES = ("default", "static")
+CACHES = ("default", "static", "fast")
 DEFAULT_POINTS = ("1x4096", "32x4096", "1x32768", "16x32768")  # issue 16: batch 1 and 32 at 4K, 1 and 16 at 32K
 
 
@@ -105,30 +110,60 @@ def build(name: str, args: argparse.Namespace) -> torch.nn.Module:
 
 
 @torch.no_grad()
+def bench_fast_point(model: torch.nn.Module, batch: int, prompt: int, args: argparse.Namespace) -> dict:
+    """Prefill and decode seconds per step of ``fast_generate`` (median of ``--repeats``, after an untimed call
+    that compiles), and the bytes per sequence of its static cache."""
+    device = args.device
+    ids = torch.randint(3, model.config.vocab_size, (batch, prompt), device=device)
+    compile_step = False if args.no_compile else None  # None: compiled on CUDA only
+    clock = StepClock(device)
+
+    def seconds(new_tokens: int) -> float:
+        start = clock.now()
+        fast_generate(model, ids, max_new_tokens=new_tokens, compile=compile_step)
+        return clock.now() - start
+
+    seconds(args.new_tokens)  # compiles / warms up
+    prefill = [seconds(1) for _ in range(args.repeats)]
+    full = [seconds(args.new_tokens) for _ in range(args.repeats)]
+    step = (statistics.median(full) - statistics.median(prefill)) / (args.new_tokens - 1)
+    cache = static_cache(model, batch, prompt + args.new_tokens - 1)  # as fast_generate sizes it
+    model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_kwarg(model): cache})
+    cache_per_seq = cache_bytes(cache) / batch
+    del ids, cache
+    return {"prefill": statistics.median(prefill), "step": step, "cache_bytes_per_seq": cache_per_seq}
+
+
+@torch.no_grad()
 def bench_point(model: torch.nn.Module, name: str, cache: str, batch: int, prompt: int,
                 args: argparse.Namespace) -> dict:
     """One (model, cache, batch, prompt) point: an untimed call that compiles, then ``--repeats`` timed calls."""
     device = args.device
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    ids = torch.randint(3, model.config.vocab_size, (batch, prompt), device=device)
-    mask = torch.ones_like(ids)
-    options = generate_kwargs(cache, not args.no_compile, args.new_tokens)
-    out = model.generate(ids, attention_mask=mask, **options)  # compiles / warms up
-    del out
-    prefill, step = [], []
-    for _ in range(args.repeats):
-        clock = StepClock(device)
-        start = clock.now()
-        out = model.generate(ids, attention_mask=mask, stopping_criteria=StoppingCriteriaList([clock]), **options)
-        prefill.append(clock.times[0] - start)
-        step.append((clock.times[-1] - clock.times[0]) / (len(clock.times) - 1))
-    cache_per_seq = cache_bytes(getattr(out, CACHE_KWARG)) / batch
-    del out, ids, mask
-    decode_tps = batch / statistics.median(step)
+    if cache == "fast":
+        timed = bench_fast_point(model, batch, prompt, args)
+        prefill_s, step_s, cache_per_seq = timed["prefill"], timed["step"], timed["cache_bytes_per_seq"]
+    else:
+        ids = torch.randint(3, model.config.vocab_size, (batch, prompt), device=device)
+        mask = torch.ones_like(ids)
+        options = generate_kwargs(cache, not args.no_compile, args.new_tokens)
+        out = model.generate(ids, attention_mask=mask, **options)  # compiles / warms up
+        del out
+        prefill, step = [], []
+        for _ in range(args.repeats):
+            clock = StepClock(device)
+            start = clock.now()
+            out = model.generate(ids, attention_mask=mask, stopping_criteria=StoppingCriteriaList([clock]), **options)
+            prefill.append(clock.times[0] - start)
+            step.append((clock.times[-1] - clock.times[0]) / (len(clock.times) - 1))
+        cache_per_seq = cache_bytes(getattr(out, CACHE_KWARG)) / batch
+        prefill_s, step_s = statistics.median(prefill), statistics.median(step)
+        del out, ids, mask
+    decode_tps = batch / step_s
     return {
         "model": name, "cache": cache, "prompt": prompt, "batch": batch, "new_tokens": args.new_tokens,
-        "compiled_step": cache == "static" and not args.no_compile,
-        "prefill_tokens_per_s": batch * prompt / statistics.median(prefill),
+        "compiled_step": not args.no_compile and (cache == "static" or (cache == "fast" and device == "cuda")),
+        "prefill_tokens_per_s": batch * prompt / prefill_s,
         "decode_tokens_per_s": decode_tps,
         "fraction_of_weight_bandwidth_limit": decode_tps / (batch * args.bandwidth / weight_bytes),
         "cache_bytes_per_seq": cache_per_seq,

@@ -152,7 +152,7 @@ def fast_generate(
     compile = device.type == "cuda" if compile is None else compile
 
     cache_name = cache_kwarg(model)
-    cache = static_cache(model, batch, total)
+    cache = static_cache(model, batch, total - 1)  # as `generate` sizes it: the last token is never fed back
     sequences = torch.full((batch, total), pad, dtype=torch.long, device=device)
     sequences[:, :prompt_len] = input_ids
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
