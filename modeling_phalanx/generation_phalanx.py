@@ -135,7 +135,8 @@ def fast_generate(
 ) -> torch.Tensor:
     """Prompt plus up to `max_new_tokens` tokens per row, as `model.generate(cache_implementation="static")` returns.
 
-    Greedy decoding gives `generate`'s tokens; sampling (temperature, top-k) draws from the same distribution with
+    `eos_token_id=None` decodes `max_new_tokens` tokens (pass `model.generation_config.eos_token_id` to stop at EOS,
+    as `generate` does by default). Greedy decoding gives `generate`'s tokens; sampling (temperature, top-k) draws from the same distribution with
     its own use of the random generator, so its tokens differ from `generate`'s for a seed. Rows stop at their own
     EOS and are padded with `pad_token_id` (default: the first EOS id) after it; the host checks for EOS (and feeds
     `streamer`) every `check_every` steps, so up to `check_every - 1` steps past the last EOS are computed and
