@@ -65,6 +65,8 @@ def decode_step(
     cache_name: str,
     tokens: torch.Tensor,
     position: torch.Tensor,
+    padding: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     sequences: torch.Tensor,
     finished: torch.Tensor,
     eos: torch.Tensor | None,
@@ -73,12 +75,14 @@ def decode_step(
     temperature: float,
     top_k: int | None,
 ) -> None:
-    """One decoding step on fixed tensors: forward `tokens` (batch, 1) at `position` (1,), pick the next tokens, pad
-    rows already finished (as `generate` does), mark rows that emit EOS, write the tokens into `sequences` at
-    `position + 1`, and advance `tokens` and `position` in place."""
-    position_ids = position.view(1, 1).expand(tokens.shape[0], 1)
+    """One decoding step on fixed tensors: forward `tokens` (batch, 1) at cache slot `position` (1,), pick the next
+    tokens, pad rows already finished (as `generate` does), mark rows that emit EOS, write the tokens into
+    `sequences` at `position + 1`, and advance `tokens` and `position` in place. A left-padded row's position id
+    is its slot minus its `padding` (batch, 1); `attention_mask` (batch, cache length) is the prompt's mask followed
+    by ones, or None without padding."""
     logits = model(
-        input_ids=tokens, position_ids=position_ids, use_cache=True, logits_to_keep=1, **{cache_name: cache}
+        input_ids=tokens, attention_mask=attention_mask, position_ids=position.view(1, 1) - padding, use_cache=True,
+        logits_to_keep=1, **{cache_name: cache},
     ).logits[:, -1]
     next_tokens = pick_tokens(logits, do_sample, temperature, top_k)
     if eos is not None:
@@ -114,8 +118,11 @@ def check_fast_arguments(
         raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
         raise ValueError(f"check_every must be an int >= 1, got {check_every!r}")
-    if attention_mask is not None and not bool(attention_mask.bool().all()):
-        raise ValueError("attention_mask has padding, which fast_generate does not support; use model.generate")
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask must be a tensor shaped like input_ids {tuple(input_ids.shape)}")
+        if not bool((attention_mask[:, 1:] >= attention_mask[:, :-1]).all()):
+            raise ValueError("attention_mask must be left-padded (zeros only before each row's tokens)")
 
 
 @torch.no_grad()
@@ -140,8 +147,9 @@ def fast_generate(
     its own use of the random generator, so its tokens differ from `generate`'s for a seed. Rows stop at their own
     EOS and are padded with `pad_token_id` (default: the first EOS id) after it; the host checks for EOS (and feeds
     `streamer`) every `check_every` steps, so up to `check_every - 1` steps past the last EOS are computed and
-    dropped. `compile=None` compiles the step on CUDA only. A left-padded `attention_mask` is refused (ValueError):
-    the fixed-shape step has no padding mask yet; `model.generate` handles padded batches.
+    dropped. `compile=None` compiles the step on CUDA only. A left-padded batch takes its `attention_mask` as
+    `generate` does (positions count each row's real tokens; the step's mask is the prompt's mask followed by ones,
+    fixed at the cache's length); right padding is refused (ValueError).
     """
     check_fast_arguments(input_ids, max_new_tokens, do_sample, temperature, top_k, check_every, attention_mask)
     device = input_ids.device
@@ -157,10 +165,19 @@ def fast_generate(
     sequences = torch.full((batch, total), pad, dtype=torch.long, device=device)
     sequences[:, :prompt_len] = input_ids
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    padding = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    step_mask = None
+    if attention_mask is not None:
+        attention_mask = attention_mask.to(device)
+        padding = prompt_len - attention_mask.long().sum(dim=1, keepdim=True)
+        step_mask = torch.ones(batch, total - 1, dtype=attention_mask.dtype, device=device)
+        step_mask[:, :prompt_len] = attention_mask
     if streamer is not None:
         streamer.put(input_ids.cpu())
 
-    logits = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{cache_name: cache}).logits[:, -1]
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1, **{cache_name: cache}
+    ).logits[:, -1]
     first = pick_tokens(logits, do_sample, temperature, top_k)
     if eos is not None:
         finished |= torch.isin(first, eos)
@@ -171,7 +188,7 @@ def fast_generate(
     step = decode_step
     if compile:
         step = compiled_step()
-        for buffer in (tokens, position, sequences, finished):
+        for buffer in (tokens, position, padding, sequences, finished, *([] if step_mask is None else [step_mask])):
             torch._dynamo.mark_static_address(buffer)
     streamed = prompt_len
     done = prompt_len + 1  # tokens written so far
@@ -186,7 +203,10 @@ def fast_generate(
                 break
         if compile and device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
-        step(model, cache, cache_name, tokens, position, sequences, finished, eos, pad, do_sample, temperature, top_k)
+        step(
+            model, cache, cache_name, tokens, position, padding, step_mask, sequences, finished, eos, pad, do_sample,
+            temperature, top_k,
+        )
         done += 1
 
     end = done
@@ -203,8 +223,8 @@ def fast_generate(
 
 def generate(model: torch.nn.Module, inputs: torch.Tensor | None = None, **kwargs: Any) -> Any:
     """The `custom_generate` entry: `model.generate(..., custom_generate=FOLDER, trust_remote_code=True)` calls this
-    with `generate`'s arguments. Greedy or temperature/top-k sampling over an unpadded batch runs `fast_generate`;
-    anything else (beam search, logits processors, dict outputs, padded batches, other sampling settings) runs the
+    with `generate`'s arguments. Greedy or temperature/top-k sampling over a batch without right padding runs
+    `fast_generate`; anything else (beam search, logits processors, dict outputs, other sampling settings) runs the
     model's standard `generate` with the same arguments, since Transformers also routes a folder's plain
     `generate` here once it is loaded with `trust_remote_code=True`."""
     arguments = dict(kwargs)
@@ -220,9 +240,11 @@ def generate(model: torch.nn.Module, inputs: torch.Tensor | None = None, **kwarg
         if name not in FAST_CONFIG_FIELDS and not name.startswith("_") and value not in (None, False)
         and value != defaults.get(name)
     }
-    padded = isinstance(attention_mask, torch.Tensor) and not bool(attention_mask.bool().all())
+    right_padded = isinstance(attention_mask, torch.Tensor) and not bool(
+        (attention_mask[:, 1:] >= attention_mask[:, :-1]).all()
+    )
     fast = (
-        unset and not model_kwargs and not other_settings and not padded and isinstance(input_ids, torch.Tensor)
+        unset and not model_kwargs and not other_settings and not right_padded and isinstance(input_ids, torch.Tensor)
         and input_ids.ndim == 2 and generation_config.cache_implementation in (None, "static")
         and generation_config.use_cache is not False
     )

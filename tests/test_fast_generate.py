@@ -40,6 +40,20 @@ def test_greedy_tokens_equal_generate_static_and_default(name: str, prompt_len: 
 
 @torch.no_grad()
 @pytest.mark.parametrize("name", MIX_NAMES)
+def test_a_left_padded_batch_gives_generate_tokens(name: str) -> None:
+    model = mix_model(name)
+    prompt = torch.randint(3, VOCAB, (3, 17))
+    mask = torch.ones_like(prompt)
+    mask[1, :6] = 0
+    mask[2, :1] = 0
+    prompt[mask == 0] = 0
+    expected = model.generate(prompt, attention_mask=mask, pad_token_id=0, **GREEDY)
+    assert torch.equal(model.generate(prompt, attention_mask=mask, pad_token_id=0, cache_implementation="static", **GREEDY), expected)
+    assert torch.equal(fast_generate(model, prompt, attention_mask=mask, max_new_tokens=20), expected)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", MIX_NAMES)
 @pytest.mark.parametrize("check_every", [1, 5, 64])
 def test_rows_stop_at_their_own_eos_and_are_padded_as_generate_does(name: str, check_every: int) -> None:
     model = mix_model(name)
@@ -57,13 +71,17 @@ def test_rows_stop_at_their_own_eos_and_are_padded_as_generate_does(name: str, c
 def test_the_step_compiles_with_fullgraph_and_gives_the_same_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     """`fullgraph=True` turns any graph break or host read in the step into an error."""
     model = mix_model("hybrid")
-    prompt = torch.randint(3, VOCAB, (1, 11))
+    prompt = torch.randint(3, VOCAB, (2, 11))
+    mask = torch.ones_like(prompt)
+    mask[0, :4] = 0
     torch._dynamo.reset()
     monkeypatch.setitem(generation_phalanx._COMPILED_STEP, "step", torch.compile(decode_step, backend="eager", fullgraph=True))
     got = fast_generate(model, prompt, max_new_tokens=12, compile=True)
     assert torch.equal(got, fast_generate(model, prompt, max_new_tokens=12, compile=False))
+    padded = fast_generate(model, prompt, attention_mask=mask, max_new_tokens=12, compile=True)
+    assert torch.equal(padded, fast_generate(model, prompt, attention_mask=mask, max_new_tokens=12, compile=False))
     sampled = fast_generate(model, prompt, max_new_tokens=6, do_sample=True, temperature=0.7, top_k=5, compile=True)
-    assert sampled.shape == (1, 17)
+    assert sampled.shape == (2, 17)
 
 
 @torch.no_grad()
@@ -113,7 +131,8 @@ def test_streamer_gets_the_prompt_then_the_checked_chunks() -> None:
         (dict(do_sample=True, temperature=0.0), "temperature must be > 0, got 0.0"),
         (dict(do_sample=True, top_k=0), "top_k must be None or an int >= 1, got 0"),
         (dict(check_every=0), "check_every must be an int >= 1, got 0"),
-        (dict(attention_mask=torch.tensor([[0, 1, 1]])), "attention_mask has padding"),
+        (dict(attention_mask=torch.tensor([[1, 1, 0]])), "attention_mask must be left-padded"),
+        (dict(attention_mask=torch.tensor([[1, 1]])), r"attention_mask must be a tensor shaped like input_ids \(1, 3\)"),
     ],
 )
 def test_bad_arguments_get_one_line_errors(kwargs: dict, message: str) -> None:
@@ -135,8 +154,8 @@ def test_custom_generate_from_an_exported_folder(tiny_model: Path, tmp_path: Pat
     expected = model.generate(prompt, max_new_tokens=10, do_sample=False)
     got = model.generate(prompt, max_new_tokens=10, do_sample=False, custom_generate=str(out), trust_remote_code=True)
     assert torch.equal(got, expected)
-    # Loaded with trust_remote_code, Transformers routes the folder's plain `generate` to the strategy; what the loop
-    # does not run (beam search, a padded batch) still gets the standard `generate`.
+    # Loaded with trust_remote_code, Transformers routes the folder's plain `generate` to the strategy: the loop runs a
+    # left-padded batch too; what it does not run (beam search) still gets the standard `generate`.
     remote = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     assert remote.generate.func.__module__.endswith("custom_generate.generate")
     assert torch.equal(remote.generate(prompt, max_new_tokens=10, do_sample=False), expected)
@@ -182,9 +201,11 @@ def test_the_custom_generate_entry_runs_the_loop_only_for_what_it_covers(monkeyp
     assert calls[-1]["max_new_tokens"] == 5 and calls[-1]["do_sample"] is False
     assert generation_phalanx.generate(model, input_ids=prompt, do_sample=True, temperature=0.5) == "fast"
     assert (calls[-1]["temperature"], calls[-1]["top_k"], calls[-1]["max_new_tokens"]) == (0.5, 50, 20 - 9)
-    mask = torch.ones_like(prompt)
-    mask[0, 0] = 0
-    for kwargs in (dict(num_beams=2), dict(attention_mask=mask), dict(return_dict_in_generate=True), dict(top_p=0.5)):
+    left = torch.ones_like(prompt)
+    left[0, 0] = 0
+    assert generation_phalanx.generate(model, prompt, attention_mask=left, max_new_tokens=3) == "fast"
+    right = left.flip(1)
+    for kwargs in (dict(num_beams=2), dict(attention_mask=right), dict(return_dict_in_generate=True), dict(top_p=0.5)):
         out = generation_phalanx.generate(model, prompt, max_new_tokens=3, **kwargs)
         assert not isinstance(out, str), kwargs
-    assert len(calls) == 2
+    assert len(calls) == 3
