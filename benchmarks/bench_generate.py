@@ -13,8 +13,8 @@ Per (model, cache, batch, prompt): prefill tokens/s (from the call to the first 
 (over the following ``--new-tokens`` - 1 steps; a stopping criterion stamps each step, as ``generate`` checks
 its criteria once per token), the fraction of the weight-bandwidth limit (``--bandwidth`` bytes/s over the
 weights' bytes, per sequence), and the cache's bytes per sequence. Medians of ``--repeats`` timed calls after
-one untimed call that compiles. The fast loop has no per-step hook, so its prefill is timed as a call for one
-new token and its decode step as (a call for ``--new-tokens`` - a call for one) / (``--new-tokens`` - 1). The points are ``--points BATCHxPROMPT ...`` (default: batch 1 and 32 at a 4K
+one untimed call that compiles. The fast loop is timed through its streamer, which it calls after the prefill
+and at the end only (``check_every`` = ``--new-tokens`` - 1), so the decode steps run without host reads. The points are ``--points BATCHxPROMPT ...`` (default: batch 1 and 32 at a 4K
 prompt, 1 and 16 at a 32K prompt); each model is built once and runs every point with each cache.
 
 A point that fails (out of memory, a compile error) is recorded as an error point (``"error": "Type: message"``)
@@ -109,29 +109,42 @@ def build(name: str, args: argparse.Namespace) -> torch.nn.Module:
         return build_model(name, args.size, max_positions=longest + args.new_tokens + 64).to(dtype).eval()
 
 
+class StreamClock:
+    """A streamer that stamps the time of each chunk ``fast_generate`` hands it: the prompt (before the prefill),
+    the first token (after it), then every ``check_every`` steps."""
+
+    def __init__(self, device: str) -> None:
+        self.clock = StepClock(device)
+        self.times: list[float] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        self.times.append(self.clock.now())
+
+    def end(self) -> None:
+        pass
+
+
 @torch.no_grad()
 def bench_fast_point(model: torch.nn.Module, batch: int, prompt: int, args: argparse.Namespace) -> dict:
-    """Prefill and decode seconds per step of ``fast_generate`` (median of ``--repeats``, after an untimed call
-    that compiles), and the bytes per sequence of its static cache."""
-    device = args.device
-    ids = torch.randint(3, model.config.vocab_size, (batch, prompt), device=device)
-    compile_step = False if args.no_compile else None  # None: compiled on CUDA only
-    clock = StepClock(device)
-
-    def seconds(new_tokens: int) -> float:
-        start = clock.now()
-        fast_generate(model, ids, max_new_tokens=new_tokens, compile=compile_step)
-        return clock.now() - start
-
-    seconds(args.new_tokens)  # compiles / warms up
-    prefill = [seconds(1) for _ in range(args.repeats)]
-    full = [seconds(args.new_tokens) for _ in range(args.repeats)]
-    step = (statistics.median(full) - statistics.median(prefill)) / (args.new_tokens - 1)
+    """Prefill seconds and decode seconds per step of ``fast_generate`` (medians of ``--repeats`` after an untimed
+    call that compiles; the host reads the device after the prefill and at the end only), and the bytes per
+    sequence of its static cache."""
+    ids = torch.randint(3, model.config.vocab_size, (batch, prompt), device=args.device)
+    options = dict(max_new_tokens=args.new_tokens, check_every=args.new_tokens - 1,
+                   compile=False if args.no_compile else None)  # None: compiled on CUDA only
+    fast_generate(model, ids, **options)  # compiles / warms up
+    prefill, step = [], []
+    for _ in range(args.repeats):
+        clock = StreamClock(args.device)
+        fast_generate(model, ids, streamer=clock, **options)
+        prompt_ready, first, last = clock.times
+        prefill.append(first - prompt_ready)
+        step.append((last - first) / (args.new_tokens - 1))
     cache = static_cache(model, batch, prompt + args.new_tokens - 1)  # as fast_generate sizes it
     model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_kwarg(model): cache})
     cache_per_seq = cache_bytes(cache) / batch
     del ids, cache
-    return {"prefill": statistics.median(prefill), "step": step, "cache_bytes_per_seq": cache_per_seq}
+    return {"prefill": statistics.median(prefill), "step": statistics.median(step), "cache_bytes_per_seq": cache_per_seq}
 
 
 @torch.no_grad()

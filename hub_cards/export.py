@@ -2,9 +2,9 @@
 
 The folder holds safetensors weights, ``config.json`` whose ``auto_map`` names AutoConfig, AutoModel
 and AutoModelForCausalLM, the flat modeling files of the ``modeling_phalanx`` package (sibling imports
-only, so Transformers can fetch them), a ``custom_generate/`` strategy (Phalanx's decode loop without per-token
-host synchronisation, ``modeling_phalanx/generation_phalanx.py``), the tokenizer, the generation config, the conversion record and
-lm-eval results when given, and a ``README.md`` model card. It is written by
+only, so Transformers can fetch them), a ``custom_generate/`` strategy (Phalanx's decode loop without
+per-token host synchronisation, ``modeling_phalanx/generation_phalanx.py``), the tokenizer, the generation
+config, the conversion record and lm-eval results when given, and a ``README.md`` model card. It is written by
 ``phalanx_training.folders.output_folder``: never over MODEL, atomically, so a failure leaves nothing
 half-written.
 """
@@ -26,7 +26,7 @@ EVAL_RESULTS_FILE = "eval_results.json"
 # there, and `requirements.txt` is checked before the code runs.
 CUSTOM_GENERATE_DIR = "custom_generate"
 CUSTOM_GENERATE_MODULE = "generation_phalanx.py"
-CUSTOM_GENERATE_WRAPPER = '''"""Phalanx's decode loop as a Transformers `custom_generate` strategy: the code is `generation_phalanx.py`."""
+CUSTOM_GENERATE_WRAPPER = '''"""Phalanx's decode loop as a Transformers `custom_generate` strategy (code: `generation_phalanx.py`)."""
 
 from .generation_phalanx import generate as phalanx_generate
 
@@ -78,7 +78,8 @@ def write_custom_generate(folder: Path) -> None:
 
     target = folder / CUSTOM_GENERATE_DIR
     target.mkdir()
-    shutil.copy2(Path(modeling_phalanx.__file__).resolve().parent / CUSTOM_GENERATE_MODULE, target / CUSTOM_GENERATE_MODULE)
+    source = Path(modeling_phalanx.__file__).resolve().parent / CUSTOM_GENERATE_MODULE
+    shutil.copy2(source, target / CUSTOM_GENERATE_MODULE)
     (target / "generate.py").write_text(CUSTOM_GENERATE_WRAPPER, encoding="utf-8")
     (target / "requirements.txt").write_text(CUSTOM_GENERATE_REQUIREMENTS, encoding="utf-8")
 

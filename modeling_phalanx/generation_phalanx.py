@@ -40,7 +40,9 @@ def cache_kwarg(model: torch.nn.Module) -> str:
 def static_cache(model: torch.nn.Module, batch_size: int, max_cache_len: int) -> Any:
     """The cache `model.generate(cache_implementation="static")` would build for `batch_size` rows of `max_cache_len`
     tokens (the model's own `_prepare_cache_for_generation`: `PhalanxStaticCache` for Phalanx models)."""
-    generation_config = type(model.generation_config)(cache_implementation="static", num_beams=1, num_return_sequences=1)
+    generation_config = type(model.generation_config)(
+        cache_implementation="static", num_beams=1, num_return_sequences=1
+    )
     model_kwargs: dict[str, Any] = {}
     model._prepare_cache_for_generation(generation_config, model_kwargs, None, batch_size, max_cache_len)
     return model_kwargs[cache_kwarg(model)]
@@ -143,11 +145,12 @@ def fast_generate(
     """Prompt plus up to `max_new_tokens` tokens per row, as `model.generate(cache_implementation="static")` returns.
 
     `eos_token_id=None` decodes `max_new_tokens` tokens (pass `model.generation_config.eos_token_id` to stop at EOS,
-    as `generate` does by default). Greedy decoding gives `generate`'s tokens; sampling (temperature, top-k) draws from the same distribution with
-    its own use of the random generator, so its tokens differ from `generate`'s for a seed. Rows stop at their own
-    EOS and are padded with `pad_token_id` (default: the first EOS id) after it; the host checks for EOS (and feeds
-    `streamer`) every `check_every` steps, so up to `check_every - 1` steps past the last EOS are computed and
-    dropped. `compile=None` compiles the step on CUDA only. A left-padded batch takes its `attention_mask` as
+    as `generate` does by default). Greedy decoding gives `generate`'s tokens; sampling (temperature, top-k) draws
+    from the same distribution with its own use of the random generator, so its tokens differ from `generate`'s
+    for a seed. Rows stop at their own EOS and are padded with `pad_token_id` (default: the first EOS id) after it;
+    the host checks for EOS (and feeds `streamer`) every `check_every` steps, so up to `check_every - 1` steps past
+    the last EOS are computed and dropped (the first check follows the prefill, so a streamer gets the first token
+    at once). `compile=None` compiles the step on CUDA only. A left-padded batch takes its `attention_mask` as
     `generate` does (positions count each row's real tokens; the step's mask is the prompt's mask followed by ones,
     fixed at the cache's length); right padding is refused (ValueError).
     """
@@ -193,7 +196,7 @@ def fast_generate(
     streamed = prompt_len
     done = prompt_len + 1  # tokens written so far
     while True:
-        if done == total or (done - prompt_len) % check_every == 0:
+        if done == total or (done - prompt_len - 1) % check_every == 0:
             if eos is not None and bool(finished.all()):
                 break
             if streamer is not None:
