@@ -7,7 +7,9 @@ CPU, fp32, tiny models: the step runs eagerly here; `fullgraph=True` compilation
 
 from __future__ import annotations
 
+import ast
 import io
+import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -209,3 +211,12 @@ def test_the_custom_generate_entry_runs_the_loop_only_for_what_it_covers(monkeyp
         out = generation_phalanx.generate(model, prompt, max_new_tokens=3, **kwargs)
         assert not isinstance(out, str), kwargs
     assert len(calls) == 3
+
+
+def test_the_loop_module_imports_only_torch_and_the_standard_library() -> None:
+    """It is copied alone into `custom_generate/`, where no sibling module exists."""
+    tree = ast.parse(Path(generation_phalanx.__file__).read_text(encoding="utf-8"))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0}
+    assert not any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(tree))
+    assert imported - set(sys.stdlib_module_names) == {"torch"}
