@@ -4,13 +4,17 @@ Models: Transformers' own ``LlamaForCausalLM`` (``transformer``, the anchor) and
 of ``model_zoo``: every layer full attention (``phalanx_full``), the SWA hybrid and the Phalanx hybrid. Each
 runs ``generate`` greedily with the default cache and with ``cache_implementation="static"``; the static runs
 pass one ``CompileConfig(fullgraph=True)`` to every model, so each compiles its decoding step the same way
-(Transformers compiles the Llama step itself on CUDA; the Phalanx models compile only when asked).
+(Transformers compiles the Llama step itself on CUDA; the Phalanx models compile only when asked). The third
+kind, ``fast``, runs the project's own decode loop (``modeling_phalanx.generation_phalanx.fast_generate``: the
+same static cache, the whole step compiled with CUDA graphs on CUDA, no per-token host synchronisation) on every
+model, the Llama anchor included, so the comparison stays fair.
 
 Per (model, cache, batch, prompt): prefill tokens/s (from the call to the first new token), decode tokens/s
 (over the following ``--new-tokens`` - 1 steps; a stopping criterion stamps each step, as ``generate`` checks
 its criteria once per token), the fraction of the weight-bandwidth limit (``--bandwidth`` bytes/s over the
 weights' bytes, per sequence), and the cache's bytes per sequence. Medians of ``--repeats`` timed calls after
-one untimed call that compiles. The points are ``--points BATCHxPROMPT ...`` (default: batch 1 and 32 at a 4K
+one untimed call that compiles. The fast loop is timed through its streamer, which it calls after the prefill
+and at the end only (``check_every`` = ``--new-tokens`` - 1), so the decode steps run without host reads. The points are ``--points BATCHxPROMPT ...`` (default: batch 1 and 32 at a 4K
 prompt, 1 and 16 at a 32K prompt); each model is built once and runs every point with each cache.
 
 A point that fails (out of memory, a compile error) is recorded as an error point (``"error": "Type: message"``)
@@ -38,6 +42,7 @@ from pathlib import Path
 import torch
 from transformers.generation import CompileConfig, StoppingCriteria, StoppingCriteriaList
 
+from modeling_phalanx.generation_phalanx import cache_kwarg, fast_generate, static_cache
 from modeling_phalanx.modeling_phalanx import CACHE_KWARG
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,7 +50,7 @@ from bench_e2e import environment  # noqa: E402
 from model_zoo import build_model, cache_bytes  # noqa: E402
 
 GENERATE_MODELS = ("transformer", "phalanx_full", "swa_hybrid", "phalanx_hybrid")
-CACHES = ("default", "static")
+CACHES = ("default", "static", "fast")
 DEFAULT_POINTS = ("1x4096", "32x4096", "1x32768", "16x32768")  # issue 16: batch 1 and 32 at 4K, 1 and 16 at 32K
 
 
@@ -104,31 +109,74 @@ def build(name: str, args: argparse.Namespace) -> torch.nn.Module:
         return build_model(name, args.size, max_positions=longest + args.new_tokens + 64).to(dtype).eval()
 
 
+class StreamClock:
+    """A streamer that stamps the time of each chunk ``fast_generate`` hands it: the prompt (before the prefill),
+    the first token (after it), then every ``check_every`` steps."""
+
+    def __init__(self, device: str) -> None:
+        self.clock = StepClock(device)
+        self.times: list[float] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        self.times.append(self.clock.now())
+
+    def end(self) -> None:
+        pass
+
+
+@torch.no_grad()
+def bench_fast_point(model: torch.nn.Module, batch: int, prompt: int, args: argparse.Namespace) -> dict:
+    """Prefill seconds and decode seconds per step of ``fast_generate`` (medians of ``--repeats`` after an untimed
+    call that compiles; the host reads the device after the prefill and at the end only), and the bytes per
+    sequence of its static cache."""
+    ids = torch.randint(3, model.config.vocab_size, (batch, prompt), device=args.device)
+    options = dict(max_new_tokens=args.new_tokens, check_every=args.new_tokens - 1,
+                   compile=False if args.no_compile else None)  # None: compiled on CUDA only
+    fast_generate(model, ids, **options)  # compiles / warms up
+    prefill, step = [], []
+    for _ in range(args.repeats):
+        clock = StreamClock(args.device)
+        fast_generate(model, ids, streamer=clock, **options)
+        prompt_ready, first, last = clock.times
+        prefill.append(first - prompt_ready)
+        step.append((last - first) / (args.new_tokens - 1))
+    cache = static_cache(model, batch, prompt + args.new_tokens - 1)  # as fast_generate sizes it
+    model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_kwarg(model): cache})
+    cache_per_seq = cache_bytes(cache) / batch
+    del ids, cache
+    return {"prefill": statistics.median(prefill), "step": statistics.median(step), "cache_bytes_per_seq": cache_per_seq}
+
+
 @torch.no_grad()
 def bench_point(model: torch.nn.Module, name: str, cache: str, batch: int, prompt: int,
                 args: argparse.Namespace) -> dict:
     """One (model, cache, batch, prompt) point: an untimed call that compiles, then ``--repeats`` timed calls."""
     device = args.device
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    ids = torch.randint(3, model.config.vocab_size, (batch, prompt), device=device)
-    mask = torch.ones_like(ids)
-    options = generate_kwargs(cache, not args.no_compile, args.new_tokens)
-    out = model.generate(ids, attention_mask=mask, **options)  # compiles / warms up
-    del out
-    prefill, step = [], []
-    for _ in range(args.repeats):
-        clock = StepClock(device)
-        start = clock.now()
-        out = model.generate(ids, attention_mask=mask, stopping_criteria=StoppingCriteriaList([clock]), **options)
-        prefill.append(clock.times[0] - start)
-        step.append((clock.times[-1] - clock.times[0]) / (len(clock.times) - 1))
-    cache_per_seq = cache_bytes(getattr(out, CACHE_KWARG)) / batch
-    del out, ids, mask
-    decode_tps = batch / statistics.median(step)
+    if cache == "fast":
+        timed = bench_fast_point(model, batch, prompt, args)
+        prefill_s, step_s, cache_per_seq = timed["prefill"], timed["step"], timed["cache_bytes_per_seq"]
+    else:
+        ids = torch.randint(3, model.config.vocab_size, (batch, prompt), device=device)
+        mask = torch.ones_like(ids)
+        options = generate_kwargs(cache, not args.no_compile, args.new_tokens)
+        out = model.generate(ids, attention_mask=mask, **options)  # compiles / warms up
+        del out
+        prefill, step = [], []
+        for _ in range(args.repeats):
+            clock = StepClock(device)
+            start = clock.now()
+            out = model.generate(ids, attention_mask=mask, stopping_criteria=StoppingCriteriaList([clock]), **options)
+            prefill.append(clock.times[0] - start)
+            step.append((clock.times[-1] - clock.times[0]) / (len(clock.times) - 1))
+        cache_per_seq = cache_bytes(getattr(out, CACHE_KWARG)) / batch
+        prefill_s, step_s = statistics.median(prefill), statistics.median(step)
+        del out, ids, mask
+    decode_tps = batch / step_s
     return {
         "model": name, "cache": cache, "prompt": prompt, "batch": batch, "new_tokens": args.new_tokens,
-        "compiled_step": cache == "static" and not args.no_compile,
-        "prefill_tokens_per_s": batch * prompt / statistics.median(prefill),
+        "compiled_step": not args.no_compile and (cache == "static" or (cache == "fast" and device == "cuda")),
+        "prefill_tokens_per_s": batch * prompt / prefill_s,
         "decode_tokens_per_s": decode_tps,
         "fraction_of_weight_bandwidth_limit": decode_tps / (batch * args.bandwidth / weight_bytes),
         "cache_bytes_per_seq": cache_per_seq,

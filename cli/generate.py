@@ -1,4 +1,8 @@
-"""`phalanx generate MODEL --prompt ...`: stream a continuation from a saved model folder."""
+"""`phalanx generate MODEL --prompt ...`: stream a continuation from a saved model folder.
+
+Phalanx models decode with `generation_phalanx.fast_generate` (static cache, no per-token host synchronisation,
+CUDA graphs on a GPU) unless `--decoder generate`; other models, and `--decoder generate`, use `model.generate`.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
 
 import modeling_phalanx  # noqa: F401  (registers the Phalanx classes with the Auto classes)
+from modeling_phalanx.generation_phalanx import fast_generate
 from phalanx_eval.harness import check_device, check_remote_code, one_line
 from phalanx_training.checks import check_finite_weights
 
@@ -27,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--dtype", choices=("float32", "bfloat16", "float16"), default=None, help="weights dtype (default: saved)"
+    )
+    parser.add_argument(
+        "--decoder", choices=("fast", "generate"), default="fast",
+        help="fast: the project's decode loop for Phalanx models (default); generate: model.generate",
     )
     parser.add_argument(
         "--trust-remote-code", action="store_true",
@@ -71,8 +80,18 @@ def run(args: argparse.Namespace) -> int:
     sampling = {"temperature": args.temperature, "top_k": args.top_k} if args.do_sample else {}
     torch.manual_seed(args.seed)
     streamer = TextStreamer(tokenizer, skip_special_tokens=True)
+    if args.decoder == "fast" and model.config.model_type == "phalanx":
+        fast_generate(
+            model, inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+            max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+            top_k=args.top_k, eos_token_id=model.generation_config.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, streamer=streamer,
+        )
+        return 0
     with torch.no_grad():
-        model.generate(
+        # The class's own `generate`: a folder loaded with trust_remote_code may have replaced the instance's.
+        type(model).generate(
+            model,
             **inputs,
             max_new_tokens=args.max_new_tokens,
             do_sample=args.do_sample,

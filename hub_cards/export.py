@@ -2,8 +2,9 @@
 
 The folder holds safetensors weights, ``config.json`` whose ``auto_map`` names AutoConfig, AutoModel
 and AutoModelForCausalLM, the flat modeling files of the ``modeling_phalanx`` package (sibling imports
-only, so Transformers can fetch them), the tokenizer, the generation config, the conversion record and
-lm-eval results when given, and a ``README.md`` model card. It is written by
+only, so Transformers can fetch them), a ``custom_generate/`` strategy (Phalanx's decode loop without
+per-token host synchronisation, ``modeling_phalanx/generation_phalanx.py``), the tokenizer, the generation
+config, the conversion record and lm-eval results when given, and a ``README.md`` model card. It is written by
 ``phalanx_training.folders.output_folder``: never over MODEL, atomically, so a failure leaves nothing
 half-written.
 """
@@ -19,6 +20,26 @@ from typing import Any
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 EVAL_RESULTS_FILE = "eval_results.json"
+
+# Transformers' `custom_generate` layout: `custom_generate/generate.py` defines `generate(model, *args, **kwargs)`;
+# its relative imports resolve inside `custom_generate/` (locally and on the Hub), so the loop's flat module is copied
+# there, and `requirements.txt` is checked before the code runs.
+CUSTOM_GENERATE_DIR = "custom_generate"
+CUSTOM_GENERATE_MODULE = "generation_phalanx.py"
+CUSTOM_GENERATE_WRAPPER = '''"""Phalanx's decode loop as a Transformers `custom_generate` strategy (code: `generation_phalanx.py`)."""
+
+from .generation_phalanx import generate as phalanx_generate
+
+
+def generate(*args, model, **kwargs):
+    """Forward `generate`'s arguments to the loop (which runs the standard `generate` for what it does not cover).
+
+    `model` is keyword-only: Transformers passes it by keyword, also when a folder loaded with trust_remote_code
+    gets `model.generate = partial(generate, model=model)`, where `model.generate(input_ids)` passes the prompt first.
+    """
+    return phalanx_generate(model, *args, **kwargs)
+'''
+CUSTOM_GENERATE_REQUIREMENTS = "torch>=2.6\ntransformers>=5.17\n"
 
 
 def read_model_config(model_dir: Path) -> dict[str, Any]:
@@ -50,6 +71,19 @@ def modeling_files() -> list[Path]:
     return sorted(p for p in folder.glob("*.py") if p.name != "__init__.py")
 
 
+def write_custom_generate(folder: Path) -> None:
+    """Write ``custom_generate/`` (wrapper, the loop's module, requirements) into ``folder``, so that
+    ``model.generate(..., custom_generate=folder, trust_remote_code=True)`` runs the loop."""
+    import modeling_phalanx
+
+    target = folder / CUSTOM_GENERATE_DIR
+    target.mkdir()
+    source = Path(modeling_phalanx.__file__).resolve().parent / CUSTOM_GENERATE_MODULE
+    shutil.copy2(source, target / CUSTOM_GENERATE_MODULE)
+    (target / "generate.py").write_text(CUSTOM_GENERATE_WRAPPER, encoding="utf-8")
+    (target / "requirements.txt").write_text(CUSTOM_GENERATE_REQUIREMENTS, encoding="utf-8")
+
+
 def _write_folder(
     model_dir: Path, tmp: Path, card_kwargs: dict[str, Any], results: dict[str, Any] | None
 ) -> None:
@@ -79,6 +113,7 @@ def _write_folder(
         GenerationConfig.from_model_config(model.config).save_pretrained(str(tmp))
     for source in modeling_files():
         shutil.copy2(source, tmp / source.name)
+    write_custom_generate(tmp)
     config_path = tmp / "config.json"
     config_json = json.loads(config_path.read_text(encoding="utf-8"))
     config_json["auto_map"] = dict(PHALANX_AUTO_MAP)

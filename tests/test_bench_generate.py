@@ -34,15 +34,17 @@ def test_smoke_run_writes_every_point(bench, tmp_path: Path, capsys) -> None:
     assert bench.main([*SMOKE, "--models", "transformer", "phalanx_hybrid", "--out", str(out)]) == 0
     points = json.loads(out.read_text())["points"]
     assert {(p["model"], p["cache"]) for p in points} == {
-        (m, c) for m in ("transformer", "phalanx_hybrid") for c in ("default", "static")}
+        (m, c) for m in ("transformer", "phalanx_hybrid") for c in ("default", "static", "fast")}
     for p in points:
         assert p["batch"] == 2 and p["prompt"] == 17 and not p["compiled_step"]
         for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "fraction_of_weight_bandwidth_limit", "cache_bytes_per_seq"):
             assert math.isfinite(p[key]) and p[key] > 0, (p["model"], p["cache"], key)
+    fixed = {(p["model"], p["cache"]): p["cache_bytes_per_seq"] for p in points if p["cache"] != "default"}
+    assert all(fixed[m, "fast"] == fixed[m, "static"] for m in ("transformer", "phalanx_hybrid"))  # one cache
     dyn = {p["model"]: p["cache_bytes_per_seq"] for p in points if p["cache"] == "default"}
     assert dyn["phalanx_hybrid"] < dyn["transformer"]  # 1 of 4 layers keeps keys; the others a fixed state
     table = capsys.readouterr().out
-    assert "| transformer | static |" in table and "| phalanx_hybrid | default |" in table
+    assert "| transformer | static |" in table and "| phalanx_hybrid | fast |" in table and "| phalanx_hybrid | default |" in table
 
 
 @pytest.mark.parametrize("bad", ["4096", "0x4096", "2x", "ax17", "2x-5"])
@@ -67,7 +69,7 @@ def test_a_failing_point_is_recorded_and_the_run_goes_on(bench, tmp_path: Path, 
     result = json.loads(out.read_text())
     assert set(result) == {"environment", "args", "points"}
     by_cache = {p["cache"]: p for p in result["points"]}
-    assert set(by_cache) == {"default", "static"}
+    assert set(by_cache) == {"default", "static", "fast"}
     assert by_cache["static"] == {"model": "phalanx_hybrid", "cache": "static", "batch": 2, "prompt": 17,
                                   "error": "RuntimeError: CUDA out of memory (pretend)"}
     assert "error" not in by_cache["default"] and by_cache["default"]["decode_tokens_per_s"] > 0
