@@ -382,7 +382,9 @@ class PhalanxMLSTMMixer(nn.Module):
             h = h[:, :, None]
         else:
             result = None
-            if self.kernel is not None and hidden_states.is_cuda:
+            # Eager CUDA only: under torch.compile the PyTorch path compiles into the graph (the kernel's launch
+            # wrapper and its restart check would break it).
+            if self.kernel is not None and hidden_states.is_cuda and not torch.compiler.is_compiling():
                 gates = (i_pre, f_pre, mask, kernel_restart)
                 result = mlstm_kernel_chunkwise(self.kernel, q, k, v, *gates, state, self.eps)
             if result is None:  # no kernel, or one it cannot express (see mlstm_kernel_chunkwise)

@@ -624,7 +624,7 @@ def core_state(batch: int, heads: int, dk: int, dv: int, device: str = "cpu") ->
     return tuple(t.double().to(device) for t in state)
 
 
-# Measured on the H200 (benchmarks/gpu_hyena_run.sh): largest error over the largest reference value.
+# Largest error over the largest reference value; set before any GPU run (the tests print what they measure).
 KERNEL_TOLERANCE = {torch.float32: (5e-3, 1e-2), torch.bfloat16: (3e-2, 5e-2)}  # (forward, gradients)
 
 
@@ -637,6 +637,8 @@ def test_triton_kernel_matches_the_float64_oracle_forward_and_backward(dtype: to
     kernel = mlstm_kernel("sigmoid", 64, 64)
     assert kernel is not None, "mlstm-kernels is not installed on the GPU machine (benchmarks/gpu_hyena_run.sh)"
     inputs = unpacked(core_inputs("sigmoid", torch.float64, seqlen=300, seed=3, dims=(4, 64, 64)))
+    # The references see exactly the kernel's inputs (rounded to `dtype`), so only the kernel's own error counts.
+    inputs = {n: (t.to(dtype).double() if t.is_floating_point() else t) for n, t in inputs.items()}
     keep = inputs["keep"]
     on_gpu = {n: (t.to("cuda", dtype) if t.is_floating_point() else t.cuda()) for n, t in inputs.items()}
     forward_tol, grad_tol = KERNEL_TOLERANCE[dtype]
@@ -646,6 +648,7 @@ def test_triton_kernel_matches_the_float64_oracle_forward_and_backward(dtype: to
     leaves = {n: on_gpu[n].clone().requires_grad_() for n in ("q", "k", "v", "i_pre", "f_pre")}
     got, _ = kernel_call(kernel, {**on_gpu, **leaves}, on_gpu["starts"])
     error = (got.double().cpu() - expected)[keep].abs().max() / expected[keep].abs().max()
+    print(f"{dtype} forward: error / largest output {float(error):.2e}")  # the GPU log keeps it (-rA)
     assert error <= forward_tol, float(error)
 
     weights = torch.randn(got.shape, dtype=torch.float64) * keep[..., None, None]
@@ -655,11 +658,12 @@ def test_triton_kernel_matches_the_float64_oracle_forward_and_backward(dtype: to
     ref_grads = torch.autograd.grad((reference * weights).sum(), list(ref_leaves.values()))
     for name, a, b in zip(leaves, grads, ref_grads):
         error = (a.double().cpu() - b).abs().max() / b.abs().max()
+        print(f"{dtype} d{name}: error / largest gradient {float(error):.2e}")
         assert error <= grad_tol, (name, float(error))
 
     starts = inputs["starts"].clone()
     starts[0] = False  # row 0 continues the state
-    state = core_state(2, 4, 64, 64)
+    state = tuple(t.float().double() for t in core_state(2, 4, 64, 64))
     got, got_state = kernel_call(kernel, {**on_gpu, "starts": starts.cuda()}, starts.cuda(),
                                  tuple(t.float().cuda() for t in state))
     expected, expected_state = run_chunkwise({**inputs, "starts": starts}, "sigmoid", 64, state)
@@ -693,4 +697,6 @@ def test_model_with_the_triton_kernel_matches_its_pytorch_path() -> None:
         results.append([out.logits.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None])
     assert len(calls) == 2  # both mLSTM layers, once each
     for name, a, b in zip(["logits"] + [n for n, p in model.named_parameters() if p.grad is not None], *results):
-        assert (a - b).abs().max() <= 1e-2 * b.abs().max(), name
+        error = (a - b).abs().max() / b.abs().max()
+        print(f"{name}: kernel vs PyTorch path, error / largest value {float(error):.2e}")
+        assert error <= 1e-2, name
