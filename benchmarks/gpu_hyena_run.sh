@@ -14,7 +14,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO" || exit 1
 source benchmarks/gpu_env.sh
 mkdir -p "$OUT"
-{ nvidia-smi; timeout 60 python3 -c "import torch, triton; print(torch.__version__, triton.__version__)
+{ nvidia-smi; timeout 30 python3 -c "import torch, triton; print(torch.__version__, triton.__version__)
 import importlib.metadata as m
 for name in ('fla-core', 'flash-linear-attention', 'mlstm_kernels'):
     try:
@@ -23,10 +23,10 @@ for name in ('fla-core', 'flash-linear-attention', 'mlstm_kernels'):
         print(name, 'not installed')"; } >"$OUT/env.txt" 2>&1
 FIR_DONE="test_matches_float64_reference or test_packed_sequences_do_not_leak or test_continuation_and_weight_in_input_dtype"
 FIR_DONE="$FIR_DONE or test_fused_hyena_core_matches_float64_reference or test_chunked_prefill_equals_one_pass"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -rA tests/test_kernels_fir.py -k "not ($FIR_DONE)" \
+timeout 140 python3 -m pytest -q -p no:cacheprovider -rA tests/test_kernels_fir.py -k "not ($FIR_DONE)" \
   >"$OUT/test_kernels_fir.log" 2>&1
 echo "exit $?" >>"$OUT/test_kernels_fir.log"
-timeout 100 python3 -m pytest -q -p no:cacheprovider -rA tests/test_mlstm.py -k kernel >"$OUT/test_mlstm.log" 2>&1
+timeout 120 python3 -m pytest -q -p no:cacheprovider -rA tests/test_mlstm.py -k kernel >"$OUT/test_mlstm.log" 2>&1
 echo "exit $?" >>"$OUT/test_mlstm.log"
-timeout 270 python3 benchmarks/bench_hyena.py --json "$OUT/bench_hyena.json" >"$OUT/bench_hyena.log" 2>&1
+timeout 240 python3 benchmarks/bench_hyena.py --json "$OUT/bench_hyena.json" >"$OUT/bench_hyena.log" 2>&1
 echo "exit $?" >>"$OUT/bench_hyena.log"

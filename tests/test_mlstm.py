@@ -567,7 +567,7 @@ def test_kernel_is_chosen_only_where_it_fits(monkeypatch: pytest.MonkeyPatch) ->
     assert PhalanxMLSTMMixer(mixer_config(hidden_size=64), 0).kernel is None
 
 
-def test_mixer_runs_the_pytorch_path_on_cpu_tensors() -> None:
+def test_mixer_with_the_kernel_runs_the_pytorch_path_on_cpu_tensors() -> None:
     """A mixer built with the kernel never calls it for CPU tensors: the output equals the kernel-less mixer's."""
     pytest.importorskip(XL_CHUNK)
     mixer = randomised_mixer(mixer_config(hidden_size=64))  # heads of 16 (q, k) and 32 (v): the kernel fits
