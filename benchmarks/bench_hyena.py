@@ -10,9 +10,16 @@ nothing here is measured until then. Per shape (width W = 2048 or 4096, 4K-32K t
   tensor cores), with per-channel filters (``mixer_per_channel``: direct kernels), and through its PyTorch path;
   floor: forward reads 3W and writes W (8 bytes per token and channel), backward reads 3W and dy, writes 3W (14).
 - ``phalanx_core``: the fused Phalanx core (W / 16 heads of 16, one gate group per head), the SWR peer.
+- peers (``PEERS``, W / 128 heads of 128, one row per width and length): FLA's chunked GLA (``fla.ops.gla.chunk_gla``)
+  and gated DeltaNet (``fla.ops.gated_delta_rule.chunk_gated_delta_rule``, q and k L2-normalised in the kernel),
+  the xLSTM authors' mLSTM chunkwise kernel (``mlstm-kernels``' ``triton_xl_chunk``, as the mLSTM mixer runs it) and
+  sliding-window attention (window 512) through compiled FlexAttention (``bench_layer.flex_swa``); the operators
+  alone, without projections. A peer whose package does not import is recorded as "not installed", one on the CPU
+  as "needs CUDA", one that raises as its one-line error.
 
 Times are medians of CUDA-event intervals after warm-up (``time.perf_counter`` on CPU); floors use the copy
-bandwidth measured in the same run. Forward+backward returns gradients with ``torch.autograd.grad``.
+bandwidth measured in the same run. Forward+backward returns gradients with ``torch.autograd.grad``. The JSON is
+rewritten after every row (Hyena rows first, then peers), so a run cut short keeps what it measured.
 
     python benchmarks/bench_hyena.py --json benchmarks/results/hyena_h200.json     # GPU machine
     bash benchmarks/gpu_hyena_run.sh OUT_DIR                                        # GPU tests, then this
@@ -31,10 +38,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 import phalanx_kernels
 from modeling_phalanx import PhalanxConfig
 from modeling_phalanx.hyena_phalanx import PhalanxHyenaMixer
+from modeling_phalanx.mlstm_phalanx import mlstm_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_e2e import time_steps  # noqa: E402
@@ -126,6 +135,70 @@ def bench_shape(width: int, seqlen: int, taps: int, tokens: int, device: str, dt
     return row
 
 
+PEERS = ("gla", "gated_deltanet", "mlstm", "swa512_flex")
+PEER_HEAD_DIM = 128
+
+
+def peer_case(name: str, batch: int, seqlen: int, heads: int, device: str, dtype: torch.dtype
+              ) -> tuple[Callable[[], torch.Tensor], list[torch.Tensor]] | str:
+    """Peer operator ``name`` as (forward, input leaves) on random inputs, or why it cannot run here."""
+    shape = (batch, seqlen, heads, PEER_HEAD_DIM)  # FLA's layout; mLSTM and FlexAttention take (B, H, T, D)
+
+    def leaf(values: torch.Tensor) -> torch.Tensor:
+        return values.to(device).detach().requires_grad_()
+
+    try:
+        if name == "gla":
+            from fla.ops.gla import chunk_gla as op
+        elif name == "gated_deltanet":
+            from fla.ops.gated_delta_rule import chunk_gated_delta_rule as op
+        elif name == "mlstm":
+            op = mlstm_kernel("sigmoid", PEER_HEAD_DIM, PEER_HEAD_DIM)
+            if op is None:
+                return "not installed"
+        else:
+            from bench_layer import flex_swa
+    except ImportError:
+        return "not installed"
+    if device != "cuda":
+        return "needs CUDA"
+    q, k, v = (leaf(torch.randn(*shape, dtype=dtype)) for _ in range(3))
+    if name == "gla":
+        g = leaf(F.logsigmoid(torch.randn(*shape)).div(16).to(dtype))  # per-channel log forget gate
+        return lambda: op(q, k, v, g)[0], [q, k, v, g]
+    if name == "gated_deltanet":
+        g = leaf(F.logsigmoid(torch.randn(shape[:3]) + 4))  # per-head log decay, float32
+        beta = leaf(torch.rand(shape[:3], dtype=dtype))
+        return lambda: op(q, k, v, g, beta, use_qk_l2norm_in_kernel=True)[0], [q, k, v, g, beta]
+    q, k, v = (leaf(t.transpose(1, 2)) for t in (q, k, v))
+    if name == "mlstm":
+        i_pre = leaf(torch.randn(batch, heads, seqlen) - 3)  # float32 gate pre-activations, as the mixer passes
+        f_pre = leaf(torch.randn(batch, heads, seqlen) + 4)
+        return lambda: op(q, k, v, i_pre, f_pre, chunk_size=128, autocast_kernel_dtype=dtype), [q, k, v, i_pre, f_pre]
+    attn = flex_swa(seqlen)
+    return lambda: attn(q, k, v), [q, k, v]
+
+
+def bench_peers(width: int, seqlen: int, tokens: int, device: str, dtype: torch.dtype, reps: int) -> dict:
+    """One row of peer timings (``PEERS``) at width ``width`` = heads x 128."""
+    batch = max(1, tokens // seqlen)
+    heads = max(1, width // PEER_HEAD_DIM)
+    row: dict = {"width": width, "seqlen": seqlen, "batch": batch, "heads": heads, "head_dim": PEER_HEAD_DIM}
+    for name in PEERS:
+        try:
+            case = peer_case(name, batch, seqlen, heads, device, dtype)
+            if isinstance(case, str):
+                row[name] = case
+                continue
+            fwd, inputs = case
+            row.update(timed(fwd, inputs, torch.randn_like(fwd()), device, reps, name))
+        except Exception as err:  # one peer failing (version, memory) must not lose the other measurements
+            row[name] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
 def format_table(rows: list[dict]) -> str:
     """Kernel-path times against the floors, the PyTorch path, and the Phalanx core ("-": not run on this device)."""
     def pair(r: dict, name: str) -> str:
@@ -144,7 +217,20 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def format_peer_table(rows: list[dict]) -> str:
+    """Peer times, or why a peer did not run."""
+    def cell(r: dict, name: str) -> str:
+        return f"{r[name + '_fwd_ms']:.3f} / {r[name + '_fwd_bwd_ms']:.3f}" if name + "_fwd_ms" in r else r[name]
+
+    lines = ["| W (heads x 128) | T x B | " + " | ".join(f"{name} fwd / fwd+bwd ms" for name in PEERS) + " |",
+             "|---:|---|" + "---|" * len(PEERS)]
+    for r in rows:
+        peers = " | ".join(cell(r, name) for name in PEERS)
+        lines.append(f"| {r['width']} ({r['heads']} x {r['head_dim']}) | {r['seqlen']} x {r['batch']} | {peers} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--size", choices=tuple(SIZES), default="full")
@@ -157,18 +243,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
     reps = args.reps or (50 if args.device == "cuda" else 3)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     bandwidth = copy_bandwidth(args.device)
-    rows = [
-        bench_shape(width, seqlen, taps, size["tokens"], args.device, dtype, reps, bandwidth)
-        for width in size["widths"] for seqlen in size["lengths"] for taps in size["taps"]
-    ]
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    rows: list[dict] = []
+    peers: list[dict] = []
+
+    def save() -> None:  # after every row, so a run cut short keeps what it measured
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"device": name, "torch": torch.__version__, "copy_bandwidth": bandwidth, "rows": rows,
+                           "peers": peers}, f, indent=1)
+
+    for width in size["widths"]:
+        for seqlen in size["lengths"]:
+            for taps in size["taps"]:
+                rows.append(bench_shape(width, seqlen, taps, size["tokens"], args.device, dtype, reps, bandwidth))
+                save()
+    for width in size["widths"]:
+        for seqlen in size["lengths"]:
+            peers.append(bench_peers(width, seqlen, size["tokens"], args.device, dtype, reps))
+            save()
     print(f"{name}  torch {torch.__version__}  copy {bandwidth / 1e12:.3f} TB/s")
     print(format_table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "copy_bandwidth": bandwidth, "rows": rows}, f,
-                      indent=1)
-    return rows
+    print(format_peer_table(peers))
+    return rows, peers
 
 
 if __name__ == "__main__":

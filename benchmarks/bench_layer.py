@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -41,25 +42,32 @@ class PhalanxLayer(nn.Module):
         return self.out_proj(mixed)
 
 
+def flex_swa(seqlen: int, window: int = 512) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Causal sliding-window attention (window ``window``) of (B, H, T, D) q, k, v through compiled FlexAttention
+    on CUDA."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    block_mask = create_block_mask(
+        lambda b, h, q, kv: (q >= kv) & (q - kv < window), B=None, H=None, Q_LEN=seqlen, KV_LEN=seqlen
+    )
+    attn = torch.compile(flex_attention)
+    return lambda q, k, v: attn(q, k, v, block_mask=block_mask)
+
+
 class FlexSWALayer(nn.Module):
     """Sliding-window attention layer (window ``window``) through compiled FlexAttention."""
 
     def __init__(self, width: int, seqlen: int, heads: int = 16, window: int = 512) -> None:
         super().__init__()
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
         self.heads = heads
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.o_proj = nn.Linear(width, width, bias=False)
-        self.block_mask = create_block_mask(
-            lambda b, h, q, kv: (q >= kv) & (q - kv < window), B=None, H=None, Q_LEN=seqlen, KV_LEN=seqlen
-        )
-        self.attn = torch.compile(flex_attention)
+        self.attn = flex_swa(seqlen, window)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         batch, seqlen, width = hidden.shape
         q, k, v = self.qkv(hidden).view(batch, seqlen, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        out = self.attn(q, k, v, block_mask=self.block_mask)
+        out = self.attn(q, k, v)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seqlen, width))
 
 

@@ -13,11 +13,13 @@ is computed chunkwise in parallel for training and prefill (:func:`mlstm_chunkwi
 decoding (:func:`mlstm_step`); both carry the state `(C, n, m)` in float32. A token flagged as a restart starts its
 sequence from the zero state (packed sequences, `position_ids` restarts); a masked (padding) token leaves the state
 unchanged. The layer around it (:class:`PhalanxMLSTMMixer`) is xLSTM's mLSTM layer: q/k/v, gate and output-gate
-projections, per-head layer norm of `h`, `sigmoid(o) * norm(h)`, `out_proj`.
+projections, per-head layer norm of `h`, `sigmoid(o) * norm(h)`, `out_proj`. On CUDA, multi-token forwards run the
+xLSTM authors' chunkwise Triton kernel when the optional `mlstm-kernels` package imports (:func:`mlstm_kernel`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -36,6 +38,13 @@ MLSTM_FORGET_GATES = ("sigmoid", "exp")
 # consumed per row, as for the Phalanx mixer, so the cache's sequence length reads the same from either layer kind.
 MLSTM_STATE_C, MLSTM_STATE_POS, MLSTM_STATE_N, MLSTM_STATE_M = 0, 1, 2, 3
 MLSTM_NUM_CACHE_STATES = 4
+
+# mlstm-kernels' chunkwise kernel takes gate pre-activations. A token with input gate -1e4 and forget gate +1e4 leaves
+# (C, n, m) exactly as it was in float32 (exp(-1e4 - m) = 0, log(sigmoid(1e4)) = 0): padding, inside a row or to the
+# kernel's length. Its chunk (128) and lengths: 16, 32, 64 or a multiple of 128; head widths multiples of 16.
+MLSTM_KERNEL_NEUTRAL_GATE = 1e4
+MLSTM_KERNEL_CHUNK = 128
+MLSTM_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def soft_cap(values: torch.Tensor, cap: float | None) -> torch.Tensor:
@@ -193,6 +202,79 @@ def mlstm_chunkwise(
     return h, (c_state, n_state, m_state)
 
 
+def mlstm_kernel(forget_gate: str, qk_head_dim: int, v_head_dim: int) -> Callable | None:
+    """mlstm-kernels' chunkwise Triton kernel (`triton_xl_chunk`, forward and backward, final states) when that
+    optional package imports and the layer fits it, else None (the PyTorch path). It computes `log sigmoid` of the
+    forget pre-activation itself, so the exponential forget gate stays on PyTorch; its tensor-core tiles need head
+    widths that are multiples of 16."""
+    if forget_gate != "sigmoid" or qk_head_dim % 16 or v_head_dim % 16:
+        return None
+    try:
+        from mlstm_kernels.torch.chunkwise.triton_xl_chunk import mlstm_chunkwise__xl_chunk
+    except ImportError:  # no mlstm-kernels, or no Triton
+        return None
+    return mlstm_chunkwise__xl_chunk
+
+
+def mlstm_kernel_length(seqlen: int) -> int:
+    """The length mlstm-kernels' chunkwise kernel accepts for `seqlen` tokens: a power of two from 16 below its chunk
+    (128), else the next multiple of the chunk."""
+    if seqlen < MLSTM_KERNEL_CHUNK:
+        return max(16, 1 << (seqlen - 1).bit_length())
+    return -(-seqlen // MLSTM_KERNEL_CHUNK) * MLSTM_KERNEL_CHUNK
+
+
+def mlstm_kernel_chunkwise(
+    kernel: Callable,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    igate_preact: torch.Tensor,
+    fgate_preact: torch.Tensor,
+    mask: torch.Tensor | None,
+    restart: torch.Tensor | None,
+    initial_state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None:
+    """:func:`mlstm_chunkwise` through `kernel` (:func:`mlstm_kernel`), or None where the kernel cannot express the
+    call and the caller runs the PyTorch path: a restart after a row's first token (packed sequences: the kernel has
+    no per-token reset), or a dtype it lacks (float64).
+
+    q, k, v: (B, H, T, D) in the kernel's dtype; gate pre-activations (B, H, T) (soft-capped, forget gate sigmoid);
+    `mask` (B, 1, T) bool or None; `restart` (B, T) bool or None (None: no restarts, no check). Padding anywhere and
+    the pad to the kernel's length are neutral tokens (:data:`MLSTM_KERNEL_NEUTRAL_GATE`); a row that restarts at or
+    before its first token starts from the zero state (its `initial_state` row is zeroed). The check of the restarts
+    reads one flag from the GPU. Returns h (B, H, T, Dv) in q's dtype and the final (C, n, m) in float32.
+    """
+    if q.dtype not in MLSTM_KERNEL_DTYPES:
+        return None
+    batch, heads, seqlen, _ = q.shape
+    if restart is not None:
+        position = torch.arange(seqlen, device=q.device)
+        real = mask[:, 0] if mask is not None else torch.ones_like(restart)
+        first_real = torch.where(real, position, seqlen).amin(-1, keepdim=True)
+        if bool((restart & (position > first_real)).any()):
+            return None
+        if initial_state is not None:
+            keep = (~restart.any(-1)).to(torch.float32)
+            initial_state = tuple(t * keep.view(-1, *[1] * (t.dim() - 1)) for t in initial_state)
+    i_pre, f_pre = igate_preact.float(), fgate_preact.float()
+    if mask is not None:
+        i_pre = i_pre.masked_fill(~mask, -MLSTM_KERNEL_NEUTRAL_GATE)
+        f_pre = f_pre.masked_fill(~mask, MLSTM_KERNEL_NEUTRAL_GATE)
+    pad = mlstm_kernel_length(seqlen) - seqlen
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        i_pre = F.pad(i_pre, (0, pad), value=-MLSTM_KERNEL_NEUTRAL_GATE)
+        f_pre = F.pad(f_pre, (0, pad), value=MLSTM_KERNEL_NEUTRAL_GATE)
+    c0, n0, m0 = (None, None, None) if initial_state is None else initial_state
+    h, (c, n, m) = kernel(
+        q, k, v, i_pre, f_pre, c0, n0, None if m0 is None else m0[..., None], return_last_states=True, eps=eps,
+        chunk_size=MLSTM_KERNEL_CHUNK, autocast_kernel_dtype=q.dtype,
+    )
+    return h[:, :, :seqlen], (c, n, m.view(batch, heads))
+
+
 class MLSTMGateProjection(nn.Linear):
     """Input- or forget-gate pre-activation (one per head); its type marks where xLSTM's gate init applies."""
 
@@ -253,6 +335,7 @@ class PhalanxMLSTMMixer(nn.Module):
         self.forget_gate = config.mlstm_forget_gate
         self.chunk_size = config.mlstm_chunk_size
         self.eps = config.mlstm_eps
+        self.kernel = mlstm_kernel(self.forget_gate, self.qk_head_dim, self.v_head_dim)
         hidden = config.hidden_size
         self.q = nn.Linear(hidden, self.qk_dim, bias=False)
         self.k = nn.Linear(hidden, self.qk_dim, bias=False)
@@ -286,6 +369,8 @@ class PhalanxMLSTMMixer(nn.Module):
         mask = None if attention_mask is None else attention_mask[:, None, -seqlen:].bool()
         log_i, log_f = mlstm_log_gates(i_pre, f_pre, self.forget_gate, mask)
         restart = self._restarts(batch, seqlen, position_ids, cu_seqlens, hidden_states.device)
+        # Restarts can only come from positions or cu_seqlens; without either the kernel skips its check.
+        kernel_restart = None if position_ids is None and cu_seqlens is None else restart
 
         cache_layer = None if cache is None else cache.layers[self.layer_idx]
         state = None
@@ -296,7 +381,15 @@ class PhalanxMLSTMMixer(nn.Module):
             h, state = mlstm_step(*first, state, restart[:, 0], self.eps)
             h = h[:, :, None]
         else:
-            h, state = mlstm_chunkwise(q, k, v, log_i, log_f, restart, state, self.chunk_size, self.eps)
+            result = None
+            # Eager CUDA only: under torch.compile the PyTorch path compiles into the graph (the kernel's launch
+            # wrapper and its restart check would break it).
+            if self.kernel is not None and hidden_states.is_cuda and not torch.compiler.is_compiling():
+                gates = (i_pre, f_pre, mask, kernel_restart)
+                result = mlstm_kernel_chunkwise(self.kernel, q, k, v, *gates, state, self.eps)
+            if result is None:  # no kernel, or one it cannot express (see mlstm_kernel_chunkwise)
+                result = mlstm_chunkwise(q, k, v, log_i, log_f, restart, state, self.chunk_size, self.eps)
+            h, state = result
         if cache_layer is not None:
             self._update_cache(cache, state, restart, position_ids, seqlen)
 
@@ -338,4 +431,4 @@ class PhalanxMLSTMMixer(nn.Module):
             cache.update_recurrent_state(tensor, self.layer_idx, state_idx=index)
 
 
-__all__ = ["PhalanxMLSTMMixer", "mlstm_chunkwise", "mlstm_step"]
+__all__ = ["PhalanxMLSTMMixer", "mlstm_chunkwise", "mlstm_kernel", "mlstm_kernel_chunkwise", "mlstm_step"]

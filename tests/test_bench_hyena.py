@@ -1,5 +1,5 @@
 """``benchmarks/bench_hyena.py`` in its CPU smoke mode (kernels interpreted): every row has its timings and floors;
-the JSON is written."""
+every peer row says why each peer did not run on the CPU; the JSON is written."""
 
 from __future__ import annotations
 
@@ -16,9 +16,12 @@ def test_cpu_tiny_smoke_run_writes_json(tmp_path: Path) -> None:
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "hyena.json"
-    rows = bench.main(["--device", "cpu", "--size", "tiny", "--reps", "1", "--json", str(out)])
+    rows, peers = bench.main(["--device", "cpu", "--size", "tiny", "--reps", "1", "--json", str(out)])
     saved = json.loads(out.read_text())
-    assert saved["rows"] == rows and saved["device"] == "cpu"
+    assert saved["rows"] == rows and saved["peers"] == peers and saved["device"] == "cpu"
+    assert [(r["width"], r["seqlen"]) for r in peers] == [(32, 64)]
+    for name in bench.PEERS:
+        assert peers[0][name] in ("not installed", "needs CUDA"), (name, peers[0][name])
     assert [(r["taps"], r["mixer"]) for r in rows] == [(7, "hyena_se"), (24, "hyena_mr")]
     names = ["mixer_torch", "phalanx_core", "fir_floor", "mixer_floor"]
     if os.environ.get("TRITON_INTERPRET") == "1":  # conftest sets it without a GPU: the kernels run interpreted

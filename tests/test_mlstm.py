@@ -7,6 +7,7 @@ Hub bundle in a clean process."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from modeling_phalanx.mlstm_phalanx import (
     MLSTMGateProjection,
     PhalanxMLSTMMixer,
     mlstm_chunkwise,
+    mlstm_kernel,
+    mlstm_kernel_chunkwise,
     mlstm_log_gates,
     mlstm_step,
     soft_cap,
@@ -33,10 +36,13 @@ M, L, S, F = "mlstm", "linear_attention", "sliding_attention", "full_attention"
 GREEDY = dict(do_sample=False, max_new_tokens=12, min_new_tokens=12)
 
 
-def core_inputs(forget_gate: str, dtype: torch.dtype, batch: int = 2, seqlen: int = 29, seed: int = 0) -> dict:
-    """Random q/k/v and soft-capped gate pre-activations (B, T, H, *), with restarts and padding in both rows."""
+def core_inputs(
+    forget_gate: str, dtype: torch.dtype, batch: int = 2, seqlen: int = 29, seed: int = 0, dims: tuple = (3, 8, 6)
+) -> dict:
+    """Random q/k/v and soft-capped gate pre-activations (B, T, H, *), with restarts and padding in both rows;
+    `dims`: (heads, Dk, Dv)."""
     g = torch.Generator().manual_seed(seed)
-    heads, dk, dv = 3, 8, 6
+    heads, dk, dv = dims
     q, k = (torch.randn(batch, seqlen, heads, dk, generator=g, dtype=dtype) for _ in range(2))
     v = torch.randn(batch, seqlen, heads, dv, generator=g, dtype=dtype)
     i_pre = soft_cap(torch.randn(batch, seqlen, heads, generator=g, dtype=dtype) * 6, 15.0)
@@ -516,3 +522,181 @@ def test_config_round_trip_keeps_layer_types_and_cache_kinds(tmp_path: Path) -> 
 
 def test_hub_bundle_with_mlstm_layers_generates_in_a_clean_process(tmp_path: Path) -> None:
     assert_bundle_generates_in_a_clean_process(mix_model("swax"), tmp_path, torch.randint(3, VOCAB, (2, 11)))
+
+
+# mlstm-kernels' chunkwise Triton kernel: chosen at construction, run on CUDA for multi-token forwards.
+
+XL_CHUNK = "mlstm_kernels.torch.chunkwise.triton_xl_chunk"
+
+
+def native_as_kernel(*args, chunk_size: int, **kwargs):
+    """mlstm-kernels' PyTorch chunkwise form called as the Triton kernel is (runs on CPU), after checking that the
+    length is one the Triton kernel accepts (16, 32, 64 or a multiple of its chunk)."""
+    from mlstm_kernels.torch import get_mlstm_kernel
+
+    seqlen = args[0].shape[2]
+    assert chunk_size == 128 and (seqlen in (16, 32, 64) or seqlen % 128 == 0), seqlen
+    return get_mlstm_kernel("chunkwise--native_autograd")(*args, chunk_size=16, **kwargs)
+
+
+def kernel_call(kernel, inputs: dict, restart: torch.Tensor | None, initial_state=None):
+    """:func:`mlstm_kernel_chunkwise` on the (B, T, H, *) inputs of :func:`core_inputs`, heads-first."""
+    q, k, v, i_pre, f_pre = (inputs[n].transpose(1, 2) for n in ("q", "k", "v", "i_pre", "f_pre"))
+    result = mlstm_kernel_chunkwise(kernel, q, k, v, i_pre, f_pre, inputs["keep"][:, None], restart, initial_state)
+    return None if result is None else (result[0].transpose(1, 2), result[1])
+
+
+def unpacked(inputs: dict) -> dict:
+    """`inputs` with every row one sequence: restarts only at and before a row's first token (left padding, as
+    `generate` gives them positions)."""
+    starts = torch.zeros_like(inputs["starts"])
+    starts[0, 0] = True
+    starts[1, : int(inputs["keep"][1].long().argmax()) + 1] = True
+    return {**inputs, "starts": starts}
+
+
+def test_kernel_is_chosen_only_where_it_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel (when mlstm-kernels and Triton import) for the sigmoid forget gate and head widths that are
+    multiples of 16; None for the exponential forget gate, narrow heads, or without the package (the PyTorch path)."""
+    pytest.importorskip(XL_CHUNK)
+    assert mlstm_kernel("sigmoid", 16, 32) is not None
+    assert mlstm_kernel("exp", 16, 32) is None
+    assert mlstm_kernel("sigmoid", 8, 32) is None and mlstm_kernel("sigmoid", 16, 24) is None
+    monkeypatch.setitem(sys.modules, XL_CHUNK, None)  # the import raises ImportError: as without the package
+    assert mlstm_kernel("sigmoid", 16, 32) is None
+    assert PhalanxMLSTMMixer(mixer_config(hidden_size=64), 0).kernel is None
+
+
+def test_mixer_with_the_kernel_runs_the_pytorch_path_on_cpu_tensors() -> None:
+    """A mixer built with the kernel never calls it for CPU tensors: the output equals the kernel-less mixer's."""
+    pytest.importorskip(XL_CHUNK)
+    mixer = randomised_mixer(mixer_config(hidden_size=64))  # heads of 16 (q, k) and 32 (v): the kernel fits
+    assert mixer.kernel is not None
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the Triton kernel ran on CPU tensors")
+
+    x = torch.randn(2, 21, 64)
+    with torch.no_grad():
+        mixer.kernel = fail
+        got, _ = mixer(x, position_ids=torch.arange(21).expand(2, -1))
+        mixer.kernel = None
+        expected, _ = mixer(x, position_ids=torch.arange(21).expand(2, -1))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("seqlen", [29, 150])
+def test_kernel_call_pads_and_falls_back_exactly(seqlen: int) -> None:
+    """:func:`mlstm_kernel_chunkwise` with mlstm-kernels' PyTorch chunkwise form standing in for the Triton kernel
+    (same arguments; on CPU): padding anywhere and the pad to the kernel's length (32, 256) leave the state as it
+    was, a row restarting at or before its first token starts from zero while the other continues the initial
+    state, final states match; packed rows (restarts after a row's first token) and float64 return None."""
+    pytest.importorskip("mlstm_kernels.torch")
+    inputs = unpacked(core_inputs("sigmoid", torch.float32, seqlen=seqlen, seed=7))
+    keep = inputs["keep"]
+    names = ("q", "k", "v", "i_pre", "f_pre", "starts", "keep")
+    expected = mlstm_oracle(**{n: inputs[n] for n in names})
+    got, _ = kernel_call(native_as_kernel, inputs, inputs["starts"])
+    scale = expected[keep].abs().max()
+    assert (got.double() - expected)[keep].abs().max() <= 5e-4 * scale  # float32 (the PyTorch path: 2e-4 at 150)
+
+    state = tuple(t.float() for t in core_state(2, 3, 8, 6))
+    starts = inputs["starts"].clone()
+    starts[0] = False  # row 0 continues the state; row 1 (left padding) starts afresh
+    got, got_state = kernel_call(native_as_kernel, {**inputs, "starts": starts}, starts, state)
+    expected, expected_state = run_chunkwise({**inputs, "starts": starts}, "sigmoid", 16, state)
+    scale = expected[keep].abs().max()
+    assert (got - expected)[keep].abs().max() <= 5e-4 * scale
+    for a, b in zip(got_state, expected_state):
+        assert (a - b).abs().max() <= 5e-4 * b.abs().max()
+
+    packed = core_inputs("sigmoid", torch.float32, seqlen=seqlen, seed=7)
+    assert kernel_call(native_as_kernel, packed, packed["starts"]) is None
+    as_float64 = {n: (t.double() if t.is_floating_point() else t) for n, t in inputs.items()}
+    assert kernel_call(native_as_kernel, as_float64, None) is None
+
+
+def core_state(batch: int, heads: int, dk: int, dv: int, device: str = "cpu") -> tuple:
+    """A random nonzero float64 (C, n, m)."""
+    g = torch.Generator().manual_seed(13)
+    state = (torch.randn(batch, heads, dk, dv, generator=g), torch.randn(batch, heads, dk, generator=g),
+             torch.randn(batch, heads, generator=g))
+    return tuple(t.double().to(device) for t in state)
+
+
+# Largest error over the largest reference value; set before any GPU run (the tests print what they measure).
+KERNEL_TOLERANCE = {torch.float32: (5e-3, 1e-2), torch.bfloat16: (3e-2, 5e-2)}  # (forward, gradients)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_triton_kernel_matches_the_float64_oracle_forward_and_backward(dtype: torch.dtype) -> None:
+    """The Triton kernel on CUDA (2 x 300 tokens, padded to 384; 4 heads of 64; left and middle padding): outputs
+    against the float64 oracle, gradients of q, k, v and both gates against the float64 PyTorch path; from a
+    nonzero state, outputs and final (C, n, m) against the float64 PyTorch path."""
+    kernel = mlstm_kernel("sigmoid", 64, 64)
+    assert kernel is not None, "mlstm-kernels is not installed on the GPU machine (benchmarks/gpu_hyena_run.sh)"
+    inputs = unpacked(core_inputs("sigmoid", torch.float64, seqlen=300, seed=3, dims=(4, 64, 64)))
+    # The references see exactly the kernel's inputs (rounded to `dtype`), so only the kernel's own error counts.
+    inputs = {n: (t.to(dtype).double() if t.is_floating_point() else t) for n, t in inputs.items()}
+    keep = inputs["keep"]
+    on_gpu = {n: (t.to("cuda", dtype) if t.is_floating_point() else t.cuda()) for n, t in inputs.items()}
+    forward_tol, grad_tol = KERNEL_TOLERANCE[dtype]
+
+    names = ("q", "k", "v", "i_pre", "f_pre", "starts", "keep")
+    expected = mlstm_oracle(**{n: inputs[n] for n in names})
+    leaves = {n: on_gpu[n].clone().requires_grad_() for n in ("q", "k", "v", "i_pre", "f_pre")}
+    got, _ = kernel_call(kernel, {**on_gpu, **leaves}, on_gpu["starts"])
+    error = (got.double().cpu() - expected)[keep].abs().max() / expected[keep].abs().max()
+    print(f"{dtype} forward: error / largest output {float(error):.2e}")  # the GPU log keeps it (-rA)
+    assert error <= forward_tol, float(error)
+
+    weights = torch.randn(got.shape, dtype=torch.float64) * keep[..., None, None]
+    grads = torch.autograd.grad((got.double() * weights.cuda()).sum(), list(leaves.values()))
+    ref_leaves = {n: inputs[n].clone().requires_grad_() for n in leaves}
+    reference, _ = run_chunkwise({**inputs, **ref_leaves}, "sigmoid", 64)
+    ref_grads = torch.autograd.grad((reference * weights).sum(), list(ref_leaves.values()))
+    for name, a, b in zip(leaves, grads, ref_grads):
+        error = (a.double().cpu() - b).abs().max() / b.abs().max()
+        print(f"{dtype} d{name}: error / largest gradient {float(error):.2e}")
+        assert error <= grad_tol, (name, float(error))
+
+    starts = inputs["starts"].clone()
+    starts[0] = False  # row 0 continues the state
+    state = tuple(t.float().double() for t in core_state(2, 4, 64, 64))
+    got, got_state = kernel_call(kernel, {**on_gpu, "starts": starts.cuda()}, starts.cuda(),
+                                 tuple(t.float().cuda() for t in state))
+    expected, expected_state = run_chunkwise({**inputs, "starts": starts}, "sigmoid", 64, state)
+    error = (got.double().cpu() - expected)[keep].abs().max() / expected[keep].abs().max()
+    assert error <= forward_tol, float(error)
+    for a, b in zip(got_state, expected_state):
+        assert (a.double().cpu() - b).abs().max() <= forward_tol * b.abs().max()
+
+
+@pytest.mark.gpu
+def test_model_with_the_triton_kernel_matches_its_pytorch_path() -> None:
+    """A model with mLSTM layers on CUDA, kernel path against PyTorch path (fp32): logits, and the gradients of a
+    training step; the kernel did run, and packed rows fell back to PyTorch."""
+    model = mix_model("swax", hidden_size=128, intermediate_size=256, num_attention_heads=4).cuda().train()
+    calls = []
+    for layer in model.model.layers:
+        if layer.layer_type == M:
+            assert layer.mixer.kernel is not None, "mlstm-kernels is not installed on the GPU machine"
+            kernel = layer.mixer.kernel
+            layer.mixer.kernel = lambda *a, _k=kernel, **kw: calls.append(1) or _k(*a, **kw)
+    input_ids = torch.randint(3, VOCAB, (2, 200), device="cuda")
+    results = []
+    for use_kernel in (True, False):
+        if not use_kernel:
+            for layer in model.model.layers:
+                if layer.layer_type == M:
+                    layer.mixer.kernel = None
+        model.zero_grad()
+        out = model(input_ids, labels=input_ids)
+        out.loss.backward()
+        results.append([out.logits.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(calls) == 2  # both mLSTM layers, once each
+    for name, a, b in zip(["logits"] + [n for n, p in model.named_parameters() if p.grad is not None], *results):
+        error = (a - b).abs().max() / b.abs().max()
+        print(f"{name}: kernel vs PyTorch path, error / largest value {float(error):.2e}")
+        assert error <= 1e-2, name
