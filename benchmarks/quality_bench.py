@@ -337,20 +337,27 @@ def steps_for_seconds(out: Path, name: str, seconds: float, seq_len: int, batch_
 def text_sample(folder: Path, max_mb: float, spread: bool) -> tuple[list[str], int]:
     """Texts under ``folder`` up to ``max_mb``: in path order, or (``spread``) in sha256-of-path order, a
     sample across packages. Returns the texts and their bytes."""
+    _, texts, total = sample_files(folder, max_mb, spread)
+    return texts, total
+
+
+def sample_files(folder: Path, max_mb: float, spread: bool) -> tuple[list[Path], list[str], int]:
+    """The files of :func:`text_sample`, their texts and bytes (a command that reads files scores the same sample)."""
     from phalanx_training.data import list_text_files, read_text
 
     files = list_text_files([folder], exclude_held_out=False)
     if spread:
         files.sort(key=lambda p: hashlib.sha256(p.relative_to(folder).as_posix().encode()).hexdigest())
-    texts, total = [], 0
+    paths, texts, total = [], [], 0
     for path in files:
         text = read_text(path)
         size = len(text.encode("utf-8"))
         if texts and total + size > max_mb * 1e6:
             break
+        paths.append(path)
         texts.append(text)
         total += size
-    return texts, total
+    return paths, texts, total
 
 
 def train_command(args: argparse.Namespace, config_path: Path, model_dir: Path, steps: int,
