@@ -46,13 +46,13 @@ def test_conversion_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.
     assert bench.main(["convert", str(out)]) == 1
     assert "run the teacher stage into it first" in capsys.readouterr().err
 
-    assert bench.main(["teacher", str(corpus), str(out), "--shape", "tiny", "--window", "48", "--steps", "40",
+    assert bench.main(["teacher", str(corpus), str(out), "--shape", "tiny", "--window", "48", "--steps", "20",
                        "--seq-len", "64", "--batch-size", "2", "--eval-mb", "0.02", "--logging-steps", "1",
                        "--recall-tasks", "phalanx_passkey_64", "phalanx_mqar_64", "--recall-limit", "1",
                        "--recall-max-length", "160"]) == 0
     teacher = json.loads((out / "teacher.json").read_text())
     assert teacher["layer_types"] == ["sliding_attention"] * 3 + ["full_attention"]
-    assert teacher["tokens"] == 40 * 2 * 64 and math.isfinite(teacher["heldout"]["bits_per_byte"])
+    assert teacher["tokens"] == 20 * 2 * 64 and math.isfinite(teacher["heldout"]["bits_per_byte"])
     assert json.loads((out / "runs" / "teacher" / "model" / "config.json").read_text())["model_type"] == "gemma3_text"
 
     assert bench.main(["convert", str(out), "--inits", "avg", "random", "--lowest-mass", "1",
@@ -69,9 +69,9 @@ def test_conversion_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.
     for name in students:
         r = json.loads((out / f"{name}.json").read_text())
         assert r["distill_tokens"] <= 0.05 * teacher["tokens"] and r["token_fraction"] <= 0.05
-        assert r["plan"] == {"stage1_steps": 2, "stage2_steps": 6, "eval_every": 2, "tokens": 8 * 32}
+        assert r["plan"] == {"stage1_steps": 1, "stage2_steps": 3, "eval_every": 1, "tokens": 4 * 32}
         curve = r["curve"]
-        assert [p["tokens"] for p in curve] == [0, 64, 128, 192, 256]  # converted, stage 1, 3 points of stage 2
+        assert [p["tokens"] for p in curve] == [0, 32, 64, 96, 128]  # converted, stage 1, 3 points of stage 2
         assert all(math.isfinite(p["bpb"]) and p["bpb"] > 0 for p in curve)
         assert math.isfinite(r["heldout"]["bits_per_byte"]) and set(r["recall"]["families"]) == {"phalanx_passkey", "phalanx_mqar"}
 
