@@ -6,7 +6,7 @@ One command per stage, all into one results folder OUT:
     python benchmarks/conversion_bench.py teacher CORPUS OUT [--shape 125m] [--window 512] [--steps 900 --seq-len 4096 --batch-size 8]
     python benchmarks/conversion_bench.py convert OUT [--inits vo qkvo avg random] [--lowest-mass 2 5] [--subset-inits avg]
     python benchmarks/conversion_bench.py distill OUT [--token-fraction 0.05] [--stage1-share 0.1] [--curve-points 4] [--students GLOB]
-    python benchmarks/conversion_bench.py speed OUT [--train-steps 40] [--decode-batch 1 --decode-prompt 4096]
+    python benchmarks/conversion_bench.py speed OUT [--train-steps 40] [--decode-batch 1 --decode-prompt 4032]
     python benchmarks/conversion_bench.py report OUT
 
 ``teacher`` trains a Transformers ``Gemma3ForCausalLM`` (5 sliding-window layers : 1 full, the width, depth and
@@ -324,8 +324,9 @@ def speed_command(args: argparse.Namespace) -> None:
                                 bandwidth=args.bandwidth)
     train = argparse.Namespace(**vars(bench))
     train.logging_steps = max(1, args.train_steps // 20)
+    prompt = args.decode_prompt or max(1, bench.seq_len - args.new_tokens)
     result = {"train_steps": args.train_steps, "seq_len": bench.seq_len, "batch_size": bench.batch_size,
-              "decode_batch": args.decode_batch, "decode_prompt": args.decode_prompt, "models": {},
+              "decode_batch": args.decode_batch, "decode_prompt": prompt, "new_tokens": args.new_tokens, "models": {},
               "environment": qb.environment(device)}
     for label, folder in models.items():
         run_dir = args.out / "runs" / f"speed-{label}"
@@ -334,7 +335,7 @@ def speed_command(args: argparse.Namespace) -> None:
         shutil.rmtree(run_dir / "model")
         dtype = torch.bfloat16 if bench.amp_bf16 else torch.float32
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device).eval()
-        point = bench_generate.bench_point(model, label, "default", args.decode_batch, args.decode_prompt, decode)
+        point = bench_generate.bench_point(model, label, "default", args.decode_batch, prompt, decode)
         del model
         bench_generate.free_memory(device)
         result["models"][label] = {"folder": str(folder), "train_tokens_per_second": qb.steady_tokens_per_second(state.log_history),
@@ -527,7 +528,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("out", type=Path)
     s.add_argument("--train-steps", type=pos_int, default=40, help="steps timed per model; the first quarter is warm-up")
     s.add_argument("--decode-batch", type=pos_int, default=1)
-    s.add_argument("--decode-prompt", type=pos_int, default=4096, help="prompt tokens before decoding")
+    s.add_argument("--decode-prompt", type=pos_int, help="prompt tokens before decoding (default: the teacher's "
+                   "sequence length less --new-tokens, the longest context it was trained for)")
     s.add_argument("--new-tokens", type=pos_int, default=64)
     s.add_argument("--repeats", type=pos_int, default=3)
     s.add_argument("--bandwidth", type=pos_float, default=4.3e12, help="bytes/s of the device memory (H200: 4.3e12)")

@@ -46,7 +46,7 @@ RECALL=(phalanx_passkey_256 phalanx_passkey_1024 phalanx_passkey_2048 phalanx_mq
     timeout "$(remaining)" python3 "${BENCH[@]}" distill "$WORK" --students all-avg all-vo --data-mb 8
   else
     timeout "$(remaining)" python3 "${BENCH[@]}" distill "$WORK" --data-mb 8
-    timeout "$(remaining)" python3 "${BENCH[@]}" speed "$WORK" --train-steps 40 --decode-batch 1 --decode-prompt 4096
+    timeout "$(remaining)" python3 "${BENCH[@]}" speed "$WORK" --train-steps 40 --decode-batch 1
     python3 "${BENCH[@]}" report "$WORK"
   fi
 } 2>&1 | tee -a "$WORK.part$PART.log"

@@ -48,7 +48,7 @@ def test_conversion_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.
 
     assert bench.main(["teacher", str(corpus), str(out), "--shape", "tiny", "--window", "48", "--steps", "20",
                        "--seq-len", "64", "--batch-size", "2", "--eval-mb", "0.02", "--logging-steps", "1",
-                       "--recall-tasks", "phalanx_passkey_64", "phalanx_mqar_64", "--recall-limit", "1",
+                       "--recall-tasks", "phalanx_passkey_64", "--recall-limit", "1",
                        "--recall-max-length", "160"]) == 0
     teacher = json.loads((out / "teacher.json").read_text())
     assert teacher["layer_types"] == ["sliding_attention"] * 3 + ["full_attention"]
@@ -73,7 +73,7 @@ def test_conversion_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.
         curve = r["curve"]
         assert [p["tokens"] for p in curve] == [0, 32, 64, 96, 128]  # converted, stage 1, 3 points of stage 2
         assert all(math.isfinite(p["bpb"]) and p["bpb"] > 0 for p in curve)
-        assert math.isfinite(r["heldout"]["bits_per_byte"]) and set(r["recall"]["families"]) == {"phalanx_passkey", "phalanx_mqar"}
+        assert math.isfinite(r["heldout"]["bits_per_byte"]) and set(r["recall"]["families"]) == {"phalanx_passkey"}
 
     assert bench.main(["speed", str(out), "--train-steps", "4", "--decode-prompt", "16", "--new-tokens", "3",
                        "--repeats", "1"]) == 0
