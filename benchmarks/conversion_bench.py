@@ -213,7 +213,7 @@ def convert_command(args: argparse.Namespace) -> None:
                     "--block-len", str(args.block_len), "--window-blocks", str(args.window_blocks)]
             if not (folder / "config.json").is_file() or args.force:
                 phalanx([*argv, *(["--force"] if args.force else [])])
-            record["students"][name] = {"rule": rule, "layers": layers, "init": init, "command": ["phalanx", *argv]}
+            record["students"][name] = {"rule": rule, "layers": layers, "init": init, "convert_command": ["phalanx", *argv]}
     write_file(args.out / CONVERT_FILE, json.dumps(record, indent=2) + "\n")
     print(f"conversion_bench: {len(record['students'])} students in {args.out / 'students'}: {', '.join(record['students'])}")
 
