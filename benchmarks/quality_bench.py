@@ -337,25 +337,33 @@ def steps_for_seconds(out: Path, name: str, seconds: float, seq_len: int, batch_
 def text_sample(folder: Path, max_mb: float, spread: bool) -> tuple[list[str], int]:
     """Texts under ``folder`` up to ``max_mb``: in path order, or (``spread``) in sha256-of-path order, a
     sample across packages. Returns the texts and their bytes."""
+    _, texts, total = sample_files(folder, max_mb, spread)
+    return texts, total
+
+
+def sample_files(folder: Path, max_mb: float, spread: bool) -> tuple[list[Path], list[str], int]:
+    """The files of :func:`text_sample`, their texts and bytes (a command that reads files scores the same sample)."""
     from phalanx_training.data import list_text_files, read_text
 
     files = list_text_files([folder], exclude_held_out=False)
     if spread:
         files.sort(key=lambda p: hashlib.sha256(p.relative_to(folder).as_posix().encode()).hexdigest())
-    texts, total = [], 0
+    paths, texts, total = [], [], 0
     for path in files:
         text = read_text(path)
         size = len(text.encode("utf-8"))
         if texts and total + size > max_mb * 1e6:
             break
+        paths.append(path)
         texts.append(text)
         total += size
-    return texts, total
+    return paths, texts, total
 
 
-def train_command(args: argparse.Namespace, name: str, config_path: Path, model_dir: Path, steps: int) -> list[str]:
-    """The ``phalanx train`` command line of configuration ``name`` (same seed, data, schedule for all; a recipe's
-    own training options last)."""
+def train_command(args: argparse.Namespace, config_path: Path, model_dir: Path, steps: int,
+                  extra: Sequence[str] = ()) -> list[str]:
+    """The ``phalanx train`` command line of the model config at ``config_path`` (same seed, data, schedule for
+    all; a recipe's own training options, ``extra``, last)."""
     cmd = [
         sys.executable, "-m", "phalanx_cli.main", "train", "--model-config", str(config_path),
         "--data", str(args.corpus / "train"), "--include-held-out", "--seq-len", str(args.seq_len),
@@ -366,7 +374,7 @@ def train_command(args: argparse.Namespace, name: str, config_path: Path, model_
     for option, value in (("--lr", args.lr), ("--warmup", args.warmup), ("--tokenizer", args.tokenizer)):
         if value is not None:
             cmd += [option, str(value)]
-    return cmd + list(recipe_of(name).train_args)
+    return cmd + list(extra)
 
 
 def recall(args: argparse.Namespace, model_dir: Path, run_dir: Path, device: str) -> dict[str, Any]:
@@ -399,17 +407,24 @@ def recall(args: argparse.Namespace, model_dir: Path, run_dir: Path, device: str
 
 
 def train_config(args: argparse.Namespace, name: str, run_dir: Path, steps: int) -> tuple[list[str], float]:
-    """Train configuration ``name`` for ``steps`` steps into ``run_dir/model`` (``run_dir`` is recreated); return the
-    ``phalanx train`` command and the wall-clock seconds it took."""
+    """Train configuration ``name`` for ``steps`` steps into ``run_dir/model`` (:func:`train_model`)."""
     from phalanx_training.tokenizer import load_tokenizer
 
+    config = model_config(name, len(load_tokenizer(args.tokenizer)))
+    return train_model(args, name, config, run_dir, steps, recipe_of(name).train_args)
+
+
+def train_model(args: argparse.Namespace, name: str, config: Any, run_dir: Path, steps: int,
+                extra: Sequence[str] = ()) -> tuple[list[str], float]:
+    """Train model ``config`` (any config ``phalanx train --model-config`` takes) for ``steps`` steps into
+    ``run_dir/model`` (``run_dir`` is recreated), ``extra`` training options last; return the ``phalanx train``
+    command and the wall-clock seconds it took."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    config = model_config(name, len(load_tokenizer(args.tokenizer)))
     config_path = run_dir / "config.json"
     config.to_json_file(config_path)
-    cmd = train_command(args, name, config_path, run_dir / "model", steps)
+    cmd = train_command(args, config_path, run_dir / "model", steps, extra)
     log = run_dir / "train.log"
     print(f"quality_bench: training {name} for {steps} steps ({steps * args.batch_size * args.seq_len:,} tokens); log {log}", flush=True)
     start = time.perf_counter()
@@ -446,10 +461,8 @@ def speed_one(args: argparse.Namespace, name: str) -> Path:
 def run_one(args: argparse.Namespace, name: str) -> Path | None:
     """Train and score one configuration; return its result JSON, or None when it exists already."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
+    from transformers import AutoConfig, TrainerState
 
-    import modeling_phalanx  # noqa: F401  (registers the phalanx model type)
-    from phalanx_eval.bits_per_byte import score_texts
     from phalanx_training.callbacks import logged_losses
 
     seconds = args.seconds if args.budget == "seconds" else None
@@ -466,30 +479,15 @@ def run_one(args: argparse.Namespace, name: str) -> Path | None:
         shutil.rmtree(checkpoint)  # optimizer state; only the final weights are scored
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device)
-    config = model.config  # as trained: SWAX, for one, sets the sliding window
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    amp = torch.bfloat16 if args.amp_bf16 else None
-    edges = (args.bucket_edge or args.seq_len // 8,)
-    scores = {}
-    for key, folder, spread in (("heldout", args.corpus / "heldout", False), ("train_sample", args.corpus / "train", True)):
-        texts, n_bytes = text_sample(folder, args.eval_mb, spread)
-        print(f"quality_bench: scoring {name} on {len(texts)} {key} files ({n_bytes / 1e6:.2f} MB)", flush=True)
-        result = score_texts(model, tokenizer, texts, seq_len=args.seq_len, batch_size=args.eval_batch_size,
-                             bucket_edges=edges, amp_dtype=amp)
-        scores[key] = {"files": len(texts), **result.as_dict()}
-    n_params = sum(p.numel() for p in model.parameters())
-    del model
-    recall_result = recall(args, model_dir, run_dir, device)
+    scores = score_model(args, name, model_dir, run_dir, device)
+    config = AutoConfig.from_pretrained(str(model_dir))  # as trained: SWAX, for one, sets the sliding window
 
     first_loss, final_loss = logged_losses(state.log_history)
     corpus = corpus_record(args.corpus)
     result = {
         "config": name,
         "about": recipe_of(name).about,
-        "layer_types": config.layer_types,
         "model_config": {k: getattr(config, k) for k in ("sliding_window", "swr_block_len", "swr_window_blocks")},
-        "parameters": n_params,
         "budget": args.budget,
         "seconds_budget": seconds,
         "steps": state.global_step,
@@ -505,9 +503,7 @@ def run_one(args: argparse.Namespace, name: str) -> Path | None:
             "final_loss": final_loss,
             "loss_curve": [[e["step"], e["loss"]] for e in state.log_history if "loss" in e],
         },
-        "bucket_edges": [0, *edges, args.seq_len],
         **scores,
-        "recall": recall_result,
         "tokenizer": tokenizer_record(args.tokenizer),
         "corpus": {"path": str(args.corpus), "held_out": corpus["held_out"], "fingerprint": corpus["fingerprint"],
                    "packages": {n: p["version"] for n, p in corpus["packages"].items()}},
@@ -519,6 +515,33 @@ def run_one(args: argparse.Namespace, name: str) -> Path | None:
         shutil.rmtree(model_dir)
     write_file(path, json.dumps(result, indent=2) + "\n")
     return path
+
+
+def score_model(args: argparse.Namespace, name: str, model_dir: Path, run_dir: Path, device: str) -> dict[str, Any]:
+    """Score the model in ``model_dir`` as every bench scores: held-out bits/byte overall and by position bucket,
+    bits/byte on a sample of the training files (``--eval-mb`` each, windows of ``--seq-len``), and recall
+    (:func:`recall`, its files in ``run_dir``); with its layer types and parameter count."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import modeling_phalanx  # noqa: F401  (registers the phalanx model type)
+    from phalanx_eval.bits_per_byte import score_texts
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    amp = torch.bfloat16 if args.amp_bf16 else None
+    edges = (args.bucket_edge or args.seq_len // 8,)
+    scores = {}
+    for key, folder, spread in (("heldout", args.corpus / "heldout", False), ("train_sample", args.corpus / "train", True)):
+        texts, n_bytes = text_sample(folder, args.eval_mb, spread)
+        print(f"quality_bench: scoring {name} on {len(texts)} {key} files ({n_bytes / 1e6:.2f} MB)", flush=True)
+        result = score_texts(model, tokenizer, texts, seq_len=args.seq_len, batch_size=args.eval_batch_size,
+                             bucket_edges=edges, amp_dtype=amp)
+        scores[key] = {"files": len(texts), **result.as_dict()}
+    found = {"layer_types": list(model.config.layer_types), "parameters": sum(p.numel() for p in model.parameters()),
+             "bucket_edges": [0, *edges, args.seq_len], **scores}
+    del model
+    return {**found, "recall": recall(args, model_dir, run_dir, device)}
 
 
 def environment(device: str) -> dict[str, str]:

@@ -36,8 +36,8 @@ from accelerate import PartialState
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import (
-    AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, ProgressCallback, Trainer, TrainerControl,
-    TrainerState, TrainingArguments,
+    AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, ProgressCallback, Trainer, TrainerCallback,
+    TrainerControl, TrainerState, TrainingArguments,
 )
 
 import modeling_phalanx  # noqa: F401  (registers the phalanx model type with the Auto classes)
@@ -94,6 +94,7 @@ class DistillOptions:
     eval_seq_len: int = 512
     eval_batch_size: int = 8
     eval_max_bytes: int | None = None
+    eval_every: int = 0  # also score held-out bits/byte every N steps of each stage (a recovery curve); 0: never
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
     precision: str = "auto"  # auto: bf16 on a GPU that supports it, else fp32
     report_to: str = "none"
@@ -217,6 +218,18 @@ class _StageProgress(LabelledProgressCallback):
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs) -> None:
         if self.training_bar is not None and logs and "loss" in logs:
             self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}")
+
+
+class _EveryNSteps(TrainerCallback):
+    """Calls ``action(step)`` every ``every`` optimizer steps, except at a stage's last step (``distill`` scores
+    the saved result there)."""
+
+    def __init__(self, every: int, action: Callable[[int], None]) -> None:
+        self.every, self.action = every, action
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if state.global_step % self.every == 0 and state.global_step < state.max_steps:
+            self.action(state.global_step)
 
 
 # ----------------------------------------------------------------------------------------- trainer
@@ -349,9 +362,10 @@ def run_stage(
     teacher: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     data: Sequence[str | os.PathLike],
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> DistillTrainer:
-    """Train one stage with `args` (:func:`stage_arguments`), resuming from the latest complete checkpoint in
-    its output folder; returns the trainer (its state holds the logged history)."""
+    """Train one stage with `args` (:func:`stage_arguments`) and extra `callbacks`, resuming from the latest complete
+    checkpoint in its output folder; returns the trainer (its state holds the logged history)."""
     layers = converted_layers(student, teacher)
     train_others = stage == 2 and config.other_lr > 0
     for name, p in student.named_parameters():
@@ -365,6 +379,7 @@ def run_stage(
         teacher=teacher,
         stage=stage,
         config=config,
+        callbacks=list(callbacks),
     )
     trainer.pop_callback(ProgressCallback)
     progress = _StageProgress(f"distill stage {stage}")
@@ -390,9 +405,14 @@ def distill(
 
     `out` holds `checkpoints/`, `metrics.json` (held-out bits-per-byte of the teacher, the student before
     distillation and after each stage; tokens and tokens/s of each stage; final losses) and the loss curves
-    `loss_stage{1,2}.png`. Calling again with the same `out` resumes where it stopped. Under a launcher every
-    process runs this; the first one evaluates and writes.
+    `loss_stage{1,2}.png`. With `options.eval_every` > 0, `metrics.json` also holds `bpb_curve`: held-out
+    bits-per-byte every that many steps of each stage, with the distillation tokens seen by then (both stages
+    counted). Calling again with the same `out` resumes where it stopped. Under a launcher every process runs this;
+    the first one evaluates and writes (so a curve needs one device or DDP, where the first process holds the
+    whole student).
     """
+    if options.eval_every < 0:
+        raise ValueError(f"eval_every must be 0 (off) or a positive number of steps, got {options.eval_every}")
     out = Path(out)
     stages = ((1, options.stage1), (2, options.stage2))
     # Every option is checked, and the processes of a launched run join one group, before any work.
@@ -456,7 +476,21 @@ def distill(
         if stage not in arguments:
             continue
         student = load(source)
-        trainer = run_stage(stage, config, arguments[stage], student, teacher, tokenizer, data)
+        tokens_per_step = config.batch_size * config.grad_accum * state.num_processes * config.seq_len
+        tokens_before = metrics.get("tokens_stage1", 0) if stage == 2 else 0
+
+        def curve_point(step: int, stage: int = stage, student: PreTrainedModel = student) -> None:
+            if state.is_main_process:
+                bpb = evaluate(student, f"student at stage {stage} step {step}")
+                student.train()
+                metrics.setdefault("bpb_curve", []).append(
+                    {"stage": stage, "step": step, "tokens": tokens_before + step * tokens_per_step, "bpb": bpb}
+                )
+                save_metrics()
+            state.wait_for_everyone()
+
+        curve = [_EveryNSteps(options.eval_every, curve_point)] if options.eval_every else []
+        trainer = run_stage(stage, config, arguments[stage], student, teacher, tokenizer, data, curve)
         history = trainer.state.log_history
         parts = [k for h in history if "loss" in h for k in h if k.startswith("layer") or k in ("kl", "ce")]
         curves = list(dict.fromkeys(parts))
@@ -477,9 +511,7 @@ def distill(
                 ylabel="layer-output MSE / teacher output mean square" if stage == 1 else "nats / token",
                 log_scale=True,
             )
-            metrics[f"tokens_stage{stage}"] = (
-                config.steps * config.batch_size * config.grad_accum * state.num_processes * config.seq_len
-            )
+            metrics[f"tokens_stage{stage}"] = config.steps * tokens_per_step
             metrics[f"tokens_per_second_stage{stage}"] = tokens_per_second(trainer.state)
             metrics[f"final_losses_stage{stage}"] = _tail_mean(history, ["loss", *curves])
         del trainer, student, state_dict  # the trained model and optimizer leave memory before the evaluation

@@ -59,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eval-max-bytes", type=int, default=None, help="score only the first N bytes of each held-out text"
     )
+    parser.add_argument(
+        "--eval-every", type=int, default=0,
+        help="also score held-out bits/byte every N steps of each stage (metrics.json bpb_curve); 0: only before "
+        "and after each stage",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--device", default=None, help="cuda or cpu (default: cuda when available; a launcher gives each process one)"
@@ -97,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         logging_steps=args.logging_steps,
         eval_seq_len=args.seq_len,
         eval_max_bytes=args.eval_max_bytes,
+        eval_every=args.eval_every,
         precision=args.precision,
         report_to=args.report_to,
         **({"device": args.device} if args.device else {}),

@@ -65,8 +65,9 @@ def test_configurations_differ_only_where_named(bench) -> None:
         bench.model_config("125m-nope", 259)
     args = bench.parser().parse_args(["run", "c", "o", "--configs", "125m-swa", "--steps", "9", "--seq-len", "8",
                                       "--batch-size", "2"])
-    assert bench.train_command(args, "125m-multi-swax", Path("c.json"), Path("m"), 9)[-3:] == ["--swax", "--swax-long-window", "2048"]
-    assert "--swax" not in bench.train_command(args, "125m-multi", Path("c.json"), Path("m"), 9)
+    swax = bench.recipe_of("125m-multi-swax").train_args
+    assert bench.train_command(args, Path("c.json"), Path("m"), 9, swax)[-3:] == ["--swax", "--swax-long-window", "2048"]
+    assert "--swax" not in bench.train_command(args, Path("c.json"), Path("m"), 9, bench.recipe_of("125m-multi").train_args)
 
 
 def test_bench_with_a_bpe_tokenizer(bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

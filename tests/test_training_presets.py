@@ -102,3 +102,13 @@ def test_phalanx_train_runs_the_tiny_multi_hybrids(preset: str, tmp_path: Path) 
     losses = [e["loss"] for e in state["log_history"] if "loss" in e]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert PhalanxForCausalLM.from_pretrained(out).config.layer_types == get_preset(preset).layer_types
+
+
+def test_load_model_config_takes_a_conversion_source_family(tmp_path: Path) -> None:
+    """A gemma3_text config.json (a teacher to convert) loads as its own Transformers config, not a PhalanxConfig."""
+    from transformers import Gemma3TextConfig
+
+    Gemma3TextConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                     intermediate_size=64, vocab_size=259, sliding_window=16).to_json_file(tmp_path / "config.json")
+    loaded, from_preset = load_model_config(str(tmp_path))
+    assert isinstance(loaded, Gemma3TextConfig) and not from_preset and loaded.sliding_window == 16

@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, TrainerState, set_seed
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerBase, TrainerState, set_seed
 
-from modeling_phalanx import PhalanxConfig
 from modeling_phalanx.configuration_phalanx import SLIDING_ATTENTION
 
 from .callbacks import LossCurveCallback, loss_summary
@@ -32,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``phalanx train``."""
     parser.add_argument(
         "--model-config", required=True, metavar="PRESET|JSON",
-        help=f"a preset ({', '.join(PRESET_NAMES)}) or a config.json of PhalanxConfig fields",
+        help=f"a preset ({', '.join(PRESET_NAMES)}), or a config.json of PhalanxConfig fields or of a source "
+        "family of phalanx convert (e.g. a gemma3_text teacher)",
     )
     parser.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the project's byte tokenizer)")
     parser.add_argument("--attn-implementation", choices=ATTN_IMPLEMENTATIONS, default="sdpa", help="attention backend (default: %(default)s)")
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_training_arguments(parser, learning_rate=3e-4, max_steps=1000)
 
 
-def resolve_config(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase) -> PhalanxConfig:
+def resolve_config(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
     """The model config, preset or JSON, matched to the tokenizer's vocabulary and special tokens."""
     config, from_preset = load_model_config(args.model_config)
     vocab = len(tokenizer)
@@ -62,7 +62,7 @@ def resolve_config(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase)
     return config
 
 
-def swax_callback(args: argparse.Namespace, config: PhalanxConfig) -> SWAXCallback | None:
+def swax_callback(args: argparse.Namespace, config: PretrainedConfig) -> SWAXCallback | None:
     """The SWAX callback when ``--swax`` is set; ``--swax-long-window`` becomes the config's sliding window."""
     if not args.swax:
         if args.swax_long_window is not None:

@@ -26,6 +26,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from transformers import AutoConfig, PretrainedConfig
+
 from modeling_phalanx import PhalanxConfig
 from modeling_phalanx.configuration_phalanx import (
     FULL_ATTENTION,
@@ -36,6 +38,7 @@ from modeling_phalanx.configuration_phalanx import (
     PHALANX_MIXER,
     SLIDING_ATTENTION,
 )
+from phalanx_conversion.families import supported_families
 
 # The mixers each flavour cycles through on the layers that are not full attention (None: none are).
 FLAVOURS: dict[str, tuple[str, ...] | None] = {
@@ -113,9 +116,11 @@ def get_preset(name: str, **overrides: Any) -> PhalanxConfig:
     return PhalanxConfig(**fields)
 
 
-def load_model_config(spec: str) -> tuple[PhalanxConfig, bool]:
+def load_model_config(spec: str) -> tuple[PretrainedConfig, bool]:
     """Resolve ``--model-config``: a preset name, or a ``config.json`` file / model folder.
 
+    A JSON config is a ``PhalanxConfig``, or the config of a source family ``phalanx convert`` supports
+    (``gemma3_text``, ``qwen3``, ...): a Transformers teacher trained here, then converted and distilled.
     Returns the config and whether it came from a preset (presets take their vocabulary from the
     tokenizer; a JSON config is used as written).
     """
@@ -135,9 +140,13 @@ def load_model_config(spec: str) -> tuple[PhalanxConfig, bool]:
     if not isinstance(fields, dict):
         raise ValueError(f"{path} must hold a JSON object of PhalanxConfig fields")
     model_type = fields.get("model_type", PhalanxConfig.model_type)
-    if model_type != PhalanxConfig.model_type:
-        raise ValueError(f"{path} has model_type {model_type!r}; phalanx train builds {PhalanxConfig.model_type!r} models")
+    sources = supported_families()
+    if model_type != PhalanxConfig.model_type and model_type not in sources:
+        raise ValueError(f"{path} has model_type {model_type!r}; phalanx train builds {PhalanxConfig.model_type!r} "
+                         f"models and the source families of phalanx convert ({', '.join(sources)})")
     try:
+        if model_type != PhalanxConfig.model_type:
+            return AutoConfig.for_model(**fields), False
         return PhalanxConfig.from_dict(fields), False
     except (ValueError, TypeError) as err:  # PhalanxConfig names the field; say which file holds it
         raise ValueError(f"{path}: {' '.join(str(err).split())}") from None

@@ -1,0 +1,87 @@
+"""``benchmarks/conversion_bench.py`` end to end at a tiny size: a Gemma3 teacher trained on a corpus built from
+installed packages, converted (every SWA layer with two warm starts, the lowest-mass layer with one), distilled
+within 5% of its tokens with a recovery curve, timed, reported."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN_PACKAGE, HELD_OUT_PACKAGE = "packaging", "tqdm"  # as tests/test_quality_bench.py
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("conversion_bench", REPO / "benchmarks" / "conversion_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+def test_distill_plan_keeps_the_budget(bench) -> None:
+    plan = bench.distill_plan(29_491_200, 0.05, 0.1, 4, 8, 4096)
+    assert plan["tokens"] <= 0.05 * 29_491_200 and plan["stage2_steps"] == 4 * plan["eval_every"]
+    with pytest.raises(ValueError, match="at most 5%"):
+        bench.distill_plan(29_491_200, 0.051, 0.1, 4, 8, 4096)
+    with pytest.raises(ValueError, match="too few for stage 2"):
+        bench.distill_plan(10_000, 0.05, 0.1, 4, 8, 4096)
+
+
+def test_conversion_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the training subprocesses; the test machine is small and shared
+    corpus, out = tmp_path / "corpus", tmp_path / "results"
+    assert bench.main(["teacher", str(corpus), str(out)]) == 1
+    assert "is not a corpus folder" in capsys.readouterr().err
+    assert bench.qb.main(["corpus", str(corpus), "--packages", TRAIN_PACKAGE, "--held-out", HELD_OUT_PACKAGE]) == 0
+    assert bench.main(["convert", str(out)]) == 1
+    assert "run the teacher stage into it first" in capsys.readouterr().err
+
+    assert bench.main(["teacher", str(corpus), str(out), "--shape", "tiny", "--window", "48", "--steps", "20",
+                       "--seq-len", "64", "--batch-size", "2", "--eval-mb", "0.02", "--logging-steps", "1",
+                       "--recall-tasks", "phalanx_passkey_64", "--recall-limit", "1",
+                       "--recall-max-length", "160"]) == 0
+    teacher = json.loads((out / "teacher.json").read_text())
+    assert teacher["layer_types"] == ["sliding_attention"] * 3 + ["full_attention"]
+    assert teacher["tokens"] == 20 * 2 * 64 and math.isfinite(teacher["heldout"]["bits_per_byte"])
+    assert json.loads((out / "runs" / "teacher" / "model" / "config.json").read_text())["model_type"] == "gemma3_text"
+
+    assert bench.main(["convert", str(out), "--inits", "avg", "random", "--lowest-mass", "1",
+                       "--analyze-seq-len", "160", "--analyze-tokens", "640"]) == 0
+    students = json.loads((out / "convert.json").read_text())["students"]
+    assert set(students) == {"all-avg", "all-random", "low1-avg"}
+    assert students["all-avg"]["layers"] == [0, 1, 2] and len(students["low1-avg"]["layers"]) == 1
+
+    capsys.readouterr()
+    assert bench.main(["distill", str(out), "--token-fraction", "0.06"]) == 1
+    assert "at most 5%" in capsys.readouterr().err
+    assert bench.main(["distill", str(out), "--batch-size", "1", "--seq-len", "32", "--stage1-share", "0.25",
+                       "--curve-points", "3", "--data-mb", "0.1"]) == 0
+    for name in students:
+        r = json.loads((out / f"{name}.json").read_text())
+        assert r["distill_tokens"] <= 0.05 * teacher["tokens"] and r["token_fraction"] <= 0.05
+        assert r["plan"] == {"stage1_steps": 1, "stage2_steps": 3, "eval_every": 1, "tokens": 4 * 32}
+        curve = r["curve"]
+        assert [p["tokens"] for p in curve] == [0, 32, 64, 96, 128]  # converted, stage 1, 3 points of stage 2
+        assert all(math.isfinite(p["bpb"]) and p["bpb"] > 0 for p in curve)
+        assert math.isfinite(r["heldout"]["bits_per_byte"]) and set(r["recall"]["families"]) == {"phalanx_passkey"}
+
+    assert bench.main(["speed", str(out), "--train-steps", "4", "--decode-prompt", "16", "--new-tokens", "3",
+                       "--repeats", "1"]) == 0
+    speed = json.loads((out / "speed.json").read_text())["models"]
+    assert set(speed) == {"teacher", "all", "low1"}
+    assert all(s["train_tokens_per_second"] > 0 and s["decode_tokens_per_second"] > 0 for s in speed.values())
+
+    assert bench.main(["report", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert all(f"| {name} |" in text for name in ("teacher", *students)) and "**Goal (issue 21):**" in text
+    assert (out / "recovery.png").stat().st_size > 0 and (out / "attention_mass.png").stat().st_size > 0
