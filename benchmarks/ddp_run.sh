@@ -40,14 +40,17 @@ if [[ $CPU == 1 ]]; then
   unset ACCELERATE_USE_CPU  # launched processes without CUDA form one gloo group by themselves (training/options.py)
 else
   PY=${PY:-python3}
-  source benchmarks/gpu_env.sh  # the project, installed offline into $SITE
   N=$("$PY" -c "import torch; print(torch.cuda.device_count())")
-  if [[ $DRY_RUN == 1 ]]; then
+  if (( N < 1 )); then
+    echo "error: ddp_run.sh found no CUDA GPU (CPU=1 runs its smoke test on the CPU)" >&2
+    exit 1
+  elif [[ $DRY_RUN == 1 ]]; then
     N=1
   elif (( N < 2 )); then
     echo "error: ddp_run.sh needs at least 2 GPUs, found $N (DRY_RUN=1 runs the same commands on one GPU)" >&2
     exit 1
   fi
+  source benchmarks/gpu_env.sh  # the project, installed offline into $SITE
   PRESETS=${PRESETS:-1.3b-phalanx 1.3b-transformer}
   SEQ_LEN=${SEQ_LEN:-8192} BATCH=${BATCH:-2} STEPS=${STEPS:-30} LOGGING=${LOGGING:-5} DISTILL_STEPS=${DISTILL_STEPS:-20}
   PRECISION=bf16 MIXED=bf16 DEVICE_ARGS=()
@@ -80,6 +83,9 @@ run() {
 LAUNCH=("$PY" -m accelerate.commands.launch --num_processes "$N" --num_machines 1 --mixed_precision "$MIXED" --dynamo_backend no)
 FSDP=(--use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_transformer_layer_cls_to_wrap
       PhalanxDecoderLayer --fsdp_reshard_after_forward true --fsdp_state_dict_type FULL_STATE_DICT)
+# accelerate refuses --multi_gpu with one process: with N=1 (DRY_RUN) the ddp run is a plain one-process launch.
+MULTI=()
+(( N > 1 )) && MULTI=(--multi_gpu)
 ONE=("$PY")
 [[ $CPU == 1 ]] || ONE=(env CUDA_VISIBLE_DEVICES=0 "$PY")
 
@@ -89,7 +95,7 @@ for preset in $PRESETS; do
          --max-steps "$STEPS" --logging-steps "$LOGGING" --save-steps 1000000 --precision "$PRECISION" --seed 0)
   [[ $CKPT == 1 ]] && TRAIN+=(--gradient-checkpointing)
   run "$preset.gpu1" "${ONE[@]}" "${TRAIN[@]}" --grad-accum "$N" --output "$RUNS/$preset.gpu1"
-  run "$preset.ddp" "${LAUNCH[@]}" --multi_gpu "${TRAIN[@]}" --output "$RUNS/$preset.ddp"
+  run "$preset.ddp" "${LAUNCH[@]}" "${MULTI[@]}" "${TRAIN[@]}" --output "$RUNS/$preset.ddp"
   run "$preset.fsdp" "${LAUNCH[@]}" "${FSDP[@]}" "${TRAIN[@]}" --output "$RUNS/$preset.fsdp"
   rm -f "$RUNS/$preset".*/*.safetensors  # only trainer_state.json is read; six 1.3B models would fill the disk
 done
@@ -126,7 +132,7 @@ EOF
            --batch-size "$BATCH" --stage1-steps "$DISTILL_STEPS" --stage2-steps "$DISTILL_STEPS" --logging-steps 1
            --save-every 1000000 --eval-max-bytes 4096 --precision "$PRECISION" --seed 0 "${DEVICE_ARGS[@]}")
   run distill.gpu1 "${ONE[@]}" "${DISTILL[@]}" --grad-accum "$N" --out "$RUNS/distill.gpu1"
-  run distill.ddp "${LAUNCH[@]}" --multi_gpu "${DISTILL[@]}" --out "$RUNS/distill.ddp"
+  run distill.ddp "${LAUNCH[@]}" "${MULTI[@]}" "${DISTILL[@]}" --out "$RUNS/distill.ddp"
 fi
 
 "$PY" - "$RUNS" "$OUT/ddp_run.json" "$N" "$BATCH" "$SEQ_LEN" "$PRESETS" <<'EOF' | tee -a "$LOG"
