@@ -5,9 +5,10 @@
 # 1. `phalanx train` (tiny-phalanx, fp32, gradient checkpointing): one process with --grad-accum 2, two
 #    processes under `accelerate launch --multi_gpu` (DDP) and under `torchrun`.
 # 2. FSDP2: accelerate shards only on accelerators (on the CPU its FSDP run is DDP), so FSDP2 is checked on the
-#    model directly: the same tiny-phalanx, gradient checkpointing, one `fully_shard` unit per decoder layer plus
-#    the root (what accelerate's TRANSFORMER_BASED_WRAP builds), full shard, against torch DDP and one process
-#    with 2 accumulated micro-batches, all with the same rows, AdamW and gradient clipping.
+#    model directly, built as accelerate builds it for benchmarks/ddp_run.sh: each decoder layer in a
+#    `checkpoint_wrapper` (--fsdp_activation_checkpointing) and its own `fully_shard` unit, then the root
+#    (TRANSFORMER_BASED_WRAP), full shard; against torch DDP and one process with 2 accumulated micro-batches
+#    (Transformers' gradient checkpointing), all with the same rows, AdamW and gradient clipping.
 # Pass: every run's per-step losses within 1e-5 relative and its final weights within 1e-5 absolute of the
 # single-process run (fp32; only the reduction order differs).
 #
@@ -44,6 +45,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from transformers import AutoModelForCausalLM
@@ -60,14 +62,15 @@ accum = GLOBAL // (MICRO * world)
 tokenizer = load_byte_tokenizer()
 torch.manual_seed(0)
 model = AutoModelForCausalLM.from_config(get_preset("tiny-phalanx", vocab_size=len(tokenizer)))
-# Transformers 5.23 renamed gradient_checkpointing_enable (the old name warns).
-getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
 model.train()
-if mode == "fsdp":
-    for layer in model.model.layers:
+if mode == "fsdp":  # accelerate's fsdp2_apply_ac, then fully_shard on every PhalanxDecoderLayer and the root
+    for i, layer in enumerate(model.model.layers):
+        model.model.layers[i] = checkpoint_wrapper(layer, preserve_rng_state=False)
         fully_shard(layer)
     fully_shard(model)
-elif mode == "ddp":
+else:  # Transformers 5.23 renamed gradient_checkpointing_enable (the old name warns)
+    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+if mode == "ddp":
     model = DistributedDataParallel(model)
 optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
 rows = build_packed_dataset(DataSource((text,)), tokenizer, 32)

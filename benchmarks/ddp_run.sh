@@ -5,7 +5,9 @@
 #   ddp:  `accelerate launch --multi_gpu --num_processes N`;
 #   fsdp: `accelerate launch --use_fsdp --fsdp_version 2`, full shard (reshard after forward), one unit per decoder
 #         layer (TRANSFORMER_BASED_WRAP on PhalanxDecoderLayer);
-# all bf16 with gradient checkpointing and the same global batch (BATCH rows per GPU x N). Reported per run:
+# all bf16 with activation checkpointing of every decoder layer (FSDP's own under FSDP: Transformers' would
+# all-gather each layer's weights once more in backward) and the same global batch (BATCH rows per GPU x N).
+# Reported per run:
 # steady-state tokens/s, per-GPU efficiency against gpu1, the loss at the last step (its relative difference
 # to gpu1's, flagged above 2%) and the peak memory of every rank (PHALANX_LOG_PEAK_MEMORY=1). Then a small
 # Gemma3-shaped teacher (random weights) is converted and distilled on one GPU and under DDP on the N GPUs.
@@ -93,10 +95,12 @@ ONE=("$PY")
 for preset in $PRESETS; do
   TRAIN=(-m phalanx_cli.main train --model-config "$preset" --data "$REPO/$DATA" --seq-len "$SEQ_LEN" --batch-size "$BATCH"
          --max-steps "$STEPS" --logging-steps "$LOGGING" --save-steps 1000000 --precision "$PRECISION" --seed 0)
-  [[ $CKPT == 1 ]] && TRAIN+=(--gradient-checkpointing)
-  run "$preset.gpu1" "${ONE[@]}" "${TRAIN[@]}" --grad-accum "$N" --output "$RUNS/$preset.gpu1"
-  run "$preset.ddp" "${LAUNCH[@]}" "${MULTI[@]}" "${TRAIN[@]}" --output "$RUNS/$preset.ddp"
-  run "$preset.fsdp" "${LAUNCH[@]}" "${FSDP[@]}" "${TRAIN[@]}" --output "$RUNS/$preset.fsdp"
+  CKPT_ARGS=()
+  [[ $CKPT == 1 ]] && CKPT_ARGS=(--gradient-checkpointing)
+  run "$preset.gpu1" "${ONE[@]}" "${TRAIN[@]}" "${CKPT_ARGS[@]}" --grad-accum "$N" --output "$RUNS/$preset.gpu1"
+  run "$preset.ddp" "${LAUNCH[@]}" "${MULTI[@]}" "${TRAIN[@]}" "${CKPT_ARGS[@]}" --output "$RUNS/$preset.ddp"
+  run "$preset.fsdp" "${LAUNCH[@]}" "${FSDP[@]}" --fsdp_activation_checkpointing "$([[ $CKPT == 1 ]] && echo true || echo false)" \
+    "${TRAIN[@]}" --output "$RUNS/$preset.fsdp"
   rm -f "$RUNS/$preset".*/*.safetensors  # only trainer_state.json is read; six 1.3B models would fill the disk
 done
 
