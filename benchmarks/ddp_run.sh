@@ -17,8 +17,10 @@
 #   CPU=1 bash benchmarks/ddp_run.sh      # smoke test of this script: tiny presets, N=2 gloo processes, fp32
 #
 # Steady state = tokens and seconds between the first and the last logged step, read from trainer_state.json
-# (the Trainer's train_tokens_per_second also counts start-up). Writes $OUT/ddp_run.log (versions, every run's
-# output) and $OUT/ddp_run.json (one record per run); prints a table last.
+# (the Trainer's train_tokens_per_second also counts start-up). Appends to $OUT/ddp_run.log (versions, every
+# run's output) and writes $OUT/ddp_run.json (one record per run; runs this call did not make are kept from an
+# earlier call with the same N and SEQ_LEN, so PRESETS=... and DISTILL_STEPS=0 split the work over calls);
+# prints a table last.
 set -euo pipefail
 # NVLink multicast off (NVLS needs fabric-manager support the lent hosts lack); exported, so every process inherits it.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -64,7 +66,6 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 PHALANX_
 RUNS=$(mktemp -d)
 LOG="$OUT/ddp_run.log"
 mkdir -p "$OUT"
-: >"$LOG"
 "$PY" -c "import accelerate" 2>/dev/null || { echo "error: accelerate is not installed (the Trainer needs it)" >&2; exit 1; }
 
 {
@@ -180,12 +181,6 @@ for preset in presets:
                         "steady_tokens_per_second": tps, "from_step": first["step"], "steps": last["step"],
                         "tokens": last["num_input_tokens_seen"], "last_loss": last["loss"], "losses": [e["loss"] for e in logs],
                         "peak_memory_gib_per_rank": peak_gib(memory), "peak_memory": memory})
-by_run = {r["run"]: r for r in records}
-for r in records:
-    one = by_run.get(f"{r['preset']}.gpu1")
-    if one is not None:
-        r["per_gpu_efficiency"] = r["steady_tokens_per_second"] / (r["gpus"] * one["steady_tokens_per_second"])
-        r["last_loss_rel_diff_vs_gpu1"] = abs(r["last_loss"] - one["last_loss"]) / abs(one["last_loss"])
 distills = []
 for strategy, gpus in (("gpu1", 1), ("ddp", n)):
     metrics = runs / f"distill.{strategy}" / "metrics.json"
@@ -195,6 +190,22 @@ for strategy, gpus in (("gpu1", 1), ("ddp", n)):
                          **{k: v for k, v in m.items() if k.startswith(("tokens", "bpb", "final_losses"))},
                          "peak_memory_gib_per_rank": peak_gib(peak_memory(f"distill.{strategy}")),
                          "peak_memory": peak_memory(f"distill.{strategy}")})
+# Runs this call did not make are kept from an earlier call with the same N and context (presets run separately).
+if out.exists():
+    earlier = json.loads(out.read_text())
+    if earlier["summary"]["gpus"] == n:
+        made = {r["run"] for r in records + distills}
+        kept = [r for r in earlier["runs"] if r["run"] not in made and r["seq_len"] == seq_len]
+        kept_distill = [d for d in earlier["distill"] if d["run"] not in made]
+        records, distills = kept + records, kept_distill + distills
+        if kept or kept_distill:
+            print("kept from an earlier call: " + ", ".join(r["run"] for r in kept + kept_distill))
+by_run = {r["run"]: r for r in records}
+for r in records:
+    one = by_run.get(f"{r['preset']}.gpu1")
+    if one is not None:
+        r["per_gpu_efficiency"] = r["steady_tokens_per_second"] / (r["gpus"] * one["steady_tokens_per_second"])
+        r["last_loss_rel_diff_vs_gpu1"] = abs(r["last_loss"] - one["last_loss"]) / abs(one["last_loss"])
 diffs = [r["last_loss_rel_diff_vs_gpu1"] for r in records if "last_loss_rel_diff_vs_gpu1" in r]
 speedups = {}
 for strategy in ("gpu1", "ddp", "fsdp"):
