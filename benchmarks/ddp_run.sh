@@ -7,9 +7,9 @@
 #         layer (TRANSFORMER_BASED_WRAP on PhalanxDecoderLayer);
 # all bf16 with activation checkpointing of every decoder layer (FSDP's own under FSDP: Transformers' would
 # all-gather each layer's weights once more in backward) and the same global batch (BATCH rows per GPU x N).
-# Reported per run:
-# steady-state tokens/s, per-GPU efficiency against gpu1, the loss at the last step (its relative difference
-# to gpu1's, flagged above 2%) and the peak memory of every rank (PHALANX_LOG_PEAK_MEMORY=1). Then a small
+# Reported per run: steady-state tokens/s, per-GPU efficiency against gpu1, the loss at the last step (its
+# relative difference to gpu1's, flagged above 2%) and the peak memory of every rank (PHALANX_LOG_PEAK_MEMORY=1),
+# and per strategy the Phalanx/Transformer tokens/s ratio. Then a small
 # Gemma3-shaped teacher (random weights) is converted and distilled on one GPU and under DDP on the N GPUs.
 #
 #   bash benchmarks/ddp_run.sh            # env: PRESETS SEQ_LEN BATCH STEPS LOGGING CKPT DATA OUT DISTILL_STEPS
@@ -22,7 +22,8 @@
 # earlier call with the same N and SEQ_LEN, so PRESETS=... and DISTILL_STEPS=0 split the work over calls);
 # prints a table last.
 set -euo pipefail
-# NVLink multicast off (NVLS needs fabric-manager support the lent hosts lack); exported, so every process inherits it.
+# NVLink multicast off: on the lent hosts a program that uses it can put the shared GPUs out of service for a day
+# or more. Exported, so every process this script starts inherits it.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 cd "$(dirname "$0")/.."
 REPO=$PWD
