@@ -44,7 +44,7 @@ import modeling_phalanx  # noqa: F401  (registers the phalanx model type with th
 from modeling_phalanx.configuration_phalanx import PHALANX_MIXER
 from modeling_phalanx.modeling_phalanx import sequence_starts
 from phalanx_eval.bits_per_byte import score_texts
-from phalanx_training.callbacks import LabelledProgressCallback, plot_loss_curve
+from phalanx_training.callbacks import LabelledProgressCallback, peak_memory_callbacks, plot_loss_curve
 from phalanx_training.checks import check_finite_weights
 from phalanx_training.cli import tokens_per_second
 from phalanx_training.data import DataSource, PackedCollator, build_packed_dataset, read_texts
@@ -379,7 +379,7 @@ def run_stage(
         teacher=teacher,
         stage=stage,
         config=config,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, *peak_memory_callbacks()],
     )
     trainer.pop_callback(ProgressCallback)
     progress = _StageProgress(f"distill stage {stage}")

@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from modeling_phalanx import PhalanxForCausalLM
 from phalanx_cli.main import main
-from phalanx_training.callbacks import LOSS_CURVE_FILE, plot_loss_curve
+from phalanx_training.callbacks import LOSS_CURVE_FILE, PEAK_MEMORY_ENV, plot_loss_curve
 from phalanx_training.presets import get_preset
 from phalanx_training.tokenizer import load_byte_tokenizer
 
@@ -107,6 +107,21 @@ def test_two_processes_equal_one_with_the_same_global_batch(common: list[str], r
         torch.testing.assert_close(weights[key], ref_weights[key], atol=2e-5, rtol=1e-4)
     ref_losses, ddp_losses = train_losses(reference), train_losses(out)
     assert ddp_losses == pytest.approx(ref_losses, rel=1e-4)
+
+
+def test_peak_memory_is_printed_on_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """PHALANX_LOG_PEAK_MEMORY=1: the process prints one `peak_memory {json}` line when training ends (on the CPU,
+    its peak resident set size); without it, none."""
+    args = ["train", "--model-config", "tiny-transformer", "--seq-len", "16", "--batch-size", "2", "--max-steps", "1",
+            "--precision", "fp32"]
+    assert main([*args, "--output", str(tmp_path / "quiet")]) == 0
+    assert "\npeak_memory " not in "\n" + capsys.readouterr().out
+    monkeypatch.setenv(PEAK_MEMORY_ENV, "1")
+    assert main([*args, "--output", str(tmp_path / "out")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("peak_memory ")]
+    assert len(lines) == 1
+    record = json.loads(lines[0].removeprefix("peak_memory "))
+    assert record["rank"] == 0 and record["world_size"] == 1 and record["max_rss"] > 2**20
 
 
 def test_tokenizer_folder_sets_the_preset_vocabulary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

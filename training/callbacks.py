@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import resource
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import ProgressCallback, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 LOSS_CURVE_FILE = "loss_curve.png"
+PEAK_MEMORY_ENV = "PHALANX_LOG_PEAK_MEMORY"  # =1: every process prints its peak memory when training ends
 
 
 def logged_losses(log_history: list[dict[str, Any]]) -> tuple[float, float]:
@@ -104,3 +109,28 @@ class LabelledProgressCallback(ProgressCallback):
         super().on_train_begin(args, state, control, **kwargs)
         if self.training_bar is not None:
             self.training_bar.set_description(self.label)
+
+
+class PeakMemoryCallback(TrainerCallback):
+    """Every process prints its peak memory of the training as one line, ``peak_memory {json}``:
+    ``torch.cuda.max_memory_allocated`` (and ``_reserved``) of its GPU since training began, or, on the CPU, the
+    process's peak resident set size. ``benchmarks/ddp_run.sh`` reads these lines (one per rank)."""
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        if args.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(args.device)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        record: dict[str, Any] = {"rank": args.process_index, "world_size": args.world_size, "device": str(args.device),
+                                  "output_dir": args.output_dir}
+        if args.device.type == "cuda":
+            record |= {"max_memory_allocated": torch.cuda.max_memory_allocated(args.device),
+                       "max_memory_reserved": torch.cuda.max_memory_reserved(args.device)}
+        else:  # ru_maxrss is in KiB on Linux
+            record["max_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print("peak_memory " + json.dumps(record), flush=True)
+
+
+def peak_memory_callbacks() -> list[TrainerCallback]:
+    """``[PeakMemoryCallback()]`` when the environment sets ``PHALANX_LOG_PEAK_MEMORY=1``, else none."""
+    return [PeakMemoryCallback()] if os.environ.get(PEAK_MEMORY_ENV) == "1" else []

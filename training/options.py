@@ -28,7 +28,7 @@ from transformers import (
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .callbacks import LabelledProgressCallback
+from .callbacks import LabelledProgressCallback, peak_memory_callbacks
 from .data import (
     TEXT_PATTERNS, DataSource, PackedCollator, PackedDataset, PackedStream, build_packed_dataset, shipped_sample_dir,
 )
@@ -338,7 +338,7 @@ def packed_trainer(
         eval_dataset=eval_data,
         data_collator=PackedCollator(),
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=[*callbacks, *peak_memory_callbacks()],
     )
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(LabelledProgressCallback(label))
