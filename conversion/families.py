@@ -192,8 +192,9 @@ def _rope_parameters(config: PretrainedConfig, layer_types: list[str]) -> dict[s
         return rope
     present = {t for t in layer_types if t != PHALANX_MIXER}
     kept = {k: v for k, v in rope.items() if k in present}
-    # With every attention layer converted the nesting has no key left; keep the full-attention entry.
-    return kept or {FULL_ATTENTION: rope.get(FULL_ATTENTION, next(iter(rope.values())))}
+    # With every attention layer converted no attention kind is left to key by: keep the full-attention entry,
+    # flat (a nesting by kinds the model lacks reads as a flat dict to Transformers' RoPE validation).
+    return kept or rope.get(FULL_ATTENTION, next(v for v in rope.values() if isinstance(v, dict)))
 
 
 def phalanx_config_kwargs(

@@ -400,7 +400,7 @@ class PhalanxConfig(PreTrainedConfig):
         theta = getattr(self, "rope_theta", self.default_theta)
         nested = self.rope_parameters_by_layer_type
         for params in self.rope_parameters.values() if nested else [self.rope_parameters]:
-            if params is None:
+            if not isinstance(params, dict):  # None = NoPE; a stray flat key beside the nesting is not an entry
                 continue
             params.setdefault("rope_type", params.get("type", "default"))
             params.setdefault("rope_theta", theta)

@@ -235,3 +235,18 @@ print(m.generate(io["ids"][:, :8], max_new_tokens=4, do_sample=False, pad_token_
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "torch.Size([1, 12])" in proc.stdout
+
+
+def test_a_source_of_sliding_layers_only_converts_to_a_model_that_loads(tmp_path: Path) -> None:
+    """Gemma3 with per-layer-type RoPE and no global layer: with every layer converted no attention kind is left to
+    key the RoPE nesting by; the student keeps the full-attention entry flat, saves, loads and runs."""
+    config = source_config("gemma3_text")
+    config.layer_types = [S] * config.num_hidden_layers
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "src")
+    load_byte_tokenizer().save_pretrained(tmp_path / "src")
+    convert_checkpoint(tmp_path / "src", tmp_path / "out")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert set(model.config.layer_types) == {"linear_attention"}
+    assert model.config.rope_parameters["rope_theta"] == config.rope_parameters[F]["rope_theta"]
+    assert torch.isfinite(logits(model, torch.randint(3, VOCAB, (1, 33)))).all()
