@@ -50,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", default="auto", help="model dtype: auto (as saved), bfloat16, float32, ...")
     parser.add_argument(
+        "--gen-kwargs", default=None, metavar="K=V,...",
+        help="generate() options for generation tasks, as lm-eval's --gen_kwargs (e.g. cache_implementation=static)",
+    )
+    parser.add_argument(
         "--trust-remote-code", action="store_true",
         help="allow a model folder's own Python code to run (Phalanx folders need no flag)",
     )
@@ -72,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate(
         args.model, task_names(args.tasks), limit=args.limit, batch_size=args.batch_size, device=device,
         max_length=args.max_length, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+        gen_kwargs=args.gen_kwargs,
     )
     json_path = write_json(results, args.output, args.model)  # first: an hour of evaluation must not hang on printing
     print(make_table(results))

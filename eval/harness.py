@@ -147,8 +147,10 @@ def evaluate(
     max_length: int | None = None,
     dtype: str = "auto",
     trust_remote_code: bool = False,
+    gen_kwargs: str | None = None,
 ) -> dict[str, Any]:
-    """``lm_eval.simple_evaluate`` with lm-eval's ``hf`` model on ``model``.
+    """``lm_eval.simple_evaluate`` with lm-eval's ``hf`` model on ``model``; ``gen_kwargs`` (``"k=v,k=v"``, as
+    lm-eval's ``--gen_kwargs``) reaches ``generate`` in generation tasks.
 
     Importing ``modeling_phalanx`` first registers the local Phalanx classes, which Transformers then
     prefers to the folder's remote code, so an installed project uses its Triton kernels and a Phalanx
@@ -186,6 +188,7 @@ def evaluate(
         device=device,
         task_manager=manager,
         log_samples=False,
+        gen_kwargs=gen_kwargs,
     )
     if results is None:  # only non-zero ranks of a distributed run get None
         raise ValueError("lm-eval returned no results (not the main process of a distributed run?)")

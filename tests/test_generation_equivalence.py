@@ -247,18 +247,30 @@ def test_pipeline_and_streamer_give_the_generate_tokens(byte_model_and_tokenizer
 
 
 @torch.no_grad()
-def test_lm_eval_generate_until_gives_the_generate_tokens(byte_model_and_tokenizer) -> None:
+@pytest.mark.parametrize("gen_kwargs", [{}, {"cache_implementation": "static"}])
+def test_lm_eval_generate_until_gives_the_generate_tokens(
+    byte_model_and_tokenizer, gen_kwargs: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lm-eval's `hf` model decodes as `generate` does, also with the static cache passed as a task's (or
+    `phalanx eval --gen-kwargs`') generation option, which reaches the model's cache choice."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
     model, tokenizer = byte_model_and_tokenizer
+    seen = []
+    prepare = model._prepare_cache_for_generation
+
+    def spy(generation_config, *args, **kwargs):
+        seen.append(generation_config.cache_implementation)
+        return prepare(generation_config, *args, **kwargs)
+
+    monkeypatch.setattr(model, "_prepare_cache_for_generation", spy)
     contexts = ["To be, or not to be", "Now is the winter"]
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=2, max_length=256)
-    requests = [
-        Instance("generate_until", doc={}, arguments=(c, {"until": ["\u0000never"], "max_gen_toks": 16, "do_sample": False}), idx=0)
-        for c in contexts
-    ]
+    options = {"until": ["\u0000never"], "max_gen_toks": 16, "do_sample": False, **gen_kwargs}
+    requests = [Instance("generate_until", doc={}, arguments=(c, dict(options)), idx=0) for c in contexts]
     got = lm.generate_until(requests)
+    assert seen and set(seen) == {gen_kwargs.get("cache_implementation")}
     for context, text in zip(contexts, got):
         ids = tokenizer(context, return_tensors="pt")
         new = model.generate(**ids, do_sample=False, max_new_tokens=16, min_new_tokens=16)[0, ids["input_ids"].shape[1] :]
