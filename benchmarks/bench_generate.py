@@ -256,6 +256,35 @@ def table(points: list[dict]) -> str:
     return "\n".join("| " + " | ".join(r) + " |" for r in (header, ["---"] * len(header), *rows))
 
 
+def plot(points: list[dict], path: Path, title: str) -> Path:
+    """Decode tokens/s per (batch, prompt) point, one bar per model and cache (log scale), error points left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [p for p in points if "error" not in p and p["batch"] is not None]
+    keys = sorted({(p["batch"], p["prompt"]) for p in ok}, key=lambda k: (k[1], k[0]))
+    series = list(dict.fromkeys((p["model"], p["cache"]) for p in ok))
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for i, (model, cache) in enumerate(series):
+        got = {(p["batch"], p["prompt"]): p["decode_tokens_per_s"] for p in ok if (p["model"], p["cache"]) == (model, cache)}
+        xs = [j + (i - (len(series) - 1) / 2) * width for j, k in enumerate(keys) if k in got]
+        ax.bar(xs, [got[k] for k in keys if k in got], width, label=f"{model}, {cache} cache")
+    ax.set_xticks(range(len(keys)), [f"batch {b}, {n // 1024}K prompt" for b, n in keys])
+    ax.set_yscale("log")
+    ax.set_ylabel("decode tokens / s (log)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="1.3b", choices=["1.3b", "tiny"])
@@ -269,7 +298,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--deadline-s", type=float, help="start no new point after this many seconds")
     parser.add_argument("--out", type=Path, help="JSON, rewritten after every point")
+    parser.add_argument("--plot", type=Path, help="PNG of decode tokens/s per point, written at the end")
+    parser.add_argument("--from-json", type=Path, metavar="JSON",
+                        help="measure nothing: print the table (and --plot) of an earlier run's JSON")
     args = parser.parse_args(argv)
+    if args.from_json is not None:
+        if not args.from_json.is_file():
+            parser.error(f"--from-json: no such file: {args.from_json}")
+        earlier = json.loads(args.from_json.read_text())
+        print(table(earlier["points"]))
+        if args.plot:
+            print(f"plot: {plot(earlier['points'], args.plot, generate_title(earlier))}")
+        return 0
     if args.new_tokens < 2:
         parser.error("--new-tokens must be at least 2 (decode speed is measured past the first token)")
     args.points = list(dict.fromkeys(args.points))
@@ -287,7 +327,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         write_json(args.out, result)
     print(table(result["points"]))
+    if args.plot:
+        print(f"plot: {plot(result['points'], args.plot, generate_title(result))}")
     return 0
+
+
+def generate_title(result: dict) -> str:
+    """Plot title: what was measured, on which machine and versions."""
+    env = result.get("environment", {})
+    versions = ", ".join(f"{k} {env[k]}" for k in ("torch", "transformers") if k in env)
+    return f"generate() decode speed, {env.get('gpu', 'CPU')}; {versions}"
 
 
 if __name__ == "__main__":

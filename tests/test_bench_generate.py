@@ -31,7 +31,9 @@ def bench(monkeypatch):
 
 def test_smoke_run_writes_every_point(bench, tmp_path: Path, capsys) -> None:
     out = tmp_path / "generate.json"
-    assert bench.main([*SMOKE, "--models", "transformer", "phalanx_hybrid", "--out", str(out)]) == 0
+    assert bench.main([*SMOKE, "--models", "transformer", "phalanx_hybrid", "--out", str(out),
+                       "--plot", str(tmp_path / "generate.png")]) == 0
+    assert (tmp_path / "generate.png").stat().st_size > 1000
     points = json.loads(out.read_text())["points"]
     assert {(p["model"], p["cache"]) for p in points} == {
         (m, c) for m in ("transformer", "phalanx_hybrid") for c in ("default", "static", "fast")}
@@ -82,3 +84,16 @@ def test_deadline_stops_before_the_next_point(bench, tmp_path: Path, capsys) -> 
     assert bench.main([*SMOKE, "--models", "transformer", "--deadline-s", "0", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["points"] == []
     assert capsys.readouterr().out.count("bench_generate: deadline reached, skipping the rest") == 1
+
+
+def test_from_json_renders_an_earlier_run_without_measuring(bench, tmp_path: Path, capsys, monkeypatch) -> None:
+    """--from-json prints the committed run's table and plots it; nothing is built or timed."""
+    monkeypatch.setattr(bench, "run", lambda *a: pytest.fail("--from-json must not measure"))
+    committed = REPO / "benchmarks" / "results" / "generate_h200.json"
+    assert bench.main(["--from-json", str(committed), "--plot", str(tmp_path / "p.png")]) == 0
+    out = capsys.readouterr().out
+    assert "| phalanx_hybrid | static | 236.0 (15%) | 5,349.9 (10%) | 234.6 (15%) |" in out
+    assert (tmp_path / "p.png").is_file()
+    with pytest.raises(SystemExit):
+        bench.main(["--from-json", str(tmp_path / "missing.json")])
+    assert "no such file" in capsys.readouterr().err
