@@ -4,13 +4,12 @@ value is refused by name; a point that fails is recorded as an error point and t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from by_path import imported_file
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = ["--size", "tiny", "--device", "cpu", "--points", "2x17", "--new-tokens", "3", "--repeats", "1", "--no-compile"]
@@ -19,14 +18,8 @@ SMOKE = ["--size", "tiny", "--device", "cpu", "--points", "2x17", "--new-tokens"
 @pytest.fixture
 def bench(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("bench_generate", REPO / "benchmarks" / "bench_generate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with imported_file(REPO / "benchmarks" / "bench_generate.py", "bench_generate") as module:
         yield module
-    finally:
-        del sys.modules[spec.name]
 
 
 def test_smoke_run_writes_every_point(bench, tmp_path: Path, capsys) -> None:

@@ -3,20 +3,19 @@ every peer row says why each peer did not run on the CPU; the JSON is written.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
+
+from by_path import imported_file
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_cpu_tiny_smoke_run_writes_json(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("bench_hyena", REPO / "benchmarks" / "bench_hyena.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     out = tmp_path / "hyena.json"
-    rows, peers = bench.main(["--device", "cpu", "--size", "tiny", "--reps", "1", "--json", str(out)])
+    with imported_file(REPO / "benchmarks" / "bench_hyena.py", "bench_hyena") as bench:
+        rows, peers = bench.main(["--device", "cpu", "--size", "tiny", "--reps", "1", "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["rows"] == rows and saved["peers"] == peers and saved["device"] == "cpu"
     assert [(r["width"], r["seqlen"]) for r in peers] == [(32, 64)]

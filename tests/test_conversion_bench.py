@@ -4,13 +4,12 @@ within 5% of its tokens with a recovery curve, timed, reported."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from by_path import imported_file
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_PACKAGE, HELD_OUT_PACKAGE = "packaging", "tqdm"  # as tests/test_quality_bench.py
@@ -18,14 +17,8 @@ TRAIN_PACKAGE, HELD_OUT_PACKAGE = "packaging", "tqdm"  # as tests/test_quality_b
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("conversion_bench", REPO / "benchmarks" / "conversion_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with imported_file(REPO / "benchmarks" / "conversion_bench.py", "conversion_bench") as module:
         yield module
-    finally:
-        del sys.modules[spec.name]
 
 
 def test_distill_plan_keeps_the_budget(bench) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from by_path import import_file
 
 from modeling_phalanx import PhalanxForCausalLM
 from phalanx_cli.main import main
@@ -25,12 +26,7 @@ DISTANCES = [64, 128, 256, 512, 1024, 2048, 4096, 8192]
 
 def _loader_docs():
     """The task folder's loader (imported by path, as lm-eval does) for the reference computation."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("phalanx_task_loader_ref", TASK_DIR / "loader.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_file(TASK_DIR / "loader.py", "phalanx_task_loader_ref")
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 
 import pytest
 from lm_eval import utils as lm_eval_utils
+from by_path import import_file
 
 from phalanx_eval.harness import TASK_DIR, resolve_task_manager, shipped_task_manager
 from phalanx_training.data import HELD_OUT_WORKS
@@ -17,10 +17,7 @@ DISTANCES = [64, 128, 256, 512, 1024, 2048, 4096, 8192]
 
 def _load_loader():
     """The task folder's loader module, imported by path as lm-eval does."""
-    spec = importlib.util.spec_from_file_location("phalanx_task_loader", TASK_DIR / "loader.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_file(TASK_DIR / "loader.py", "phalanx_task_loader")
 
 
 loader = _load_loader()

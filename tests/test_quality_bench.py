@@ -8,10 +8,10 @@ import importlib.util
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from by_path import imported_file
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_PACKAGE, HELD_OUT_PACKAGE = "packaging", "tqdm"  # pure Python; tqdm is a dependency, packaging one of transformers
@@ -19,14 +19,8 @@ TRAIN_PACKAGE, HELD_OUT_PACKAGE = "packaging", "tqdm"  # pure Python; tqdm is a 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("quality_bench", REPO / "benchmarks" / "quality_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with imported_file(REPO / "benchmarks" / "quality_bench.py", "quality_bench") as module:
         yield module
-    finally:
-        del sys.modules[spec.name]
 
 
 def fake_package(root: Path, name: str) -> Path:
