@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from transformers.generation import CompileConfig, StoppingCriteria, StoppingCriteriaList
 
-from modeling_phalanx.generation_phalanx import cache_kwarg, fast_generate, static_cache
+from modeling_phalanx.generation_phalanx import fast_generate, static_cache
 from modeling_phalanx.modeling_phalanx import CACHE_KWARG
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -140,8 +140,8 @@ def bench_fast_point(model: torch.nn.Module, batch: int, prompt: int, args: argp
         prompt_ready, first, last = clock.times
         prefill.append(first - prompt_ready)
         step.append((last - first) / (args.new_tokens - 1))
-    cache = static_cache(model, batch, prompt + args.new_tokens - 1)  # as fast_generate sizes it
-    model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_kwarg(model): cache})
+    cache_name, cache = static_cache(model, batch, prompt + args.new_tokens - 1)  # as fast_generate sizes it
+    model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_name: cache})
     cache_per_seq = cache_bytes(cache) / batch
     del ids, cache
     return {"prefill": statistics.median(prefill), "step": statistics.median(step), "cache_bytes_per_seq": cache_per_seq}

@@ -15,7 +15,6 @@ Torch only, no sibling imports: `phalanx export` copies this file next to `custo
 from __future__ import annotations
 
 import copy
-import inspect
 from typing import Any
 
 import torch
@@ -32,20 +31,18 @@ UNSUPPORTED_ARGUMENTS = (
 )
 
 
-def cache_kwarg(model: torch.nn.Module) -> str:
-    """The name `model.forward` takes its cache under: `cache` (Transformers >= 5.24) or `past_key_values`."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def static_cache(model: torch.nn.Module, batch_size: int, max_cache_len: int) -> Any:
+def static_cache(model: torch.nn.Module, batch_size: int, max_cache_len: int) -> tuple[str, Any]:
     """The cache `model.generate(cache_implementation="static")` would build for `batch_size` rows of `max_cache_len`
-    tokens (the model's own `_prepare_cache_for_generation`: `PhalanxStaticCache` for Phalanx models)."""
+    tokens (the model's own `_prepare_cache_for_generation`: `PhalanxStaticCache` for Phalanx models), and the
+    keyword `generate` passes it to `forward` under on the installed release (`cache` from Transformers 5.24 on,
+    `past_key_values` before)."""
     generation_config = type(model.generation_config)(
         cache_implementation="static", num_beams=1, num_return_sequences=1
     )
     model_kwargs: dict[str, Any] = {}
     model._prepare_cache_for_generation(generation_config, model_kwargs, None, batch_size, max_cache_len)
-    return model_kwargs[cache_kwarg(model)]
+    ((name, cache),) = model_kwargs.items()
+    return name, cache
 
 
 def pick_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int | None) -> torch.Tensor:
@@ -163,8 +160,7 @@ def fast_generate(
     pad = pad_token_id if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
     compile = device.type == "cuda" if compile is None else compile
 
-    cache_name = cache_kwarg(model)
-    cache = static_cache(model, batch, total - 1)  # as `generate` sizes it: the last token is never fed back
+    cache_name, cache = static_cache(model, batch, total - 1)  # as `generate` sizes it: the last token is never fed back
     sequences = torch.full((batch, total), pad, dtype=torch.long, device=device)
     sequences[:, :prompt_len] = input_ids
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
