@@ -30,12 +30,14 @@ class SWRState(NamedTuple):
     """State that lets the SWR continue a sequence.
 
     h:   (N, H, W, D) float32. ``h[:, :, k]`` is the recurrence restarted at the start of the block
-         ``k`` blocks before the block of the last consumed token.
+         ``k`` blocks before the block of the last consumed token. ``None`` as an initial state: nothing
+         consumed yet, the sequence starting at position ``pos`` (a left-padded row whose first token follows
+         ``p`` padding tokens starts at ``-p``, so its blocks align to that token without a host read).
     pos: (N,) int64. Tokens of each sequence consumed so far (only ``pos % block_len`` and whether it is
          zero matter for the math).
     """
 
-    h: torch.Tensor
+    h: torch.Tensor | None
     pos: torch.Tensor
 
 
@@ -112,12 +114,14 @@ def check_swr_args(
     if initial_state is not None:
         if not isinstance(initial_state, SWRState):
             raise TypeError(f"initial_state must be an SWRState, got {type(initial_state).__name__}")
-        if not isinstance(initial_state.h, torch.Tensor) or not initial_state.h.is_floating_point():
-            raise TypeError("initial_state.h must be a floating-point tensor")
+        if initial_state.h is not None and (
+            not isinstance(initial_state.h, torch.Tensor) or not initial_state.h.is_floating_point()
+        ):
+            raise TypeError("initial_state.h must be a floating-point tensor or None (a zero state)")
         if not isinstance(initial_state.pos, torch.Tensor):
             raise TypeError(f"initial_state.pos must be a torch.Tensor, got {type(initial_state.pos).__name__}")
         expected = (num_seqs, heads, window_blocks, head_dim)
-        if tuple(initial_state.h.shape) != expected:
+        if initial_state.h is not None and tuple(initial_state.h.shape) != expected:
             raise ValueError(f"initial_state.h must have shape {expected}, got {tuple(initial_state.h.shape)}")
         if tuple(initial_state.pos.shape) != (num_seqs,) or initial_state.pos.is_floating_point():
             raise ValueError(f"initial_state.pos must be an integer tensor of shape {(num_seqs,)}")
@@ -277,7 +281,9 @@ def _swr_torch_impl(
         lengths = cu[1:] - cu[:-1]
     if initial_state is not None:
         pos0 = initial_state.pos.to(device=device, dtype=torch.long)
-        h_in = incoming_state(SWRState(initial_state.h.to(device=device, dtype=cdtype), pos0), block_len)
+        h_in = None
+        if initial_state.h is not None:
+            h_in = incoming_state(SWRState(initial_state.h.to(device=device, dtype=cdtype), pos0), block_len)
     else:
         pos0 = torch.zeros(num_seqs, device=device, dtype=torch.long)
         h_in = None
@@ -293,6 +299,8 @@ def _swr_torch_impl(
         y = y[:, :seqlen]
     else:
         aligned_len = phase + lengths
+        if cu_seqlens is None:  # every row one sequence: its length bounds them all, known without a host read
+            max_seqlen = seqlen
         if max_seqlen is None:
             max_len = int(aligned_len.max())
         else:  # a bound without a host sync: a phase adds at most block_len - 1 (padding beyond is zeros)

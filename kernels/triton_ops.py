@@ -331,7 +331,7 @@ def _final_state(
     rows = starts[seg] + tail_start[seg] + torch.arange(total, device=device) - cu[:-1][seg]
     u, log_g, _ = inputs(rows)
     from_start = tail_block == 0
-    if state is not None:
+    if state is not None and state.h is not None:
         h0 = torch.where(from_start.view(-1, 1, 1, 1), state.h.to(device, torch.float32), 0.0)
     else:
         h0 = torch.zeros(num_seqs, heads, window, dim, device=device)
@@ -341,6 +341,11 @@ def _final_state(
         initial_state=start_state, output_final_state=True,
     )
     return SWRState(final.h, pos0 + lengths)
+
+
+def _end_pos(state: SWRState | None, lengths: torch.Tensor) -> torch.Tensor:
+    """Position after each sequence: its start (0, or the zero state's ``pos``) plus its length."""
+    return lengths if state is None else state.pos.to(lengths.device, torch.long) + lengths
 
 
 def _kernel_window(window_blocks: int, max_len: int, block_len: int) -> int:
@@ -400,20 +405,21 @@ def swr_triton(
     num_seqs = check_swr_args(x, log_gates, block_len, window_blocks, cu_seqlens, initial_state, max_seqlen)
     batch, seqlen, heads, dim = x.shape
     phase = None if initial_state is None else initial_state.pos.to(x.device) % block_len
-    kernel_final = output_final_state and initial_state is None and not _needs_grad(x, log_gates)
+    zero_start = initial_state is None or initial_state.h is None  # no history: the kernel's final state is exact
+    kernel_final = output_final_state and zero_start and not _needs_grad(x, log_gates)
     max_len = _max_len(seqlen, cu_seqlens, max_seqlen)
     y, final = swr_fwd_op(x, log_gates, cu_seqlens, phase, max_len, block_len,
                           _kernel_window(window_blocks, max_len, block_len), kernel_final)
-    if initial_state is None and not output_final_state:
+    if zero_start and not output_final_state:
         return y
     starts, lengths = _sequences(batch, seqlen, cu_seqlens, x.device)
     if kernel_final:
-        return y, SWRState(_widen(final, window_blocks), lengths)
+        return y, SWRState(_widen(final, window_blocks), _end_pos(initial_state, lengths))
 
     def inputs(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         return x.reshape(-1, heads, dim)[rows].float(), log_gates.reshape(-1, heads)[rows].float(), None
 
-    if initial_state is not None:
+    if not zero_start:
         rows, corr, _ = _initial_state_terms(inputs, starts, lengths, initial_state, block_len, window_blocks,
                                              batch * seqlen, max_len)
         y = y.reshape(-1, heads, dim).index_add(0, rows, corr.to(y.dtype)).view(batch, seqlen, heads, dim)
@@ -456,16 +462,17 @@ def phalanx_core_triton(
         raise ValueError(f"decay_cap must be in (0, 1], got {decay_cap}")
     log_cap = 0.0 if decay_cap is None else math.log(decay_cap)
     phase = None if initial_state is None else initial_state.pos.to(proj.device) % block_len
-    kernel_final = output_final_state and initial_state is None and not _needs_grad(proj)
+    zero_start = initial_state is None or initial_state.h is None  # no history: the kernel's final state is exact
+    kernel_final = output_final_state and zero_start and not _needs_grad(proj)
     max_len = _max_len(seqlen, cu_seqlens, max_seqlen)
     out, final = core_fwd_op(proj, cu_seqlens, phase, max_len, num_heads, head_dim, num_gate_groups, block_len,
                              _kernel_window(window_blocks, max_len, block_len), log_cap, kernel_final)
-    if initial_state is None and not output_final_state:
+    if zero_start and not output_final_state:
         return out
     starts, lengths = _sequences(batch, seqlen, cu_seqlens, proj.device)
     if kernel_final:
-        return out, SWRState(_widen(final, window_blocks), lengths)
-    if initial_state is not None:
+        return out, SWRState(_widen(final, window_blocks), _end_pos(initial_state, lengths))
+    if not zero_start:
         rows, corr, readout = _initial_state_terms(inputs, starts, lengths, initial_state, block_len, window_blocks,
                                                    batch * seqlen, max_len)
         width = num_heads * head_dim

@@ -465,6 +465,13 @@ class PhalanxAttention(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def mixers_hold_state(cache: Cache | None, layer_types: list[str]) -> bool:
+    """Whether any mixer layer of ``cache`` holds a state already (a continued forward)."""
+    return cache is not None and any(
+        cache.layers[i].is_recurrent_states_initialized[0] for i, t in enumerate(layer_types) if t in MIXER_CLASSES
+    )
+
+
 def create_phalanx_masks(
     config: PhalanxConfig,
     inputs_embeds: torch.Tensor,
@@ -605,7 +612,8 @@ class PhalanxMixer(nn.Module):
         else:
             want_state = cache_layer is not None
             y, state = self._chunk(
-                proj, state_cls, cached_h, position_ids, cu_seqlens, max_seqlen, want_state, use_kernels
+                proj, state_cls, cached_h, attention_mask, position_ids, cu_seqlens, max_seqlen, want_state,
+                use_kernels,
             )
         if cache_layer is not None:
             cache.update_recurrent_state(state.h, self.layer_idx, state_idx=0)
@@ -619,13 +627,17 @@ class PhalanxMixer(nn.Module):
         proj: torch.Tensor,
         state_cls: type,
         cached_h: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor,
         cu_seqlens: torch.Tensor | None,
         max_seqlen: int | None,
         want_state: bool,
         use_kernels: bool,
     ) -> tuple[torch.Tensor, SWRState | None]:
-        """Multi-token pass (training, prefill, chunked continuation); returns y and, if wanted, each row's state."""
+        """Multi-token pass (training, prefill, chunked continuation); returns y and, if wanted, each row's state.
+
+        Without `cu_seqlens`, a row that starts afresh under a 2D padding mask starts at position -p, p its
+        leading padding tokens (zeroed in `proj`, so they add nothing): its blocks align to its first token."""
         batch, seqlen, features = proj.shape
         core = self.kernels[1] if use_kernels else phalanx_core_torch
         core_kwargs = {
@@ -637,6 +649,9 @@ class PhalanxMixer(nn.Module):
         }
         if cu_seqlens is None:
             initial = None if cached_h is None else state_cls(cached_h, position_ids[:, 0].to(torch.long))
+            if cached_h is None and attention_mask is not None:
+                leading = (attention_mask[:, -seqlen:].cumsum(-1) == 0).sum(-1)
+                initial = state_cls(None, -leading.to(torch.long))
             out = core(proj, initial_state=initial, **core_kwargs)
             return out if want_state else (out, None)
 
@@ -925,6 +940,15 @@ class PhalanxModel(PhalanxPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    def _mixers_align_padding(self, attention_mask: torch.Tensor, cache: Cache | None) -> bool:
+        """A 2D padding mask needs no sequence starts when every mixer is a Phalanx mixer starting afresh: each
+        aligns its blocks to a row's first unpadded token itself (Hyena and mLSTM mixers take `cu_seqlens`)."""
+        mixer_types = {t for t in self.config.layer_types if t in MIXER_CLASSES}
+        return (
+            attention_mask.ndim == 2 and mixer_types <= {PHALANX_MIXER}
+            and not mixers_hold_state(cache, self.config.layer_types)
+        )
+
     def _position_embeddings(
         self, hidden_states: torch.Tensor, position_ids: torch.Tensor
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor] | None]:
@@ -964,8 +988,12 @@ class PhalanxModel(PhalanxPreTrainedModel):
         if use_cache and cache is None:
             cache = PhalanxCache(config=self.config)
         batch, seqlen = inputs_embeds.shape[:2]
-        # Default positions restart (a row holding several sequences) only at the padding of a 2D mask.
-        may_restart = position_ids is not None or isinstance(attention_mask, torch.Tensor)
+        # Default positions restart (a row holding several sequences) only at the padding of a 2D mask, and
+        # Phalanx mixers starting afresh align their blocks to a left-padded row's first token without
+        # the host read of `sequence_starts` (`PhalanxMixer._chunk`), so such a prefill compiles as one graph.
+        may_restart = position_ids is not None or (
+            isinstance(attention_mask, torch.Tensor) and not self._mixers_align_padding(attention_mask, cache)
+        )
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, cache, seqlen, inputs_embeds.device)
 

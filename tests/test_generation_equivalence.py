@@ -224,6 +224,33 @@ def test_unpadded_forward_compiles_as_one_graph(name: str) -> None:
     torch.testing.assert_close(compiled(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("name", ["phalanx_only", "hybrid"])
+def test_left_padded_prefill_compiles_as_one_graph(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A left-padded batch without caller positions, starting afresh: the Phalanx mixers align each row's blocks
+    to its first token from the mask (no `sequence_starts` host read), so the forward compiles with
+    `fullgraph=True`, and each row's logits and cached state continue exactly as the prompt alone."""
+    import modeling_phalanx.modeling_phalanx as modeling
+
+    model = mix_model(name, attn_implementation="sdpa")
+    ids = torch.randint(3, VOCAB, (3, 37))
+    mask = torch.ones_like(ids)
+    mask[1, :5], mask[2, :20] = 0, 0
+    monkeypatch.setattr(modeling, "sequence_starts", lambda *a: pytest.fail("sequence_starts read on the host"))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    got = compiled(ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, model(ids, attention_mask=mask).logits, rtol=1e-5, atol=1e-5)
+    monkeypatch.undo()
+    for row, pad in enumerate((0, 5, 20)):
+        alone = model(ids[row:row + 1, pad:]).logits
+        torch.testing.assert_close(got[row:row + 1, pad:], alone, rtol=1e-5, atol=1e-5)
+    # Generation from the padded prefill's cache gives each prompt's own tokens.
+    out = model.generate(ids, attention_mask=mask, pad_token_id=0, **GREEDY)
+    for row, pad in enumerate((0, 5, 20)):
+        assert torch.equal(out[row, ids.shape[1]:], model.generate(ids[row:row + 1, pad:], **GREEDY)[0, 37 - pad:])
+
+
 @pytest.fixture(scope="module")
 def byte_model_and_tokenizer():
     tokenizer = load_byte_tokenizer()

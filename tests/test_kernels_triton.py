@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from phalanx_kernels.swr_torch import swr_step, swr_torch
+from phalanx_kernels.swr_torch import phalanx_core_torch, swr_step, swr_torch
 from phalanx_kernels import SWRState
 from swr_oracle import core_oracle, cu_seqlens_of, make_inputs, swr_oracle
 
@@ -271,6 +271,54 @@ def test_inference_final_state_from_the_forward_kernel(monkeypatch: pytest.Monke
         ref_out, ref_fin = core_oracle(proj, 4, 16, 2, 16, window, 0.9)
         assert_matches(fin.h, ref_fin, torch.float32, "fused core final state")
         assert_matches(out, ref_out, torch.float32, "fused core out")
+
+
+@pytest.mark.parametrize("window", [1, 2, 3])
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_zero_state_at_a_start_position_equals_each_row_unpadded(monkeypatch, impl: str, window: int) -> None:
+    """`SWRState(None, -p)`: a row whose first p tokens are padding (zero inputs) starts at position -p, so its
+    blocks align to its first real token: outputs and final state (position = real tokens) equal the float64
+    oracle on that row alone, from the forward kernel's own final state (no PyTorch final-state path); the
+    fused core too; gradients flow as without padding."""
+    monkeypatch.setattr(triton_ops, "_final_state", lambda *a, **k: pytest.fail("PyTorch final-state path used"))
+    pad = torch.tensor([0, 5, 16, 23])
+    seqlen = 45
+    real = torch.arange(seqlen)[None] >= pad[:, None]
+    x, g = make_inputs(4, seqlen, 2, 16, gates="near1", seed=window)
+    x, g = x * real[..., None, None], g * real[..., None]
+    start = SWRState(None, -pad)
+    swr = swr_torch if impl == "torch" else triton_ops.swr_triton
+    with torch.no_grad():
+        y, fin = swr(x.float().to(DEVICE), g.float().to(DEVICE), block_len=16, window_blocks=window,
+                     initial_state=SWRState(None, start.pos.to(DEVICE)), output_final_state=True)
+    assert fin.pos.tolist() == (seqlen - pad).tolist()
+    for r, p in enumerate(pad.tolist()):
+        ref_y, ref_h = swr_oracle(x[r:r + 1, p:], g[r:r + 1, p:], 16, window)
+        assert_matches(y[r:r + 1, p:], ref_y, torch.float32, f"row {r} y")
+        assert_matches(fin.h[r:r + 1], ref_h, torch.float32, f"row {r} final state")
+
+    proj = _core_inputs(4, 2, seqlen, seed=window).repeat(2, 1, 1) * real[..., None]
+    kw = dict(num_heads=4, head_dim=16, num_gate_groups=2, block_len=16, window_blocks=window, decay_cap=0.9)
+    core = triton_ops.phalanx_core_triton if impl == "triton" else phalanx_core_torch
+    with torch.no_grad():
+        out, fin = core(proj.float().to(DEVICE), initial_state=SWRState(None, start.pos.to(DEVICE)),
+                        output_final_state=True, **kw)
+    for r, p in enumerate(pad.tolist()):
+        ref_out, ref_h = core_oracle(proj[r:r + 1, p:], 4, 16, 2, 16, window, 0.9)
+        assert_matches(out[r:r + 1, p:], ref_out, torch.float32, f"core row {r} out")
+        assert_matches(fin.h[r:r + 1], ref_h, torch.float32, f"core row {r} final state")
+
+    r, p = 3, int(pad[3])
+    weights = torch.randn(1, seqlen - p, 4 * 16, dtype=torch.float64)
+
+    def padded_row(q: torch.Tensor) -> torch.Tensor:
+        full = torch.cat([q.new_zeros(1, p, q.shape[-1]), q], dim=1)
+        return core(full, initial_state=SWRState(None, -pad[r:r + 1].to(q.device)), **kw)[:, p:]
+
+    got = values_and_grads(padded_row, [proj[r:r + 1, p:].float()], weights, DEVICE)
+    ref = values_and_grads(lambda q: core_oracle(q, 4, 16, 2, 16, window, 0.9)[0], [proj[r:r + 1, p:]], weights)
+    for name, a, b in zip(("out", "dproj"), got, ref):
+        assert_matches(a, b, torch.float32, f"padded row {name}")
 
 
 def test_config_with_more_heads_per_program_than_heads(monkeypatch: pytest.MonkeyPatch) -> None:
