@@ -230,11 +230,10 @@ def test_layer_matches_transformers_xlstm_layer(seqlen: int) -> None:
     torch.testing.assert_close(states[3], m_state.squeeze(-1), rtol=1e-4, atol=1e-5)
 
 
-@needs_native_xlstm
-def test_core_matches_transformers_mlstm_functions_from_a_state() -> None:
-    """Transformers' native chunkwise and recurrent mLSTM functions, continuing from a nonzero (C, n, m), give the
-    chunkwise and step paths' outputs and final states (float64)."""
-    g = torch.Generator().manual_seed(7)
+def head_major_inputs(seed: int) -> tuple[torch.Tensor, ...]:
+    """Float64 q, k, v, gate pre-activations (B=2, H=2, T=16; Dk 8, Dv 4) and a nonzero state (C, n, m), laid out
+    head-major as Transformers' and the xLSTM authors' mLSTM functions take them."""
+    g = torch.Generator().manual_seed(seed)
     batch, heads, seqlen, dk, dv = 2, 2, 16, 8, 4
     q, k = (torch.randn(batch, heads, seqlen, dk, generator=g, dtype=torch.float64) for _ in range(2))
     v = torch.randn(batch, heads, seqlen, dv, generator=g, dtype=torch.float64)
@@ -243,8 +242,16 @@ def test_core_matches_transformers_mlstm_functions_from_a_state() -> None:
     c0 = torch.randn(batch, heads, dk, dv, generator=g, dtype=torch.float64)
     n0 = torch.randn(batch, heads, dk, generator=g, dtype=torch.float64)
     m0 = torch.randn(batch, heads, generator=g, dtype=torch.float64)
+    return q, k, v, i_pre, f_pre, c0, n0, m0
+
+
+@needs_native_xlstm
+def test_core_matches_transformers_mlstm_functions_from_a_state() -> None:
+    """Transformers' native chunkwise and recurrent mLSTM functions, continuing from a nonzero (C, n, m), give the
+    chunkwise and step paths' outputs and final states (float64)."""
+    q, k, v, i_pre, f_pre, c0, n0, m0 = head_major_inputs(seed=7)
     log_i, log_f = mlstm_log_gates(i_pre, f_pre, "sigmoid")
-    no_restart = torch.zeros(batch, seqlen, dtype=torch.bool)
+    no_restart = torch.zeros(q.shape[0], q.shape[2], dtype=torch.bool)
     got, state = mlstm_chunkwise(q, k, v, log_i, log_f, no_restart, (c0, n0, m0), chunk_size=4)
     common = dict(query=q, key=k, value=v, igate=i_pre, fgate=f_pre, c_initial=c0, n_initial=n0)
     common["m_initial"] = m0[..., None]
@@ -264,21 +271,10 @@ def test_core_matches_the_xlstm_authors_mlstm_kernels() -> None:
     kernels = pytest.importorskip("mlstm_kernels.torch")
     from mlstm_kernels.torch.recurrent.native_sequence import mlstm_recurrent_sequence__native_fw
 
-    g = torch.Generator().manual_seed(11)
-    batch, heads, seqlen, dk, dv = 2, 2, 16, 8, 4
-    q, k = (torch.randn(batch, heads, seqlen, dk, generator=g, dtype=torch.float64) for _ in range(2))
-    v = torch.randn(batch, heads, seqlen, dv, generator=g, dtype=torch.float64)
-    i_pre = torch.randn(batch, heads, seqlen, generator=g, dtype=torch.float64) * 3
-    f_pre = torch.randn(batch, heads, seqlen, generator=g, dtype=torch.float64) + 3
-    state = (
-        torch.randn(batch, heads, dk, dv, generator=g, dtype=torch.float64),
-        torch.randn(batch, heads, dk, generator=g, dtype=torch.float64),
-        torch.randn(batch, heads, generator=g, dtype=torch.float64),
-    )
+    q, k, v, i_pre, f_pre, c0, n0, m0 = head_major_inputs(seed=11)
     log_i, log_f = mlstm_log_gates(i_pre, f_pre, "sigmoid")
-    no_restart = torch.zeros(batch, seqlen, dtype=torch.bool)
-    got, got_state = mlstm_chunkwise(q, k, v, log_i, log_f, no_restart, state, chunk_size=4)
-    c0, n0, m0 = state
+    no_restart = torch.zeros(q.shape[0], q.shape[2], dtype=torch.bool)
+    got, got_state = mlstm_chunkwise(q, k, v, log_i, log_f, no_restart, (c0, n0, m0), chunk_size=4)
     common = dict(q=q, k=k, v=v, i=i_pre, f=f_pre, c_initial=c0, n_initial=n0, m_initial=m0[..., None])
     common["return_last_states"] = True
     chunkwise = kernels.get_mlstm_kernel("chunkwise--native_autograd")
