@@ -210,7 +210,7 @@ def run(args: argparse.Namespace, record) -> None:
         if model is None:
             free_memory(args.device)
             continue
-        for cache in CACHES:
+        for cache in args.caches:
             for batch, prompt in args.points:
                 if out_of_time():
                     return
@@ -291,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=list(GENERATE_MODELS), choices=GENERATE_MODELS)
     parser.add_argument("--points", type=parse_point, nargs="+", default=[parse_point(p) for p in DEFAULT_POINTS],
                         metavar="BATCHxPROMPT", help=f"(batch, prompt) points (default: {' '.join(DEFAULT_POINTS)})")
+    parser.add_argument("--caches", nargs="+", default=list(CACHES), choices=CACHES,
+                        help="which decode paths to time (default: all)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bandwidth", type=float, default=4.3e12, help="bytes/s the weights stream at (H200: 4.3e12)")
@@ -313,8 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.new_tokens < 2:
         parser.error("--new-tokens must be at least 2 (decode speed is measured past the first token)")
     args.points = list(dict.fromkeys(args.points))
+    args.caches = list(dict.fromkeys(args.caches))
     shown = {k: str(v) for k, v in vars(args).items()}
     shown["points"] = " ".join(f"{b}x{n}" for b, n in args.points)
+    shown["caches"] = " ".join(args.caches)
     result = {"environment": environment(), "args": shown, "points": []}
 
     def record(point: dict) -> None:
