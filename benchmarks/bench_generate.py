@@ -159,6 +159,10 @@ def bench_point(model: torch.nn.Module, name: str, cache: str, batch: int, promp
     else:
         ids = torch.randint(3, model.config.vocab_size, (batch, prompt), device=device)
         mask = torch.ones_like(ids)
+        # generate sizes a static cache to the longest one it made before (`_previous_max_cache_length`, to avoid
+        # recompiling): a point after a longer prompt would decode over the longer cache (seen on the H200: the
+        # anchor at 1x4K over a 32K cache), so each point starts from its own size
+        model.__dict__.pop("_previous_max_cache_length", None)
         options = generate_kwargs(cache, not args.no_compile, args.new_tokens)
         out = model.generate(ids, attention_mask=mask, **options)  # compiles / warms up
         del out
@@ -222,6 +226,7 @@ def run(args: argparse.Namespace, record) -> None:
                 free_memory(args.device)  # after the except clause, so the traceback's tensors are gone
                 record(point)
         del model
+        torch._dynamo.reset()  # the compiled graphs and their CUDA-graph pools hold the model's memory
         free_memory(args.device)
 
 

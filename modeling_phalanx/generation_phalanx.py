@@ -95,10 +95,21 @@ def decode_step(
 _COMPILED_STEP: dict[str, Any] = {}
 
 
-def compiled_step() -> Any:
-    """`decode_step` compiled once per process with CUDA graphs (`mode="reduce-overhead"`, `fullgraph=True`)."""
-    if "step" not in _COMPILED_STEP:
-        _COMPILED_STEP["step"] = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True)
+def compiled_step(model: torch.nn.Module) -> Any:
+    """`decode_step` compiled with CUDA graphs (`mode="reduce-overhead"`, `fullgraph=True`), once per process and
+    parameter dtype and device. `model.to(dtype)` swaps only the parameters' `.data`, and dynamo, which skips tensor
+    guards on parameters whose module dicts are unchanged, then ran the graph traced for the old dtype (seen on the
+    H200: fp32 activations into a bf16 matmul); so a new dtype or device first drops `decode_step`'s compiled code."""
+    weight = next(model.parameters())
+    key = (weight.dtype, weight.device)
+    if _COMPILED_STEP.get("key") != key:
+        if "key" in _COMPILED_STEP:
+            reset_code = getattr(torch._C._dynamo.eval_frame, "reset_code", None)
+            if reset_code is not None:
+                reset_code(decode_step.__code__)
+            else:
+                torch._dynamo.reset()
+        _COMPILED_STEP.update(key=key, step=torch.compile(decode_step, mode="reduce-overhead", fullgraph=True))
     return _COMPILED_STEP["step"]
 
 
@@ -186,7 +197,7 @@ def fast_generate(
 
     step = decode_step
     if compile:
-        step = compiled_step()
+        step = compiled_step(model)
         for buffer in (tokens, position, padding, sequences, finished, *([] if step_mask is None else [step_mask])):
             torch._dynamo.mark_static_address(buffer)
     streamed = prompt_len

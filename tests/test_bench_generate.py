@@ -90,3 +90,14 @@ def test_from_json_renders_an_earlier_run_without_measuring(bench, tmp_path: Pat
     with pytest.raises(SystemExit):
         bench.main(["--from-json", str(tmp_path / "missing.json")])
     assert "no such file" in capsys.readouterr().err
+
+
+def test_each_static_point_decodes_over_a_cache_of_its_own_size(bench, tmp_path: Path) -> None:
+    """`generate` would size a later, shorter point's static cache to the longest before (`--caches` picks static)."""
+    out = tmp_path / "generate.json"
+    args = [*SMOKE, "--models", "transformer", "--caches", "static", "--out", str(out)]
+    args[args.index("--points") + 1 : args.index("--points") + 2] = ["1x40", "1x10"]
+    assert bench.main(args) == 0
+    per_seq = {p["prompt"]: p["cache_bytes_per_seq"] for p in json.loads(out.read_text())["points"]}
+    assert set(per_seq) == {40, 10}
+    assert per_seq[10] / per_seq[40] == pytest.approx((10 + 3 - 1) / (40 + 3 - 1), rel=0.02)
