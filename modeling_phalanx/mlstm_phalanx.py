@@ -14,11 +14,13 @@ decoding (:func:`mlstm_step`); both carry the state `(C, n, m)` in float32. A to
 sequence from the zero state (packed sequences, `position_ids` restarts); a masked (padding) token leaves the state
 unchanged. The layer around it (:class:`PhalanxMLSTMMixer`) is xLSTM's mLSTM layer: q/k/v, gate and output-gate
 projections, per-head layer norm of `h`, `sigmoid(o) * norm(h)`, `out_proj`. On CUDA, multi-token forwards run the
-xLSTM authors' chunkwise Triton kernel when the optional `mlstm-kernels` package imports (:func:`mlstm_kernel`).
+xLSTM authors' chunkwise Triton kernel when the optional `mlstm-kernels` package imports and the installed Triton
+compiles it correctly (:func:`mlstm_kernel`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -45,6 +47,12 @@ MLSTM_NUM_CACHE_STATES = 4
 MLSTM_KERNEL_NEUTRAL_GATE = 1e4
 MLSTM_KERNEL_CHUNK = 128
 MLSTM_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Compiled by Triton 3.3 or newer, that kernel (mlstm-kernels 2.0.6) computes wrong values: on the H200 with Triton 3.6,
+# fp32 outputs off by 36% of the largest output and bf16 dq by 99% of the largest gradient
+# (benchmarks/results/hyena_h200/test_mlstm_kernel_triton36.log), while the same call run by Triton 3.6's interpreter
+# matches the float64 oracle to 2.4e-4; upstream reports the same (NX-AI/xlstm#107: fixed by Triton 3.2). So the
+# mixer takes the kernel only from older Triton releases.
+MLSTM_KERNEL_TRITON_BELOW = (3, 3)
 
 
 def soft_cap(values: torch.Tensor, cap: float | None) -> torch.Tensor:
@@ -204,16 +212,19 @@ def mlstm_chunkwise(
 
 def mlstm_kernel(forget_gate: str, qk_head_dim: int, v_head_dim: int) -> Callable | None:
     """mlstm-kernels' chunkwise Triton kernel (`triton_xl_chunk`, forward and backward, final states) when that
-    optional package imports and the layer fits it, else None (the PyTorch path). It computes `log sigmoid` of the
-    forget pre-activation itself, so the exponential forget gate stays on PyTorch; its tensor-core tiles need head
-    widths that are multiples of 16."""
+    optional package imports under a Triton release that compiles it correctly (below
+    :data:`MLSTM_KERNEL_TRITON_BELOW`) and the layer fits it, else None (the PyTorch path). It computes `log sigmoid`
+    of the forget pre-activation itself, so the exponential forget gate stays on PyTorch; its tensor-core tiles need
+    head widths that are multiples of 16."""
     if forget_gate != "sigmoid" or qk_head_dim % 16 or v_head_dim % 16:
         return None
     try:
+        import triton
         from mlstm_kernels.torch.chunkwise.triton_xl_chunk import mlstm_chunkwise__xl_chunk
     except ImportError:  # no mlstm-kernels, or no Triton
         return None
-    return mlstm_chunkwise__xl_chunk
+    release = tuple(int(part) for part in re.findall(r"\d+", triton.__version__)[:2])
+    return mlstm_chunkwise__xl_chunk if release < MLSTM_KERNEL_TRITON_BELOW else None
 
 
 def mlstm_kernel_length(seqlen: int) -> int:
