@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fast: the project's decode loop for Phalanx models (default); generate: model.generate",
     )
     parser.add_argument(
-        "--compile", action="store_true",
-        help="fast decoder on a GPU: compile its step with CUDA graphs (much faster at batch 1; not yet checked on a GPU)",
+        "--no-compile", action="store_true",
+        help="fast decoder on a GPU: run its step eagerly instead of compiled with CUDA graphs (slower, no compile wait)",
     )
     parser.add_argument(
         "--trust-remote-code", action="store_true",
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             model, inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
             max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
             top_k=args.top_k, eos_token_id=model.generation_config.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, streamer=streamer, compile=None if args.compile else False,
+            pad_token_id=tokenizer.pad_token_id, streamer=streamer, compile=False if args.no_compile else None,
         )
         return 0
     with torch.no_grad():

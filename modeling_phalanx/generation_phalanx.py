@@ -22,7 +22,7 @@ import torch
 # `generate` arguments the fast loop reads; any other non-default generation setting falls back to `generate`.
 FAST_CONFIG_FIELDS = frozenset(
     {"max_new_tokens", "max_length", "do_sample", "temperature", "top_k", "eos_token_id", "pad_token_id",
-     "bos_token_id", "cache_implementation", "use_cache", "compile_config", "transformers_version"}
+     "bos_token_id", "cache_implementation", "use_cache", "compile_config", "disable_compile", "transformers_version"}
 )
 # Arguments `generate` hands a `custom_generate` function besides `model`, which must be unset for the fast loop.
 UNSUPPORTED_ARGUMENTS = (
@@ -236,9 +236,8 @@ def generate(model: torch.nn.Module, inputs: torch.Tensor | None = None, **kwarg
     with `generate`'s arguments. Greedy or temperature/top-k sampling over a batch without right padding runs
     `fast_generate`; anything else (beam search, logits processors, dict outputs, other sampling settings) runs the
     model's standard `generate` with the same arguments, since Transformers also routes a folder's plain
-    `generate` here once it is loaded with `trust_remote_code=True`. The step is compiled (CUDA graphs, on CUDA)
-    only when a `compile_config` is passed, as the model's own `generate` does until the compiled path's tokens
-    have been checked on a GPU."""
+    `generate` here once it is loaded with `trust_remote_code=True`. On CUDA the step is compiled (CUDA graphs)
+    unless `disable_compile=True`, the switch Transformers' own `generate` honours for the static cache."""
     arguments = dict(kwargs)
     generation_config = copy.deepcopy(arguments.pop("generation_config", None) or model.generation_config)
     input_ids = inputs if inputs is not None else arguments.pop("input_ids", None)
@@ -272,5 +271,5 @@ def generate(model: torch.nn.Module, inputs: torch.Tensor | None = None, **kwarg
         do_sample=bool(generation_config.do_sample), temperature=generation_config.temperature or 1.0,
         top_k=top_k or None, eos_token_id=generation_config.eos_token_id,
         pad_token_id=generation_config.pad_token_id, streamer=streamer,
-        compile=None if generation_config.compile_config is not None else False,
+        compile=False if generation_config.disable_compile else None,
     )

@@ -1060,14 +1060,6 @@ class PhalanxForCausalLM(PhalanxPreTrainedModel, GenerationMixin):
             generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
         )
 
-    def _valid_auto_compile_criteria(self, model_kwargs: dict, generation_config: GenerationConfig) -> bool:
-        """Compile the decoding step only when the caller passes a `compile_config`: the compiled step is checked on
-        CPU (PyTorch path, `fullgraph=True`) and runs on a GPU with the Triton kernels, but its tokens are not yet
-        checked there against the eager path (the `gpu`-marked test in tests/test_generation_equivalence.py)."""
-        return generation_config.compile_config is not None and super()._valid_auto_compile_criteria(
-            model_kwargs, generation_config
-        )
-
     def create_masks_for_generate(
         self,
         config: PhalanxConfig,

@@ -210,6 +210,9 @@ def test_the_custom_generate_entry_runs_the_loop_only_for_what_it_covers(monkeyp
     monkeypatch.setattr(generation_phalanx, "fast_generate", lambda *a, **k: calls.append(k) or "fast")
     assert generation_phalanx.generate(model=model, inputs=prompt, max_new_tokens=5) == "fast"
     assert calls[-1]["max_new_tokens"] == 5 and calls[-1]["do_sample"] is False
+    assert calls[-1]["compile"] is None  # compiled on CUDA, as generate compiles its static-cache step
+    assert generation_phalanx.generate(model, prompt, max_new_tokens=5, disable_compile=True) == "fast"
+    assert calls.pop()["compile"] is False
     assert generation_phalanx.generate(model, input_ids=prompt, do_sample=True, temperature=0.5) == "fast"
     assert (calls[-1]["temperature"], calls[-1]["top_k"], calls[-1]["max_new_tokens"]) == (0.5, 50, 20 - 9)
     left = torch.ones_like(prompt)
