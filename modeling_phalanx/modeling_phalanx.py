@@ -941,13 +941,11 @@ class PhalanxModel(PhalanxPreTrainedModel):
         self.post_init()
 
     def _mixers_align_padding(self, attention_mask: torch.Tensor, cache: Cache | None) -> bool:
-        """A 2D padding mask needs no sequence starts when every mixer is a Phalanx mixer starting afresh: each
-        aligns its blocks to a row's first unpadded token itself (Hyena and mLSTM mixers take `cu_seqlens`)."""
-        mixer_types = {t for t in self.config.layer_types if t in MIXER_CLASSES}
-        return (
-            attention_mask.ndim == 2 and mixer_types <= {PHALANX_MIXER}
-            and not mixers_hold_state(cache, self.config.layer_types)
-        )
+        """A 2D padding mask needs no sequence starts when the mixers start afresh: a Phalanx mixer aligns its blocks
+        to a row's first unpadded token itself, a Hyena mixer's zeroed padding feeds its convolutions nothing, and an
+        mLSTM mixer restarts where the default positions are 0 (on the device), so padding before a row's first
+        token leaves each mixer as the prompt alone would."""
+        return attention_mask.ndim == 2 and not mixers_hold_state(cache, self.config.layer_types)
 
     def _position_embeddings(
         self, hidden_states: torch.Tensor, position_ids: torch.Tensor
@@ -989,8 +987,8 @@ class PhalanxModel(PhalanxPreTrainedModel):
             cache = PhalanxCache(config=self.config)
         batch, seqlen = inputs_embeds.shape[:2]
         # Default positions restart (a row holding several sequences) only at the padding of a 2D mask, and
-        # Phalanx mixers starting afresh align their blocks to a left-padded row's first token without
-        # the host read of `sequence_starts` (`PhalanxMixer._chunk`), so such a prefill compiles as one graph.
+        # mixers starting afresh handle a left-padded row without the host read of `sequence_starts`
+        # (`_mixers_align_padding`), so such a prefill compiles as one graph.
         may_restart = position_ids is not None or (
             isinstance(attention_mask, torch.Tensor) and not self._mixers_align_padding(attention_mask, cache)
         )

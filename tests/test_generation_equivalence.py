@@ -208,16 +208,20 @@ def test_gpu_compiled_static_decoding_gives_the_default_tokens(name: str) -> Non
             break
 
 
+def sdpa_model(name: str):
+    """A mix of MIXES, or `every_mixer`: Phalanx, Hyena-SE, Hyena-LI and mLSTM mixers with SWA and full attention."""
+    if name != "every_mixer":
+        return mix_model(name, attn_implementation="sdpa")
+    return tiny_model(num_hidden_layers=6, layer_types=[L, "hyena_se", "hyena_li", "mlstm", S, F],
+                      hyena_mr_len=16, mlstm_num_heads=2, attn_implementation="sdpa", **NO_EOS)
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("name", ["hybrid", "every_mixer"])
 def test_unpadded_forward_compiles_as_one_graph(name: str) -> None:
     """A multi-token forward without padding or caller positions reads nothing on the host: it compiles with
     `fullgraph=True` (a graph break is an error) and gives the eager logits, for every kind of mixer."""
-    if name == "hybrid":
-        model = mix_model(name, attn_implementation="sdpa")
-    else:
-        model = tiny_model(num_hidden_layers=6, layer_types=[L, "hyena_se", "hyena_li", "mlstm", S, F],
-                           hyena_mr_len=16, mlstm_num_heads=2, attn_implementation="sdpa", **NO_EOS)
+    model = sdpa_model(name)
     ids = torch.randint(3, VOCAB, (2, 37))
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, backend="eager")  # traces the Python; no C++ toolchain needed
@@ -225,14 +229,15 @@ def test_unpadded_forward_compiles_as_one_graph(name: str) -> None:
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("name", ["phalanx_only", "hybrid"])
+@pytest.mark.parametrize("name", ["phalanx_only", "hybrid", "every_mixer"])
 def test_left_padded_prefill_compiles_as_one_graph(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A left-padded batch without caller positions, starting afresh: the Phalanx mixers align each row's blocks
-    to its first token from the mask (no `sequence_starts` host read), so the forward compiles with
-    `fullgraph=True`, and each row's logits and cached state continue exactly as the prompt alone."""
+    to its first token from the mask, Hyena's zeroed padding and mLSTM's restarts at position 0 leave the others
+    fresh (no `sequence_starts` host read), so the forward compiles with `fullgraph=True`, and each row's logits
+    and cached state continue exactly as the prompt alone."""
     import modeling_phalanx.modeling_phalanx as modeling
 
-    model = mix_model(name, attn_implementation="sdpa")
+    model = sdpa_model(name)
     ids = torch.randint(3, VOCAB, (3, 37))
     mask = torch.ones_like(ids)
     mask[1, :5], mask[2, :20] = 0, 0
