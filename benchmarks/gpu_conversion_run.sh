@@ -8,6 +8,9 @@
 #   bash benchmarks/gpu_conversion_run.sh OUT_DIR 1   # corpus, teacher, convert, distil all-avg and all-vo
 #   bash benchmarks/gpu_conversion_run.sh OUT_DIR 2   # distil the other students, speed, report
 #
+# With .oldloop carried, the part that has about 4 minutes left also times issue 17's old distillation loop against
+# the Trainer path on this teacher (benchmarks/distill_loops.sh; results in OUT_DIR/distill_loops/).
+#
 # Two commands of at most 10 minutes each, on the same warm machine (the models stay in $WORK, default
 # /tmp/conversion_bench; only the light results, without weights, are copied to OUT_DIR after each part). Estimates
 # from the quality bench (a 125M run of 900 x 8 x 4096 took 2.5-4 minutes there, scoring and recall included):
@@ -48,5 +51,15 @@ RECALL=(phalanx_passkey_256 phalanx_passkey_1024 phalanx_passkey_2048 phalanx_mq
     timeout "$(remaining)" python3 "${BENCH[@]}" distill "$WORK" --data-mb 8
     timeout "$(remaining)" python3 "${BENCH[@]}" speed "$WORK" --train-steps 40 --decode-batch 1
     python3 "${BENCH[@]}" report "$WORK"
+  fi
+  # Issue 17: the old hand-written distillation loop against the Trainer path on this teacher, in whichever part
+  # has about 4 minutes left (once; needs .oldloop, from `bash benchmarks/distill_loops.sh prepare`, carried).
+  if [ -d "$REPO/.oldloop" ] && [ ! -f "$WORK/distill_loops/distill_loops.json" ] && [ "$(remaining)" -gt 240 ]; then
+    # a 4 MB slice of the training files (both loops tokenize their data up front) and one held-out file
+    mkdir -p /tmp/dl_data
+    find "$CORPUS/train" -name '*.txt' | sort | head -400 | xargs cp -t /tmp/dl_data
+    EVAL_DATA=$(find "$CORPUS/heldout" -name '*.txt' -size +8k | sort | head -1) WORK=/tmp/distill_loops \
+      timeout "$(remaining)" bash "$REPO/benchmarks/distill_loops.sh" run "$WORK/runs/teacher/model" /tmp/dl_data \
+      "$WORK/distill_loops" 100 || true
   fi
 } 2>&1 | tee -a "$WORK.part$PART.log"

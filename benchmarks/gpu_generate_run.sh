@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# One GPU call for issue 16 (and issue 20 item 1's tests), most important first:
-#   1. every kernel test file on CUDA (SWR Triton including the zero-state-at-position path, FIR / Hyena, the
-#      public-kernel checks, mLSTM with mlstm-kernels) and every gpu-marked test (compiled static generate and
-#      the CUDA-graph loop against eager tokens);
-#   2. benchmarks/bench_generate.py: the Llama anchor and the Phalanx hybrid, static cache compiled and the
-#      project's fast loop, at 1x4K, 32x4K and 1x32K (the default cache was measured in the first run:
-#      benchmarks/results/generate_h200.json), JSON rewritten after every point.
-# Carry `.whl` (mlstm-kernels, fla-core). Ends inside DEADLINE seconds (default 570).
+# Issue 16's generation benchmark on the H200 in one call, the points the second run
+# (benchmarks/results/generate_h200_run2/) left, most important first, each group in its own process (compiled
+# graphs and static caches of one group never crowd the next) with its JSON rewritten after every point:
+#   1. the SWA-hybrid and the all-attention PhalanxConfig models, static cache compiled and the fast loop, at
+#      1x4K, 32x4K and 1x32K;
+#   2. batch 16 at a 32K prompt for the Llama anchor and the Phalanx hybrid, static and fast;
+#   3. the default cache of the groups above (no compile; cheap), as far as time allows.
+# Ends inside DEADLINE seconds (default 570).
 #
 #   bash benchmarks/gpu_generate_run.sh OUT_DIR
 set -uo pipefail
@@ -22,19 +22,19 @@ left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
   python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)"
 } >"$OUT/env.txt" 2>&1
 
-{ timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_kernels_triton.py tests/test_kernels_fir.py \
-    tests/test_kernels_gpu.py
-  echo "exit $?"
-  timeout 60 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_mlstm.py -k kernel
-  echo "exit $?"
-  timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE -m gpu tests/test_generation_equivalence.py \
-    tests/test_fast_generate.py
-  echo "exit $?"
-} >"$OUT/pytest_gpu.log" 2>&1
-grep -E "passed|failed|^exit" "$OUT/pytest_gpu.log"
-
-timeout $(( $(left) - 10 )) python3 benchmarks/bench_generate.py --models transformer phalanx_hybrid \
-  --caches static fast --points 1x4096 32x4096 1x32768 --deadline-s $(( $(left) - 120 )) \
-  --out "$OUT/generate.json" --plot "$OUT/generate.png" >"$OUT/generate.log" 2>&1
-echo "exit $?" >>"$OUT/generate.log"
-tail -12 "$OUT/generate.log"
+group() {  # NAME SHARE_OF_TIME_LEFT_PERCENT bench_generate arguments...
+  local name=$1 share=$2
+  shift 2
+  local budget=$(( $(left) * share / 100 ))
+  [ "$budget" -gt 60 ] || { echo "$name: skipped (time)"; return; }
+  timeout "$budget" python3 benchmarks/bench_generate.py "$@" --deadline-s $(( budget - 60 )) \
+    --out "$OUT/$name.json" >"$OUT/$name.log" 2>&1
+  echo "$name: exit $?"
+}
+group configs 60 --models swa_hybrid phalanx_full --caches static fast --points 1x4096 32x4096 1x32768
+group b16_32k 75 --models transformer phalanx_hybrid --caches static fast --points 16x32768
+group default 95 --models swa_hybrid phalanx_full transformer phalanx_hybrid --caches default \
+  --points 1x4096 32x4096 1x32768 16x32768
+for name in configs b16_32k default; do
+  [ -f "$OUT/$name.json" ] && python3 benchmarks/bench_generate.py --from-json "$OUT/$name.json"
+done
