@@ -57,7 +57,7 @@ RECALL=(phalanx_passkey_256 phalanx_passkey_1024 phalanx_passkey_2048 phalanx_mq
   if [ -d "$REPO/.oldloop" ] && [ ! -f "$WORK/distill_loops/distill_loops.json" ] && [ "$(remaining)" -gt 240 ]; then
     # a 4 MB slice of the training files (both loops tokenize their data up front) and one held-out file
     mkdir -p /tmp/dl_data
-    find "$CORPUS/train" -name '*.txt' | sort | head -400 | xargs cp -t /tmp/dl_data
+    find "$CORPUS/train" -name '*.txt' | sort | head -400 | xargs cp -t /tmp/dl_data || true  # head ends find early
     EVAL_DATA=$(find "$CORPUS/heldout" -name '*.txt' -size +8k | sort | head -1) WORK=/tmp/distill_loops \
       timeout "$(remaining)" bash "$REPO/benchmarks/distill_loops.sh" run "$WORK/runs/teacher/model" /tmp/dl_data \
       "$WORK/distill_loops" 100 || true
