@@ -105,15 +105,15 @@ def main() -> int:
     args = parser.parse_args()
 
     results = []
+    report = {"benchmark": "e2e_training", "size": args.size, "tokens_per_step": args.tokens, "env": environment(), "results": results}
     for length in args.lengths:
         for name in args.models:
             r = bench_training(name, args.size, length, args.tokens, args.steps, args.warmup, args.device)
             results.append(r)
             print(json.dumps({k: v for k, v in r.items() if k != "times"}), flush=True)
-    report = {"benchmark": "e2e_training", "size": args.size, "tokens_per_step": args.tokens, "env": environment(), "results": results}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
+            if args.out:  # after every result, so a run cut short keeps what it measured
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(report, indent=2))
 
     print(f"\n{report['env']}")
     print(f"{'length':>7} " + " ".join(f"{m:>15}" for m in args.models) + "   phalanx/transformer  phalanx/bound")

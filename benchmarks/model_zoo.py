@@ -7,6 +7,9 @@
 - ``phalanx_hybrid``: ``PhalanxForCausalLM`` with 1 full : 3 Phalanx layers, SDPA for the full layers.
 - ``bound``: the Llama model whose attention core is replaced by a free copy of ``v`` (projections
   kept): the speed a hybrid could reach if its mixers cost nothing beyond their projections.
+- ``stripedhyena``, ``multihybrid``, ``swax``: the training presets of those flavours at the same size
+  (``phalanx_training.presets``: Hyena-SE / MR / LI with full attention; Phalanx, Phalanx, Hyena-LI with full
+  attention; SWA-2048 and mLSTM), FlexAttention where they have sliding layers, else SDPA (issue 20 item 3).
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM, PreT
 
 from modeling_phalanx import PhalanxConfig, PhalanxForCausalLM
 from modeling_phalanx.configuration_phalanx import FULL_ATTENTION, PHALANX_MIXER, SLIDING_ATTENTION
-from phalanx_training.presets import SIZES
+from phalanx_training.presets import SIZES, get_preset
 
-MODELS = ("transformer", "swa_hybrid", "phalanx_hybrid", "bound", "phalanx_full")
+PRESET_MODELS = ("stripedhyena", "multihybrid", "swax")
+MODELS = ("transformer", "swa_hybrid", "phalanx_hybrid", "bound", "phalanx_full", *PRESET_MODELS)
 
 # Architecture fields taken from the training presets (``1.3b``: width 2048, 24 layers, 16 heads x 128,
 # SwiGLU 5504, vocab 32000, as in kernels.md section 4; ``tiny`` for CPU smoke runs).
@@ -47,11 +51,16 @@ def build_model(name: str, size: str = "1.3b", sliding_window: int = 512, max_po
                              pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
         attn = "sdpa" if name == "transformer" else "free_v"
         return LlamaForCausalLM._from_config(config, attn_implementation=attn)
+    ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if name in PRESET_MODELS:
+        config = get_preset(f"{size}-{name}", max_position_embeddings=max_positions, **ids)
+        attn = "flex_attention" if SLIDING_ATTENTION in config.layer_types else "sdpa"
+        return PhalanxForCausalLM._from_config(config, attn_implementation=attn)
     mixer = {"swa_hybrid": SLIDING_ATTENTION, "phalanx_hybrid": PHALANX_MIXER, "phalanx_full": FULL_ATTENTION}[name]
     layer_types = [FULL_ATTENTION if i % 4 == 0 else mixer for i in range(n)]
     config = PhalanxConfig(**dims, max_position_embeddings=max_positions,
                            layer_types=layer_types, sliding_window=sliding_window if name == "swa_hybrid" else None,
-                           pad_token_id=0, bos_token_id=1, eos_token_id=2)
+                           **ids)
     attn = "flex_attention" if name == "swa_hybrid" else "sdpa"
     return PhalanxForCausalLM._from_config(config, attn_implementation=attn)
 

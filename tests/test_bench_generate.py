@@ -101,3 +101,22 @@ def test_each_static_point_decodes_over_a_cache_of_its_own_size(bench, tmp_path:
     per_seq = {p["prompt"]: p["cache_bytes_per_seq"] for p in json.loads(out.read_text())["points"]}
     assert set(per_seq) == {40, 10}
     assert per_seq[10] / per_seq[40] == pytest.approx((10 + 3 - 1) / (40 + 3 - 1), rel=0.02)
+
+
+def test_multi_hybrid_presets_decode_through_every_path(bench, tmp_path: Path) -> None:
+    """The multi-hybrid presets build at the benchmarks' size (same width and depth as the Phalanx hybrid, their
+    flavour's mixers) and give a finite point for the default, static and fast paths."""
+    from model_zoo import PRESET_MODELS, build_model
+
+    from phalanx_training.presets import FLAVOURS
+
+    reference = build_model("phalanx_hybrid", "tiny").config
+    for name in PRESET_MODELS:
+        config = build_model(name, "tiny").config
+        assert (config.hidden_size, config.num_hidden_layers) == (reference.hidden_size, reference.num_hidden_layers)
+        assert set(FLAVOURS[name]) <= set(config.layer_types), name
+    out = tmp_path / "generate.json"
+    assert bench.main([*SMOKE, "--models", "multihybrid", "swax", "--out", str(out)]) == 0
+    points = json.loads(out.read_text())["points"]
+    assert {(p["model"], p["cache"]) for p in points} == {(m, c) for m in ("multihybrid", "swax") for c in bench.CACHES}
+    assert all(math.isfinite(p["decode_tokens_per_s"]) for p in points), points
