@@ -120,6 +120,10 @@ RECIPES: dict[str, Recipe] = {
     "multi-swax": Recipe(
         "swa", "Phalanx, sliding (SWAX 128/2048), Phalanx, full", cycle=(PHALANX, SLIDING, PHALANX, FULL), train_args=SWAX_ARGS
     ),
+    # The multi-hybrid presets of the source papers (issue 20 item 4), as `phalanx train` builds them.
+    "stripedhyena": Recipe("stripedhyena", "Hyena-SE, -MR, -LI cycling, 1 full in 4 (StripedHyena 2)"),
+    "multihybrid": Recipe("multihybrid", "Phalanx, Phalanx, Hyena-LI cycling, 1 full in 4"),
+    "swax": Recipe("swax", "sliding (SWAX 128/2048) and mLSTM alternating, no full attention", train_args=SWAX_ARGS),
     "phalanx-b64w4-outnorm": Recipe(
         "phalanx", "3 Phalanx : 1 full, SWR window 4 blocks of 64, per-head output RMSNorm",
         {"swr_block_len": 64, "swr_window_blocks": 4, "phalanx_output_norm": True},

@@ -55,6 +55,12 @@ def test_configurations_differ_only_where_named(bench) -> None:
     assert multi.layer_types[:4] == ["linear_attention", "sliding_attention", "linear_attention", "full_attention"]
     assert multi.sliding_window == 512 and len(multi.layer_types) == 12
     assert bench.model_config("125m-phalanx-full1to1", 259).layer_types.count("full_attention") == 6
+    assert bench.model_config("125m-stripedhyena", 259).layer_types[:4] == ["hyena_se", "hyena_mr", "hyena_li", "full_attention"]
+    assert bench.model_config("125m-multihybrid", 259).layer_types[:4] == [
+        "linear_attention", "linear_attention", "hyena_li", "full_attention"]
+    swax_config = bench.model_config("125m-swax", 259)
+    assert swax_config.layer_types[:2] == ["sliding_attention", "mlstm"] and "full_attention" not in swax_config.layer_types
+    assert bench.recipe_of("125m-swax").train_args == bench.SWAX_ARGS
     with pytest.raises(ValueError, match="unknown configuration"):
         bench.model_config("125m-nope", 259)
     args = bench.parser().parse_args(["run", "c", "o", "--configs", "125m-swa", "--steps", "9", "--seq-len", "8",
