@@ -12,7 +12,7 @@
 # the Trainer path on this teacher (benchmarks/distill_loops.sh; results in OUT_DIR/distill_loops/).
 #
 # Two commands of at most 10 minutes each, on the same warm machine (the models stay in $WORK, default
-# /tmp/conversion_bench; only the light results, without weights, are copied to OUT_DIR after each part). Estimates
+# /tmp/conversion_bench; only the light results, without weights, go to OUT_DIR/results_partN.tgz after each part). Estimates
 # from the quality bench (a 125M run of 900 x 8 x 4096 took 2.5-4 minutes there, scoring and recall included):
 # part 1 about 3 min teacher + 1 min convert + 2 x 1.5 min distil; part 2 four students x 1.5 min + 2 min speed.
 # Each part stops itself at ~9.5 minutes (timeout); every stage skips finished work, so running a part again
@@ -33,8 +33,10 @@ BENCH=("$REPO/benchmarks/conversion_bench.py")
 LEFT=$(( $(date +%s) + 570 ))
 remaining() { echo $(( LEFT - $(date +%s) )); }
 copy_results() {  # on any exit: the log and the light results (JSON, report, plots; no weights or optimizer states)
+  # as one archive: the device tool returns at most 8 files from at most 2 folders down
   cp "$WORK.part$PART.log" "$OUT_DIR/" 2>/dev/null || true
-  [ ! -d "$WORK" ] || tar -C "$WORK" --exclude='*.safetensors' --exclude='*.bin' --exclude=checkpoints -cf - . | tar -C "$OUT_DIR" -xf -
+  [ ! -d "$WORK" ] || tar -C "$WORK" --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' --exclude=checkpoints \
+    -czf "$OUT_DIR/results_part$PART.tgz" .
 }
 trap copy_results EXIT
 # passkey and MQAR inside the 512-token window (256) and beyond it, within the 4096-token context
