@@ -29,6 +29,6 @@ for config in "$@"; do
     --tokenizer benchmarks/results/quality_125m_bpe/tokenizer-bpe8192 >>"$OUT/run.log" 2>&1
   echo "$config: exit $?"
 done
-rm -rf "$OUT/runs"/*/checkpoint-* 2>/dev/null
-find "$OUT/runs" -name '*.safetensors' -delete 2>/dev/null
-true
+# the runs' logs and loss curves as one archive (the device tool returns at most 8 files from 2 folders down)
+[ ! -d "$OUT/runs" ] || { tar -C "$OUT" --exclude='*.safetensors' --exclude='*.pt' --exclude='checkpoint-*' \
+  -czf "$OUT/runs.tgz" runs && rm -rf "$OUT/runs"; }
