@@ -8,8 +8,8 @@
 #   bash benchmarks/gpu_conversion_run.sh OUT_DIR 1   # corpus, teacher, convert, distil all-avg and all-vo
 #   bash benchmarks/gpu_conversion_run.sh OUT_DIR 2   # distil the other students, speed, report
 #
-# With .oldloop carried, the part that has about 4 minutes left also times issue 17's old distillation loop against
-# the Trainer path on this teacher (benchmarks/distill_loops.sh; results in OUT_DIR/distill_loops/).
+# With .oldloop carried, part 1 also times issue 17's old distillation loop against the Trainer path on this teacher
+# right after the conversion (benchmarks/distill_loops.sh; in the part's results archive, distill_loops/).
 #
 # Two commands of at most 10 minutes each, on the same warm machine (the models stay in $WORK, default
 # /tmp/conversion_bench; only the light results, without weights, go to OUT_DIR/results_partN.tgz after each part). Estimates
@@ -42,26 +42,32 @@ trap copy_results EXIT
 # passkey and MQAR inside the 512-token window (256) and beyond it, within the 4096-token context
 RECALL=(phalanx_passkey_256 phalanx_passkey_1024 phalanx_passkey_2048 phalanx_mqar_256 phalanx_mqar_1024 phalanx_mqar_2048)
 
-{
-  if [ "$PART" = 1 ]; then
-    [ -f "$CORPUS/corpus.json" ] || python3 "$REPO/benchmarks/quality_bench.py" corpus "$CORPUS" --max-mb "${MAX_MB:-60}"
-    timeout "$(remaining)" python3 "${BENCH[@]}" teacher "$CORPUS" "$WORK" --shape 125m --window 512 --steps 900 \
-      --seq-len 4096 --batch-size 8 --precision bf16 --eval-mb 2 --recall-tasks "${RECALL[@]}" --recall-limit 16
-    timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg vo qkvo random --lowest-mass 2 5 --subset-inits avg
-    timeout "$(remaining)" python3 "${BENCH[@]}" distill "$WORK" --students all-avg all-vo --data-mb 8
-  else
-    timeout "$(remaining)" python3 "${BENCH[@]}" distill "$WORK" --data-mb 8
-    timeout "$(remaining)" python3 "${BENCH[@]}" speed "$WORK" --train-steps 40 --decode-batch 1
-    python3 "${BENCH[@]}" report "$WORK"
-  fi
-  # Issue 17: the old hand-written distillation loop against the Trainer path on this teacher, in whichever part
-  # has about 4 minutes left (once; needs .oldloop, from `bash benchmarks/distill_loops.sh prepare`, carried).
+# Issue 17: the old hand-written distillation loop against the Trainer path on this teacher, once, when about 4
+# minutes are left (needs .oldloop, from `bash benchmarks/distill_loops.sh prepare`, carried): in part 1 right after
+# the conversion (issue 17 comes first), else at the end of a part.
+distill_loops() {
   if [ -d "$REPO/.oldloop" ] && [ ! -f "$WORK/distill_loops/distill_loops.json" ] && [ "$(remaining)" -gt 240 ]; then
-    # a 4 MB slice of the training files (both loops tokenize their data up front) and one held-out file
+    # a slice of the training files (both loops tokenize their data up front) and one held-out file
     mkdir -p /tmp/dl_data
     find "$CORPUS/train" -name '*.txt' | sort | head -400 | xargs cp -t /tmp/dl_data || true  # head ends find early
     EVAL_DATA=$(find "$CORPUS/heldout" -name '*.txt' -size +8k | sort | head -1) WORK=/tmp/distill_loops \
       timeout "$(remaining)" bash "$REPO/benchmarks/distill_loops.sh" run "$WORK/runs/teacher/model" /tmp/dl_data \
       "$WORK/distill_loops" 100 || true
   fi
+}
+
+{
+  if [ "$PART" = 1 ]; then
+    [ -f "$CORPUS/corpus.json" ] || python3 "$REPO/benchmarks/quality_bench.py" corpus "$CORPUS" --max-mb "${MAX_MB:-60}"
+    timeout "$(remaining)" python3 "${BENCH[@]}" teacher "$CORPUS" "$WORK" --shape 125m --window 512 --steps 900 \
+      --seq-len 4096 --batch-size 8 --precision bf16 --eval-mb 2 --recall-tasks "${RECALL[@]}" --recall-limit 16
+    timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg vo qkvo random --lowest-mass 2 5 --subset-inits avg
+    distill_loops
+    timeout "$(remaining)" python3 "${BENCH[@]}" distill "$WORK" --students all-avg all-vo --data-mb 8
+  else
+    timeout "$(remaining)" python3 "${BENCH[@]}" distill "$WORK" --data-mb 8
+    timeout "$(remaining)" python3 "${BENCH[@]}" speed "$WORK" --train-steps 40 --decode-batch 1
+    python3 "${BENCH[@]}" report "$WORK"
+  fi
+  distill_loops
 } 2>&1 | tee -a "$WORK.part$PART.log"
