@@ -104,11 +104,7 @@ def compiled_step(model: torch.nn.Module) -> Any:
     key = (weight.dtype, weight.device)
     if _COMPILED_STEP.get("key") != key:
         if "key" in _COMPILED_STEP:
-            reset_code = getattr(torch._C._dynamo.eval_frame, "reset_code", None)
-            if reset_code is not None:
-                reset_code(decode_step.__code__)
-            else:
-                torch._dynamo.reset()
+            torch._C._dynamo.eval_frame.reset_code(decode_step.__code__)
         _COMPILED_STEP.update(key=key, step=torch.compile(decode_step, mode="reduce-overhead", fullgraph=True))
     return _COMPILED_STEP["step"]
 

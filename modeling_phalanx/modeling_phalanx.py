@@ -940,13 +940,6 @@ class PhalanxModel(PhalanxPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def _mixers_align_padding(self, attention_mask: torch.Tensor, cache: Cache | None) -> bool:
-        """A 2D padding mask needs no sequence starts when the mixers start afresh: a Phalanx mixer aligns its blocks
-        to a row's first unpadded token itself, a Hyena mixer's zeroed padding feeds its convolutions nothing, and an
-        mLSTM mixer restarts where the default positions are 0 (on the device), so padding before a row's first
-        token leaves each mixer as the prompt alone would."""
-        return attention_mask.ndim == 2 and not mixers_hold_state(cache, self.config.layer_types)
-
     def _position_embeddings(
         self, hidden_states: torch.Tensor, position_ids: torch.Tensor
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor] | None]:
@@ -986,11 +979,13 @@ class PhalanxModel(PhalanxPreTrainedModel):
         if use_cache and cache is None:
             cache = PhalanxCache(config=self.config)
         batch, seqlen = inputs_embeds.shape[:2]
-        # Default positions restart (a row holding several sequences) only at the padding of a 2D mask, and
-        # mixers starting afresh handle a left-padded row without the host read of `sequence_starts`
-        # (`_mixers_align_padding`), so such a prefill compiles as one graph.
+        # Default positions restart (a row holding several sequences) only at the padding of a 2D mask, and mixers
+        # starting afresh need no `sequence_starts` host read for it: a Phalanx mixer aligns its blocks to a row's
+        # first unpadded token, a Hyena mixer's zeroed padding feeds its convolutions nothing, an mLSTM mixer
+        # restarts where the default positions are 0 (on the device). So such a prefill compiles as one graph.
         may_restart = position_ids is not None or (
-            isinstance(attention_mask, torch.Tensor) and not self._mixers_align_padding(attention_mask, cache)
+            isinstance(attention_mask, torch.Tensor)
+            and (attention_mask.ndim != 2 or mixers_hold_state(cache, self.config.layer_types))
         )
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, cache, seqlen, inputs_embeds.device)
