@@ -5,7 +5,7 @@ One command per stage, all into one results folder OUT:
 
     python benchmarks/conversion_bench.py teacher CORPUS OUT [--shape 125m] [--window 512] [--steps 900 --seq-len 4096 --batch-size 8]
     python benchmarks/conversion_bench.py convert OUT [--inits vo qkvo avg random] [--lowest-mass 2 5] [--subset-inits avg]
-    python benchmarks/conversion_bench.py distill OUT [--token-fraction 0.05] [--stage1-share 0.1] [--curve-points 4] [--students GLOB]
+    python benchmarks/conversion_bench.py distill OUT [--token-fraction 0.05] [--stage1-share 0.1] [--curve-points 4] [--students GLOB] [--tag T]
     python benchmarks/conversion_bench.py speed OUT [--train-steps 40] [--decode-batch 1 --decode-prompt 4032]
     python benchmarks/conversion_bench.py report OUT
 
@@ -23,7 +23,8 @@ Phalanx window (``--layers lowest-mass:K`` ranks them so) with ``--subset-inits`
 ``distill`` runs ``phalanx distill`` on each student with at most 5% of the teacher's training tokens (stage 1 a
 share of them, stage 2 the rest), scoring held-out bits/byte every ``steps / --curve-points`` steps of stage 2
 (``--eval-every``) on the held-out sample the teacher was scored on: the recovery curve. The distilled student is
-then scored like the teacher (``OUT/<student>.json``).
+then scored like the teacher (``OUT/<student>.json``). ``--tag T`` names another recipe (batch, learning rates,
+stage split) of the same students: its results go to ``OUT/<student>@T.json`` and the report compares them.
 
 ``speed`` measures, in one process, training tokens/s (a short ``phalanx train`` of each architecture) and decode
 tokens/s (``bench_generate.bench_point``, greedy ``generate`` after a prompt) of the teacher and of each converted
@@ -37,7 +38,9 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import glob
 import json
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -272,11 +275,12 @@ def distill_command(args: argparse.Namespace) -> None:
           f"{plan['tokens']:,} tokens per student", flush=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for name in chosen:
-        path = args.out / f"{name}.json"
+        label = name + (f"@{args.tag}" if args.tag else "")
+        path = args.out / f"{label}.json"
         if path.exists() and not args.force:
             print(f"conversion_bench: {path} exists, skipped (--force distils it again)")
             continue
-        run_dir = args.out / "runs" / name
+        run_dir = args.out / "runs" / label
         texts = {"--data": [str(p) for p in data], "--eval-data": [str(p) for p in files]}
         argv = ["distill", str(teacher_dir(args.out)), str(args.out / "students" / name), "--out", str(run_dir / "distill"),
                 "--stage1-steps", str(plan["stage1_steps"]), "--stage2-steps", str(plan["stage2_steps"]),
@@ -289,9 +293,9 @@ def distill_command(args: argparse.Namespace) -> None:
         metrics = json.loads((run_dir / "distill" / "metrics.json").read_text(encoding="utf-8"))
         if (run_dir / "distill" / "checkpoints").is_dir():  # optimizer states; stage1/ and stage2/ hold the weights
             shutil.rmtree(run_dir / "distill" / "checkpoints")
-        scores = qb.score_model(bench, name, run_dir / "distill" / "stage2", run_dir, device)
+        scores = qb.score_model(bench, label, run_dir / "distill" / "stage2", run_dir, device)
         result = {
-            "config": name, **students[name], "plan": plan,
+            "config": label, "student": name, **students[name], "plan": plan,
             "distill_command": ["phalanx", *argv, "--data", f"<{len(data)} training files, --data-mb {args.data_mb:g}>",
                                 "--eval-data", f"<the {len(files)} held-out files the teacher was scored on>"],
             "distill_tokens": plan["tokens"], "token_fraction": plan["tokens"] / teacher["tokens"],
@@ -300,7 +304,7 @@ def distill_command(args: argparse.Namespace) -> None:
             **scores, "environment": qb.environment(device),
         }
         write_file(path, json.dumps(result, indent=2) + "\n")
-        print(f"conversion_bench: {name}: held-out bits/byte {scores['heldout']['bits_per_byte']:.4f} (teacher "
+        print(f"conversion_bench: {label}: held-out bits/byte {scores['heldout']['bits_per_byte']:.4f} (teacher "
               f"{teacher['heldout']['bits_per_byte']:.4f}) after {plan['tokens']:,} tokens -> {path}", flush=True)
 
 
@@ -385,13 +389,28 @@ def plot_recovery(out: Path, teacher_bpb: float, students: Sequence[dict[str, An
     return path
 
 
+def distilled(out: Path, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The distillation results of the converted students, in conversion order: ``<student>.json`` (the default
+    recipe), then its tagged recipes ``<student>@<tag>.json``."""
+    paths = [p for n in names for p in (out / f"{n}.json", *sorted(out.glob(f"{glob.escape(n)}@*.json"))) if p.is_file()]
+    return [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+
+
+def recipe(r: dict[str, Any]) -> str:
+    """A result's distillation settings, read back from its recorded ``phalanx distill`` command."""
+    argv = r["distill_command"]
+    flag = dict(zip(argv, argv[1:]))
+    return (f"{flag['--batch-size']} x {flag['--seq-len']}; stage 1: {flag['--stage1-steps']} steps, lr "
+            f"{flag['--stage1-lr']}; stage 2: {flag['--stage2-steps']} steps, lr {flag['--stage2-lr']} "
+            f"(other weights {flag['--stage2-other-lr']})")
+
+
 def report(out: Path) -> str:
     """The markdown report of ``out``; also writes ``out/report.md`` and ``out/recovery.png``."""
     bench = bench_settings(out)
     teacher = load_json(out / TEACHER_FILE, "teacher")
     converted = load_json(out / CONVERT_FILE, "convert")
-    students = [json.loads((out / f"{n}.json").read_text(encoding="utf-8")) for n in converted["students"]
-                if (out / f"{n}.json").is_file()]
+    students = distilled(out, converted["students"])
     if not students:
         raise ValueError(f"no distilled student in {out}: run the distill stage first")
     speed = json.loads((out / SPEED_FILE).read_text(encoding="utf-8"))["models"] if (out / SPEED_FILE).is_file() else {}
@@ -420,11 +439,11 @@ def report(out: Path) -> str:
             met.append(r["config"])
         rows.append([r["config"], ",".join(map(str, r["layers"])), r["init"],
                      f"{r['distill_tokens']:,} ({r['token_fraction']:.2%})", qb.fmt(bpb, 4), qb.fmt(bpb / t_bpb),
-                     qb.fmt(r["curve"][0]["bpb"], 4), far(r), *speeds(r["config"].rsplit("-", 1)[0])])
+                     qb.fmt(r["curve"][0]["bpb"], 4), far(r), *speeds(r.get("student", r["config"]).rsplit("-", 1)[0])])
     reach = converted["reach"]
     ranking = ", ".join(f"{m['layer']} ({m['beyond'][str(reach)]:.3f})"
                         for m in sorted(converted["analysis"], key=lambda m: (m["beyond"][str(reach)], m["layer"])))
-    curve_rows = [[r["config"], *(f"{p['bpb']:.4f} @ {p['tokens']:,}" for p in r["curve"])] for r in students]
+    curve_rows = [[r["config"], recipe(r), *(f"{p['bpb']:.4f} @ {p['tokens']:,}" for p in r["curve"])] for r in students]
     width = max(len(c) for c in curve_rows)
     parts = [
         f"### Conversion bench: {teacher['about']}, {teacher['parameters'] / 1e6:.1f}M parameters\n",
@@ -434,7 +453,8 @@ def report(out: Path) -> str:
         qb.markdown(header, rows),
         "\nRecovery curves (held-out bits/byte @ distillation tokens; from `phalanx distill` on the same held-out sample, "
         f"where the teacher scores {students[0]['curve_teacher_bpb']:.4f}):\n",
-        qb.markdown(["student", *(f"point {i}" for i in range(width - 1))], [c + ["-"] * (width - len(c)) for c in curve_rows]),
+        qb.markdown(["student", "recipe (batch x sequence; steps and learning rates)", *(f"point {i}" for i in range(width - 2))],
+                    [c + ["-"] * (width - len(c)) for c in curve_rows]),
         "\n![recovery curves](recovery.png)\n",
         f"Which layers to convert first: SWA layers by attention mass beyond the Phalanx window ({reach} tokens), least "
         f"first: {ranking} (`attention_mass.png`).\n",
@@ -464,6 +484,12 @@ def fraction(value: str) -> float:
     if not 0 <= number < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
     return number
+
+
+def tag(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.]+", value):
+        raise argparse.ArgumentTypeError(f"must be letters, digits, '_' or '.', got {value!r}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -522,6 +548,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--stage1-lr", type=pos_float, default=1e-3)
     d.add_argument("--stage2-lr", type=pos_float, default=3e-4)
     d.add_argument("--stage2-other-lr", type=float, default=3e-5)
+    d.add_argument("--tag", type=tag, help="name of this recipe: results go to <student>@<tag>.json beside the default "
+                   "recipe's <student>.json, so recipes of one student compare in the report")
     d.add_argument("--force", action="store_true", help="distil students that have a result again")
 
     s = sub.add_parser("speed", help="training and decode tokens/s of the teacher and each converted layer set")

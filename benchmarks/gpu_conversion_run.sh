@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# GPU run for issue 21 (benchmarks/conversion_bench.py at full size; NOT RUN ON A GPU YET): a 125m-shaped Gemma3
-# teacher (5 SWA-512 : 1 full, byte tokenizer) trained on the quality corpus with the quality bench's budget
-# (900 steps x 8 x 4096), converted (every SWA layer with each warm start; the 2 and 5 layers with the least
-# attention mass beyond the Phalanx window with `avg`), each student distilled with 5% of the teacher's tokens
-# (4 held-out scores during stage 2), speeds measured, report written. Carry `.whl` (lm-eval wheels).
+# GPU run for issue 21 (benchmarks/conversion_bench.py at full size): a 125m-shaped Gemma3 teacher (5 SWA-512 : 1 full,
+# byte tokenizer) trained on the quality corpus with the quality bench's budget (900 steps x 8 x 4096), converted,
+# each student distilled with 5% of the teacher's tokens (4 held-out scores during stage 2), speeds measured, report
+# written. Carry `.whl` (lm-eval wheels) and `.oldloop` (issue 17's old loop: `bash benchmarks/distill_loops.sh prepare`).
 #
-#   bash benchmarks/gpu_conversion_run.sh OUT_DIR 1   # corpus, teacher, convert, distil all-avg and all-vo
-#   bash benchmarks/gpu_conversion_run.sh OUT_DIR 2   # distil the other students, speed, report
+#   bash benchmarks/gpu_conversion_run.sh OUT_DIR 1   # corpus, teacher, convert, then issue 17's loop timing
+#   bash benchmarks/gpu_conversion_run.sh OUT_DIR 2   # distil the students with the recipe below, speed, report
 #
-# With .oldloop carried, part 1 also times issue 17's old distillation loop against the Trainer path on this teacher
-# right after the conversion (benchmarks/distill_loops.sh; in the part's results archive, distill_loops/).
+# Run 1 (benchmarks/results/conversion_125m_h200/run1) distilled every student with conversion_bench's default recipe
+# (8 x 4096: 4 stage-1 steps at lr 1e-3, 40 stage-2 steps at 3e-4 / 3e-5) and missed the goal: the curves were still
+# falling steeply and stage 1 made the all-layer students worse. Part 2 now distils the avg students with the
+# recipe of the 38M conversion demo that met its goal (experiments/conversion_demo: stage 1 30% of the steps at lr
+# 3e-3, stage 2 at 1e-3 on the mixers and 1e-4 on the rest) at batch 2, four times the steps for the same tokens,
+# under the tag RECIPE_TAG (results <student>@<tag>.json); STUDENTS and RECIPE override both.
 #
 # Two commands of at most 10 minutes each, on the same warm machine (the models stay in $WORK, default
-# /tmp/conversion_bench; only the light results, without weights, go to OUT_DIR/results_partN.tgz after each part). Estimates
-# from the quality bench (a 125M run of 900 x 8 x 4096 took 2.5-4 minutes there, scoring and recall included):
-# part 1 about 3 min teacher + 1 min convert + 2 x 1.5 min distil; part 2 four students x 1.5 min + 2 min speed.
-# Each part stops itself at ~9.5 minutes (timeout); every stage skips finished work, so running a part again
-# continues where it stopped. Environment: WORK, CORPUS (/tmp/qb_corpus), MAX_MB (60, as the README's runs).
+# /tmp/conversion_bench; only the light results, without weights, go to OUT_DIR/results_partN.tgz after each part).
+# Run 1's times: corpus ~1 min, teacher 3.7 min training + ~1 min scoring, convert ~1 min; a distillation of 1.44M
+# tokens ~1.5 min with its scoring; speed ~2.5 min. Each part stops itself at ~9.5 minutes (timeout); every stage
+# skips finished work, so running a part again continues where it stopped. Environment: WORK, CORPUS (/tmp/qb_corpus),
+# MAX_MB (60, as the README's runs), STUDENTS, RECIPE_TAG, RECIPE.
 set -euo pipefail
 if [ $# -ne 2 ] || { [ "$2" != 1 ] && [ "$2" != 2 ]; }; then
   echo "usage: $0 OUT_DIR 1|2" >&2
@@ -42,19 +45,21 @@ trap copy_results EXIT
 # passkey and MQAR inside the 512-token window (256) and beyond it, within the 4096-token context
 RECALL=(phalanx_passkey_256 phalanx_passkey_1024 phalanx_passkey_2048 phalanx_mqar_256 phalanx_mqar_1024 phalanx_mqar_2048)
 
-# Issue 17: the old hand-written distillation loop against the Trainer path on this teacher, once, when about 4
-# minutes are left (needs .oldloop, from `bash benchmarks/distill_loops.sh prepare`, carried): in part 1 right after
-# the conversion (issue 17 comes first), else at the end of a part.
+# Issue 17: the old hand-written distillation loop against the Trainer path on this teacher (50 + 50 steps of 8 x 2048
+# each), right after the conversion when .oldloop is carried; skipped once its JSON exists.
 distill_loops() {
-  if [ -d "$REPO/.oldloop" ] && [ ! -f "$WORK/distill_loops/distill_loops.json" ] && [ "$(remaining)" -gt 240 ]; then
+  if [ -d "$REPO/.oldloop" ] && [ ! -f "$WORK/distill_loops/distill_loops.json" ]; then
     # a slice of the training files (both loops tokenize their data up front) and one held-out file
     mkdir -p /tmp/dl_data
     find "$CORPUS/train" -name '*.txt' | sort | head -400 | xargs cp -t /tmp/dl_data || true  # head ends find early
     EVAL_DATA=$(find "$CORPUS/heldout" -name '*.txt' -size +8k | sort | head -1) WORK=/tmp/distill_loops \
       timeout "$(remaining)" bash "$REPO/benchmarks/distill_loops.sh" run "$WORK/runs/teacher/model" /tmp/dl_data \
-      "$WORK/distill_loops" 100 || true
+      "$WORK/distill_loops" 50 || true
   fi
 }
+STUDENTS=(${STUDENTS:-all-avg low2-avg low5-avg})
+RECIPE_TAG=${RECIPE_TAG:-demo_b2}
+RECIPE=(${RECIPE:---batch-size 2 --stage1-share 0.3 --stage1-lr 3e-3 --stage2-lr 1e-3 --stage2-other-lr 1e-4})
 
 {
   if [ "$PART" = 1 ]; then
@@ -63,11 +68,10 @@ distill_loops() {
       --seq-len 4096 --batch-size 8 --precision bf16 --eval-mb 2 --recall-tasks "${RECALL[@]}" --recall-limit 16
     timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg vo qkvo random --lowest-mass 2 5 --subset-inits avg
     distill_loops
-    timeout "$(remaining)" python3 "${BENCH[@]}" distill "$WORK" --students all-avg all-vo --data-mb 8
   else
-    timeout "$(remaining)" python3 "${BENCH[@]}" distill "$WORK" --data-mb 8
-    timeout "$(remaining)" python3 "${BENCH[@]}" speed "$WORK" --train-steps 40 --decode-batch 1
+    timeout "$(remaining)" python3 "${BENCH[@]}" distill "$WORK" --data-mb 8 --students "${STUDENTS[@]}" \
+      --tag "$RECIPE_TAG" "${RECIPE[@]}"
+    [ -f "$WORK/speed.json" ] || timeout "$(remaining)" python3 "${BENCH[@]}" speed "$WORK" --train-steps 40 --decode-batch 1
     python3 "${BENCH[@]}" report "$WORK"
   fi
-  distill_loops
 } 2>&1 | tee -a "$WORK.part$PART.log"

@@ -74,7 +74,19 @@ def test_conversion_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.
     assert set(speed) == {"teacher", "all", "low1"}
     assert all(s["train_tokens_per_second"] > 0 and s["decode_tokens_per_second"] > 0 for s in speed.values())
 
+    # a second recipe of one student, under a tag, beside the default recipe's result
+    with pytest.raises(SystemExit):
+        bench.main(["distill", str(out), "--tag", "bad/tag"])
+    assert "must be letters, digits" in capsys.readouterr().err
+    assert bench.main(["distill", str(out), "--students", "all-avg", "--tag", "b2", "--batch-size", "2",
+                       "--seq-len", "16", "--stage1-share", "0.25", "--curve-points", "3", "--stage2-lr", "1e-3",
+                       "--data-mb", "0.1"]) == 0
+    tagged = json.loads((out / "all-avg@b2.json").read_text())
+    assert tagged["config"] == "all-avg@b2" and tagged["student"] == "all-avg" and (out / "runs" / "all-avg@b2").is_dir()
+    assert json.loads((out / "all-avg.json").read_text())["plan"]["tokens"] == 4 * 32  # the default recipe's result kept
+
     assert bench.main(["report", str(out)]) == 0
     text = (out / "report.md").read_text()
-    assert all(f"| {name} |" in text for name in ("teacher", *students)) and "**Goal (issue 21):**" in text
+    assert all(f"| {name} |" in text for name in ("teacher", *students, "all-avg@b2")) and "**Goal (issue 21):**" in text
+    assert "| all-avg@b2 | 2 x 16; stage 1: 1 steps, lr 0.001; stage 2: 3 steps, lr 0.001 (other weights 3e-05) |" in text
     assert (out / "recovery.png").stat().st_size > 0 and (out / "attention_mass.png").stat().st_size > 0
