@@ -4,8 +4,11 @@
 # graphs and static caches of one group never crowd the next) with its JSON rewritten after every point:
 #   1. the SWA-hybrid and the all-attention PhalanxConfig models, static cache compiled and the fast loop, at
 #      1x4K, 32x4K and 1x32K;
-#   2. batch 16 at a 32K prompt for the Llama anchor and the Phalanx hybrid, static and fast;
-#   3. the default cache of the groups above (no compile; cheap), as far as time allows.
+#   2. the profile of 32 decoding steps through generate (static cache, compiled) for the anchor and the Phalanx
+#      hybrid at 1 x 32K, the point whose target was missed: wall vs GPU kernel time per step, host operators
+#      (profile_gpu.py generate; profile_generate.json, and .txt in logs.tgz);
+#   3. batch 16 at a 32K prompt for the Llama anchor and the Phalanx hybrid, static and fast;
+#   4. the default cache of the groups above (no compile; cheap), as far as time allows.
 # Ends inside DEADLINE seconds (default 570).
 #
 #   bash benchmarks/gpu_generate_run.sh OUT_DIR
@@ -16,11 +19,13 @@ START=$(date +%s)
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO" || exit 1
 source benchmarks/gpu_env.sh
-mkdir -p "$OUT"
+LOGS=$OUT/logs  # the logs and text tables go back as one archive (the device tool returns at most 8 files)
+mkdir -p "$LOGS"
+trap 'tar -C "$OUT" -czf "$OUT/logs.tgz" logs && rm -r "$LOGS"' EXIT
 left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)"
-} >"$OUT/env.txt" 2>&1
+} >"$LOGS/env.txt" 2>&1
 
 group() {  # NAME SHARE_OF_TIME_LEFT_PERCENT bench_generate arguments...
   local name=$1 share=$2
@@ -28,10 +33,16 @@ group() {  # NAME SHARE_OF_TIME_LEFT_PERCENT bench_generate arguments...
   local budget=$(( $(left) * share / 100 ))
   [ "$budget" -gt 60 ] || { echo "$name: skipped (time)"; return; }
   timeout "$budget" python3 benchmarks/bench_generate.py "$@" --deadline-s $(( budget - 60 )) \
-    --out "$OUT/$name.json" >"$OUT/$name.log" 2>&1
+    --out "$OUT/$name.json" >"$LOGS/$name.log" 2>&1
   echo "$name: exit $?"
 }
 group configs 60 --models swa_hybrid phalanx_full --caches static fast --points 1x4096 32x4096 1x32768
+budget=$(( $(left) * 30 / 100 ))
+if [ "$budget" -gt 60 ]; then
+  timeout "$budget" python3 benchmarks/profile_gpu.py generate --out "$LOGS" --batch 1 --context 32768 --new-tokens 32 \
+    >"$LOGS/profile_generate.log" 2>&1 && mv "$LOGS/profile_generate.json" "$OUT/"
+  echo "profile_generate: exit $?"
+fi
 group b16_32k 75 --models transformer phalanx_hybrid --caches static fast --points 16x32768
 group default 95 --models swa_hybrid phalanx_full transformer phalanx_hybrid --caches default \
   --points 1x4096 32x4096 1x32768 16x32768

@@ -11,6 +11,9 @@
                                                        # Triton compilations during decoding, profile
     python benchmarks/profile_gpu.py decode-step --out DIR  # steady greedy steps of the 1.3B hybrid and the
                                                             # Transformer at batch 32 after 4096 tokens
+    python benchmarks/profile_gpu.py generate --out DIR  # decoding steps through generate with the static cache
+                                                         # (compiled), Llama anchor vs Phalanx hybrid at 1 x 32K:
+                                                         # wall vs GPU kernel time per step, host operators
 
 ``model`` writes ``DIR/profile_model.txt``: for each phase the operators by total CUDA time and by
 CPU time, and the number of host-device synchronisations (``aten::_local_scalar_dense`` and
@@ -20,6 +23,7 @@ CPU time, and the number of host-device synchronisations (``aten::_local_scalar_
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -48,15 +52,19 @@ def profile_ops() -> None:
     torch.cuda.synchronize()
 
 
-def _profiled(fn, warmup: int) -> torch.profiler.profile:
-    """Run ``fn`` ``warmup`` times, then once under torch.profiler (CPU and CUDA), synchronised at both ends."""
+def _profiled(fn, warmup: int, device: str = "cuda") -> torch.profiler.profile:
+    """Run ``fn`` ``warmup`` times, then once under torch.profiler (CPU, and CUDA on a GPU), synchronised at both
+    ends."""
+    cuda = device == "cuda"
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
-    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    if cuda:
+        torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CPU, *([torch.profiler.ProfilerActivity.CUDA] if cuda else [])]
     with torch.profiler.profile(activities=activities) as prof:
         fn()
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
     return prof
 
 
@@ -185,20 +193,95 @@ def profile_decode_step(out: Path, batch: int, context: int, steps: int = 4) -> 
     _write(out, "profile_decode_step.txt", sections, limit=7000)
 
 
-def main() -> int:
+def _per_op(prof: torch.profiler.profile) -> dict[str, tuple[float, int]]:
+    """Host operators of a profile: total CPU microseconds and calls per operator name."""
+    return {e.key: (e.cpu_time_total, e.count) for e in prof.key_averages()
+            if e.device_type == torch.autograd.DeviceType.CPU}
+
+
+def _kernel_us(prof: torch.profiler.profile) -> float:
+    """GPU busy time of a profile: the kernels' own durations, summed (0 without CUDA events)."""
+    return sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+@torch.no_grad()
+def profile_generate(out: Path, batch: int, context: int, new_tokens: int, size: str = "1.3b",
+                     device: str = "cuda", rows: int = 20) -> dict:
+    """Where a decoding step of ``generate(cache_implementation="static")`` (compiled on CUDA) goes, for the Llama
+    anchor and the Phalanx hybrid at ``batch`` x ``context`` (issue 16's miss at 1 x 32K). Two calls per model,
+    one new token and ``1 + new_tokens`` (each timed as the median of three, then profiled once); their difference
+    is ``new_tokens`` decoding steps without the prefill: wall time per step, GPU kernel time per step and the
+    host operators each step adds (CPU time, calls). A step whose wall time is far above its kernel time is bound
+    by host work, which a faster model cannot shorten. Writes ``out/profile_generate.{txt,json}``."""
+    import bench_generate
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    result = {"batch": batch, "context": context, "new_tokens": new_tokens, "size": size, "models": {}}
+    sections = []
+    for name in ("transformer", "phalanx_hybrid"):
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = build_model(name, size, max_positions=context + new_tokens + 64)
+        model = model.to(torch.bfloat16 if device == "cuda" else torch.float32).eval()
+        ids = torch.randint(3, model.config.vocab_size, (batch, context), device=device)
+        walls, profs = {}, {}
+        for n in (1, 1 + new_tokens):
+            kwargs = bench_generate.generate_kwargs("static", device == "cuda", n)
+            times = []
+            for _ in range(4):  # the first call compiles (and fills the static cache's buffers)
+                sync()
+                start = time.perf_counter()
+                model.generate(ids, **kwargs)
+                sync()
+                times.append(time.perf_counter() - start)
+            walls[n] = sorted(times[1:])[1]
+            profs[n] = _profiled(lambda: model.generate(ids, **kwargs), warmup=0, device=device)
+        short, long = _per_op(profs[1]), _per_op(profs[1 + new_tokens])
+        added = {k: ((t - short.get(k, (0.0, 0))[0]) / new_tokens, (c - short.get(k, (0.0, 0))[1]) / new_tokens)
+                 for k, (t, c) in long.items()}
+        top = sorted(added.items(), key=lambda kv: -kv[1][0])[:rows]
+        step = {"wall_ms_per_step": 1e3 * (walls[1 + new_tokens] - walls[1]) / new_tokens,
+                "kernel_ms_per_step": 1e-3 * (_kernel_us(profs[1 + new_tokens]) - _kernel_us(profs[1])) / new_tokens,
+                "host_ops_per_step": {k: {"cpu_us": round(t, 1), "calls": round(c, 2)} for k, (t, c) in top}}
+        result["models"][name] = step
+        lines = [f"## {name}: {batch} x {context}, {new_tokens} decoding steps through generate (static cache)",
+                 f"wall {step['wall_ms_per_step']:.3f} ms per step, GPU kernels {step['kernel_ms_per_step']:.3f} ms per step",
+                 "host operators added per step (CPU time includes children):",
+                 *(f"  {t:10.1f} us  {c:6.2f} calls  {k}" for k, (t, c) in top)]
+        sections.append("\n".join(lines))
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile_generate.json").write_text(json.dumps(result, indent=2) + "\n")
+    _write(out, "profile_generate.txt", sections)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["ops", "model", "decode", "decode-step"])
+    parser.add_argument("what", choices=["ops", "model", "decode", "decode-step", "generate"])
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--prefill-len", type=int, default=1024)
     parser.add_argument("--train-len", type=int, default=16384)
     parser.add_argument("--tokens", type=int, default=32768)
-    args = parser.parse_args()
+    parser.add_argument("--batch", type=int, default=1, help="generate: batch")
+    parser.add_argument("--context", type=int, default=32768, help="generate: prompt tokens")
+    parser.add_argument("--new-tokens", type=int, default=32, help="generate: decoding steps profiled")
+    parser.add_argument("--size", default="1.3b", choices=["1.3b", "tiny"], help="generate: model size")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="generate: device")
+    args = parser.parse_args(argv)
     if args.what == "ops":
         profile_ops()
     elif args.what == "decode":
         profile_decode(args.out)
     elif args.what == "decode-step":
         profile_decode_step(args.out, batch=32, context=4096)
+    elif args.what == "generate":
+        profile_generate(args.out, args.batch, args.context, args.new_tokens, args.size, args.device)
     else:
         profile_model(args.out, args.prefill_len, args.train_len, args.tokens)
     return 0
