@@ -18,7 +18,9 @@ through lm-eval). Its settings go to ``OUT/bench.json``; the later stages read t
 ``convert`` measures the attention mass of the teacher's SWA layers on held-out text (``phalanx convert
 --analyze``'s measurement, ``OUT/analysis.json`` and ``attention_mass.png``), then runs ``phalanx convert`` for
 every SWA layer with each warm start (``--inits``), and for the ``K`` layers with the least mass beyond the
-Phalanx window (``--layers lowest-mass:K`` ranks them so) with ``--subset-inits``: ``OUT/students/<name>``.
+Phalanx window (``--layers lowest-mass:K`` ranks them so) with ``--subset-inits``: ``OUT/students/<name>``. It
+also scores the teacher with its SWA window cut to shorter spans, untrained (``--window-probe``): how much the
+shorter reach alone costs, before any mixer is swapped in.
 
 ``distill`` runs ``phalanx distill`` on each student with at most 5% of the teacher's training tokens (stage 1 a
 share of them, stage 2 the rest), scoring held-out bits/byte every ``steps / --curve-points`` steps of stage 2
@@ -182,6 +184,30 @@ def phalanx(argv: Sequence[str]) -> None:
         raise RuntimeError(f"phalanx {argv[0]} exited with {code} (its error is printed above)")
 
 
+def window_probe(out: Path, bench: argparse.Namespace, windows: Sequence[int]) -> dict[str, float]:
+    """Held-out bits/byte of the teacher with its SWA layers' window cut to each of ``windows`` tokens, untrained
+    (the same sample and windows as every score): how much of the conversion's loss the shorter reach alone
+    explains, before any mixer is swapped in."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from phalanx_eval.bits_per_byte import score_texts
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    texts, _ = qb.text_sample(bench.corpus / "heldout", bench.eval_mb, spread=False)
+    tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir(out)))
+    found = {}
+    for window in sorted(set(windows)):
+        model = AutoModelForCausalLM.from_pretrained(str(teacher_dir(out)), sliding_window=window).to(device)
+        result = score_texts(model, tokenizer, texts, seq_len=bench.seq_len, batch_size=bench.eval_batch_size,
+                             amp_dtype=torch.bfloat16 if bench.amp_bf16 else None)
+        found[str(window)] = result.bits_per_byte
+        print(f"conversion_bench: teacher with a {window}-token window: held-out bits/byte {result.bits_per_byte:.4f}",
+              flush=True)
+        del model
+    return found
+
+
 def convert_command(args: argparse.Namespace) -> None:
     """Rank the SWA layers by attention mass beyond the Phalanx window, then convert each layer set with each init."""
     from phalanx_conversion.analyze import DISTANCES, analyze_checkpoint, format_table, lowest_mass_layers, plot_mass
@@ -202,7 +228,9 @@ def convert_command(args: argparse.Namespace) -> None:
         if layers != swa:  # K = every SWA layer is the conversion of all of them
             sets[f"low{k}"] = (f"lowest-mass:{k}", layers, list(args.subset_inits))
     record = load_json(args.out / CONVERT_FILE, "convert") if (args.out / CONVERT_FILE).is_file() else {"students": {}}
+    probe = [w for w in args.window_probe if w < bench.window]
     record.update({
+        "window_probe": window_probe(args.out, bench, probe) if probe else {},
         "reach": reach, "block_len": args.block_len, "window_blocks": args.window_blocks,
         "analysis": [{"layer": m.layer, "beyond": m.beyond} for m in masses],
         "ranking": [m.layer for m in sorted(masses, key=lambda m: (m.beyond[reach], m.layer))],
@@ -458,6 +486,9 @@ def report(out: Path) -> str:
         "\n![recovery curves](recovery.png)\n",
         f"Which layers to convert first: SWA layers by attention mass beyond the Phalanx window ({reach} tokens), least "
         f"first: {ranking} (`attention_mass.png`).\n",
+        *([f"The teacher with its SWA window cut, untrained (held-out bits/byte; {window} tokens as trained: "
+           f"{t_bpb:.4f}): " + ", ".join(f"{w} tokens {b:.4f}" for w, b in converted["window_probe"].items()) + ".\n"]
+          if converted.get("window_probe") else []),
         f"**Goal (issue 21):** a distilled student within 3% of the teacher's held-out bits/byte (<= {GOAL_BPB_RATIO * t_bpb:.4f}) "
         f"and recall beyond the {window}-token window no worse than the teacher's: "
         + (f"met by {', '.join(met)}." if met else "not met by any student here." if families
@@ -532,6 +563,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--window-blocks", type=pos_int, default=2, help="phalanx convert --window-blocks")
     c.add_argument("--analyze-seq-len", type=pos_int, default=1024, help="sequence length of the analysis")
     c.add_argument("--analyze-tokens", type=pos_int, default=16384, help="held-out tokens the analysis reads")
+    c.add_argument("--window-probe", nargs="*", type=pos_int, default=[32, 64, 128, 256], metavar="TOKENS",
+                   help="also score the teacher with its SWA window cut to each of these, untrained (default: "
+                        "%(default)s; none to skip)")
     c.add_argument("--force", action="store_true", help="convert students that exist again")
 
     d = sub.add_parser("distill", help="distil each student within the token budget, with a recovery curve")

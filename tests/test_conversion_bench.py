@@ -50,7 +50,9 @@ def test_conversion_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.
 
     assert bench.main(["convert", str(out), "--inits", "avg", "random", "--lowest-mass", "1",
                        "--analyze-seq-len", "160", "--analyze-tokens", "640"]) == 0
-    students = json.loads((out / "convert.json").read_text())["students"]
+    converted = json.loads((out / "convert.json").read_text())
+    students = converted["students"]
+    assert list(converted["window_probe"]) == ["32"] and converted["window_probe"]["32"] > 0  # windows under 48 only
     assert set(students) == {"all-avg", "all-random", "low1-avg"}
     assert students["all-avg"]["layers"] == [0, 1, 2] and len(students["low1-avg"]["layers"]) == 1
 
@@ -88,5 +90,6 @@ def test_conversion_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.
     assert bench.main(["report", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert all(f"| {name} |" in text for name in ("teacher", *students, "all-avg@b2")) and "**Goal (issue 21):**" in text
+    assert "The teacher with its SWA window cut, untrained (held-out bits/byte; 48 tokens as trained:" in text
     assert "| all-avg@b2 | 2 x 16; stage 1: 1 steps, lr 0.001; stage 2: 3 steps, lr 0.001 (other weights 3e-05) |" in text
     assert (out / "recovery.png").stat().st_size > 0 and (out / "attention_mass.png").stat().st_size > 0
