@@ -166,6 +166,13 @@ def load_json(path: Path, stage: str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def layer_set(name: str, student: dict[str, Any]) -> str:
+    """The speed label of a student: its converted layers and Phalanx window, not its warm start (``all-avg`` and
+    ``all-vo`` are ``all``; ``all-avg-w128`` is ``all-w128``). Results of older runs lack the field: the name less
+    its init."""
+    return student.get("layer_set", name.rsplit("-", 1)[0])
+
+
 def teacher_dir(out: Path) -> Path:
     load_json(out / TEACHER_FILE, "teacher")
     return out / "runs" / TEACHER / "model"
@@ -228,23 +235,28 @@ def convert_command(args: argparse.Namespace) -> None:
         if layers != swa:  # K = every SWA layer is the conversion of all of them
             sets[f"low{k}"] = (f"lowest-mass:{k}", layers, list(args.subset_inits))
     record = load_json(args.out / CONVERT_FILE, "convert") if (args.out / CONVERT_FILE).is_file() else {"students": {}}
+    more = f"-{args.name_suffix}" if args.name_suffix else ""
     probe = [w for w in args.window_probe if w < bench.window]
-    record.update({
-        "window_probe": window_probe(args.out, bench, probe) if probe else {},
-        "reach": reach, "block_len": args.block_len, "window_blocks": args.window_blocks,
-        "analysis": [{"layer": m.layer, "beyond": m.beyond} for m in masses],
-        "ranking": [m.layer for m in sorted(masses, key=lambda m: (m.beyond[reach], m.layer))],
-    })
+    if probe and ("window_probe" not in record or args.force):
+        record["window_probe"] = window_probe(args.out, bench, probe)
+    if not args.name_suffix or "reach" not in record:  # the report ranks layers at the unsuffixed students' reach
+        record.update({
+            "reach": reach, "block_len": args.block_len, "window_blocks": args.window_blocks,
+            "analysis": [{"layer": m.layer, "beyond": m.beyond} for m in masses],
+            "ranking": [m.layer for m in sorted(masses, key=lambda m: (m.beyond[reach], m.layer))],
+        })
     (args.out / "students").mkdir(exist_ok=True)
     for prefix, (rule, layers, inits) in sets.items():
         for init in inits:
-            name = f"{prefix}-{init}"
+            name = f"{prefix}-{init}{more}"
             folder = args.out / "students" / name
             argv = ["convert", str(teacher), str(folder), "--layers", ",".join(map(str, layers)), "--init", init,
                     "--block-len", str(args.block_len), "--window-blocks", str(args.window_blocks)]
             if not (folder / "config.json").is_file() or args.force:
                 phalanx([*argv, *(["--force"] if args.force else [])])
-            record["students"][name] = {"rule": rule, "layers": layers, "init": init, "convert_command": ["phalanx", *argv]}
+            record["students"][name] = {"rule": rule, "layers": layers, "init": init, "block_len": args.block_len,
+                                        "window_blocks": args.window_blocks, "layer_set": prefix + more,
+                                        "convert_command": ["phalanx", *argv]}
     write_file(args.out / CONVERT_FILE, json.dumps(record, indent=2) + "\n")
     print(f"conversion_bench: {len(record['students'])} students in {args.out / 'students'}: {', '.join(record['students'])}")
 
@@ -349,8 +361,8 @@ def speed_command(args: argparse.Namespace) -> None:
     bench = bench_settings(args.out)
     students = load_json(args.out / CONVERT_FILE, "convert")["students"]
     models = {TEACHER: teacher_dir(args.out)}
-    for name in students:  # one per layer set: the init changes the weights, not the speed
-        models.setdefault(name.rsplit("-", 1)[0], args.out / "students" / name)
+    for name, student in students.items():  # one per layer set: the init changes the weights, not the speed
+        models.setdefault(layer_set(name, student), args.out / "students" / name)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     decode = argparse.Namespace(device=device, no_compile=True, new_tokens=args.new_tokens, repeats=args.repeats,
                                 bandwidth=args.bandwidth)
@@ -454,10 +466,10 @@ def report(out: Path) -> str:
         acc = beyond_window(r, window)
         return " / ".join(qb.fmt(acc.get(f), 2) for f in families) or "not measured"
 
-    header = ["model", "converted layers", "init", "distillation tokens (% of teacher's)", "held-out bits/byte",
+    header = ["model", "converted layers", "init", "Phalanx blocks (length x window)", "distillation tokens (% of teacher's)", "held-out bits/byte",
               "ratio to teacher", "converted, before distillation", f"recall beyond {window} ({' / '.join(families) or '-'})",
               "training tokens/s", "decode tokens/s"]
-    rows = [[TEACHER, "-", "-", f"{teacher['tokens']:,} (training)", qb.fmt(t_bpb, 4), "1.000", "-", far(teacher),
+    rows = [[TEACHER, "-", "-", "-", f"{teacher['tokens']:,} (training)", qb.fmt(t_bpb, 4), "1.000", "-", far(teacher),
              *speeds(TEACHER)]]
     met = []
     for r in students:
@@ -466,8 +478,9 @@ def report(out: Path) -> str:
         if bpb <= GOAL_BPB_RATIO * t_bpb and recall_ok and families:
             met.append(r["config"])
         rows.append([r["config"], ",".join(map(str, r["layers"])), r["init"],
+                     f"{r.get('block_len', converted['block_len'])} x {r.get('window_blocks', converted['window_blocks'])}",
                      f"{r['distill_tokens']:,} ({r['token_fraction']:.2%})", qb.fmt(bpb, 4), qb.fmt(bpb / t_bpb),
-                     qb.fmt(r["curve"][0]["bpb"], 4), far(r), *speeds(r.get("student", r["config"]).rsplit("-", 1)[0])])
+                     qb.fmt(r["curve"][0]["bpb"], 4), far(r), *speeds(layer_set(r.get("student", r["config"]), r))])
     reach = converted["reach"]
     ranking = ", ".join(f"{m['layer']} ({m['beyond'][str(reach)]:.3f})"
                         for m in sorted(converted["analysis"], key=lambda m: (m["beyond"][str(reach)], m["layer"])))
@@ -566,6 +579,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--window-probe", nargs="*", type=pos_int, default=[32, 64, 128, 256], metavar="TOKENS",
                    help="also score the teacher with its SWA window cut to each of these, untrained (default: "
                         "%(default)s; none to skip)")
+    c.add_argument("--name-suffix", type=tag, help="appended to the students' names after a '-', e.g. w128 for a "
+                   "second conversion with --block-len 64 beside the first (all-avg-w128; default: none)")
     c.add_argument("--force", action="store_true", help="convert students that exist again")
 
     d = sub.add_parser("distill", help="distil each student within the token budget, with a recovery curve")

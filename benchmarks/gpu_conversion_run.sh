@@ -4,15 +4,17 @@
 # each student distilled with 5% of the teacher's tokens (4 held-out scores during stage 2), speeds measured, report
 # written. Carry `.whl` (lm-eval wheels) and `.oldloop` (issue 17's old loop: `bash benchmarks/distill_loops.sh prepare`).
 #
-#   bash benchmarks/gpu_conversion_run.sh OUT_DIR 1   # corpus, teacher, convert, then issue 17's loop timing
-#   bash benchmarks/gpu_conversion_run.sh OUT_DIR 2   # distil the students with the recipe below, speed, report
+#   bash benchmarks/gpu_conversion_run.sh OUT_DIR 1   # corpus, teacher, convert (window probe), issue 17's loop timing
+#   bash benchmarks/gpu_conversion_run.sh OUT_DIR 2   # distil the students with the recipe below, speed if time, report
 #
 # Run 1 (benchmarks/results/conversion_125m_h200/run1) distilled every student with conversion_bench's default recipe
 # (8 x 4096: 4 stage-1 steps at lr 1e-3, 40 stage-2 steps at 3e-4 / 3e-5) and missed the goal: the curves were still
 # falling steeply and stage 1 made the all-layer students worse. Part 2 now distils the avg students with the
 # recipe of the 38M conversion demo that met its goal (experiments/conversion_demo: stage 1 30% of the steps at lr
 # 3e-3, stage 2 at 1e-3 on the mixers and 1e-4 on the rest) at batch 2, four times the steps for the same tokens,
-# under the tag RECIPE_TAG (results <student>@<tag>.json); STUDENTS and RECIPE override both.
+# under the tag RECIPE_TAG (results <student>@<tag>.json); STUDENTS and RECIPE override both. Part 1 converts with
+# the avg warm start only (run 1 compared the others), both at run 1's Phalanx window (16 x 2 blocks, 32 tokens) and
+# at 64 x 2 (128 tokens, students *-w128), and scores the teacher with its window cut to 32-256 tokens, untrained.
 #
 # Two commands of at most 10 minutes each, on the same warm machine (the models stay in $WORK, default
 # /tmp/conversion_bench; only the light results, without weights, go to OUT_DIR/results_partN.tgz after each part).
@@ -57,7 +59,7 @@ distill_loops() {
       "$WORK/distill_loops" 50 || true
   fi
 }
-STUDENTS=(${STUDENTS:-all-avg low2-avg low5-avg})
+STUDENTS=(${STUDENTS:-all-avg low2-avg all-avg-w128 low2-avg-w128})
 RECIPE_TAG=${RECIPE_TAG:-demo_b2}
 RECIPE=(${RECIPE:---batch-size 2 --stage1-share 0.3 --stage1-lr 3e-3 --stage2-lr 1e-3 --stage2-other-lr 1e-4})
 
@@ -66,12 +68,16 @@ RECIPE=(${RECIPE:---batch-size 2 --stage1-share 0.3 --stage1-lr 3e-3 --stage2-lr
     [ -f "$CORPUS/corpus.json" ] || python3 "$REPO/benchmarks/quality_bench.py" corpus "$CORPUS" --max-mb "${MAX_MB:-60}"
     timeout "$(remaining)" python3 "${BENCH[@]}" teacher "$CORPUS" "$WORK" --shape 125m --window 512 --steps 900 \
       --seq-len 4096 --batch-size 8 --precision bf16 --eval-mb 2 --recall-tasks "${RECALL[@]}" --recall-limit 16
-    timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg vo qkvo random --lowest-mass 2 5 --subset-inits avg
+    timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg --lowest-mass 2 5 --subset-inits avg
+    timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg --lowest-mass 2 --subset-inits avg \
+      --block-len 64 --window-blocks 2 --name-suffix w128 --window-probe
     distill_loops
   else
     timeout "$(remaining)" python3 "${BENCH[@]}" distill "$WORK" --data-mb 8 --students "${STUDENTS[@]}" \
       --tag "$RECIPE_TAG" "${RECIPE[@]}"
-    [ -f "$WORK/speed.json" ] || timeout "$(remaining)" python3 "${BENCH[@]}" speed "$WORK" --train-steps 40 --decode-batch 1
+    if [ ! -f "$WORK/speed.json" ] && [ "$(remaining)" -gt 150 ]; then
+      timeout "$(remaining)" python3 "${BENCH[@]}" speed "$WORK" --train-steps 40 --decode-batch 1
+    fi
     python3 "${BENCH[@]}" report "$WORK"
   fi
 } 2>&1 | tee -a "$WORK.part$PART.log"

@@ -55,6 +55,14 @@ def test_conversion_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.
     assert list(converted["window_probe"]) == ["32"] and converted["window_probe"]["32"] > 0  # windows under 48 only
     assert set(students) == {"all-avg", "all-random", "low1-avg"}
     assert students["all-avg"]["layers"] == [0, 1, 2] and len(students["low1-avg"]["layers"]) == 1
+    # a second conversion with a wider Phalanx window, beside the first under a suffix
+    assert bench.main(["convert", str(out), "--inits", "avg", "--lowest-mass", "--block-len", "32",
+                       "--name-suffix", "w64", "--analyze-seq-len", "160", "--analyze-tokens", "640"]) == 0
+    converted = json.loads((out / "convert.json").read_text())
+    students = converted["students"]
+    assert set(students) == {"all-avg", "all-random", "low1-avg", "all-avg-w64"} and converted["reach"] == 32
+    assert students["all-avg-w64"]["block_len"] == 32 and students["all-avg-w64"]["layer_set"] == "all-w64"
+    assert json.loads((out / "students" / "all-avg-w64" / "config.json").read_text())["swr_block_len"] == 32
 
     capsys.readouterr()
     assert bench.main(["distill", str(out), "--token-fraction", "0.06"]) == 1
@@ -73,7 +81,7 @@ def test_conversion_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.
     assert bench.main(["speed", str(out), "--train-steps", "4", "--decode-prompt", "16", "--new-tokens", "3",
                        "--repeats", "1"]) == 0
     speed = json.loads((out / "speed.json").read_text())["models"]
-    assert set(speed) == {"teacher", "all", "low1"}
+    assert set(speed) == {"teacher", "all", "low1", "all-w64"}
     assert all(s["train_tokens_per_second"] > 0 and s["decode_tokens_per_second"] > 0 for s in speed.values())
 
     # a second recipe of one student, under a tag, beside the default recipe's result
@@ -91,5 +99,6 @@ def test_conversion_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.
     text = (out / "report.md").read_text()
     assert all(f"| {name} |" in text for name in ("teacher", *students, "all-avg@b2")) and "**Goal (issue 21):**" in text
     assert "The teacher with its SWA window cut, untrained (held-out bits/byte; 48 tokens as trained:" in text
+    assert "| all-avg-w64 | 0,1,2 | avg | 32 x 2 |" in text and "| all-avg | 0,1,2 | avg | 16 x 2 |" in text
     assert "| all-avg@b2 | 2 x 16; stage 1: 1 steps, lr 0.001; stage 2: 3 steps, lr 0.001 (other weights 3e-05) |" in text
     assert (out / "recovery.png").stat().st_size > 0 and (out / "attention_mass.png").stat().st_size > 0
