@@ -4,6 +4,9 @@
                                                   # run under ncu to read the kernels' counters, e.g.
     ncu --clock-control none -k regex:_swr_ --section SpeedOfLight --section Occupancy \\
         --section WarpStateStats python benchmarks/profile_gpu.py ops
+    python benchmarks/profile_gpu.py hyena-ops    # the FIR and fused Hyena cores (SE, MR, per channel) at
+                                                  # 8 x 4096 x 2048, forward and backward; under ncu as above
+                                                  # with --profile-from-start off (gpu_hyena_run.sh)
     python benchmarks/profile_gpu.py model --out DIR   # torch.profiler tables: batch-1 prefill and a
                                                        # training step of the Phalanx hybrid
     python benchmarks/profile_gpu.py decode --out DIR  # greedy decoding of the GPU-check model, fp32 and
@@ -50,6 +53,40 @@ def profile_ops() -> None:
     out = phalanx_kernels.phalanx_core(proj, num_heads=heads, head_dim=dim, num_gate_groups=heads)
     torch.autograd.grad(out, [proj], torch.randn_like(out))
     torch.cuda.synchronize()
+
+
+def profile_hyena_ops() -> None:
+    """The Hyena kernels at 8 x 4096 tokens of width 2048, bf16, filters shared by 16 channels (as
+    ``bench_hyena``'s mixer rows): the FIR alone (7 taps), then the fused core of Hyena-SE (7 taps), of Hyena-MR
+    (128 taps) and, filters per channel, the two-pass core (7 taps), each forward then forward+backward, once
+    compiled before; run under ncu (``--profile-from-start off``: the compiling round is not profiled) to read the
+    kernels' counters (``gpu_hyena_run.sh``)."""
+    from phalanx_kernels.fir_ops import causal_fir, hyena_core
+
+    batch, seqlen, width = 8, 4096, 2048
+    x = torch.randn(batch, seqlen, width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    proj = torch.randn(batch, seqlen, 3 * width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    featurizer = torch.randn(3 * width, 3, device="cuda", requires_grad=True)
+    cases = {
+        "fir_7": (lambda w: causal_fir(x, w)[0], torch.randn(width, 7, device="cuda", requires_grad=True), [x]),
+        "core_se_7": (lambda w: hyena_core(proj, featurizer, w), torch.randn(width // 16, 7, device="cuda",
+                                                                           requires_grad=True), [proj, featurizer]),
+        "core_mr_128": (lambda w: hyena_core(proj, featurizer, w), torch.randn(width // 16, 128, device="cuda",
+                                                                             requires_grad=True), [proj, featurizer]),
+        "core_per_channel_7": (lambda w: hyena_core(proj, featurizer, w), torch.randn(width, 7, device="cuda",
+                                                                                    requires_grad=True), [proj, featurizer]),
+    }
+    for measured in (False, True):  # the first round compiles the kernels; ncu sees the second only
+        if measured:
+            torch.cuda.synchronize()
+            torch.cuda.profiler.start()
+        for fn, weight, inputs in cases.values():
+            with torch.no_grad():
+                fn(weight)
+            y = fn(weight)
+            torch.autograd.grad(y, [*inputs, weight], torch.randn_like(y))
+    torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
 
 
 def _profiled(fn, warmup: int, device: str = "cuda") -> torch.profiler.profile:
@@ -263,7 +300,7 @@ def profile_generate(out: Path, batch: int, context: int, new_tokens: int, size:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["ops", "model", "decode", "decode-step", "generate"])
+    parser.add_argument("what", choices=["ops", "hyena-ops", "model", "decode", "decode-step", "generate"])
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--prefill-len", type=int, default=1024)
     parser.add_argument("--train-len", type=int, default=16384)
@@ -276,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.what == "ops":
         profile_ops()
+    elif args.what == "hyena-ops":
+        profile_hyena_ops()
     elif args.what == "decode":
         profile_decode(args.out)
     elif args.what == "decode-step":
