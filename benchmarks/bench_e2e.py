@@ -59,6 +59,25 @@ def time_steps(step, steps: int, warmup: int, device: str) -> list[float]:
     return times
 
 
+def kernel_seconds(prof: torch.profiler.profile) -> float:
+    """GPU work in a profile: the device time of its kernels and copies, summed (0 without CUDA events)."""
+    return 1e-6 * sum(e.self_device_time_total for e in prof.key_averages()
+                      if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def kernel_time(step, calls: int) -> float:
+    """Seconds of GPU work per call of ``step`` (on CUDA; after one warm-up call): the device time of ``calls``
+    profiled calls over ``calls``. CUDA events around one call also hold the host's time to launch its kernels,
+    which dominates when a call's GPU work is short; this is the operator's own cost."""
+    step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            step()
+        torch.cuda.synchronize()
+    return kernel_seconds(prof) / calls
+
+
 def bench_training(name: str, size: str, length: int, tokens: int, steps: int, warmup: int, device: str) -> dict:
     """Tokens/s of forward+backward for one model at one context length."""
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

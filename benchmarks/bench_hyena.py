@@ -1,7 +1,7 @@
 """Time the Hyena-SE / -MR kernels (Triton causal FIR) next to their memory floor and the Phalanx SWR core.
 
-Not yet run on a GPU (the first GPU call ran out of time after the kernel tests, benchmarks/results/hyena_h200/);
-nothing here is measured until then. Per shape (width W = 2048 or 4096, 4K-32K tokens with 32768 tokens per call, bf16):
+A first H200 call measured the Hyena rows per call only and stopped before the peers
+(``benchmarks/results/hyena_h200/bench_hyena_partial_s7.json``). Per shape (width W = 2048 or 4096, 4K-32K tokens with 32768 tokens per call, bf16):
 
 - ``fir``: the causal depthwise FIR alone (``phalanx_kernels.fir_ops.causal_fir``) on (B, T, W) with K taps;
   floor: forward reads x and writes y (4 bytes per token-channel), backward reads x and dy and writes dx (6).
@@ -17,8 +17,11 @@ nothing here is measured until then. Per shape (width W = 2048 or 4096, 4K-32K t
   alone, without projections. A peer whose package does not import is recorded as "not installed", one on the CPU
   as "needs CUDA", one that raises as its one-line error.
 
-Times are medians of CUDA-event intervals after warm-up (``time.perf_counter`` on CPU); floors use the copy
-bandwidth measured in the same run. Forward+backward returns gradients with ``torch.autograd.grad``. The JSON is
+Times are medians of CUDA-event intervals around one call after warm-up (``time.perf_counter`` on CPU), which include
+the host's time to launch the call's kernels; on the GPU each is also measured as the kernels' own time
+(``*_kernel_ms``: the device time of 10 profiled calls over 10, ``bench_e2e.kernel_time``), the operator's cost
+when the host runs ahead, as it does inside a model. Floors use the copy bandwidth measured in the same run;
+``*_x_floor`` divides the call time by the floor, ``*_kernel_x_floor`` the kernel time. Forward+backward returns gradients with ``torch.autograd.grad``. The JSON is
 rewritten after every row (Hyena rows first, then peers), so a run cut short keeps what it measured.
 
     python benchmarks/bench_hyena.py --json benchmarks/results/hyena_h200.json     # GPU machine
@@ -46,8 +49,9 @@ from modeling_phalanx.hyena_phalanx import PhalanxHyenaMixer
 from modeling_phalanx.mlstm_phalanx import mlstm_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_e2e import time_steps  # noqa: E402
+from bench_e2e import kernel_time, time_steps  # noqa: E402
 
+KERNEL_CALLS = 10  # profiled calls per kernel-time measurement
 SIZES = {
     "full": {"widths": (2048, 4096), "lengths": (4096, 8192, 16384, 32768), "taps": (7, 128), "tokens": 32768},
     "tiny": {"widths": (32,), "lengths": (64,), "taps": (7, 24), "tokens": 128},
@@ -78,8 +82,12 @@ def timed(fwd: Callable[[], torch.Tensor], inputs: list[torch.Tensor], dy: torch
     def forward_backward() -> None:
         torch.autograd.grad(fwd(), inputs, dy)
 
-    return {f"{prefix}_fwd_ms": median_ms(forward, device, reps),
-            f"{prefix}_fwd_bwd_ms": median_ms(forward_backward, device, reps)}
+    found = {f"{prefix}_fwd_ms": median_ms(forward, device, reps),
+             f"{prefix}_fwd_bwd_ms": median_ms(forward_backward, device, reps)}
+    if device == "cuda":  # the GPU work alone: the events above also hold the host's launch time
+        found.update({f"{prefix}_fwd_kernel_ms": kernel_time(forward, KERNEL_CALLS) * 1e3,
+                      f"{prefix}_fwd_bwd_kernel_ms": kernel_time(forward_backward, KERNEL_CALLS) * 1e3})
+    return found
 
 
 def hyena_mixer(variant: str, width: int, taps: int, device: str, dtype: torch.dtype) -> PhalanxHyenaMixer:
@@ -130,8 +138,9 @@ def bench_shape(width: int, seqlen: int, taps: int, tokens: int, device: str, dt
                      "phalanx_core"))
     for name, floor in (("fir", "fir"), ("mixer", "mixer"), ("mixer_per_channel", "mixer")):
         for mode in ("fwd", "fwd_bwd"):
-            if f"{name}_{mode}_ms" in row:
-                row[f"{name}_{mode}_x_floor"] = row[f"{name}_{mode}_ms"] / row[f"{floor}_floor_{mode}_ms"]
+            for kind in ("", "_kernel"):
+                if f"{name}_{mode}{kind}_ms" in row:
+                    row[f"{name}_{mode}{kind}_x_floor"] = row[f"{name}_{mode}{kind}_ms"] / row[f"{floor}_floor_{mode}_ms"]
     return row
 
 
@@ -199,28 +208,36 @@ def bench_peers(width: int, seqlen: int, tokens: int, device: str, dtype: torch.
     return row
 
 
-def format_table(rows: list[dict]) -> str:
-    """Kernel-path times against the floors, the PyTorch path, and the Phalanx core ("-": not run on this device)."""
-    def pair(r: dict, name: str) -> str:
-        return f"{r[name + '_fwd_ms']:.3f} / {r[name + '_fwd_bwd_ms']:.3f}" if name + "_fwd_ms" in r else "-"
+def pair(r: dict, name: str, kind: str = "") -> str:
+    """``fwd / fwd+bwd`` milliseconds of ``name`` (``kind`` "_kernel": GPU work only), "-" when not measured."""
+    fwd, both = f"{name}_fwd{kind}_ms", f"{name}_fwd_bwd{kind}_ms"
+    return f"{r[fwd]:.3f} / {r[both]:.3f}" if fwd in r else "-"
 
-    lines = ["| W | T x B | K | FIR fwd / fwd+bwd ms | mixer fwd / fwd+bwd ms | floor | x floor fwd | per-channel "
-             "filters | PyTorch mixer | Phalanx core |", "|---:|---|---:|---|---|---|---:|---|---|---|"]
+
+def format_table(rows: list[dict]) -> str:
+    """Kernel-path times against the floors, the PyTorch path, and the Phalanx core ("-": not run on this device):
+    per call (CUDA events, host launch included) and, on the GPU, the kernels' own time."""
+    lines = ["| W | T x B | K | FIR fwd / fwd+bwd ms (call; kernels) | mixer fwd / fwd+bwd ms (call; kernels) | floor "
+             "| x floor fwd (call; kernels) | per-channel filters (GPU: kernels) | PyTorch mixer (GPU: kernels) | Phalanx core "
+             "(GPU: kernels) |", "|---:|---|---:|---|---|---|---:|---|---|---|"]
     for r in rows:
-        ratio = f"{r['mixer_fwd_x_floor']:.2f}" if "mixer_fwd_x_floor" in r else "-"
+        ratio = "; ".join(f"{r[k]:.2f}" for k in ("mixer_fwd_x_floor", "mixer_fwd_kernel_x_floor") if k in r) or "-"
         floor = f"{r['mixer_floor_fwd_ms']:.3f} / {r['mixer_floor_fwd_bwd_ms']:.3f}"
+        kern = "_kernel" if "mixer_torch_fwd_kernel_ms" in r else ""
         lines.append(
-            f"| {r['width']} | {r['seqlen']} x {r['batch']} | {r['taps']} | {pair(r, 'fir')} | {pair(r, 'mixer')} | "
-            f"{floor} | {ratio} | {pair(r, 'mixer_per_channel')} | {pair(r, 'mixer_torch')} | "
-            f"{pair(r, 'phalanx_core')} |"
+            f"| {r['width']} | {r['seqlen']} x {r['batch']} | {r['taps']} | {pair(r, 'fir')}; {pair(r, 'fir', '_kernel')} "
+            f"| {pair(r, 'mixer')}; {pair(r, 'mixer', '_kernel')} | {floor} | {ratio} | "
+            f"{pair(r, 'mixer_per_channel', kern)} | {pair(r, 'mixer_torch', kern)} | {pair(r, 'phalanx_core', kern)} |"
         )
     return "\n".join(lines)
 
 
 def format_peer_table(rows: list[dict]) -> str:
-    """Peer times, or why a peer did not run."""
+    """Peer times (the kernels' own on the GPU, else per call), or why a peer did not run."""
     def cell(r: dict, name: str) -> str:
-        return f"{r[name + '_fwd_ms']:.3f} / {r[name + '_fwd_bwd_ms']:.3f}" if name + "_fwd_ms" in r else r[name]
+        if name + "_fwd_ms" not in r:
+            return r[name]
+        return pair(r, name, "_kernel" if name + "_fwd_kernel_ms" in r else "")
 
     lines = ["| W (heads x 128) | T x B | " + " | ".join(f"{name} fwd / fwd+bwd ms" for name in PEERS) + " |",
              "|---:|---|" + "---|" * len(PEERS)]

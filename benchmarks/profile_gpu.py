@@ -38,6 +38,7 @@ from modeling_phalanx.modeling_phalanx import CACHE_KWARG
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import phalanx_kernels  # noqa: E402
+from bench_e2e import kernel_seconds  # noqa: E402
 from model_zoo import build_model  # noqa: E402
 
 
@@ -236,11 +237,6 @@ def _per_op(prof: torch.profiler.profile) -> dict[str, tuple[float, int]]:
             if e.device_type == torch.autograd.DeviceType.CPU}
 
 
-def _kernel_us(prof: torch.profiler.profile) -> float:
-    """GPU busy time of a profile: the kernels' own durations, summed (0 without CUDA events)."""
-    return sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA)
-
-
 @torch.no_grad()
 def profile_generate(out: Path, batch: int, context: int, new_tokens: int, size: str = "1.3b",
                      device: str = "cuda", rows: int = 20) -> dict:
@@ -281,7 +277,7 @@ def profile_generate(out: Path, batch: int, context: int, new_tokens: int, size:
                  for k, (t, c) in long.items()}
         top = sorted(added.items(), key=lambda kv: -kv[1][0])[:rows]
         step = {"wall_ms_per_step": 1e3 * (walls[1 + new_tokens] - walls[1]) / new_tokens,
-                "kernel_ms_per_step": 1e-3 * (_kernel_us(profs[1 + new_tokens]) - _kernel_us(profs[1])) / new_tokens,
+                "kernel_ms_per_step": 1e3 * (kernel_seconds(profs[1 + new_tokens]) - kernel_seconds(profs[1])) / new_tokens,
                 "host_ops_per_step": {k: {"cpu_us": round(t, 1), "calls": round(c, 2)} for k, (t, c) in top}}
         result["models"][name] = step
         lines = [f"## {name}: {batch} x {context}, {new_tokens} decoding steps through generate (static cache)",
