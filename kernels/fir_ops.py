@@ -73,7 +73,7 @@ def _launch_dw(x: torch.Tensor, dy: torch.Tensor, taps: int, cu_seqlens: torch.T
     if rows == 0:
         return x.new_zeros(channels, taps, dtype=torch.float32)
     seq, cu = _seq_index(cu_seqlens, rows, x.device)
-    block_t, block_k, block_c = 32, min(8, triton.next_power_of_2(taps)), min(32, triton.next_power_of_2(channels))
+    block_t, block_k, block_c = 32, min(8, triton.next_power_of_2(taps)), min(64, triton.next_power_of_2(channels))
     chunk = block_t * triton.cdiv(triton.cdiv(rows, DW_CHUNKS), block_t)
     num_chunks = triton.cdiv(rows, chunk)
     partials = x.new_empty(num_chunks, taps, channels, dtype=torch.float32)

@@ -10,7 +10,7 @@ overlapping rows, which stay in L1/L2. Arithmetic is fp32 whatever the storage d
 
 Backward: ``dx[s] = sum_k w[k] dy[s + k]`` (the same walk towards the sequence's end) and
 ``dw[k, c] = sum_t dy[t, c] x[t - k, c]``, reduced by programs over (token chunk, tap block, channel block)
-from a (BT, BK, BC) tile of shifted inputs per token block; the launcher sums the chunks' partials.
+from the block's shifted (BT, BC) input tiles, one tap at a time; the launcher sums the chunks' partials.
 
 The fused Hyena core (below) adds, for filters shared by groups of 16k channels, tensor-core versions of the
 filter, its transpose and its gradient (Toeplitz blocks times tiles, as StripedHyena 2's two-stage kernels).
@@ -70,11 +70,13 @@ def _fir_dw_kernel(
     C: tl.constexpr, K: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr,
 ):
     """Partial filter gradient ``DWP[chunk, k, c] = sum_{t in chunk} DY[t, c] X[t - k, c]`` (fp32; the chunk's
-    rows are ``CHUNK`` consecutive rows, a multiple of BT)."""
+    rows are ``CHUNK`` consecutive rows, a multiple of BT). The program's BK taps are a static loop of shifted 2D
+    (BT, BC) tiles, each reduced over its rows into the tap's row of the (BK, BC) accumulator: no 3D tile of
+    inputs or indices, so the registers hold one tile at a time."""
     pid_chunk = tl.program_id(0)
-    taps = tl.program_id(1) * BK + tl.arange(0, BK)
+    k0 = tl.program_id(1) * BK
     cols = tl.program_id(2) * BC + tl.arange(0, BC)
-    mask_k = taps < K
+    taps = k0 + tl.arange(0, BK)
     mask_c = cols < C
     acc = tl.zeros((BK, BC), dtype=tl.float32)
     base = pid_chunk * CHUNK
@@ -84,13 +86,15 @@ def _fir_dw_kernel(
         start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
         m2 = mask_r[:, None] & mask_c[None, :]
         dy = tl.load(DY + rows.to(tl.int64)[:, None] * C + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-        src = rows[:, None] - taps[None, :]  # (BT, BK)
-        ok = mask_r[:, None] & mask_k[None, :] & (src >= start[:, None])
-        m3 = ok[:, :, None] & mask_c[None, None, :]
-        xv = tl.load(X + src.to(tl.int64)[:, :, None] * C + cols[None, None, :], mask=m3, other=0.0)
-        acc += tl.sum(dy[:, None, :] * xv.to(tl.float32), axis=0)
+        for j in tl.static_range(BK):
+            src = rows - (k0 + j)
+            ok = mask_r & (src >= start) & (src > rows - K)  # the last: tap k0 + j < K
+            xv = tl.load(X + src.to(tl.int64)[:, None] * C + cols[None, :], mask=ok[:, None] & mask_c[None, :],
+                         other=0.0)
+            part = tl.sum(dy * xv.to(tl.float32), axis=0)  # (BC,)
+            acc += tl.where(tl.arange(0, BK)[:, None] == j, part[None, :], 0.0)
     out = pid_chunk.to(tl.int64) * K * C + taps[:, None] * C + cols[None, :]
-    tl.store(DWP + out, acc, mask=mask_k[:, None] & mask_c[None, :])
+    tl.store(DWP + out, acc, mask=(taps < K)[:, None] & mask_c[None, :])
 
 
 # ---------------------------------------------------------------------------------------------------------------
