@@ -254,7 +254,10 @@ def hyena_core_bwd_op(
         m = fir_fwd_op(z, per_channel, cu_seqlens)
         dz, dweight = fir_bwd_op(z, per_channel, dm, cu_seqlens)
         dweight = dweight.float().view(groups, group_size, taps).sum(1)
-    dfeats = torch.cat([dy * m, dz * v, dz * k], dim=-1)
+    dfeats = torch.empty_like(proj)  # [dy * m | dz * v | dz * k], written in place (no concatenation copy)
+    torch.mul(dy, m, out=dfeats[..., :width])
+    torch.mul(dz, v, out=dfeats[..., width:2 * width])
+    torch.mul(dz, k, out=dfeats[..., 2 * width:])
     dproj, dfeaturizer = fir_bwd_op(proj, featurizer, dfeats, cu_seqlens)
     return dproj, dfeaturizer, dweight.to(weight.dtype)
 
