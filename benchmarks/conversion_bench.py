@@ -5,6 +5,7 @@ One command per stage, all into one results folder OUT:
 
     python benchmarks/conversion_bench.py teacher CORPUS OUT [--shape 125m] [--window 512] [--steps 900 --seq-len 4096 --batch-size 8]
     python benchmarks/conversion_bench.py convert OUT [--inits vo qkvo avg random] [--lowest-mass 2 5] [--subset-inits avg]
+                                                     [--block-len 16 --window-blocks 2] [--name-suffix S] [--window-probe 32 64 128 256]
     python benchmarks/conversion_bench.py distill OUT [--token-fraction 0.05] [--stage1-share 0.1] [--curve-points 4] [--students GLOB] [--tag T]
     python benchmarks/conversion_bench.py speed OUT [--train-steps 40] [--decode-batch 1 --decode-prompt 4032]
     python benchmarks/conversion_bench.py report OUT
