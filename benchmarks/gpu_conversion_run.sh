@@ -4,8 +4,9 @@
 # each student distilled with 5% of the teacher's tokens (4 held-out scores during stage 2), speeds measured, report
 # written. Carry `.whl` (lm-eval wheels) and `.oldloop` (issue 17's old loop: `bash benchmarks/distill_loops.sh prepare`).
 #
-#   bash benchmarks/gpu_conversion_run.sh OUT_DIR 1   # corpus, teacher, convert (window probe), issue 17's loop timing
-#   bash benchmarks/gpu_conversion_run.sh OUT_DIR 2   # distil the students with the recipe below, speed if time, report
+#   bash benchmarks/gpu_conversion_run.sh OUT_DIR 1   # corpus, teacher, issue 17's loop timing, convert (window probe)
+#   bash benchmarks/gpu_conversion_run.sh OUT_DIR 2   # convert what part 1 left, distil with the recipe below, speed
+#                                                     # if time, report
 #
 # Run 1 (benchmarks/results/conversion_125m_h200/run1) distilled every student with conversion_bench's default recipe
 # (8 x 4096: 4 stage-1 steps at lr 1e-3, 40 stage-2 steps at 3e-4 / 3e-5) and missed the goal: the curves were still
@@ -48,7 +49,7 @@ trap copy_results EXIT
 RECALL=(phalanx_passkey_256 phalanx_passkey_1024 phalanx_passkey_2048 phalanx_mqar_256 phalanx_mqar_1024 phalanx_mqar_2048)
 
 # Issue 17: the old hand-written distillation loop against the Trainer path on this teacher (50 + 50 steps of 8 x 2048
-# each), right after the conversion when .oldloop is carried; skipped once its JSON exists.
+# each), right after the teacher when .oldloop is carried; skipped once its JSON exists.
 distill_loops() {
   if [ -d "$REPO/.oldloop" ] && [ ! -f "$WORK/distill_loops/distill_loops.json" ]; then
     # a slice of the training files (both loops tokenize their data up front) and one held-out file
@@ -63,16 +64,21 @@ STUDENTS=(${STUDENTS:-all-avg low2-avg all-avg-w128 low2-avg-w128})
 RECIPE_TAG=${RECIPE_TAG:-demo_b2}
 RECIPE=(${RECIPE:---batch-size 2 --stage1-share 0.3 --stage1-lr 3e-3 --stage2-lr 1e-3 --stage2-other-lr 1e-4})
 
+convert_all() {  # both conversions; each skips the students (and the probe) it finds, so part 2 ends what part 1 began
+  timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg --lowest-mass 2 5 --subset-inits avg
+  timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg --lowest-mass 2 --subset-inits avg \
+    --block-len 64 --window-blocks 2 --name-suffix w128 --window-probe
+}
+
 {
   if [ "$PART" = 1 ]; then
     [ -f "$CORPUS/corpus.json" ] || python3 "$REPO/benchmarks/quality_bench.py" corpus "$CORPUS" --max-mb "${MAX_MB:-60}"
     timeout "$(remaining)" python3 "${BENCH[@]}" teacher "$CORPUS" "$WORK" --shape 125m --window 512 --steps 900 \
       --seq-len 4096 --batch-size 8 --precision bf16 --eval-mb 2 --recall-tasks "${RECALL[@]}" --recall-limit 16
-    timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg --lowest-mass 2 5 --subset-inits avg
-    timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg --lowest-mass 2 --subset-inits avg \
-      --block-len 64 --window-blocks 2 --name-suffix w128 --window-probe
-    distill_loops
+    distill_loops  # needs only the teacher
+    convert_all
   else
+    convert_all
     timeout "$(remaining)" python3 "${BENCH[@]}" distill "$WORK" --data-mb 8 --students "${STUDENTS[@]}" \
       --tag "$RECIPE_TAG" "${RECIPE[@]}"
     if [ ! -f "$WORK/speed.json" ] && [ "$(remaining)" -gt 150 ]; then
