@@ -275,6 +275,7 @@ def profile_generate(out: Path, batch: int, context: int, new_tokens: int, size:
         short, long = _per_op(profs[1]), _per_op(profs[1 + new_tokens])
         added = {k: ((t - short.get(k, (0.0, 0))[0]) / new_tokens, (c - short.get(k, (0.0, 0))[1]) / new_tokens)
                  for k, (t, c) in long.items()}
+        added = {k: v for k, v in added.items() if v[1] > 0}  # operators the steps call (times alone are noisy)
         top = sorted(added.items(), key=lambda kv: -kv[1][0])[:rows]
         step = {"wall_ms_per_step": 1e3 * (walls[1 + new_tokens] - walls[1]) / new_tokens,
                 "kernel_ms_per_step": 1e3 * (kernel_seconds(profs[1 + new_tokens]) - kernel_seconds(profs[1])) / new_tokens,

@@ -124,7 +124,7 @@ def test_multi_hybrid_presets_decode_through_every_path(bench, tmp_path: Path) -
 
 def test_generate_profile_splits_a_decoding_step(monkeypatch, tmp_path: Path) -> None:
     """``profile_gpu.py generate`` on CPU: the difference of a 1-token and a (1 + n)-token call gives each model's
-    wall time per decoding step and the host operators a step adds (the model's matmuls among them)."""
+    wall time per decoding step and the host operators a step adds."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     with imported_file(REPO / "benchmarks" / "profile_gpu.py", "profile_gpu") as profile:
         assert profile.main(["generate", "--out", str(tmp_path), "--size", "tiny", "--context", "24",
@@ -133,5 +133,6 @@ def test_generate_profile_splits_a_decoding_step(monkeypatch, tmp_path: Path) ->
     assert set(result["models"]) == {"transformer", "phalanx_hybrid"} and result["new_tokens"] == 6
     for step in result["models"].values():
         assert step["wall_ms_per_step"] > 0 and step["kernel_ms_per_step"] == 0  # no GPU kernels on CPU
-        assert step["host_ops_per_step"]["aten::linear"]["calls"] >= 1
+        ops = step["host_ops_per_step"]
+        assert ops and all(op["calls"] > 0 for op in ops.values())  # only operators the decoding steps call
     assert "decoding steps through generate" in (tmp_path / "profile_generate.txt").read_text()
