@@ -22,7 +22,8 @@ the host's time to launch the call's kernels; on the GPU each is also measured a
 (``*_kernel_ms``: the device time of 10 profiled calls over 10, ``bench_e2e.kernel_time``), the operator's cost
 when the host runs ahead, as it does inside a model. Floors use the copy bandwidth measured in the same run;
 ``*_x_floor`` divides the call time by the floor, ``*_kernel_x_floor`` the kernel time. Forward+backward returns gradients with ``torch.autograd.grad``. The JSON is
-rewritten after every row (Hyena rows first, then peers), so a run cut short keeps what it measured.
+rewritten after every row (each shape's Hyena rows, then its peers), so a run cut short keeps what it measured and
+compares the shapes it reached.
 
     python benchmarks/bench_hyena.py --json benchmarks/results/hyena_h200.json     # GPU machine
     bash benchmarks/gpu_hyena_run.sh OUT_DIR                                        # GPU tests, then this
@@ -270,13 +271,11 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
                 json.dump({"device": name, "torch": torch.__version__, "copy_bandwidth": bandwidth, "rows": rows,
                            "peers": peers}, f, indent=1)
 
-    for width in size["widths"]:
+    for width in size["widths"]:  # each shape's Hyena rows, then its peers: a run cut short compares what it has
         for seqlen in size["lengths"]:
             for taps in size["taps"]:
                 rows.append(bench_shape(width, seqlen, taps, size["tokens"], args.device, dtype, reps, bandwidth))
                 save()
-    for width in size["widths"]:
-        for seqlen in size["lengths"]:
             peers.append(bench_peers(width, seqlen, size["tokens"], args.device, dtype, reps))
             save()
     print(f"{name}  torch {torch.__version__}  copy {bandwidth / 1e12:.3f} TB/s")
