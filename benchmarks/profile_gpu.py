@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ from modeling_phalanx.modeling_phalanx import CACHE_KWARG
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import phalanx_kernels  # noqa: E402
-from bench_e2e import kernel_seconds  # noqa: E402
+from bench_e2e import kernel_seconds, time_steps  # noqa: E402
 from model_zoo import build_model  # noqa: E402
 
 
@@ -248,10 +249,6 @@ def profile_generate(out: Path, batch: int, context: int, new_tokens: int, size:
     by host work, which a faster model cannot shorten. Writes ``out/profile_generate.{txt,json}``."""
     import bench_generate
 
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-
     result = {"batch": batch, "context": context, "new_tokens": new_tokens, "size": size, "models": {}}
     sections = []
     for name in ("transformer", "phalanx_hybrid"):
@@ -263,15 +260,9 @@ def profile_generate(out: Path, batch: int, context: int, new_tokens: int, size:
         walls, profs = {}, {}
         for n in (1, 1 + new_tokens):
             kwargs = bench_generate.generate_kwargs("static", device == "cuda", n)
-            times = []
-            for _ in range(4):  # the first call compiles (and fills the static cache's buffers)
-                sync()
-                start = time.perf_counter()
-                model.generate(ids, **kwargs)
-                sync()
-                times.append(time.perf_counter() - start)
-            walls[n] = sorted(times[1:])[1]
-            profs[n] = _profiled(lambda: model.generate(ids, **kwargs), warmup=0, device=device)
+            call = lambda: model.generate(ids, **kwargs)  # noqa: E731
+            walls[n] = statistics.median(time_steps(call, 3, 1, device))  # the warm-up call compiles
+            profs[n] = _profiled(call, warmup=0, device=device)
         short, long = _per_op(profs[1]), _per_op(profs[1 + new_tokens])
         added = {k: ((t - short.get(k, (0.0, 0))[0]) / new_tokens, (c - short.get(k, (0.0, 0))[1]) / new_tokens)
                  for k, (t, c) in long.items()}
