@@ -2,27 +2,29 @@
 # GPU run for issue 21 (benchmarks/conversion_bench.py at full size): a 125m-shaped Gemma3 teacher (5 SWA-512 : 1 full,
 # byte tokenizer) trained on the quality corpus with the quality bench's budget (900 steps x 8 x 4096), converted,
 # each student distilled with 5% of the teacher's tokens (4 held-out scores during stage 2), speeds measured, report
-# written. Carry `.whl` (lm-eval wheels) and `.oldloop` (issue 17's old loop: `bash benchmarks/distill_loops.sh prepare`).
+# written. Carry `.whl` (lm-eval wheels); `.oldloop` (`bash benchmarks/distill_loops.sh prepare`) only to time issue 17's old
+# loop again (run 2 did: run2/distill_loops/).
 #
 #   bash benchmarks/gpu_conversion_run.sh OUT_DIR 1   # corpus, teacher, issue 17's loop timing, convert (window probe)
-#   bash benchmarks/gpu_conversion_run.sh OUT_DIR 2   # convert what part 1 left, distil with the recipe below, speed
+#   bash benchmarks/gpu_conversion_run.sh OUT_DIR 2   # convert what part 1 left, distil the PLAN below, speed
 #                                                     # if time, report
 #
-# Run 1 (benchmarks/results/conversion_125m_h200/run1) distilled every student with conversion_bench's default recipe
-# (8 x 4096: 4 stage-1 steps at lr 1e-3, 40 stage-2 steps at 3e-4 / 3e-5) and missed the goal: the curves were still
-# falling steeply and stage 1 made the all-layer students worse. Part 2 now distils the avg students with the
-# recipe of the 38M conversion demo that met its goal (experiments/conversion_demo: stage 1 30% of the steps at lr
-# 3e-3, stage 2 at 1e-3 on the mixers and 1e-4 on the rest) at batch 2, four times the steps for the same tokens,
-# under the tag RECIPE_TAG (results <student>@<tag>.json); STUDENTS and RECIPE override both. Part 1 converts with
-# the avg warm start only (run 1 compared the others), both at run 1's Phalanx window (16 x 2 blocks, 32 tokens) and
-# at 64 x 2 (128 tokens, students *-w128), and scores the teacher with its window cut to 32-256 tokens, untrained.
+# Run 1 (benchmarks/results/conversion_125m_h200/run1) distilled with conversion_bench's default recipe (8 x 4096, 44
+# steps) and missed the goal. Run 2 (run2/) distilled with the recipe of the 38M demonstration at batch 2 (176 steps for
+# the same tokens; tag demo_b2): low2-avg reached 1.044x the teacher, all-avg 1.87x, and stage 1 still made the
+# all-layer students worse; low2-avg-w128 was not reached. Part 2 now distils what run 2 points to, one PLAN entry
+# ("TAG|STUDENTS|RECIPE") after another: the two-layer student at the 128-token Phalanx window with the demo recipe,
+# then all-avg and low2-avg without stage 1. Part 1 converts with the avg warm start only, at 16 x 2 blocks (32
+# tokens; students all-avg, low2-avg, low5-avg) and at 64 x 2 (128 tokens, students *-w128), and scores the teacher
+# with its window cut to 32-256 tokens, untrained.
 #
 # Two commands of at most 10 minutes each, on the same warm machine (the models stay in $WORK, default
 # /tmp/conversion_bench; only the light results, without weights, go to OUT_DIR/results_partN.tgz after each part).
-# Run 1's times: corpus ~1 min, teacher 3.7 min training + ~1 min scoring, convert ~1 min; a distillation of 1.44M
-# tokens ~1.5 min with its scoring; speed ~2.5 min. Each part stops itself at ~9.5 minutes (timeout); every stage
-# skips finished work, so running a part again continues where it stopped. Environment: WORK, CORPUS (/tmp/qb_corpus),
-# MAX_MB (60, as the README's runs), STUDENTS, RECIPE_TAG, RECIPE.
+# Run 2's times: wheels ~0.5 min, corpus ~1 min, teacher 4.9 min training + ~1 min scoring, issue 17's loop timing
+# ~2.5 min, convert ~1.5 min; a distillation of 1.46M tokens at batch 2 ~2.5 min with its scoring. Each part stops
+# itself PART_S seconds (default 530) after its set-up, inside a 595-second call; every stage skips finished work, so
+# running a part again continues where it stopped. Environment: WORK, CORPUS (/tmp/qb_corpus), MAX_MB (60, as the
+# README's runs), PART_S, PLAN (entries separated by newlines).
 set -euo pipefail
 if [ $# -ne 2 ] || { [ "$2" != 1 ] && [ "$2" != 2 ]; }; then
   echo "usage: $0 OUT_DIR 1|2" >&2
@@ -36,7 +38,7 @@ CORPUS=${CORPUS:-/tmp/qb_corpus}
 mkdir -p "$OUT_DIR"
 source "$REPO/benchmarks/gpu_env.sh"
 BENCH=("$REPO/benchmarks/conversion_bench.py")
-LEFT=$(( $(date +%s) + 570 ))
+LEFT=$(( $(date +%s) + ${PART_S:-530} ))
 remaining() { echo $(( LEFT - $(date +%s) )); }
 copy_results() {  # on any exit: the log and the light results (JSON, report, plots; no weights or optimizer states)
   # as one archive: the device tool returns at most 8 files from at most 2 folders down
@@ -60,9 +62,9 @@ distill_loops() {
       "$WORK/distill_loops" 50 || true
   fi
 }
-STUDENTS=(${STUDENTS:-all-avg low2-avg all-avg-w128 low2-avg-w128})
-RECIPE_TAG=${RECIPE_TAG:-demo_b2}
-RECIPE=(${RECIPE:---batch-size 2 --stage1-share 0.3 --stage1-lr 3e-3 --stage2-lr 1e-3 --stage2-other-lr 1e-4})
+# TAG|STUDENTS|RECIPE, one distillation per student, in order (results <student>@<tag>.json)
+PLAN=${PLAN:-"demo_b2|low2-avg-w128|--batch-size 2 --stage1-share 0.3 --stage1-lr 3e-3 --stage2-lr 1e-3 --stage2-other-lr 1e-4
+s2only_b2|all-avg low2-avg|--batch-size 2 --stage1-share 0 --stage2-lr 1e-3 --stage2-other-lr 1e-4"}
 
 convert_all() {  # both conversions; each skips the students (and the probe) it finds, so part 2 ends what part 1 began
   timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg --lowest-mass 2 5 --subset-inits avg
@@ -79,8 +81,12 @@ convert_all() {  # both conversions; each skips the students (and the probe) it 
     convert_all
   else
     convert_all
-    timeout "$(remaining)" python3 "${BENCH[@]}" distill "$WORK" --data-mb 8 --students "${STUDENTS[@]}" \
-      --tag "$RECIPE_TAG" "${RECIPE[@]}"
+    while IFS='|' read -r tag students recipe; do
+      [ "$(remaining)" -gt 60 ] || break
+      # shellcheck disable=SC2086  # the student list and the recipe are word lists
+      timeout "$(remaining)" python3 "${BENCH[@]}" distill "$WORK" --data-mb 8 --students $students --tag "$tag" $recipe \
+        || true  # the next entry may still fit
+    done <<<"$PLAN"
     if [ ! -f "$WORK/speed.json" ] && [ "$(remaining)" -gt 150 ]; then
       timeout "$(remaining)" python3 "${BENCH[@]}" speed "$WORK" --train-steps 40 --decode-batch 1
     fi
