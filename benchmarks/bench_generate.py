@@ -103,12 +103,15 @@ def error_text(exc: BaseException) -> str:
 
 
 def build(name: str, args: argparse.Namespace) -> torch.nn.Module:
-    """One model in the run's dtype, sized for the longest prompt plus the new tokens."""
+    """One model in the run's dtype, sized for the longest prompt plus the new tokens, attention through SDPA: the
+    SWA hybrid trains with FlexAttention, but decoding it so through `generate`'s compiled static step ran at 21
+    tokens/s on the H200 (CUDA graphs re-recorded for each new shape; run 3), so every model decodes with SDPA."""
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     torch.manual_seed(0)
     longest = max(prompt for _, prompt in args.points)
     with torch.device(args.device):
-        return build_model(name, args.size, max_positions=longest + args.new_tokens + 64).to(dtype).eval()
+        return build_model(name, args.size, max_positions=longest + args.new_tokens + 64,
+                           attn_implementation="sdpa").to(dtype).eval()
 
 
 class StreamClock:
@@ -181,6 +184,7 @@ def bench_point(model: torch.nn.Module, name: str, cache: str, batch: int, promp
     decode_tps = batch / step_s
     return {
         "model": name, "cache": cache, "prompt": prompt, "batch": batch, "new_tokens": args.new_tokens,
+        "attn_implementation": model.config._attn_implementation,
         "compiled_step": not args.no_compile and (cache == "static" or (cache == "fast" and device == "cuda")),
         "prefill_tokens_per_s": batch * prompt / prefill_s,
         "decode_tokens_per_s": decode_tps,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 16's generation benchmark on the H200 in one call, the points the second run
-# (benchmarks/results/generate_h200_run2/) left, most important first, each group in its own process (compiled
-# graphs and static caches of one group never crowd the next) with its JSON rewritten after every point:
+# Issue 16's generation benchmark on the H200 in one call, the points the second and third runs
+# (benchmarks/results/generate_h200_run2/, run3/) left, most important first, each group in its own process (compiled
+# graphs and static caches of one group never crowd the next) with its JSON rewritten after every point (every model
+# decodes with SDPA: run 3's SWA hybrid, with FlexAttention, re-recorded CUDA graphs at every step):
 #   1. the SWA-hybrid and the all-attention PhalanxConfig models, static cache compiled and the fast loop, at
 #      1x4K, 32x4K and 1x32K;
 #   2. the profile of 32 decoding steps through generate (static cache, compiled) for the anchor and the Phalanx
@@ -43,7 +44,10 @@ if [ "$budget" -gt 60 ]; then
     >"$LOGS/profile_generate.log" 2>&1 && mv "$LOGS/profile_generate.json" "$OUT/"
   echo "profile_generate: exit $?"
 fi
-group b16_32k 75 --models transformer phalanx_hybrid --caches static fast --points 16x32768
+# 16 x 6 GiB of the anchor's KV cache plus its prefill activations: run 3 ran out of memory with 34 GiB reserved but
+# unallocated, so this group's allocator grows its segments instead of fragmenting
+PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True \
+  group b16_32k 75 --models transformer phalanx_hybrid --caches static fast --points 16x32768
 group default 95 --models swa_hybrid phalanx_full transformer phalanx_hybrid --caches default \
   --points 1x4096 32x4096 1x32768 16x32768
 for name in configs b16_32k default; do

@@ -40,8 +40,11 @@ def _free_v_attention(module, query, key, value, attention_mask, **kwargs):
 AttentionInterface.register("free_v", _free_v_attention)
 
 
-def build_model(name: str, size: str = "1.3b", sliding_window: int = 512, max_positions: int = 32768) -> PreTrainedModel:
-    """Build benchmark model ``name`` at ``size`` with random weights on the current default device."""
+def build_model(name: str, size: str = "1.3b", sliding_window: int = 512, max_positions: int = 32768,
+                attn_implementation: str | None = None) -> PreTrainedModel:
+    """Build benchmark model ``name`` at ``size`` with random weights on the current default device; attention runs
+    through ``attn_implementation`` when given, else the model's training choice (FlexAttention with sliding
+    layers, SDPA otherwise; ``free_v`` for ``bound``)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
     dims = {field: SIZES[size][field] for field in ARCH_FIELDS}
@@ -49,19 +52,19 @@ def build_model(name: str, size: str = "1.3b", sliding_window: int = 512, max_po
     if name in ("transformer", "bound"):
         config = LlamaConfig(**dims, max_position_embeddings=max_positions,
                              pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-        attn = "sdpa" if name == "transformer" else "free_v"
+        attn = "free_v" if name == "bound" else attn_implementation or "sdpa"
         return LlamaForCausalLM._from_config(config, attn_implementation=attn)
     ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if name in PRESET_MODELS:
         config = get_preset(f"{size}-{name}", max_position_embeddings=max_positions, **ids)
-        attn = "flex_attention" if SLIDING_ATTENTION in config.layer_types else "sdpa"
+        attn = attn_implementation or ("flex_attention" if SLIDING_ATTENTION in config.layer_types else "sdpa")
         return PhalanxForCausalLM._from_config(config, attn_implementation=attn)
     mixer = {"swa_hybrid": SLIDING_ATTENTION, "phalanx_hybrid": PHALANX_MIXER, "phalanx_full": FULL_ATTENTION}[name]
     layer_types = [FULL_ATTENTION if i % 4 == 0 else mixer for i in range(n)]
     config = PhalanxConfig(**dims, max_position_embeddings=max_positions,
                            layer_types=layer_types, sliding_window=sliding_window if name == "swa_hybrid" else None,
                            **ids)
-    attn = "flex_attention" if name == "swa_hybrid" else "sdpa"
+    attn = attn_implementation or ("flex_attention" if name == "swa_hybrid" else "sdpa")
     return PhalanxForCausalLM._from_config(config, attn_implementation=attn)
 
 

@@ -120,6 +120,16 @@ def test_multi_hybrid_presets_decode_through_every_path(bench, tmp_path: Path) -
     points = json.loads(out.read_text())["points"]
     assert {(p["model"], p["cache"]) for p in points} == {(m, c) for m in ("multihybrid", "swax") for c in bench.CACHES}
     assert all(math.isfinite(p["decode_tokens_per_s"]) for p in points), points
+    assert {p["attn_implementation"] for p in points} == {"sdpa"}  # swax trains with FlexAttention, decodes with SDPA
+
+
+def test_the_swa_hybrid_decodes_through_sdpa(bench, tmp_path: Path) -> None:
+    """The SWA hybrid (which trains with FlexAttention) decodes through SDPA: FlexAttention made the compiled static
+    path re-record CUDA graphs for new shapes on the H200."""
+    out = tmp_path / "generate.json"
+    assert bench.main([*SMOKE, "--models", "swa_hybrid", "--caches", "static", "--out", str(out)]) == 0
+    (point,) = json.loads(out.read_text())["points"]
+    assert point["attn_implementation"] == "sdpa" and math.isfinite(point["decode_tokens_per_s"])
 
 
 def test_generate_profile_splits_a_decoding_step(monkeypatch, tmp_path: Path) -> None:
