@@ -441,9 +441,10 @@ def recipe(r: dict[str, Any]) -> str:
     """A result's distillation settings, read back from its recorded ``phalanx distill`` command."""
     argv = r["distill_command"]
     flag = dict(zip(argv, argv[1:]))
-    return (f"{flag['--batch-size']} x {flag['--seq-len']}; stage 1: {flag['--stage1-steps']} steps, lr "
-            f"{flag['--stage1-lr']}; stage 2: {flag['--stage2-steps']} steps, lr {flag['--stage2-lr']} "
-            f"(other weights {flag['--stage2-other-lr']})")
+    stage1 = (f"stage 1: {flag['--stage1-steps']} steps, lr {flag['--stage1-lr']}" if int(flag["--stage1-steps"])
+              else "no stage 1")
+    return (f"{flag['--batch-size']} x {flag['--seq-len']}; {stage1}; stage 2: {flag['--stage2-steps']} steps, lr "
+            f"{flag['--stage2-lr']} (other weights {flag['--stage2-other-lr']})")
 
 
 def report(out: Path) -> str:

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The conversion bench at CPU size (2 cores, about 40 minutes in all): a 6.4M-parameter Gemma3 teacher (small shape, 5
+# SWA-128 : 1 full, byte tokenizer) on an 8 MB quality corpus, converted at the 32-token and 128-token Phalanx windows,
+# distilled with three recipes. Not issue 21's size: it compares recipes cheaply before a GPU run. OUT defaults to
+# /tmp/cpuexp/out; the results committed beside this script are its light files.
+set -euxo pipefail
+cd "$(dirname "$0")/../../.."
+PY=${PY:-.venv/bin/python}
+B=benchmarks/conversion_bench.py
+CORPUS=${CORPUS:-/tmp/cpuexp/corpus}
+OUT=${OUT:-/tmp/cpuexp/out}
+export OMP_NUM_THREADS=2
+[ -f "$CORPUS/corpus.json" ] || $PY benchmarks/quality_bench.py corpus "$CORPUS" --max-mb 8
+$PY $B teacher "$CORPUS" "$OUT" --shape small --window 128 --steps 240 --seq-len 256 --batch-size 8 --eval-mb 0.2 \
+  --recall-tasks --precision fp32
+$PY $B convert "$OUT" --inits avg --lowest-mass 2 --subset-inits avg
+$PY $B convert "$OUT" --inits avg --lowest-mass 2 --subset-inits avg --block-len 64 --window-blocks 2 --name-suffix w128 \
+  --window-probe
+$PY $B distill "$OUT" --data-mb 1 --students all-avg low2-avg
+$PY $B distill "$OUT" --data-mb 1 --students all-avg low2-avg all-avg-w128 --tag demo_b2 --batch-size 2 \
+  --stage1-share 0.3 --stage1-lr 3e-3 --stage2-lr 1e-3 --stage2-other-lr 1e-4
+$PY $B distill "$OUT" --data-mb 1 --students all-avg low2-avg --tag s2only_b2 --batch-size 2 --stage1-share 0 \
+  --stage2-lr 1e-3 --stage2-other-lr 1e-4
+$PY $B report "$OUT"
