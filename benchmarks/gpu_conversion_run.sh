@@ -10,7 +10,7 @@
 #                                                     # if time, report
 #
 # Run 1 (benchmarks/results/conversion_125m_h200/run1) distilled with conversion_bench's default recipe (8 x 4096, 44
-# steps) and missed the goal. Run 2 (run2/) distilled with the recipe of the 38M demonstration at batch 2 (176 steps for
+# steps) and missed the goal. Run 2 (run2/) distilled with the recipe of the 38M demonstration at batch 2 (178 steps for
 # the same tokens; tag demo_b2): low2-avg reached 1.044x the teacher, all-avg 1.87x, and stage 1 still made the
 # all-layer students worse; low2-avg-w128 was not reached. Part 2 now distils what run 2 points to, one PLAN entry
 # ("TAG|STUDENTS|RECIPE") after another: low2-avg and all-avg without stage 1 (better for both on a 6.4M CPU
