@@ -13,9 +13,10 @@
 # steps) and missed the goal. Run 2 (run2/) distilled with the recipe of the 38M demonstration at batch 2 (178 steps for
 # the same tokens; tag demo_b2): low2-avg reached 1.044x the teacher, all-avg 1.87x, and stage 1 still made the
 # all-layer students worse; low2-avg-w128 was not reached. Part 2 now distils what run 2 points to, one PLAN entry
-# ("TAG|STUDENTS|RECIPE") after another: low2-avg and all-avg without stage 1 (better for both on a 6.4M CPU
-# teacher: benchmarks/results/conversion_cpu_small/), then the two-layer student at the 128-token Phalanx window
-# with the demo recipe. Part 1 converts with the avg warm start only, at 16 x 2 blocks (32
+# ("TAG|STUDENTS|RECIPE") after another: low2-avg and all-avg without stage 1 at batch 1 (356 steps), then low2-avg
+# without stage 1 at batch 2, which separates the two changes (on a 6.4M CPU teacher, stage 2 alone beat both
+# recipes with a stage 1, and batch 1 beat batch 2, while a 128-token window did not help:
+# benchmarks/results/conversion_cpu_small/). Part 1 converts with the avg warm start only, at 16 x 2 blocks (32
 # tokens; students all-avg, low2-avg, low5-avg) and at 64 x 2 (128 tokens, students *-w128), and scores the teacher
 # with its window cut to 32-256 tokens, untrained.
 #
@@ -64,8 +65,8 @@ distill_loops() {
   fi
 }
 # TAG|STUDENTS|RECIPE, one distillation per student, in order (results <student>@<tag>.json)
-PLAN=${PLAN:-"s2only_b2|low2-avg all-avg|--batch-size 2 --stage1-share 0 --stage2-lr 1e-3 --stage2-other-lr 1e-4
-demo_b2|low2-avg-w128|--batch-size 2 --stage1-share 0.3 --stage1-lr 3e-3 --stage2-lr 1e-3 --stage2-other-lr 1e-4"}
+PLAN=${PLAN:-"s2only_b1|low2-avg all-avg|--batch-size 1 --stage1-share 0 --stage2-lr 1e-3 --stage2-other-lr 1e-4
+s2only_b2|low2-avg|--batch-size 2 --stage1-share 0 --stage2-lr 1e-3 --stage2-other-lr 1e-4"}
 
 convert_all() {  # both conversions; each skips the students (and the probe) it finds, so part 2 ends what part 1 began
   timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg --lowest-mass 2 5 --subset-inits avg

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The conversion bench at CPU size (2 cores, about an hour in all): a 6.4M-parameter Gemma3 teacher (small shape, 5
 # SWA-128 : 1 full, byte tokenizer) on an 8 MB quality corpus, converted at the 32-token and 128-token Phalanx windows,
-# distilled with five recipes. Not issue 21's size: it compares recipes cheaply before a GPU run. OUT defaults to
+# distilled with several recipes. Not issue 21's size: it compares recipes cheaply before a GPU run. OUT defaults to
 # /tmp/cpuexp/out; the results committed beside this script are its light files.
 set -euxo pipefail
 cd "$(dirname "$0")/../../.."
@@ -27,4 +27,9 @@ $PY $B distill "$OUT" --data-mb 1 --students all-avg low2-avg --tag s2lr3_b2 --b
   --stage2-lr 3e-3 --stage2-other-lr 1e-4
 $PY $B distill "$OUT" --data-mb 1 --students all-avg low2-avg --tag s2oth3_b2 --batch-size 2 --stage1-share 0 \
   --stage2-lr 1e-3 --stage2-other-lr 3e-4
+# stage 2 alone at batch 1 (twice the steps), and at the 128-token window
+$PY $B distill "$OUT" --data-mb 1 --students all-avg low2-avg --tag s2only_b1 --batch-size 1 --stage1-share 0 \
+  --stage2-lr 1e-3 --stage2-other-lr 1e-4
+$PY $B distill "$OUT" --data-mb 1 --students all-avg-w128 low2-avg-w128 --tag s2only_b2 --batch-size 2 --stage1-share 0 \
+  --stage2-lr 1e-3 --stage2-other-lr 1e-4
 $PY $B report "$OUT"
