@@ -13,7 +13,7 @@
 # steps) and missed the goal. Run 2 (run2/) distilled with the recipe of the 38M demonstration at batch 2 (178 steps for
 # the same tokens; tag demo_b2): low2-avg reached 1.044x the teacher, all-avg 1.87x, and stage 1 still made the
 # all-layer students worse; low2-avg-w128 was not reached. Part 2 now distils what run 2 points to, one PLAN entry
-# ("TAG|STUDENTS|RECIPE") after another: low2-avg and all-avg without stage 1 at batch 1 (356 steps), then low2-avg
+# ("TAG|STUDENTS|RECIPE") after another: low2-avg and all-avg without stage 1 at batch 1 (360 steps), then low2-avg
 # without stage 1 at batch 2, which separates the two changes (on a 6.4M CPU teacher, stage 2 alone beat both
 # recipes with a stage 1, and batch 1 beat batch 2, while a 128-token window did not help:
 # benchmarks/results/conversion_cpu_small/). Part 1 converts with the avg warm start only, at 16 x 2 blocks (32
