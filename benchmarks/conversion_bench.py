@@ -326,7 +326,8 @@ def distill_command(args: argparse.Namespace) -> None:
         argv = ["distill", str(teacher_dir(args.out)), str(args.out / "students" / name), "--out", str(run_dir / "distill"),
                 "--stage1-steps", str(plan["stage1_steps"]), "--stage2-steps", str(plan["stage2_steps"]),
                 "--stage1-lr", str(args.stage1_lr), "--stage2-lr", str(args.stage2_lr),
-                "--stage2-other-lr", str(args.stage2_other_lr), "--batch-size", str(batch), "--seq-len", str(seq_len),
+                "--stage2-other-lr", str(args.stage2_other_lr), "--ce-weight", str(args.ce_weight),
+                "--batch-size", str(batch), "--seq-len", str(seq_len),
                 "--eval-every", str(plan["eval_every"]), "--save-every", str(plan["stage1_steps"] + plan["stage2_steps"]),
                 "--logging-steps", str(max(1, plan["eval_every"] // 5)), "--precision", bench.precision,
                 "--seed", str(bench.seed), "--force"]
@@ -353,7 +354,8 @@ def distill_command(args: argparse.Namespace) -> None:
 
 
 def speed_command(args: argparse.Namespace) -> None:
-    """Training and decode tokens/s of the teacher and of each converted layer set, one after the other here."""
+    """Training and decode tokens/s of the teacher and of the layer sets of the `--students` chosen, one after the other
+    here; `speed.json` is rewritten after each model, so a run cut short keeps what it measured."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, TrainerState
 
@@ -361,8 +363,11 @@ def speed_command(args: argparse.Namespace) -> None:
 
     bench = bench_settings(args.out)
     students = load_json(args.out / CONVERT_FILE, "convert")["students"]
+    chosen = {n: s for n, s in students.items() if any(fnmatch.fnmatch(n, g) for g in args.students)}
+    if not chosen:
+        raise ValueError(f"no student matches --students {' '.join(args.students)}; converted: {', '.join(students)}")
     models = {TEACHER: teacher_dir(args.out)}
-    for name, student in students.items():  # one per layer set: the init changes the weights, not the speed
+    for name, student in chosen.items():  # one per layer set: the init changes the weights, not the speed
         models.setdefault(layer_set(name, student), args.out / "students" / name)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     decode = argparse.Namespace(device=device, no_compile=True, new_tokens=args.new_tokens, repeats=args.repeats,
@@ -386,9 +391,9 @@ def speed_command(args: argparse.Namespace) -> None:
         result["models"][label] = {"folder": str(folder), "train_tokens_per_second": qb.steady_tokens_per_second(state.log_history),
                                    "decode_tokens_per_second": point["decode_tokens_per_s"],
                                    "prefill_tokens_per_second": point["prefill_tokens_per_s"]}
+        write_file(args.out / SPEED_FILE, json.dumps(result, indent=2) + "\n")
         print(f"conversion_bench: {label}: {result['models'][label]['train_tokens_per_second']:,.0f} training tokens/s, "
               f"{point['decode_tokens_per_s']:,.1f} decode tokens/s", flush=True)
-    write_file(args.out / SPEED_FILE, json.dumps(result, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -405,20 +410,22 @@ def beyond_window(r: dict[str, Any], window: int) -> dict[str, float]:
     return found
 
 
-def plot_recovery(out: Path, teacher_bpb: float, students: Sequence[dict[str, Any]]) -> Path:
-    """Held-out bits/byte against distillation tokens, one line per student; the teacher and the goal as lines."""
+def plot_recovery(out: Path, students: Sequence[dict[str, Any]]) -> Path:
+    """Held-out bits/byte over the teacher's (scored in the same windows) against distillation tokens, one line per
+    student; the teacher and the goal as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    for r in students:
-        ax.plot([p["tokens"] for p in r["curve"]], [p["bpb"] for p in r["curve"]], marker="o", label=r["config"])
-    ax.axhline(teacher_bpb, color="black", linestyle="--", label="teacher")
-    ax.axhline(GOAL_BPB_RATIO * teacher_bpb, color="grey", linestyle=":", label=f"goal: teacher x {GOAL_BPB_RATIO}")
+    for i, r in enumerate(students):  # past ten students the colours repeat: the markers then change
+        ax.plot([p["tokens"] for p in r["curve"]], [p["bpb"] / r["curve_teacher_bpb"] for p in r["curve"]],
+                marker="osv^D"[i // 10 % 5], label=r["config"])
+    ax.axhline(1.0, color="black", linestyle="--", label="teacher")
+    ax.axhline(GOAL_BPB_RATIO, color="grey", linestyle=":", label=f"goal: teacher x {GOAL_BPB_RATIO}")
     ax.set_xlabel("distillation tokens (stage 1 + stage 2)")
-    ax.set_ylabel("held-out bits / byte (lower is better)")
+    ax.set_ylabel("held-out bits / byte over the teacher's (lower is better)")
     ax.set_yscale("log")
     ax.set_title(f"Recovery of the converted students ({out.name})", fontsize=9)
     ax.grid(alpha=0.3)
@@ -443,8 +450,9 @@ def recipe(r: dict[str, Any]) -> str:
     flag = dict(zip(argv, argv[1:]))
     stage1 = (f"stage 1: {flag['--stage1-steps']} steps, lr {flag['--stage1-lr']}" if int(flag["--stage1-steps"])
               else "no stage 1")
+    ce = float(flag.get("--ce-weight", 0))  # results written before the flag existed have none
     return (f"{flag['--batch-size']} x {flag['--seq-len']}; {stage1}; stage 2: {flag['--stage2-steps']} steps, lr "
-            f"{flag['--stage2-lr']} (other weights {flag['--stage2-other-lr']})")
+            f"{flag['--stage2-lr']} (other weights {flag['--stage2-other-lr']})" + (f", cross-entropy weight {ce:g}" if ce else ""))
 
 
 def report(out: Path) -> str:
@@ -486,7 +494,8 @@ def report(out: Path) -> str:
     reach = converted["reach"]
     ranking = ", ".join(f"{m['layer']} ({m['beyond'][str(reach)]:.3f})"
                         for m in sorted(converted["analysis"], key=lambda m: (m["beyond"][str(reach)], m["layer"])))
-    curve_rows = [[r["config"], recipe(r), *(f"{p['bpb']:.4f} @ {p['tokens']:,}" for p in r["curve"])] for r in students]
+    curve_rows = [[r["config"], recipe(r), f"{r['curve_teacher_bpb']:.4f}",
+                   *(f"{p['bpb']:.4f} @ {p['tokens']:,}" for p in r["curve"])] for r in students]
     width = max(len(c) for c in curve_rows)
     parts = [
         f"### Conversion bench: {teacher['about']}, {teacher['parameters'] / 1e6:.1f}M parameters\n",
@@ -494,9 +503,11 @@ def report(out: Path) -> str:
         f"(held-out package {teacher['corpus']['held_out']}, {teacher['tokenizer']['name']} tokenizer); every model scored on "
         f"the same {bench.eval_mb:g} MB of held-out text in windows of {bench.seq_len} tokens.\n",
         qb.markdown(header, rows),
-        "\nRecovery curves (held-out bits/byte @ distillation tokens; from `phalanx distill` on the same held-out sample, "
-        f"where the teacher scores {students[0]['curve_teacher_bpb']:.4f}):\n",
-        qb.markdown(["student", "recipe (batch x sequence; steps and learning rates)", *(f"point {i}" for i in range(width - 2))],
+        "\nRecovery curves (held-out bits/byte @ distillation tokens; from `phalanx distill` on the same held-out sample "
+        "in windows of the distillation's sequence length, where the teacher scores as its column says; the plot "
+        "divides each curve by that score, so recipes of different sequence lengths compare):\n",
+        qb.markdown(["student", "recipe (batch x sequence; steps and learning rates)", "teacher",
+                     *(f"point {i}" for i in range(width - 3))],
                     [c + ["-"] * (width - len(c)) for c in curve_rows]),
         "\n![recovery curves](recovery.png)\n",
         f"Which layers to convert first: SWA layers by attention mass beyond the Phalanx window ({reach} tokens), least "
@@ -518,7 +529,7 @@ def report(out: Path) -> str:
                  f"{env['date']}.")
     text = "\n".join(parts) + "\n"
     write_file(out / "report.md", text)
-    plot_recovery(out, students[0]["curve_teacher_bpb"], students)
+    plot_recovery(out, students)
     return text
 
 
@@ -599,12 +610,16 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--stage1-lr", type=pos_float, default=1e-3)
     d.add_argument("--stage2-lr", type=pos_float, default=3e-4)
     d.add_argument("--stage2-other-lr", type=float, default=3e-5)
+    d.add_argument("--ce-weight", type=float, default=0.0,
+                   help="stage 2: weight of the cross-entropy on the training text added to the KL (default: %(default)s)")
     d.add_argument("--tag", type=tag, help="name of this recipe: results go to <student>@<tag>.json beside the default "
                    "recipe's <student>.json, so recipes of one student compare in the report")
     d.add_argument("--force", action="store_true", help="distil students that have a result again")
 
     s = sub.add_parser("speed", help="training and decode tokens/s of the teacher and each converted layer set")
     s.add_argument("out", type=Path)
+    s.add_argument("--students", nargs="+", default=["*"], metavar="GLOB",
+                   help="time the layer sets of these students (default: all), after the teacher")
     s.add_argument("--train-steps", type=pos_int, default=40, help="steps timed per model; the first quarter is warm-up")
     s.add_argument("--decode-batch", type=pos_int, default=1)
     s.add_argument("--decode-prompt", type=pos_int, help="prompt tokens before decoding (default: the teacher's "

@@ -78,8 +78,12 @@ def test_conversion_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.
         assert all(math.isfinite(p["bpb"]) and p["bpb"] > 0 for p in curve)
         assert math.isfinite(r["heldout"]["bits_per_byte"]) and set(r["recall"]["families"]) == {"phalanx_passkey"}
 
-    assert bench.main(["speed", str(out), "--train-steps", "4", "--decode-prompt", "16", "--new-tokens", "3",
-                       "--repeats", "1"]) == 0
+    timing = ["--train-steps", "4", "--decode-prompt", "16", "--new-tokens", "3", "--repeats", "1"]
+    assert bench.main(["speed", str(out), "--students", "nobody", *timing]) == 1
+    assert "no student matches --students nobody" in capsys.readouterr().err
+    assert bench.main(["speed", str(out), "--students", "low1-*", *timing]) == 0
+    assert set(json.loads((out / "speed.json").read_text())["models"]) == {"teacher", "low1"}
+    assert bench.main(["speed", str(out), *timing]) == 0
     speed = json.loads((out / "speed.json").read_text())["models"]
     assert set(speed) == {"teacher", "all", "low1", "all-w64"}
     assert all(s["train_tokens_per_second"] > 0 and s["decode_tokens_per_second"] > 0 for s in speed.values())
@@ -94,10 +98,12 @@ def test_conversion_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.
     tagged = json.loads((out / "all-avg@b2.json").read_text())
     assert tagged["config"] == "all-avg@b2" and tagged["student"] == "all-avg" and (out / "runs" / "all-avg@b2").is_dir()
     assert json.loads((out / "all-avg.json").read_text())["plan"]["tokens"] == 4 * 32  # the default recipe's result kept
-    # stage 2 alone: the curve goes from the converted student straight to stage 2's points
+    # stage 2 alone, with cross-entropy: the curve goes from the converted student straight to stage 2's points
     assert bench.main(["distill", str(out), "--students", "all-avg", "--tag", "s2", "--batch-size", "2",
-                       "--seq-len", "16", "--stage1-share", "0", "--curve-points", "2", "--data-mb", "0.1"]) == 0
+                       "--seq-len", "16", "--stage1-share", "0", "--curve-points", "2", "--data-mb", "0.1",
+                       "--ce-weight", "0.5"]) == 0
     alone = json.loads((out / "all-avg@s2.json").read_text())
+    assert "ce" in alone["distill"]["final_losses_stage2"]  # the distillation trained with the cross-entropy term
     at = [c["at"] for c in alone["curve"]]
     assert alone["plan"]["stage1_steps"] == 0 and at[0] == "converted" and at[1] == f"stage 2 step {alone['plan']['eval_every']}"
 
@@ -108,5 +114,6 @@ def test_conversion_bench_end_to_end(bench, tmp_path: Path, monkeypatch: pytest.
     assert "| all-avg-w64 | 0,1,2 | avg | 32 x 2 |" in text and "| all-avg | 0,1,2 | avg | 16 x 2 |" in text
     assert "| all-avg@b2 | 2 x 16; stage 1: 1 steps, lr 0.001; stage 2: 3 steps, lr 0.001 (other weights 3e-05) |" in text
     steps = alone["plan"]["stage2_steps"]
-    assert f"| all-avg@s2 | 2 x 16; no stage 1; stage 2: {steps} steps, lr 0.0003 (other weights 3e-05) |" in text
+    assert (f"| all-avg@s2 | 2 x 16; no stage 1; stage 2: {steps} steps, lr 0.0003 (other weights 3e-05), "
+            "cross-entropy weight 0.5 |") in text
     assert (out / "recovery.png").stat().st_size > 0 and (out / "attention_mass.png").stat().st_size > 0

@@ -33,3 +33,14 @@ $PY $B distill "$OUT" --data-mb 1 --students all-avg low2-avg --tag s2only_b1 --
 $PY $B distill "$OUT" --data-mb 1 --students all-avg-w128 low2-avg-w128 --tag s2only_b2 --batch-size 2 --stage1-share 0 \
   --stage2-lr 1e-3 --stage2-other-lr 1e-4
 $PY $B report "$OUT"
+# session 10: cross-entropy added to the KL (weight 0.5), and shorter sequences at batch 1 (more, smaller steps for the
+# same tokens: 128 tokens, 192 steps; 64 tokens, 384 steps), alone and together
+$PY $B distill "$OUT" --data-mb 1 --students low2-avg all-avg --tag s2ce05_b1 --batch-size 1 --stage1-share 0 \
+  --stage2-lr 1e-3 --stage2-other-lr 1e-4 --ce-weight 0.5
+$PY $B distill "$OUT" --data-mb 1 --students low2-avg all-avg --tag s2s128_b1 --batch-size 1 --seq-len 128 \
+  --stage1-share 0 --stage2-lr 1e-3 --stage2-other-lr 1e-4
+$PY $B distill "$OUT" --data-mb 1 --students low2-avg all-avg --tag s2s128ce_b1 --batch-size 1 --seq-len 128 \
+  --stage1-share 0 --stage2-lr 1e-3 --stage2-other-lr 1e-4 --ce-weight 0.5
+$PY $B distill "$OUT" --data-mb 1 --students low2-avg all-avg --tag s2s64_b1 --batch-size 1 --seq-len 64 \
+  --stage1-share 0 --stage2-lr 1e-3 --stage2-other-lr 1e-4
+$PY $B report "$OUT"
