@@ -298,6 +298,14 @@ def recovery_curve(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return points
 
 
+def choose_students(students: dict[str, Any], globs: Sequence[str]) -> list[str]:
+    """The converted students whose names match one of `globs` (``--students``), in conversion order."""
+    chosen = [n for n in students if any(fnmatch.fnmatch(n, g) for g in globs)]
+    if not chosen:
+        raise ValueError(f"no student matches --students {' '.join(globs)}; converted: {', '.join(students)}")
+    return chosen
+
+
 def distill_command(args: argparse.Namespace) -> None:
     """Distil and score each selected student that has no result yet."""
     import torch
@@ -305,9 +313,7 @@ def distill_command(args: argparse.Namespace) -> None:
     bench = bench_settings(args.out)
     teacher = load_json(args.out / TEACHER_FILE, "teacher")
     students = load_json(args.out / CONVERT_FILE, "convert")["students"]
-    chosen = [n for n in students if any(fnmatch.fnmatch(n, g) for g in args.students)]
-    if not chosen:
-        raise ValueError(f"no student matches --students {' '.join(args.students)}; converted: {', '.join(students)}")
+    chosen = choose_students(students, args.students)
     seq_len, batch = args.seq_len or bench.seq_len, args.batch_size or bench.batch_size
     plan = distill_plan(teacher["tokens"], args.token_fraction, args.stage1_share, args.curve_points, batch, seq_len)
     files, _, _ = qb.sample_files(bench.corpus / "heldout", bench.eval_mb, spread=False)  # the teacher's held-out sample
@@ -363,12 +369,9 @@ def speed_command(args: argparse.Namespace) -> None:
 
     bench = bench_settings(args.out)
     students = load_json(args.out / CONVERT_FILE, "convert")["students"]
-    chosen = {n: s for n, s in students.items() if any(fnmatch.fnmatch(n, g) for g in args.students)}
-    if not chosen:
-        raise ValueError(f"no student matches --students {' '.join(args.students)}; converted: {', '.join(students)}")
     models = {TEACHER: teacher_dir(args.out)}
-    for name, student in chosen.items():  # one per layer set: the init changes the weights, not the speed
-        models.setdefault(layer_set(name, student), args.out / "students" / name)
+    for name in choose_students(students, args.students):  # one per layer set: the init changes the weights, not the speed
+        models.setdefault(layer_set(name, students[name]), args.out / "students" / name)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     decode = argparse.Namespace(device=device, no_compile=True, new_tokens=args.new_tokens, repeats=args.repeats,
                                 bandwidth=args.bandwidth)
