@@ -6,7 +6,8 @@
 #      run 2 timed 1.08x there, run 4's profile of the same step (profile_generate.json) 1.38x;
 #   2. the all-attention PhalanxConfig model's static cache at 32x4K and 1x32K (run 4 reached 1x4K);
 #   3. batch 16 at a 32K prompt: the Phalanx hybrid's fast loop (the anchor's fast loop decoded 599 tokens/s in run 4,
-#      its static path ran out of memory) and the SWA hybrid's static cache;
+#      its static path ran out of memory; run 3 measured the hybrid's static path), then the static caches of the SWA
+#      hybrid and the all-attention model;
 #   4. the default cache of the models run 4 did not reach (no compile; cheap), as far as time allows.
 # Ends inside DEADLINE seconds (default 570).
 #
@@ -40,9 +41,11 @@ group configs 45 --models phalanx_full --caches static --points 32x4096 1x32768
 # 16 x 32K prompts: the allocator grows its segments instead of fragmenting (run 3's anchor ran out of memory with
 # 34 GiB reserved but unallocated)
 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True \
-  group b16_32k 70 --models phalanx_hybrid swa_hybrid --caches fast static --points 16x32768
+  group b16_32k 40 --models phalanx_hybrid --caches fast --points 16x32768
+PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True \
+  group b16_others 60 --models swa_hybrid phalanx_full --caches static --points 16x32768
 group default 95 --models phalanx_full transformer phalanx_hybrid swa_hybrid --caches default \
-  --points 1x32768 1x4096 32x4096
-for name in anchor32k configs b16_32k default; do
+  --points 1x32768 1x4096 32x4096 16x32768
+for name in anchor32k configs b16_32k b16_others default; do
   [ -f "$OUT/$name.json" ] && python3 benchmarks/bench_generate.py --from-json "$OUT/$name.json"
 done
