@@ -5,7 +5,7 @@
 # written. Carry `.whl` (lm-eval wheels); `.oldloop` (`bash benchmarks/distill_loops.sh prepare`) only to time issue 17's old
 # loop again (run 2 did: run2/distill_loops/).
 #
-#   bash benchmarks/gpu_conversion_run.sh OUT_DIR 1   # corpus, teacher, issue 17's loop timing, convert (window probe)
+#   bash benchmarks/gpu_conversion_run.sh OUT_DIR 1   # corpus, teacher, issue 17's loop timing, convert, distil
 #   bash benchmarks/gpu_conversion_run.sh OUT_DIR 2   # convert what part 1 left, distil the PLAN below, speed
 #                                                     # if time, report
 #
@@ -17,8 +17,9 @@
 # added to the KL helped the two-layer one), one PLAN entry ("TAG|STUDENTS|RECIPE") after another: low2-avg at
 # 1 x 1024 (1,440 steps) with cross-entropy weight 0.5, then all-avg at 1 x 1024 without it; then it times the
 # teacher and the distilled students' layer sets (`speed --students`, SPEED_STUDENTS) and writes the report. Part 1
-# converts with the avg warm start only, at 16 x 2 blocks (32 tokens; students all-avg, low2-avg, low5-avg) and at
-# 64 x 2 (128 tokens, students *-w128), and scores the teacher with its window cut to 32-256 tokens, untrained.
+# converts with the avg warm start only, at 16 x 2 blocks (32 tokens; students all-avg, low2-avg, low5-avg), and
+# begins the PLAN in the time left. WIDE=1 also converts at 64 x 2 (128 tokens, students *-w128) and scores the
+# teacher with its window cut to 32-256 tokens, untrained, as runs 2 and 3 did (about a minute).
 #
 # Two commands of at most 10 minutes each, on the same warm machine (the models stay in $WORK, default
 # /tmp/conversion_bench; only the light results, without weights, go to OUT_DIR/results_partN.tgz after each part).
@@ -26,7 +27,7 @@
 # ~2.5 min, convert ~1.5 min; a distillation of 1.46M tokens at batch 2 ~2.5 min with its scoring. Each part stops
 # itself PART_S seconds (default 530) after its set-up, inside a 595-second call; every stage skips finished work, so
 # running a part again continues where it stopped. Environment: WORK, CORPUS (/tmp/qb_corpus), MAX_MB (60, as the
-# README's runs), PART_S, PLAN (entries separated by newlines), SPEED_STUDENTS.
+# README's runs), PART_S, PLAN (entries separated by newlines), SPEED_STUDENTS, WIDE.
 set -euo pipefail
 if [ $# -ne 2 ] || { [ "$2" != 1 ] && [ "$2" != 2 ]; }; then
   echo "usage: $0 OUT_DIR 1|2" >&2
@@ -69,10 +70,23 @@ PLAN=${PLAN:-"s1kce_b1|low2-avg|--batch-size 1 --seq-len 1024 --stage1-share 0 -
 s1k_b1|all-avg|--batch-size 1 --seq-len 1024 --stage1-share 0 --stage2-lr 1e-3 --stage2-other-lr 1e-4"}
 SPEED_STUDENTS=${SPEED_STUDENTS:-low2-avg all-avg}
 
-convert_all() {  # both conversions; each skips the students (and the probe) it finds, so part 2 ends what part 1 began
-  timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg --lowest-mass 2 5 --subset-inits avg
-  timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg --lowest-mass 2 --subset-inits avg \
-    --block-len 64 --window-blocks 2 --name-suffix w128 --window-probe
+convert_all() {  # each conversion skips the students (and the probe) it finds, so part 2 ends what part 1 began
+  if [ "${WIDE:-0}" = 1 ]; then  # the window probe and the 128-token students, as runs 2 and 3 did
+    timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg --lowest-mass 2 5 --subset-inits avg
+    timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg --lowest-mass 2 --subset-inits avg \
+      --block-len 64 --window-blocks 2 --name-suffix w128 --window-probe
+  else
+    timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg --lowest-mass 2 5 --subset-inits avg \
+      --window-probe
+  fi
+}
+distill_plan() {  # the PLAN's entries in order, each started only with the time for one distillation left
+  while IFS='|' read -r tag students recipe; do
+    [ "$(remaining)" -gt 150 ] || break
+    # shellcheck disable=SC2086  # the student list and the recipe are word lists
+    timeout "$(remaining)" python3 "${BENCH[@]}" distill "$WORK" --data-mb 8 --students $students --tag "$tag" $recipe \
+      || true  # the next entry may still fit
+  done <<<"$PLAN"
 }
 
 {
@@ -82,14 +96,10 @@ convert_all() {  # both conversions; each skips the students (and the probe) it 
       --seq-len 4096 --batch-size 8 --precision bf16 --eval-mb 2 --recall-tasks "${RECALL[@]}" --recall-limit 16
     distill_loops  # needs only the teacher
     convert_all
+    distill_plan  # as far as part 1's time goes; part 2 skips what is done
   else
     convert_all
-    while IFS='|' read -r tag students recipe; do
-      [ "$(remaining)" -gt 60 ] || break
-      # shellcheck disable=SC2086  # the student list and the recipe are word lists
-      timeout "$(remaining)" python3 "${BENCH[@]}" distill "$WORK" --data-mb 8 --students $students --tag "$tag" $recipe \
-        || true  # the next entry may still fit
-    done <<<"$PLAN"
+    distill_plan
     if [ ! -f "$WORK/speed.json" ] && [ "$(remaining)" -gt 150 ]; then
       # shellcheck disable=SC2086  # a word list
       timeout "$(remaining)" python3 "${BENCH[@]}" speed "$WORK" --students $SPEED_STUDENTS --train-steps 40 \
