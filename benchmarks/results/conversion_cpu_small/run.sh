@@ -44,3 +44,9 @@ $PY $B distill "$OUT" --data-mb 1 --students low2-avg all-avg --tag s2s128ce_b1 
 $PY $B distill "$OUT" --data-mb 1 --students low2-avg all-avg --tag s2s64_b1 --batch-size 1 --seq-len 64 \
   --stage1-share 0 --stage2-lr 1e-3 --stage2-other-lr 1e-4
 $PY $B report "$OUT"
+# both changes at 64 tokens for the two-layer student; 32-token sequences (768 steps) for the all-layer one
+$PY $B distill "$OUT" --data-mb 1 --students low2-avg --tag s2s64ce_b1 --batch-size 1 --seq-len 64 --stage1-share 0 \
+  --stage2-lr 1e-3 --stage2-other-lr 1e-4 --ce-weight 0.5
+$PY $B distill "$OUT" --data-mb 1 --students all-avg --tag s2s32_b1 --batch-size 1 --seq-len 32 --stage1-share 0 \
+  --stage2-lr 1e-3 --stage2-other-lr 1e-4
+$PY $B report "$OUT"
