@@ -71,14 +71,12 @@ s1k_b1|all-avg|--batch-size 1 --seq-len 1024 --stage1-share 0 --stage2-lr 1e-3 -
 SPEED_STUDENTS=${SPEED_STUDENTS:-low2-avg all-avg}
 
 convert_all() {  # each conversion skips the students (and the probe) it finds, so part 2 ends what part 1 began
-  if [ "${WIDE:-0}" = 1 ]; then  # the window probe and the 128-token students, as runs 2 and 3 did
-    timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg --lowest-mass 2 5 --subset-inits avg
-    timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg --lowest-mass 2 --subset-inits avg \
-      --block-len 64 --window-blocks 2 --name-suffix w128 --window-probe
-  else
-    timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg --lowest-mass 2 5 --subset-inits avg \
-      --window-probe
-  fi
+  local probe=(--window-probe)  # given without widths: no window probe
+  [ "${WIDE:-0}" != 1 ] || probe=()  # WIDE=1: the probe at its default widths and the 128-token students (runs 2, 3)
+  timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg --lowest-mass 2 5 --subset-inits avg \
+    "${probe[@]}"
+  [ "${WIDE:-0}" != 1 ] || timeout "$(remaining)" python3 "${BENCH[@]}" convert "$WORK" --inits avg --lowest-mass 2 \
+    --subset-inits avg --block-len 64 --window-blocks 2 --name-suffix w128 --window-probe
 }
 distill_plan() {  # the PLAN's entries in order, each started only with the time for one distillation left
   while IFS='|' read -r tag students recipe; do
