@@ -19,7 +19,9 @@ prompt, 1 and 16 at a 32K prompt); each model is built once and runs every point
 
 A point that fails (out of memory, a compile error) is recorded as an error point (``"error": "Type: message"``)
 and the run goes on; ``--out`` is rewritten (atomically) after every point, so a run killed by ``timeout`` keeps
-what it finished; ``--deadline-s`` starts no new point past that many seconds and ends normally.
+what it finished; ``--deadline-s`` starts no new point past that many seconds and ends normally. ``--resume`` keeps
+the points ``--out`` already holds and measures only the others (a run spread over several calls: the GPU machine's
+commands last at most 10 minutes); ``--from-json`` renders the table and plot of one or more runs' JSON, merged.
 
     timeout 540 python benchmarks/bench_generate.py --deadline-s 420 --out benchmarks/results/generate_h200.json  # GPU
     python benchmarks/bench_generate.py --size tiny --device cpu --points 1x32 2x32 --new-tokens 4 --no-compile
@@ -184,6 +186,7 @@ def bench_point(model: torch.nn.Module, name: str, cache: str, batch: int, promp
     decode_tps = batch / step_s
     return {
         "model": name, "cache": cache, "prompt": prompt, "batch": batch, "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
         "attn_implementation": model.config._attn_implementation,
         "compiled_step": not args.no_compile and (cache == "static" or (cache == "fast" and device == "cuda")),
         "prefill_tokens_per_s": batch * prompt / prefill_s,
@@ -198,9 +201,15 @@ def free_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def run(args: argparse.Namespace, record) -> None:
+def point_key(point: dict) -> tuple:
+    """What a point measured: (model, cache, batch, prompt)."""
+    return point["model"], point["cache"], point["batch"], point["prompt"]
+
+
+def run(args: argparse.Namespace, record, done: frozenset = frozenset()) -> None:
     """Every model (built once), cache and point in turn; ``record`` gets each point or error point as it ends.
-    Stops early, recording nothing more, once ``--deadline-s`` has passed."""
+    Points whose key is in ``done`` are skipped (a model with none left is not built). Stops early, recording
+    nothing more, once ``--deadline-s`` has passed."""
     start = time.monotonic()
 
     def out_of_time() -> bool:
@@ -210,6 +219,10 @@ def run(args: argparse.Namespace, record) -> None:
         return False
 
     for name in args.models:
+        todo = [(cache, batch, prompt) for cache in args.caches for batch, prompt in args.points
+                if (name, cache, batch, prompt) not in done]
+        if not todo:
+            continue
         if out_of_time():
             return
         try:
@@ -220,17 +233,16 @@ def run(args: argparse.Namespace, record) -> None:
         if model is None:
             free_memory(args.device)
             continue
-        for cache in args.caches:
-            for batch, prompt in args.points:
-                if out_of_time():
-                    return
-                point = {"model": name, "cache": cache, "batch": batch, "prompt": prompt}
-                try:
-                    point = bench_point(model, name, cache, batch, prompt, args)
-                except Exception as exc:  # noqa: BLE001 - out of memory and the like: recorded, the run goes on
-                    point["error"] = error_text(exc)
-                free_memory(args.device)  # after the except clause, so the traceback's tensors are gone
-                record(point)
+        for cache, batch, prompt in todo:
+            if out_of_time():
+                return
+            point = {"model": name, "cache": cache, "batch": batch, "prompt": prompt}
+            try:
+                point = bench_point(model, name, cache, batch, prompt, args)
+            except Exception as exc:  # noqa: BLE001 - out of memory and the like: recorded, the run goes on
+                point["error"] = error_text(exc)
+            free_memory(args.device)  # after the except clause, so the traceback's tensors are gone
+            record(point)
         del model
         torch._dynamo.reset()  # the compiled graphs and their CUDA-graph pools hold the model's memory
         free_memory(args.device)
@@ -312,17 +324,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline-s", type=float, help="start no new point after this many seconds")
     parser.add_argument("--out", type=Path, help="JSON, rewritten after every point")
     parser.add_argument("--plot", type=Path, help="PNG of decode tokens/s per point, written at the end")
-    parser.add_argument("--from-json", type=Path, metavar="JSON",
-                        help="measure nothing: print the table (and --plot) of an earlier run's JSON")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the points --out already holds and measure only the others")
+    parser.add_argument("--from-json", type=Path, nargs="+", metavar="JSON",
+                        help="measure nothing: print the table (and --plot) of earlier runs' JSON, their points merged")
     args = parser.parse_args(argv)
     if args.from_json is not None:
-        if not args.from_json.is_file():
-            parser.error(f"--from-json: no such file: {args.from_json}")
-        earlier = json.loads(args.from_json.read_text())
-        print(table(earlier["points"]))
+        runs = [read_run(parser, path, "--from-json") for path in args.from_json]
+        points = [p for earlier in runs for p in earlier["points"]]
+        print(table(points))
         if args.plot:
-            print(f"plot: {plot(earlier['points'], args.plot, generate_title(earlier))}")
+            print(f"plot: {plot(points, args.plot, generate_title(runs[0]))}")
         return 0
+    if args.resume and args.out is None:
+        parser.error("--resume needs --out (the JSON whose points are kept)")
     if args.new_tokens < 2:
         parser.error("--new-tokens must be at least 2 (decode speed is measured past the first token)")
     args.points = list(dict.fromkeys(args.points))
@@ -331,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     shown["points"] = " ".join(f"{b}x{n}" for b, n in args.points)
     shown["caches"] = " ".join(args.caches)
     result = {"environment": environment(), "args": shown, "points": []}
+    if args.resume and args.out.exists():
+        earlier = read_run(parser, args.out, "--resume")
+        result["points"] = earlier["points"]
+        result["earlier_args"] = [*earlier.get("earlier_args", []), earlier["args"]]
 
     def record(point: dict) -> None:
         result["points"].append(point)
@@ -338,13 +357,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             write_json(args.out, result)
 
-    run(args, record)
+    run(args, record, frozenset(point_key(p) for p in result["points"]))
     if args.out:
         write_json(args.out, result)
     print(table(result["points"]))
     if args.plot:
         print(f"plot: {plot(result['points'], args.plot, generate_title(result))}")
     return 0
+
+
+def read_run(parser: argparse.ArgumentParser, path: Path, option: str) -> dict:
+    """An earlier run's JSON (``environment``, ``args``, ``points``), or a one-line parser error naming the file."""
+    if not path.is_file():
+        parser.error(f"{option}: no such file: {path}")
+    try:
+        earlier = json.loads(path.read_text())
+        if not isinstance(earlier, dict) or not isinstance(earlier.get("points"), list) or "args" not in earlier:
+            raise ValueError("no 'args' and 'points'")
+        for point in earlier["points"]:
+            point_key(point)
+    except (ValueError, KeyError, TypeError) as exc:
+        parser.error(f"{option}: {path} is not a bench_generate result ({exc})")
+    return earlier
 
 
 def generate_title(result: dict) -> str:

@@ -92,6 +92,52 @@ def test_from_json_renders_an_earlier_run_without_measuring(bench, tmp_path: Pat
     assert "no such file" in capsys.readouterr().err
 
 
+def test_resume_measures_only_the_missing_points(bench, tmp_path: Path, monkeypatch) -> None:
+    """A run cut short and run again with --resume keeps its points and measures only the others; a model with
+    nothing left is not even built."""
+    out = tmp_path / "generate.json"
+    assert bench.main([*SMOKE, "--models", "transformer", "--caches", "default", "--out", str(out)]) == 0
+    first = json.loads(out.read_text())["points"]
+    built = []
+    real_build = bench.build
+    monkeypatch.setattr(bench, "build", lambda name, args: built.append(name) or real_build(name, args))
+    assert bench.main([*SMOKE, "--models", "transformer", "phalanx_hybrid", "--caches", "default", "--out", str(out),
+                       "--resume"]) == 0
+    result = json.loads(out.read_text())
+    assert built == ["phalanx_hybrid"]
+    assert result["points"][0] == first[0] and len(first) == 1
+    assert [(p["model"], p["repeats"]) for p in result["points"]] == [("transformer", 1), ("phalanx_hybrid", 1)]
+    assert result["earlier_args"][0]["models"] == "['transformer']"
+    assert bench.main([*SMOKE, "--models", "transformer", "phalanx_hybrid", "--caches", "default", "--out", str(out),
+                       "--resume"]) == 0
+    assert built == ["phalanx_hybrid"] and len(json.loads(out.read_text())["points"]) == 2  # nothing left to do
+
+
+def test_resume_and_from_json_refuse_what_is_not_a_result(bench, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        bench.main([*SMOKE, "--resume"])
+    assert "--resume needs --out" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    for text in ("{not json", '{"points": []}', '{"args": {}, "points": [{"model": "x"}]}'):
+        bad.write_text(text)
+        for argv in ([*SMOKE, "--out", str(bad), "--resume"], ["--from-json", str(bad)]):
+            with pytest.raises(SystemExit):
+                bench.main(argv)
+            err = capsys.readouterr().err.strip().splitlines()[-1]
+            assert f"{bad} is not a bench_generate result" in err
+    assert bad.read_text() == '{"args": {}, "points": [{"model": "x"}]}'  # never overwritten
+
+
+def test_from_json_merges_several_runs(bench, tmp_path: Path, capsys) -> None:
+    """Points of several committed runs in one table (run 4's SWA hybrid and run 5's all-attention model)."""
+    results = REPO / "benchmarks" / "results"
+    assert bench.main(["--from-json", str(results / "generate_h200_run4" / "default.json"),
+                       str(results / "generate_h200_run5" / "configs.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| swa_hybrid | default | 49.5 (3%) | 1,067.9 (2%) | - |" in out
+    assert "| phalanx_full | static | - | 2,931.6 (6%) | 172.0 (11%) |" in out
+
+
 def test_each_static_point_decodes_over_a_cache_of_its_own_size(bench, tmp_path: Path) -> None:
     """`generate` would size a later, shorter point's static cache to the longest before (`--caches` picks static)."""
     out = tmp_path / "generate.json"
