@@ -20,7 +20,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, LinearAttentionCacheLayerMixin, StaticCache
-from transformers.generation import GenerationConfig, GenerationMixin
+from transformers.generation import GenerationConfig, GenerationMixin, GenerationMode
 from transformers.masking_utils import (
     create_causal_mask,
     create_recurrent_attention_mask,
@@ -511,7 +511,7 @@ def default_position_ids(
     """Positions of the new tokens when the caller gives none: from a 2D mask covering the cached and new tokens,
     the count of real tokens before each one (padding gets 0), as `generate` computes them; otherwise they follow
     the cache. Phalanx blocks are aligned to these positions."""
-    past_seen = cache.get_seq_length() if cache is not None else 0
+    past_seen = cached_tokens(cache) if cache is not None else 0
     mask = attention_mask if isinstance(attention_mask, torch.Tensor) else None  # not a per-layer-type dict
     if mask is not None and mask.ndim == 2 and mask.shape[1] == past_seen + seqlen:
         positions = mask.long().cumsum(-1) - 1
@@ -806,22 +806,35 @@ def cache_layout_config(config: PhalanxConfig) -> PhalanxConfig:
     return view
 
 
-class PhalanxSeqLengthMixin:
-    """Sequence length that also works when every layer is a Phalanx layer (Transformers' `Cache.get_seq_length`
-    refuses a cache made only of linear-attention layers).
+def cached_tokens(cache: Cache, layer_idx: int = 0) -> int:
+    """The tokens `cache` holds, for every layer mix and every allowed Transformers release, whatever the cache's
+    class (the model's own or a plain `DynamicCache` / `StaticCache`).
 
-    Linear-attention layers (Phalanx, Hyena, mLSTM) keep the mixer's state in `recurrent_states[0]` (and, for the
-    mLSTM, 2 and 3; Hyena's FIR windows sit in `conv_states`) and the tokens consumed per row in
-    `recurrent_states[1]`; without attention layers the length is read from the latter.
+    Transformers' `Cache.get_seq_length` reads the requested layer (from 5.25 a linear-attention layer counts only
+    the tokens its conv states saw: 0 for a Phalanx layer) or, up to 5.24, the first attention layer when the
+    requested one is a linear-attention layer, and refuses a cache without attention layers. Here an attention
+    layer answers for itself; a mixer layer is answered by the first attention layer, or without any, by the tokens
+    consumed per row that each mixer keeps in `recurrent_states[1]` (Phalanx, Hyena, mLSTM keep the mixer's state
+    in `recurrent_states[0]`, and for the mLSTM 2 and 3; Hyena's FIR windows sit in `conv_states`).
     """
+    if layer_idx >= len(cache.layers):
+        return 0
+    if isinstance(cache.layers[layer_idx], CacheLayerMixin):
+        return cache.layers[layer_idx].get_seq_length()
+    for layer in cache.layers:
+        if isinstance(layer, CacheLayerMixin):
+            return layer.get_seq_length()
+    for layer in cache.layers:
+        if isinstance(layer, LinearAttentionCacheLayerMixin) and layer.is_recurrent_states_initialized[1]:
+            return int(layer.recurrent_states[1].max())
+    return 0
+
+
+class PhalanxSeqLengthMixin:
+    """`get_seq_length` as :func:`cached_tokens` counts (what `generate` reads of the model's caches)."""
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        if any(isinstance(layer, CacheLayerMixin) for layer in self.layers):
-            return super().get_seq_length(layer_idx)
-        for layer in self.layers:
-            if isinstance(layer, LinearAttentionCacheLayerMixin) and layer.is_recurrent_states_initialized[1]:
-                return int(layer.recurrent_states[1].max())
-        return 0
+        return cached_tokens(self, layer_idx)
 
 
 class PhalanxCache(PhalanxSeqLengthMixin, DynamicCache):
@@ -1043,7 +1056,15 @@ class PhalanxForCausalLM(PhalanxPreTrainedModel, GenerationMixin):
     ) -> None:
         """`cache_implementation="static"` gets a `PhalanxStaticCache` sized like Transformers' own static caches;
         every other case is Transformers' (which leaves the cache to `forward`: see `_supports_default_dynamic_cache`).
+        Assisted (speculative) decoding is refused on every release: a rejected draft token would need the mixers'
+        states rolled back, which they do not record (Transformers refuses it for stateful models up to 5.24 and, from
+        5.25, only for caches it finds uncroppable after the prefill).
         """
+        if generation_mode == GenerationMode.ASSISTED_GENERATION:
+            raise ValueError(
+                f"assisted generation is not supported with stateful models, such as {type(self).__name__}: its "
+                "recurrent states cannot be rolled back to a rejected draft token"
+            )
         wants_static = generation_config.cache_implementation == "static" and generation_config.use_cache is not False
         if wants_static and model_kwargs.get(CACHE_KWARG) is None:
             max_cache_len = max(max_cache_length, getattr(generation_config, "max_cache_len", None) or 0)

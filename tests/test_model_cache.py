@@ -8,7 +8,7 @@ import torch
 from transformers import DynamicCache
 
 from modeling_phalanx import PhalanxCache, PhalanxConfig, PhalanxForCausalLM
-from modeling_phalanx.modeling_phalanx import CACHE_KWARG, PhalanxMixer
+from modeling_phalanx.modeling_phalanx import CACHE_KWARG, PhalanxMixer, cached_tokens
 
 L, S, F = "linear_attention", "sliding_attention", "full_attention"
 VOCAB = 61
@@ -139,7 +139,9 @@ def test_chunked_prefill_matches_one_shot() -> None:
         start += size
         pieces.append(out.logits)
     assert (torch.cat(pieces, dim=1) - full).abs().max().item() <= 1e-4
-    assert cache.get_seq_length() == 61
+    # the model's count (Transformers' own `get_seq_length` of a plain cache whose first layer is a mixer reads 0
+    # from 5.25 on: only conv-state updates count there)
+    assert cached_tokens(cache) == 61
     config = model.config
     state = cache.layers[0].recurrent_states[0]  # the SWR state h of the first Phalanx layer
     assert state.shape == (2, config.phalanx_num_heads, config.swr_window_blocks, config.phalanx_head_dim)
@@ -205,3 +207,26 @@ def test_phalanx_only_cache_continues_packed_rows() -> None:
     assert cache.get_seq_length() == 19  # the row's current sequence
     generated = model.generate(first[:, :9], max_new_tokens=12, do_sample=False)
     assert generated.shape == (1, 21)
+
+
+@torch.no_grad()
+def test_the_cache_length_does_not_depend_on_transformers_cache_get_seq_length(monkeypatch) -> None:
+    """From 5.25 on, Transformers' `Cache.get_seq_length()` reads layer 0, which counts 0 tokens when it is a Phalanx
+    layer; up to 5.24 it read the first attention layer. The model's caches and its positions must not depend on
+    either: with the base method made to answer 5.25's way on every release, decoding from a cache still matches
+    the full forward and the model's caches still count every token, whichever layer is asked."""
+    from transformers.cache_utils import Cache, CacheLayerMixin
+
+    def layer_zero_only(self, layer_idx: int = 0) -> int:
+        layer = self.layers[layer_idx]
+        return layer.get_seq_length() if isinstance(layer, CacheLayerMixin) else 0
+
+    monkeypatch.setattr(Cache, "get_seq_length", layer_zero_only)
+    model = tiny_model()
+    assert model.config.layer_types[0] not in ("full_attention", "sliding_attention")  # layer 0 is a mixer
+    ids = torch.randint(3, VOCAB, (2, 40))
+    full = model(ids).logits
+    assert (decode_logits(model, ids, 17) - full).abs().max().item() <= 1e-4
+    cache = PhalanxCache(config=model.config)
+    model(ids, use_cache=True, **{CACHE_KWARG: cache})
+    assert [cache.get_seq_length(i) for i in range(len(cache.layers))] == [40] * len(cache.layers)
