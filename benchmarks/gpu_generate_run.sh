@@ -63,11 +63,12 @@ group fast --models transformer phalanx_hybrid --caches fast --points 1x4096 32x
 group default --models "${MODELS[@]}" --caches default --points 1x4096 32x4096 1x32768 16x32768
 python3 - "$JSON" <<'EOF'
 import json, os, sys
+sys.path.insert(0, "benchmarks")
+from bench_generate import DEFAULT_POINTS, GENERATE_MODELS, parse_point, point_key
 points = json.load(open(sys.argv[1]))["points"] if os.path.exists(sys.argv[1]) else []
-done = {(p["model"], p["cache"], p["batch"], p["prompt"]) for p in points}
-want = {(m, c, b, n) for m in ("transformer", "phalanx_full", "swa_hybrid", "phalanx_hybrid")
-        for c in ("default", "static") for b, n in ((1, 4096), (32, 4096), (1, 32768), (16, 32768))}
-want |= {(m, "fast", b, n) for m in ("transformer", "phalanx_hybrid") for b, n in ((1, 4096), (32, 4096), (1, 32768), (16, 32768))}
-missing = sorted(want - done)
+grid = [parse_point(p) for p in DEFAULT_POINTS]
+want = {(m, c, b, n) for m in GENERATE_MODELS for c in ("default", "static") for b, n in grid}
+want |= {(m, "fast", b, n) for m in ("transformer", "phalanx_hybrid") for b, n in grid}
+missing = sorted(want - {point_key(p) for p in points})
 print("matrix complete" if not missing else f"matrix: {len(missing)} of {len(want)} points left: {missing}")
 EOF
