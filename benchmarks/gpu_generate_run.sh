@@ -10,9 +10,11 @@
 # the Phalanx hybrid, the project's loop (fast_generate), at 1 x 4K, 32 x 4K, 1 x 32K and 16 x 32K; every model
 # decodes with SDPA. Groups, most important first, each in its own process (compiled graphs and static caches of one
 # group never crowd the next):
-#   1. the anchor and the Phalanx hybrid through generate's static step at 1 x 32K, 5 timed calls each (the missed
-#      1.3x target: runs 1, 2 and 5 timed 1.25x, 1.08x and 1.23x), logging dynamo's recompiles and the CUDA-graph
-#      trees' re-recordings with their reasons (run 4's profile saw the hybrid re-record once per generate call);
+#   1. the anchor and the Phalanx hybrid through generate's static step at 1 x 32K, 5 timed calls each (the 1.3x
+#      target: runs 1, 2, 5 and 6 timed 1.25x, 1.08x, 1.23x and 1.33x). Run 6's first call also logged the CUDA-graph
+#      trees (TORCH_LOGS=recompiles,cudagraphs: 381 MB of log, which cut both models' decode speed by 36-45%): no
+#      recompiles, and both models record their step once per generate call, since each call makes a new static cache
+#      (results/generate_h200_run6/logs/pair32k_traced_digest.txt); timed runs log neither;
 #   2. the static step of every model at the other points (16 x 32K with expandable segments: the allocator grows its
 #      segments instead of fragmenting);
 #   3. the project's loop, anchor and Phalanx hybrid;
@@ -54,8 +56,7 @@ group() {  # NAME bench_generate arguments...: the points of the group not yet i
   echo "$name: exit $?"
 }
 MODELS=(transformer phalanx_full swa_hybrid phalanx_hybrid)
-TORCH_LOGS=recompiles,cudagraphs \
-  group pair32k --models transformer phalanx_hybrid --caches static --points 1x32768 --repeats 5 &&
+group pair32k --models transformer phalanx_hybrid --caches static --points 1x32768 --repeats 5 &&
 group static --models "${MODELS[@]}" --caches static --points 1x4096 32x4096 1x32768 &&
 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True \
   group static16 --models phalanx_hybrid swa_hybrid phalanx_full transformer --caches static --points 16x32768 &&
