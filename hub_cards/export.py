@@ -39,7 +39,7 @@ def generate(*args, model, **kwargs):
     """
     return phalanx_generate(model, *args, **kwargs)
 '''
-CUSTOM_GENERATE_REQUIREMENTS = "torch>=2.6\ntransformers>=5.17\n"
+CUSTOM_GENERATE_REQUIREMENTS = "torch>=2.11\ntransformers>=5.17\n"
 
 
 def read_model_config(model_dir: Path) -> dict[str, Any]:
