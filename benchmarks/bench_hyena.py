@@ -1,32 +1,39 @@
 """Time the Hyena-SE / -MR kernels (Triton causal FIR) next to their memory floor and the Phalanx SWR core.
 
-A first H200 call measured the Hyena rows per call only and stopped before the peers
-(``benchmarks/results/hyena_h200/bench_hyena_partial_s7.json``). Per shape (width W = 2048 or 4096, 4K-32K tokens with 32768 tokens per call, bf16):
+H200 runs: ``benchmarks/results/hyena_h200/bench_hyena_partial_s7.json`` (the Hyena rows, per call only) and
+``benchmarks/results/hyena_h200_s13/`` (width 2048 with its peers, width 4096 at 4K). Per shape (width W = 2048 or
+4096, 4K-32K tokens with 32768 tokens per call, bf16):
 
 - ``fir``: the causal depthwise FIR alone (``phalanx_kernels.fir_ops.causal_fir``) on (B, T, W) with K taps;
   floor: forward reads x and writes y (4 bytes per token-channel), backward reads x and dy and writes dx (6).
 - ``mixer``: the Hyena-SE (K <= 16) or -MR mixer without its projections (featurizers, gating, filter:
-  ``in_proj`` output (B, T, 3W) -> (B, T, W)) through the mixer's kernel path (filters shared by 16 channels:
-  tensor cores), with per-channel filters (``mixer_per_channel``: direct kernels), and through its PyTorch path;
-  floor: forward reads 3W and writes W (8 bytes per token and channel), backward reads 3W and dy, writes 3W (14).
+  ``in_proj`` output (B, T, 3W) -> (B, T, W)) through the mixer's kernel path (filters shared by 16 channels: on
+  tensor cores past 32 taps, else the direct kernels), with per-channel filters (``mixer_per_channel``: direct
+  kernels), and through its PyTorch path; floor: forward reads 3W and writes W (8 bytes per token and channel),
+  backward reads 3W and dy, writes 3W (14).
 - ``phalanx_core``: the fused Phalanx core (W / 16 heads of 16, one gate group per head), the SWR peer.
-- peers (``PEERS``, W / 128 heads of 128, one row per width and length): FLA's chunked GLA (``fla.ops.gla.chunk_gla``)
-  and gated DeltaNet (``fla.ops.gated_delta_rule.chunk_gated_delta_rule``, q and k L2-normalised in the kernel),
-  the xLSTM authors' mLSTM chunkwise kernel (``mlstm-kernels``' ``triton_xl_chunk``, as the mLSTM mixer runs it) and
-  sliding-window attention (window 512) through compiled FlexAttention (``bench_layer.flex_swa``); the operators
-  alone, without projections. A peer whose package does not import is recorded as "not installed", one on the CPU
-  as "needs CUDA", one that raises as its one-line error.
+- peers (``PEERS``, W / 128 heads of 128, one row per width and length): our Hyena-LI mixer core (featurizers, then
+  the FFT convolution with its modal filter, ``hyena_phalanx.fft_causal_conv``, in fp32), FLA's chunked GLA
+  (``fla.ops.gla.chunk_gla``) and gated DeltaNet (``fla.ops.gated_delta_rule.chunk_gated_delta_rule``, q and k
+  L2-normalised in the kernel), the xLSTM authors' mLSTM chunkwise kernel (``mlstm-kernels``' ``triton_xl_chunk``,
+  as the mLSTM mixer runs it) and sliding-window attention (window 512) through compiled FlexAttention
+  (``bench_layer.flex_swa``); the operators alone, without projections. A peer whose package does not import is
+  recorded as "not installed", the mLSTM kernel under a Triton that miscompiles it as "off", one on the CPU as
+  "needs CUDA", one that raises as its one-line error.
 
-Times are medians of CUDA-event intervals around one call after warm-up (``time.perf_counter`` on CPU), which include
-the host's time to launch the call's kernels; on the GPU each is also measured as the kernels' own time
-(``*_kernel_ms``: the device time of 10 profiled calls over 10, ``bench_e2e.kernel_time``), the operator's cost
-when the host runs ahead, as it does inside a model. Floors use the copy bandwidth measured in the same run;
-``*_x_floor`` divides the call time by the floor, ``*_kernel_x_floor`` the kernel time. Forward+backward returns gradients with ``torch.autograd.grad``. The JSON is
-rewritten after every row (each shape's Hyena rows, then its peers), so a run cut short keeps what it measured and
-compares the shapes it reached.
+Times are medians of CUDA-event intervals around one call after warm-up (``time.perf_counter`` on CPU), which
+include the host's time to launch the call's kernels; on the GPU each is also measured as the kernels' own time
+(``*_kernel_ms``: 10 calls captured in one CUDA graph, its replays timed by CUDA events, over 10), the operator's
+cost when the host runs ahead, as it does inside a model. (The profiler, ``bench_e2e.kernel_time``, gave the same
+times but took about 15 s per measurement on the H200: a run measured 2 of the 16 rows in 330 s.) An operator
+that cannot be captured keeps its per-call times and records why (``*_kernel_error``). Floors use the copy
+bandwidth measured in the same run; ``*_x_floor`` divides the call time by the floor, ``*_kernel_x_floor`` the
+kernel time. Forward+backward returns gradients with ``torch.autograd.grad``. The JSON is rewritten after every
+row (each shape's Hyena rows, then its peers), so a run cut short keeps what it measured and compares the shapes
+it reached.
 
     python benchmarks/bench_hyena.py --json benchmarks/results/hyena_h200.json     # GPU machine
-    bash benchmarks/gpu_hyena_run.sh OUT_DIR                                        # GPU tests, then this
+    BENCH_ARGS="--widths 4096" bash benchmarks/gpu_hyena_run.sh OUT_DIR             # GPU machine, one width a call
     python benchmarks/bench_hyena.py --device cpu --size tiny                       # smoke test (PyTorch paths)
     TRITON_INTERPRET=1 python benchmarks/bench_hyena.py --device cpu --size tiny    # also the kernels, interpreted
 """
@@ -34,6 +41,7 @@ compares the shapes it reached.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -47,12 +55,12 @@ import torch.nn.functional as F
 import phalanx_kernels
 from modeling_phalanx import PhalanxConfig
 from modeling_phalanx.hyena_phalanx import PhalanxHyenaMixer
-from modeling_phalanx.mlstm_phalanx import mlstm_kernel
+from modeling_phalanx.mlstm_phalanx import MLSTM_KERNEL_TRITON_BELOW, mlstm_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_e2e import kernel_time, time_steps  # noqa: E402
+from bench_e2e import time_steps  # noqa: E402
 
-KERNEL_CALLS = 10  # profiled calls per kernel-time measurement
+KERNEL_CALLS = 10  # calls captured per CUDA graph for a kernel-time measurement
 SIZES = {
     "full": {"widths": (2048, 4096), "lengths": (4096, 8192, 16384, 32768), "taps": (7, 128), "tokens": 32768},
     "tiny": {"widths": (32,), "lengths": (64,), "taps": (7, 24), "tokens": 128},
@@ -73,6 +81,37 @@ def copy_bandwidth(device: str) -> float:
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
+def randn(*shape: int, device: str, dtype: torch.dtype = torch.float32, grad: bool = True) -> torch.Tensor:
+    """Standard normal values drawn on the CPU (the CUDA generator refuses draws once a CUDA graph captured from it
+    was freed: "Offset increment outside graph capture"), moved to ``device``, a leaf needing grad if ``grad``."""
+    return torch.randn(*shape).to(device=device, dtype=dtype).requires_grad_(grad)
+
+
+def graph_ms(step: Callable[[], object], calls: int, replays: int = 5) -> float:
+    """Milliseconds of GPU work per call of ``step``: ``calls`` calls captured in one CUDA graph after two warm-up
+    calls on a side stream (autotuning and compilation happen there), the median of ``replays`` replays between CUDA
+    events over ``calls``; a replay launches no kernel from the host."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            step()
+    times = []
+    for _ in range(replays + 1):  # the first replay warms up
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times[1:])
+
+
 def timed(fwd: Callable[[], torch.Tensor], inputs: list[torch.Tensor], dy: torch.Tensor, device: str, reps: int,
           prefix: str) -> dict[str, float]:
     """Forward (no grad) and forward+backward medians of ``fwd``; gradients of ``inputs`` against ``dy``."""
@@ -86,8 +125,11 @@ def timed(fwd: Callable[[], torch.Tensor], inputs: list[torch.Tensor], dy: torch
     found = {f"{prefix}_fwd_ms": median_ms(forward, device, reps),
              f"{prefix}_fwd_bwd_ms": median_ms(forward_backward, device, reps)}
     if device == "cuda":  # the GPU work alone: the events above also hold the host's launch time
-        found.update({f"{prefix}_fwd_kernel_ms": kernel_time(forward, KERNEL_CALLS) * 1e3,
-                      f"{prefix}_fwd_bwd_kernel_ms": kernel_time(forward_backward, KERNEL_CALLS) * 1e3})
+        for mode, step in (("fwd", forward), ("fwd_bwd", forward_backward)):
+            try:
+                found[f"{prefix}_{mode}_kernel_ms"] = graph_ms(step, KERNEL_CALLS)
+            except Exception as err:  # an operator that cannot be captured keeps its per-call time
+                found[f"{prefix}_{mode}_kernel_error"] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
     return found
 
 
@@ -110,9 +152,9 @@ def bench_shape(width: int, seqlen: int, taps: int, tokens: int, device: str, dt
     row: dict = {"width": width, "seqlen": seqlen, "batch": batch, "taps": taps, "dtype": str(dtype)}
     scale = batch * seqlen * width / bandwidth * 1e3  # ms per byte per token-channel
     kernels = device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter runs them on the CPU
-    x = torch.randn(batch, seqlen, width, device=device, dtype=dtype, requires_grad=True)
-    weight = torch.randn(width, taps, device=device, requires_grad=True)
-    dy = torch.randn_like(x)
+    x = randn(batch, seqlen, width, device=device, dtype=dtype)
+    weight = randn(width, taps, device=device)
+    dy = randn(*x.shape, device=device, dtype=dtype, grad=False)
     if kernels:
         from phalanx_kernels.fir_ops import causal_fir, hyena_core
 
@@ -121,19 +163,19 @@ def bench_shape(width: int, seqlen: int, taps: int, tokens: int, device: str, dt
 
     variant = "hyena_se" if taps <= 16 else "hyena_mr"
     mixer = hyena_mixer(variant, width, taps, device, dtype)
-    proj = torch.randn(batch, seqlen, 3 * width, device=device, dtype=dtype, requires_grad=True)
+    proj = randn(batch, seqlen, 3 * width, device=device, dtype=dtype)
     params = [proj, mixer.featurizer, mixer.filter_taps]
     row["mixer"] = variant
     if kernels:
         row.update(timed(lambda: mixer._kernel_path(proj, None, None, False)[0], params, dy, device, reps, "mixer"))
         # A filter per channel (no sharing, so no tensor cores): the direct kernels.
-        inputs = [proj, mixer.featurizer, torch.randn(width, taps, device=device, requires_grad=True)]
+        inputs = [proj, mixer.featurizer, randn(width, taps, device=device)]
         row.update(timed(lambda: hyena_core(*inputs), inputs, dy, device, reps, "mixer_per_channel"))
     row.update(timed(lambda: mixer._core(proj, None, None, False)[0], params, dy, device, reps, "mixer_torch"))
     row.update(mixer_floor_fwd_ms=8 * scale, mixer_floor_fwd_bwd_ms=22 * scale)
 
     heads = width // 16
-    core_proj = torch.randn(batch, seqlen, heads + 3 * width, device=device, dtype=dtype, requires_grad=True)
+    core_proj = randn(batch, seqlen, heads + 3 * width, device=device, dtype=dtype)
     kw = dict(num_heads=heads, head_dim=16, num_gate_groups=heads)
     row.update(timed(lambda: phalanx_kernels.phalanx_core(core_proj, **kw), [core_proj], dy, device, reps,
                      "phalanx_core"))
@@ -145,7 +187,7 @@ def bench_shape(width: int, seqlen: int, taps: int, tokens: int, device: str, dt
     return row
 
 
-PEERS = ("gla", "gated_deltanet", "mlstm", "swa512_flex")
+PEERS = ("hyena_li", "gla", "gated_deltanet", "mlstm", "swa512_flex")
 PEER_HEAD_DIM = 128
 
 
@@ -157,6 +199,12 @@ def peer_case(name: str, batch: int, seqlen: int, heads: int, device: str, dtype
     def leaf(values: torch.Tensor) -> torch.Tensor:
         return values.to(device).detach().requires_grad_()
 
+    if name == "hyena_li":  # ours, on the model's training path (the featurizers, then the FFT convolution)
+        mixer = hyena_mixer("hyena_li", heads * PEER_HEAD_DIM, 2, device, dtype)
+        proj = randn(batch, seqlen, 3 * mixer.width, device=device, dtype=dtype)
+        path = mixer._kernel_path if mixer.fir is not None and device == "cuda" else mixer._core
+        params = [proj, mixer.featurizer, mixer.log_rates, mixer.residues, mixer.direct]
+        return lambda: path(proj, None, None, False)[0], params
     try:
         if name == "gla":
             from fla.ops.gla import chunk_gla as op
@@ -164,6 +212,9 @@ def peer_case(name: str, batch: int, seqlen: int, heads: int, device: str, dtype
             from fla.ops.gated_delta_rule import chunk_gated_delta_rule as op
         elif name == "mlstm":
             op = mlstm_kernel("sigmoid", PEER_HEAD_DIM, PEER_HEAD_DIM)
+            if op is None and importlib.util.find_spec("mlstm_kernels") is not None:
+                below = ".".join(map(str, MLSTM_KERNEL_TRITON_BELOW))
+                return f"off: wrong values when Triton >= {below} compiles it (docs/mlstm.md)"
             if op is None:
                 return "not installed"
         else:
@@ -201,7 +252,9 @@ def bench_peers(width: int, seqlen: int, tokens: int, device: str, dtype: torch.
                 row[name] = case
                 continue
             fwd, inputs = case
-            row.update(timed(fwd, inputs, torch.randn_like(fwd()), device, reps, name))
+            out = fwd()
+            row.update(timed(fwd, inputs, randn(*out.shape, device=device, dtype=out.dtype, grad=False), device, reps,
+                             name))
         except Exception as err:  # one peer failing (version, memory) must not lose the other measurements
             row[name] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
         if device == "cuda":
@@ -211,8 +264,8 @@ def bench_peers(width: int, seqlen: int, tokens: int, device: str, dtype: torch.
 
 def pair(r: dict, name: str, kind: str = "") -> str:
     """``fwd / fwd+bwd`` milliseconds of ``name`` (``kind`` "_kernel": GPU work only), "-" when not measured."""
-    fwd, both = f"{name}_fwd{kind}_ms", f"{name}_fwd_bwd{kind}_ms"
-    return f"{r[fwd]:.3f} / {r[both]:.3f}" if fwd in r else "-"
+    fwd, both = (r.get(f"{name}_{mode}{kind}_ms") for mode in ("fwd", "fwd_bwd"))
+    return "-" if fwd is None and both is None else " / ".join("-" if t is None else f"{t:.3f}" for t in (fwd, both))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -254,6 +307,8 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     parser.add_argument("--size", choices=tuple(SIZES), default="full")
     parser.add_argument("--reps", type=int, default=None, help="timed calls per measurement (50 GPU, 3 CPU)")
     parser.add_argument("--json", help="write the raw results here")
+    parser.add_argument("--widths", type=int, nargs="+", help="these widths instead of the size's")
+    parser.add_argument("--lengths", type=int, nargs="+", help="these lengths instead of the size's")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU (use --device cpu --size tiny for a smoke run)")
@@ -271,8 +326,9 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
                 json.dump({"device": name, "torch": torch.__version__, "copy_bandwidth": bandwidth, "rows": rows,
                            "peers": peers}, f, indent=1)
 
-    for width in size["widths"]:  # each shape's Hyena rows, then its peers: a run cut short compares what it has
-        for seqlen in size["lengths"]:
+    # Each shape's Hyena rows, then its peers: a run cut short compares what it has.
+    for width in args.widths or size["widths"]:
+        for seqlen in args.lengths or size["lengths"]:
             for taps in size["taps"]:
                 rows.append(bench_shape(width, seqlen, taps, size["tokens"], args.device, dtype, reps, bandwidth))
                 save()

@@ -8,8 +8,8 @@ stores) only reach its first ``K - 1`` outputs, so their contribution and the fi
 in PyTorch (differentiable, traceable by ``torch.compile``).
 
 ``hyena_core(proj, featurizer, weight, cu_seqlens=...) -> y`` is the whole Hyena-SE / -MR core
-``q * (h * (k * v))`` from zero states (training), fused; with filters shared by groups of 16k channels its
-filter passes run on tensor cores.
+``q * (h * (k * v))`` from zero states (training), fused; with filters longer than 32 taps shared by groups of
+16k channels its filter passes run on tensor cores.
 
 Runs CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
 """
@@ -34,7 +34,9 @@ from .triton_fir import (
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DW_CHUNKS = 64  # token chunks of the filter-gradient reduction (partials: chunks x K x C fp32)
-TC_MIN_TAPS = 32  # filters longer than this, shared by a multiple of 16 channels, go through the tensor-core pass
+TC_MIN_TAPS = 32  # filters longer than this, shared by a multiple of 16 channels, go through the tensor-core passes
+# (shorter ones through the direct kernels: at 7 taps on the H200 their forward took 0.32 ms against the one-pass
+# tensor-core core's 0.53, which is bound by its Toeplitz gathers through L1; benchmarks/results/hyena_h200_s13)
 FUSED_MAX_TAPS = 129  # shared filters up to this length run the one-pass fused core (its halo is <= 128 rows)
 
 
@@ -172,10 +174,10 @@ def _launch_tc_dw(x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, seq: 
     )
     offs = torch.arange(block_t, device=x.device)
     lag = (offs[:, None] - offs[None, :]) + block_t * torch.arange(num_blocks, device=x.device)[:, None, None]
-    valid = (lag >= 0) & (lag < taps)
-    per_block = partials.sum(0)[:, valid]  # (W / BC, valid pairs)
-    grads = per_block.new_zeros(width // block_c, taps).index_add_(1, lag[valid], per_block)
-    return grads.view(groups, -1, taps).sum(1)
+    # Pairs outside the filter go to a dropped column: no boolean indexing, so no host sync (CUDA-graph capture).
+    lag = torch.where((lag >= 0) & (lag < taps), lag, taps).flatten()
+    grads = partials.new_zeros(width // block_c, taps + 1).index_add_(1, lag, partials.sum(0).flatten(1))
+    return grads[:, :taps].reshape(groups, -1, taps).sum(1)
 
 
 @torch.library.custom_op(f"{OP_NAMESPACE}::hyena_core_fwd", mutates_args=())
@@ -184,8 +186,8 @@ def hyena_core_fwd_op(
 ) -> torch.Tensor:
     """Fused Hyena core y (B, T, W) in proj's dtype from proj (B, T, 3W), featurizer (3W, Kf) and the filter
     weight (G, K) shared by groups of W / G consecutive channels: one tensor-core pass for groups of 16k channels
-    and up to 129 taps, else z = k * v (pass 1) then the filter gated by q (pass 2, on tensor cores for groups of
-    16k channels)."""
+    and 33 to 129 taps, else z = k * v (pass 1) then the filter gated by q (pass 2, on tensor cores for groups of
+    16k channels past 32 taps)."""
     proj = proj.contiguous()
     batch, seqlen, features = proj.shape
     width, rows = features // 3, batch * seqlen
@@ -196,11 +198,11 @@ def hyena_core_fwd_op(
         return y
     seq, cu = _seq_index(cu_seqlens, rows, proj.device)
     feat_t = featurizer.t().contiguous()
-    if group_size % 16 == 0 and taps <= FUSED_MAX_TAPS:
+    if _use_tensor_cores(width, weight) and taps <= FUSED_MAX_TAPS:
         block_c = math.gcd(group_size, 64)  # a program's channels share one filter
         _hyena_fused_tc_kernel[(triton.cdiv(rows, 64), width // block_c)](
             proj, feat_t, weight.float().contiguous(), y, seq, cu, rows, seqlen, W=width, KF=featurizer.shape[1],
-            K=taps, D=group_size, HALO=max(16, triton.next_power_of_2(taps - 1)), VARLEN=cu_seqlens is not None,
+            K=taps, D=group_size, HALO=triton.next_power_of_2(taps - 1), VARLEN=cu_seqlens is not None,
             BT=64, BC=block_c, num_warps=4,
         )
         return y
@@ -397,7 +399,7 @@ def hyena_core(
 
     proj: (B, T, 3W) = [u_q | u_k | u_v] (the mixer's ``in_proj`` output); featurizer: (3W, Kf) causal taps on proj;
     weight: (G, K) the filter h, shared by groups of W / G consecutive channels (G = W: one per channel); filters
-    shared by a multiple of 16 channels run on tensor cores (forward in one pass up to 129 taps; backward past 32
+    longer than 32 taps shared by a multiple of 16 channels run on tensor cores (the forward in one pass up to 129
     taps); cu_seqlens as for ``causal_fir``.
     Returns y (B, T, W) in proj's dtype; differentiable in all three (the backward recomputes from proj). For
     continued sequences and cache states compose ``causal_fir`` calls instead.
