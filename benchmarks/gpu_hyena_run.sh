@@ -2,6 +2,8 @@
 # Issue 20 on the GPU machine, the steps named in STEPS (default "bench ncu e2e") in this order:
 #   tests   every test of tests/test_kernels_fir.py (all 55 passed on the H200 in 132 s:
 #           benchmarks/results/hyena_h200/test_kernels_fir_run2.log; run it after changing a kernel);
+#   sweep   benchmarks/sweep_fir_dw.py: launch configurations of the filter-gradient kernel, about half of Hyena-SE's
+#           backward (checked, then timed; about a minute);
 #   bench   benchmarks/bench_hyena.py with its peers (BENCH_ARGS, e.g. "--widths 4096"; BENCH_S seconds, default 330),
 #           each shape's Hyena rows then its peers, the raw JSON rewritten after every row. The whole matrix does not
 #           fit one call: on the H200 width 2048 (8 rows, 4 peer rows) took about 450 s
@@ -16,7 +18,7 @@
 # mlstm-kernels' Triton kernel is off under Triton >= 3.3 (docs/mlstm.md), so its tests skip there. The peers need
 # the wheels in .whl/ (fla-core for FLA's ops); without them they say "not installed".
 #
-#   STEPS="tests bench" BENCH_ARGS="--widths 4096" bash benchmarks/gpu_hyena_run.sh OUT_DIR
+#   STEPS="tests sweep bench" BENCH_ARGS="--widths 4096" bash benchmarks/gpu_hyena_run.sh OUT_DIR
 set -uo pipefail
 OUT=${1:?usage: gpu_hyena_run.sh OUT_DIR}
 STEPS=" ${STEPS:-bench ncu e2e} "
@@ -35,6 +37,10 @@ step() { [[ "$STEPS" == *" $1 "* ]]; }
 if step tests; then
   timeout 150 python3 -m pytest -q -p no:cacheprovider -rA tests/test_kernels_fir.py >"$OUT/test_kernels_fir.log" 2>&1
   echo "exit $?" >>"$OUT/test_kernels_fir.log"
+fi
+if step sweep; then
+  timeout 240 python3 benchmarks/sweep_fir_dw.py --json "$OUT/sweep_fir_dw.json" >"$OUT/sweep_fir_dw.log" 2>&1
+  echo "exit $?" >>"$OUT/sweep_fir_dw.log"
 fi
 if step bench; then
   timeout "${BENCH_S:-330}" python3 benchmarks/bench_hyena.py ${BENCH_ARGS:-} --json "$OUT/bench_hyena.json" \

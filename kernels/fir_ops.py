@@ -68,21 +68,26 @@ def _launch_fir(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor 
     return out
 
 
-def _launch_dw(x: torch.Tensor, dy: torch.Tensor, taps: int, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
-    """Filter gradient (C, K) in fp32: chunk partials from the kernel, summed here."""
+def _launch_dw(
+    x: torch.Tensor, dy: torch.Tensor, taps: int, cu_seqlens: torch.Tensor | None, *, block_t: int = 32,
+    block_c: int = 64, num_warps: int = 4, chunks: int = DW_CHUNKS,
+) -> torch.Tensor:
+    """Filter gradient (C, K) in fp32: partials of about ``chunks`` token chunks from the kernel, summed here. The
+    launch configuration (a tile's rows and channels, warps, chunks) is swept on the GPU by
+    ``benchmarks/sweep_fir_dw.py``."""
     batch, seqlen, channels = x.shape
     rows = batch * seqlen
     if rows == 0:
         return x.new_zeros(channels, taps, dtype=torch.float32)
     seq, cu = _seq_index(cu_seqlens, rows, x.device)
-    block_t, block_k, block_c = 32, min(8, triton.next_power_of_2(taps)), min(64, triton.next_power_of_2(channels))
-    chunk = block_t * triton.cdiv(triton.cdiv(rows, DW_CHUNKS), block_t)
+    block_k, block_c = min(8, triton.next_power_of_2(taps)), min(block_c, triton.next_power_of_2(channels))
+    chunk = block_t * triton.cdiv(triton.cdiv(rows, chunks), block_t)
     num_chunks = triton.cdiv(rows, chunk)
     partials = x.new_empty(num_chunks, taps, channels, dtype=torch.float32)
     grid = (num_chunks, triton.cdiv(taps, block_k), triton.cdiv(channels, block_c))
     _fir_dw_kernel[grid](
         x, dy, partials, seq, cu, rows, seqlen, chunk, C=channels, K=taps, VARLEN=cu_seqlens is not None,
-        BT=block_t, BK=block_k, BC=block_c, num_warps=4,
+        BT=block_t, BK=block_k, BC=block_c, num_warps=num_warps,
     )
     return partials.sum(0).t()
 

@@ -33,3 +33,17 @@ def test_cpu_tiny_smoke_run_writes_json(tmp_path: Path) -> None:
         for name in names:
             for mode in ("fwd", "fwd_bwd"):
                 assert row[f"{name}_{mode}_ms"] > 0, (name, mode)
+
+
+def test_fir_dw_sweep_checks_every_configuration(tmp_path: Path) -> None:
+    """``benchmarks/sweep_fir_dw.py`` on the CPU: each launch configuration of the filter-gradient kernel matches
+    the script's reference, and the JSON holds them all."""
+    out = tmp_path / "sweep.json"
+    with imported_file(REPO / "benchmarks" / "sweep_fir_dw.py", "sweep_fir_dw") as sweep:
+        results = sweep.main(["--device", "cpu", "--size", "tiny", "--json", str(out)])
+        configs = sweep.CONFIGS["tiny"]
+    assert json.loads(out.read_text())["results"] == results
+    assert len(results) == 2 * len(configs) and sum(r["default"] for r in results) == 2
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        for row in results:
+            assert row["rel_err"] < 1e-5 and row["ms"] > 0, row
