@@ -3,8 +3,8 @@
 On the H200 this kernel is about half of Hyena-SE's backward: 1.03 ms for the featurizers (3 taps over 3W = 6144
 channels) and 0.71 ms for the 7-tap filter (2048 channels) at 8 x 4096 tokens, bf16, both bound by L1 with one
 cross-warp sum per tap and tile (``benchmarks/results/hyena_h200_s13/ncu_hyena.txt``). Taller tiles mean fewer sums
-per row, and more warps or narrower tiles change how the sums spread; this measures which configuration is fastest
-for both shapes. Each configuration is first checked against a float32 PyTorch reference (``unfold`` over the
+per row, and more warps or narrower tiles change how the sums spread; the kernel's other loop order (taps outer:
+dy read once per tap, one sum per tap and chunk) removes most sums. This measures which is fastest for both shapes. Each configuration is first checked against a float32 PyTorch reference (``unfold`` over the
 taps), then timed as the GPU work alone (CUDA-graph replay, ``bench_hyena.graph_ms``), next to its floor (reading x
 and dy once at the copy bandwidth measured in the same run). The JSON holds every configuration; the table, last,
 the fastest ones per shape.
@@ -16,6 +16,7 @@ the fastest ones per shape.
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import json
 import sys
@@ -30,10 +31,11 @@ SHAPES = {  # (batch, seqlen, channels, taps): the featurizers' and the 7-tap fi
     "full": ((8, 4096, 6144, 3), (8, 4096, 2048, 7)),
     "tiny": ((2, 40, 24, 3), (1, 70, 16, 7)),
 }
-CONFIGS = {  # (block_t, block_c, num_warps, chunks)
-    "full": list(itertools.product((32, 64, 128), (32, 64), (4, 8), (64, 256))),
-    "tiny": [(32, 64, 4, 64), (16, 16, 1, 4)],
+CONFIGS = {  # (block_t, block_c, num_warps, chunks, taps_outer)
+    "full": list(itertools.product((32, 64, 128), (32, 64), (4, 8), (64, 256), (False, True))),
+    "tiny": [(32, 64, 4, 64, False), (16, 16, 1, 4, False), (16, 16, 2, 4, True)],
 }
+NAMES = ("block_t", "block_c", "num_warps", "chunks", "taps_outer")  # keyword arguments of fir_ops._launch_dw
 
 
 def reference(x: torch.Tensor, dy: torch.Tensor, taps: int) -> torch.Tensor:
@@ -51,7 +53,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU (use --device cpu --size tiny under TRITON_INTERPRET=1)")
-    from phalanx_kernels.fir_ops import DW_CHUNKS, _launch_dw
+    from phalanx_kernels.fir_ops import _launch_dw
+
+    default = tuple(inspect.signature(_launch_dw).parameters[name].default for name in NAMES)
 
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     bandwidth = copy_bandwidth(args.device)
@@ -61,10 +65,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         dy = randn(batch, seqlen, channels, device=args.device, dtype=dtype, grad=False)
         want = reference(x, dy, taps)
         floor_ms = 2 * x.numel() * x.element_size() / bandwidth * 1e3
-        for block_t, block_c, num_warps, chunks in CONFIGS[args.size]:
-            config = dict(block_t=block_t, block_c=block_c, num_warps=num_warps, chunks=chunks)
+        for values in CONFIGS[args.size]:
+            config = dict(zip(NAMES, values))
             row = {"batch": batch, "seqlen": seqlen, "channels": channels, "taps": taps, **config,
-                   "default": (block_t, block_c, num_warps, chunks) == (32, 64, 4, DW_CHUNKS), "floor_ms": floor_ms}
+                   "default": values == default, "floor_ms": floor_ms}
             try:
                 got = _launch_dw(x, dy, taps, None, **config)
                 row["rel_err"] = ((got - want).norm() / want.norm()).item()
@@ -82,14 +86,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def format_table(results: list[dict]) -> str:
     """Per shape: the five fastest configurations that match the reference (rel_err <= 1e-2), and the default."""
-    lines = ["| C x K | block_t | block_c | warps | chunks | ms | x floor | rel. error |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| C x K | block_t | block_c | warps | chunks | taps outer | ms | x floor | rel. error |",
+             "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for shape, rows in itertools.groupby(results, key=lambda r: (r["channels"], r["taps"])):
         rows = [r for r in rows if "ms" in r]
         good = sorted((r for r in rows if r["rel_err"] <= 1e-2), key=lambda r: r["ms"])
         for r in good[:5] + [r for r in rows if r["default"] and r not in good[:5]]:
             lines.append(f"| {shape[0]} x {shape[1]}{' (default)' if r['default'] else ''} | {r['block_t']} | "
-                         f"{r['block_c']} | {r['num_warps']} | {r['chunks']} | {r['ms']:.3f} | {r['x_floor']:.1f} | "
+                         f"{r['block_c']} | {r['num_warps']} | {r['chunks']} | {r['taps_outer']} | {r['ms']:.3f} | {r['x_floor']:.1f} | "
                          f"{r['rel_err']:.1e} |")
     return "\n".join(lines)
 

@@ -70,11 +70,11 @@ def _launch_fir(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor 
 
 def _launch_dw(
     x: torch.Tensor, dy: torch.Tensor, taps: int, cu_seqlens: torch.Tensor | None, *, block_t: int = 32,
-    block_c: int = 64, num_warps: int = 4, chunks: int = DW_CHUNKS,
+    block_c: int = 64, num_warps: int = 4, chunks: int = DW_CHUNKS, taps_outer: bool = False,
 ) -> torch.Tensor:
     """Filter gradient (C, K) in fp32: partials of about ``chunks`` token chunks from the kernel, summed here. The
-    launch configuration (a tile's rows and channels, warps, chunks) is swept on the GPU by
-    ``benchmarks/sweep_fir_dw.py``."""
+    launch configuration (a tile's rows and channels, warps, chunks, the kernel's loop order) is swept on the GPU
+    by ``benchmarks/sweep_fir_dw.py``."""
     batch, seqlen, channels = x.shape
     rows = batch * seqlen
     if rows == 0:
@@ -87,7 +87,7 @@ def _launch_dw(
     grid = (num_chunks, triton.cdiv(taps, block_k), triton.cdiv(channels, block_c))
     _fir_dw_kernel[grid](
         x, dy, partials, seq, cu, rows, seqlen, chunk, C=channels, K=taps, VARLEN=cu_seqlens is not None,
-        BT=block_t, BK=block_k, BC=block_c, num_warps=num_warps,
+        BT=block_t, BK=block_k, BC=block_c, TAPS_OUTER=taps_outer, num_warps=num_warps,
     )
     return partials.sum(0).t()
 

@@ -65,14 +65,25 @@ def _fir_kernel(
 
 
 @triton.jit
+def _shifted_tile(X, rows, mask_r, start, tap, K, cols, mask_c, C: tl.constexpr):
+    """X at ``rows - tap`` (BT, BC) in fp32, zero before each row's sequence start and for taps past K - 1."""
+    src = rows - tap
+    ok = mask_r & (src >= start) & (src > rows - K)  # the last: tap < K
+    xv = tl.load(X + src.to(tl.int64)[:, None] * C + cols[None, :], mask=ok[:, None] & mask_c[None, :], other=0.0)
+    return xv.to(tl.float32)
+
+
+@triton.jit
 def _fir_dw_kernel(
     X, DY, DWP, SEQ, CU, R, T, CHUNK,
     C: tl.constexpr, K: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr,
+    TAPS_OUTER: tl.constexpr,
 ):
     """Partial filter gradient ``DWP[chunk, k, c] = sum_{t in chunk} DY[t, c] X[t - k, c]`` (fp32; the chunk's
     rows are ``CHUNK`` consecutive rows, a multiple of BT). The program's BK taps are a static loop of shifted 2D
-    (BT, BC) tiles, each reduced over its rows into the tap's row of the (BK, BC) accumulator: no 3D tile of
-    inputs or indices, so the registers hold one tile at a time."""
+    (BT, BC) tiles: no 3D tile of inputs or indices, so the registers hold one tile at a time. Two loop orders:
+    rows outer (each dy tile read once, one sum over rows per tap and tile) or, ``TAPS_OUTER``, taps outer (dy
+    read once per tap, products summed elementwise over the chunk, one sum over rows per tap)."""
     pid_chunk = tl.program_id(0)
     k0 = tl.program_id(1) * BK
     cols = tl.program_id(2) * BC + tl.arange(0, BC)
@@ -80,19 +91,27 @@ def _fir_dw_kernel(
     mask_c = cols < C
     acc = tl.zeros((BK, BC), dtype=tl.float32)
     base = pid_chunk * CHUNK
-    for offset in range(0, CHUNK, BT):
-        rows = base + offset + tl.arange(0, BT)
-        mask_r = rows < R
-        start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
-        m2 = mask_r[:, None] & mask_c[None, :]
-        dy = tl.load(DY + rows.to(tl.int64)[:, None] * C + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+    if TAPS_OUTER:
         for j in tl.static_range(BK):
-            src = rows - (k0 + j)
-            ok = mask_r & (src >= start) & (src > rows - K)  # the last: tap k0 + j < K
-            xv = tl.load(X + src.to(tl.int64)[:, None] * C + cols[None, :], mask=ok[:, None] & mask_c[None, :],
-                         other=0.0)
-            part = tl.sum(dy * xv.to(tl.float32), axis=0)  # (BC,)
-            acc += tl.where(tl.arange(0, BK)[:, None] == j, part[None, :], 0.0)
+            prods = tl.zeros((BT, BC), dtype=tl.float32)
+            for offset in range(0, CHUNK, BT):
+                rows = base + offset + tl.arange(0, BT)
+                mask_r = rows < R
+                start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
+                m2 = mask_r[:, None] & mask_c[None, :]
+                dy = tl.load(DY + rows.to(tl.int64)[:, None] * C + cols[None, :], mask=m2, other=0.0)
+                prods += dy.to(tl.float32) * _shifted_tile(X, rows, mask_r, start, k0 + j, K, cols, mask_c, C)
+            acc += tl.where(tl.arange(0, BK)[:, None] == j, tl.sum(prods, axis=0)[None, :], 0.0)
+    else:
+        for offset in range(0, CHUNK, BT):
+            rows = base + offset + tl.arange(0, BT)
+            mask_r = rows < R
+            start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
+            m2 = mask_r[:, None] & mask_c[None, :]
+            dy = tl.load(DY + rows.to(tl.int64)[:, None] * C + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+            for j in tl.static_range(BK):
+                part = tl.sum(dy * _shifted_tile(X, rows, mask_r, start, k0 + j, K, cols, mask_c, C), axis=0)
+                acc += tl.where(tl.arange(0, BK)[:, None] == j, part[None, :], 0.0)
     out = pid_chunk.to(tl.int64) * K * C + taps[:, None] * C + cols[None, :]
     tl.store(DWP + out, acc, mask=(taps < K)[:, None] & mask_c[None, :])
 

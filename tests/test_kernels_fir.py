@@ -119,6 +119,22 @@ def test_continuation_and_weight_in_input_dtype() -> None:
     run_case((3, 4, 5), 7, torch.float16, None, with_init=True, weight_dtype=torch.float16, seed=5)
 
 
+@pytest.mark.parametrize("taps_outer", [False, True])
+@pytest.mark.parametrize("taps,lengths", [(3, None), (7, [3, 10, 1, 9, 5]), (12, [20, 8])])
+def test_filter_gradient_launches_match_float64(taps: int, lengths: list[int] | None, taps_outer: bool) -> None:
+    """The filter-gradient kernel in both loop orders and an uneven launch (tiles of 16 rows x 16 channels, taps in
+    two blocks past 8, chunks cut mid-sequence) against the float64 gradient, packed sequences included: what
+    ``benchmarks/sweep_fir_dw.py`` may pick on the GPU."""
+    gen = torch.Generator().manual_seed(taps)
+    x, dy = (torch.randn(2, 14, 20, generator=gen, dtype=torch.float64) for _ in range(2))
+    w = torch.randn(20, taps, generator=gen, dtype=torch.float64, requires_grad=True)
+    (fir_reference(x, w, lengths or [14, 14])[0] * dy).sum().backward()
+    cu = None if lengths is None else torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=DEVICE)
+    got = fir_ops._launch_dw(x.float().to(DEVICE), dy.float().to(DEVICE), taps, cu, block_t=16, block_c=16,
+                             num_warps=2, chunks=3, taps_outer=taps_outer)
+    assert_close(got, w.grad, torch.float32, "dweight")
+
+
 def hyena_reference(proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, lengths: list[int]):
     """float64 Hyena core ``q * (h * (k * v))`` from the FIR reference (featurizers on proj, then the filter)."""
     q, k, v = fir_reference(proj, featurizer, lengths)[0].chunk(3, dim=-1)
