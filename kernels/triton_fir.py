@@ -10,9 +10,11 @@ overlapping rows, which stay in L1/L2. Arithmetic is fp32 whatever the storage d
 
 Backward: ``dx[s] = sum_k w[k] dy[s + k]`` (the same walk towards the sequence's end) and
 ``dw[k, c] = sum_t dy[t, c] x[t - k, c]``, reduced by programs over (token chunk, tap block, channel block)
-from the block's shifted (BT, BC) input tiles, one tap at a time; the launcher sums the chunks' partials.
+from the block's shifted (BT, BC) input tiles, one tap at a time (rows or taps in the outer loop); the launcher
+sums the chunks' partials.
 
-The fused Hyena core (below) adds, for filters shared by groups of 16k channels, tensor-core versions of the
+The fused Hyena core (below) adds, for filters longer than 32 taps shared by groups of 16k channels (the launcher's
+choice), tensor-core versions of the
 filter, its transpose and its gradient (Toeplitz blocks times tiles, as StripedHyena 2's two-stage kernels).
 """
 
