@@ -23,8 +23,8 @@ H200 runs: ``benchmarks/results/hyena_h200/bench_hyena_partial_s7.json`` (the Hy
 
 Times are medians of CUDA-event intervals around one call after warm-up (``time.perf_counter`` on CPU), which
 include the host's time to launch the call's kernels; on the GPU each is also measured as the kernels' own time
-(``*_kernel_ms``: 10 calls captured in one CUDA graph, its replays timed by CUDA events, over 10), the operator's
-cost when the host runs ahead, as it does inside a model. (The profiler, ``bench_e2e.kernel_time``, gave the same
+(``*_kernel_ms``: the median of CUDA-graph replays, ``bench_swr.gpu_ms``), the operator's cost when the host runs
+ahead, as it does inside a model. (The profiler, ``bench_e2e.kernel_time``, gave the same
 times but took about 15 s per measurement on the H200: a run measured 2 of the 16 rows in 330 s.) An operator
 that cannot be captured keeps its per-call times and records why (``*_kernel_error``). Floors use the copy
 bandwidth measured in the same run; ``*_x_floor`` divides the call time by the floor, ``*_kernel_x_floor`` the
@@ -59,8 +59,8 @@ from modeling_phalanx.mlstm_phalanx import MLSTM_KERNEL_TRITON_BELOW, mlstm_kern
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_e2e import time_steps  # noqa: E402
+from bench_swr import gpu_ms  # noqa: E402
 
-KERNEL_CALLS = 10  # calls captured per CUDA graph for a kernel-time measurement
 SIZES = {
     "full": {"widths": (2048, 4096), "lengths": (4096, 8192, 16384, 32768), "taps": (7, 128), "tokens": 32768},
     "tiny": {"widths": (32,), "lengths": (64,), "taps": (7, 24), "tokens": 128},
@@ -87,31 +87,6 @@ def randn(*shape: int, device: str, dtype: torch.dtype = torch.float32, grad: bo
     return torch.randn(*shape).to(device=device, dtype=dtype).requires_grad_(grad)
 
 
-def graph_ms(step: Callable[[], object], calls: int, replays: int = 5) -> float:
-    """Milliseconds of GPU work per call of ``step``: ``calls`` calls captured in one CUDA graph after two warm-up
-    calls on a side stream (autotuning and compilation happen there), the median of ``replays`` replays between CUDA
-    events over ``calls``; a replay launches no kernel from the host."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            step()
-    times = []
-    for _ in range(replays + 1):  # the first replay warms up
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times[1:])
-
-
 def timed(fwd: Callable[[], torch.Tensor], inputs: list[torch.Tensor], dy: torch.Tensor, device: str, reps: int,
           prefix: str) -> dict[str, float]:
     """Forward (no grad) and forward+backward medians of ``fwd``; gradients of ``inputs`` against ``dy``."""
@@ -127,7 +102,7 @@ def timed(fwd: Callable[[], torch.Tensor], inputs: list[torch.Tensor], dy: torch
     if device == "cuda":  # the GPU work alone: the events above also hold the host's launch time
         for mode, step in (("fwd", forward), ("fwd_bwd", forward_backward)):
             try:
-                found[f"{prefix}_{mode}_kernel_ms"] = graph_ms(step, KERNEL_CALLS)
+                found[f"{prefix}_{mode}_kernel_ms"] = gpu_ms(step)
             except Exception as err:  # an operator that cannot be captured keeps its per-call time
                 found[f"{prefix}_{mode}_kernel_error"] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
     return found

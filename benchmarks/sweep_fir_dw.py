@@ -4,10 +4,11 @@ On the H200 this kernel is about half of Hyena-SE's backward: 1.03 ms for the fe
 channels) and 0.71 ms for the 7-tap filter (2048 channels) at 8 x 4096 tokens, bf16, both bound by L1 with one
 cross-warp sum per tap and tile (``benchmarks/results/hyena_h200_s13/ncu_hyena.txt``). Taller tiles mean fewer sums
 per row, and more warps or narrower tiles change how the sums spread; the kernel's other loop order (taps outer:
-dy read once per tap, one sum per tap and chunk) removes most sums. This measures which is fastest for both shapes. Each configuration is first checked against a float32 PyTorch reference (``unfold`` over the
-taps), then timed as the GPU work alone (CUDA-graph replay, ``bench_hyena.graph_ms``), next to its floor (reading x
-and dy once at the copy bandwidth measured in the same run). The JSON holds every configuration; the table, last,
-the fastest ones per shape.
+dy read once per tap, one sum per tap and chunk) removes most sums. This measures which is fastest for both
+shapes. Each configuration is first checked against a float32 PyTorch reference (``unfold`` over the taps), then
+timed as the GPU work alone (CUDA-graph replay, ``bench_swr.gpu_ms``), next to its floor (reading x and dy once at
+the copy bandwidth measured in the same run). The JSON holds every configuration; the table, last, the fastest
+ones per shape.
 
     python benchmarks/sweep_fir_dw.py --json OUT/sweep_fir_dw.json          # GPU machine, about a minute
     python benchmarks/sweep_fir_dw.py --device cpu --size tiny              # smoke (TRITON_INTERPRET=1)
@@ -25,7 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_hyena import copy_bandwidth, graph_ms, median_ms, randn  # noqa: E402
+from bench_hyena import copy_bandwidth, median_ms, randn  # noqa: E402
+from bench_swr import gpu_ms  # noqa: E402
 
 SHAPES = {  # (batch, seqlen, channels, taps): the featurizers' and the 7-tap filter's gradients of one Hyena-SE layer
     "full": ((8, 4096, 6144, 3), (8, 4096, 2048, 7)),
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 got = _launch_dw(x, dy, taps, None, **config)
                 row["rel_err"] = ((got - want).norm() / want.norm()).item()
                 step = lambda: _launch_dw(x, dy, taps, None, **config)  # noqa: E731
-                row["ms"] = graph_ms(step, 10) if args.device == "cuda" else median_ms(step, args.device, 3)
+                row["ms"] = gpu_ms(step) if args.device == "cuda" else median_ms(step, args.device, 3)
                 row["x_floor"] = row["ms"] / floor_ms
             except Exception as err:  # a configuration that does not compile (registers, shared memory) is skipped
                 row["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
@@ -93,8 +95,8 @@ def format_table(results: list[dict]) -> str:
         good = sorted((r for r in rows if r["rel_err"] <= 1e-2), key=lambda r: r["ms"])
         for r in good[:5] + [r for r in rows if r["default"] and r not in good[:5]]:
             lines.append(f"| {shape[0]} x {shape[1]}{' (default)' if r['default'] else ''} | {r['block_t']} | "
-                         f"{r['block_c']} | {r['num_warps']} | {r['chunks']} | {r['taps_outer']} | {r['ms']:.3f} | {r['x_floor']:.1f} | "
-                         f"{r['rel_err']:.1e} |")
+                         f"{r['block_c']} | {r['num_warps']} | {r['chunks']} | {r['taps_outer']} | {r['ms']:.3f} | "
+                         f"{r['x_floor']:.1f} | {r['rel_err']:.1e} |")
     return "\n".join(lines)
 
 
