@@ -5,7 +5,7 @@ channels) and 0.71 ms for the 7-tap filter (2048 channels) at 8 x 4096 tokens, b
 cross-warp sum per tap and tile (``benchmarks/results/hyena_h200_s13/ncu_hyena.txt``). Taller tiles mean fewer sums
 per row, and more warps or narrower tiles change how the sums spread; the kernel's other loop order (taps outer:
 dy read once per tap, one sum per tap and chunk) removes most sums. This measures which is fastest for both
-shapes. Each configuration is first checked against a float32 PyTorch reference (``unfold`` over the taps), then
+shapes. Each configuration is first checked against a float32 reference (autograd through the mixer's PyTorch FIR), then
 timed as the GPU work alone (CUDA-graph replay, ``bench_swr.gpu_ms``), next to its floor (reading x and dy once at
 the copy bandwidth measured in the same run). The JSON holds every configuration; the table, last, the fastest
 ones per shape.
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from modeling_phalanx.hyena_phalanx import causal_fir
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_hyena import copy_bandwidth, median_ms, randn  # noqa: E402
 from bench_swr import gpu_ms  # noqa: E402
@@ -41,10 +43,12 @@ NAMES = ("block_t", "block_c", "num_warps", "chunks", "taps_outer")  # keyword a
 
 
 def reference(x: torch.Tensor, dy: torch.Tensor, taps: int) -> torch.Tensor:
-    """``dw[c, k] = sum_t dy[t, c] x[t - k, c]`` (zeros before each row's start) in float32, (C, K)."""
-    padded = torch.nn.functional.pad(x.float(), (0, 0, taps - 1, 0))  # (B, T + K - 1, C)
-    windows = padded.unfold(1, taps, 1)  # (B, T, C, K): window j holds x[t - K + 1 + j]
-    return torch.einsum("btc,btck->ck", dy.float(), windows).flip(-1)
+    """``dw[c, k] = sum_t dy[t, c] x[t - k, c]`` (zeros before each row's start) in float32, (C, K): autograd through
+    the mixer's PyTorch FIR (``hyena_phalanx.causal_fir``)."""
+    xt, dyt = x.float().transpose(1, 2), dy.float().transpose(1, 2)  # (B, C, T)
+    weight = torch.zeros(x.shape[-1], taps, device=x.device, requires_grad=True)
+    y = causal_fir(xt, weight, xt.new_zeros(*xt.shape[:2], taps - 1))
+    return torch.autograd.grad(y, weight, dyt)[0]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -67,6 +67,17 @@ def _fir_kernel(
 
 
 @triton.jit
+def _dy_tile(DY, base, offset, R, SEQ, CU, T, cols, mask_c, C: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr):
+    """The rows ``base + offset + [0, BT)``, their mask and sequence starts, and DY there (BT, BC) in fp32."""
+    rows = base + offset + tl.arange(0, BT)
+    mask_r = rows < R
+    start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
+    m2 = mask_r[:, None] & mask_c[None, :]
+    dy = tl.load(DY + rows.to(tl.int64)[:, None] * C + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+    return rows, mask_r, start, dy
+
+
+@triton.jit
 def _shifted_tile(X, rows, mask_r, start, tap, K, cols, mask_c, C: tl.constexpr):
     """X at ``rows - tap`` (BT, BC) in fp32, zero before each row's sequence start and for taps past K - 1."""
     src = rows - tap
@@ -97,20 +108,12 @@ def _fir_dw_kernel(
         for j in tl.static_range(BK):
             prods = tl.zeros((BT, BC), dtype=tl.float32)
             for offset in range(0, CHUNK, BT):
-                rows = base + offset + tl.arange(0, BT)
-                mask_r = rows < R
-                start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
-                m2 = mask_r[:, None] & mask_c[None, :]
-                dy = tl.load(DY + rows.to(tl.int64)[:, None] * C + cols[None, :], mask=m2, other=0.0)
-                prods += dy.to(tl.float32) * _shifted_tile(X, rows, mask_r, start, k0 + j, K, cols, mask_c, C)
+                rows, mask_r, start, dy = _dy_tile(DY, base, offset, R, SEQ, CU, T, cols, mask_c, C, VARLEN, BT)
+                prods += dy * _shifted_tile(X, rows, mask_r, start, k0 + j, K, cols, mask_c, C)
             acc += tl.where(tl.arange(0, BK)[:, None] == j, tl.sum(prods, axis=0)[None, :], 0.0)
     else:
         for offset in range(0, CHUNK, BT):
-            rows = base + offset + tl.arange(0, BT)
-            mask_r = rows < R
-            start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
-            m2 = mask_r[:, None] & mask_c[None, :]
-            dy = tl.load(DY + rows.to(tl.int64)[:, None] * C + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+            rows, mask_r, start, dy = _dy_tile(DY, base, offset, R, SEQ, CU, T, cols, mask_c, C, VARLEN, BT)
             for j in tl.static_range(BK):
                 part = tl.sum(dy * _shifted_tile(X, rows, mask_r, start, k0 + j, K, cols, mask_c, C), axis=0)
                 acc += tl.where(tl.arange(0, BK)[:, None] == j, part[None, :], 0.0)
