@@ -3,7 +3,8 @@
 #   tests   every test of tests/test_kernels_fir.py (all 55 passed on the H200 in 132 s:
 #           benchmarks/results/hyena_h200/test_kernels_fir_run2.log; run it after changing a kernel);
 #   sweep   benchmarks/sweep_fir_dw.py: launch configurations of the filter-gradient kernel, about half of Hyena-SE's
-#           backward (checked, then timed; about a minute);
+#           backward (checked, then timed; about a minute). Its best on the H200, block_t=128 for both shapes, is the
+#           default since benchmarks/results/hyena_h200_s14/;
 #   bench   benchmarks/bench_hyena.py with its peers (BENCH_ARGS, e.g. "--widths 4096"; BENCH_S seconds, default 330),
 #           each shape's Hyena rows then its peers, the raw JSON rewritten after every row. The whole matrix does not
 #           fit one call: on the H200 width 2048 (8 rows, 4 peer rows) took about 450 s

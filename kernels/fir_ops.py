@@ -69,7 +69,7 @@ def _launch_fir(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor 
 
 
 def _launch_dw(
-    x: torch.Tensor, dy: torch.Tensor, taps: int, cu_seqlens: torch.Tensor | None, *, block_t: int = 32,
+    x: torch.Tensor, dy: torch.Tensor, taps: int, cu_seqlens: torch.Tensor | None, *, block_t: int = 128,
     block_c: int = 64, num_warps: int = 4, chunks: int = DW_CHUNKS, taps_outer: bool = False,
 ) -> torch.Tensor:
     """Filter gradient (C, K) in fp32: partials of about ``chunks`` token chunks from the kernel, summed here. The
