@@ -11,8 +11,8 @@
 #           (benchmarks/results/hyena_h200_s13/), so give each call one width;
 #   ncu     Nsight Compute counters of the FIR and fused Hyena kernels (profile_gpu.py hyena-ops), when ncu is there;
 #   e2e     benchmarks/bench_e2e.py: 1.3B training tokens/s of the multi-hybrid presets (stripedhyena, multihybrid,
-#           swax) next to the Transformer, the SWA hybrid and the Phalanx hybrid at 4K and 8K (E2E_S seconds,
-#           default 170; the whole matrix took 144 s);
+#           swax) next to the Transformer, the SWA hybrid and the Phalanx hybrid at 4K and 8K (E2E_LENGTHS; E2E_S
+#           seconds, default 170: both took 144 s in hyena_h200_s13/, and 170 s ended two rows into 8K in _s14/);
 #   decode  benchmarks/bench_generate.py: decode tokens/s on the compiled path (static-cache `generate`, fullgraph,
 #           and the fast loop) of the multi-hybrid presets next to the Llama anchor and the Phalanx hybrid at 1 x 4K,
 #           32 x 4K and 1 x 32K (DECODE_S seconds, default 420; GEN_RESUME: an earlier call's JSON to continue).
@@ -55,7 +55,7 @@ if step ncu && command -v ncu >/dev/null; then  # why the kernels sit above thei
   echo "exit $?" >>"$OUT/ncu_hyena.txt"
 fi
 if step e2e; then
-  timeout "${E2E_S:-170}" python3 benchmarks/bench_e2e.py --lengths 4096 8192 --models transformer swa_hybrid \
+  timeout "${E2E_S:-170}" python3 benchmarks/bench_e2e.py --lengths ${E2E_LENGTHS:-4096 8192} --models transformer swa_hybrid \
     phalanx_hybrid stripedhyena multihybrid swax --out "$OUT/e2e.json" >"$OUT/e2e.log" 2>&1
   echo "exit $?" >>"$OUT/e2e.log"
 fi

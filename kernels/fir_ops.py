@@ -21,7 +21,7 @@ import math
 import torch
 import triton
 
-from .triton_ops import OP_NAMESPACE
+from .triton_ops import OP_NAMESPACE, _sequences
 from .triton_fir import (
     _fir_dw_kernel,
     _fir_kernel,
@@ -322,25 +322,20 @@ def _check_args(
     return num_seqs
 
 
-def _sequences(x: torch.Tensor, cu_seqlens: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """First row and length of every sequence over the flattened rows of x (B, T, C)."""
-    batch, seqlen = x.shape[:2]
-    if cu_seqlens is None:
-        starts = torch.arange(batch, device=x.device) * seqlen
-        return starts, torch.full((batch,), seqlen, device=x.device, dtype=torch.long)
-    cu = cu_seqlens.to(device=x.device, dtype=torch.long)
-    return cu[:-1], cu[1:] - cu[:-1]
-
-
 def _add_initial(
-    y: torch.Tensor, weight: torch.Tensor, state: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor
+    y: torch.Tensor, weight: torch.Tensor, state: torch.Tensor, packed: tuple[torch.Tensor, torch.Tensor] | None
 ) -> torch.Tensor:
-    """y plus what each sequence's earlier inputs ``state`` (N, C, K - 1) add to its first K - 1 outputs."""
+    """y plus what each sequence's earlier inputs ``state`` (N, C, K - 1) add to its first K - 1 outputs; ``packed``
+    is the (starts, lengths) of ``cu_seqlens``'s sequences, None when each row of y is one sequence."""
     batch, seqlen, channels = y.shape
     width = weight.shape[1] - 1
     # Output p < K - 1 of a sequence: sum_{k > p} w[k] state[K - 1 + p - k]: a valid convolution of [state, 0].
     padded = torch.cat([state.float(), state.new_zeros(state.shape, dtype=torch.float32)], dim=-1)
     corr = torch.nn.functional.conv1d(padded, weight.float().flip(-1).unsqueeze(1), groups=channels)
+    if packed is None:  # plain slices: what the compiled decode step runs (see _final_state)
+        head = min(width, seqlen)
+        return torch.cat([y[:, :head] + corr[..., :head].transpose(1, 2).to(y.dtype), y[:, head:]], dim=1)
+    starts, lengths = packed
     offs = torch.arange(width, device=y.device)
     corr = corr * (offs < lengths[:, None])[:, None, :]  # (N, C, K - 1); nothing past a sequence's end
     rows = (starts[:, None] + offs).clamp(max=batch * seqlen - 1)
@@ -350,11 +345,18 @@ def _add_initial(
 
 
 def _final_state(
-    x: torch.Tensor, width: int, state: torch.Tensor | None, starts: torch.Tensor, lengths: torch.Tensor
+    x: torch.Tensor, width: int, state: torch.Tensor | None, packed: tuple[torch.Tensor, torch.Tensor] | None
 ) -> torch.Tensor:
     """The last ``width`` inputs (N, C, width) of every sequence, reaching into ``state`` (or zeros) when it is
-    shorter: what a continuation needs."""
+    shorter: what a continuation needs. Rows that are whole sequences (``packed`` None) take plain slices: the
+    gather form, fused by inductor with the static cache's slices into one kernel, failed in its CUDA code
+    generation on torch 2.11 (``'((-2)) - 1' is not comparable``; tests/test_hyena.py, the compiled decode)."""
     channels = x.shape[-1]
+    if packed is None:
+        if state is None:
+            state = x.new_zeros(x.shape[0], channels, width)
+        return torch.cat([state.to(x.dtype), x.transpose(1, 2)], dim=-1)[..., -width:]
+    starts, lengths = packed
     pos = lengths[:, None] - width + torch.arange(width, device=x.device)  # (N, width), relative to the start
     rows = (starts[:, None] + pos).clamp(0, x.shape[0] * x.shape[1] - 1)
     inside = (pos >= 0)[:, None, :]
@@ -389,12 +391,12 @@ def causal_fir(
     if x.numel() == 0 or width == 0:  # nothing to continue or nothing kept: the state passes through
         final = x.new_zeros(num_seqs, x.shape[-1], width) if initial_state is None else initial_state.to(x.dtype)
         return y, final if output_final_state else None
-    starts, lengths = _sequences(x, cu_seqlens)
+    packed = None if cu_seqlens is None else _sequences(*x.shape[:2], cu_seqlens, x.device)
     if initial_state is not None:
-        y = _add_initial(y, weight, initial_state, starts, lengths)
+        y = _add_initial(y, weight, initial_state, packed)
     if not output_final_state:
         return y, None
-    return y, _final_state(x, width, initial_state, starts, lengths)
+    return y, _final_state(x, width, initial_state, packed)
 
 
 def hyena_core(

@@ -399,3 +399,24 @@ def test_model_card_names_the_hyena_layers() -> None:
     assert "| 0 | Hyena-SE (short explicit filter) | 4 taps |" in table
     assert "| 1 | Hyena-MR (medium regularized filter) | 9 taps, decay rates 0.05-0.5 per tap |" in table
     assert "| 3 | Hyena-LI (long implicit filter) | 3 modes over the whole sequence |" in table
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cuda_compiled_static_decode_matches_eager(variant: str) -> None:
+    """Static-cache decoding with `generate`'s compiled step (inductor, fullgraph, CUDA graphs) on CUDA gives the
+    tokens of the eager step, for each variant next to attention (the 1.3B StripedHyena preset's compiled step once
+    failed in inductor on the H200: benchmarks/results/hyena_h200_s14)."""
+    from transformers import CompileConfig
+
+    config = hyena_config(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                          layer_types=[variant, F], hyena_se_len=7, hyena_mr_len=128, hyena_li_modes=16,
+                          hyena_filter_groups=16)
+    torch.manual_seed(0)
+    model = PhalanxForCausalLM(config).cuda().eval()
+    ids = torch.randint(3, VOCAB, (2, 40), device="cuda")
+    kwargs = dict(max_new_tokens=8, do_sample=False, cache_implementation="static")
+    eager = model.generate(ids, disable_compile=True, **kwargs)
+    compiled = model.generate(ids, compile_config=CompileConfig(fullgraph=True), **kwargs)
+    assert model._compiled_call is not None
+    assert torch.equal(compiled, eager)

@@ -113,10 +113,11 @@ def test_packed_sequences_do_not_leak(dtype: torch.dtype, with_init: bool) -> No
     run_case((2, 14, 6), 7, dtype, [3, 10, 1, 9, 5], with_init, seed=3)
 
 
-def test_continuation_and_weight_in_input_dtype() -> None:
-    """A sequence continued from its initial state (shorter than the filter), fp16 taps: the taps' gradient
-    comes back in their dtype."""
-    run_case((3, 4, 5), 7, torch.float16, None, with_init=True, weight_dtype=torch.float16, seed=5)
+@pytest.mark.parametrize("shape", [(3, 4, 5), (2, 13, 5), (2, 1, 5)])
+def test_continuation_and_weight_in_input_dtype(shape: tuple[int, int, int]) -> None:
+    """Rows continued from their initial states (shorter than the filter, longer, one token), fp16 taps: the taps'
+    gradient comes back in their dtype."""
+    run_case(shape, 7, torch.float16, None, with_init=True, weight_dtype=torch.float16, seed=5)
 
 
 @pytest.mark.parametrize("taps_outer", [False, True])
@@ -427,3 +428,21 @@ def test_mixer_kernel_path_compiles_fullgraph() -> None:
         results.append([loss.detach(), p.grad, mixer.filter_taps.grad, mixer.featurizer.grad])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("taps", [3, 7, 128])
+def test_cuda_decode_step_compiles_with_inductor(taps: int) -> None:
+    """One decode step of the FIR with a state in and out (what a Hyena layer runs per token) compiled by inductor
+    with fullgraph=True on CUDA: the eager output and state."""
+    gen = torch.Generator(device="cuda").manual_seed(taps)
+    x = torch.randn(2, 1, 256, device="cuda", generator=gen, dtype=torch.bfloat16)
+    w = torch.randn(256, taps, device="cuda", generator=gen)
+    state = torch.randn(2, 256, taps - 1, device="cuda", generator=gen, dtype=torch.bfloat16)
+
+    def step(a, b, c):
+        return fir_ops.causal_fir(a, b, initial_state=c, output_final_state=True)
+
+    compiled = torch.compile(step, fullgraph=True)
+    for got, want in zip(compiled(x, w, state), step(x, w, state)):
+        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
