@@ -669,9 +669,11 @@ def report(out: Path) -> str:
     fingerprints = {r["corpus"]["fingerprint"] for r in everything}
     if len(fingerprints) > 1:
         parts.append(f"**Warning: these results come from {len(fingerprints)} different corpora** (corpus fingerprints differ).\n")
-    env = everything[0]["environment"]
-    parts.append(f"Measured on {env['gpu']} ({env['host']}), torch {env['torch']}, transformers {env['transformers']}, "
-                 f"{env['date']}.")
+    setups = sorted({tuple(r["environment"][k] for k in ("gpu", "host", "torch", "transformers")) for r in everything})
+    dates = sorted(r["environment"]["date"] for r in everything)
+    when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+    where = "; ".join(f"{gpu} ({host}), torch {torch_v}, transformers {tf}" for gpu, host, torch_v, tf in setups)
+    parts.append(f"Measured on {where}, {when}.")
     text = "\n".join(parts) + "\n"
     write_file(out / "report.md", text)
     plot_frontier(out, tokens, clock,
