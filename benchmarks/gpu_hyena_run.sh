@@ -2,9 +2,9 @@
 # Issue 20 on the GPU machine, the steps named in STEPS (default "bench ncu e2e") in this order:
 #   tests   every test of tests/test_kernels_fir.py (all 55 passed on the H200 in 132 s:
 #           benchmarks/results/hyena_h200/test_kernels_fir_run2.log; run it after changing a kernel);
-#   sweep   benchmarks/sweep_fir_dw.py: launch configurations of the filter-gradient kernel, about half of Hyena-SE's
-#           backward (checked, then timed; about a minute). Its best on the H200, block_t=128 for both shapes, is the
-#           default since benchmarks/results/hyena_h200_s14/;
+#   sweep   benchmarks/sweep_fir.py: launch configurations of the filter-gradient, FIR and direct Hyena-core kernels
+#           (SWEEP_KERNELS, default all; each checked, then timed). The filter gradient's best on the H200,
+#           block_t=128, is its default since benchmarks/results/hyena_h200_s14/ (then sweep_fir_dw.py);
 #   bench   benchmarks/bench_hyena.py with its peers (BENCH_ARGS, e.g. "--widths 4096"; BENCH_S seconds, default 330),
 #           each shape's Hyena rows then its peers, the raw JSON rewritten after every row. The whole matrix does not
 #           fit one call: on the H200 width 2048 (8 rows, 4 peer rows) took about 450 s
@@ -40,8 +40,9 @@ if step tests; then
   echo "exit $?" >>"$OUT/test_kernels_fir.log"
 fi
 if step sweep; then
-  timeout 240 python3 benchmarks/sweep_fir_dw.py --json "$OUT/sweep_fir_dw.json" >"$OUT/sweep_fir_dw.log" 2>&1
-  echo "exit $?" >>"$OUT/sweep_fir_dw.log"
+  timeout "${SWEEP_S:-300}" python3 benchmarks/sweep_fir.py --kernels ${SWEEP_KERNELS:-dw fir core} \
+    --json "$OUT/sweep_fir.json" >"$OUT/sweep_fir.log" 2>&1
+  echo "exit $?" >>"$OUT/sweep_fir.log"
 fi
 if step bench; then
   timeout "${BENCH_S:-330}" python3 benchmarks/bench_hyena.py ${BENCH_ARGS:-} --json "$OUT/bench_hyena.json" \

@@ -51,21 +51,45 @@ def _seq_index(cu_seqlens: torch.Tensor | None, rows: int, device: torch.device)
     return seq.to(torch.int32), cu
 
 
-def _launch_fir(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, reverse: bool) -> torch.Tensor:
-    """Forward (or, ``reverse``, input-gradient) kernel over x (B, T, C) with taps weight (C, K)."""
+def _launch_fir(
+    x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, reverse: bool, *, block_t: int = 64,
+    block_c: int = 64, num_warps: int = 4,
+) -> torch.Tensor:
+    """Forward (or, ``reverse``, input-gradient) kernel over x (B, T, C) with taps weight (C, K). The launch
+    configuration is swept on the GPU by ``benchmarks/sweep_fir.py``."""
     batch, seqlen, channels = x.shape
     rows = batch * seqlen
     out = torch.empty_like(x)
     if rows == 0:
         return out
     seq, cu = _seq_index(cu_seqlens, rows, x.device)
-    block_t, block_c = 64, min(64, triton.next_power_of_2(channels))
+    block_c = min(block_c, triton.next_power_of_2(channels))
     grid = (triton.cdiv(rows, block_t), triton.cdiv(channels, block_c))
     _fir_kernel[grid](
         x, weight.t().contiguous(), out, seq, cu, rows, seqlen, C=channels, K=weight.shape[1],
-        VARLEN=cu_seqlens is not None, REVERSE=reverse, BT=block_t, BC=block_c, num_warps=4,
+        VARLEN=cu_seqlens is not None, REVERSE=reverse, BT=block_t, BC=block_c, num_warps=num_warps,
     )
     return out
+
+
+def _launch_direct_core(
+    proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, *,
+    block_t: int = 64, block_c: int = 64, num_warps: int = 4,
+) -> torch.Tensor:
+    """Hyena core y (B, T, W) from proj (B, T, 3W) through the direct kernels: z = k * v (pass 1), then the filter
+    ``weight`` (G, K) on z gated by q (pass 2). The launch configuration is swept by ``benchmarks/sweep_fir.py``."""
+    batch, seqlen, features = proj.shape
+    width, rows = features // 3, batch * seqlen
+    seq, cu = _seq_index(cu_seqlens, rows, proj.device)
+    y, z = proj.new_empty(batch, seqlen, width), proj.new_empty(batch, seqlen, width)
+    block_c = min(block_c, triton.next_power_of_2(width))
+    grid = (triton.cdiv(rows, block_t), triton.cdiv(width, block_c))
+    meta = dict(W=width, KF=feat_t.shape[0], VARLEN=cu_seqlens is not None, BT=block_t, BC=block_c,
+                num_warps=num_warps)
+    _hyena_gate_kernel[grid](proj, feat_t, z, seq, cu, rows, seqlen, **meta)
+    per_channel = weight.repeat_interleave(width // weight.shape[0], dim=0).t().contiguous()
+    _hyena_out_kernel[grid](proj, feat_t, z, per_channel, y, seq, cu, rows, seqlen, K=weight.shape[1], **meta)
+    return y
 
 
 def _launch_dw(
@@ -74,7 +98,7 @@ def _launch_dw(
 ) -> torch.Tensor:
     """Filter gradient (C, K) in fp32: partials of about ``chunks`` token chunks from the kernel, summed here. The
     launch configuration (a tile's rows and channels, warps, chunks, the kernel's loop order) is swept on the GPU
-    by ``benchmarks/sweep_fir_dw.py``."""
+    by ``benchmarks/sweep_fir.py``."""
     batch, seqlen, channels = x.shape
     rows = batch * seqlen
     if rows == 0:
@@ -196,32 +220,29 @@ def hyena_core_fwd_op(
     proj = proj.contiguous()
     batch, seqlen, features = proj.shape
     width, rows = features // 3, batch * seqlen
-    groups, taps = weight.shape
-    group_size = width // groups
-    y = proj.new_empty(batch, seqlen, width)
+    taps = weight.shape[1]
     if rows == 0:
-        return y
-    seq, cu = _seq_index(cu_seqlens, rows, proj.device)
+        return proj.new_empty(batch, seqlen, width)
     feat_t = featurizer.t().contiguous()
-    if _use_tensor_cores(width, weight) and taps <= FUSED_MAX_TAPS:
-        block_c = math.gcd(group_size, 64)  # a program's channels share one filter
+    if not _use_tensor_cores(width, weight):
+        return _launch_direct_core(proj, feat_t, weight, cu_seqlens)
+    seq, cu = _seq_index(cu_seqlens, rows, proj.device)
+    if taps <= FUSED_MAX_TAPS:
+        y = proj.new_empty(batch, seqlen, width)
+        block_c = math.gcd(width // weight.shape[0], 64)  # a program's channels share one filter
         _hyena_fused_tc_kernel[(triton.cdiv(rows, 64), width // block_c)](
             proj, feat_t, weight.float().contiguous(), y, seq, cu, rows, seqlen, W=width, KF=featurizer.shape[1],
-            K=taps, D=group_size, HALO=triton.next_power_of_2(taps - 1), VARLEN=cu_seqlens is not None,
-            BT=64, BC=block_c, num_warps=4,
+            K=taps, D=width // weight.shape[0], HALO=triton.next_power_of_2(taps - 1),
+            VARLEN=cu_seqlens is not None, BT=64, BC=block_c, num_warps=4,
         )
         return y
-    z = torch.empty_like(y)
-    block_t, block_c = 64, min(64, triton.next_power_of_2(width))
-    grid = (triton.cdiv(rows, block_t), triton.cdiv(width, block_c))
-    meta = dict(W=width, KF=featurizer.shape[1], VARLEN=cu_seqlens is not None, BT=block_t, num_warps=4)
-    _hyena_gate_kernel[grid](proj, feat_t, z, seq, cu, rows, seqlen, BC=block_c, **meta)
-    if _use_tensor_cores(width, weight):
-        return _launch_tc(proj, feat_t, z, weight, seq, cu, cu_seqlens is not None, reverse=False, gate_q=True)
-    else:
-        per_channel = weight.repeat_interleave(group_size, dim=0).t().contiguous()
-        _hyena_out_kernel[grid](proj, feat_t, z, per_channel, y, seq, cu, rows, seqlen, K=taps, BC=block_c, **meta)
-    return y
+    z = proj.new_empty(batch, seqlen, width)
+    block_c = min(64, triton.next_power_of_2(width))
+    _hyena_gate_kernel[(triton.cdiv(rows, 64), triton.cdiv(width, block_c))](
+        proj, feat_t, z, seq, cu, rows, seqlen, W=width, KF=featurizer.shape[1], VARLEN=cu_seqlens is not None,
+        BT=64, BC=block_c, num_warps=4,
+    )
+    return _launch_tc(proj, feat_t, z, weight, seq, cu, cu_seqlens is not None, reverse=False, gate_q=True)
 
 
 @hyena_core_fwd_op.register_fake

@@ -125,7 +125,7 @@ def test_continuation_and_weight_in_input_dtype(shape: tuple[int, int, int]) -> 
 def test_filter_gradient_launches_match_float64(taps: int, lengths: list[int] | None, taps_outer: bool) -> None:
     """The filter-gradient kernel in both loop orders and an uneven launch (tiles of 16 rows x 16 channels, taps in
     two blocks past 8, chunks cut mid-sequence) against the float64 gradient, packed sequences included: what
-    ``benchmarks/sweep_fir_dw.py`` may pick on the GPU."""
+    ``benchmarks/sweep_fir.py`` may pick on the GPU."""
     gen = torch.Generator().manual_seed(taps)
     x, dy = (torch.randn(2, 14, 20, generator=gen, dtype=torch.float64) for _ in range(2))
     w = torch.randn(20, taps, generator=gen, dtype=torch.float64, requires_grad=True)
