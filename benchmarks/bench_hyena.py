@@ -13,7 +13,7 @@ H200 runs: ``benchmarks/results/hyena_h200/bench_hyena_partial_s7.json`` (the Hy
   backward reads 3W and dy, writes 3W (14).
 - ``phalanx_core``: the fused Phalanx core (W / 16 heads of 16, one gate group per head), the SWR peer.
 - peers (``PEERS``, W / 128 heads of 128, one row per width and length): our Hyena-LI mixer core (featurizers, then
-  the FFT convolution with its modal filter, ``hyena_phalanx.fft_causal_conv``, in fp32), FLA's chunked GLA
+  the FFT convolution with its modal filter, ``hyena_phalanx.long_causal_conv``, in fp32), FLA's chunked GLA
   (``fla.ops.gla.chunk_gla``) and gated DeltaNet (``fla.ops.gated_delta_rule.chunk_gated_delta_rule``, q and k
   L2-normalised in the kernel), the xLSTM authors' mLSTM chunkwise kernel (``mlstm-kernels``' ``triton_xl_chunk``,
   as the mLSTM mixer runs it) and sliding-window attention (window 512) through compiled FlexAttention

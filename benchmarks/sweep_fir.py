@@ -48,7 +48,7 @@ CONFIGS = {
     "full": {"dw": list(itertools.product((32, 64, 128), (32, 64), (4, 8), (64, 256), (False, True))),
              "fir": TILES, "core": TILES},
     "tiny": {"dw": [(128, 64, 4, 64, False), (16, 16, 1, 4, False), (16, 16, 2, 4, True)],
-             "fir": [(64, 64, 4), (16, 16, 2)], "core": [(64, 64, 4), (16, 16, 2)]},
+             "fir": [(64, 128, 4), (16, 16, 2)], "core": [(64, 64, 4), (16, 16, 2)]},
 }
 NAMES = {"dw": ("block_t", "block_c", "num_warps", "chunks", "taps_outer"),  # keyword arguments of the launchers
          "fir": ("block_t", "block_c", "num_warps"), "core": ("block_t", "block_c", "num_warps")}

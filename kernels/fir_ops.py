@@ -53,10 +53,12 @@ def _seq_index(cu_seqlens: torch.Tensor | None, rows: int, device: torch.device)
 
 def _launch_fir(
     x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, reverse: bool, *, block_t: int = 64,
-    block_c: int = 64, num_warps: int = 4,
+    block_c: int = 128, num_warps: int = 4,
 ) -> torch.Tensor:
     """Forward (or, ``reverse``, input-gradient) kernel over x (B, T, C) with taps weight (C, K). The launch
-    configuration is swept on the GPU by ``benchmarks/sweep_fir.py``."""
+    configuration is swept on the GPU by ``benchmarks/sweep_fir.py``; its default was the fastest of 18 in all four
+    passes of Hyena-SE's backward on the H200 (1.35x the old 64-channel tiles at 6144 x 3, 1.15x at 2048 x 7;
+    ``benchmarks/results/hyena_h200_s15/``)."""
     batch, seqlen, channels = x.shape
     rows = batch * seqlen
     out = torch.empty_like(x)

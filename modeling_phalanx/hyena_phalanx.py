@@ -8,7 +8,8 @@ One mixer class covers the three operators; they differ only in the inner causal
     Hyena-SE  h = explicit FIR of `hyena_se_len` taps
     Hyena-MR  h_k = w_k * exp(-alpha_g * k), k < `hyena_mr_len`, alpha_g fixed per filter group (the regulariser)
     Hyena-LI  h_k = sum_n R_n * lambda_n ** k over the whole sequence, lambda_n = exp(-exp(p_n)) real in (0, 1),
-              plus a direct term D (h_0 is then sum_n R_n + D); applied with an FFT convolution
+              plus a direct term D (h_0 is then sum_n R_n + D); applied with an FFT convolution (directly for
+              short chunks such as decoding steps)
 
 Filters are shared by groups of `hidden_size // hyena_filter_groups` consecutive channels. Decoding keeps, per layer,
 the last inputs of each FIR (featurizer: `(B, 3 * hidden, Kf - 1)`; SE / MR filter: `(B, hidden, K - 1)`) and, for
@@ -69,10 +70,20 @@ def modal_filter(log_rates: torch.Tensor, residues: torch.Tensor, length: int) -
     return (residues[..., None] * torch.exp(-torch.exp(log_rates)[..., None] * k)).sum(-2)
 
 
-def fft_causal_conv(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Causal convolution `y_t = sum_{s <= t} h[g, t - s] z[.., g, :, s]` of z (N, G, Dg, T) with h (G, T) by FFT
-    (zero-padded to 2T, so nothing wraps around)."""
+DIRECT_CONV_MAX_LEN = 32  # Hyena-LI chunks up to this many tokens (decoding steps) convolve directly, not by FFT
+
+
+def long_causal_conv(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Causal convolution `y_t = sum_{s <= t} h[g, t - s] z[.., g, :, s]` of z (N, G, Dg, T) with h (G, T): by FFT
+    (zero-padded to 2T, so nothing wraps around), or, for at most `DIRECT_CONV_MAX_LEN` tokens, as a product with
+    the (G, T, T) Toeplitz matrix of h, which keeps complex numbers (which inductor cannot generate code for) out
+    of a compiled decoding step."""
     seqlen = z.shape[-1]
+    if seqlen <= DIRECT_CONV_MAX_LEN:
+        steps = torch.arange(seqlen, device=z.device)
+        lag = steps[:, None] - steps[None, :]  # (t, s)
+        toeplitz = torch.where(lag >= 0, h[:, lag.clamp(min=0)], 0.0)
+        return torch.einsum("ngds,gts->ngdt", z, toeplitz)
     n = 2 * seqlen
     y = torch.fft.irfft(torch.fft.rfft(z, n=n) * torch.fft.rfft(h, n=n)[:, None], n=n)
     return y[..., :seqlen]
@@ -271,7 +282,7 @@ class PhalanxHyenaMixer(nn.Module):
         log_rates, residues = self.log_rates.to(dtype), self.residues.to(dtype)
         log_lambda = -torch.exp(log_rates)  # (G, modes)
         zg = z.to(dtype).view(num_rows, groups, width // groups, seqlen)
-        y = fft_causal_conv(zg, modal_filter(log_rates, residues, seqlen))
+        y = long_causal_conv(zg, modal_filter(log_rates, residues, seqlen))
         y = y + self.direct.to(dtype).view(groups, -1, 1) * zg
         steps = torch.arange(seqlen, device=z.device, dtype=dtype)
         if modal is not None:

@@ -101,10 +101,11 @@ def reference_sequence(mixer: PhalanxHyenaMixer, x: torch.Tensor) -> torch.Tenso
     return (q * mixed) @ mixer.out_proj.weight.double().T
 
 
+@pytest.mark.parametrize("seqlen", [13, 45])  # LI: the direct convolution (<= 32 tokens), then the FFT
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_mixer_matches_float64_reference(variant: str) -> None:
+def test_mixer_matches_float64_reference(variant: str, seqlen: int) -> None:
     mixer = make_mixer(variant)
-    x = torch.randn(2, 13, 16, dtype=torch.float64)
+    x = torch.randn(2, seqlen, 16, dtype=torch.float64)
     got, _ = mixer(x)
     expected = torch.stack([reference_sequence(mixer, row) for row in x])
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
@@ -235,6 +236,26 @@ def test_chunked_prefill_and_steps_equal_one_pass(layer_types: list[str]) -> Non
         full = model(ids).logits
         chunked = run_in_chunks(model, ids, [1, 8, 11, 19, 20, 21, 22])
     torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
+
+
+def test_decoding_steps_run_no_fft(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hyena-LI's single steps convolve directly (no complex numbers in a compiled decoding step: inductor generates
+    no code for them), and still give the one-pass logits."""
+    model = hyena_model(layer_types=[LI, F, LI], num_hidden_layers=3)
+    ids = torch.randint(3, VOCAB, (2, 40))
+    with torch.no_grad():
+        full = model(ids).logits
+        out = model(ids[:, :36], use_cache=True)
+        steps = [out.logits]
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("torch.fft called in a decoding step")
+
+        monkeypatch.setattr(torch.fft, "rfft", refuse)
+        for t in range(36, 40):
+            out = model(ids[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
+            steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
 def test_sequences_restarting_inside_a_continued_chunk_do_not_see_the_cache() -> None:
