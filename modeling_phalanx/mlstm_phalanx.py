@@ -172,31 +172,12 @@ def mlstm_chunkwise(
     log_d = torch.where(same_seq, b[..., :, None] - b[..., None, :] + log_i[..., None, :], float("-inf"))
     m_intra = log_d.detach().amax(-1)  # (B, H, nc, L), -inf where no earlier token of the sequence is in the chunk
 
-    # Chunk-to-chunk recurrence of the state each chunk starts with.
+    # The state each chunk starts with, and the final one, for all chunks at once (no loop over chunks).
     if initial_state is None:
-        c_state = q.new_zeros(batch, heads, dk, dv)
-        n_state = q.new_zeros(batch, heads, dk)
-        m_state = q.new_zeros(batch, heads)
-    else:
-        c_state, n_state, m_state = (t.to(dtype) for t in initial_state)
-    c_starts, n_starts, m_starts = [], [], []
-    for chunk in range(nc):
-        c_starts.append(c_state)
-        n_starts.append(n_state)
-        m_starts.append(m_state)
-        carry_last = carries[:, :, chunk, -1]  # (B, 1)
-        b_last = b[:, :, chunk, -1]
-        inter = torch.where(carry_last, b_last + m_state, phantom[:, :, chunk, -1])
-        m_next = torch.maximum(inter, m_intra[:, :, chunk, -1]).detach()
-        decay = torch.exp(torch.where(carry_last, b_last + m_state - m_next, float("-inf")))
-        weights = torch.exp(log_d[:, :, chunk, -1] - m_next[..., None])  # (B, H, L)
-        k_weighted = k[:, :, chunk] * weights[..., None]
-        c_state = decay[..., None, None] * c_state + k_weighted.transpose(-2, -1) @ v[:, :, chunk]
-        n_state = decay[..., None] * n_state + k_weighted.sum(-2)
-        m_state = m_next
-    c_start = torch.stack(c_starts, dim=2)  # (B, H, nc, Dk, Dv)
-    n_start = torch.stack(n_starts, dim=2)  # (B, H, nc, Dk)
-    m_start = torch.stack(m_starts, dim=2)  # (B, H, nc)
+        initial_state = (q.new_zeros(batch, heads, dk, dv), q.new_zeros(batch, heads, dk), q.new_zeros(batch, heads))
+    initial_state = tuple(t.to(dtype) for t in initial_state)
+    c_all, n_all, m_all = _chunk_states(k, v, b, log_d, m_intra, carries, phantom, initial_state)
+    c_start, n_start, m_start = c_all[:, :, :nc], n_all[:, :, :nc], m_all[:, :, :nc]
 
     # Outputs of all chunks at once: the incoming state's share plus the causal (decay-weighted) attention inside.
     inter = torch.where(carries, b + m_start[..., None], phantom)
@@ -207,7 +188,55 @@ def mlstm_chunkwise(
     qn = (q * n_start[..., None, :]).sum(-1) * inter_scale + scores.sum(-1)
     denominator = torch.maximum(qn.abs(), torch.exp(-m)) + eps
     h = (numerator / denominator[..., None]).view(batch, heads, nc * L, dv)[:, :, :seqlen]
-    return h, (c_state, n_state, m_state)
+    return h, (c_all[:, :, nc], n_all[:, :, nc], m_all[:, :, nc])
+
+
+def _chunk_states(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    b: torch.Tensor,
+    log_d: torch.Tensor,
+    m_intra: torch.Tensor,
+    carries: torch.Tensor,
+    phantom: torch.Tensor,
+    initial_state: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The states (C, n, m) that chunks 0..nc start with, and the final one (index nc), in closed form rather than
+    by a loop over chunks (one small launch per chunk dominated training time at 4K tokens).
+
+    With chunk j's end-of-chunk contribution `U_j` (its tokens' k v weighted to the stabiliser `m_{j+1}`) and its
+    cumulative log forget gate `g_j` (its `b` at the last token), the loop `C_{j+1} = exp(g_j + m_j - m_{j+1}) C_j
+    + U_j` unrolls to `C_n = sum_{j<n} exp(S_n - S_{j+1} + m_{j+1} - m_n) U_j` (+ the initial state's term), `S`
+    the prefix sums of `g`, summed only while no chunk in between starts a sequence afresh; the max-plus recurrence
+    of `m` unrolls the same way. `S` and the exponents are taken in float64: prefix sums of log gates grow with the
+    length, and their differences must stay exact."""
+    c0, n0, m0 = initial_state
+    batch, heads, nc, L, dk = k.shape
+    dtype = k.dtype
+    carry = carries[..., -1]  # (B, 1, nc): chunk j's last token continues the state chunk j started with
+    gate = torch.where(carry, b[..., -1], 0.0).double()
+    prefix = F.pad(gate.cumsum(-1), (1, 0))  # S_n, n = 0..nc
+    fresh = F.pad((~carry).long().cumsum(-1), (1, 0))  # chunks before n that start a sequence afresh
+    later = torch.arange(nc + 1, device=k.device)[:, None] > torch.arange(nc, device=k.device)  # n > j
+    linked = later & (fresh[..., :, None] == fresh[..., None, 1:])  # no fresh start in chunks j+1 .. n-1
+    gap = prefix[..., :, None] - prefix[..., None, 1:]  # S_n - S_{j+1}: (B, H, nc + 1, nc)
+    from_initial = fresh == 0
+    with torch.no_grad():  # the stabiliser is a constant to autograd (see mlstm_chunkwise)
+        m_end = torch.where(carry, m_intra[..., -1], torch.maximum(m_intra[..., -1], phantom[..., -1])).double()
+        m_all = torch.maximum(
+            torch.where(linked, gap + m_end[..., None, :], float("-inf")).amax(-1),
+            torch.where(from_initial, prefix + m0.double()[..., None], float("-inf")),
+        )  # (B, H, nc + 1)
+    weights = torch.exp(log_d[..., -1, :] - m_all[..., 1:, None].to(dtype))  # (B, H, nc, L)
+    k_weighted = k * weights[..., None]
+    decay = torch.exp(torch.where(linked, gap + (m_all[..., None, 1:] - m_all[..., :, None]), float("-inf")))
+    decay = decay.to(dtype)
+    c_all = (decay @ (k_weighted.transpose(-2, -1) @ v).flatten(-2)).view(batch, heads, nc + 1, dk, -1)
+    n_all = decay @ k_weighted.sum(-2)
+    initial = torch.exp(torch.where(from_initial, prefix + (m0.double()[..., None] - m_all), float("-inf"))).to(dtype)
+    c_all = c_all + initial[..., None, None] * c0[:, :, None]
+    n_all = n_all + initial[..., None] * n0[:, :, None]
+    return c_all, n_all, m_all.to(dtype)
 
 
 def mlstm_kernel(forget_gate: str, qk_head_dim: int, v_head_dim: int) -> Callable | None:
