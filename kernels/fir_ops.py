@@ -74,6 +74,22 @@ def _launch_fir(
     return out
 
 
+def _launch_gate(
+    proj: torch.Tensor, feat_t: torch.Tensor, seq: torch.Tensor, cu: torch.Tensor, varlen: bool, *,
+    block_t: int = 64, block_c: int = 64, num_warps: int = 4,
+) -> torch.Tensor:
+    """z = k * v (B, T, W), featurized, from proj (B, T, 3W): the first pass of the two-pass Hyena cores."""
+    batch, seqlen, features = proj.shape
+    width, rows = features // 3, batch * seqlen
+    z = proj.new_empty(batch, seqlen, width)
+    block_c = min(block_c, triton.next_power_of_2(width))
+    _hyena_gate_kernel[(triton.cdiv(rows, block_t), triton.cdiv(width, block_c))](
+        proj, feat_t, z, seq, cu, rows, seqlen, W=width, KF=feat_t.shape[0], VARLEN=varlen, BT=block_t, BC=block_c,
+        num_warps=num_warps,
+    )
+    return z
+
+
 def _launch_direct_core(
     proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, *,
     block_t: int = 64, block_c: int = 64, num_warps: int = 4,
@@ -83,14 +99,15 @@ def _launch_direct_core(
     batch, seqlen, features = proj.shape
     width, rows = features // 3, batch * seqlen
     seq, cu = _seq_index(cu_seqlens, rows, proj.device)
-    y, z = proj.new_empty(batch, seqlen, width), proj.new_empty(batch, seqlen, width)
+    varlen = cu_seqlens is not None
+    z = _launch_gate(proj, feat_t, seq, cu, varlen, block_t=block_t, block_c=block_c, num_warps=num_warps)
+    y = proj.new_empty(batch, seqlen, width)
     block_c = min(block_c, triton.next_power_of_2(width))
-    grid = (triton.cdiv(rows, block_t), triton.cdiv(width, block_c))
-    meta = dict(W=width, KF=feat_t.shape[0], VARLEN=cu_seqlens is not None, BT=block_t, BC=block_c,
-                num_warps=num_warps)
-    _hyena_gate_kernel[grid](proj, feat_t, z, seq, cu, rows, seqlen, **meta)
     per_channel = weight.repeat_interleave(width // weight.shape[0], dim=0).t().contiguous()
-    _hyena_out_kernel[grid](proj, feat_t, z, per_channel, y, seq, cu, rows, seqlen, K=weight.shape[1], **meta)
+    _hyena_out_kernel[(triton.cdiv(rows, block_t), triton.cdiv(width, block_c))](
+        proj, feat_t, z, per_channel, y, seq, cu, rows, seqlen, W=width, KF=feat_t.shape[0], K=weight.shape[1],
+        VARLEN=varlen, BT=block_t, BC=block_c, num_warps=num_warps,
+    )
     return y
 
 
@@ -238,12 +255,7 @@ def hyena_core_fwd_op(
             VARLEN=cu_seqlens is not None, BT=64, BC=block_c, num_warps=4,
         )
         return y
-    z = proj.new_empty(batch, seqlen, width)
-    block_c = min(64, triton.next_power_of_2(width))
-    _hyena_gate_kernel[(triton.cdiv(rows, 64), triton.cdiv(width, block_c))](
-        proj, feat_t, z, seq, cu, rows, seqlen, W=width, KF=featurizer.shape[1], VARLEN=cu_seqlens is not None,
-        BT=64, BC=block_c, num_warps=4,
-    )
+    z = _launch_gate(proj, feat_t, seq, cu, cu_seqlens is not None)
     return _launch_tc(proj, feat_t, z, weight, seq, cu, cu_seqlens is not None, reverse=False, gate_q=True)
 
 
