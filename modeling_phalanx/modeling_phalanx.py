@@ -19,7 +19,14 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, LinearAttentionCacheLayerMixin, StaticCache
+from transformers.cache_utils import (
+    Cache,
+    CacheLayerMixin,
+    DynamicCache,
+    LinearAttentionCacheLayerMixin,
+    StaticCache,
+    StaticSlidingWindowLayer,
+)
 from transformers.generation import GenerationConfig, GenerationMixin, GenerationMode
 from transformers.masking_utils import (
     create_causal_mask,
@@ -438,7 +445,11 @@ class PhalanxAttention(nn.Module):
             query_states, key_states = self.apply_rotary(query_states, key_states, cos, sin)
 
         if cache is not None:
-            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
+            # `unmasked`: a one-token step on a full static window may count its token on the device (see
+            # PhalanxStaticSlidingWindowLayer); other cache layers ignore it.
+            key_states, value_states = cache.update(
+                key_states, value_states, self.layer_idx, unmasked=attention_mask is None
+            )
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -472,6 +483,20 @@ def mixers_hold_state(cache: Cache | None, layer_types: list[str]) -> bool:
     )
 
 
+def sees_full_window(
+    cache: Cache | None, layer_idx: int, query_length: int, attention_mask: torch.Tensor | None
+) -> bool:
+    """Whether the sliding layer `layer_idx` decodes one unpadded token against a static window that is full: every
+    cached key is then visible and the layer needs no mask. Transformers builds that mask from the layer's Python
+    token count (`cumulative_length_int`), so a compiled decoding step took a new int input at every token, and
+    CUDA-graph trees record one graph per value: the SWAX preset's fast decode ran at 29 tokens/s on the H200
+    (`benchmarks/results/hyena_h200_s16/`). Only the comparison below is traced, as a guard."""
+    if cache is None or query_length != 1 or attention_mask is not None:
+        return False
+    layer = cache.layers[layer_idx]
+    return isinstance(layer, StaticSlidingWindowLayer) and layer.cumulative_length_int >= layer.max_cache_len
+
+
 def create_phalanx_masks(
     config: PhalanxConfig,
     inputs_embeds: torch.Tensor,
@@ -495,8 +520,10 @@ def create_phalanx_masks(
     if FULL_ATTENTION in layer_types:
         masks[FULL_ATTENTION] = create_causal_mask(**mask_kwargs, layer_idx=layer_types.index(FULL_ATTENTION))
     if SLIDING_ATTENTION in layer_types:
-        masks[SLIDING_ATTENTION] = create_sliding_window_causal_mask(
-            **mask_kwargs, layer_idx=layer_types.index(SLIDING_ATTENTION)
+        layer_idx = layer_types.index(SLIDING_ATTENTION)
+        full_window = sees_full_window(cache, layer_idx, inputs_embeds.shape[1], attention_mask)
+        masks[SLIDING_ATTENTION] = (
+            None if full_window else create_sliding_window_causal_mask(**mask_kwargs, layer_idx=layer_idx)
         )
     mixer_types = {t for t in layer_types if t not in ATTENTION_LAYER_TYPES}
     if mixer_types:
@@ -844,6 +871,73 @@ class PhalanxCache(PhalanxSeqLengthMixin, DynamicCache):
         super().__init__(ddp_cache_data, config=None if config is None else cache_layout_config(config), **kwargs)
 
 
+class PhalanxStaticSlidingWindowLayer(StaticSlidingWindowLayer):
+    """Transformers' `StaticSlidingWindowLayer`, except that an unmasked one-token step on a full window counts its
+    token in a device tensor (`deferred`) instead of the Python int `cumulative_length_int`.
+
+    Transformers' layer adds each token to that int inside the step, so a compiled decoding step took a new int
+    input at every token, and CUDA-graph trees record one graph per int value: the SWAX preset's fast decode ran at
+    29 tokens/s on the H200 (`benchmarks/results/hyena_h200_s16/`). Such a step needs no mask (`sees_full_window`)
+    and now reads no per-token Python value. The int is brought up to date (one host read) before anything else
+    reads or changes the layer; a compiled region cannot do that read, so it refuses to.
+    """
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self.deferred = torch.zeros((), dtype=torch.long, device=self.device)
+        self.lagging = False
+        if not torch.compiler.is_compiling():
+            torch._dynamo.mark_static_address(self.deferred)  # updated in place by compiled (CUDA-graph) steps
+
+    def settle(self) -> None:
+        """Add the tokens counted on the device to `cumulative_length_int`."""
+        if not (self.is_initialized and self.lagging):
+            return
+        if torch.compiler.is_compiling():
+            raise RuntimeError(
+                "a compiled forward read the token count of a sliding-window cache layer after unmasked decoding "
+                "steps; call cache.get_seq_length() outside the compiled region first"
+            )
+        self.cumulative_length_int += int(self.deferred)
+        self.deferred.zero_()
+        self.lagging = False
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, unmasked: bool = False, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transformers' update; for an unmasked one-token step on a full window, its roll of the window (adapted from
+        `StaticSlidingWindowLayer.update`) with the token counted in `deferred`."""
+        full = self.is_initialized and self.cumulative_length_int >= self.max_cache_len
+        if not (unmasked and full and key_states.shape[-2] == 1):
+            self.settle()
+            return super().update(key_states, value_states, *args, **kwargs)
+        index = torch.tensor([-1], dtype=torch.long, device=self.device)  # a tensor index, as Transformers' (dynamo)
+        new_keys, new_values = self.keys.roll(-1, dims=-2), self.values.roll(-1, dims=-2)
+        new_keys[:, :, index] = key_states
+        new_values[:, :, index] = value_states
+        self.keys.copy_(new_keys)
+        self.values.copy_(new_values)
+        self.deferred.add_(1)
+        self.lagging = True
+        return self.keys, self.values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        self.settle()
+        return super().get_mask_sizes(query_length)
+
+    def get_seq_length(self) -> int:
+        self.settle()
+        return super().get_seq_length()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        self.settle()
+        super().crop(tokens_to_remove)
+
+    def reset(self) -> None:
+        self.settle()
+        super().reset()
+
+
 class PhalanxStaticCache(PhalanxSeqLengthMixin, StaticCache):
     """`StaticCache(config, max_cache_len)` for Phalanx models: `generate(cache_implementation="static")`.
 
@@ -853,6 +947,9 @@ class PhalanxStaticCache(PhalanxSeqLengthMixin, StaticCache):
 
     def __init__(self, config: PhalanxConfig, max_cache_len: int, **kwargs) -> None:
         super().__init__(cache_layout_config(config), max_cache_len, **kwargs)
+        for index, layer in enumerate(self.layers):
+            if type(layer) is StaticSlidingWindowLayer:
+                self.layers[index] = PhalanxStaticSlidingWindowLayer(max_cache_len, config.sliding_window)
 
 
 # ----------------------------------------------------------------------------------------------------------------
