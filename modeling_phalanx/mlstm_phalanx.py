@@ -208,13 +208,14 @@ def _chunk_states(
     cumulative log forget gate `g_j` (its `b` at the last token), the loop `C_{j+1} = exp(g_j + m_j - m_{j+1}) C_j
     + U_j` unrolls to `C_n = sum_{j<n} exp(S_n - S_{j+1} + m_{j+1} - m_n) U_j` (+ the initial state's term), `S`
     the prefix sums of `g`, summed only while no chunk in between starts a sequence afresh; the max-plus recurrence
-    of `m` unrolls the same way. `S` and the exponents are taken in float64: prefix sums of log gates grow with the
-    length, and their differences must stay exact."""
+    of `m` unrolls the same way. `S` and the exponents are taken in float64 (float32 on MPS, which has no float64):
+    prefix sums of log gates grow with the length, and their differences must stay exact."""
     c0, n0, m0 = initial_state
     batch, heads, nc, L, dk = k.shape
     dtype = k.dtype
+    wide = torch.float32 if k.device.type == "mps" else torch.float64
     carry = carries[..., -1]  # (B, 1, nc): chunk j's last token continues the state chunk j started with
-    gate = torch.where(carry, b[..., -1], 0.0).double()
+    gate = torch.where(carry, b[..., -1], 0.0).to(wide)
     prefix = F.pad(gate.cumsum(-1), (1, 0))  # S_n, n = 0..nc
     fresh = F.pad((~carry).long().cumsum(-1), (1, 0))  # chunks before n that start a sequence afresh
     later = torch.arange(nc + 1, device=k.device)[:, None] > torch.arange(nc, device=k.device)  # n > j
@@ -222,10 +223,10 @@ def _chunk_states(
     gap = prefix[..., :, None] - prefix[..., None, 1:]  # S_n - S_{j+1}: (B, H, nc + 1, nc)
     from_initial = fresh == 0
     with torch.no_grad():  # the stabiliser is a constant to autograd (see mlstm_chunkwise)
-        m_end = torch.where(carry, m_intra[..., -1], torch.maximum(m_intra[..., -1], phantom[..., -1])).double()
+        m_end = torch.where(carry, m_intra[..., -1], torch.maximum(m_intra[..., -1], phantom[..., -1])).to(wide)
         m_all = torch.maximum(
             torch.where(linked, gap + m_end[..., None, :], float("-inf")).amax(-1),
-            torch.where(from_initial, prefix + m0.double()[..., None], float("-inf")),
+            torch.where(from_initial, prefix + m0.to(wide)[..., None], float("-inf")),
         )  # (B, H, nc + 1)
     weights = torch.exp(log_d[..., -1, :] - m_all[..., 1:, None].to(dtype))  # (B, H, nc, L)
     k_weighted = k * weights[..., None]
@@ -233,7 +234,7 @@ def _chunk_states(
     decay = decay.to(dtype)
     c_all = (decay @ (k_weighted.transpose(-2, -1) @ v).flatten(-2)).view(batch, heads, nc + 1, dk, -1)
     n_all = decay @ k_weighted.sum(-2)
-    initial = torch.exp(torch.where(from_initial, prefix + (m0.double()[..., None] - m_all), float("-inf"))).to(dtype)
+    initial = torch.exp(torch.where(from_initial, prefix + (m0.to(wide)[..., None] - m_all), float("-inf"))).to(dtype)
     c_all = c_all + initial[..., None, None] * c0[:, :, None]
     n_all = n_all + initial[..., None] * n0[:, :, None]
     return c_all, n_all, m_all.to(dtype)
