@@ -8,7 +8,10 @@ Three launchers, each at the shapes of one Hyena-SE layer (width 2048, 16-channe
 - ``fir``: the depthwise FIR forward and its input gradient (``_launch_fir``, ``reverse``), the rest of the backward
   (recomputed featurizers, the filter output, dz, dproj) at the same two shapes;
 - ``core``: the forward of the Hyena-SE core through the direct kernels (``_launch_direct_core``: z = k * v, then the
-  filter gated by q), the operator whose target is 1.5x its memory floor.
+  filter gated by q), the operator whose target is 1.5x its memory floor;
+- ``scan``: the same forward in one pass, scanning rows with register histories (``_launch_scan_core``);
+- ``scanbwd``: its backward in one pass (``_launch_scan_bwd``), next to the multi-pass backward it replaces (the same
+  call on rows given as packed sequences, which keep that path).
 
 Each configuration is first checked against a float32 reference built from the mixer's PyTorch FIR
 (``hyena_phalanx.causal_fir``, autograd for the gradients), then timed as the GPU work alone (CUDA-graph replay,
@@ -37,21 +40,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_hyena import copy_bandwidth, median_ms, randn  # noqa: E402
 from bench_swr import gpu_ms  # noqa: E402
 
-KERNELS = ("dw", "fir", "core")
+KERNELS = ("dw", "fir", "core", "scan", "scanbwd")
 SHAPES = {  # (batch, seqlen, channels, taps); for "core" channels is the width W and taps the filter's
     "full": {"dw": ((8, 4096, 6144, 3), (8, 4096, 2048, 7)), "fir": ((8, 4096, 6144, 3), (8, 4096, 2048, 7)),
-             "core": ((8, 4096, 2048, 7),)},
-    "tiny": {"dw": ((2, 40, 24, 3), (1, 70, 16, 7)), "fir": ((1, 70, 16, 7),), "core": ((2, 21, 16, 7),)},
+             "core": ((8, 4096, 2048, 7),), "scan": ((8, 4096, 2048, 7),), "scanbwd": ((8, 4096, 2048, 7),)},
+    "tiny": {"dw": ((2, 40, 24, 3), (1, 70, 16, 7)), "fir": ((1, 70, 16, 7),), "core": ((2, 21, 16, 7),),
+             "scan": ((2, 21, 16, 7),), "scanbwd": ((2, 21, 16, 7),)},
 }
 TILES = list(itertools.product((64, 128, 256), (32, 64, 128), (4, 8)))  # (block_t, block_c, num_warps)
 CONFIGS = {
     "full": {"dw": list(itertools.product((32, 64, 128), (32, 64), (4, 8), (64, 256), (False, True))),
-             "fir": TILES, "core": TILES},
+             "fir": TILES, "core": TILES,
+             "scan": list(itertools.product((128, 256, 512), (4, 8), (128, 256, 512), (2, 4))),
+             "scanbwd": list(itertools.product((256, 512), (2, 4), (64, 128, 256), (2, 4)))},
     "tiny": {"dw": [(128, 64, 4, 64, False), (16, 16, 1, 4, False), (16, 16, 2, 4, True)],
-             "fir": [(64, 128, 4), (16, 16, 2)], "core": [(64, 64, 4), (16, 16, 2)]},
+             "fir": [(64, 128, 4), (16, 16, 2)], "core": [(64, 64, 4), (16, 16, 2)], "scan": [(8, 4, 16, 1)],
+             "scanbwd": [(8, 4, 16, 1)]},
 }
 NAMES = {"dw": ("block_t", "block_c", "num_warps", "chunks", "taps_outer"),  # keyword arguments of the launchers
-         "fir": ("block_t", "block_c", "num_warps"), "core": ("block_t", "block_c", "num_warps")}
+         "fir": ("block_t", "block_c", "num_warps"), "core": ("block_t", "block_c", "num_warps"),
+         "scan": ("rows_per_program", "unroll", "block_c", "num_warps"),
+         "scanbwd": ("rows_per_program", "unroll", "block_c", "num_warps")}
 FEATURIZER_TAPS, GROUP_CHANNELS = 3, 16  # the presets' featurizer length and channels per filter group
 
 
@@ -62,7 +71,8 @@ def fir32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def cases(kernel: str, shape: tuple[int, int, int, int], device: str, dtype: torch.dtype):
-    """(name, reference, call(config), floor bytes) of one launcher at one shape; reference in float32."""
+    """(name, reference, call(config), floor bytes, swept) of one launcher at one shape; reference in float32. A
+    case that is not swept (a path the launcher replaces) runs once."""
     from phalanx_kernels import fir_ops
 
     batch, seqlen, channels, taps = shape
@@ -72,15 +82,16 @@ def cases(kernel: str, shape: tuple[int, int, int, int], device: str, dtype: tor
         dy = randn(batch, seqlen, channels, device=device, dtype=dtype, grad=False)
         weight = torch.zeros(channels, taps, device=device, requires_grad=True)
         want = torch.autograd.grad(fir32(x, weight), weight, dy.float())[0]
-        yield "weight grad", want, lambda config: fir_ops._launch_dw(x, dy, taps, None, **config), 2 * tensor_bytes
+        yield "weight grad", want, lambda config: fir_ops._launch_dw(x, dy, taps, None, **config), 2 * tensor_bytes, True
     elif kernel == "fir":
         weight = randn(channels, taps, device=device, grad=False) / taps**0.5
         yield "fwd", fir32(x, weight), lambda config: fir_ops._launch_fir(x, weight, None, False, **config), \
-            2 * tensor_bytes
+            2 * tensor_bytes, True
         dy = randn(batch, seqlen, channels, device=device, dtype=dtype, grad=False)
         x32 = x.float().requires_grad_()
         want = torch.autograd.grad(fir32(x32, weight), x32, dy.float())[0]
-        yield "input grad", want, lambda config: fir_ops._launch_fir(dy, weight, None, True, **config), 2 * tensor_bytes
+        yield "input grad", want, lambda config: fir_ops._launch_fir(dy, weight, None, True, **config), \
+            2 * tensor_bytes, True
     else:
         proj = randn(batch, seqlen, 3 * channels, device=device, dtype=dtype, grad=False)
         featurizer = randn(3 * channels, FEATURIZER_TAPS, device=device, grad=False) / FEATURIZER_TAPS**0.5
@@ -88,8 +99,24 @@ def cases(kernel: str, shape: tuple[int, int, int, int], device: str, dtype: tor
         q, k, v = fir32(proj, featurizer).chunk(3, dim=-1)
         want = q * fir32(k * v, weight.repeat_interleave(GROUP_CHANNELS, dim=0))
         feat_t = featurizer.t().contiguous()
-        yield "fwd", want, lambda config: fir_ops._launch_direct_core(proj, feat_t, weight, None, **config), \
-            4 * tensor_bytes
+        if kernel == "scanbwd":
+            dy = randn(batch, seqlen, channels, device=device, dtype=dtype, grad=False)
+            leaves = [t.float().requires_grad_() for t in (proj, featurizer, weight)]
+            q, k, v = fir32(leaves[0], leaves[1]).chunk(3, dim=-1)
+            out = q * fir32(k * v, leaves[2].repeat_interleave(GROUP_CHANNELS, dim=0))
+            want = torch.cat([g.flatten() for g in torch.autograd.grad(out, leaves, dy.float())])
+            whole = torch.arange(0, batch * seqlen + 1, seqlen, device=device)  # each row a packed sequence
+
+            def multi_pass(config):
+                return torch.cat([g.float().flatten() for g in fir_ops.hyena_core_bwd_op(proj, featurizer, weight, dy, whole)])
+
+            yield "bwd, multi-pass", want, multi_pass, 7 * tensor_bytes, False
+            yield "bwd", want, lambda config: torch.cat(
+                [g.float().flatten() for g in fir_ops._launch_scan_bwd(proj, featurizer, weight, dy, **config)]
+            ), 7 * tensor_bytes, True
+            return
+        launch = fir_ops._launch_direct_core if kernel == "core" else fir_ops._launch_scan_core
+        yield "fwd", want, lambda config: launch(proj, feat_t, weight, None, **config), 4 * tensor_bytes, True
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -104,7 +131,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from phalanx_kernels import fir_ops
 
     launchers: dict[str, Callable] = {"dw": fir_ops._launch_dw, "fir": fir_ops._launch_fir,
-                                      "core": fir_ops._launch_direct_core}
+                                      "core": fir_ops._launch_direct_core, "scan": fir_ops._launch_scan_core,
+                                      "scanbwd": fir_ops._launch_scan_bwd}
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     bandwidth = copy_bandwidth(args.device)
     results: list[dict] = []
@@ -112,12 +140,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         params = inspect.signature(launchers[kernel]).parameters
         default = tuple(params[name].default for name in NAMES[kernel])
         for shape in SHAPES[args.size][kernel]:
-            for name, want, call, floor_bytes in cases(kernel, shape, args.device, dtype):
+            for name, want, call, floor_bytes, swept in cases(kernel, shape, args.device, dtype):
                 floor_ms = floor_bytes / bandwidth * 1e3
-                for values in CONFIGS[args.size][kernel]:
-                    config = dict(zip(NAMES[kernel], values))
+                for values in CONFIGS[args.size][kernel] if swept else [default]:
+                    config = dict(zip(NAMES[kernel], values)) if swept else {}
                     row = {"kernel": kernel, "pass": name, "batch": shape[0], "seqlen": shape[1],
-                           "channels": shape[2], "taps": shape[3], **config, "default": values == default, "floor_ms": floor_ms}
+                           "channels": shape[2], "taps": shape[3], **config, "default": swept and values == default,
+                           "floor_ms": floor_ms}
                     try:
                         got = call(config)
                         row["rel_err"] = ((got.float() - want).norm() / want.norm()).item()
@@ -143,7 +172,7 @@ def format_table(results: list[dict]) -> str:
         rows = [r for r in rows if "ms" in r]
         good = sorted((r for r in rows if r["rel_err"] <= 1e-2), key=lambda r: r["ms"])
         for r in good[:3] + [r for r in rows if r["default"] and r not in good[:3]]:
-            config = ", ".join(f"{k}={r[k]}" for k in NAMES[kernel])
+            config = ", ".join(f"{k}={r[k]}" for k in NAMES[kernel] if k in r) or "-"
             lines.append(f"| {kernel} {name} | {channels} x {taps} | {config}{' (default)' if r['default'] else ''} | "
                          f"{r['ms']:.3f} | {r['x_floor']:.1f} | {r['rel_err']:.1e} |")
     return "\n".join(lines)

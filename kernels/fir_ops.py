@@ -8,8 +8,9 @@ stores) only reach its first ``K - 1`` outputs, so their contribution and the fi
 in PyTorch (differentiable, traceable by ``torch.compile``).
 
 ``hyena_core(proj, featurizer, weight, cu_seqlens=...) -> y`` is the whole Hyena-SE / -MR core
-``q * (h * (k * v))`` from zero states (training), fused; with filters longer than 32 taps shared by groups of
-16k channels its filter passes run on tensor cores.
+``q * (h * (k * v))`` from zero states (training), fused: its forward scans rows in one pass for filters of up to
+8 taps (Hyena-SE); with filters longer than 32 taps shared by groups of 16k channels its filter passes run on
+tensor cores.
 
 Runs CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
 """
@@ -30,6 +31,8 @@ from .triton_fir import (
     _hyena_fused_tc_kernel,
     _hyena_gate_kernel,
     _hyena_out_kernel,
+    _hyena_scan_bwd_kernel,
+    _hyena_scan_kernel,
 )
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -37,6 +40,7 @@ DW_CHUNKS = 64  # token chunks of the filter-gradient reduction (partials: chunk
 TC_MIN_TAPS = 32  # filters longer than this, shared by a multiple of 16 channels, go through the tensor-core passes
 # (shorter ones through the direct kernels: at 7 taps on the H200 their forward took 0.32 ms against the one-pass
 # tensor-core core's 0.53, which is bound by its Toeplitz gathers through L1; benchmarks/results/hyena_h200_s13)
+SCAN_MAX_TAPS, SCAN_MAX_FEATURIZER_TAPS = 8, 3  # the scan core's register histories (triton_fir)
 FUSED_MAX_TAPS = 129  # shared filters up to this length run the one-pass fused core (its halo is <= 128 rows)
 
 
@@ -109,6 +113,53 @@ def _launch_direct_core(
         VARLEN=varlen, BT=block_t, BC=block_c, num_warps=num_warps,
     )
     return y
+
+
+def _launch_scan_core(
+    proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, *,
+    rows_per_program: int = 256, unroll: int = 4, block_c: int = 256, num_warps: int = 4,
+) -> torch.Tensor:
+    """Hyena core y (B, T, W) from proj (B, T, 3W) in one pass: each program scans ``rows_per_program`` rows of
+    ``block_c`` channels (filters of up to 8 taps, featurizers of up to 3). The launch configuration is swept by
+    ``benchmarks/sweep_fir.py``."""
+    batch, seqlen, features = proj.shape
+    width, rows = features // 3, batch * seqlen
+    y = proj.new_empty(batch, seqlen, width)
+    first = torch.zeros(1, dtype=torch.int8, device=proj.device)
+    if cu_seqlens is not None:  # 1 at each sequence's first row (an empty sequence's start may be row B * T)
+        first = first.new_zeros(rows + 1).index_fill_(0, cu_seqlens.to(proj.device, torch.long)[:-1], 1)
+    block_c = min(block_c, triton.next_power_of_2(width))
+    per_channel = weight.repeat_interleave(width // weight.shape[0], dim=0).t().float().contiguous()
+    span, batches = (rows, 1) if cu_seqlens is not None else (seqlen, batch)  # packed rows: one batch row
+    _hyena_scan_kernel[(triton.cdiv(span, rows_per_program), triton.cdiv(width, block_c), batches)](
+        proj, feat_t, per_channel, y, first, span, W=width, KF=feat_t.shape[0], K=weight.shape[1],
+        VARLEN=cu_seqlens is not None, L=rows_per_program, U=unroll, BC=block_c, num_warps=num_warps,
+    )
+    return y
+
+
+def _launch_scan_bwd(
+    proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, *,
+    rows_per_program: int = 256, unroll: int = 4, block_c: int = 128, num_warps: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dproj, dfeaturizer fp32, dweight fp32) of the scanned core, rows of a batch row one sequence: one pass
+    that recomputes the forward and writes dproj, plus per-chunk partial filter and featurizer gradients summed
+    here. The launch configuration is swept by ``benchmarks/sweep_fir.py``."""
+    batch, seqlen, features = proj.shape
+    width = features // 3
+    groups, taps = weight.shape
+    chunks = triton.cdiv(seqlen, rows_per_program)
+    block_c = min(block_c, triton.next_power_of_2(width))
+    dproj = torch.empty_like(proj)
+    dh_parts = proj.new_empty(batch * chunks, taps, width, dtype=torch.float32)
+    df_parts = proj.new_empty(batch * chunks, featurizer.shape[1], features, dtype=torch.float32)
+    per_channel = weight.repeat_interleave(width // groups, dim=0).t().float().contiguous()
+    _hyena_scan_bwd_kernel[(chunks, triton.cdiv(width, block_c), batch)](
+        proj, featurizer.t().contiguous(), per_channel, dy, dproj, dh_parts, df_parts, seqlen, W=width,
+        KF=featurizer.shape[1], K=taps, L=rows_per_program, U=unroll, BC=block_c, num_warps=num_warps,
+    )
+    dweight = dh_parts.sum(0).t().reshape(groups, width // groups, taps).sum(1)
+    return dproj, df_parts.sum(0).t(), dweight
 
 
 def _launch_dw(
@@ -228,14 +279,19 @@ def _launch_tc_dw(x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, seq: 
     return grads[:, :taps].reshape(groups, -1, taps).sum(1)
 
 
+def _scans(weight: torch.Tensor, featurizer: torch.Tensor) -> bool:
+    """Whether the core runs as a scan over rows: filters and featurizers that fit its register histories."""
+    return weight.shape[1] <= SCAN_MAX_TAPS and featurizer.shape[1] <= SCAN_MAX_FEATURIZER_TAPS
+
+
 @torch.library.custom_op(f"{OP_NAMESPACE}::hyena_core_fwd", mutates_args=())
 def hyena_core_fwd_op(
     proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None
 ) -> torch.Tensor:
     """Fused Hyena core y (B, T, W) in proj's dtype from proj (B, T, 3W), featurizer (3W, Kf) and the filter
-    weight (G, K) shared by groups of W / G consecutive channels: one tensor-core pass for groups of 16k channels
-    and 33 to 129 taps, else z = k * v (pass 1) then the filter gated by q (pass 2, on tensor cores for groups of
-    16k channels past 32 taps)."""
+    weight (G, K) shared by groups of W / G consecutive channels: one scan over rows for up to 8 taps (and
+    featurizers of up to 4), one tensor-core pass for groups of 16k channels and 33 to 129 taps, else z = k * v
+    (pass 1) then the filter gated by q (pass 2, on tensor cores for groups of 16k channels past 32 taps)."""
     proj = proj.contiguous()
     batch, seqlen, features = proj.shape
     width, rows = features // 3, batch * seqlen
@@ -244,6 +300,8 @@ def hyena_core_fwd_op(
         return proj.new_empty(batch, seqlen, width)
     feat_t = featurizer.t().contiguous()
     if not _use_tensor_cores(width, weight):
+        if _scans(weight, featurizer):
+            return _launch_scan_core(proj, feat_t, weight, cu_seqlens)
         return _launch_direct_core(proj, feat_t, weight, cu_seqlens)
     seq, cu = _seq_index(cu_seqlens, rows, proj.device)
     if taps <= FUSED_MAX_TAPS:
@@ -274,15 +332,19 @@ def hyena_core_bwd_op(
     proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
     cu_seqlens: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dproj, dfeaturizer, dweight) of ``hyena_core_fwd``: recompute q, k, v, z and the filter output m (only
-    proj is kept between forward and backward), then dm = dy * q -> dz (the filter's transpose, on tensor cores
-    where the forward used them), the filter gradient, and the featurizers' backward."""
+    """(dproj, dfeaturizer, dweight) of ``hyena_core_fwd`` (only proj is kept between forward and backward): one
+    scan over rows for the scanned core's filters when the rows are not packed, else recompute q, k, v, z and the
+    filter output m, then dm = dy * q -> dz (the filter's transpose, on tensor cores where the forward used them),
+    the filter gradient, and the featurizers' backward."""
     proj, dy = proj.contiguous(), dy.contiguous().to(proj.dtype)
     width = proj.shape[-1] // 3
     groups, taps = weight.shape
     group_size = width // groups
     if proj.numel() == 0:
         return torch.zeros_like(proj), torch.zeros_like(featurizer), torch.zeros_like(weight)
+    if cu_seqlens is None and _scans(weight, featurizer):
+        dproj, dfeaturizer, dweight = _launch_scan_bwd(proj, featurizer, weight, dy)
+        return dproj, dfeaturizer.to(featurizer.dtype), dweight.to(weight.dtype)
     q, k, v = fir_fwd_op(proj, featurizer, cu_seqlens).chunk(3, dim=-1)
     z, dm = k * v, dy * q
     if _use_tensor_cores(width, weight):

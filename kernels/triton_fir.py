@@ -310,3 +310,279 @@ def _hyena_fused_tc_kernel(
     q = _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, BC)
     out = rows.to(tl.int64)[:, None] * W + cols[None, :]
     tl.store(Y + out, (q * acc).to(dt), mask=mask_r[:, None] & mask_c[None, :])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hyena core as a scan over time (training, short filters: K <= 8 taps, featurizers of KF <= 3): a program owns L
+# consecutive rows by BC channels and walks them one row at a time, keeping the featurizers' last raw inputs, the
+# filter's last z values (and, backward, the gradients' recent values) in registers. It starts HALO = K - 1 + KF - 1
+# rows early to rebuild those histories, so every projection value is read once from DRAM (plus the halo, mostly
+# from L2) and every output written once: 4 values per token and channel forward (the memory floor), 7 backward
+# (proj and dy read, dproj written), and no shifted tile re-read through L1.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _tap(WT, j: tl.constexpr, n: tl.constexpr, stride, cols, mask_c):
+    """Tap j (fp32 vector over cols) of taps stored ``(n, stride)``; zeros past the last tap."""
+    return tl.load(WT + j * stride + cols, mask=mask_c & (j < n), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _fresh(BC: tl.constexpr):
+    """A new (BC,) fp32 zero vector. Histories start from separate ones: Triton's front end carries a variable
+    through a loop only if its value object changes, so histories that all began as one ``zeros`` and shift into
+    each other (z5 <- z1 across four unrolled rows) would silently stay zero."""
+    return tl.zeros((BC,), dtype=tl.float32)
+
+
+@triton.jit
+def _fresh_flag(P):
+    """A new int32 scalar zero (see ``_fresh``); P is any pointer argument, only to build it from."""
+    return tl.program_id(0) * 0
+
+
+@triton.jit
+def _inside(t, lo, hi, cols, mask_c):
+    """The mask of row t's columns where ``lo <= t < hi`` (built from the row as a vector: masks from a scalar row
+    come out non-boolean in the interpreter)."""
+    tv = t + tl.zeros_like(cols)
+    return mask_c & (tv >= lo) & (tv < hi)
+
+
+@triton.jit
+def _taps8(HT, K: tl.constexpr, W: tl.constexpr, cols, mask_c):
+    """The filter's taps 0..7 (fp32 vectors over cols; zeros past K) from HT (K, W)."""
+    return (_tap(HT, 0, K, W, cols, mask_c), _tap(HT, 1, K, W, cols, mask_c), _tap(HT, 2, K, W, cols, mask_c),
+            _tap(HT, 3, K, W, cols, mask_c), _tap(HT, 4, K, W, cols, mask_c), _tap(HT, 5, K, W, cols, mask_c),
+            _tap(HT, 6, K, W, cols, mask_c), _tap(HT, 7, K, W, cols, mask_c))
+
+
+@triton.jit
+def _taps3(FT, KF: tl.constexpr, off: tl.constexpr, W: tl.constexpr, cols, mask_c):
+    """The featurizer's taps 0..2 of the projection columns ``off + cols`` (zeros past KF) from FT (KF, 3W)."""
+    return (_tap(FT, 0, KF, 3 * W, off + cols, mask_c), _tap(FT, 1, KF, 3 * W, off + cols, mask_c),
+            _tap(FT, 2, KF, 3 * W, off + cols, mask_c))
+
+
+@triton.jit
+def _fsum(f0, f1, f2, x0, x1, x2, KF: tl.constexpr):
+    """``sum_{j < KF} f_j x_j`` for KF <= 3."""
+    acc = f0 * x0
+    if KF > 1:
+        acc += f1 * x1
+    if KF > 2:
+        acc += f2 * x2
+    return acc
+
+
+@triton.jit
+def _hsum(h0, h1, h2, h3, h4, h5, h6, h7, x0, x1, x2, x3, x4, x5, x6, x7, K: tl.constexpr):
+    """``sum_{k < K} h_k x_k`` for K <= 8."""
+    acc = h0 * x0
+    if K > 1:
+        acc += h1 * x1
+    if K > 2:
+        acc += h2 * x2
+    if K > 3:
+        acc += h3 * x3
+    if K > 4:
+        acc += h4 * x4
+    if K > 5:
+        acc += h5 * x5
+    if K > 6:
+        acc += h6 * x6
+    if K > 7:
+        acc += h7 * x7
+    return acc
+
+
+@triton.jit
+def _store_taps(OUT, stride, mask_c, x0, x1, x2, x3, x4, x5, x6, x7, N: tl.constexpr):
+    """Store the first N (<= 8) of x0..x7 at ``OUT + j * stride``."""
+    tl.store(OUT, x0, mask=mask_c)
+    if N > 1:
+        tl.store(OUT + stride, x1, mask=mask_c)
+    if N > 2:
+        tl.store(OUT + 2 * stride, x2, mask=mask_c)
+    if N > 3:
+        tl.store(OUT + 3 * stride, x3, mask=mask_c)
+    if N > 4:
+        tl.store(OUT + 4 * stride, x4, mask=mask_c)
+    if N > 5:
+        tl.store(OUT + 5 * stride, x5, mask=mask_c)
+    if N > 6:
+        tl.store(OUT + 6 * stride, x6, mask=mask_c)
+    if N > 7:
+        tl.store(OUT + 7 * stride, x7, mask=mask_c)
+
+
+@triton.jit
+def _hyena_scan_kernel(
+    P, FT, HT, Y, FIRST, T,
+    W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, VARLEN: tl.constexpr, L: tl.constexpr, U: tl.constexpr,
+    BC: tl.constexpr,
+):
+    """``Y = q * sum_k HT[k] (k * v)[t - k]`` for K <= 8 filter taps and KF <= 3 featurizer taps (FT: (KF, 3W)).
+    Program (j, c, b) scans the rows ``[c0 - HALO, c0 + L)``, ``c0 = b * T + j * L``, of the T rows of batch row b
+    in steps of U unrolled rows, loading each row AHEAD rows before it is computed (the loads of a row wait for the
+    stores before them: the compiler cannot tell Y from P), rows outside those T read as zeros. With VARLEN (one batch row of T packed rows)
+    the histories restart at each sequence's first row, where FIRST[t] != 0."""
+    HALO: tl.constexpr = K + KF - 2
+    AHEAD: tl.constexpr = 4  # rows loaded ahead of the one computed, so that their loads precede its store
+    START: tl.constexpr = U * ((HALO + AHEAD + U - 1) // U)
+    seq0 = tl.program_id(2) * T
+    c0 = seq0 + tl.program_id(0) * L
+    lo, hi = tl.maximum(c0 - HALO, seq0), tl.minimum(c0 + L, seq0 + T)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    mask_c = cols < W
+    h0, h1, h2, h3, h4, h5, h6, h7 = _taps8(HT, K, W, cols, mask_c)
+    fq0, fq1, fq2 = _taps3(FT, KF, 0, W, cols, mask_c)
+    fk0, fk1, fk2 = _taps3(FT, KF, W, W, cols, mask_c)
+    fv0, fv1, fv2 = _taps3(FT, KF, 2 * W, W, cols, mask_c)
+    zero = tl.zeros((BC,), dtype=tl.float32)
+    q1, q2, k1, k2, v1, v2 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    z1, z2, z3, z4 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    z5, z6, z7 = _fresh(BC), _fresh(BC), _fresh(BC)
+    nq1, nq2, nq3, nq4, nk1, nk2 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    nk3, nk4, nv1, nv2, nv3, nv4 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    if VARLEN:
+        nf1, nf2, nf3, nf4 = _fresh_flag(P), _fresh_flag(P), _fresh_flag(P), _fresh_flag(P)
+    for base in range(c0 - START, c0 + L, U):
+        for i in tl.static_range(U):
+            t = base + i
+            ahead = t + AHEAD  # loaded now, computed AHEAD rows later
+            row = P + ahead.to(tl.int64) * (3 * W) + cols
+            ok = _inside(ahead, lo, hi, cols, mask_c)
+            uq, nq1, nq2, nq3, nq4 = nq1, nq2, nq3, nq4, tl.load(row, mask=ok, other=0.0).to(tl.float32)
+            uk, nk1, nk2, nk3, nk4 = nk1, nk2, nk3, nk4, tl.load(row + W, mask=ok, other=0.0).to(tl.float32)
+            uv, nv1, nv2, nv3, nv4 = nv1, nv2, nv3, nv4, tl.load(row + 2 * W, mask=ok, other=0.0).to(tl.float32)
+            if VARLEN:
+                flag = tl.load(FIRST + ahead, mask=(ahead >= lo) & (ahead < hi), other=0).to(tl.int32)
+                first, nf1, nf2, nf3, nf4 = nf1, nf2, nf3, nf4, flag
+                if first != 0:
+                    q1, q2, k1, k2, v1, v2 = zero, zero, zero, zero, zero, zero
+                    z1, z2, z3, z4, z5, z6, z7 = zero, zero, zero, zero, zero, zero, zero
+            z = _fsum(fk0, fk1, fk2, uk, k1, k2, KF) * _fsum(fv0, fv1, fv2, uv, v1, v2, KF)
+            mix = _hsum(h0, h1, h2, h3, h4, h5, h6, h7, z, z1, z2, z3, z4, z5, z6, z7, K)
+            y = _fsum(fq0, fq1, fq2, uq, q1, q2, KF) * mix
+            tl.store(Y + t.to(tl.int64) * W + cols, y.to(Y.dtype.element_ty), mask=_inside(t, c0, hi, cols, mask_c))
+            q2, q1, k2, k1, v2, v1 = q1, uq, k1, uk, v1, uv
+            z7, z6, z5, z4, z3, z2, z1 = z6, z5, z4, z3, z2, z1, z
+
+
+@triton.jit
+def _hyena_scan_bwd_kernel(
+    P, FT, HT, DY, DP, DHP, DFP, T,
+    W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, L: tl.constexpr, U: tl.constexpr, BC: tl.constexpr,
+):
+    """Backward of the scanned Hyena core (K <= 8, KF <= 3; rows of one batch row are one sequence): program
+    (j, c, b) recomputes the forward over rows ``[c0 - HALO, c0 + L + 9)``, ``c0 = b * T + j * L`` (loading each
+    row AHEAD rows before it is computed), and walks
+    the gradients behind it with fixed delays: at row t, dm = dy * q and dq = dy * m of row t, dz of row
+    ``t - 7`` (``sum_k h_k dm[t - 7 + k]``), then dk = dz * v and dv = dz * k there, and the projection gradients of
+    row ``t - 2`` (q) and ``t - 9`` (k, v). It writes DP for its rows ``[c0, c0 + L)`` and its partial filter and
+    featurizer gradients DHP[chunk] (K, W) and DFP[chunk] (KF, 3W), the terms of its own rows."""
+    HALO: tl.constexpr = K + KF - 2
+    AHEAD: tl.constexpr = 4  # rows loaded ahead of the one computed, so that their loads precede its stores
+    START: tl.constexpr = U * ((HALO + AHEAD + U - 1) // U)
+    TAIL: tl.constexpr = U * ((9 + U - 1) // U)
+    seq0 = tl.program_id(2) * T
+    c0 = seq0 + tl.program_id(0) * L
+    lo, hi = tl.maximum(c0 - HALO, seq0), tl.minimum(c0 + L, seq0 + T)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    mask_c = cols < W
+    h0, h1, h2, h3, h4, h5, h6, h7 = _taps8(HT, K, W, cols, mask_c)
+    fq0, fq1, fq2 = _taps3(FT, KF, 0, W, cols, mask_c)
+    fk0, fk1, fk2 = _taps3(FT, KF, W, W, cols, mask_c)
+    fv0, fv1, fv2 = _taps3(FT, KF, 2 * W, W, cols, mask_c)
+    zero = tl.zeros((BC,), dtype=tl.float32)
+    uq1, uq2, daq1, daq2, dak1, dak2 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    dav1, dav2, uk1, uk2, uk3, uk4 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    uk5, uk6, uk7, uk8, uk9, uv1 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    uv2, uv3, uv4, uv5, uv6, uv7 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    uv8, uv9, ak1, ak2, ak3, ak4 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    ak5, ak6, ak7, av1, av2, av3 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    av4, av5, av6, av7, z1, z2 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    z3, z4, z5, z6, z7, dm1 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    dm2, dm3, dm4, dm5, dm6, dm7 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    dh0, dh1, dh2, dh3, dh4, dh5 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    dh6, dh7, dfq0, dfq1, dfq2, dfk0 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    dfk1, dfk2, dfv0, dfv1, dfv2 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    nq1, nq2, nq3, nq4, nk1, nk2 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    nk3, nk4, nv1, nv2, nv3, nv4 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    ndy1, ndy2, ndy3, ndy4 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
+    for base in range(c0 - START, c0 + L + TAIL, U):
+        for i in tl.static_range(U):
+            t = base + i
+            tv = t + tl.zeros_like(cols)  # the row as a vector: masks from it stay boolean in the interpreter
+            ahead = t + AHEAD  # loaded now, computed AHEAD rows later
+            row = P + ahead.to(tl.int64) * (3 * W) + cols
+            ok = _inside(ahead, lo, seq0 + T, cols, mask_c)
+            uq, nq1, nq2, nq3, nq4 = nq1, nq2, nq3, nq4, tl.load(row, mask=ok, other=0.0).to(tl.float32)
+            uk, nk1, nk2, nk3, nk4 = nk1, nk2, nk3, nk4, tl.load(row + W, mask=ok, other=0.0).to(tl.float32)
+            uv, nv1, nv2, nv3, nv4 = nv1, nv2, nv3, nv4, tl.load(row + 2 * W, mask=ok, other=0.0).to(tl.float32)
+            dy_next = tl.load(DY + ahead.to(tl.int64) * W + cols, mask=ok, other=0.0).to(tl.float32)
+            dy, ndy1, ndy2, ndy3, ndy4 = ndy1, ndy2, ndy3, ndy4, dy_next
+            # forward of row t
+            aq = _fsum(fq0, fq1, fq2, uq, uq1, uq2, KF)
+            ak = _fsum(fk0, fk1, fk2, uk, uk1, uk2, KF)
+            av = _fsum(fv0, fv1, fv2, uv, uv1, uv2, KF)
+            z = ak * av
+            mix = _hsum(h0, h1, h2, h3, h4, h5, h6, h7, z, z1, z2, z3, z4, z5, z6, z7, K)
+            dm = dy * aq
+            daq = dy * mix
+            own = (tv >= c0) & (tv < hi)  # terms of row t belong to this program
+            dm_own = tl.where(own, dm, 0.0)
+            daq_own = tl.where(own, daq, 0.0)
+            dh0 += dm_own * z
+            dh1 += dm_own * z1
+            dh2 += dm_own * z2
+            dh3 += dm_own * z3
+            dh4 += dm_own * z4
+            dh5 += dm_own * z5
+            dh6 += dm_own * z6
+            dh7 += dm_own * z7
+            dfq0 += daq_own * uq
+            dfq1 += daq_own * uq1
+            dfq2 += daq_own * uq2
+            # row s = t - 7: dz, then dk and dv
+            dz = _hsum(h0, h1, h2, h3, h4, h5, h6, h7, dm7, dm6, dm5, dm4, dm3, dm2, dm1, dm, K)
+            dak = dz * av7
+            dav = dz * ak7
+            own_s = (tv - 7 >= c0) & (tv - 7 < hi)
+            dak_own = tl.where(own_s, dak, 0.0)
+            dav_own = tl.where(own_s, dav, 0.0)
+            dfk0 += dak_own * uk7
+            dfk1 += dak_own * uk8
+            dfk2 += dak_own * uk9
+            dfv0 += dav_own * uv7
+            dfv1 += dav_own * uv8
+            dfv2 += dav_own * uv9
+            # projection gradients: q of row t - 2, k and v of row t - 9
+            duq = _fsum(fq0, fq1, fq2, daq2, daq1, daq, KF)
+            duk = _fsum(fk0, fk1, fk2, dak2, dak1, dak, KF)
+            duv = _fsum(fv0, fv1, fv2, dav2, dav1, dav, KF)
+            m_q = mask_c & (tv - 2 >= c0) & (tv - 2 < hi)
+            tl.store(DP + (t - 2).to(tl.int64) * (3 * W) + cols, duq.to(DP.dtype.element_ty), mask=m_q)
+            m_kv = mask_c & (tv - 9 >= c0) & (tv - 9 < hi)
+            out = DP + (t - 9).to(tl.int64) * (3 * W) + cols
+            tl.store(out + W, duk.to(DP.dtype.element_ty), mask=m_kv)
+            tl.store(out + 2 * W, duv.to(DP.dtype.element_ty), mask=m_kv)
+            # histories
+            uq2, uq1 = uq1, uq
+            uk9, uk8, uk7, uk6, uk5, uk4, uk3, uk2, uk1 = uk8, uk7, uk6, uk5, uk4, uk3, uk2, uk1, uk
+            uv9, uv8, uv7, uv6, uv5, uv4, uv3, uv2, uv1 = uv8, uv7, uv6, uv5, uv4, uv3, uv2, uv1, uv
+            ak7, ak6, ak5, ak4, ak3, ak2, ak1 = ak6, ak5, ak4, ak3, ak2, ak1, ak
+            av7, av6, av5, av4, av3, av2, av1 = av6, av5, av4, av3, av2, av1, av
+            z7, z6, z5, z4, z3, z2, z1 = z6, z5, z4, z3, z2, z1, z
+            dm7, dm6, dm5, dm4, dm3, dm2, dm1 = dm6, dm5, dm4, dm3, dm2, dm1, dm
+            daq2, daq1 = daq1, daq
+            dak2, dak1 = dak1, dak
+            dav2, dav1 = dav1, dav
+    chunk = (tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)).to(tl.int64)
+    _store_taps(DHP + chunk * K * W + cols, W, mask_c, dh0, dh1, dh2, dh3, dh4, dh5, dh6, dh7, K)
+    df = DFP + chunk * KF * 3 * W + cols
+    _store_taps(df, 3 * W, mask_c, dfq0, dfq1, dfq2, zero, zero, zero, zero, zero, KF)
+    _store_taps(df + W, 3 * W, mask_c, dfk0, dfk1, dfk2, zero, zero, zero, zero, zero, KF)
+    _store_taps(df + 2 * W, 3 * W, mask_c, dfv0, dfv1, dfv2, zero, zero, zero, zero, zero, KF)

@@ -7,6 +7,10 @@ gradients by autograd through it. CPU shapes stay tiny: the interpreter runs eve
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -149,8 +153,8 @@ def hyena_reference(proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.
         ((2, 13, 15), None, 7, 5, torch.float16),
         ((2, 14, 18), [3, 10, 1, 9, 5], 7, 3, torch.float32),  # packed, one sequence crossing rows, groups of 2
         ((1, 70, 210), [2, 68], 40, 70, torch.float32),  # MR-like; two row and two channel blocks
-        # Groups of 16 channels: up to 32 taps the direct kernels; past them the tensor-core passes, the forward in
-        # one pass (halos of 64 and 128 rows) and, past 129 taps, in two (four Toeplitz blocks).
+        # Groups of 16 channels: up to 8 taps the scan, up to 32 the direct kernels; past them the tensor-core passes,
+        # the forward in one pass (halos of 64 and 128 rows) and, past 129 taps, in two (four Toeplitz blocks).
         ((1, 150, 96), [3, 80, 67], 7, 2, torch.float32),
         ((1, 150, 96), [3, 80, 67], 7, 2, torch.float16),
         ((1, 150, 96), [3, 80, 67], 40, 2, torch.float32),
@@ -185,6 +189,82 @@ def test_fused_hyena_core_matches_float64_reference(shape, lengths, taps: int, g
     assert results[0][0].dtype == dtype
     for name, a, b in zip(("y", "dproj", "dfeaturizer", "dweight"), *results):
         assert_close(a, b, dtype, name)
+
+
+@pytest.mark.parametrize(
+    "shape,lengths,taps,feat_taps,rows_per_program,unroll",
+    [
+        ((2, 45, 12), None, 7, 3, 16, 4),  # three chunks a row, the last partial: halos and tails across chunks
+        ((1, 37, 6), None, 8, 3, 8, 2),  # the longest scanned filter, chunks shorter than the halo plus tail
+        ((3, 11, 6), None, 1, 1, 4, 4),  # one tap each: no history
+        ((2, 23, 6), None, 3, 2, 8, 8),
+        ((1, 47, 12), [5, 0, 30, 12], 7, 3, 16, 4),  # packed (forward only scans; an empty sequence)
+        ((2, 20, 6), None, 7, 4, 16, 4),  # four featurizer taps: past the scan, the two-pass kernels
+        ((2, 20, 6), None, 9, 3, 16, 4),  # nine filter taps: past the scan
+    ],
+)
+def test_scanned_core_matches_float64_reference(shape, lengths, taps, feat_taps, rows_per_program, unroll) -> None:
+    """The scan over rows (filters of up to 8 taps, featurizers of up to 3) with short chunks, so that programs
+    meet inside sequences: y and all gradients against the float64 reference; past its limits the same call falls
+    back to the two-pass kernels."""
+    gen = torch.Generator().manual_seed(taps * 10 + feat_taps)
+    width = shape[-1] // 3
+    proj = torch.randn(shape, generator=gen, dtype=torch.float64)
+    feat = torch.randn(3 * width, feat_taps, generator=gen, dtype=torch.float64) / feat_taps**0.5
+    w = torch.randn(width // 2, taps, generator=gen, dtype=torch.float64) / taps**0.5  # pairs share a filter
+    dy = torch.randn(*shape[:-1], width, generator=gen, dtype=torch.float64)
+    cu = None if lengths is None else torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=DEVICE)
+    leaves = [t.clone().requires_grad_() for t in (proj, feat, w)]
+    ref = hyena_reference(leaves[0], leaves[1], leaves[2].repeat_interleave(2, 0), lengths or [shape[1]] * shape[0])
+    ref_grads = torch.autograd.grad((ref * dy).sum(), leaves)
+    args = (proj.float().to(DEVICE), feat.float().to(DEVICE), w.float().to(DEVICE))
+    scanned = fir_ops._scans(args[2], args[1])
+    assert scanned == (taps <= 8 and feat_taps <= 3)
+    launch = dict(rows_per_program=rows_per_program, unroll=unroll, block_c=4, num_warps=1)
+    y = (fir_ops._launch_scan_core(args[0], args[1].t().contiguous(), args[2], cu, **launch) if scanned
+         else fir_ops.hyena_core(*args, cu_seqlens=cu))
+    assert_close(y, ref, torch.float32, "y")
+    if scanned and lengths is None:
+        grads = fir_ops._launch_scan_bwd(*args, dy.float().to(DEVICE), **launch)
+    else:
+        leaves32 = [a.clone().requires_grad_() for a in args]
+        out = fir_ops.hyena_core(*leaves32, cu_seqlens=cu)
+        grads = torch.autograd.grad(out, leaves32, dy.float().to(DEVICE))
+    for name, got, want in zip(("dproj", "dfeaturizer", "dweight"), grads, ref_grads):
+        assert_close(got, want, torch.float32, name)
+
+
+CARRIED_PROBE = """
+import inspect, re, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from phalanx_kernels import triton_fir
+types = {"P": "*bf16", "Y": "*bf16", "DY": "*bf16", "DP": "*bf16", "FT": "*fp32", "HT": "*fp32", "DHP": "*fp32",
+         "DFP": "*fp32", "FIRST": "*i8", "T": "i32"}
+consts = {"W": 64, "KF": 3, "K": 8, "L": 64, "U": int(sys.argv[1]), "BC": 32}
+for kernel, varlen in ((triton_fir._hyena_scan_kernel, False), (triton_fir._hyena_scan_kernel, True),
+                       (triton_fir._hyena_scan_bwd_kernel, None)):
+    names = list(inspect.signature(kernel.fn).parameters)
+    src = ASTSource(fn=kernel, signature={n: types.get(n, "constexpr") for n in names},
+                    constexprs={n: {**consts, "VARLEN": varlen}[n] for n in names if n not in types})
+    ttir = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 1}).asm["ttir"]
+    print(re.search(r"scf\\.for .*?iter_args\\((.*?)\\) ->", ttir).group(1).count("="))
+"""
+
+
+@pytest.mark.parametrize("unroll", [2, 4, 8])
+def test_scan_kernels_carry_every_history_through_the_row_loop(unroll: int) -> None:
+    """Compiled for an H100 (no GPU needed; outside the interpreter, so in a subprocess), the scans' row loops carry
+    all their histories, queues and sums: 25 in the forward (q, k, v two rows back, z seven, three queues of four
+    rows loaded ahead), 29 with packed rows (and the queue of sequence starts), 87 in the backward. The
+    interpreter cannot see this: on the H200 the front end once dropped the z histories that four unrolled rows
+    shift into each other (they all began as one zeros tensor), and the forward came out 33% off."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", CARRIED_PROBE, str(unroll)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["25", "29", "87"]
 
 
 def test_chunked_prefill_equals_one_pass() -> None:
