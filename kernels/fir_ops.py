@@ -117,11 +117,12 @@ def _launch_direct_core(
 
 def _launch_scan_core(
     proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, *,
-    rows_per_program: int = 256, unroll: int = 4, block_c: int = 256, num_warps: int = 4,
+    rows_per_program: int = 512, unroll: int = 8, block_c: int = 512, num_warps: int = 4,
 ) -> torch.Tensor:
     """Hyena core y (B, T, W) from proj (B, T, 3W) in one pass: each program scans ``rows_per_program`` rows of
     ``block_c`` channels (filters of up to 8 taps, featurizers of up to 3). The launch configuration is swept by
-    ``benchmarks/sweep_fir.py``."""
+    ``benchmarks/sweep_fir.py``: its default was the fastest of 36 on the H200 at 8 x 4096 x 2048, 0.171 ms (1.3x the
+    memory floor; the two-pass direct core 0.304 at best; ``benchmarks/results/hyena_h200_s17/``)."""
     batch, seqlen, features = proj.shape
     width, rows = features // 3, batch * seqlen
     y = proj.new_empty(batch, seqlen, width)
@@ -140,11 +141,12 @@ def _launch_scan_core(
 
 def _launch_scan_bwd(
     proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, *,
-    rows_per_program: int = 256, unroll: int = 4, block_c: int = 128, num_warps: int = 4,
+    rows_per_program: int = 512, unroll: int = 4, block_c: int = 128, num_warps: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dproj, dfeaturizer fp32, dweight fp32) of the scanned core, rows of a batch row one sequence: one pass
     that recomputes the forward and writes dproj, plus per-chunk partial filter and featurizer gradients summed
-    here. The launch configuration is swept by ``benchmarks/sweep_fir.py``."""
+    here. The launch configuration is swept by ``benchmarks/sweep_fir.py``: its default was the fastest of 24 on the
+    H200 at 8 x 4096 x 2048, 1.47 ms against 3.32 for the multi-pass backward (``benchmarks/results/hyena_h200_s17/``)."""
     batch, seqlen, features = proj.shape
     width = features // 3
     groups, taps = weight.shape
