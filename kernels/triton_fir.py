@@ -366,40 +366,48 @@ def _taps3(FT, KF: tl.constexpr, off: tl.constexpr, W: tl.constexpr, cols, mask_
 
 
 @triton.jit
-def _fsum(f0, f1, f2, x0, x1, x2, KF: tl.constexpr):
-    """``sum_{j < KF} f_j x_j`` for KF <= 3."""
-    acc = f0 * x0
-    if KF > 1:
-        acc += f1 * x1
-    if KF > 2:
-        acc += f2 * x2
+def _hsum4(h0, h1, h2, h3, x0, x1, x2, x3, N: tl.constexpr):
+    """``sum_{k < min(N, 4)} h_k x_k``."""
+    acc = h0 * x0
+    if N > 1:
+        acc += h1 * x1
+    if N > 2:
+        acc += h2 * x2
+    if N > 3:
+        acc += h3 * x3
     return acc
 
 
 @triton.jit
 def _hsum(h0, h1, h2, h3, h4, h5, h6, h7, x0, x1, x2, x3, x4, x5, x6, x7, K: tl.constexpr):
     """``sum_{k < K} h_k x_k`` for K <= 8."""
-    acc = h0 * x0
-    if K > 1:
-        acc += h1 * x1
-    if K > 2:
-        acc += h2 * x2
-    if K > 3:
-        acc += h3 * x3
+    acc = _hsum4(h0, h1, h2, h3, x0, x1, x2, x3, K)
     if K > 4:
-        acc += h4 * x4
-    if K > 5:
-        acc += h5 * x5
-    if K > 6:
-        acc += h6 * x6
-    if K > 7:
-        acc += h7 * x7
+        acc += _hsum4(h4, h5, h6, h7, x4, x5, x6, x7, K - 4)
     return acc
 
 
 @triton.jit
-def _store_taps(OUT, stride, mask_c, x0, x1, x2, x3, x4, x5, x6, x7, N: tl.constexpr):
-    """Store the first N (<= 8) of x0..x7 at ``OUT + j * stride``."""
+def _fsum(f0, f1, f2, x0, x1, x2, KF: tl.constexpr):
+    """``sum_{j < KF} f_j x_j`` for KF <= 3 (the fourth term is never read)."""
+    return _hsum4(f0, f1, f2, f0, x0, x1, x2, x0, KF)
+
+
+@triton.jit
+def _axpy3(a0, a1, a2, g, x0, x1, x2):
+    """``a_j + g * x_j`` for three running sums."""
+    return a0 + g * x0, a1 + g * x1, a2 + g * x2
+
+
+@triton.jit
+def _axpy4(a0, a1, a2, a3, g, x0, x1, x2, x3):
+    """``a_j + g * x_j`` for four running sums."""
+    return a0 + g * x0, a1 + g * x1, a2 + g * x2, a3 + g * x3
+
+
+@triton.jit
+def _store4(OUT, stride, mask_c, x0, x1, x2, x3, N: tl.constexpr):
+    """Store the first min(N, 4) of x0..x3 at ``OUT + j * stride``."""
     tl.store(OUT, x0, mask=mask_c)
     if N > 1:
         tl.store(OUT + stride, x1, mask=mask_c)
@@ -407,14 +415,31 @@ def _store_taps(OUT, stride, mask_c, x0, x1, x2, x3, x4, x5, x6, x7, N: tl.const
         tl.store(OUT + 2 * stride, x2, mask=mask_c)
     if N > 3:
         tl.store(OUT + 3 * stride, x3, mask=mask_c)
-    if N > 4:
-        tl.store(OUT + 4 * stride, x4, mask=mask_c)
-    if N > 5:
-        tl.store(OUT + 5 * stride, x5, mask=mask_c)
-    if N > 6:
-        tl.store(OUT + 6 * stride, x6, mask=mask_c)
-    if N > 7:
-        tl.store(OUT + 7 * stride, x7, mask=mask_c)
+
+
+@triton.jit
+def _scan_program(T, L: tl.constexpr, HALO: tl.constexpr, W: tl.constexpr, BC: tl.constexpr):
+    """Program (j, c, b) of a scan: the first row of its batch row, its first own row ``c0 = b * T + j * L``, the
+    rows it reads ``[lo, hi)`` (from HALO rows before c0, within the batch row), its columns and their mask."""
+    seq0 = tl.program_id(2) * T
+    c0 = seq0 + tl.program_id(0) * L
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    return seq0, c0, tl.maximum(c0 - HALO, seq0), tl.minimum(c0 + L, seq0 + T), cols, cols < W
+
+
+@triton.jit
+def _featurizer_taps(FT, KF: tl.constexpr, W: tl.constexpr, cols, mask_c):
+    """The featurizer's taps 0..2 for q, k and v (zeros past KF) from FT (KF, 3W)."""
+    fq0, fq1, fq2 = _taps3(FT, KF, 0, W, cols, mask_c)
+    fk0, fk1, fk2 = _taps3(FT, KF, W, W, cols, mask_c)
+    fv0, fv1, fv2 = _taps3(FT, KF, 2 * W, W, cols, mask_c)
+    return fq0, fq1, fq2, fk0, fk1, fk2, fv0, fv1, fv2
+
+
+@triton.jit
+def _queue(ptrs, ok, n1, n2, n3, n4):
+    """The row due now (n1) and the queue moved up by one, with the row at ``ptrs`` (fp32, zero where not ok) last."""
+    return n1, n2, n3, n4, tl.load(ptrs, mask=ok, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -431,15 +456,9 @@ def _hyena_scan_kernel(
     HALO: tl.constexpr = K + KF - 2
     AHEAD: tl.constexpr = 4  # rows loaded ahead of the one computed, so that their loads precede its store
     START: tl.constexpr = U * ((HALO + AHEAD + U - 1) // U)
-    seq0 = tl.program_id(2) * T
-    c0 = seq0 + tl.program_id(0) * L
-    lo, hi = tl.maximum(c0 - HALO, seq0), tl.minimum(c0 + L, seq0 + T)
-    cols = tl.program_id(1) * BC + tl.arange(0, BC)
-    mask_c = cols < W
+    seq0, c0, lo, hi, cols, mask_c = _scan_program(T, L, HALO, W, BC)
     h0, h1, h2, h3, h4, h5, h6, h7 = _taps8(HT, K, W, cols, mask_c)
-    fq0, fq1, fq2 = _taps3(FT, KF, 0, W, cols, mask_c)
-    fk0, fk1, fk2 = _taps3(FT, KF, W, W, cols, mask_c)
-    fv0, fv1, fv2 = _taps3(FT, KF, 2 * W, W, cols, mask_c)
+    fq0, fq1, fq2, fk0, fk1, fk2, fv0, fv1, fv2 = _featurizer_taps(FT, KF, W, cols, mask_c)
     zero = tl.zeros((BC,), dtype=tl.float32)
     q1, q2, k1, k2, v1, v2 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
     z1, z2, z3, z4 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
@@ -452,11 +471,10 @@ def _hyena_scan_kernel(
         for i in tl.static_range(U):
             t = base + i
             ahead = t + AHEAD  # loaded now, computed AHEAD rows later
-            row = P + ahead.to(tl.int64) * (3 * W) + cols
             ok = _inside(ahead, lo, hi, cols, mask_c)
-            uq, nq1, nq2, nq3, nq4 = nq1, nq2, nq3, nq4, tl.load(row, mask=ok, other=0.0).to(tl.float32)
-            uk, nk1, nk2, nk3, nk4 = nk1, nk2, nk3, nk4, tl.load(row + W, mask=ok, other=0.0).to(tl.float32)
-            uv, nv1, nv2, nv3, nv4 = nv1, nv2, nv3, nv4, tl.load(row + 2 * W, mask=ok, other=0.0).to(tl.float32)
+            uq, nq1, nq2, nq3, nq4 = _queue(P + ahead.to(tl.int64) * (3 * W) + cols, ok, nq1, nq2, nq3, nq4)
+            uk, nk1, nk2, nk3, nk4 = _queue(P + ahead.to(tl.int64) * (3 * W) + W + cols, ok, nk1, nk2, nk3, nk4)
+            uv, nv1, nv2, nv3, nv4 = _queue(P + ahead.to(tl.int64) * (3 * W) + 2 * W + cols, ok, nv1, nv2, nv3, nv4)
             if VARLEN:
                 flag = tl.load(FIRST + ahead, mask=(ahead >= lo) & (ahead < hi), other=0).to(tl.int32)
                 first, nf1, nf2, nf3, nf4 = nf1, nf2, nf3, nf4, flag
@@ -487,15 +505,9 @@ def _hyena_scan_bwd_kernel(
     AHEAD: tl.constexpr = 4  # rows loaded ahead of the one computed, so that their loads precede its stores
     START: tl.constexpr = U * ((HALO + AHEAD + U - 1) // U)
     TAIL: tl.constexpr = U * ((9 + U - 1) // U)
-    seq0 = tl.program_id(2) * T
-    c0 = seq0 + tl.program_id(0) * L
-    lo, hi = tl.maximum(c0 - HALO, seq0), tl.minimum(c0 + L, seq0 + T)
-    cols = tl.program_id(1) * BC + tl.arange(0, BC)
-    mask_c = cols < W
+    seq0, c0, lo, hi, cols, mask_c = _scan_program(T, L, HALO, W, BC)
     h0, h1, h2, h3, h4, h5, h6, h7 = _taps8(HT, K, W, cols, mask_c)
-    fq0, fq1, fq2 = _taps3(FT, KF, 0, W, cols, mask_c)
-    fk0, fk1, fk2 = _taps3(FT, KF, W, W, cols, mask_c)
-    fv0, fv1, fv2 = _taps3(FT, KF, 2 * W, W, cols, mask_c)
+    fq0, fq1, fq2, fk0, fk1, fk2, fv0, fv1, fv2 = _featurizer_taps(FT, KF, W, cols, mask_c)
     zero = tl.zeros((BC,), dtype=tl.float32)
     uq1, uq2, daq1, daq2, dak1, dak2 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
     dav1, dav2, uk1, uk2, uk3, uk4 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
@@ -517,13 +529,11 @@ def _hyena_scan_bwd_kernel(
             t = base + i
             tv = t + tl.zeros_like(cols)  # the row as a vector: masks from it stay boolean in the interpreter
             ahead = t + AHEAD  # loaded now, computed AHEAD rows later
-            row = P + ahead.to(tl.int64) * (3 * W) + cols
             ok = _inside(ahead, lo, seq0 + T, cols, mask_c)
-            uq, nq1, nq2, nq3, nq4 = nq1, nq2, nq3, nq4, tl.load(row, mask=ok, other=0.0).to(tl.float32)
-            uk, nk1, nk2, nk3, nk4 = nk1, nk2, nk3, nk4, tl.load(row + W, mask=ok, other=0.0).to(tl.float32)
-            uv, nv1, nv2, nv3, nv4 = nv1, nv2, nv3, nv4, tl.load(row + 2 * W, mask=ok, other=0.0).to(tl.float32)
-            dy_next = tl.load(DY + ahead.to(tl.int64) * W + cols, mask=ok, other=0.0).to(tl.float32)
-            dy, ndy1, ndy2, ndy3, ndy4 = ndy1, ndy2, ndy3, ndy4, dy_next
+            uq, nq1, nq2, nq3, nq4 = _queue(P + ahead.to(tl.int64) * (3 * W) + cols, ok, nq1, nq2, nq3, nq4)
+            uk, nk1, nk2, nk3, nk4 = _queue(P + ahead.to(tl.int64) * (3 * W) + W + cols, ok, nk1, nk2, nk3, nk4)
+            uv, nv1, nv2, nv3, nv4 = _queue(P + ahead.to(tl.int64) * (3 * W) + 2 * W + cols, ok, nv1, nv2, nv3, nv4)
+            dy, ndy1, ndy2, ndy3, ndy4 = _queue(DY + ahead.to(tl.int64) * W + cols, ok, ndy1, ndy2, ndy3, ndy4)
             # forward of row t
             aq = _fsum(fq0, fq1, fq2, uq, uq1, uq2, KF)
             ak = _fsum(fk0, fk1, fk2, uk, uk1, uk2, KF)
@@ -535,17 +545,9 @@ def _hyena_scan_bwd_kernel(
             own = (tv >= c0) & (tv < hi)  # terms of row t belong to this program
             dm_own = tl.where(own, dm, 0.0)
             daq_own = tl.where(own, daq, 0.0)
-            dh0 += dm_own * z
-            dh1 += dm_own * z1
-            dh2 += dm_own * z2
-            dh3 += dm_own * z3
-            dh4 += dm_own * z4
-            dh5 += dm_own * z5
-            dh6 += dm_own * z6
-            dh7 += dm_own * z7
-            dfq0 += daq_own * uq
-            dfq1 += daq_own * uq1
-            dfq2 += daq_own * uq2
+            dh0, dh1, dh2, dh3 = _axpy4(dh0, dh1, dh2, dh3, dm_own, z, z1, z2, z3)
+            dh4, dh5, dh6, dh7 = _axpy4(dh4, dh5, dh6, dh7, dm_own, z4, z5, z6, z7)
+            dfq0, dfq1, dfq2 = _axpy3(dfq0, dfq1, dfq2, daq_own, uq, uq1, uq2)
             # row s = t - 7: dz, then dk and dv
             dz = _hsum(h0, h1, h2, h3, h4, h5, h6, h7, dm7, dm6, dm5, dm4, dm3, dm2, dm1, dm, K)
             dak = dz * av7
@@ -553,12 +555,8 @@ def _hyena_scan_bwd_kernel(
             own_s = (tv - 7 >= c0) & (tv - 7 < hi)
             dak_own = tl.where(own_s, dak, 0.0)
             dav_own = tl.where(own_s, dav, 0.0)
-            dfk0 += dak_own * uk7
-            dfk1 += dak_own * uk8
-            dfk2 += dak_own * uk9
-            dfv0 += dav_own * uv7
-            dfv1 += dav_own * uv8
-            dfv2 += dav_own * uv9
+            dfk0, dfk1, dfk2 = _axpy3(dfk0, dfk1, dfk2, dak_own, uk7, uk8, uk9)
+            dfv0, dfv1, dfv2 = _axpy3(dfv0, dfv1, dfv2, dav_own, uv7, uv8, uv9)
             # projection gradients: q of row t - 2, k and v of row t - 9
             duq = _fsum(fq0, fq1, fq2, daq2, daq1, daq, KF)
             duk = _fsum(fk0, fk1, fk2, dak2, dak1, dak, KF)
@@ -581,8 +579,10 @@ def _hyena_scan_bwd_kernel(
             dak2, dak1 = dak1, dak
             dav2, dav1 = dav1, dav
     chunk = (tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)).to(tl.int64)
-    _store_taps(DHP + chunk * K * W + cols, W, mask_c, dh0, dh1, dh2, dh3, dh4, dh5, dh6, dh7, K)
+    _store4(DHP + chunk * K * W + cols, W, mask_c, dh0, dh1, dh2, dh3, K)
+    if K > 4:
+        _store4(DHP + chunk * K * W + 4 * W + cols, W, mask_c, dh4, dh5, dh6, dh7, K - 4)
     df = DFP + chunk * KF * 3 * W + cols
-    _store_taps(df, 3 * W, mask_c, dfq0, dfq1, dfq2, zero, zero, zero, zero, zero, KF)
-    _store_taps(df + W, 3 * W, mask_c, dfk0, dfk1, dfk2, zero, zero, zero, zero, zero, KF)
-    _store_taps(df + 2 * W, 3 * W, mask_c, dfv0, dfv1, dfv2, zero, zero, zero, zero, zero, KF)
+    _store4(df, 3 * W, mask_c, dfq0, dfq1, dfq2, zero, KF)
+    _store4(df + W, 3 * W, mask_c, dfk0, dfk1, dfk2, zero, KF)
+    _store4(df + 2 * W, 3 * W, mask_c, dfv0, dfv1, dfv2, zero, KF)
