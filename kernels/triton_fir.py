@@ -449,8 +449,8 @@ def _hyena_scan_kernel(
     BC: tl.constexpr,
 ):
     """``Y = q * sum_k HT[k] (k * v)[t - k]`` for K <= 8 filter taps and KF <= 3 featurizer taps (FT: (KF, 3W)).
-    Program (j, c, b) scans the rows ``[c0 - HALO, c0 + L)``, ``c0 = b * T + j * L``, of the T rows of batch row b
-    in steps of U unrolled rows, loading each row AHEAD rows before it is computed (the loads of a row wait for the
+    Program (j, c, b) scans the rows ``[c0 - HALO, min(c0 + L, b * T + T))``, ``c0 = b * T + j * L``, of the T rows
+    of batch row b in steps of U unrolled rows, loading each row AHEAD rows before it is computed (the loads of a row wait for the
     stores before them: the compiler cannot tell Y from P), rows outside those T read as zeros. With VARLEN (one batch row of T packed rows)
     the histories restart at each sequence's first row, where FIRST[t] != 0."""
     HALO: tl.constexpr = K + KF - 2
@@ -467,7 +467,7 @@ def _hyena_scan_kernel(
     nk3, nk4, nv1, nv2, nv3, nv4 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
     if VARLEN:
         nf1, nf2, nf3, nf4 = _fresh_flag(P), _fresh_flag(P), _fresh_flag(P), _fresh_flag(P)
-    for base in range(c0 - START, c0 + L, U):
+    for base in range(c0 - START, hi, U):  # rows past hi (up to U - 1, masked) end the last step
         for i in tl.static_range(U):
             t = base + i
             ahead = t + AHEAD  # loaded now, computed AHEAD rows later
@@ -495,16 +495,15 @@ def _hyena_scan_bwd_kernel(
     W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, L: tl.constexpr, U: tl.constexpr, BC: tl.constexpr,
 ):
     """Backward of the scanned Hyena core (K <= 8, KF <= 3; rows of one batch row are one sequence): program
-    (j, c, b) recomputes the forward over rows ``[c0 - HALO, c0 + L + 9)``, ``c0 = b * T + j * L`` (loading each
-    row AHEAD rows before it is computed), and walks
-    the gradients behind it with fixed delays: at row t, dm = dy * q and dq = dy * m of row t, dz of row
+    (j, c, b) recomputes the forward over rows ``[c0 - HALO, hi + 9)``, ``c0 = b * T + j * L``, ``hi = min(c0 + L,
+    b * T + T)`` (loading each row AHEAD rows before it is computed), and walks the gradients behind it with fixed
+    delays: at row t, dm = dy * q and dq = dy * m of row t, dz of row
     ``t - 7`` (``sum_k h_k dm[t - 7 + k]``), then dk = dz * v and dv = dz * k there, and the projection gradients of
-    row ``t - 2`` (q) and ``t - 9`` (k, v). It writes DP for its rows ``[c0, c0 + L)`` and its partial filter and
+    row ``t - 2`` (q) and ``t - 9`` (k, v). It writes DP for its rows ``[c0, hi)`` and its partial filter and
     featurizer gradients DHP[chunk] (K, W) and DFP[chunk] (KF, 3W), the terms of its own rows."""
     HALO: tl.constexpr = K + KF - 2
     AHEAD: tl.constexpr = 4  # rows loaded ahead of the one computed, so that their loads precede its stores
     START: tl.constexpr = U * ((HALO + AHEAD + U - 1) // U)
-    TAIL: tl.constexpr = U * ((9 + U - 1) // U)
     seq0, c0, lo, hi, cols, mask_c = _scan_program(T, L, HALO, W, BC)
     h0, h1, h2, h3, h4, h5, h6, h7 = _taps8(HT, K, W, cols, mask_c)
     fq0, fq1, fq2, fk0, fk1, fk2, fv0, fv1, fv2 = _featurizer_taps(FT, KF, W, cols, mask_c)
@@ -524,7 +523,7 @@ def _hyena_scan_bwd_kernel(
     nq1, nq2, nq3, nq4, nk1, nk2 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
     nk3, nk4, nv1, nv2, nv3, nv4 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
     ndy1, ndy2, ndy3, ndy4 = _fresh(BC), _fresh(BC), _fresh(BC), _fresh(BC)
-    for base in range(c0 - START, c0 + L + TAIL, U):
+    for base in range(c0 - START, hi + 9, U):  # the k and v gradients of row hi - 1 come nine rows later
         for i in tl.static_range(U):
             t = base + i
             tv = t + tl.zeros_like(cols)  # the row as a vector: masks from it stay boolean in the interpreter
