@@ -54,8 +54,8 @@ CONFIGS = {
              "scan": list(itertools.product((128, 256, 512), (4, 8), (128, 256, 512), (2, 4))),
              "scanbwd": list(itertools.product((256, 512), (2, 4), (64, 128, 256), (2, 4)))},
     "tiny": {"dw": [(128, 64, 4, 64, False), (16, 16, 1, 4, False), (16, 16, 2, 4, True)],
-             "fir": [(64, 128, 4), (16, 16, 2)], "core": [(64, 64, 4), (16, 16, 2)], "scan": [(512, 8, 512, 4), (8, 4, 16, 1)],
-             "scanbwd": [(512, 4, 128, 4), (8, 4, 16, 1)]},
+             "fir": [(64, 128, 4), (16, 16, 2)], "core": [(64, 64, 4), (16, 16, 2)],
+             "scan": [(512, 8, 512, 4), (8, 4, 16, 1)], "scanbwd": [(512, 4, 128, 4), (8, 4, 16, 1)]},
 }
 NAMES = {"dw": ("block_t", "block_c", "num_warps", "chunks", "taps_outer"),  # keyword arguments of the launchers
          "fir": ("block_t", "block_c", "num_warps"), "core": ("block_t", "block_c", "num_warps"),
@@ -82,7 +82,8 @@ def cases(kernel: str, shape: tuple[int, int, int, int], device: str, dtype: tor
         dy = randn(batch, seqlen, channels, device=device, dtype=dtype, grad=False)
         weight = torch.zeros(channels, taps, device=device, requires_grad=True)
         want = torch.autograd.grad(fir32(x, weight), weight, dy.float())[0]
-        yield "weight grad", want, lambda config: fir_ops._launch_dw(x, dy, taps, None, **config), 2 * tensor_bytes, True
+        yield "weight grad", want, lambda config: fir_ops._launch_dw(x, dy, taps, None, **config), \
+            2 * tensor_bytes, True
     elif kernel == "fir":
         weight = randn(channels, taps, device=device, grad=False) / taps**0.5
         yield "fwd", fir32(x, weight), lambda config: fir_ops._launch_fir(x, weight, None, False, **config), \
@@ -108,7 +109,8 @@ def cases(kernel: str, shape: tuple[int, int, int, int], device: str, dtype: tor
             whole = torch.arange(0, batch * seqlen + 1, seqlen, device=device)  # each row a packed sequence
 
             def multi_pass(config):
-                return torch.cat([g.float().flatten() for g in fir_ops.hyena_core_bwd_op(proj, featurizer, weight, dy, whole)])
+                grads = fir_ops.hyena_core_bwd_op(proj, featurizer, weight, dy, whole)
+                return torch.cat([g.float().flatten() for g in grads])
 
             yield "bwd, multi-pass", want, multi_pass, 7 * tensor_bytes, False
             yield "bwd", want, lambda config: torch.cat(

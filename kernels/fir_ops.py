@@ -146,7 +146,8 @@ def _launch_scan_bwd(
     """(dproj, dfeaturizer fp32, dweight fp32) of the scanned core, rows of a batch row one sequence: one pass
     that recomputes the forward and writes dproj, plus per-chunk partial filter and featurizer gradients summed
     here. The launch configuration is swept by ``benchmarks/sweep_fir.py``: its default was the fastest of 24 on the
-    H200 at 8 x 4096 x 2048, 1.47 ms against 3.32 for the multi-pass backward (``benchmarks/results/hyena_h200_s17/``)."""
+    H200 at 8 x 4096 x 2048, 1.47 ms against 3.32 for the multi-pass backward
+    (``benchmarks/results/hyena_h200_s17/``)."""
     batch, seqlen, features = proj.shape
     width = features // 3
     groups, taps = weight.shape

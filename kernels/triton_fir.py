@@ -450,9 +450,10 @@ def _hyena_scan_kernel(
 ):
     """``Y = q * sum_k HT[k] (k * v)[t - k]`` for K <= 8 filter taps and KF <= 3 featurizer taps (FT: (KF, 3W)).
     Program (j, c, b) scans the rows ``[c0 - HALO, min(c0 + L, b * T + T))``, ``c0 = b * T + j * L``, of the T rows
-    of batch row b in steps of U unrolled rows, loading each row AHEAD rows before it is computed (the loads of a row wait for the
-    stores before them: the compiler cannot tell Y from P), rows outside those T read as zeros. With VARLEN (one batch row of T packed rows)
-    the histories restart at each sequence's first row, where FIRST[t] != 0."""
+    of batch row b in steps of U unrolled rows, loading each row AHEAD rows before it is computed (the loads of a
+    row wait for the stores before them: the compiler cannot tell Y from P), rows outside those T read as zeros.
+    With VARLEN (one batch row of T packed rows) the histories restart at each sequence's first row, where
+    FIRST[t] != 0."""
     HALO: tl.constexpr = K + KF - 2
     AHEAD: tl.constexpr = 4  # rows loaded ahead of the one computed, so that their loads precede its store
     START: tl.constexpr = U * ((HALO + AHEAD + U - 1) // U)
