@@ -987,6 +987,18 @@ class PhalanxPreTrainedModel(PreTrainedModel):
         self.config.auto_map = auto_map
         super().save_pretrained(save_directory, *args, **kwargs)
 
+    def _apply(self, fn, recurse: bool = True):
+        """`nn.Module._apply` (`.to()`, `.half()`, `.cuda()`), then a new `_parameters` dict (same parameters, same
+        order) in every module, so code compiled for the old parameters does not run. `_apply` swaps the parameters'
+        `.data` in place, and dynamo (`skip_tensor_guards_with_matching_dict_tags`) skips the guards of tensors
+        whose dict is unchanged: with torch 2.11, `generate`'s compiled static-cache step, traced in fp32, ran again
+        after `model.to(torch.bfloat16)` and failed on the H200, as no input of a Phalanx decoding step changes
+        dtype (a Llama's rotary buffer does, and recompiles it)."""
+        result = super()._apply(fn, recurse)
+        for module in self.modules():
+            module._parameters = dict(module._parameters)
+        return result
+
     def _sdpa_can_dispatch(self, is_init_check: bool = False) -> bool:
         # SDPA cannot soft-cap attention scores (Gemma2): the default then falls back to eager.
         if self.config.attn_logit_softcapping is not None:

@@ -180,6 +180,24 @@ def test_compiled_static_decoding_has_no_graph_break_and_the_same_tokens(name: s
     assert torch.equal(got, expected)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("name", ["phalanx_only", "gemma3"])
+def test_a_compiled_forward_follows_the_model_to_a_new_dtype(name: str) -> None:
+    """After `model.to(dtype)` the compiled callable runs the new parameters, with the parameters' order and tied
+    weights kept. With torch 2.11 a Phalanx-only stack (no input changes dtype) ran the fp32 graph on bf16
+    weights and failed, as `generate`'s compiled step did on the H200 (`PhalanxPreTrainedModel._apply`)."""
+    model = mix_model(name)
+    names = [n for n, _ in model.named_parameters()]
+    ids = torch.randint(3, VOCAB, (2, 9))
+    step = torch.compile(model.__call__, backend="eager", fullgraph=True)
+    assert torch.equal(step(ids, use_cache=False).logits, model(ids, use_cache=False).logits)
+    model.to(torch.bfloat16)
+    got = step(ids, use_cache=False).logits
+    assert got.dtype == torch.bfloat16 and torch.equal(got, model(ids, use_cache=False).logits)
+    assert [n for n, _ in model.named_parameters()] == names
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == model.config.tie_word_embeddings
+
+
 @pytest.mark.gpu
 @torch.no_grad()
 @pytest.mark.parametrize("name", ["phalanx_only", "hybrid", "gemma3"])
