@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Multi-GPU run on the N GPUs of one host (N = the GPUs torch sees). For each preset (default `1.3b-phalanx` and
 # `1.3b-transformer` at 8K context), the same `phalanx train` command
+#   warmup: the gpu1 command, not reported (the Triton kernels compile in the first process);
 #   gpu1: one GPU, gradient accumulation N;
 #   ddp:  `accelerate launch --multi_gpu --num_processes N`;
 #   fsdp: `accelerate launch --use_fsdp --fsdp_version 2`, full shard (reshard after forward), one unit per decoder
@@ -77,12 +78,15 @@ mkdir -p "$OUT"
   env | grep -E '^(NCCL_NVLS_ENABLE|TORCH_SYMM_MEM_DISABLE_MULTICAST|NVSHMEM_DISABLE_NVLS)=' | sort
 } | tee -a "$LOG"
 
-# Each run's output goes to $RUNS/<name>.out and the log; a failing run is logged and left out of the table.
+# Each run's output goes to $RUNS/<name>.out and the log; a failing run is logged and left out of the table. Its
+# weights are deleted when it ends (only trainer_state.json and metrics.json are read): 1.3B models in fp32 filled
+# the one-GPU machine's disk after four runs (benchmarks/results/ddp_run_1.3b_dry_run/).
 run() {
   local name=$1; shift
   echo "## $name: $*" | tee -a "$LOG"
   (cd "$RUNS" && "$@") 2>&1 | tee "$RUNS/$name.out" | tee -a "$LOG" >/dev/null \
     || echo "# $name FAILED (exit ${PIPESTATUS[0]})" | tee -a "$LOG"
+  find "$RUNS/$name" -name '*.safetensors' -delete 2>/dev/null || true
 }
 LAUNCH=("$PY" -m accelerate.commands.launch --num_processes "$N" --num_machines 1 --mixed_precision "$MIXED" --dynamo_backend no)
 FSDP=(--use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_transformer_layer_cls_to_wrap
@@ -99,11 +103,13 @@ for preset in $PRESETS; do
          --max-steps "$STEPS" --logging-steps "$LOGGING" --save-steps 1000000 --precision "$PRECISION" --seed 0)
   CKPT_ARGS=()
   [[ $CKPT == 1 ]] && CKPT_ARGS=(--gradient-checkpointing)
+  # Warm-up, not reported: the first process compiles the Triton kernels (cached on disk for the runs after it). In
+  # the one-GPU dry run a compile at step 9 put the one-GPU run at 28% of the same command under accelerate.
+  [[ $CPU == 1 ]] || run "$preset.warmup" "${ONE[@]}" "${TRAIN[@]}" "${CKPT_ARGS[@]}" --grad-accum "$N" --output "$RUNS/$preset.warmup"
   run "$preset.gpu1" "${ONE[@]}" "${TRAIN[@]}" "${CKPT_ARGS[@]}" --grad-accum "$N" --output "$RUNS/$preset.gpu1"
   run "$preset.ddp" "${LAUNCH[@]}" "${MULTI[@]}" "${TRAIN[@]}" "${CKPT_ARGS[@]}" --output "$RUNS/$preset.ddp"
   run "$preset.fsdp" "${LAUNCH[@]}" "${FSDP[@]}" --fsdp_activation_checkpointing "$([[ $CKPT == 1 ]] && echo true || echo false)" \
     "${TRAIN[@]}" --output "$RUNS/$preset.fsdp"
-  rm -f "$RUNS/$preset".*/*.safetensors  # only trainer_state.json is read; six 1.3B models would fill the disk
 done
 
 # Distillation: a Gemma3-shaped teacher (sliding-window layers, random weights: this measures the path, not quality)

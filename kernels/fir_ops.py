@@ -9,8 +9,9 @@ in PyTorch (differentiable, traceable by ``torch.compile``).
 
 ``hyena_core(proj, featurizer, weight, cu_seqlens=...) -> y`` is the whole Hyena-SE / -MR core
 ``q * (h * (k * v))`` from zero states (training), fused: its forward scans rows in one pass for filters of up to
-8 taps (Hyena-SE); with filters longer than 32 taps shared by groups of 16k channels its filter passes run on
-tensor cores.
+8 taps (Hyena-SE), and walks 64-row tiles in one pass, with the filter's Toeplitz blocks on tensor cores, for
+filters of 33-129 taps shared by groups of 16k channels (Hyena-MR); longer shared filters take two tensor-core
+passes.
 
 Runs CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
 """
@@ -28,7 +29,7 @@ from .triton_fir import (
     _fir_kernel,
     _fir_tc_dw_kernel,
     _fir_tc_kernel,
-    _hyena_fused_tc_kernel,
+    _hyena_mr_kernel,
     _hyena_gate_kernel,
     _hyena_out_kernel,
     _hyena_scan_bwd_kernel,
@@ -38,10 +39,11 @@ from .triton_fir import (
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DW_CHUNKS = 64  # token chunks of the filter-gradient reduction (partials: chunks x K x C fp32)
 TC_MIN_TAPS = 32  # filters longer than this, shared by a multiple of 16 channels, go through the tensor-core passes
-# (shorter ones through the direct kernels: at 7 taps on the H200 their forward took 0.32 ms against the one-pass
-# tensor-core core's 0.53, which is bound by its Toeplitz gathers through L1; benchmarks/results/hyena_h200_s13)
+# (shorter ones through the direct kernels: at 7 taps on the H200 their forward took 0.32 ms against the first
+# one-pass tensor-core core's 0.53, bound by its Toeplitz gathers through L1; benchmarks/results/hyena_h200_s13)
 SCAN_MAX_TAPS, SCAN_MAX_FEATURIZER_TAPS = 8, 3  # the scan core's register histories (triton_fir)
-FUSED_MAX_TAPS = 129  # shared filters up to this length run the one-pass fused core (its halo is <= 128 rows)
+MR_BLOCK_T = 64  # rows of the Hyena-MR walk's tiles
+FUSED_MAX_TAPS = 2 * MR_BLOCK_T + 1  # shared filters up to this length run the one-pass walk (3 Toeplitz blocks)
 
 
 def _seq_index(cu_seqlens: torch.Tensor | None, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,6 +137,33 @@ def _launch_scan_core(
     _hyena_scan_kernel[(triton.cdiv(span, rows_per_program), triton.cdiv(width, block_c), batches)](
         proj, feat_t, per_channel, y, first, span, W=width, KF=feat_t.shape[0], K=weight.shape[1],
         VARLEN=cu_seqlens is not None, L=rows_per_program, U=unroll, BC=block_c, num_warps=num_warps,
+    )
+    return y
+
+
+def _launch_mr_core(
+    proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, *,
+    rows_per_program: int = 1024, num_warps: int = 4,
+) -> torch.Tensor:
+    """Hyena core y (B, T, W) from proj (B, T, 3W) in one pass for filters of 33-129 taps shared by groups of 16k
+    channels: each program walks ``rows_per_program`` rows (a multiple of 64) of one group's channels in 64-row
+    tiles, with the filter's Toeplitz blocks built once. The launch configuration is swept by
+    ``benchmarks/sweep_fir.py``: on the H200 at 8 x 4096 x 2048 with 128 taps, 1024 rows took 0.641 ms, 2048 rows
+    0.622 (the fastest of 8; fewer programs for short batches), 8 warps 1.5x longer, and the one-pass tensor-core
+    kernel it replaced 1.160 (``benchmarks/results/hyena_h200_s18/``)."""
+    if rows_per_program % MR_BLOCK_T:
+        raise ValueError(f"rows_per_program must be a multiple of {MR_BLOCK_T}, got {rows_per_program}")
+    batch, seqlen, features = proj.shape
+    width, rows = features // 3, batch * seqlen
+    groups, taps = weight.shape
+    seq, cu = _seq_index(cu_seqlens, rows, proj.device)
+    y = proj.new_empty(batch, seqlen, width)
+    block_c = math.gcd(width // groups, 64)  # a program's channels share one filter
+    span, batches = (rows, 1) if cu_seqlens is not None else (seqlen, batch)  # packed rows: one batch row
+    _hyena_mr_kernel[(triton.cdiv(span, rows_per_program), width // block_c, batches)](
+        proj, feat_t, weight.float().contiguous(), y, seq, cu, rows, span, W=width, KF=feat_t.shape[0], K=taps,
+        D=width // groups, NB=triton.cdiv(taps - 1, MR_BLOCK_T) + 1, VARLEN=cu_seqlens is not None,
+        L=rows_per_program, BT=MR_BLOCK_T, BC=block_c, num_warps=num_warps,
     )
     return y
 
@@ -293,7 +322,8 @@ def hyena_core_fwd_op(
 ) -> torch.Tensor:
     """Fused Hyena core y (B, T, W) in proj's dtype from proj (B, T, 3W), featurizer (3W, Kf) and the filter
     weight (G, K) shared by groups of W / G consecutive channels: one scan over rows for up to 8 taps (and
-    featurizers of up to 3), one tensor-core pass for groups of 16k channels and 33 to 129 taps, else z = k * v
+    featurizers of up to 3), one walk over 64-row tiles with tensor-core Toeplitz blocks for groups of 16k channels
+    and 33 to 129 taps, else z = k * v
     (pass 1) then the filter gated by q (pass 2, on tensor cores for groups of 16k channels past 32 taps)."""
     proj = proj.contiguous()
     batch, seqlen, features = proj.shape
@@ -306,16 +336,9 @@ def hyena_core_fwd_op(
         if _scans(weight, featurizer):
             return _launch_scan_core(proj, feat_t, weight, cu_seqlens)
         return _launch_direct_core(proj, feat_t, weight, cu_seqlens)
-    seq, cu = _seq_index(cu_seqlens, rows, proj.device)
     if taps <= FUSED_MAX_TAPS:
-        y = proj.new_empty(batch, seqlen, width)
-        block_c = math.gcd(width // weight.shape[0], 64)  # a program's channels share one filter
-        _hyena_fused_tc_kernel[(triton.cdiv(rows, 64), width // block_c)](
-            proj, feat_t, weight.float().contiguous(), y, seq, cu, rows, seqlen, W=width, KF=featurizer.shape[1],
-            K=taps, D=width // weight.shape[0], HALO=triton.next_power_of_2(taps - 1),
-            VARLEN=cu_seqlens is not None, BT=64, BC=block_c, num_warps=4,
-        )
-        return y
+        return _launch_mr_core(proj, feat_t, weight, cu_seqlens)
+    seq, cu = _seq_index(cu_seqlens, rows, proj.device)
     z = _launch_gate(proj, feat_t, seq, cu, cu_seqlens is not None)
     return _launch_tc(proj, feat_t, z, weight, seq, cu, cu_seqlens is not None, reverse=False, gate_q=True)
 

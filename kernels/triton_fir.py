@@ -14,8 +14,8 @@ from the block's shifted (BT, BC) input tiles, one tap at a time (rows or taps i
 sums the chunks' partials.
 
 The fused Hyena core (below) adds, for filters longer than 32 taps shared by groups of 16k channels (the launcher's
-choice), tensor-core versions of the
-filter, its transpose and its gradient (Toeplitz blocks times tiles, as StripedHyena 2's two-stage kernels).
+choice), tensor-core versions of the filter, its transpose and its gradient (Toeplitz blocks times tiles, as
+StripedHyena 2's two-stage kernels), and a one-pass forward that walks row tiles with the blocks built once.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def _featurize(P, FT, rows, mask_r, start, cols, mask_c, OFF: tl.constexpr, W: t
                BT: tl.constexpr, BC: tl.constexpr):
     """Featurizer output (BT, BC) fp32 of the projection columns ``OFF + cols``: ``sum_j F[j] u[t - j]``."""
     acc = tl.zeros((BT, BC), dtype=tl.float32)
-    for j in range(KF):
+    for j in tl.static_range(KF):
         f = tl.load(FT + j * 3 * W + OFF + cols, mask=mask_c, other=0.0).to(tl.float32)
         src = rows - j
         m = (mask_r & (src >= start))[:, None] & mask_c[None, :]
@@ -183,6 +183,24 @@ def _hyena_out_kernel(
 
 
 @triton.jit
+def _split(toe, dt: tl.constexpr):
+    """The operands of ``_parts_dot`` for an fp32 filter block and dt tiles: the block twice for fp32 tiles, else
+    its dt high part and remainder, so that 16-bit dots keep the filter's fp32 precision."""
+    if dt == tl.float32:
+        return toe, toe
+    hi = toe.to(dt)
+    return hi, (toe - hi.to(tl.float32)).to(dt)
+
+
+@triton.jit
+def _parts_dot(acc, hi, lo, zb):
+    """``acc + block @ zb`` from the parts of ``_split``."""
+    if zb.dtype == tl.float32:
+        return acc + tl.dot(hi, zb, input_precision="ieee")
+    return acc + tl.dot(hi, zb) + tl.dot(lo, zb)
+
+
+@triton.jit
 def _fir_tc_kernel(
     P, FT, X, HG, Y, SEQ, CU, R, T,
     W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, D: tl.constexpr, NB: tl.constexpr, VARLEN: tl.constexpr,
@@ -216,12 +234,8 @@ def _fir_tc_kernel(
         toe = tl.load(HG + group * K + lag, mask=ok, other=0.0)
         m = ((src >= 0) & (src < R))[:, None] & mask_c[None, :]
         xb = tl.load(X + src.to(tl.int64)[:, None] * W + cols[None, :], mask=m, other=0.0)
-        if X.dtype.element_ty == tl.float32:
-            acc += tl.dot(toe, xb, input_precision="ieee")
-        else:
-            hi = toe.to(X.dtype.element_ty)
-            lo = (toe - hi.to(tl.float32)).to(X.dtype.element_ty)
-            acc += tl.dot(hi, xb) + tl.dot(lo, xb)
+        hi, lo = _split(toe, X.dtype.element_ty)
+        acc = _parts_dot(acc, hi, lo, xb)
     if GATE_Q:
         acc = acc * _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, BC)
     out = rows.to(tl.int64)[:, None] * W + cols[None, :]
@@ -263,53 +277,94 @@ def _fir_tc_dw_kernel(
     tl.store(SP + out + offs[:, None] * BT + offs[None, :], acc)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Hyena-MR core as a walk over row tiles (training forward; filters of 33-129 taps shared by groups of 16k
+# channels): a program owns L consecutive rows of one group's channels. It builds the filter's Toeplitz blocks once,
+# then walks the rows BT at a time, computing z = k * v for each tile and keeping the last NB - 1 tiles' z in
+# registers, so each projection value is read once from DRAM (the featurizers' shifted re-reads hit L1), y written
+# once, and z computed once per row (plus NB - 1 halo tiles per program).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _toeplitz_parts(HG, group, b: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, dt: tl.constexpr):
+    """Toeplitz block b of the group's filter, ``h[i - j + b * BT]`` (zero outside the taps), split for dt tiles
+    (``_split``)."""
+    offs = tl.arange(0, BT)
+    lag = offs[:, None] - offs[None, :] + b * BT
+    return _split(tl.load(HG + group * K + lag, mask=(lag >= 0) & (lag < K), other=0.0), dt)
+
+
 @triton.jit
 def _toeplitz_dot(acc, HG, group, lag, ok, zb, K: tl.constexpr):
-    """``acc + Toeplitz @ zb`` with ``Toeplitz[i, j] = h[lag[i, j]]`` where ``ok``: fp32 dots for fp32 tiles, else
-    16-bit dots of the filter's high part and remainder (fp32 precision of the filter)."""
-    toe = tl.load(HG + group * K + lag, mask=ok & (lag >= 0) & (lag < K), other=0.0)
-    if zb.dtype == tl.float32:
-        return acc + tl.dot(toe, zb, input_precision="ieee")
-    hi = toe.to(zb.dtype)
-    lo = (toe - hi.to(tl.float32)).to(zb.dtype)
-    return acc + tl.dot(hi, zb) + tl.dot(lo, zb)
+    """``acc + Toeplitz @ zb`` with ``Toeplitz[i, j] = h[lag[i, j]]`` where ``ok`` (a block gathered per tile)."""
+    hi, lo = _split(tl.load(HG + group * K + lag, mask=ok & (lag >= 0) & (lag < K), other=0.0), zb.dtype)
+    return _parts_dot(acc, hi, lo, zb)
 
 
 @triton.jit
-def _hyena_fused_tc_kernel(
+def _tile_z(P, FT, rows, mask_r, start, cols, mask_c, W: tl.constexpr, KF: tl.constexpr, BT: tl.constexpr,
+            BC: tl.constexpr, dt: tl.constexpr):
+    """z = k * v (BT, BC) of the tile's rows, rounded to dt as the two-pass path stores it."""
+    return (_featurize(P, FT, rows, mask_r, start, cols, mask_c, W, W, KF, BT, BC)
+            * _featurize(P, FT, rows, mask_r, start, cols, mask_c, 2 * W, W, KF, BT, BC)).to(dt)
+
+
+@triton.jit
+def _hyena_mr_kernel(
     P, FT, HG, Y, SEQ, CU, R, T,
-    W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, D: tl.constexpr, HALO: tl.constexpr, VARLEN: tl.constexpr,
-    BT: tl.constexpr, BC: tl.constexpr,
+    W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, D: tl.constexpr, NB: tl.constexpr, VARLEN: tl.constexpr,
+    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
 ):
-    """The whole Hyena core in one pass for filters shared by groups of D channels (HG: (W / D, K) fp32, HALO >=
-    K - 1): z = k * v is computed in registers for the tile's BT rows and the HALO rows before them (featurizers
-    on the fly, rounded to the storage dtype as the two-pass path stores it), filtered by two Toeplitz blocks on
-    tensor cores and gated by q. DRAM traffic: the projection rows once (plus the halo, mostly from L2) and y."""
-    pid_t = tl.program_id(0)
-    rows = pid_t * BT + tl.arange(0, BT)
-    halo = pid_t * BT - HALO + tl.arange(0, HALO)
+    """``Y = q * (h * (k * v))`` for filters of K <= 2 * BT + 1 taps (NB = 2 or 3 Toeplitz blocks) shared by groups
+    of D channels (HG: (W / D, K) fp32). Program (j, c, b) writes the rows ``[lo, min(lo + L, b * T + T))``,
+    ``lo = b * T + j * L``, after walking the NB - 1 tiles before lo (inside the batch row) for their z. With VARLEN
+    (one batch row of T packed rows), a tile whose reach holds a sequence's first row masks its Toeplitz blocks to
+    each row's sequence."""
+    row0 = tl.program_id(2) * T
+    lo = row0 + tl.program_id(0) * L
+    hi = tl.minimum(lo + L, row0 + T)
     cols = tl.program_id(1) * BC + tl.arange(0, BC)
     group = (tl.program_id(1) * BC) // D
-    mask_r = rows < R
-    mask_h = (halo >= 0) & (halo < R)
     mask_c = cols < W
-    start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
-    start_h, _ = _bounds(halo, mask_h, SEQ, CU, T, VARLEN)
-    dt = Y.dtype.element_ty
-    z = (_featurize(P, FT, rows, mask_r, start, cols, mask_c, W, W, KF, BT, BC)
-         * _featurize(P, FT, rows, mask_r, start, cols, mask_c, 2 * W, W, KF, BT, BC)).to(dt)
-    zh = (_featurize(P, FT, halo, mask_h, start_h, cols, mask_c, W, W, KF, HALO, BC)
-          * _featurize(P, FT, halo, mask_h, start_h, cols, mask_c, 2 * W, W, KF, HALO, BC)).to(dt)
     offs = tl.arange(0, BT)
-    offs_h = tl.arange(0, HALO)
-    acc = tl.zeros((BT, BC), dtype=tl.float32)
-    ok = (rows[None, :] >= start[:, None]) & mask_r[:, None]
-    acc = _toeplitz_dot(acc, HG, group, offs[:, None] - offs[None, :], ok, z, K)
-    ok_h = (halo[None, :] >= start[:, None]) & mask_r[:, None] & mask_h[None, :]
-    acc = _toeplitz_dot(acc, HG, group, offs[:, None] + HALO - offs_h[None, :], ok_h, zh, K)
-    q = _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, BC)
-    out = rows.to(tl.int64)[:, None] * W + cols[None, :]
-    tl.store(Y + out, (q * acc).to(dt), mask=mask_r[:, None] & mask_c[None, :])
+    dt = Y.dtype.element_ty
+    h0, l0 = _toeplitz_parts(HG, group, 0, K, BT, dt)
+    h1, l1 = _toeplitz_parts(HG, group, 1, K, BT, dt)
+    h2, l2 = _toeplitz_parts(HG, group, 2, K, BT, dt)
+    z1 = tl.zeros((BT, BC), dtype=dt)  # z of the tile one back; z2, two back
+    z2 = tl.zeros((BT, BC), dtype=dt)
+    for t0 in range(tl.maximum(lo - (NB - 1) * BT, row0), lo, BT):  # halo: z only
+        rows = t0 + offs
+        mask_r = rows < hi
+        start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
+        z2 = z1
+        z1 = _tile_z(P, FT, rows, mask_r, start, cols, mask_c, W, KF, BT, BC, dt)
+    for t0 in range(lo, hi, BT):
+        rows = t0 + offs
+        mask_r = rows < hi
+        start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
+        z = _tile_z(P, FT, rows, mask_r, start, cols, mask_c, W, KF, BT, BC, dt)
+        acc = tl.zeros((BT, BC), dtype=tl.float32)
+        crosses = False
+        if VARLEN:  # starts grow with the rows: the last valid row's start is the latest
+            crosses = tl.max(tl.where(mask_r, start, 0)) > t0 - (NB - 1) * BT
+        if crosses:  # the blocks gathered again, masked (holding masked copies of h0..l2 spills)
+            lag = offs[:, None] - offs[None, :]
+            acc = _toeplitz_dot(acc, HG, group, lag, rows[None, :] >= start[:, None], z, K)
+            acc = _toeplitz_dot(acc, HG, group, lag + BT, (rows - BT)[None, :] >= start[:, None], z1, K)
+            if NB > 2:
+                acc = _toeplitz_dot(acc, HG, group, lag + 2 * BT, (rows - 2 * BT)[None, :] >= start[:, None], z2, K)
+        else:
+            acc = _parts_dot(acc, h0, l0, z)
+            acc = _parts_dot(acc, h1, l1, z1)
+            if NB > 2:
+                acc = _parts_dot(acc, h2, l2, z2)
+        q = _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, BC)
+        out = rows.to(tl.int64)[:, None] * W + cols[None, :]
+        tl.store(Y + out, (q * acc).to(dt), mask=mask_r[:, None] & mask_c[None, :])
+        z2 = z1
+        z1 = z
 
 
 # ---------------------------------------------------------------------------------------------------------------
