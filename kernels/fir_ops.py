@@ -323,8 +323,8 @@ def hyena_core_fwd_op(
     """Fused Hyena core y (B, T, W) in proj's dtype from proj (B, T, 3W), featurizer (3W, Kf) and the filter
     weight (G, K) shared by groups of W / G consecutive channels: one scan over rows for up to 8 taps (and
     featurizers of up to 3), one walk over 64-row tiles with tensor-core Toeplitz blocks for groups of 16k channels
-    and 33 to 129 taps, else z = k * v
-    (pass 1) then the filter gated by q (pass 2, on tensor cores for groups of 16k channels past 32 taps)."""
+    and 33 to 129 taps, else z = k * v (pass 1) then the filter gated by q (pass 2, on tensor cores for groups of
+    16k channels past 32 taps)."""
     proj = proj.contiguous()
     batch, seqlen, features = proj.shape
     width, rows = features // 3, batch * seqlen
