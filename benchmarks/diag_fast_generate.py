@@ -25,6 +25,8 @@ def first_difference(a: torch.Tensor, b: torch.Tensor) -> str:
 
 @torch.no_grad()
 def main() -> None:
+    if not torch.cuda.is_available():
+        sys.exit("error: diag_fast_generate.py compares CUDA decoders and found no CUDA GPU")
     torch.manual_seed(0)
     for name in ("phalanx_only", "hybrid"):
         model = mix_model(name).to("cuda")

@@ -12,6 +12,8 @@ from bench_swr import gpu_ms  # noqa: E402
 
 from phalanx_kernels import fir_ops  # noqa: E402
 
+if not torch.cuda.is_available():
+    sys.exit("error: mr_widths.py times CUDA kernels and found no CUDA GPU")
 bandwidth = copy_bandwidth("cuda")
 print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s")
 for width in (2048, 4096):
