@@ -47,7 +47,8 @@ def main() -> None:
                 }
                 for row, fn in rows.items():
                     try:
-                        print(f"{name:13s} {str(dtype):15s} {label:9s} {row:25s} {first_difference(fn(), ref)}", flush=True)
+                        result = first_difference(fn(), ref)
+                        print(f"{name:13s} {str(dtype):15s} {label:9s} {row:25s} {result}", flush=True)
                     except Exception as error:  # noqa: BLE001 (a diagnostic: report and go on)
                         print(f"{name:13s} {str(dtype):15s} {label:9s} {row:25s} ERROR {type(error).__name__}: "
                               f"{str(error).splitlines()[0][:200]}", flush=True)
