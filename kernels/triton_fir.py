@@ -201,6 +201,13 @@ def _parts_dot(acc, hi, lo, zb):
 
 
 @triton.jit
+def _toeplitz_dot(acc, HG, group, lag, ok, zb, K: tl.constexpr):
+    """``acc + Toeplitz @ zb`` with ``Toeplitz[i, j] = h[lag[i, j]]`` where ``ok`` (a block gathered per tile)."""
+    hi, lo = _split(tl.load(HG + group * K + lag, mask=ok & (lag >= 0) & (lag < K), other=0.0), zb.dtype)
+    return _parts_dot(acc, hi, lo, zb)
+
+
+@triton.jit
 def _fir_tc_kernel(
     P, FT, X, HG, Y, SEQ, CU, R, T,
     W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, D: tl.constexpr, NB: tl.constexpr, VARLEN: tl.constexpr,
@@ -230,12 +237,9 @@ def _fir_tc_kernel(
             src = pid_t * BT - b * BT + offs
             lag = offs[:, None] - offs[None, :] + b * BT
             inside = src[None, :] >= start[:, None]
-        ok = (lag >= 0) & (lag < K) & inside & mask_r[:, None]
-        toe = tl.load(HG + group * K + lag, mask=ok, other=0.0)
         m = ((src >= 0) & (src < R))[:, None] & mask_c[None, :]
         xb = tl.load(X + src.to(tl.int64)[:, None] * W + cols[None, :], mask=m, other=0.0)
-        hi, lo = _split(toe, X.dtype.element_ty)
-        acc = _parts_dot(acc, hi, lo, xb)
+        acc = _toeplitz_dot(acc, HG, group, lag, inside & mask_r[:, None], xb, K)
     if GATE_Q:
         acc = acc * _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, BC)
     out = rows.to(tl.int64)[:, None] * W + cols[None, :]
@@ -293,13 +297,6 @@ def _toeplitz_parts(HG, group, b: tl.constexpr, K: tl.constexpr, BT: tl.constexp
     offs = tl.arange(0, BT)
     lag = offs[:, None] - offs[None, :] + b * BT
     return _split(tl.load(HG + group * K + lag, mask=(lag >= 0) & (lag < K), other=0.0), dt)
-
-
-@triton.jit
-def _toeplitz_dot(acc, HG, group, lag, ok, zb, K: tl.constexpr):
-    """``acc + Toeplitz @ zb`` with ``Toeplitz[i, j] = h[lag[i, j]]`` where ``ok`` (a block gathered per tile)."""
-    hi, lo = _split(tl.load(HG + group * K + lag, mask=ok & (lag >= 0) & (lag < K), other=0.0), zb.dtype)
-    return _parts_dot(acc, hi, lo, zb)
 
 
 @triton.jit
