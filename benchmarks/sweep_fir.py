@@ -12,9 +12,10 @@ Three launchers, each at the shapes of one Hyena-SE layer (width 2048, 16-channe
 - ``scan``: the same forward in one pass, scanning rows with register histories (``_launch_scan_core``);
 - ``scanbwd``: its backward in one pass (``_launch_scan_bwd``), next to the multi-pass backward it replaces (the same
   call on rows given as packed sequences, which keep that path);
-- ``mr``: the forward of the Hyena-MR core (128 taps) as a walk over 64-row tiles (``_launch_mr_core``), on rows
-  and on the same rows given as packed sequences. On the H200 it took 0.62 ms against 1.16 for the one-pass
-  tensor-core kernel it replaced (``benchmarks/results/hyena_h200_s18/``).
+- ``mr``: the forward of the Hyena-MR core (128 taps) as a walk over 64-row tiles (``_launch_mr_core``), on rows,
+  on the same rows given as packed sequences, and with the filter stored in the rows' 16-bit dtype (one Toeplitz
+  part). On the H200 it took 0.62 ms against 1.16 for the one-pass tensor-core kernel it replaced
+  (``benchmarks/results/hyena_h200_s18/``).
 
 Each configuration is first checked against a float32 reference built from the mixer's PyTorch FIR
 (``hyena_phalanx.causal_fir``, autograd for the gradients), then timed as the GPU work alone (CUDA-graph replay,
@@ -57,16 +58,16 @@ CONFIGS = {
              "fir": TILES, "core": TILES,
              "scan": list(itertools.product((128, 256, 512), (4, 8), (128, 256, 512), (2, 4))),
              "scanbwd": list(itertools.product((256, 512), (2, 4), (64, 128, 256), (2, 4))),
-             "mr": list(itertools.product((512, 1024, 2048, 4096), (4, 8)))},
+             "mr": list(itertools.product((1024, 2048), (4,), (False, True), (False, True)))},
     "tiny": {"dw": [(128, 64, 4, 64, False), (16, 16, 1, 4, False), (16, 16, 2, 4, True)],
              "fir": [(64, 128, 4), (16, 16, 2)], "core": [(64, 64, 4), (16, 16, 2)],
              "scan": [(512, 8, 512, 4), (8, 4, 16, 1)], "scanbwd": [(512, 4, 128, 4), (8, 4, 16, 1)],
-             "mr": [(1024, 4), (64, 1)]},
+             "mr": [(1024, 4, False, False), (64, 1, True, True)]},
 }
 NAMES = {"dw": ("block_t", "block_c", "num_warps", "chunks", "taps_outer"),  # keyword arguments of the launchers
          "fir": ("block_t", "block_c", "num_warps"), "core": ("block_t", "block_c", "num_warps"),
          "scan": ("rows_per_program", "unroll", "block_c", "num_warps"),
-         "scanbwd": ("rows_per_program", "unroll", "block_c", "num_warps"), "mr": ("rows_per_program", "num_warps")}
+         "scanbwd": ("rows_per_program", "unroll", "block_c", "num_warps"), "mr": ("rows_per_program", "num_warps", "channel_major", "prefetch")}
 FEATURIZER_TAPS, GROUP_CHANNELS = 3, 16  # the presets' featurizer length and channels per filter group
 
 
@@ -129,6 +130,10 @@ def cases(kernel: str, shape: tuple[int, int, int, int], device: str, dtype: tor
                 4 * tensor_bytes, True
             yield "fwd, packed", want, lambda config: fir_ops._launch_mr_core(proj, feat_t, weight, whole, **config), \
                 4 * tensor_bytes, True
+            weight16 = weight.to(dtype)
+            want16 = q * fir32(k * v, weight16.float().repeat_interleave(GROUP_CHANNELS, dim=0))
+            yield "fwd, filter in rows' dtype", want16, \
+                lambda config: fir_ops._launch_mr_core(proj, feat_t, weight16, None, **config), 4 * tensor_bytes, True
             return
         launch = fir_ops._launch_direct_core if kernel == "core" else fir_ops._launch_scan_core
         yield "fwd", want, lambda config: launch(proj, feat_t, weight, None, **config), 4 * tensor_bytes, True

@@ -143,7 +143,7 @@ def _launch_scan_core(
 
 def _launch_mr_core(
     proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, *,
-    rows_per_program: int = 1024, num_warps: int = 4,
+    rows_per_program: int = 1024, num_warps: int = 4, channel_major: bool = False, prefetch: bool = False,
 ) -> torch.Tensor:
     """Hyena core y (B, T, W) from proj (B, T, 3W) in one pass for filters of 33-129 taps shared by groups of 16k
     channels: each program walks ``rows_per_program`` rows (a multiple of 64) of one group's channels in 64-row
@@ -160,10 +160,12 @@ def _launch_mr_core(
     y = proj.new_empty(batch, seqlen, width)
     block_c = math.gcd(width // groups, 64)  # a program's channels share one filter
     span, batches = (rows, 1) if cu_seqlens is not None else (seqlen, batch)  # packed rows: one batch row
-    _hyena_mr_kernel[(triton.cdiv(span, rows_per_program), width // block_c, batches)](
-        proj, feat_t, weight.float().contiguous(), y, seq, cu, rows, span, W=width, KF=feat_t.shape[0], K=taps,
+    blocks = (triton.cdiv(span, rows_per_program), width // block_c)
+    filt = weight if weight.dtype == proj.dtype else weight.float()  # a filter stored in 16 bits: one part
+    _hyena_mr_kernel[(*(blocks[::-1] if channel_major else blocks), batches)](
+        proj, feat_t, filt.contiguous(), y, seq, cu, rows, span, W=width, KF=feat_t.shape[0], K=taps,
         D=width // groups, NB=triton.cdiv(taps - 1, MR_BLOCK_T) + 1, VARLEN=cu_seqlens is not None,
-        L=rows_per_program, BT=MR_BLOCK_T, BC=block_c, num_warps=num_warps,
+        L=rows_per_program, BT=MR_BLOCK_T, BC=block_c, CMAJOR=channel_major, PREFETCH=prefetch, num_warps=num_warps,
     )
     return y
 

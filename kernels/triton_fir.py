@@ -130,16 +130,25 @@ def _fir_dw_kernel(
 
 @triton.jit
 def _featurize(P, FT, rows, mask_r, start, cols, mask_c, OFF: tl.constexpr, W: tl.constexpr, KF: tl.constexpr,
-               BT: tl.constexpr, BC: tl.constexpr):
-    """Featurizer output (BT, BC) fp32 of the projection columns ``OFF + cols``: ``sum_j F[j] u[t - j]``."""
+               BT: tl.constexpr, BC: tl.constexpr, u0=None):
+    """Featurizer output (BT, BC) fp32 of the projection columns ``OFF + cols``: ``sum_j F[j] u[t - j]``; ``u0``,
+    when given, is ``u[t]`` loaded already (``_unshifted``)."""
     acc = tl.zeros((BT, BC), dtype=tl.float32)
     for j in tl.static_range(KF):
         f = tl.load(FT + j * 3 * W + OFF + cols, mask=mask_c, other=0.0).to(tl.float32)
-        src = rows - j
-        m = (mask_r & (src >= start))[:, None] & mask_c[None, :]
-        u = tl.load(P + src.to(tl.int64)[:, None] * (3 * W) + OFF + cols[None, :], mask=m, other=0.0)
+        if j == 0 and u0 is not None:
+            u = u0
+        else:
+            u = _unshifted(P, rows - j, mask_r & (rows - j >= start), cols, mask_c, OFF, W)
         acc += f[None, :] * u.to(tl.float32)
     return acc
+
+
+@triton.jit
+def _unshifted(P, rows, mask_r, cols, mask_c, OFF: tl.constexpr, W: tl.constexpr):
+    """The projection columns ``OFF + cols`` of the rows (zero where masked), as stored."""
+    m = mask_r[:, None] & mask_c[None, :]
+    return tl.load(P + rows.to(tl.int64)[:, None] * (3 * W) + OFF + cols[None, :], mask=m, other=0.0)
 
 
 @triton.jit
@@ -184,19 +193,22 @@ def _hyena_out_kernel(
 
 @triton.jit
 def _split(toe, dt: tl.constexpr):
-    """The operands of ``_parts_dot`` for an fp32 filter block and dt tiles: the block twice for fp32 tiles, else
-    its dt high part and remainder, so that 16-bit dots keep the filter's fp32 precision."""
-    if dt == tl.float32:
-        return toe, toe
+    """The operands of ``_parts_dot`` for a filter block and dt tiles: a 16-bit block's dt high part and remainder,
+    so that 16-bit dots keep an fp32 filter's precision; the block itself (twice) for fp32 tiles or a filter stored
+    in dt, whose remainder is zero."""
+    if dt == tl.float32 or toe.dtype == dt:
+        return toe.to(dt), toe.to(dt)
     hi = toe.to(dt)
     return hi, (toe - hi.to(tl.float32)).to(dt)
 
 
 @triton.jit
-def _parts_dot(acc, hi, lo, zb):
-    """``acc + block @ zb`` from the parts of ``_split``."""
+def _parts_dot(acc, hi, lo, zb, hdt: tl.constexpr):
+    """``acc + block @ zb`` from the parts of ``_split`` of a filter stored in hdt."""
     if zb.dtype == tl.float32:
         return acc + tl.dot(hi, zb, input_precision="ieee")
+    if hdt == zb.dtype:
+        return acc + tl.dot(hi, zb)
     return acc + tl.dot(hi, zb) + tl.dot(lo, zb)
 
 
@@ -204,7 +216,7 @@ def _parts_dot(acc, hi, lo, zb):
 def _toeplitz_dot(acc, HG, group, lag, ok, zb, K: tl.constexpr):
     """``acc + Toeplitz @ zb`` with ``Toeplitz[i, j] = h[lag[i, j]]`` where ``ok`` (a block gathered per tile)."""
     hi, lo = _split(tl.load(HG + group * K + lag, mask=ok & (lag >= 0) & (lag < K), other=0.0), zb.dtype)
-    return _parts_dot(acc, hi, lo, zb)
+    return _parts_dot(acc, hi, lo, zb, HG.dtype.element_ty)
 
 
 @triton.jit
@@ -301,28 +313,37 @@ def _toeplitz_parts(HG, group, b: tl.constexpr, K: tl.constexpr, BT: tl.constexp
 
 @triton.jit
 def _tile_z(P, FT, rows, mask_r, start, cols, mask_c, W: tl.constexpr, KF: tl.constexpr, BT: tl.constexpr,
-            BC: tl.constexpr, dt: tl.constexpr):
-    """z = k * v (BT, BC) of the tile's rows, rounded to dt as the two-pass path stores it."""
-    return (_featurize(P, FT, rows, mask_r, start, cols, mask_c, W, W, KF, BT, BC)
-            * _featurize(P, FT, rows, mask_r, start, cols, mask_c, 2 * W, W, KF, BT, BC)).to(dt)
+            BC: tl.constexpr, dt: tl.constexpr, uk=None, uv=None):
+    """z = k * v (BT, BC) of the tile's rows, rounded to dt as the two-pass path stores it (``uk``, ``uv``: the
+    rows' unshifted k and v inputs, when loaded already)."""
+    return (_featurize(P, FT, rows, mask_r, start, cols, mask_c, W, W, KF, BT, BC, uk)
+            * _featurize(P, FT, rows, mask_r, start, cols, mask_c, 2 * W, W, KF, BT, BC, uv)).to(dt)
 
 
 @triton.jit
 def _hyena_mr_kernel(
     P, FT, HG, Y, SEQ, CU, R, T,
     W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, D: tl.constexpr, NB: tl.constexpr, VARLEN: tl.constexpr,
-    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, CMAJOR: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """``Y = q * (h * (k * v))`` for filters of K <= 2 * BT + 1 taps (NB = 2 or 3 Toeplitz blocks) shared by groups
-    of D channels (HG: (W / D, K) fp32). Program (j, c, b) writes the rows ``[lo, min(lo + L, b * T + T))``,
-    ``lo = b * T + j * L``, after walking the NB - 1 tiles before lo (inside the batch row) for their z. With VARLEN
-    (one batch row of T packed rows), a tile whose reach holds a sequence's first row masks its Toeplitz blocks to
-    each row's sequence."""
+    of D channels (HG: (W / D, K), fp32 or the tiles' dtype). Program (j, c, b) (``(c, j, b)`` with CMAJOR, so that
+    programs running together read whole projection rows) writes the rows ``[lo, min(lo + L, b * T + T))``,
+    ``lo = b * T + j * L``, after walking the NB - 1 tiles before lo (inside the batch row) for their z. PREFETCH
+    loads each tile's unshifted q, k, v one tile ahead, so the loads run under the previous tile's dots. With
+    VARLEN (one batch row of T packed rows), a tile whose reach holds a sequence's first row masks its Toeplitz
+    blocks to each row's sequence."""
+    if CMAJOR:
+        pid_j = tl.program_id(1)
+        pid_c = tl.program_id(0)
+    else:
+        pid_j = tl.program_id(0)
+        pid_c = tl.program_id(1)
     row0 = tl.program_id(2) * T
-    lo = row0 + tl.program_id(0) * L
+    lo = row0 + pid_j * L
     hi = tl.minimum(lo + L, row0 + T)
-    cols = tl.program_id(1) * BC + tl.arange(0, BC)
-    group = (tl.program_id(1) * BC) // D
+    cols = pid_c * BC + tl.arange(0, BC)
+    group = (pid_c * BC) // D
     mask_c = cols < W
     offs = tl.arange(0, BT)
     dt = Y.dtype.element_ty
@@ -337,11 +358,24 @@ def _hyena_mr_kernel(
         start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
         z2 = z1
         z1 = _tile_z(P, FT, rows, mask_r, start, cols, mask_c, W, KF, BT, BC, dt)
+    if PREFETCH:
+        mask_r = lo + offs < hi
+        nq = _unshifted(P, lo + offs, mask_r, cols, mask_c, 0, W)
+        nk = _unshifted(P, lo + offs, mask_r, cols, mask_c, W, W)
+        nv = _unshifted(P, lo + offs, mask_r, cols, mask_c, 2 * W, W)
     for t0 in range(lo, hi, BT):
         rows = t0 + offs
         mask_r = rows < hi
+        if PREFETCH:
+            uq, uk, uv = nq, nk, nv
+            mask_n = rows + BT < hi
+            nq = _unshifted(P, rows + BT, mask_n, cols, mask_c, 0, W)
+            nk = _unshifted(P, rows + BT, mask_n, cols, mask_c, W, W)
+            nv = _unshifted(P, rows + BT, mask_n, cols, mask_c, 2 * W, W)
+        else:
+            uq, uk, uv = None, None, None
         start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
-        z = _tile_z(P, FT, rows, mask_r, start, cols, mask_c, W, KF, BT, BC, dt)
+        z = _tile_z(P, FT, rows, mask_r, start, cols, mask_c, W, KF, BT, BC, dt, uk, uv)
         acc = tl.zeros((BT, BC), dtype=tl.float32)
         crosses = False
         if VARLEN:  # starts grow with the rows: the last valid row's start is the latest
@@ -353,11 +387,11 @@ def _hyena_mr_kernel(
             if NB > 2:
                 acc = _toeplitz_dot(acc, HG, group, lag + 2 * BT, (rows - 2 * BT)[None, :] >= start[:, None], z2, K)
         else:
-            acc = _parts_dot(acc, h0, l0, z)
-            acc = _parts_dot(acc, h1, l1, z1)
+            acc = _parts_dot(acc, h0, l0, z, HG.dtype.element_ty)
+            acc = _parts_dot(acc, h1, l1, z1, HG.dtype.element_ty)
             if NB > 2:
-                acc = _parts_dot(acc, h2, l2, z2)
-        q = _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, BC)
+                acc = _parts_dot(acc, h2, l2, z2, HG.dtype.element_ty)
+        q = _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, BC, uq)
         out = rows.to(tl.int64)[:, None] * W + cols[None, :]
         tl.store(Y + out, (q * acc).to(dt), mask=mask_r[:, None] & mask_c[None, :])
         z2 = z1

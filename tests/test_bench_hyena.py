@@ -46,7 +46,7 @@ def test_fir_sweep_checks_every_configuration(tmp_path: Path) -> None:
         configs, shapes = sweep.CONFIGS["tiny"], sweep.SHAPES["tiny"]
     assert json.loads(out.read_text())["results"] == results
     # passes per shape, each over the configurations
-    swept = {"dw": 1, "fir": 2, "core": 1, "scan": 1, "scanbwd": 1, "mr": 2}
+    swept = {"dw": 1, "fir": 2, "core": 1, "scan": 1, "scanbwd": 1, "mr": 3}
     once = len(shapes["scanbwd"])  # the multi-pass backward
     groups = {(r["kernel"], r["pass"], r["channels"], r["taps"]) for r in results}
     assert len(groups) == sum(swept[k] * len(shapes[k]) for k in sweep.KERNELS) + once

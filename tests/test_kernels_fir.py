@@ -234,33 +234,44 @@ def test_scanned_core_matches_float64_reference(shape, lengths, taps, feat_taps,
         assert_close(got, want, torch.float32, name)
 
 
+ONE_PART, AHEAD, CMAJOR = {"filter16": True}, {"prefetch": True}, {"channel_major": True}
+
+
 @pytest.mark.parametrize(
-    "shape,lengths,taps,dtype,rows_per_program",
+    "shape,lengths,taps,dtype,rows_per_program,variant",
     [
-        ((2, 200, 96), None, 128, torch.float32, 64),  # four programs a row, each walking two halo tiles
-        ((1, 300, 96), None, 129, torch.float16, 128),  # the longest filter of the walk: three Toeplitz blocks
-        ((3, 37, 96), None, 40, torch.float32, 64),  # two blocks, rows shorter than a tile
-        ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float32, 64),  # packed: tiles reaching across starts
-        ((1, 331, 96), [200, 131], 100, torch.float16, 192),
+        ((2, 200, 96), None, 128, torch.float32, 64, {}),  # four programs a row, each walking two halo tiles
+        ((2, 200, 96), None, 128, torch.float16, 64, {**AHEAD, **CMAJOR}),
+        ((1, 300, 96), None, 129, torch.float16, 128, ONE_PART),  # the longest filter: three Toeplitz blocks
+        ((1, 300, 96), None, 129, torch.float16, 128, {**ONE_PART, **AHEAD}),
+        ((3, 37, 96), None, 40, torch.float32, 64, CMAJOR),  # two blocks, rows shorter than a tile
+        ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float32, 64, {}),  # packed: tiles reaching across starts
+        ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float16, 64, {**ONE_PART, **AHEAD, **CMAJOR}),
+        ((1, 331, 96), [200, 131], 100, torch.float16, 192, AHEAD),
     ],
 )
-def test_mr_walk_matches_float64_reference(shape, lengths, taps: int, dtype: torch.dtype, rows_per_program) -> None:
+def test_mr_walk_matches_float64_reference(shape, lengths, taps: int, dtype: torch.dtype, rows_per_program,
+                                           variant: dict) -> None:
     """The Hyena-MR walk over 64-row tiles (filters of 33-129 taps shared by 16 channels) with programs shorter
     than the rows, so that programs rebuild z over halos and meet inside sequences, against the float64 reference;
-    packed rows where a tile's reach holds sequence starts take the masked Toeplitz blocks."""
+    packed rows where a tile's reach holds sequence starts take the masked Toeplitz blocks. A filter stored in the
+    tiles' 16-bit dtype enters the dots as one part; the launch options (loads a tile ahead, channel-major
+    programs) give the same result."""
     gen = torch.Generator().manual_seed(taps + shape[1])
     width = shape[-1] // 3
     proj = torch.randn(shape, generator=gen, dtype=torch.float64)
     feat = torch.randn(3 * width, 3, generator=gen, dtype=torch.float64) / 3**0.5
     w = torch.randn(width // 16, taps, generator=gen, dtype=torch.float64) / taps**0.5
+    launch = {key: value for key, value in variant.items() if key != "filter16"}
+    w = w.to(dtype if variant.get("filter16") else torch.float32)
     cu = None if lengths is None else torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=DEVICE)
-    ref = hyena_reference(proj, feat, w.repeat_interleave(16, 0), lengths or [shape[1]] * shape[0])
-    y = fir_ops._launch_mr_core(proj.to(DEVICE, dtype), feat.t().float().contiguous().to(DEVICE),
-                                w.float().to(DEVICE), cu, rows_per_program=rows_per_program, num_warps=4)
+    ref = hyena_reference(proj, feat, w.double().repeat_interleave(16, 0), lengths or [shape[1]] * shape[0])
+    y = fir_ops._launch_mr_core(proj.to(DEVICE, dtype), feat.t().float().contiguous().to(DEVICE), w.to(DEVICE), cu,
+                                rows_per_program=rows_per_program, num_warps=4, **launch)
     assert y.dtype == dtype
     assert_close(y, ref, dtype, "y")
     with pytest.raises(ValueError, match="rows_per_program must be a multiple of 64"):
-        fir_ops._launch_mr_core(proj.to(DEVICE, dtype), feat.t().float().to(DEVICE), w.float().to(DEVICE), cu,
+        fir_ops._launch_mr_core(proj.to(DEVICE, dtype), feat.t().float().to(DEVICE), w.to(DEVICE), cu,
                                 rows_per_program=100)
 
 
