@@ -7,7 +7,7 @@
     python benchmarks/profile_gpu.py hyena-ops    # the FIR and fused Hyena cores (SE, MR, per channel) at
                                                   # 8 x 4096 x 2048, forward and backward; under ncu as above
                                                   # with --profile-from-start off (gpu_hyena_run.sh)
-    python benchmarks/profile_gpu.py mr-walk      # the Hyena-MR walk in each launch variant; under ncu as above
+    python benchmarks/profile_gpu.py mr-walk      # the Hyena-MR walks, forward and backward; under ncu as above
     python benchmarks/profile_gpu.py model --out DIR   # torch.profiler tables: batch-1 prefill and a
                                                        # training step of the Phalanx hybrid
     python benchmarks/profile_gpu.py decode --out DIR  # greedy decoding of the GPU-check model, fp32 and
@@ -93,23 +93,22 @@ def profile_hyena_ops() -> None:
 
 
 def profile_mr_walk() -> None:
-    """The Hyena-MR walk (``_launch_mr_core``, 128 taps) at 8 x 4096 tokens of width 2048, bf16, in each launch
-    variant (chunk- or channel-major programs, loads a tile ahead or not, the fp32 filter or one stored in bf16),
-    once compiled before; run under ncu as ``hyena-ops``."""
-    from phalanx_kernels.fir_ops import _launch_mr_core
+    """The Hyena-MR walks (``_launch_mr_core``, ``_launch_mr_bwd``; 128 taps) at 8 x 4096 tokens of width 2048, bf16,
+    with the filter in fp32 and stored in bf16, once compiled before; run under ncu as ``hyena-ops``."""
+    from phalanx_kernels.fir_ops import _launch_mr_bwd, _launch_mr_core
 
     batch, seqlen, width = 8, 4096, 2048
     proj = torch.randn(batch, seqlen, 3 * width, device="cuda", dtype=torch.bfloat16)
-    feat_t = torch.randn(3, 3 * width, device="cuda")
+    dy = torch.randn(batch, seqlen, width, device="cuda", dtype=torch.bfloat16)
+    featurizer = torch.randn(3 * width, 3, device="cuda")
     weight = torch.randn(width // 16, 128, device="cuda") / 128**0.5
-    variants = [(w, {"channel_major": major, "prefetch": ahead}) for w in (weight, weight.bfloat16())
-                for major in (False, True) for ahead in (False, True)]
     for measured in (False, True):
         if measured:
             torch.cuda.synchronize()
             torch.cuda.profiler.start()
-        for w, launch in variants:
-            _launch_mr_core(proj, feat_t, w, None, **launch)
+        for w in (weight, weight.bfloat16()):
+            _launch_mr_core(proj, featurizer.t().contiguous(), w, None)
+            _launch_mr_bwd(proj, featurizer, w, dy, None)
     torch.cuda.synchronize()
     torch.cuda.profiler.stop()
 

@@ -10,12 +10,14 @@ Three launchers, each at the shapes of one Hyena-SE layer (width 2048, 16-channe
 - ``core``: the forward of the Hyena-SE core through the direct kernels (``_launch_direct_core``: z = k * v, then the
   filter gated by q), the operator whose target is 1.5x its memory floor;
 - ``scan``: the same forward in one pass, scanning rows with register histories (``_launch_scan_core``);
-- ``scanbwd``: its backward in one pass (``_launch_scan_bwd``), next to the multi-pass backward it replaces (the same
-  call on rows given as packed sequences, which keep that path);
+- ``scanbwd``: its backward in one pass (``_launch_scan_bwd``), next to the multi-pass backward it replaces
+  (``_multi_pass_bwd``; packed rows keep that path);
 - ``mr``: the forward of the Hyena-MR core (128 taps) as a walk over 64-row tiles (``_launch_mr_core``), on rows,
   on the same rows given as packed sequences, and with the filter stored in the rows' 16-bit dtype (one Toeplitz
   part). On the H200 it took 0.62 ms against 1.16 for the one-pass tensor-core kernel it replaced
-  (``benchmarks/results/hyena_h200_s18/``).
+  (``benchmarks/results/hyena_h200_s18/``), 0.46 ms with a bf16 filter (``hyena_h200_s19/``);
+- ``mrbwd``: its backward as a walk (``_launch_mr_bwd``: the walk, then the filter gradient and the featurizers'
+  backward), on rows, packed rows and a 16-bit filter, next to the multi-pass backward it replaces (unswept).
 
 Each configuration is first checked against a float32 reference built from the mixer's PyTorch FIR
 (``hyena_phalanx.causal_fir``, autograd for the gradients), then timed as the GPU work alone (CUDA-graph replay,
@@ -44,13 +46,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_hyena import copy_bandwidth, median_ms, randn  # noqa: E402
 from bench_swr import gpu_ms  # noqa: E402
 
-KERNELS = ("dw", "fir", "core", "scan", "scanbwd", "mr")
+KERNELS = ("dw", "fir", "core", "scan", "scanbwd", "mr", "mrbwd")
 SHAPES = {  # (batch, seqlen, channels, taps); for "core" channels is the width W and taps the filter's
     "full": {"dw": ((8, 4096, 6144, 3), (8, 4096, 2048, 7)), "fir": ((8, 4096, 6144, 3), (8, 4096, 2048, 7)),
              "core": ((8, 4096, 2048, 7),), "scan": ((8, 4096, 2048, 7),), "scanbwd": ((8, 4096, 2048, 7),),
-             "mr": ((8, 4096, 2048, 128),)},
+             "mr": ((8, 4096, 2048, 128),), "mrbwd": ((8, 4096, 2048, 128),)},
     "tiny": {"dw": ((2, 40, 24, 3), (1, 70, 16, 7)), "fir": ((1, 70, 16, 7),), "core": ((2, 21, 16, 7),),
-             "scan": ((2, 21, 16, 7),), "scanbwd": ((2, 21, 16, 7),), "mr": ((2, 150, 32, 128),)},
+             "scan": ((2, 21, 16, 7),), "scanbwd": ((2, 21, 16, 7),), "mr": ((2, 150, 32, 128),),
+             "mrbwd": ((2, 150, 32, 128),)},
 }
 TILES = list(itertools.product((64, 128, 256), (32, 64, 128), (4, 8)))  # (block_t, block_c, num_warps)
 CONFIGS = {
@@ -58,16 +61,17 @@ CONFIGS = {
              "fir": TILES, "core": TILES,
              "scan": list(itertools.product((128, 256, 512), (4, 8), (128, 256, 512), (2, 4))),
              "scanbwd": list(itertools.product((256, 512), (2, 4), (64, 128, 256), (2, 4))),
-             "mr": list(itertools.product((1024, 2048), (4,), (False, True), (False, True)))},
+             "mr": list(itertools.product((1024, 2048, 4096), (4, 8))),
+             "mrbwd": list(itertools.product((1024, 2048, 4096), (4, 8)))},
     "tiny": {"dw": [(128, 64, 4, 64, False), (16, 16, 1, 4, False), (16, 16, 2, 4, True)],
              "fir": [(64, 128, 4), (16, 16, 2)], "core": [(64, 64, 4), (16, 16, 2)],
              "scan": [(512, 8, 512, 4), (8, 4, 16, 1)], "scanbwd": [(512, 4, 128, 4), (8, 4, 16, 1)],
-             "mr": [(1024, 4, False, False), (64, 1, True, True)]},
+             "mr": [(2048, 4), (64, 1)], "mrbwd": [(2048, 4), (64, 1)]},
 }
 NAMES = {"dw": ("block_t", "block_c", "num_warps", "chunks", "taps_outer"),  # keyword arguments of the launchers
          "fir": ("block_t", "block_c", "num_warps"), "core": ("block_t", "block_c", "num_warps"),
          "scan": ("rows_per_program", "unroll", "block_c", "num_warps"),
-         "scanbwd": ("rows_per_program", "unroll", "block_c", "num_warps"), "mr": ("rows_per_program", "num_warps", "channel_major", "prefetch")}
+         "scanbwd": ("rows_per_program", "unroll", "block_c", "num_warps"), "mr": ("rows_per_program", "num_warps"), "mrbwd": ("rows_per_program", "num_warps")}
 FEATURIZER_TAPS, GROUP_CHANNELS = 3, 16  # the presets' featurizer length and channels per filter group
 
 
@@ -107,22 +111,30 @@ def cases(kernel: str, shape: tuple[int, int, int, int], device: str, dtype: tor
         q, k, v = fir32(proj, featurizer).chunk(3, dim=-1)
         want = q * fir32(k * v, weight.repeat_interleave(GROUP_CHANNELS, dim=0))
         feat_t = featurizer.t().contiguous()
-        if kernel == "scanbwd":
+        if kernel in ("scanbwd", "mrbwd"):
             dy = randn(batch, seqlen, channels, device=device, dtype=dtype, grad=False)
-            leaves = [t.float().requires_grad_() for t in (proj, featurizer, weight)]
+            leaves = [t.float().detach().requires_grad_() for t in (proj, featurizer, weight)]
             q, k, v = fir32(leaves[0], leaves[1]).chunk(3, dim=-1)
             out = q * fir32(k * v, leaves[2].repeat_interleave(GROUP_CHANNELS, dim=0))
             want = torch.cat([g.flatten() for g in torch.autograd.grad(out, leaves, dy.float())])
             whole = torch.arange(0, batch * seqlen + 1, seqlen, device=device)  # each row a packed sequence
-
-            def multi_pass(config):
-                grads = fir_ops.hyena_core_bwd_op(proj, featurizer, weight, dy, whole)
-                return torch.cat([g.float().flatten() for g in grads])
-
-            yield "bwd, multi-pass", want, multi_pass, 7 * tensor_bytes, False
-            yield "bwd", want, lambda config: torch.cat(
-                [g.float().flatten() for g in fir_ops._launch_scan_bwd(proj, featurizer, weight, dy, **config)]
-            ), 7 * tensor_bytes, True
+            flat = lambda grads: torch.cat([g.float().flatten() for g in grads])  # noqa: E731
+            yield "bwd, multi-pass", want, lambda config: flat(fir_ops._multi_pass_bwd(proj, featurizer, weight, dy,
+                                                                                        None)), 7 * tensor_bytes, False
+            if kernel == "scanbwd":
+                yield "bwd", want, lambda config: flat(fir_ops._launch_scan_bwd(proj, featurizer, weight, dy,
+                                                                                 **config)), 7 * tensor_bytes, True
+                return
+            yield "bwd", want, lambda config: flat(fir_ops._launch_mr_bwd(proj, featurizer, weight, dy, None,
+                                                                           **config)), 7 * tensor_bytes, True
+            yield "bwd, packed", want, lambda config: flat(fir_ops._launch_mr_bwd(proj, featurizer, weight, dy, whole,
+                                                                                  **config)), 7 * tensor_bytes, True
+            leaves16 = [t.float().detach().requires_grad_() for t in (proj, featurizer, weight.to(dtype))]
+            q, k, v = fir32(leaves16[0], leaves16[1]).chunk(3, dim=-1)
+            out = q * fir32(k * v, leaves16[2].repeat_interleave(GROUP_CHANNELS, dim=0))
+            want16 = torch.cat([g.flatten() for g in torch.autograd.grad(out, leaves16, dy.float())])
+            yield "bwd, filter in rows' dtype", want16, lambda config: flat(fir_ops._launch_mr_bwd(
+                proj, featurizer, weight.to(dtype), dy, None, **config)), 7 * tensor_bytes, True
             return
         if kernel == "mr":
             whole = torch.arange(0, batch * seqlen + 1, seqlen, device=device)  # each row a packed sequence
@@ -152,7 +164,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     launchers: dict[str, Callable] = {"dw": fir_ops._launch_dw, "fir": fir_ops._launch_fir,
                                       "core": fir_ops._launch_direct_core, "scan": fir_ops._launch_scan_core,
-                                      "scanbwd": fir_ops._launch_scan_bwd, "mr": fir_ops._launch_mr_core}
+                                      "scanbwd": fir_ops._launch_scan_bwd, "mr": fir_ops._launch_mr_core,
+                                      "mrbwd": fir_ops._launch_mr_bwd}
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     bandwidth = copy_bandwidth(args.device)
     results: list[dict] = []

@@ -29,6 +29,7 @@ from .triton_fir import (
     _fir_kernel,
     _fir_tc_dw_kernel,
     _fir_tc_kernel,
+    _hyena_mr_bwd_kernel,
     _hyena_mr_kernel,
     _hyena_gate_kernel,
     _hyena_out_kernel,
@@ -143,14 +144,15 @@ def _launch_scan_core(
 
 def _launch_mr_core(
     proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, *,
-    rows_per_program: int = 1024, num_warps: int = 4, channel_major: bool = False, prefetch: bool = False,
+    rows_per_program: int = 2048, num_warps: int = 4,
 ) -> torch.Tensor:
     """Hyena core y (B, T, W) from proj (B, T, 3W) in one pass for filters of 33-129 taps shared by groups of 16k
     channels: each program walks ``rows_per_program`` rows (a multiple of 64) of one group's channels in 64-row
-    tiles, with the filter's Toeplitz blocks built once. The launch configuration is swept by
-    ``benchmarks/sweep_fir.py``: on the H200 at 8 x 4096 x 2048 with 128 taps, 1024 rows took 0.641 ms, 2048 rows
-    0.622 (the fastest of 8; fewer programs for short batches), 8 warps 1.5x longer, and the one-pass tensor-core
-    kernel it replaced 1.160 (``benchmarks/results/hyena_h200_s18/``)."""
+    tiles, with the filter's Toeplitz blocks built once (one part when the filter is stored in proj's 16-bit
+    dtype, else a high part and a remainder). The launch configuration is swept by ``benchmarks/sweep_fir.py``: on
+    the H200 at 8 x 4096 x 2048 with 128 taps, 2048 rows took 0.625 ms (0.645 at 1024), a bf16 filter 0.457 ms; the
+    one-pass tensor-core kernel it replaced 1.160. Channel-major program order changed nothing and loading the next
+    tile ahead helped only packed rows (8%), so neither is kept (``benchmarks/results/hyena_h200_s19/``)."""
     if rows_per_program % MR_BLOCK_T:
         raise ValueError(f"rows_per_program must be a multiple of {MR_BLOCK_T}, got {rows_per_program}")
     batch, seqlen, features = proj.shape
@@ -160,14 +162,45 @@ def _launch_mr_core(
     y = proj.new_empty(batch, seqlen, width)
     block_c = math.gcd(width // groups, 64)  # a program's channels share one filter
     span, batches = (rows, 1) if cu_seqlens is not None else (seqlen, batch)  # packed rows: one batch row
-    blocks = (triton.cdiv(span, rows_per_program), width // block_c)
-    filt = weight if weight.dtype == proj.dtype else weight.float()  # a filter stored in 16 bits: one part
-    _hyena_mr_kernel[(*(blocks[::-1] if channel_major else blocks), batches)](
-        proj, feat_t, filt.contiguous(), y, seq, cu, rows, span, W=width, KF=feat_t.shape[0], K=taps,
+    _hyena_mr_kernel[(triton.cdiv(span, rows_per_program), width // block_c, batches)](
+        proj, feat_t, _walk_filter(weight, proj.dtype), y, seq, cu, rows, span, W=width, KF=feat_t.shape[0], K=taps,
         D=width // groups, NB=triton.cdiv(taps - 1, MR_BLOCK_T) + 1, VARLEN=cu_seqlens is not None,
-        L=rows_per_program, BT=MR_BLOCK_T, BC=block_c, CMAJOR=channel_major, PREFETCH=prefetch, num_warps=num_warps,
+        L=rows_per_program, BT=MR_BLOCK_T, BC=block_c, num_warps=num_warps,
     )
     return y
+
+
+def _walk_filter(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The filter as the MR walks read it: as stored when that is the rows' dtype (one Toeplitz part), else fp32."""
+    return (weight if weight.dtype == dtype else weight.float()).contiguous()
+
+
+def _launch_mr_bwd(
+    proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
+    cu_seqlens: torch.Tensor | None, *, rows_per_program: int = 2048, num_warps: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dproj, dfeaturizer, dweight fp32) of ``_launch_mr_core``: one walk over 64-row tiles (``rows_per_program``
+    rows a program, a multiple of 64) writes the featurizer outputs' gradients, z and dm = dy * q; then the filter
+    gradient on tensor cores (``_launch_tc_dw``) and the featurizers' backward (``fir_bwd_op``)."""
+    if rows_per_program % MR_BLOCK_T:
+        raise ValueError(f"rows_per_program must be a multiple of {MR_BLOCK_T}, got {rows_per_program}")
+    batch, seqlen, features = proj.shape
+    width, rows = features // 3, batch * seqlen
+    groups, taps = weight.shape
+    seq, cu = _seq_index(cu_seqlens, rows, proj.device)
+    dfeats = torch.empty_like(proj)  # [dy * m | dz * v | dz * k]
+    z = proj.new_empty(batch, seqlen, width)
+    dm = torch.empty_like(z)
+    block_c = math.gcd(width // groups, 64)
+    span, batches = (rows, 1) if cu_seqlens is not None else (seqlen, batch)
+    _hyena_mr_bwd_kernel[(triton.cdiv(span, rows_per_program), width // block_c, batches)](
+        proj, featurizer.t().float().contiguous(), _walk_filter(weight, proj.dtype), dy, dfeats, z, dm, seq, cu, rows, span,
+        W=width, KF=featurizer.shape[1], K=taps, D=width // groups, NB=triton.cdiv(taps - 1, MR_BLOCK_T) + 1,
+        VARLEN=cu_seqlens is not None, L=rows_per_program, BT=MR_BLOCK_T, BC=block_c, num_warps=num_warps,
+    )
+    dweight = _launch_tc_dw(z, dm, weight, seq, cu, cu_seqlens is not None)
+    dproj, dfeaturizer = fir_bwd_op(proj, featurizer, dfeats, cu_seqlens)
+    return dproj, dfeaturizer, dweight
 
 
 def _launch_scan_bwd(
@@ -361,18 +394,30 @@ def hyena_core_bwd_op(
     cu_seqlens: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dproj, dfeaturizer, dweight) of ``hyena_core_fwd`` (only proj is kept between forward and backward): one
-    scan over rows for the scanned core's filters when the rows are not packed, else recompute q, k, v, z and the
-    filter output m, then dm = dy * q -> dz (the filter's transpose, on tensor cores where the forward used them),
-    the filter gradient, and the featurizers' backward."""
+    scan over rows for the scanned core's filters when the rows are not packed, the walk over 64-row tiles where
+    the forward walked, else recompute q, k, v, z and the filter output m, then dm = dy * q -> dz (the filter's
+    transpose, on tensor cores for groups of 16k channels), the filter gradient, and the featurizers' backward."""
     proj, dy = proj.contiguous(), dy.contiguous().to(proj.dtype)
-    width = proj.shape[-1] // 3
-    groups, taps = weight.shape
-    group_size = width // groups
+    width, taps = proj.shape[-1] // 3, weight.shape[1]
     if proj.numel() == 0:
         return torch.zeros_like(proj), torch.zeros_like(featurizer), torch.zeros_like(weight)
     if cu_seqlens is None and _scans(weight, featurizer):
         dproj, dfeaturizer, dweight = _launch_scan_bwd(proj, featurizer, weight, dy)
         return dproj, dfeaturizer.to(featurizer.dtype), dweight.to(weight.dtype)
+    if _use_tensor_cores(width, weight) and taps <= FUSED_MAX_TAPS:
+        dproj, dfeaturizer, dweight = _launch_mr_bwd(proj, featurizer, weight, dy, cu_seqlens)
+        return dproj, dfeaturizer, dweight.to(weight.dtype)
+    return _multi_pass_bwd(proj, featurizer, weight, dy, cu_seqlens)
+
+
+def _multi_pass_bwd(
+    proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``hyena_core_bwd_op`` in passes over memory, for any filter and rows (proj, dy contiguous, same dtype)."""
+    width = proj.shape[-1] // 3
+    groups, taps = weight.shape
+    group_size = width // groups
     q, k, v = fir_fwd_op(proj, featurizer, cu_seqlens).chunk(3, dim=-1)
     z, dm = k * v, dy * q
     if _use_tensor_cores(width, weight):

@@ -130,25 +130,16 @@ def _fir_dw_kernel(
 
 @triton.jit
 def _featurize(P, FT, rows, mask_r, start, cols, mask_c, OFF: tl.constexpr, W: tl.constexpr, KF: tl.constexpr,
-               BT: tl.constexpr, BC: tl.constexpr, u0=None):
-    """Featurizer output (BT, BC) fp32 of the projection columns ``OFF + cols``: ``sum_j F[j] u[t - j]``; ``u0``,
-    when given, is ``u[t]`` loaded already (``_unshifted``)."""
+               BT: tl.constexpr, BC: tl.constexpr):
+    """Featurizer output (BT, BC) fp32 of the projection columns ``OFF + cols``: ``sum_j F[j] u[t - j]``."""
     acc = tl.zeros((BT, BC), dtype=tl.float32)
     for j in tl.static_range(KF):
         f = tl.load(FT + j * 3 * W + OFF + cols, mask=mask_c, other=0.0).to(tl.float32)
-        if j == 0 and u0 is not None:
-            u = u0
-        else:
-            u = _unshifted(P, rows - j, mask_r & (rows - j >= start), cols, mask_c, OFF, W)
+        src = rows - j
+        m = (mask_r & (src >= start))[:, None] & mask_c[None, :]
+        u = tl.load(P + src.to(tl.int64)[:, None] * (3 * W) + OFF + cols[None, :], mask=m, other=0.0)
         acc += f[None, :] * u.to(tl.float32)
     return acc
-
-
-@triton.jit
-def _unshifted(P, rows, mask_r, cols, mask_c, OFF: tl.constexpr, W: tl.constexpr):
-    """The projection columns ``OFF + cols`` of the rows (zero where masked), as stored."""
-    m = mask_r[:, None] & mask_c[None, :]
-    return tl.load(P + rows.to(tl.int64)[:, None] * (3 * W) + OFF + cols[None, :], mask=m, other=0.0)
 
 
 @triton.jit
@@ -294,11 +285,12 @@ def _fir_tc_dw_kernel(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Hyena-MR core as a walk over row tiles (training forward; filters of 33-129 taps shared by groups of 16k
-# channels): a program owns L consecutive rows of one group's channels. It builds the filter's Toeplitz blocks once,
-# then walks the rows BT at a time, computing z = k * v for each tile and keeping the last NB - 1 tiles' z in
-# registers, so each projection value is read once from DRAM (the featurizers' shifted re-reads hit L1), y written
-# once, and z computed once per row (plus NB - 1 halo tiles per program).
+# Hyena-MR core as a walk over row tiles (training; filters of 33-129 taps shared by groups of 16k channels): a
+# program owns L consecutive rows of one group's channels. It builds the filter's Toeplitz blocks once, then walks
+# the rows BT at a time, computing z = k * v for each tile and keeping the last NB - 1 tiles' z in registers, so
+# each projection value is read once from DRAM (the featurizers' shifted re-reads hit L1), y written once, and z
+# computed once per row (plus NB - 1 halo tiles per program). The backward walks the same way, with the filter's
+# transpose trailing two tiles behind.
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -313,37 +305,76 @@ def _toeplitz_parts(HG, group, b: tl.constexpr, K: tl.constexpr, BT: tl.constexp
 
 @triton.jit
 def _tile_z(P, FT, rows, mask_r, start, cols, mask_c, W: tl.constexpr, KF: tl.constexpr, BT: tl.constexpr,
-            BC: tl.constexpr, dt: tl.constexpr, uk=None, uv=None):
-    """z = k * v (BT, BC) of the tile's rows, rounded to dt as the two-pass path stores it (``uk``, ``uv``: the
-    rows' unshifted k and v inputs, when loaded already)."""
-    return (_featurize(P, FT, rows, mask_r, start, cols, mask_c, W, W, KF, BT, BC, uk)
-            * _featurize(P, FT, rows, mask_r, start, cols, mask_c, 2 * W, W, KF, BT, BC, uv)).to(dt)
+            BC: tl.constexpr, dt: tl.constexpr):
+    """z = k * v (BT, BC) of the tile's rows, rounded to dt as the two-pass path stores it."""
+    return (_featurize(P, FT, rows, mask_r, start, cols, mask_c, W, W, KF, BT, BC)
+            * _featurize(P, FT, rows, mask_r, start, cols, mask_c, 2 * W, W, KF, BT, BC)).to(dt)
+
+
+@triton.jit
+def _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, valid, t0, K: tl.constexpr,
+               NB: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    """m = h * z (BT, BC) fp32 of a tile from its z and the two tiles' before (z1, z2), through the Toeplitz block
+    parts; a packed tile whose reach holds a sequence start gathers the blocks again, masked to each row's
+    sequence."""
+    acc = tl.zeros((BT, BC), dtype=tl.float32)
+    crosses = False
+    if VARLEN:  # starts grow with the rows: the last valid row's start is the latest
+        crosses = tl.max(tl.where(valid, start, 0)) > t0 - (NB - 1) * BT
+    if crosses:  # holding masked copies of h0..l2 spills
+        lag = tl.arange(0, BT)[:, None] - tl.arange(0, BT)[None, :]
+        acc = _toeplitz_dot(acc, HG, group, lag, rows[None, :] >= start[:, None], z, K)
+        acc = _toeplitz_dot(acc, HG, group, lag + BT, (rows - BT)[None, :] >= start[:, None], z1, K)
+        if NB > 2:
+            acc = _toeplitz_dot(acc, HG, group, lag + 2 * BT, (rows - 2 * BT)[None, :] >= start[:, None], z2, K)
+    else:
+        acc = _parts_dot(acc, h0, l0, z, HG.dtype.element_ty)
+        acc = _parts_dot(acc, h1, l1, z1, HG.dtype.element_ty)
+        if NB > 2:
+            acc = _parts_dot(acc, h2, l2, z2, HG.dtype.element_ty)
+    return acc
+
+
+@triton.jit
+def _mr_filter_t(HG, group, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, end2, valid2, t0, K: tl.constexpr,
+                 NB: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    """dz = h^T * dm (BT, BC) fp32 of the tile two back (rows2) from its dm and the two tiles' after (dm1, dm: the
+    current tile), through the transposed block parts; a packed tile whose reach holds a sequence's end gathers
+    them again, masked."""
+    acc = tl.zeros((BT, BC), dtype=tl.float32)
+    crosses = False
+    if VARLEN:  # ends grow with the rows: the first valid row's end is the earliest
+        crosses = tl.min(tl.where(valid2, end2, 2147483647)) < t0 + BT
+    if crosses:
+        lag = tl.arange(0, BT)[None, :] - tl.arange(0, BT)[:, None]
+        acc = _toeplitz_dot(acc, HG, group, lag, rows2[None, :] < end2[:, None], dm2, K)
+        acc = _toeplitz_dot(acc, HG, group, lag + BT, (rows2 + BT)[None, :] < end2[:, None], dm1, K)
+        if NB > 2:
+            acc = _toeplitz_dot(acc, HG, group, lag + 2 * BT, (rows2 + 2 * BT)[None, :] < end2[:, None], dm, K)
+    else:
+        acc = _parts_dot(acc, tl.trans(h0), tl.trans(l0), dm2, HG.dtype.element_ty)
+        acc = _parts_dot(acc, tl.trans(h1), tl.trans(l1), dm1, HG.dtype.element_ty)
+        if NB > 2:
+            acc = _parts_dot(acc, tl.trans(h2), tl.trans(l2), dm, HG.dtype.element_ty)
+    return acc
 
 
 @triton.jit
 def _hyena_mr_kernel(
     P, FT, HG, Y, SEQ, CU, R, T,
     W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, D: tl.constexpr, NB: tl.constexpr, VARLEN: tl.constexpr,
-    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, CMAJOR: tl.constexpr, PREFETCH: tl.constexpr,
+    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
 ):
     """``Y = q * (h * (k * v))`` for filters of K <= 2 * BT + 1 taps (NB = 2 or 3 Toeplitz blocks) shared by groups
-    of D channels (HG: (W / D, K), fp32 or the tiles' dtype). Program (j, c, b) (``(c, j, b)`` with CMAJOR, so that
-    programs running together read whole projection rows) writes the rows ``[lo, min(lo + L, b * T + T))``,
-    ``lo = b * T + j * L``, after walking the NB - 1 tiles before lo (inside the batch row) for their z. PREFETCH
-    loads each tile's unshifted q, k, v one tile ahead, so the loads run under the previous tile's dots. With
-    VARLEN (one batch row of T packed rows), a tile whose reach holds a sequence's first row masks its Toeplitz
-    blocks to each row's sequence."""
-    if CMAJOR:
-        pid_j = tl.program_id(1)
-        pid_c = tl.program_id(0)
-    else:
-        pid_j = tl.program_id(0)
-        pid_c = tl.program_id(1)
+    of D channels (HG: (W / D, K), fp32 or the tiles' dtype). Program (j, c, b) writes the rows
+    ``[lo, min(lo + L, b * T + T))``, ``lo = b * T + j * L``, after walking the NB - 1 tiles before lo (inside the
+    batch row) for their z. With VARLEN (one batch row of T packed rows), a tile whose reach holds a sequence's
+    first row masks its Toeplitz blocks to each row's sequence."""
     row0 = tl.program_id(2) * T
-    lo = row0 + pid_j * L
+    lo = row0 + tl.program_id(0) * L
     hi = tl.minimum(lo + L, row0 + T)
-    cols = pid_c * BC + tl.arange(0, BC)
-    group = (pid_c * BC) // D
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    group = (tl.program_id(1) * BC) // D
     mask_c = cols < W
     offs = tl.arange(0, BT)
     dt = Y.dtype.element_ty
@@ -358,44 +389,79 @@ def _hyena_mr_kernel(
         start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
         z2 = z1
         z1 = _tile_z(P, FT, rows, mask_r, start, cols, mask_c, W, KF, BT, BC, dt)
-    if PREFETCH:
-        mask_r = lo + offs < hi
-        nq = _unshifted(P, lo + offs, mask_r, cols, mask_c, 0, W)
-        nk = _unshifted(P, lo + offs, mask_r, cols, mask_c, W, W)
-        nv = _unshifted(P, lo + offs, mask_r, cols, mask_c, 2 * W, W)
     for t0 in range(lo, hi, BT):
         rows = t0 + offs
         mask_r = rows < hi
-        if PREFETCH:
-            uq, uk, uv = nq, nk, nv
-            mask_n = rows + BT < hi
-            nq = _unshifted(P, rows + BT, mask_n, cols, mask_c, 0, W)
-            nk = _unshifted(P, rows + BT, mask_n, cols, mask_c, W, W)
-            nv = _unshifted(P, rows + BT, mask_n, cols, mask_c, 2 * W, W)
-        else:
-            uq, uk, uv = None, None, None
         start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
-        z = _tile_z(P, FT, rows, mask_r, start, cols, mask_c, W, KF, BT, BC, dt, uk, uv)
-        acc = tl.zeros((BT, BC), dtype=tl.float32)
-        crosses = False
-        if VARLEN:  # starts grow with the rows: the last valid row's start is the latest
-            crosses = tl.max(tl.where(mask_r, start, 0)) > t0 - (NB - 1) * BT
-        if crosses:  # the blocks gathered again, masked (holding masked copies of h0..l2 spills)
-            lag = offs[:, None] - offs[None, :]
-            acc = _toeplitz_dot(acc, HG, group, lag, rows[None, :] >= start[:, None], z, K)
-            acc = _toeplitz_dot(acc, HG, group, lag + BT, (rows - BT)[None, :] >= start[:, None], z1, K)
-            if NB > 2:
-                acc = _toeplitz_dot(acc, HG, group, lag + 2 * BT, (rows - 2 * BT)[None, :] >= start[:, None], z2, K)
-        else:
-            acc = _parts_dot(acc, h0, l0, z, HG.dtype.element_ty)
-            acc = _parts_dot(acc, h1, l1, z1, HG.dtype.element_ty)
-            if NB > 2:
-                acc = _parts_dot(acc, h2, l2, z2, HG.dtype.element_ty)
-        q = _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, BC, uq)
+        z = _tile_z(P, FT, rows, mask_r, start, cols, mask_c, W, KF, BT, BC, dt)
+        acc = _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, mask_r, t0, K, NB, VARLEN, BT, BC)
+        q = _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, BC)
         out = rows.to(tl.int64)[:, None] * W + cols[None, :]
         tl.store(Y + out, (q * acc).to(dt), mask=mask_r[:, None] & mask_c[None, :])
         z2 = z1
         z1 = z
+
+
+@triton.jit
+def _hyena_mr_bwd_kernel(
+    P, FT, HG, DY, DF, Z, DM, SEQ, CU, R, T,
+    W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, D: tl.constexpr, NB: tl.constexpr, VARLEN: tl.constexpr,
+    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+):
+    """Backward of ``_hyena_mr_kernel`` up to its featurizers, for the rows ``[lo, hi)`` of program (j, c, b) as
+    there: the gradients of the featurizer outputs, ``DF = [dy * m | dz * v | dz * k]`` (R, 3W), and, for the filter
+    gradient, ``Z = z`` and ``DM = dm = dy * q`` (R, W), with ``m = h * z`` and ``dz = h^T * dm``. The walk starts
+    two tiles before lo (their z feed m) and ends two tiles after hi (their dm feed dz, which trails the walk by two
+    tiles, with the tiles' k and v kept for it)."""
+    row0 = tl.program_id(2) * T
+    lo = row0 + tl.program_id(0) * L
+    hi = tl.minimum(lo + L, row0 + T)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    group = (tl.program_id(1) * BC) // D
+    mask_c = cols < W
+    offs = tl.arange(0, BT)
+    dt = DF.dtype.element_ty
+    h0, l0 = _toeplitz_parts(HG, group, 0, K, BT, dt)
+    h1, l1 = _toeplitz_parts(HG, group, 1, K, BT, dt)
+    h2, l2 = _toeplitz_parts(HG, group, 2, K, BT, dt)
+    z1 = tl.zeros((BT, BC), dtype=dt)  # one tile back; z2, two back (as dm, k, v)
+    z2 = tl.zeros((BT, BC), dtype=dt)
+    dm1 = tl.zeros((BT, BC), dtype=dt)
+    dm2 = tl.zeros((BT, BC), dtype=dt)
+    k1 = tl.zeros((BT, BC), dtype=dt)
+    k2 = tl.zeros((BT, BC), dtype=dt)
+    v1 = tl.zeros((BT, BC), dtype=dt)
+    v2 = tl.zeros((BT, BC), dtype=dt)
+    for t0 in range(tl.maximum(lo - 2 * BT, row0), hi + 2 * BT, BT):
+        rows = t0 + offs
+        valid = rows < row0 + T
+        start, _ = _bounds(rows, valid, SEQ, CU, T, VARLEN)
+        k = _featurize(P, FT, rows, valid, start, cols, mask_c, W, W, KF, BT, BC).to(dt)
+        v = _featurize(P, FT, rows, valid, start, cols, mask_c, 2 * W, W, KF, BT, BC).to(dt)
+        z = (k.to(tl.float32) * v.to(tl.float32)).to(dt)
+        q = _featurize(P, FT, rows, valid, start, cols, mask_c, 0, W, KF, BT, BC)
+        mask = valid[:, None] & mask_c[None, :]
+        out = rows.to(tl.int64)[:, None] * W + cols[None, :]
+        dy = tl.load(DY + out, mask=mask, other=0.0).to(tl.float32)
+        dm = (dy * q).to(dt)
+        m = _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, valid, t0, K, NB, VARLEN, BT, BC)
+        own = (rows >= lo)[:, None] & (rows < hi)[:, None] & mask_c[None, :]
+        tl.store(Z + out, z, mask=own)
+        tl.store(DM + out, dm, mask=own)
+        tl.store(DF + rows.to(tl.int64)[:, None] * (3 * W) + cols[None, :], (dy * m).to(dt), mask=own)
+        rows2 = rows - 2 * BT
+        valid2 = (rows2 >= row0) & (rows2 < row0 + T)
+        _, end2 = _bounds(rows2, valid2, SEQ, CU, T, VARLEN)
+        dz = _mr_filter_t(HG, group, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, end2, valid2, t0, K, NB, VARLEN,
+                          BT, BC)
+        own2 = (rows2 >= lo)[:, None] & (rows2 < hi)[:, None] & mask_c[None, :]
+        base2 = rows2.to(tl.int64)[:, None] * (3 * W) + cols[None, :]
+        tl.store(DF + base2 + W, (dz * v2.to(tl.float32)).to(dt), mask=own2)
+        tl.store(DF + base2 + 2 * W, (dz * k2.to(tl.float32)).to(dt), mask=own2)
+        z2, z1 = z1, z
+        dm2, dm1 = dm1, dm
+        k2, k1 = k1, k
+        v2, v1 = v1, v
 
 
 # ---------------------------------------------------------------------------------------------------------------

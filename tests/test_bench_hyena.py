@@ -38,16 +38,16 @@ def test_cpu_tiny_smoke_run_writes_json(tmp_path: Path) -> None:
 def test_fir_sweep_checks_every_configuration(tmp_path: Path) -> None:
     """``benchmarks/sweep_fir.py`` on the CPU: each launch configuration of the filter-gradient, FIR, direct,
     scanned and Hyena-MR walk launchers matches the script's reference, one per launcher, pass and shape is the
-    default (the multi-pass backward, the path the scan replaces, runs once, unswept), and the JSON holds them
-    all."""
+    default (the multi-pass backward, the path the scans and walks replace, runs once, unswept), and the JSON holds
+    them all."""
     out = tmp_path / "sweep.json"
     with imported_file(REPO / "benchmarks" / "sweep_fir.py", "sweep_fir") as sweep:
         results = sweep.main(["--device", "cpu", "--size", "tiny", "--json", str(out)])
         configs, shapes = sweep.CONFIGS["tiny"], sweep.SHAPES["tiny"]
     assert json.loads(out.read_text())["results"] == results
     # passes per shape, each over the configurations
-    swept = {"dw": 1, "fir": 2, "core": 1, "scan": 1, "scanbwd": 1, "mr": 3}
-    once = len(shapes["scanbwd"])  # the multi-pass backward
+    swept = {"dw": 1, "fir": 2, "core": 1, "scan": 1, "scanbwd": 1, "mr": 3, "mrbwd": 3}
+    once = len(shapes["scanbwd"]) + len(shapes["mrbwd"])  # the multi-pass backward
     groups = {(r["kernel"], r["pass"], r["channels"], r["taps"]) for r in results}
     assert len(groups) == sum(swept[k] * len(shapes[k]) for k in sweep.KERNELS) + once
     assert len(results) == sum(swept[k] * len(shapes[k]) * len(configs[k]) for k in sweep.KERNELS) + once

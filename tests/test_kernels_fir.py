@@ -234,45 +234,48 @@ def test_scanned_core_matches_float64_reference(shape, lengths, taps, feat_taps,
         assert_close(got, want, torch.float32, name)
 
 
-ONE_PART, AHEAD, CMAJOR = {"filter16": True}, {"prefetch": True}, {"channel_major": True}
-
-
 @pytest.mark.parametrize(
-    "shape,lengths,taps,dtype,rows_per_program,variant",
+    "shape,lengths,taps,dtype,rows_per_program,filter16",
     [
-        ((2, 200, 96), None, 128, torch.float32, 64, {}),  # four programs a row, each walking two halo tiles
-        ((2, 200, 96), None, 128, torch.float16, 64, {**AHEAD, **CMAJOR}),
-        ((1, 300, 96), None, 129, torch.float16, 128, ONE_PART),  # the longest filter: three Toeplitz blocks
-        ((1, 300, 96), None, 129, torch.float16, 128, {**ONE_PART, **AHEAD}),
-        ((3, 37, 96), None, 40, torch.float32, 64, CMAJOR),  # two blocks, rows shorter than a tile
-        ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float32, 64, {}),  # packed: tiles reaching across starts
-        ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float16, 64, {**ONE_PART, **AHEAD, **CMAJOR}),
-        ((1, 331, 96), [200, 131], 100, torch.float16, 192, AHEAD),
+        ((2, 200, 96), None, 128, torch.float32, 64, False),  # four programs a row, each walking halo tiles
+        ((2, 200, 96), None, 128, torch.float16, 128, True),
+        ((1, 300, 96), None, 129, torch.float16, 128, False),  # the longest filter: three Toeplitz blocks
+        ((3, 37, 96), None, 40, torch.float32, 64, False),  # two blocks, rows shorter than a tile
+        ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float32, 64, False),  # packed: tiles reaching across starts
+        ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float16, 64, True),
+        ((1, 331, 96), [200, 131], 100, torch.float16, 192, False),
     ],
 )
 def test_mr_walk_matches_float64_reference(shape, lengths, taps: int, dtype: torch.dtype, rows_per_program,
-                                           variant: dict) -> None:
-    """The Hyena-MR walk over 64-row tiles (filters of 33-129 taps shared by 16 channels) with programs shorter
-    than the rows, so that programs rebuild z over halos and meet inside sequences, against the float64 reference;
-    packed rows where a tile's reach holds sequence starts take the masked Toeplitz blocks. A filter stored in the
-    tiles' 16-bit dtype enters the dots as one part; the launch options (loads a tile ahead, channel-major
-    programs) give the same result."""
+                                           filter16: bool) -> None:
+    """The Hyena-MR walks over 64-row tiles (filters of 33-129 taps shared by 16 channels), forward and backward,
+    with programs shorter than the rows, so that programs rebuild z (and, backward, dm) over halos on both sides
+    and meet inside sequences, against the float64 reference and its autograd; packed rows where a tile's reach
+    holds sequence starts or ends take the masked Toeplitz blocks. A filter stored in the tiles' 16-bit dtype
+    enters the dots as one part."""
     gen = torch.Generator().manual_seed(taps + shape[1])
     width = shape[-1] // 3
-    proj = torch.randn(shape, generator=gen, dtype=torch.float64)
+    proj = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
     feat = torch.randn(3 * width, 3, generator=gen, dtype=torch.float64) / 3**0.5
     w = torch.randn(width // 16, taps, generator=gen, dtype=torch.float64) / taps**0.5
-    launch = {key: value for key, value in variant.items() if key != "filter16"}
-    w = w.to(dtype if variant.get("filter16") else torch.float32)
+    dy = torch.randn(*shape[:-1], width, generator=gen, dtype=torch.float64).to(dtype)
+    w = w.to(dtype if filter16 else torch.float32)
     cu = None if lengths is None else torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=DEVICE)
-    ref = hyena_reference(proj, feat, w.double().repeat_interleave(16, 0), lengths or [shape[1]] * shape[0])
-    y = fir_ops._launch_mr_core(proj.to(DEVICE, dtype), feat.t().float().contiguous().to(DEVICE), w.to(DEVICE), cu,
-                                rows_per_program=rows_per_program, num_warps=4, **launch)
+    leaves = [t.double().requires_grad_() for t in (proj, feat, w)]
+    ref = hyena_reference(leaves[0], leaves[1], leaves[2].repeat_interleave(16, 0), lengths or [shape[1]] * shape[0])
+    ref_grads = torch.autograd.grad((ref * dy.double()).sum(), leaves)
+    args = proj.to(DEVICE), feat.float().to(DEVICE), w.to(DEVICE)
+    y = fir_ops._launch_mr_core(args[0], args[1].t().contiguous(), args[2], cu, rows_per_program=rows_per_program,
+                                num_warps=4)
     assert y.dtype == dtype
     assert_close(y, ref, dtype, "y")
-    with pytest.raises(ValueError, match="rows_per_program must be a multiple of 64"):
-        fir_ops._launch_mr_core(proj.to(DEVICE, dtype), feat.t().float().to(DEVICE), w.to(DEVICE), cu,
-                                rows_per_program=100)
+    grads = fir_ops._launch_mr_bwd(*args, dy.to(DEVICE), cu, rows_per_program=rows_per_program, num_warps=4)
+    for name, got, want in zip(("dproj", "dfeaturizer", "dweight"), grads, ref_grads):
+        assert_close(got, want, dtype, name)
+    for launcher, extra in ((fir_ops._launch_mr_core, ()), (fir_ops._launch_mr_bwd, (dy.to(DEVICE),))):
+        with pytest.raises(ValueError, match="rows_per_program must be a multiple of 64"):
+            launcher(args[0], args[1].t().contiguous() if not extra else args[1], args[2], *extra, cu,
+                     rows_per_program=100)
 
 
 CARRIED_PROBE = """
