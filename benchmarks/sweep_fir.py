@@ -61,17 +61,18 @@ CONFIGS = {
              "fir": TILES, "core": TILES,
              "scan": list(itertools.product((128, 256, 512), (4, 8), (128, 256, 512), (2, 4))),
              "scanbwd": list(itertools.product((256, 512), (2, 4), (64, 128, 256), (2, 4))),
-             "mr": list(itertools.product((1024, 2048, 4096), (4, 8))),
-             "mrbwd": list(itertools.product((1024, 2048, 4096), (4, 8)))},
+             "mr": list(itertools.product((2048, 4096), (1, 2, 4), (4, 8))),
+             "mrbwd": list(itertools.product((2048, 4096), (1, 2), (4, 8)))},
     "tiny": {"dw": [(128, 64, 4, 64, False), (16, 16, 1, 4, False), (16, 16, 2, 4, True)],
              "fir": [(64, 128, 4), (16, 16, 2)], "core": [(64, 64, 4), (16, 16, 2)],
              "scan": [(512, 8, 512, 4), (8, 4, 16, 1)], "scanbwd": [(512, 4, 128, 4), (8, 4, 16, 1)],
-             "mr": [(2048, 4), (64, 1)], "mrbwd": [(2048, 4), (64, 1)]},
+             "mr": [(2048, 4, 4), (64, 2, 1)], "mrbwd": [(2048, 1, 4), (64, 2, 1)]},
 }
 NAMES = {"dw": ("block_t", "block_c", "num_warps", "chunks", "taps_outer"),  # keyword arguments of the launchers
          "fir": ("block_t", "block_c", "num_warps"), "core": ("block_t", "block_c", "num_warps"),
          "scan": ("rows_per_program", "unroll", "block_c", "num_warps"),
-         "scanbwd": ("rows_per_program", "unroll", "block_c", "num_warps"), "mr": ("rows_per_program", "num_warps"), "mrbwd": ("rows_per_program", "num_warps")}
+         "scanbwd": ("rows_per_program", "unroll", "block_c", "num_warps"), "mr": ("rows_per_program", "strands", "num_warps"),
+         "mrbwd": ("rows_per_program", "strands", "num_warps")}
 FEATURIZER_TAPS, GROUP_CHANNELS = 3, 16  # the presets' featurizer length and channels per filter group
 
 
@@ -125,6 +126,8 @@ def cases(kernel: str, shape: tuple[int, int, int, int], device: str, dtype: tor
                 yield "bwd", want, lambda config: flat(fir_ops._launch_scan_bwd(proj, featurizer, weight, dy,
                                                                                  **config)), 7 * tensor_bytes, True
                 return
+            yield "bwd, packed, multi-pass", want, lambda config: flat(fir_ops._multi_pass_bwd(
+                proj, featurizer, weight, dy, whole)), 7 * tensor_bytes, False
             yield "bwd", want, lambda config: flat(fir_ops._launch_mr_bwd(proj, featurizer, weight, dy, None,
                                                                            **config)), 7 * tensor_bytes, True
             yield "bwd, packed", want, lambda config: flat(fir_ops._launch_mr_bwd(proj, featurizer, weight, dy, whole,

@@ -130,14 +130,15 @@ def _fir_dw_kernel(
 
 @triton.jit
 def _featurize(P, FT, rows, mask_r, start, cols, mask_c, OFF: tl.constexpr, W: tl.constexpr, KF: tl.constexpr,
-               BT: tl.constexpr, BC: tl.constexpr):
-    """Featurizer output (BT, BC) fp32 of the projection columns ``OFF + cols``: ``sum_j F[j] u[t - j]``."""
+               BT: tl.constexpr, BC: tl.constexpr, base=0):
+    """Featurizer output (BT, BC) fp32 of the projection columns ``OFF + cols``: ``sum_j F[j] u[t - j]``; ``base``
+    (per column, elements) places each column's rows (the MR walks' strands)."""
     acc = tl.zeros((BT, BC), dtype=tl.float32)
     for j in tl.static_range(KF):
         f = tl.load(FT + j * 3 * W + OFF + cols, mask=mask_c, other=0.0).to(tl.float32)
         src = rows - j
         m = (mask_r & (src >= start))[:, None] & mask_c[None, :]
-        u = tl.load(P + src.to(tl.int64)[:, None] * (3 * W) + OFF + cols[None, :], mask=m, other=0.0)
+        u = tl.load(P + src.to(tl.int64)[:, None] * (3 * W) + (base + OFF + cols)[None, :], mask=m, other=0.0)
         acc += f[None, :] * u.to(tl.float32)
     return acc
 
@@ -304,11 +305,23 @@ def _toeplitz_parts(HG, group, b: tl.constexpr, K: tl.constexpr, BT: tl.constexp
 
 
 @triton.jit
-def _tile_z(P, FT, rows, mask_r, start, cols, mask_c, W: tl.constexpr, KF: tl.constexpr, BT: tl.constexpr,
+def _tile_z(P, FT, rows, mask_r, start, cols, mask_c, base, W: tl.constexpr, KF: tl.constexpr, BT: tl.constexpr,
             BC: tl.constexpr, dt: tl.constexpr):
     """z = k * v (BT, BC) of the tile's rows, rounded to dt as the two-pass path stores it."""
-    return (_featurize(P, FT, rows, mask_r, start, cols, mask_c, W, W, KF, BT, BC)
-            * _featurize(P, FT, rows, mask_r, start, cols, mask_c, 2 * W, W, KF, BT, BC)).to(dt)
+    return (_featurize(P, FT, rows, mask_r, start, cols, mask_c, W, W, KF, BT, BC, base)
+            * _featurize(P, FT, rows, mask_r, start, cols, mask_c, 2 * W, W, KF, BT, BC, base)).to(dt)
+
+
+@triton.jit
+def _strands(T, NBATCH, W: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr):
+    """The columns of an MR walk's tiles: NS strands (the batch rows ``program_id(2) * NS + s``) of the BC channels
+    of channel block ``program_id(1)``, side by side, so that one Toeplitz block multiplies NS times the columns.
+    Returns each column's channel, mask, and element offsets of its batch row in proj (3W a row) and in y (W)."""
+    lane = tl.arange(0, NS * BC)
+    cols = tl.program_id(1) * BC + lane % BC
+    batch = tl.program_id(2) * NS + lane // BC
+    first = batch.to(tl.int64) * T
+    return cols, (cols < W) & (batch < NBATCH), first * (3 * W), first * W
 
 
 @triton.jit
@@ -361,42 +374,43 @@ def _mr_filter_t(HG, group, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, end2, v
 
 @triton.jit
 def _hyena_mr_kernel(
-    P, FT, HG, Y, SEQ, CU, R, T,
+    P, FT, HG, Y, SEQ, CU, T, NBATCH,
     W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, D: tl.constexpr, NB: tl.constexpr, VARLEN: tl.constexpr,
-    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr,
 ):
     """``Y = q * (h * (k * v))`` for filters of K <= 2 * BT + 1 taps (NB = 2 or 3 Toeplitz blocks) shared by groups
     of D channels (HG: (W / D, K), fp32 or the tiles' dtype). Program (j, c, b) writes the rows
-    ``[lo, min(lo + L, b * T + T))``, ``lo = b * T + j * L``, after walking the NB - 1 tiles before lo (inside the
-    batch row) for their z. With VARLEN (one batch row of T packed rows), a tile whose reach holds a sequence's
-    first row masks its Toeplitz blocks to each row's sequence."""
-    row0 = tl.program_id(2) * T
-    lo = row0 + tl.program_id(0) * L
-    hi = tl.minimum(lo + L, row0 + T)
-    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    ``[lo, min(lo + L, T))``, ``lo = j * L``, of its strands (``_strands``; rows count from each batch row's
+    first), after walking the NB - 1 tiles before lo for their z. With VARLEN (one strand: one batch row of T
+    packed rows), a tile whose reach holds a sequence's first row masks its Toeplitz blocks to each row's
+    sequence."""
+    tl.static_assert(NS == 1 or not VARLEN)
+    lo = tl.program_id(0) * L
+    hi = tl.minimum(lo + L, T)
+    cols, mask_c, base, ybase = _strands(T, NBATCH, W, BC, NS)
     group = (tl.program_id(1) * BC) // D
-    mask_c = cols < W
     offs = tl.arange(0, BT)
     dt = Y.dtype.element_ty
     h0, l0 = _toeplitz_parts(HG, group, 0, K, BT, dt)
     h1, l1 = _toeplitz_parts(HG, group, 1, K, BT, dt)
     h2, l2 = _toeplitz_parts(HG, group, 2, K, BT, dt)
-    z1 = tl.zeros((BT, BC), dtype=dt)  # z of the tile one back; z2, two back
-    z2 = tl.zeros((BT, BC), dtype=dt)
-    for t0 in range(tl.maximum(lo - (NB - 1) * BT, row0), lo, BT):  # halo: z only
+    z1 = tl.zeros((BT, NS * BC), dtype=dt)  # z of the tile one back; z2, two back
+    z2 = tl.zeros((BT, NS * BC), dtype=dt)
+    for t0 in range(tl.maximum(lo - (NB - 1) * BT, 0), lo, BT):  # halo: z only
         rows = t0 + offs
         mask_r = rows < hi
         start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
         z2 = z1
-        z1 = _tile_z(P, FT, rows, mask_r, start, cols, mask_c, W, KF, BT, BC, dt)
+        z1 = _tile_z(P, FT, rows, mask_r, start, cols, mask_c, base, W, KF, BT, NS * BC, dt)
     for t0 in range(lo, hi, BT):
         rows = t0 + offs
         mask_r = rows < hi
         start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
-        z = _tile_z(P, FT, rows, mask_r, start, cols, mask_c, W, KF, BT, BC, dt)
-        acc = _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, mask_r, t0, K, NB, VARLEN, BT, BC)
-        q = _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, BC)
-        out = rows.to(tl.int64)[:, None] * W + cols[None, :]
+        z = _tile_z(P, FT, rows, mask_r, start, cols, mask_c, base, W, KF, BT, NS * BC, dt)
+        acc = _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, mask_r, t0, K, NB, VARLEN, BT,
+                         NS * BC)
+        q = _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, NS * BC, base)
+        out = rows.to(tl.int64)[:, None] * W + (ybase + cols)[None, :]
         tl.store(Y + out, (q * acc).to(dt), mask=mask_r[:, None] & mask_c[None, :])
         z2 = z1
         z1 = z
@@ -404,60 +418,59 @@ def _hyena_mr_kernel(
 
 @triton.jit
 def _hyena_mr_bwd_kernel(
-    P, FT, HG, DY, DF, Z, DM, SEQ, CU, R, T,
+    P, FT, HG, DY, DF, Z, DM, SEQ, CU, T, NBATCH,
     W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, D: tl.constexpr, NB: tl.constexpr, VARLEN: tl.constexpr,
-    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr,
 ):
     """Backward of ``_hyena_mr_kernel`` up to its featurizers, for the rows ``[lo, hi)`` of program (j, c, b) as
     there: the gradients of the featurizer outputs, ``DF = [dy * m | dz * v | dz * k]`` (R, 3W), and, for the filter
     gradient, ``Z = z`` and ``DM = dm = dy * q`` (R, W), with ``m = h * z`` and ``dz = h^T * dm``. The walk starts
     two tiles before lo (their z feed m) and ends two tiles after hi (their dm feed dz, which trails the walk by two
     tiles, with the tiles' k and v kept for it)."""
-    row0 = tl.program_id(2) * T
-    lo = row0 + tl.program_id(0) * L
-    hi = tl.minimum(lo + L, row0 + T)
-    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    tl.static_assert(NS == 1 or not VARLEN)
+    lo = tl.program_id(0) * L
+    hi = tl.minimum(lo + L, T)
+    cols, mask_c, base, ybase = _strands(T, NBATCH, W, BC, NS)
     group = (tl.program_id(1) * BC) // D
-    mask_c = cols < W
     offs = tl.arange(0, BT)
     dt = DF.dtype.element_ty
+    BN: tl.constexpr = NS * BC
     h0, l0 = _toeplitz_parts(HG, group, 0, K, BT, dt)
     h1, l1 = _toeplitz_parts(HG, group, 1, K, BT, dt)
     h2, l2 = _toeplitz_parts(HG, group, 2, K, BT, dt)
-    z1 = tl.zeros((BT, BC), dtype=dt)  # one tile back; z2, two back (as dm, k, v)
-    z2 = tl.zeros((BT, BC), dtype=dt)
-    dm1 = tl.zeros((BT, BC), dtype=dt)
-    dm2 = tl.zeros((BT, BC), dtype=dt)
-    k1 = tl.zeros((BT, BC), dtype=dt)
-    k2 = tl.zeros((BT, BC), dtype=dt)
-    v1 = tl.zeros((BT, BC), dtype=dt)
-    v2 = tl.zeros((BT, BC), dtype=dt)
-    for t0 in range(tl.maximum(lo - 2 * BT, row0), hi + 2 * BT, BT):
+    z1 = tl.zeros((BT, BN), dtype=dt)  # one tile back; z2, two back (as dm, k, v)
+    z2 = tl.zeros((BT, BN), dtype=dt)
+    dm1 = tl.zeros((BT, BN), dtype=dt)
+    dm2 = tl.zeros((BT, BN), dtype=dt)
+    k1 = tl.zeros((BT, BN), dtype=dt)
+    k2 = tl.zeros((BT, BN), dtype=dt)
+    v1 = tl.zeros((BT, BN), dtype=dt)
+    v2 = tl.zeros((BT, BN), dtype=dt)
+    for t0 in range(tl.maximum(lo - 2 * BT, 0), hi + 2 * BT, BT):
         rows = t0 + offs
-        valid = rows < row0 + T
+        valid = rows < T
         start, _ = _bounds(rows, valid, SEQ, CU, T, VARLEN)
-        k = _featurize(P, FT, rows, valid, start, cols, mask_c, W, W, KF, BT, BC).to(dt)
-        v = _featurize(P, FT, rows, valid, start, cols, mask_c, 2 * W, W, KF, BT, BC).to(dt)
+        k = _featurize(P, FT, rows, valid, start, cols, mask_c, W, W, KF, BT, BN, base).to(dt)
+        v = _featurize(P, FT, rows, valid, start, cols, mask_c, 2 * W, W, KF, BT, BN, base).to(dt)
         z = (k.to(tl.float32) * v.to(tl.float32)).to(dt)
-        q = _featurize(P, FT, rows, valid, start, cols, mask_c, 0, W, KF, BT, BC)
-        mask = valid[:, None] & mask_c[None, :]
-        out = rows.to(tl.int64)[:, None] * W + cols[None, :]
-        dy = tl.load(DY + out, mask=mask, other=0.0).to(tl.float32)
+        q = _featurize(P, FT, rows, valid, start, cols, mask_c, 0, W, KF, BT, BN, base)
+        out = rows.to(tl.int64)[:, None] * W + (ybase + cols)[None, :]
+        dy = tl.load(DY + out, mask=valid[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
         dm = (dy * q).to(dt)
-        m = _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, valid, t0, K, NB, VARLEN, BT, BC)
+        m = _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, valid, t0, K, NB, VARLEN, BT, BN)
         own = (rows >= lo)[:, None] & (rows < hi)[:, None] & mask_c[None, :]
         tl.store(Z + out, z, mask=own)
         tl.store(DM + out, dm, mask=own)
-        tl.store(DF + rows.to(tl.int64)[:, None] * (3 * W) + cols[None, :], (dy * m).to(dt), mask=own)
+        tl.store(DF + rows.to(tl.int64)[:, None] * (3 * W) + (base + cols)[None, :], (dy * m).to(dt), mask=own)
         rows2 = rows - 2 * BT
-        valid2 = (rows2 >= row0) & (rows2 < row0 + T)
+        valid2 = (rows2 >= 0) & (rows2 < T)
         _, end2 = _bounds(rows2, valid2, SEQ, CU, T, VARLEN)
         dz = _mr_filter_t(HG, group, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, end2, valid2, t0, K, NB, VARLEN,
-                          BT, BC)
+                          BT, BN)
         own2 = (rows2 >= lo)[:, None] & (rows2 < hi)[:, None] & mask_c[None, :]
-        base2 = rows2.to(tl.int64)[:, None] * (3 * W) + cols[None, :]
-        tl.store(DF + base2 + W, (dz * v2.to(tl.float32)).to(dt), mask=own2)
-        tl.store(DF + base2 + 2 * W, (dz * k2.to(tl.float32)).to(dt), mask=own2)
+        at2 = rows2.to(tl.int64)[:, None] * (3 * W) + (base + cols)[None, :]
+        tl.store(DF + at2 + W, (dz * v2.to(tl.float32)).to(dt), mask=own2)
+        tl.store(DF + at2 + 2 * W, (dz * k2.to(tl.float32)).to(dt), mask=own2)
         z2, z1 = z1, z
         dm2, dm1 = dm1, dm
         k2, k1 = k1, k

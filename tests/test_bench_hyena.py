@@ -47,7 +47,7 @@ def test_fir_sweep_checks_every_configuration(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["results"] == results
     # passes per shape, each over the configurations
     swept = {"dw": 1, "fir": 2, "core": 1, "scan": 1, "scanbwd": 1, "mr": 3, "mrbwd": 3}
-    once = len(shapes["scanbwd"]) + len(shapes["mrbwd"])  # the multi-pass backward
+    once = len(shapes["scanbwd"]) + 2 * len(shapes["mrbwd"])  # the multi-pass backward (MR: also packed)
     groups = {(r["kernel"], r["pass"], r["channels"], r["taps"]) for r in results}
     assert len(groups) == sum(swept[k] * len(shapes[k]) for k in sweep.KERNELS) + once
     assert len(results) == sum(swept[k] * len(shapes[k]) * len(configs[k]) for k in sweep.KERNELS) + once

@@ -235,24 +235,26 @@ def test_scanned_core_matches_float64_reference(shape, lengths, taps, feat_taps,
 
 
 @pytest.mark.parametrize(
-    "shape,lengths,taps,dtype,rows_per_program,filter16",
+    "shape,lengths,taps,dtype,rows_per_program,filter16,strands",
     [
-        ((2, 200, 96), None, 128, torch.float32, 64, False),  # four programs a row, each walking halo tiles
-        ((2, 200, 96), None, 128, torch.float16, 128, True),
-        ((1, 300, 96), None, 129, torch.float16, 128, False),  # the longest filter: three Toeplitz blocks
-        ((3, 37, 96), None, 40, torch.float32, 64, False),  # two blocks, rows shorter than a tile
-        ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float32, 64, False),  # packed: tiles reaching across starts
-        ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float16, 64, True),
-        ((1, 331, 96), [200, 131], 100, torch.float16, 192, False),
+        ((2, 200, 96), None, 128, torch.float32, 64, False, 1),  # four programs a row, each walking halo tiles
+        ((2, 200, 96), None, 128, torch.float16, 128, True, 2),  # both batch rows side by side
+        ((3, 150, 96), None, 128, torch.float16, 64, False, 2),  # two strands, the second program's half empty
+        ((1, 300, 96), None, 129, torch.float16, 128, False, 4),  # the longest filter: three Toeplitz blocks
+        ((3, 37, 96), None, 40, torch.float32, 64, False, 4),  # two blocks, rows shorter than a tile, a strand empty
+        ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float32, 64, False, 4),  # packed: tiles reaching across starts
+        ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float16, 64, True, 1),
+        ((1, 331, 96), [200, 131], 100, torch.float16, 192, False, 2),
     ],
 )
 def test_mr_walk_matches_float64_reference(shape, lengths, taps: int, dtype: torch.dtype, rows_per_program,
-                                           filter16: bool) -> None:
+                                           filter16: bool, strands: int) -> None:
     """The Hyena-MR walks over 64-row tiles (filters of 33-129 taps shared by 16 channels), forward and backward,
     with programs shorter than the rows, so that programs rebuild z (and, backward, dm) over halos on both sides
     and meet inside sequences, against the float64 reference and its autograd; packed rows where a tile's reach
-    holds sequence starts or ends take the masked Toeplitz blocks. A filter stored in the tiles' 16-bit dtype
-    enters the dots as one part."""
+    holds sequence starts or ends take the masked Toeplitz blocks (one strand whatever is asked). Strands put
+    batch rows side by side in a program's tiles, some of them past the last row. A filter stored in the tiles'
+    16-bit dtype enters the dots as one part."""
     gen = torch.Generator().manual_seed(taps + shape[1])
     width = shape[-1] // 3
     proj = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
@@ -265,17 +267,19 @@ def test_mr_walk_matches_float64_reference(shape, lengths, taps: int, dtype: tor
     ref = hyena_reference(leaves[0], leaves[1], leaves[2].repeat_interleave(16, 0), lengths or [shape[1]] * shape[0])
     ref_grads = torch.autograd.grad((ref * dy.double()).sum(), leaves)
     args = proj.to(DEVICE), feat.float().to(DEVICE), w.to(DEVICE)
-    y = fir_ops._launch_mr_core(args[0], args[1].t().contiguous(), args[2], cu, rows_per_program=rows_per_program,
-                                num_warps=4)
+    launch = dict(rows_per_program=rows_per_program, strands=strands, num_warps=4)
+    y = fir_ops._launch_mr_core(args[0], args[1].t().contiguous(), args[2], cu, **launch)
     assert y.dtype == dtype
     assert_close(y, ref, dtype, "y")
-    grads = fir_ops._launch_mr_bwd(*args, dy.to(DEVICE), cu, rows_per_program=rows_per_program, num_warps=4)
+    grads = fir_ops._launch_mr_bwd(*args, dy.to(DEVICE), cu, **launch)
     for name, got, want in zip(("dproj", "dfeaturizer", "dweight"), grads, ref_grads):
         assert_close(got, want, dtype, name)
     for launcher, extra in ((fir_ops._launch_mr_core, ()), (fir_ops._launch_mr_bwd, (dy.to(DEVICE),))):
+        feat_arg = args[1] if extra else args[1].t().contiguous()
         with pytest.raises(ValueError, match="rows_per_program must be a multiple of 64"):
-            launcher(args[0], args[1].t().contiguous() if not extra else args[1], args[2], *extra, cu,
-                     rows_per_program=100)
+            launcher(args[0], feat_arg, args[2], *extra, cu, rows_per_program=100)
+        with pytest.raises(ValueError, match="strands must be a power of two, got 3"):
+            launcher(args[0], feat_arg, args[2], *extra, cu, strands=3)
 
 
 CARRIED_PROBE = """
