@@ -144,7 +144,7 @@ def _launch_scan_core(
 
 def _launch_mr_core(
     proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, *,
-    rows_per_program: int = 2048, strands: int = 4, num_warps: int = 4,
+    rows_per_program: int = 4096, strands: int | None = None, num_warps: int = 4,
 ) -> torch.Tensor:
     """Hyena core y (B, T, W) from proj (B, T, 3W) in one pass for filters of 33-129 taps shared by groups of 16k
     channels: each program walks ``rows_per_program`` rows (a multiple of 64) of one group's channels in 64-row
@@ -162,7 +162,7 @@ def _launch_mr_core(
     y = proj.new_empty(batch, seqlen, width)
     block_c = math.gcd(width // groups, 64)  # a program's channels share one filter
     span, batches = (rows, 1) if cu_seqlens is not None else (seqlen, batch)  # packed rows: one batch row
-    ns = _num_strands(strands, batches)
+    ns = _num_strands(strands, batches, weight.dtype == proj.dtype, 4)
     _hyena_mr_kernel[(triton.cdiv(span, rows_per_program), width // block_c, triton.cdiv(batches, ns))](
         proj, feat_t, _walk_filter(weight, proj.dtype), y, seq, cu, span, batches, W=width, KF=feat_t.shape[0],
         K=taps, D=width // groups, NB=triton.cdiv(taps - 1, MR_BLOCK_T) + 1, VARLEN=cu_seqlens is not None,
@@ -171,8 +171,12 @@ def _launch_mr_core(
     return y
 
 
-def _num_strands(strands: int, batches: int) -> int:
-    """Batch rows an MR walk's program takes side by side (a power of two, at most ``strands`` and the rows')."""
+def _num_strands(strands: int | None, batches: int, one_part: bool, best: int) -> int:
+    """Batch rows an MR walk's program takes side by side: a power of two, at most ``strands`` and the rows'. By
+    default ``best`` for a filter stored in the rows' dtype (one Toeplitz part) and 1 for an fp32 one, whose two
+    parts leave no registers for wider tiles (H200, ``benchmarks/results/hyena_h200_s19/``)."""
+    if strands is None:
+        strands = best if one_part else 1
     if strands < 1 or strands & (strands - 1):
         raise ValueError(f"strands must be a power of two, got {strands}")
     return min(strands, triton.next_power_of_2(batches))
@@ -185,7 +189,8 @@ def _walk_filter(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _launch_mr_bwd(
     proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
-    cu_seqlens: torch.Tensor | None, *, rows_per_program: int = 2048, strands: int = 1, num_warps: int = 4,
+    cu_seqlens: torch.Tensor | None, *, rows_per_program: int = 4096, strands: int | None = None,
+    num_warps: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dproj, dfeaturizer, dweight fp32) of ``_launch_mr_core``: one walk over 64-row tiles (``rows_per_program``
     rows a program, a multiple of 64) writes the featurizer outputs' gradients, z and dm = dy * q; then the filter
@@ -201,7 +206,7 @@ def _launch_mr_bwd(
     dm = torch.empty_like(z)
     block_c = math.gcd(width // groups, 64)
     span, batches = (rows, 1) if cu_seqlens is not None else (seqlen, batch)
-    ns = _num_strands(strands, batches)
+    ns = _num_strands(strands, batches, weight.dtype == proj.dtype, 2)
     _hyena_mr_bwd_kernel[(triton.cdiv(span, rows_per_program), width // block_c, triton.cdiv(batches, ns))](
         proj, featurizer.t().float().contiguous(), _walk_filter(weight, proj.dtype), dy, dfeats, z, dm, seq, cu, span,
         batches, W=width, KF=featurizer.shape[1], K=taps, D=width // groups, NB=triton.cdiv(taps - 1, MR_BLOCK_T) + 1,
