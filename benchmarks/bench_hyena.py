@@ -36,6 +36,7 @@ it reached.
     BENCH_ARGS="--widths 4096" bash benchmarks/gpu_hyena_run.sh OUT_DIR             # GPU machine, one width a call
     python benchmarks/bench_hyena.py --device cpu --size tiny                       # smoke test (PyTorch paths)
     TRITON_INTERPRET=1 python benchmarks/bench_hyena.py --device cpu --size tiny    # also the kernels, interpreted
+    python benchmarks/bench_hyena.py --parts peers --widths 2048 --lengths 4096     # one part, one shape
 """
 
 from __future__ import annotations
@@ -284,6 +285,8 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     parser.add_argument("--json", help="write the raw results here")
     parser.add_argument("--widths", type=int, nargs="+", help="these widths instead of the size's")
     parser.add_argument("--lengths", type=int, nargs="+", help="these lengths instead of the size's")
+    parser.add_argument("--parts", nargs="+", choices=("hyena", "peers"), default=["hyena", "peers"],
+                        help="the Hyena rows, the peers, or both (a short GPU call measures one part)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU (use --device cpu --size tiny for a smoke run)")
@@ -304,11 +307,12 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     # Each shape's Hyena rows, then its peers: a run cut short compares what it has.
     for width in args.widths or size["widths"]:
         for seqlen in args.lengths or size["lengths"]:
-            for taps in size["taps"]:
+            for taps in size["taps"] if "hyena" in args.parts else ():
                 rows.append(bench_shape(width, seqlen, taps, size["tokens"], args.device, dtype, reps, bandwidth))
                 save()
-            peers.append(bench_peers(width, seqlen, size["tokens"], args.device, dtype, reps))
-            save()
+            if "peers" in args.parts:
+                peers.append(bench_peers(width, seqlen, size["tokens"], args.device, dtype, reps))
+                save()
     print(f"{name}  torch {torch.__version__}  copy {bandwidth / 1e12:.3f} TB/s")
     print(format_table(rows))
     print(format_peer_table(peers))

@@ -55,3 +55,13 @@ def test_fir_sweep_checks_every_configuration(tmp_path: Path) -> None:
     if os.environ.get("TRITON_INTERPRET") == "1":
         for row in results:
             assert row["rel_err"] < 1e-5 and row["ms"] > 0 and row["x_floor"] > 0, row
+
+
+def test_parts_measures_one_part(tmp_path: Path) -> None:
+    """``--parts peers`` times the peers alone (a short GPU call), ``--parts hyena`` the Hyena rows alone."""
+    with imported_file(REPO / "benchmarks" / "bench_hyena.py", "bench_hyena") as bench:
+        common = ["--device", "cpu", "--size", "tiny", "--reps", "1", "--widths", "32", "--lengths", "64"]
+        rows, peers = bench.main([*common, "--parts", "peers"])
+        assert rows == [] and [(r["width"], r["seqlen"]) for r in peers] == [(32, 64)]
+        rows, peers = bench.main([*common, "--parts", "hyena", "--json", str(tmp_path / "h.json")])
+        assert peers == [] and [r["mixer"] for r in rows] == ["hyena_se", "hyena_mr"]
