@@ -149,9 +149,10 @@ def _launch_mr_core(
     """Hyena core y (B, T, W) from proj (B, T, 3W) in one pass for filters of 33-129 taps shared by groups of 16k
     channels: each program walks ``rows_per_program`` rows (a multiple of 64) of one group's channels in 64-row
     tiles, with the filter's Toeplitz blocks built once (one part when the filter is stored in proj's 16-bit
-    dtype, else a high part and a remainder). The launch configuration is swept by ``benchmarks/sweep_fir.py``: on
-    the H200 at 8 x 4096 x 2048 with 128 taps, 2048 rows took 0.625 ms (0.645 at 1024), a bf16 filter 0.457 ms; the
-    one-pass tensor-core kernel it replaced 1.160. Channel-major program order changed nothing and loading the next
+    dtype, else a high part and a remainder) and ``strands`` batch rows side by side (``_num_strands``). The launch
+    configuration is swept by ``benchmarks/sweep_fir.py``: on the H200 at 8 x 4096 x 2048 with 128 taps the default
+    took 0.582 ms with an fp32 filter and 0.372 ms with a bf16 one (4 strands; 0.508 with one), against 1.160 for
+    the one-pass tensor-core kernel it replaced. Channel-major program order changed nothing and loading the next
     tile ahead helped only packed rows (8%), so neither is kept (``benchmarks/results/hyena_h200_s19/``)."""
     if rows_per_program % MR_BLOCK_T:
         raise ValueError(f"rows_per_program must be a multiple of {MR_BLOCK_T}, got {rows_per_program}")
@@ -194,7 +195,9 @@ def _launch_mr_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dproj, dfeaturizer, dweight fp32) of ``_launch_mr_core``: one walk over 64-row tiles (``rows_per_program``
     rows a program, a multiple of 64) writes the featurizer outputs' gradients, z and dm = dy * q; then the filter
-    gradient on tensor cores (``_launch_tc_dw``) and the featurizers' backward (``fir_bwd_op``)."""
+    gradient on tensor cores (``_launch_tc_dw``) and the featurizers' backward (``fir_bwd_op``). On the H200 at
+    8 x 4096 x 2048 with 128 taps: 3.22 ms with an fp32 filter, 2.80 with a bf16 one (2 strands), against 4.65 for
+    the multi-pass backward; packed rows 4.92 against 5.00 (``benchmarks/results/hyena_h200_s19/``)."""
     if rows_per_program % MR_BLOCK_T:
         raise ValueError(f"rows_per_program must be a multiple of {MR_BLOCK_T}, got {rows_per_program}")
     batch, seqlen, features = proj.shape
