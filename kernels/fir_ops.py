@@ -197,7 +197,8 @@ def _launch_mr_bwd(
     rows a program, a multiple of 64) writes the featurizer outputs' gradients, z and dm = dy * q; then the filter
     gradient on tensor cores (``_launch_tc_dw``) and the featurizers' backward (``fir_bwd_op``). On the H200 at
     8 x 4096 x 2048 with 128 taps: 3.22 ms with an fp32 filter, 2.80 with a bf16 one (2 strands), against 4.65 for
-    the multi-pass backward; packed rows 4.92 against 5.00 (``benchmarks/results/hyena_h200_s19/``)."""
+    the multi-pass backward; packed rows 4.92 against 5.00 (each with about 0.7 ms of the sweep flattening the
+    gradients; ``benchmarks/results/hyena_h200_s19/``)."""
     if rows_per_program % MR_BLOCK_T:
         raise ValueError(f"rows_per_program must be a multiple of {MR_BLOCK_T}, got {rows_per_program}")
     batch, seqlen, features = proj.shape
