@@ -71,8 +71,8 @@ CONFIGS = {
 NAMES = {"dw": ("block_t", "block_c", "num_warps", "chunks", "taps_outer"),  # keyword arguments of the launchers
          "fir": ("block_t", "block_c", "num_warps"), "core": ("block_t", "block_c", "num_warps"),
          "scan": ("rows_per_program", "unroll", "block_c", "num_warps"),
-         "scanbwd": ("rows_per_program", "unroll", "block_c", "num_warps"), "mr": ("rows_per_program", "strands", "num_warps"),
-         "mrbwd": ("rows_per_program", "strands", "num_warps")}
+         "scanbwd": ("rows_per_program", "unroll", "block_c", "num_warps"),
+         "mr": ("rows_per_program", "strands", "num_warps"), "mrbwd": ("rows_per_program", "strands", "num_warps")}
 FEATURIZER_TAPS, GROUP_CHANNELS = 3, 16  # the presets' featurizer length and channels per filter group
 
 

@@ -154,22 +154,32 @@ def _launch_mr_core(
     took 0.582 ms with an fp32 filter and 0.372 ms with a bf16 one (4 strands; 0.508 with one), against 1.160 for
     the one-pass tensor-core kernel it replaced. Channel-major program order changed nothing and loading the next
     tile ahead helped only packed rows (8%), so neither is kept (``benchmarks/results/hyena_h200_s19/``)."""
+    y = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
+    _launch_walk(_hyena_mr_kernel, proj, feat_t, weight, (y,), cu_seqlens, rows_per_program, strands, 4, num_warps)
+    return y
+
+
+def _launch_walk(
+    kernel, proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, io: tuple[torch.Tensor, ...],
+    cu_seqlens: torch.Tensor | None, rows_per_program: int, strands: int | None, best: int, num_warps: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch an MR walk ``kernel`` (forward or backward: ``io`` its tensors after the filter) over proj's rows;
+    returns the (sequence index, cu_seqlens) it was given."""
     if rows_per_program % MR_BLOCK_T:
         raise ValueError(f"rows_per_program must be a multiple of {MR_BLOCK_T}, got {rows_per_program}")
     batch, seqlen, features = proj.shape
     width, rows = features // 3, batch * seqlen
     groups, taps = weight.shape
     seq, cu = _seq_index(cu_seqlens, rows, proj.device)
-    y = proj.new_empty(batch, seqlen, width)
     block_c = math.gcd(width // groups, 64)  # a program's channels share one filter
     span, batches = (rows, 1) if cu_seqlens is not None else (seqlen, batch)  # packed rows: one batch row
-    ns = _num_strands(strands, batches, weight.dtype == proj.dtype, 4)
-    _hyena_mr_kernel[(triton.cdiv(span, rows_per_program), width // block_c, triton.cdiv(batches, ns))](
-        proj, feat_t, _walk_filter(weight, proj.dtype), y, seq, cu, span, batches, W=width, KF=feat_t.shape[0],
+    ns = _num_strands(strands, batches, weight.dtype == proj.dtype, best)
+    kernel[(triton.cdiv(span, rows_per_program), width // block_c, triton.cdiv(batches, ns))](
+        proj, feat_t, _walk_filter(weight, proj.dtype), *io, seq, cu, span, batches, W=width, KF=feat_t.shape[0],
         K=taps, D=width // groups, NB=triton.cdiv(taps - 1, MR_BLOCK_T) + 1, VARLEN=cu_seqlens is not None,
         L=rows_per_program, BT=MR_BLOCK_T, BC=block_c, NS=ns, num_warps=num_warps,
     )
-    return y
+    return seq, cu
 
 
 def _num_strands(strands: int | None, batches: int, one_part: bool, best: int) -> int:
@@ -199,23 +209,11 @@ def _launch_mr_bwd(
     8 x 4096 x 2048 with 128 taps: 3.22 ms with an fp32 filter, 2.80 with a bf16 one (2 strands), against 4.65 for
     the multi-pass backward; packed rows 4.92 against 5.00 (each with about 0.7 ms of the sweep flattening the
     gradients; ``benchmarks/results/hyena_h200_s19/``)."""
-    if rows_per_program % MR_BLOCK_T:
-        raise ValueError(f"rows_per_program must be a multiple of {MR_BLOCK_T}, got {rows_per_program}")
-    batch, seqlen, features = proj.shape
-    width, rows = features // 3, batch * seqlen
-    groups, taps = weight.shape
-    seq, cu = _seq_index(cu_seqlens, rows, proj.device)
     dfeats = torch.empty_like(proj)  # [dy * m | dz * v | dz * k]
-    z = proj.new_empty(batch, seqlen, width)
+    z = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
     dm = torch.empty_like(z)
-    block_c = math.gcd(width // groups, 64)
-    span, batches = (rows, 1) if cu_seqlens is not None else (seqlen, batch)
-    ns = _num_strands(strands, batches, weight.dtype == proj.dtype, 2)
-    _hyena_mr_bwd_kernel[(triton.cdiv(span, rows_per_program), width // block_c, triton.cdiv(batches, ns))](
-        proj, featurizer.t().float().contiguous(), _walk_filter(weight, proj.dtype), dy, dfeats, z, dm, seq, cu, span,
-        batches, W=width, KF=featurizer.shape[1], K=taps, D=width // groups, NB=triton.cdiv(taps - 1, MR_BLOCK_T) + 1,
-        VARLEN=cu_seqlens is not None, L=rows_per_program, BT=MR_BLOCK_T, BC=block_c, NS=ns, num_warps=num_warps,
-    )
+    seq, cu = _launch_walk(_hyena_mr_bwd_kernel, proj, featurizer.t().float().contiguous(), weight, (dy, dfeats, z, dm),
+                           cu_seqlens, rows_per_program, strands, 2, num_warps)
     dweight = _launch_tc_dw(z, dm, weight, seq, cu, cu_seqlens is not None)
     dproj, dfeaturizer = fir_bwd_op(proj, featurizer, dfeats, cu_seqlens)
     return dproj, dfeaturizer, dweight

@@ -373,6 +373,20 @@ def _mr_filter_t(HG, group, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, end2, v
 
 
 @triton.jit
+def _walk_program(HG, T, NBATCH, W: tl.constexpr, K: tl.constexpr, D: tl.constexpr, L: tl.constexpr,
+                  BT: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr, dt: tl.constexpr):
+    """Program (j, c, b) of an MR walk: its rows ``[lo, hi)`` (from each batch row's first), its columns
+    (``_strands``), its filter group and the group's Toeplitz block parts 0-2 for dt tiles."""
+    lo = tl.program_id(0) * L
+    cols, mask_c, base, ybase = _strands(T, NBATCH, W, BC, NS)
+    group = (tl.program_id(1) * BC) // D
+    h0, l0 = _toeplitz_parts(HG, group, 0, K, BT, dt)
+    h1, l1 = _toeplitz_parts(HG, group, 1, K, BT, dt)
+    h2, l2 = _toeplitz_parts(HG, group, 2, K, BT, dt)
+    return lo, tl.minimum(lo + L, T), cols, mask_c, base, ybase, group, h0, l0, h1, l1, h2, l2
+
+
+@triton.jit
 def _hyena_mr_kernel(
     P, FT, HG, Y, SEQ, CU, T, NBATCH,
     W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, D: tl.constexpr, NB: tl.constexpr, VARLEN: tl.constexpr,
@@ -385,15 +399,10 @@ def _hyena_mr_kernel(
     packed rows), a tile whose reach holds a sequence's first row masks its Toeplitz blocks to each row's
     sequence."""
     tl.static_assert(NS == 1 or not VARLEN)
-    lo = tl.program_id(0) * L
-    hi = tl.minimum(lo + L, T)
-    cols, mask_c, base, ybase = _strands(T, NBATCH, W, BC, NS)
-    group = (tl.program_id(1) * BC) // D
-    offs = tl.arange(0, BT)
     dt = Y.dtype.element_ty
-    h0, l0 = _toeplitz_parts(HG, group, 0, K, BT, dt)
-    h1, l1 = _toeplitz_parts(HG, group, 1, K, BT, dt)
-    h2, l2 = _toeplitz_parts(HG, group, 2, K, BT, dt)
+    lo, hi, cols, mask_c, base, ybase, group, h0, l0, h1, l1, h2, l2 = _walk_program(HG, T, NBATCH, W, K, D, L, BT,
+                                                                                    BC, NS, dt)
+    offs = tl.arange(0, BT)
     z1 = tl.zeros((BT, NS * BC), dtype=dt)  # z of the tile one back; z2, two back
     z2 = tl.zeros((BT, NS * BC), dtype=dt)
     for t0 in range(tl.maximum(lo - (NB - 1) * BT, 0), lo, BT):  # halo: z only
@@ -428,16 +437,11 @@ def _hyena_mr_bwd_kernel(
     two tiles before lo (their z feed m) and ends two tiles after hi (their dm feed dz, which trails the walk by two
     tiles, with the tiles' k and v kept for it)."""
     tl.static_assert(NS == 1 or not VARLEN)
-    lo = tl.program_id(0) * L
-    hi = tl.minimum(lo + L, T)
-    cols, mask_c, base, ybase = _strands(T, NBATCH, W, BC, NS)
-    group = (tl.program_id(1) * BC) // D
-    offs = tl.arange(0, BT)
     dt = DF.dtype.element_ty
+    lo, hi, cols, mask_c, base, ybase, group, h0, l0, h1, l1, h2, l2 = _walk_program(HG, T, NBATCH, W, K, D, L, BT,
+                                                                                    BC, NS, dt)
+    offs = tl.arange(0, BT)
     BN: tl.constexpr = NS * BC
-    h0, l0 = _toeplitz_parts(HG, group, 0, K, BT, dt)
-    h1, l1 = _toeplitz_parts(HG, group, 1, K, BT, dt)
-    h2, l2 = _toeplitz_parts(HG, group, 2, K, BT, dt)
     z1 = tl.zeros((BT, BN), dtype=dt)  # one tile back; z2, two back (as dm, k, v)
     z2 = tl.zeros((BT, BN), dtype=dt)
     dm1 = tl.zeros((BT, BN), dtype=dt)
