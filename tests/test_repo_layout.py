@@ -1,6 +1,7 @@
 """Repository layout: the `kernels/` folder does not break Transformers from the repo root; import rules."""
 
 import ast
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -9,12 +10,21 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_transformers_models_import_from_the_repository_root():
-    # With the repo root on sys.path, `kernels/` is importable as `kernels`, the name under which
-    # Transformers probes for the Hugging Face kernels package.
-    code = "import transformers; from transformers import LlamaForCausalLM; import kernels; from transformers.utils.import_utils import is_kernels_available; print(is_kernels_available())"
+    """With the repo root on sys.path, `kernels/` is importable as `kernels`, the name of the Hugging Face kernels
+    library, which Transformers imports (5.25 whenever it loads a model): the installed library is what that name
+    gives, and without the library an empty namespace that Transformers' probe ignores."""
+    code = ("import transformers; from transformers import LlamaForCausalLM; import kernels; "
+            "from transformers.utils.import_utils import is_kernels_available; "
+            "print(getattr(kernels, '__file__', None), is_kernels_available())")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().endswith("False")
+    where, available = out.stdout.split()[-2:]
+    try:
+        importlib.metadata.version("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        assert (where, available) == ("None", "False")
+    else:
+        assert where != "None" and Path(where).resolve().parent != REPO / "kernels", where
 
 
 def _imported_roots(path: Path) -> set[str]:
