@@ -30,7 +30,8 @@ that cannot be captured keeps its per-call times and records why (``*_kernel_err
 bandwidth measured in the same run; ``*_x_floor`` divides the call time by the floor, ``*_kernel_x_floor`` the
 kernel time. Forward+backward returns gradients with ``torch.autograd.grad``. The JSON is rewritten after every
 row (each shape's Hyena rows, then its peers), so a run cut short keeps what it measured and compares the shapes
-it reached.
+it reached; each row records the seconds since the start (``elapsed_s``) and each peer its own seconds, compiling
+and autotuning included (``<peer>_seconds``).
 
     python benchmarks/bench_hyena.py --json benchmarks/results/hyena_h200.json     # GPU machine
     BENCH_ARGS="--widths 4096" bash benchmarks/gpu_hyena_run.sh OUT_DIR             # GPU machine, one width a call
@@ -47,6 +48,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -222,6 +224,7 @@ def bench_peers(width: int, seqlen: int, tokens: int, device: str, dtype: torch.
     heads = max(1, width // PEER_HEAD_DIM)
     row: dict = {"width": width, "seqlen": seqlen, "batch": batch, "heads": heads, "head_dim": PEER_HEAD_DIM}
     for name in PEERS:
+        began = time.perf_counter()
         try:
             case = peer_case(name, batch, seqlen, heads, device, dtype)
             if isinstance(case, str):
@@ -235,6 +238,7 @@ def bench_peers(width: int, seqlen: int, tokens: int, device: str, dtype: torch.
             row[name] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
         if device == "cuda":
             torch.cuda.empty_cache()
+        row[f"{name}_seconds"] = round(time.perf_counter() - began, 1)  # compiling and autotuning included
     return row
 
 
@@ -297,6 +301,7 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     rows: list[dict] = []
     peers: list[dict] = []
+    began = time.perf_counter()
 
     def save() -> None:  # after every row, so a run cut short keeps what it measured
         if args.json:
@@ -309,9 +314,11 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
         for seqlen in args.lengths or size["lengths"]:
             for taps in size["taps"] if "hyena" in args.parts else ():
                 rows.append(bench_shape(width, seqlen, taps, size["tokens"], args.device, dtype, reps, bandwidth))
+                rows[-1]["elapsed_s"] = round(time.perf_counter() - began, 1)  # where a run's time goes
                 save()
             if "peers" in args.parts:
                 peers.append(bench_peers(width, seqlen, size["tokens"], args.device, dtype, reps))
+                peers[-1]["elapsed_s"] = round(time.perf_counter() - began, 1)
                 save()
     print(f"{name}  torch {torch.__version__}  copy {bandwidth / 1e12:.3f} TB/s")
     print(format_table(rows))

@@ -144,7 +144,7 @@ def _launch_scan_core(
 
 def _launch_mr_core(
     proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, *,
-    rows_per_program: int = 4096, strands: int | None = None, num_warps: int = 4,
+    rows_per_program: int = 4096, strands: int | None = None, num_warps: int = 4, max_registers: int | None = None,
 ) -> torch.Tensor:
     """Hyena core y (B, T, W) from proj (B, T, 3W) in one pass for filters of 33-129 taps shared by groups of 16k
     channels: each program walks ``rows_per_program`` rows (a multiple of 64) of one group's channels in 64-row
@@ -155,16 +155,19 @@ def _launch_mr_core(
     the one-pass tensor-core kernel it replaced. Channel-major program order changed nothing and loading the next
     tile ahead helped only packed rows (8%), so neither is kept (``benchmarks/results/hyena_h200_s19/``)."""
     y = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
-    _launch_walk(_hyena_mr_kernel, proj, feat_t, weight, (y,), cu_seqlens, rows_per_program, strands, 4, num_warps)
+    _launch_walk(_hyena_mr_kernel, proj, feat_t, weight, (y,), cu_seqlens, rows_per_program, strands, 4, num_warps,
+                 max_registers)
     return y
 
 
 def _launch_walk(
     kernel, proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, io: tuple[torch.Tensor, ...],
     cu_seqlens: torch.Tensor | None, rows_per_program: int, strands: int | None, best: int, num_warps: int,
+    max_registers: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch an MR walk ``kernel`` (forward or backward: ``io`` its tensors after the filter) over proj's rows;
-    returns the (sequence index, cu_seqlens) it was given."""
+    """Launch an MR walk ``kernel`` (forward or backward: ``io`` its tensors after the filter) over proj's rows,
+    with at most ``max_registers`` registers a thread when given (more programs resident, maybe spills); returns
+    the (sequence index, cu_seqlens) it was given."""
     if rows_per_program % MR_BLOCK_T:
         raise ValueError(f"rows_per_program must be a multiple of {MR_BLOCK_T}, got {rows_per_program}")
     batch, seqlen, features = proj.shape
@@ -178,6 +181,7 @@ def _launch_walk(
         proj, feat_t, _walk_filter(weight, proj.dtype), *io, seq, cu, span, batches, W=width, KF=feat_t.shape[0],
         K=taps, D=width // groups, NB=triton.cdiv(taps - 1, MR_BLOCK_T) + 1, VARLEN=cu_seqlens is not None,
         L=rows_per_program, BT=MR_BLOCK_T, BC=block_c, NS=ns, num_warps=num_warps,
+        **({} if max_registers is None else {"maxnreg": max_registers}),
     )
     return seq, cu
 
@@ -201,7 +205,7 @@ def _walk_filter(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _launch_mr_bwd(
     proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
     cu_seqlens: torch.Tensor | None, *, rows_per_program: int = 4096, strands: int | None = None,
-    num_warps: int = 4,
+    num_warps: int = 4, max_registers: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dproj, dfeaturizer, dweight fp32) of ``_launch_mr_core``: one walk over 64-row tiles (``rows_per_program``
     rows a program, a multiple of 64) writes the featurizer outputs' gradients, z and dm = dy * q; then the filter
@@ -213,7 +217,7 @@ def _launch_mr_bwd(
     z = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
     dm = torch.empty_like(z)
     seq, cu = _launch_walk(_hyena_mr_bwd_kernel, proj, featurizer.t().float().contiguous(), weight, (dy, dfeats, z, dm),
-                           cu_seqlens, rows_per_program, strands, 2, num_warps)
+                           cu_seqlens, rows_per_program, strands, 2, num_warps, max_registers)
     dweight = _launch_tc_dw(z, dm, weight, seq, cu, cu_seqlens is not None)
     dproj, dfeaturizer = fir_bwd_op(proj, featurizer, dfeats, cu_seqlens)
     return dproj, dfeaturizer, dweight
