@@ -144,7 +144,7 @@ def _launch_scan_core(
 
 def _launch_mr_core(
     proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, *,
-    rows_per_program: int = 4096, strands: int | None = None, num_warps: int = 4, max_registers: int | None = None,
+    rows_per_program: int = 4096, strands: int | None = None, num_warps: int = 4,
 ) -> torch.Tensor:
     """Hyena core y (B, T, W) from proj (B, T, 3W) in one pass for filters of 33-129 taps shared by groups of 16k
     channels: each program walks ``rows_per_program`` rows (a multiple of 64) of one group's channels in 64-row
@@ -153,21 +153,19 @@ def _launch_mr_core(
     configuration is swept by ``benchmarks/sweep_fir.py``: on the H200 at 8 x 4096 x 2048 with 128 taps the default
     took 0.582 ms with an fp32 filter and 0.372 ms with a bf16 one (4 strands; 0.508 with one), against 1.160 for
     the one-pass tensor-core kernel it replaced. Channel-major program order changed nothing and loading the next
-    tile ahead helped only packed rows (8%), so neither is kept (``benchmarks/results/hyena_h200_s19/``)."""
+    tile ahead helped only packed rows (8%), so neither is kept (``benchmarks/results/hyena_h200_s19/``); nor are 8
+    warps or a register cap (Triton's ``maxnreg``) for more resident programs: at best 4% (``hyena_h200_s20/``)."""
     y = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
-    _launch_walk(_hyena_mr_kernel, proj, feat_t, weight, (y,), cu_seqlens, rows_per_program, strands, 4, num_warps,
-                 max_registers)
+    _launch_walk(_hyena_mr_kernel, proj, feat_t, weight, (y,), cu_seqlens, rows_per_program, strands, 4, num_warps)
     return y
 
 
 def _launch_walk(
     kernel, proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, io: tuple[torch.Tensor, ...],
     cu_seqlens: torch.Tensor | None, rows_per_program: int, strands: int | None, best: int, num_warps: int,
-    max_registers: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch an MR walk ``kernel`` (forward or backward: ``io`` its tensors after the filter) over proj's rows,
-    with at most ``max_registers`` registers a thread when given (more programs resident, maybe spills); returns
-    the (sequence index, cu_seqlens) it was given."""
+    """Launch an MR walk ``kernel`` (forward or backward: ``io`` its tensors after the filter) over proj's rows;
+    returns the (sequence index, cu_seqlens) it was given."""
     if rows_per_program % MR_BLOCK_T:
         raise ValueError(f"rows_per_program must be a multiple of {MR_BLOCK_T}, got {rows_per_program}")
     batch, seqlen, features = proj.shape
@@ -181,7 +179,6 @@ def _launch_walk(
         proj, feat_t, _walk_filter(weight, proj.dtype), *io, seq, cu, span, batches, W=width, KF=feat_t.shape[0],
         K=taps, D=width // groups, NB=triton.cdiv(taps - 1, MR_BLOCK_T) + 1, VARLEN=cu_seqlens is not None,
         L=rows_per_program, BT=MR_BLOCK_T, BC=block_c, NS=ns, num_warps=num_warps,
-        **({} if max_registers is None else {"maxnreg": max_registers}),
     )
     return seq, cu
 
@@ -205,19 +202,18 @@ def _walk_filter(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _launch_mr_bwd(
     proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
     cu_seqlens: torch.Tensor | None, *, rows_per_program: int = 4096, strands: int | None = None,
-    num_warps: int = 4, max_registers: int | None = None,
+    num_warps: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dproj, dfeaturizer, dweight fp32) of ``_launch_mr_core``: one walk over 64-row tiles (``rows_per_program``
     rows a program, a multiple of 64) writes the featurizer outputs' gradients, z and dm = dy * q; then the filter
     gradient on tensor cores (``_launch_tc_dw``) and the featurizers' backward (``fir_bwd_op``). On the H200 at
-    8 x 4096 x 2048 with 128 taps: 3.22 ms with an fp32 filter, 2.80 with a bf16 one (2 strands), against 4.65 for
-    the multi-pass backward; packed rows 4.92 against 5.00 (each with about 0.7 ms of the sweep flattening the
-    gradients; ``benchmarks/results/hyena_h200_s19/``)."""
+    8 x 4096 x 2048 with 128 taps: 2.25 ms with an fp32 filter, 1.83 with a bf16 one (2 strands), against 3.68 for
+    the multi-pass backward; packed rows 3.95 against 4.03 (``benchmarks/results/hyena_h200_s20/``)."""
     dfeats = torch.empty_like(proj)  # [dy * m | dz * v | dz * k]
     z = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
     dm = torch.empty_like(z)
     seq, cu = _launch_walk(_hyena_mr_bwd_kernel, proj, featurizer.t().float().contiguous(), weight, (dy, dfeats, z, dm),
-                           cu_seqlens, rows_per_program, strands, 2, num_warps, max_registers)
+                           cu_seqlens, rows_per_program, strands, 2, num_warps)
     dweight = _launch_tc_dw(z, dm, weight, seq, cu, cu_seqlens is not None)
     dproj, dfeaturizer = fir_bwd_op(proj, featurizer, dfeats, cu_seqlens)
     return dproj, dfeaturizer, dweight
