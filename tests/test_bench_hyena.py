@@ -20,12 +20,14 @@ def test_cpu_tiny_smoke_run_writes_json(tmp_path: Path) -> None:
     saved = json.loads(out.read_text())
     assert saved["rows"] == rows and saved["peers"] == peers and saved["device"] == "cpu"
     assert [(r["width"], r["seqlen"]) for r in peers] == [(32, 64)]
-    for name in bench.PEERS[1:]:
+    for name in bench.PEERS[:-1]:
         said = peers[0][name]
         assert said in ("not installed", "needs CUDA") or said.startswith("off: wrong values when Triton"), (name, said)
-    assert bench.PEERS[0] == "hyena_li"  # ours (PyTorch FFT path): it runs on the CPU too
+        assert peers[0][f"{name}_seconds"] >= 0
+    assert bench.PEERS[-1] == "hyena_li"  # ours (PyTorch FFT path): it runs on the CPU too
     assert peers[0]["hyena_li_fwd_ms"] > 0 and peers[0]["hyena_li_fwd_bwd_ms"] > 0
     assert [(r["taps"], r["mixer"]) for r in rows] == [(7, "hyena_se"), (24, "hyena_mr")]
+    assert 0 < rows[0]["elapsed_s"] <= rows[1]["elapsed_s"] <= peers[0]["elapsed_s"]
     names = ["mixer_torch", "phalanx_core", "fir_floor", "mixer_floor"]
     if os.environ.get("TRITON_INTERPRET") == "1":  # conftest sets it without a GPU: the kernels run interpreted
         names += ["fir", "mixer", "mixer_per_channel"]
@@ -33,6 +35,17 @@ def test_cpu_tiny_smoke_run_writes_json(tmp_path: Path) -> None:
         for name in names:
             for mode in ("fwd", "fwd_bwd"):
                 assert row[f"{name}_{mode}_ms"] > 0, (name, mode)
+
+
+def test_peers_option_runs_only_those_peers() -> None:
+    with imported_file(REPO / "benchmarks" / "bench_hyena.py", "bench_hyena") as bench:
+        rows, peers = bench.main(["--device", "cpu", "--size", "tiny", "--reps", "1", "--parts", "peers",
+                                  "--peers", "hyena_li", "mlstm"])
+        table = bench.format_peer_table(peers)
+    assert rows == [] and len(peers) == 1
+    assert {k for k in peers[0] if k.endswith("_seconds")} == {"hyena_li_seconds", "mlstm_seconds"}
+    assert "gla" not in peers[0] and peers[0]["hyena_li_fwd_ms"] > 0
+    assert "hyena_li fwd" in table and "mlstm fwd" in table and "gla" not in table
 
 
 def test_fir_sweep_checks_every_configuration(tmp_path: Path) -> None:
