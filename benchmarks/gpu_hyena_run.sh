@@ -17,8 +17,9 @@
 #           and the fast loop) of the multi-hybrid presets next to the Llama anchor and the Phalanx hybrid at 1 x 4K,
 #           32 x 4K and 1 x 32K (DECODE_S seconds, default 420; GEN_RESUME: an earlier call's JSON to continue).
 # FLA autotunes GLA's kernels for about 290 s in a fresh process (benchmarks/results/hyena_h200_s20/), and Triton keeps
-# the results in its cache folder (FLA asks it to): every call saves them to OUT_DIR/triton_autotune, and
-# AUTOTUNE_FROM=<such a folder> (committed with a call's results) seeds a fresh machine's cache with them.
+# the results in its cache folder (FLA asks it to): every call saves them to OUT_DIR/triton_autotune.tgz (one file:
+# the device tool returns a limited number of files), and AUTOTUNE_FROM=<such an archive> (committed with a call's
+# results) seeds a fresh machine's cache with them.
 # mlstm-kernels' Triton kernel is off under Triton >= 3.3 (docs/mlstm.md), so its tests skip there. The peers need
 # the wheels in .whl/ (fla-core for FLA's ops); without them they say "not installed".
 #
@@ -31,9 +32,9 @@ cd "$REPO" || exit 1
 source benchmarks/gpu_env.sh
 mkdir -p "$OUT"
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}
-if [ -n "${AUTOTUNE_FROM:-}" ]; then mkdir -p "$TRITON_CACHE_DIR" && cp -r "$AUTOTUNE_FROM"/. "$TRITON_CACHE_DIR"/; fi
-save_autotune() { mkdir -p "$OUT/triton_autotune" && (cd "$TRITON_CACHE_DIR" 2>/dev/null &&
-  find . -name '*.autotune.json' -exec cp --parents {} "$OUT/triton_autotune/" \;); }
+if [ -n "${AUTOTUNE_FROM:-}" ]; then mkdir -p "$TRITON_CACHE_DIR" && tar -xzf "$AUTOTUNE_FROM" -C "$TRITON_CACHE_DIR"; fi
+save_autotune() { (cd "$TRITON_CACHE_DIR" 2>/dev/null && find . -name '*.autotune.json' -print0 |
+  tar -czf "$OUT/triton_autotune.tgz" --null -T -); }
 trap save_autotune EXIT
 { nvidia-smi; timeout 30 python3 -c "import torch, triton; print(torch.__version__, triton.__version__)
 import importlib.metadata as m
