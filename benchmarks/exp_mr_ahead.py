@@ -71,9 +71,11 @@ def mr_ahead(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, *, 
 
 
 CONFIGS = list(itertools.product((1, 2, 4), (4, 8)))  # (strands, num_warps)
+SHAPE = (8, 4096, 2048, 128)  # (batch, seqlen, width, taps) on the GPU
 
 
-def compare(batch: int, seqlen: int, width: int, taps: int, device: str, configs=CONFIGS, rows: int = 4096) -> list:
+def compare(batch: int, seqlen: int, width: int, taps: int, device: str,
+            configs: list[tuple[int, int]] = CONFIGS, rows: int = 4096) -> list[dict]:
     """Each configuration against the library walk (``_launch_mr_core`` at its defaults), with bf16 and fp32
     filters on bf16 rows (fp32 rows on the CPU); GPU time by CUDA-graph replay on the GPU."""
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -83,10 +85,10 @@ def compare(batch: int, seqlen: int, width: int, taps: int, device: str, configs
     weight32 = (torch.randn(width // 16, taps, generator=gen) / taps**0.5).to(device)
     results = []
     for weight in (weight32.to(dtype), weight32):
-        want = _launch_mr_core(proj, feat_t, weight, None, rows_per_program=rows)
-        base = {"filter": str(weight.dtype), "variant": "library default"}
-        results.append(base | ({"ms": gpu_ms(lambda: _launch_mr_core(proj, feat_t, weight, None))}
-                               if device == "cuda" else {}))
+        library = lambda: _launch_mr_core(proj, feat_t, weight, None, rows_per_program=rows)  # noqa: E731
+        want = library()
+        results.append({"filter": str(weight.dtype), "variant": "library default",
+                         **({"ms": gpu_ms(library)} if device == "cuda" else {})})
         for ns, warps in configs:
             row = {"filter": str(weight.dtype), "variant": "ahead", "strands": ns, "num_warps": warps}
             try:
@@ -106,8 +108,9 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     bandwidth = copy_bandwidth("cuda")
-    floor_ms = 4 * 8 * 4096 * 2048 * 2 / bandwidth * 1e3  # read q, k, v and write y once, bf16
-    results = compare(8, 4096, 2048, 128, "cuda")
+    batch, seqlen, width, _ = SHAPE
+    floor_ms = 4 * batch * seqlen * width * 2 / bandwidth * 1e3  # read q, k, v and write y once, bf16
+    results = compare(*SHAPE, "cuda")
     if args.json:
         Path(args.json).write_text(json.dumps({"bandwidth": bandwidth, "floor_ms": floor_ms, "results": results},
                                               indent=1))
