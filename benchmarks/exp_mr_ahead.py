@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from phalanx_kernels.fir_ops import _launch_mr_core, _launch_walk
-from phalanx_kernels.triton_fir import _bounds, _featurize, _parts_dot, _tile_z, _walk_program
+from phalanx_kernels.triton_fir import _featurize, _parts_dot, _tile_z, _walk_from, _walk_program
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_hyena import copy_bandwidth  # noqa: E402
@@ -37,27 +37,26 @@ from bench_swr import gpu_ms  # noqa: E402
 def _mr_ahead_kernel(  # the arguments of _hyena_mr_kernel
     P, FT, HG, Y, SEQ, CU, T, NBATCH,
     W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, D: tl.constexpr, NB: tl.constexpr, VARLEN: tl.constexpr,
-    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr,
+    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr, SEGS: tl.constexpr,
 ):
     tl.static_assert(not VARLEN)
     dt = Y.dtype.element_ty
     hdt: tl.constexpr = HG.dtype.element_ty
-    lo, hi, cols, mask_c, base, ybase, group, h0, l0, h1, l1, h2, l2 = _walk_program(HG, T, NBATCH, W, K, D, L, BT,
-                                                                                    BC, NS, dt)
+    lo, hi, cols, mask_c, base, ybase, first, _end, group, h0, l0, h1, l1, h2, l2 = _walk_program(
+        HG, T, NBATCH, W, K, D, L, BT, BC, NS, SEGS, dt)
     offs = tl.arange(0, BT)
     c1 = tl.zeros((BT, NS * BC), dtype=tl.float32)  # partial outputs of the next tile and the one after
     c2 = tl.zeros((BT, NS * BC), dtype=tl.float32)
-    for t0 in range(tl.maximum(lo - (NB - 1) * BT, 0), hi, BT):
+    for t0 in range(_walk_from(lo, (NB - 1) * BT, SEGS), hi, BT):
         rows = t0 + offs
         mask_r = rows < hi
-        start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
-        z = _tile_z(P, FT, rows, mask_r, start, cols, mask_c, base, W, KF, BT, NS * BC, dt)
+        z = _tile_z(P, FT, rows, mask_r[:, None], first[None, :], cols, mask_c, base, W, KF, BT, NS * BC, dt)
         acc = _parts_dot(c1, h0, l0, z, hdt)
         c1 = _parts_dot(c2, h1, l1, z, hdt)
         if NB > 2:
             c2 = _parts_dot(tl.zeros((BT, NS * BC), dtype=tl.float32), h2, l2, z, hdt)
         if t0 >= lo:
-            q = _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, NS * BC, base)
+            q = _featurize(P, FT, rows, mask_r[:, None], first[None, :], cols, mask_c, 0, W, KF, BT, NS * BC, base)
             out = rows.to(tl.int64)[:, None] * W + (ybase + cols)[None, :]
             tl.store(Y + out, (q * acc).to(dt), mask=mask_r[:, None] & mask_c[None, :])
 

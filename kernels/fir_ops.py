@@ -149,7 +149,8 @@ def _launch_mr_core(
     """Hyena core y (B, T, W) from proj (B, T, 3W) in one pass for filters of 33-129 taps shared by groups of 16k
     channels: each program walks ``rows_per_program`` rows (a multiple of 64) of one group's channels in 64-row
     tiles, with the filter's Toeplitz blocks built once (one part when the filter is stored in proj's 16-bit
-    dtype, else a high part and a remainder) and ``strands`` batch rows side by side (``_num_strands``). The launch
+    dtype, else a high part and a remainder) and ``strands`` batch rows side by side (``_num_strands``; segments of
+    a batch row when there are fewer rows, ``_segments``). The launch
     configuration is swept by ``benchmarks/sweep_fir.py``: on the H200 at 8 x 4096 x 2048 with 128 taps the default
     took 0.582 ms with an fp32 filter and 0.372 ms with a bf16 one (4 strands; 0.508 with one), against 1.160 for
     the one-pass tensor-core kernel it replaced. Channel-major program order changed nothing and loading the next
@@ -174,24 +175,36 @@ def _launch_walk(
     seq, cu = _seq_index(cu_seqlens, rows, proj.device)
     block_c = math.gcd(width // groups, 64)  # a program's channels share one filter
     span, batches = (rows, 1) if cu_seqlens is not None else (seqlen, batch)  # packed rows: one batch row
-    ns = _num_strands(strands, batches, weight.dtype == proj.dtype, best)
-    kernel[(triton.cdiv(span, rows_per_program), width // block_c, triton.cdiv(batches, ns))](
+    ns = _num_strands(strands, weight.dtype == proj.dtype, best)
+    segs = 1 if cu_seqlens is not None else _segments(ns, batches, span)
+    ns = min(ns, triton.next_power_of_2(batches * segs))
+    kernel[(triton.cdiv(span // segs, rows_per_program), width // block_c, triton.cdiv(batches * segs, ns))](
         proj, feat_t, _walk_filter(weight, proj.dtype), *io, seq, cu, span, batches, W=width, KF=feat_t.shape[0],
         K=taps, D=width // groups, NB=triton.cdiv(taps - 1, MR_BLOCK_T) + 1, VARLEN=cu_seqlens is not None,
-        L=rows_per_program, BT=MR_BLOCK_T, BC=block_c, NS=ns, num_warps=num_warps,
+        L=rows_per_program, BT=MR_BLOCK_T, BC=block_c, NS=ns, SEGS=segs, num_warps=num_warps,
     )
     return seq, cu
 
 
-def _num_strands(strands: int | None, batches: int, one_part: bool, best: int) -> int:
-    """Batch rows an MR walk's program takes side by side: a power of two, at most ``strands`` and the rows'. By
-    default ``best`` for a filter stored in the rows' dtype (one Toeplitz part) and 1 for an fp32 one, whose two
-    parts leave no registers for wider tiles (H200, ``benchmarks/results/hyena_h200_s19/``)."""
+def _num_strands(strands: int | None, one_part: bool, best: int) -> int:
+    """Strands an MR walk's program takes side by side (a power of two): by default ``best`` for a filter stored
+    in the rows' dtype (one Toeplitz part) and 1 for an fp32 one, whose two parts leave no registers for wider
+    tiles (H200, ``benchmarks/results/hyena_h200_s19/``)."""
     if strands is None:
         strands = best if one_part else 1
     if strands < 1 or strands & (strands - 1):
         raise ValueError(f"strands must be a power of two, got {strands}")
-    return min(strands, triton.next_power_of_2(batches))
+    return strands
+
+
+def _segments(strands: int, batches: int, span: int) -> int:
+    """Segments an MR walk cuts each batch row into, so that fewer batch rows than strands (one long sequence)
+    still fill them: a power of two, each segment whole 64-row tiles and at least the two tiles that a walk
+    reaches past its rows (``triton_fir._strands``)."""
+    segs = 1
+    while batches * segs * 2 <= strands and span % (2 * segs * MR_BLOCK_T) == 0 and span >= 4 * segs * MR_BLOCK_T:
+        segs *= 2
+    return segs
 
 
 def _walk_filter(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

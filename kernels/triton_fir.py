@@ -129,15 +129,16 @@ def _fir_dw_kernel(
 
 
 @triton.jit
-def _featurize(P, FT, rows, mask_r, start, cols, mask_c, OFF: tl.constexpr, W: tl.constexpr, KF: tl.constexpr,
+def _featurize(P, FT, rows, ok, first, cols, mask_c, OFF: tl.constexpr, W: tl.constexpr, KF: tl.constexpr,
                BT: tl.constexpr, BC: tl.constexpr, base=0):
-    """Featurizer output (BT, BC) fp32 of the projection columns ``OFF + cols``: ``sum_j F[j] u[t - j]``; ``base``
-    (per column, elements) places each column's rows (the MR walks' strands)."""
+    """Featurizer output (BT, BC) fp32 of the projection columns ``OFF + cols``: ``sum_j F[j] u[t - j]`` over the
+    rows ``u >= first``, where ``ok``. Both are per row, (BT, 1), or per row and column (the MR walks' strands,
+    whose columns also place their rows through ``base``, elements)."""
     acc = tl.zeros((BT, BC), dtype=tl.float32)
     for j in tl.static_range(KF):
         f = tl.load(FT + j * 3 * W + OFF + cols, mask=mask_c, other=0.0).to(tl.float32)
         src = rows - j
-        m = (mask_r & (src >= start))[:, None] & mask_c[None, :]
+        m = ok & (src[:, None] >= first) & mask_c[None, :]
         u = tl.load(P + src.to(tl.int64)[:, None] * (3 * W) + (base + OFF + cols)[None, :], mask=m, other=0.0)
         acc += f[None, :] * u.to(tl.float32)
     return acc
@@ -154,8 +155,8 @@ def _hyena_gate_kernel(
     mask_r = rows < R
     mask_c = cols < W
     start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
-    k = _featurize(P, FT, rows, mask_r, start, cols, mask_c, W, W, KF, BT, BC)
-    v = _featurize(P, FT, rows, mask_r, start, cols, mask_c, 2 * W, W, KF, BT, BC)
+    k = _featurize(P, FT, rows, mask_r[:, None], start[:, None], cols, mask_c, W, W, KF, BT, BC)
+    v = _featurize(P, FT, rows, mask_r[:, None], start[:, None], cols, mask_c, 2 * W, W, KF, BT, BC)
     out = rows.to(tl.int64)[:, None] * W + cols[None, :]
     tl.store(Z + out, (k * v).to(Z.dtype.element_ty), mask=mask_r[:, None] & mask_c[None, :])
 
@@ -178,7 +179,7 @@ def _hyena_out_kernel(
         m = (mask_r & (src >= start))[:, None] & mask_c[None, :]
         z = tl.load(Z + src.to(tl.int64)[:, None] * W + cols[None, :], mask=m, other=0.0).to(tl.float32)
         acc += h[None, :] * z
-    q = _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, BC)
+    q = _featurize(P, FT, rows, mask_r[:, None], start[:, None], cols, mask_c, 0, W, KF, BT, BC)
     out = rows.to(tl.int64)[:, None] * W + cols[None, :]
     tl.store(Y + out, (q * acc).to(Y.dtype.element_ty), mask=mask_r[:, None] & mask_c[None, :])
 
@@ -245,7 +246,7 @@ def _fir_tc_kernel(
         xb = tl.load(X + src.to(tl.int64)[:, None] * W + cols[None, :], mask=m, other=0.0)
         acc = _toeplitz_dot(acc, HG, group, lag, inside & mask_r[:, None], xb, K)
     if GATE_Q:
-        acc = acc * _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, BC)
+        acc = acc * _featurize(P, FT, rows, mask_r[:, None], start[:, None], cols, mask_c, 0, W, KF, BT, BC)
     out = rows.to(tl.int64)[:, None] * W + cols[None, :]
     tl.store(Y + out, acc.to(Y.dtype.element_ty), mask=mask_r[:, None] & mask_c[None, :])
 
@@ -305,23 +306,48 @@ def _toeplitz_parts(HG, group, b: tl.constexpr, K: tl.constexpr, BT: tl.constexp
 
 
 @triton.jit
-def _tile_z(P, FT, rows, mask_r, start, cols, mask_c, base, W: tl.constexpr, KF: tl.constexpr, BT: tl.constexpr,
+def _tile_z(P, FT, rows, ok, first, cols, mask_c, base, W: tl.constexpr, KF: tl.constexpr, BT: tl.constexpr,
             BC: tl.constexpr, dt: tl.constexpr):
     """z = k * v (BT, BC) of the tile's rows, rounded to dt as the two-pass path stores it."""
-    return (_featurize(P, FT, rows, mask_r, start, cols, mask_c, W, W, KF, BT, BC, base)
-            * _featurize(P, FT, rows, mask_r, start, cols, mask_c, 2 * W, W, KF, BT, BC, base)).to(dt)
+    return (_featurize(P, FT, rows, ok, first, cols, mask_c, W, W, KF, BT, BC, base)
+            * _featurize(P, FT, rows, ok, first, cols, mask_c, 2 * W, W, KF, BT, BC, base)).to(dt)
 
 
 @triton.jit
-def _strands(T, NBATCH, W: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr):
-    """The columns of an MR walk's tiles: NS strands (the batch rows ``program_id(2) * NS + s``) of the BC channels
-    of channel block ``program_id(1)``, side by side, so that one Toeplitz block multiplies NS times the columns.
-    Returns each column's channel, mask, and element offsets of its batch row in proj (3W a row) and in y (W)."""
+def _strands(T, NBATCH, W: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr, SEGS: tl.constexpr):
+    """The columns of an MR walk's tiles: NS strands of the BC channels of channel block ``program_id(1)``, side by
+    side, so that one Toeplitz block multiplies NS times the columns. Strand ``program_id(2) * NS + s`` is segment
+    ``% SEGS`` of batch row ``// SEGS``, each batch row cut into SEGS segments of T / SEGS rows (more than one when
+    there are fewer batch rows than strands). A walk's rows count from each column's segment start. Returns each
+    column's channel, mask, element offsets of its segment start in proj (3W a row) and in y (W), and its batch
+    row's rows ``[first, end)``."""
     lane = tl.arange(0, NS * BC)
     cols = tl.program_id(1) * BC + lane % BC
-    batch = tl.program_id(2) * NS + lane // BC
-    first = batch.to(tl.int64) * T
-    return cols, (cols < W) & (batch < NBATCH), first * (3 * W), first * W
+    strand = tl.program_id(2) * NS + lane // BC
+    batch = strand // SEGS
+    seg = (strand % SEGS) * (T // SEGS)  # the segment's first row in its batch row
+    row0 = batch.to(tl.int64) * T + seg
+    return cols, (cols < W) & (batch < NBATCH), row0 * (3 * W), row0 * W, -seg, T - seg
+
+
+@triton.jit
+def _walk_from(lo, back: tl.constexpr, SEGS: tl.constexpr):
+    """The first row of a walk that needs the ``back`` rows before lo: none before a batch row's first, but a
+    segment's (SEGS > 1) are its batch row's rows or masked."""
+    first = lo - back
+    if SEGS == 1:
+        first = tl.maximum(first, 0)
+    return first
+
+
+@triton.jit
+def _reach(start, first, VARLEN: tl.constexpr):
+    """The first row a walk's tile entry may read: its row's sequence start (packed rows; (BT, 1)), else its
+    column's batch row's first row ((1, BN))."""
+    lower = first[None, :]
+    if VARLEN:
+        lower = start[:, None]
+    return lower
 
 
 @triton.jit
@@ -374,51 +400,53 @@ def _mr_filter_t(HG, group, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, end2, v
 
 @triton.jit
 def _walk_program(HG, T, NBATCH, W: tl.constexpr, K: tl.constexpr, D: tl.constexpr, L: tl.constexpr,
-                  BT: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr, dt: tl.constexpr):
-    """Program (j, c, b) of an MR walk: its rows ``[lo, hi)`` (from each batch row's first), its columns
+                  BT: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr, SEGS: tl.constexpr, dt: tl.constexpr):
+    """Program (j, c, b) of an MR walk: its rows ``[lo, hi)`` (from each column's segment start), its columns
     (``_strands``), its filter group and the group's Toeplitz block parts 0-2 for dt tiles."""
     lo = tl.program_id(0) * L
-    cols, mask_c, base, ybase = _strands(T, NBATCH, W, BC, NS)
+    cols, mask_c, base, ybase, first, end = _strands(T, NBATCH, W, BC, NS, SEGS)
     group = (tl.program_id(1) * BC) // D
     h0, l0 = _toeplitz_parts(HG, group, 0, K, BT, dt)
     h1, l1 = _toeplitz_parts(HG, group, 1, K, BT, dt)
     h2, l2 = _toeplitz_parts(HG, group, 2, K, BT, dt)
-    return lo, tl.minimum(lo + L, T), cols, mask_c, base, ybase, group, h0, l0, h1, l1, h2, l2
+    return lo, tl.minimum(lo + L, T // SEGS), cols, mask_c, base, ybase, first, end, group, h0, l0, h1, l1, h2, l2
 
 
 @triton.jit
 def _hyena_mr_kernel(
     P, FT, HG, Y, SEQ, CU, T, NBATCH,
     W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, D: tl.constexpr, NB: tl.constexpr, VARLEN: tl.constexpr,
-    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr,
+    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr, SEGS: tl.constexpr,
 ):
     """``Y = q * (h * (k * v))`` for filters of K <= 2 * BT + 1 taps (NB = 2 or 3 Toeplitz blocks) shared by groups
     of D channels (HG: (W / D, K), fp32 or the tiles' dtype). Program (j, c, b) writes the rows
-    ``[lo, min(lo + L, T))``, ``lo = j * L``, of its strands (``_strands``; rows count from each batch row's
-    first), after walking the NB - 1 tiles before lo for their z. With VARLEN (one strand: one batch row of T
-    packed rows), a tile whose reach holds a sequence's first row masks its Toeplitz blocks to each row's
+    ``[lo, min(lo + L, T / SEGS))``, ``lo = j * L``, of its strands (``_strands``; rows count from each column's
+    segment start), after walking the NB - 1 tiles before lo for their z. With VARLEN (one strand: one batch row
+    of T packed rows), a tile whose reach holds a sequence's first row masks its Toeplitz blocks to each row's
     sequence."""
     tl.static_assert(NS == 1 or not VARLEN)
     dt = Y.dtype.element_ty
-    lo, hi, cols, mask_c, base, ybase, group, h0, l0, h1, l1, h2, l2 = _walk_program(HG, T, NBATCH, W, K, D, L, BT,
-                                                                                    BC, NS, dt)
+    lo, hi, cols, mask_c, base, ybase, first, _end, group, h0, l0, h1, l1, h2, l2 = _walk_program(
+        HG, T, NBATCH, W, K, D, L, BT, BC, NS, SEGS, dt)
     offs = tl.arange(0, BT)
     z1 = tl.zeros((BT, NS * BC), dtype=dt)  # z of the tile one back; z2, two back
     z2 = tl.zeros((BT, NS * BC), dtype=dt)
-    for t0 in range(tl.maximum(lo - (NB - 1) * BT, 0), lo, BT):  # halo: z only
+    for t0 in range(_walk_from(lo, (NB - 1) * BT, SEGS), lo, BT):  # halo: z only
         rows = t0 + offs
         mask_r = rows < hi
         start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
         z2 = z1
-        z1 = _tile_z(P, FT, rows, mask_r, start, cols, mask_c, base, W, KF, BT, NS * BC, dt)
+        z1 = _tile_z(P, FT, rows, mask_r[:, None], _reach(start, first, VARLEN), cols, mask_c, base, W, KF, BT,
+                     NS * BC, dt)
     for t0 in range(lo, hi, BT):
         rows = t0 + offs
         mask_r = rows < hi
         start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
-        z = _tile_z(P, FT, rows, mask_r, start, cols, mask_c, base, W, KF, BT, NS * BC, dt)
+        lower = _reach(start, first, VARLEN)
+        z = _tile_z(P, FT, rows, mask_r[:, None], lower, cols, mask_c, base, W, KF, BT, NS * BC, dt)
         acc = _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, mask_r, t0, K, NB, VARLEN, BT,
                          NS * BC)
-        q = _featurize(P, FT, rows, mask_r, start, cols, mask_c, 0, W, KF, BT, NS * BC, base)
+        q = _featurize(P, FT, rows, mask_r[:, None], lower, cols, mask_c, 0, W, KF, BT, NS * BC, base)
         out = rows.to(tl.int64)[:, None] * W + (ybase + cols)[None, :]
         tl.store(Y + out, (q * acc).to(dt), mask=mask_r[:, None] & mask_c[None, :])
         z2 = z1
@@ -429,7 +457,7 @@ def _hyena_mr_kernel(
 def _hyena_mr_bwd_kernel(
     P, FT, HG, DY, DF, Z, DM, SEQ, CU, T, NBATCH,
     W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, D: tl.constexpr, NB: tl.constexpr, VARLEN: tl.constexpr,
-    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr,
+    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr, SEGS: tl.constexpr,
 ):
     """Backward of ``_hyena_mr_kernel`` up to its featurizers, for the rows ``[lo, hi)`` of program (j, c, b) as
     there: the gradients of the featurizer outputs, ``DF = [dy * m | dz * v | dz * k]`` (R, 3W), and, for the filter
@@ -438,8 +466,8 @@ def _hyena_mr_bwd_kernel(
     tiles, with the tiles' k and v kept for it)."""
     tl.static_assert(NS == 1 or not VARLEN)
     dt = DF.dtype.element_ty
-    lo, hi, cols, mask_c, base, ybase, group, h0, l0, h1, l1, h2, l2 = _walk_program(HG, T, NBATCH, W, K, D, L, BT,
-                                                                                    BC, NS, dt)
+    lo, hi, cols, mask_c, base, ybase, first, end, group, h0, l0, h1, l1, h2, l2 = _walk_program(
+        HG, T, NBATCH, W, K, D, L, BT, BC, NS, SEGS, dt)
     offs = tl.arange(0, BT)
     BN: tl.constexpr = NS * BC
     z1 = tl.zeros((BT, BN), dtype=dt)  # one tile back; z2, two back (as dm, k, v)
@@ -450,16 +478,18 @@ def _hyena_mr_bwd_kernel(
     k2 = tl.zeros((BT, BN), dtype=dt)
     v1 = tl.zeros((BT, BN), dtype=dt)
     v2 = tl.zeros((BT, BN), dtype=dt)
-    for t0 in range(tl.maximum(lo - 2 * BT, 0), hi + 2 * BT, BT):
+    for t0 in range(_walk_from(lo, 2 * BT, SEGS), hi + 2 * BT, BT):
         rows = t0 + offs
         valid = rows < T
         start, _ = _bounds(rows, valid, SEQ, CU, T, VARLEN)
-        k = _featurize(P, FT, rows, valid, start, cols, mask_c, W, W, KF, BT, BN, base).to(dt)
-        v = _featurize(P, FT, rows, valid, start, cols, mask_c, 2 * W, W, KF, BT, BN, base).to(dt)
+        lower = _reach(start, first, VARLEN)
+        inside = (rows[:, None] >= first[None, :]) & (rows[:, None] < end[None, :])  # the column's batch row
+        k = _featurize(P, FT, rows, inside, lower, cols, mask_c, W, W, KF, BT, BN, base).to(dt)
+        v = _featurize(P, FT, rows, inside, lower, cols, mask_c, 2 * W, W, KF, BT, BN, base).to(dt)
         z = (k.to(tl.float32) * v.to(tl.float32)).to(dt)
-        q = _featurize(P, FT, rows, valid, start, cols, mask_c, 0, W, KF, BT, BN, base)
+        q = _featurize(P, FT, rows, inside, lower, cols, mask_c, 0, W, KF, BT, BN, base)
         out = rows.to(tl.int64)[:, None] * W + (ybase + cols)[None, :]
-        dy = tl.load(DY + out, mask=valid[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
+        dy = tl.load(DY + out, mask=inside & mask_c[None, :], other=0.0).to(tl.float32)
         dm = (dy * q).to(dt)
         m = _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, valid, t0, K, NB, VARLEN, BT, BN)
         own = (rows >= lo)[:, None] & (rows < hi)[:, None] & mask_c[None, :]

@@ -242,6 +242,9 @@ def test_scanned_core_matches_float64_reference(shape, lengths, taps, feat_taps,
         ((3, 150, 96), None, 128, torch.float16, 64, False, 2),  # two strands, the second program's half empty
         ((1, 300, 96), None, 129, torch.float16, 128, False, 4),  # the longest filter: three Toeplitz blocks
         ((3, 37, 96), None, 40, torch.float32, 64, False, 4),  # two blocks, rows shorter than a tile, a strand empty
+        ((1, 512, 96), None, 129, torch.float16, 64, True, 4),  # one sequence cut into 4 segments side by side
+        ((2, 384, 96), None, 100, torch.float32, 128, False, 4),  # 2 batch rows x 2 segments of 3 tiles
+        ((1, 640, 96), None, 128, torch.float16, 256, False, 2),  # 2 segments of 5 tiles, a program's rows past one
         ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float32, 64, False, 4),  # packed: tiles reaching across starts
         ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float16, 64, True, 1),
         ((1, 331, 96), [200, 131], 100, torch.float16, 192, False, 2),
@@ -253,8 +256,9 @@ def test_mr_walk_matches_float64_reference(shape, lengths, taps: int, dtype: tor
     with programs shorter than the rows, so that programs rebuild z (and, backward, dm) over halos on both sides
     and meet inside sequences, against the float64 reference and its autograd; packed rows where a tile's reach
     holds sequence starts or ends take the masked Toeplitz blocks (one strand whatever is asked). Strands put
-    batch rows side by side in a program's tiles, some of them past the last row. A filter stored in the tiles'
-    16-bit dtype enters the dots as one part."""
+    batch rows side by side in a program's tiles, some of them past the last row, or segments of a batch row when
+    there are fewer rows than strands (halos then reach into the segments before and after). A filter stored in
+    the tiles' 16-bit dtype enters the dots as one part."""
     gen = torch.Generator().manual_seed(taps + shape[1])
     width = shape[-1] // 3
     proj = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
