@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--size", choices=tuple(SHAPES), default="full")
     parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
+    parser.add_argument("--shape", type=int, nargs=4, metavar=("B", "T", "C", "K"),
+                        help="this (batch, seqlen, channels, taps) instead of the size's shapes")
     parser.add_argument("--json", help="write every configuration's result here")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for kernel in args.kernels:
         params = inspect.signature(launchers[kernel]).parameters
         default = tuple(params[name].default for name in NAMES[kernel])
-        for shape in SHAPES[args.size][kernel]:
+        for shape in [tuple(args.shape)] if args.shape else SHAPES[args.size][kernel]:
             for name, want, call, floor_bytes, swept in cases(kernel, shape, args.device, dtype):
                 floor_ms = floor_bytes / bandwidth * 1e3
                 for values in CONFIGS[args.size][kernel] if swept else [default]:
@@ -202,15 +204,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def format_table(results: list[dict]) -> str:
     """Per launcher, pass and shape: the three fastest configurations that match the reference (rel_err <= 1e-2),
     and the default."""
-    lines = ["| kernel | C x K | configuration | ms | x floor | rel. error |", "|---|---|---|---:|---:|---:|"]
-    for (kernel, name, channels, taps), rows in itertools.groupby(
-        results, key=lambda r: (r["kernel"], r["pass"], r["channels"], r["taps"])
+    lines = ["| kernel | B x T x C x K | configuration | ms | x floor | rel. error |", "|---|---|---|---:|---:|---:|"]
+    for (kernel, name, *shape), rows in itertools.groupby(
+        results, key=lambda r: (r["kernel"], r["pass"], r["batch"], r["seqlen"], r["channels"], r["taps"])
     ):
         rows = [r for r in rows if "ms" in r]
         good = sorted((r for r in rows if r["rel_err"] <= 1e-2), key=lambda r: r["ms"])
         for r in good[:3] + [r for r in rows if r["default"] and r not in good[:3]]:
             config = ", ".join(f"{k}={r[k]}" for k in NAMES[kernel] if k in r) or "-"
-            lines.append(f"| {kernel} {name} | {channels} x {taps} | {config}{' (default)' if r['default'] else ''} | "
+            lines.append(f"| {kernel} {name} | {' x '.join(map(str, shape))} | {config}{' (default)' if r['default'] else ''} | "
                          f"{r['ms']:.3f} | {r['x_floor']:.1f} | {r['rel_err']:.1e} |")
     return "\n".join(lines)
 

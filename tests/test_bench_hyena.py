@@ -70,6 +70,19 @@ def test_fir_sweep_checks_every_configuration(tmp_path: Path) -> None:
             assert row["rel_err"] < 1e-5 and row["ms"] > 0 and row["x_floor"] > 0, row
 
 
+def test_sweep_shape_option_replaces_the_sizes_shapes() -> None:
+    """``--shape`` sweeps one given shape (here one sequence, which the MR walk cuts into segments) instead of the
+    size's, and the table names it."""
+    with imported_file(REPO / "benchmarks" / "sweep_fir.py", "sweep_fir") as sweep:
+        results = sweep.main(["--device", "cpu", "--size", "tiny", "--kernels", "mr", "--shape", "1", "256", "32", "128"])
+        table = sweep.format_table(results)
+    assert len(results) == 3 * len(sweep.CONFIGS["tiny"]["mr"])
+    assert {(r["batch"], r["seqlen"], r["channels"], r["taps"]) for r in results} == {(1, 256, 32, 128)}
+    assert "| mr fwd | 1 x 256 x 32 x 128 |" in table
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        assert all(r["rel_err"] < 1e-5 for r in results), results
+
+
 def test_parts_measures_one_part(tmp_path: Path) -> None:
     """``--parts peers`` times the peers alone (a short GPU call), ``--parts hyena`` the Hyena rows alone."""
     with imported_file(REPO / "benchmarks" / "bench_hyena.py", "bench_hyena") as bench:
