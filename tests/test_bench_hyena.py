@@ -91,16 +91,3 @@ def test_parts_measures_one_part(tmp_path: Path) -> None:
         assert rows == [] and [(r["width"], r["seqlen"]) for r in peers] == [(32, 64)]
         rows, peers = bench.main([*common, "--parts", "hyena", "--json", str(tmp_path / "h.json")])
         assert peers == [] and [r["mixer"] for r in rows] == ["hyena_se", "hyena_mr"]
-
-
-def test_mr_ahead_experiment_matches_the_library_walk() -> None:
-    """``benchmarks/exp_mr_ahead.py``: the forward walk that accumulates each tile into the next two tiles' outputs
-    equals the library walk (interpreted), for every configuration, filters in fp32 and in the rows' dtype, with
-    program starts inside the rows and 2 or 3 Toeplitz blocks."""
-    with imported_file(REPO / "benchmarks" / "exp_mr_ahead.py", "exp_mr_ahead") as exp:
-        for shape, rows in (((2, 150, 32, 128), 64), ((3, 70, 16, 40), 4096)):
-            results = exp.compare(*shape, "cpu", rows=rows)
-            variants = [r for r in results if r["variant"] == "ahead"]
-            assert len(variants) == 2 * len(exp.CONFIGS)
-            for r in variants:
-                assert "error" not in r and r["rel_err"] < 1e-5, (shape, r)
