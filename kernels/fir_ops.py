@@ -150,12 +150,13 @@ def _launch_mr_core(
     channels: each program walks ``rows_per_program`` rows (a multiple of 64) of one group's channels in 64-row
     tiles, with the filter's Toeplitz blocks built once (one part when the filter is stored in proj's 16-bit
     dtype, else a high part and a remainder) and ``strands`` batch rows side by side (``_num_strands``; segments of
-    a batch row when there are fewer rows, ``_segments``). The launch
-    configuration is swept by ``benchmarks/sweep_fir.py``: on the H200 at 8 x 4096 x 2048 with 128 taps the default
+    a batch row when there are fewer rows, ``_segments``). The launch configuration is swept by
+    ``benchmarks/sweep_fir.py``: on the H200 at 8 x 4096 x 2048 with 128 taps the default
     took 0.582 ms with an fp32 filter and 0.372 ms with a bf16 one (4 strands; 0.508 with one), against 1.160 for
     the one-pass tensor-core kernel it replaced. Channel-major program order changed nothing and loading the next
     tile ahead helped only packed rows (8%), so neither is kept (``benchmarks/results/hyena_h200_s19/``); nor are 8
-    warps or a register cap (Triton's ``maxnreg``) for more resident programs: at best 4% (``hyena_h200_s20/``)."""
+    warps or a register cap (Triton's ``maxnreg``) for more resident programs: at best 4% (``hyena_h200_s20/``).
+    Segments fill the strands of one 32K sequence: 0.389 ms against 0.446 in one strand (``hyena_h200_s21/``)."""
     y = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
     _launch_walk(_hyena_mr_kernel, proj, feat_t, weight, (y,), cu_seqlens, rows_per_program, strands, 4, num_warps)
     return y
