@@ -212,8 +212,9 @@ def format_table(results: list[dict]) -> str:
         good = sorted((r for r in rows if r["rel_err"] <= 1e-2), key=lambda r: r["ms"])
         for r in good[:3] + [r for r in rows if r["default"] and r not in good[:3]]:
             config = ", ".join(f"{k}={r[k]}" for k in NAMES[kernel] if k in r) or "-"
-            lines.append(f"| {kernel} {name} | {' x '.join(map(str, shape))} | {config}{' (default)' if r['default'] else ''} | "
-                         f"{r['ms']:.3f} | {r['x_floor']:.1f} | {r['rel_err']:.1e} |")
+            mark = " (default)" if r["default"] else ""
+            lines.append(f"| {kernel} {name} | {' x '.join(map(str, shape))} | {config}{mark} | {r['ms']:.3f} | "
+                         f"{r['x_floor']:.1f} | {r['rel_err']:.1e} |")
     return "\n".join(lines)
 
 

@@ -334,10 +334,10 @@ def _strands(T, NBATCH, W: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr, SEG
 def _walk_from(lo, back: tl.constexpr, SEGS: tl.constexpr):
     """The first row of a walk that needs the ``back`` rows before lo: none before a batch row's first, but a
     segment's (SEGS > 1) are its batch row's rows or masked."""
-    first = lo - back
+    row = lo - back
     if SEGS == 1:
-        first = tl.maximum(first, 0)
-    return first
+        row = tl.maximum(row, 0)
+    return row
 
 
 @triton.jit

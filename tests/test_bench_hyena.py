@@ -74,7 +74,8 @@ def test_sweep_shape_option_replaces_the_sizes_shapes() -> None:
     """``--shape`` sweeps one given shape (here one sequence, which the MR walk cuts into segments) instead of the
     size's, and the table names it."""
     with imported_file(REPO / "benchmarks" / "sweep_fir.py", "sweep_fir") as sweep:
-        results = sweep.main(["--device", "cpu", "--size", "tiny", "--kernels", "mr", "--shape", "1", "256", "32", "128"])
+        results = sweep.main(["--device", "cpu", "--size", "tiny", "--kernels", "mr",
+                              "--shape", "1", "256", "32", "128"])
         table = sweep.format_table(results)
     assert len(results) == 3 * len(sweep.CONFIGS["tiny"]["mr"])
     assert {(r["batch"], r["seqlen"], r["channels"], r["taps"]) for r in results} == {(1, 256, 32, 128)}
