@@ -351,6 +351,81 @@ def _reach(start, first, VARLEN: tl.constexpr):
 
 
 @triton.jit
+def _rows_tile(P, src, lower, end, cols, mask_c, base, OFF: tl.constexpr, W: tl.constexpr):
+    """Projection columns ``OFF + cols`` of the rows src (S,), zero outside each column's rows [lower, end)."""
+    m = (src[:, None] >= lower) & (src[:, None] < end[None, :]) & mask_c[None, :]
+    return tl.load(P + src.to(tl.int64)[:, None] * (3 * W) + (base + OFF + cols)[None, :], mask=m, other=0.0)
+
+
+@triton.jit
+def _pick(m: tl.constexpr, x0, x1, x2, x3):
+    """x_m of four tiles (m a constexpr)."""
+    if m == 0:
+        x = x0
+    elif m == 1:
+        x = x1
+    elif m == 2:
+        x = x2
+    else:
+        x = x3
+    return x
+
+
+@triton.jit
+def _phase_lower(rows, SEQ, CU, T, first, VARLEN: tl.constexpr):
+    """``_reach`` of the rows (S,) of one phase."""
+    start, _ = _bounds(rows, rows < T, SEQ, CU, T, VARLEN)
+    return _reach(start, first, VARLEN)
+
+
+@triton.jit
+def _phase_featurize(P, FT, srow, r: tl.constexpr, x0, x1, x2, x3, lower, end, cols, mask_c, base,
+                     OFF: tl.constexpr, W: tl.constexpr, KF: tl.constexpr, VARLEN: tl.constexpr):
+    """Featurizer output (S, BN) fp32 of phase r's rows ``srow + r`` from the phases' tiles x_m (rows srow + m):
+    taps reaching before srow load their rows, the others reuse a phase."""
+    acc = tl.zeros(x0.shape, dtype=tl.float32)
+    for j in tl.static_range(KF):
+        f = tl.load(FT + j * 3 * W + OFF + cols, mask=mask_c, other=0.0).to(tl.float32)
+        src = srow + r - j
+        if j <= r:
+            u = _pick(r - j, x0, x1, x2, x3)
+            if VARLEN:  # the phase's rows of an earlier sequence
+                u = tl.where(src[:, None] >= lower, u, 0.0)
+        else:
+            u = _rows_tile(P, src, lower, end, cols, mask_c, base, OFF, W)
+        acc += f[None, :] * u.to(tl.float32)
+    return acc
+
+
+@triton.jit
+def _interleave(a0, a1, a2, a3):
+    """The (4S, BN) tile whose row 4s + r is row s of a_r."""
+    x = tl.join(tl.join(a0, a2), tl.join(a1, a3))  # [s, n, i, k] = a_{2i+k}[s, n]
+    return tl.reshape(tl.permute(x, (0, 2, 3, 1)), (4 * a0.shape[0], a0.shape[1]))
+
+
+@triton.jit
+def _featurize_tile(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, OFF: tl.constexpr, W: tl.constexpr,
+                    KF: tl.constexpr, BT: tl.constexpr, VARLEN: tl.constexpr):
+    """Featurizer output (BT, BN) fp32 of the walk tile at row t0 (``_featurize`` of its rows), reading each proj row
+    once and the KF - 1 rows before each 4-row group again: the tile as four phases of rows ``4s + r``."""
+    srow = t0 + tl.arange(0, BT // 4) * 4
+    l0 = _phase_lower(srow, SEQ, CU, T, first, VARLEN)
+    l1 = _phase_lower(srow + 1, SEQ, CU, T, first, VARLEN)
+    l2 = _phase_lower(srow + 2, SEQ, CU, T, first, VARLEN)
+    l3 = _phase_lower(srow + 3, SEQ, CU, T, first, VARLEN)
+    x0 = _rows_tile(P, srow, l0, end, cols, mask_c, base, OFF, W)
+    x1 = _rows_tile(P, srow + 1, l1, end, cols, mask_c, base, OFF, W)
+    x2 = _rows_tile(P, srow + 2, l2, end, cols, mask_c, base, OFF, W)
+    x3 = _rows_tile(P, srow + 3, l3, end, cols, mask_c, base, OFF, W)
+    return _interleave(
+        _phase_featurize(P, FT, srow, 0, x0, x1, x2, x3, l0, end, cols, mask_c, base, OFF, W, KF, VARLEN),
+        _phase_featurize(P, FT, srow, 1, x0, x1, x2, x3, l1, end, cols, mask_c, base, OFF, W, KF, VARLEN),
+        _phase_featurize(P, FT, srow, 2, x0, x1, x2, x3, l2, end, cols, mask_c, base, OFF, W, KF, VARLEN),
+        _phase_featurize(P, FT, srow, 3, x0, x1, x2, x3, l3, end, cols, mask_c, base, OFF, W, KF, VARLEN))
+
+
+@triton.jit
 def _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, valid, t0, K: tl.constexpr,
                NB: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
     """m = h * z (BT, BC) fp32 of a tile from its z and the two tiles' before (z1, z2), through the Toeplitz block
@@ -416,7 +491,7 @@ def _walk_program(HG, T, NBATCH, W: tl.constexpr, K: tl.constexpr, D: tl.constex
 def _hyena_mr_kernel(
     P, FT, HG, Y, SEQ, CU, T, NBATCH,
     W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, D: tl.constexpr, NB: tl.constexpr, VARLEN: tl.constexpr,
-    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr, SEGS: tl.constexpr,
+    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr, SEGS: tl.constexpr, PH: tl.constexpr,
 ):
     """``Y = q * (h * (k * v))`` for filters of K <= 2 * BT + 1 taps (NB = 2 or 3 Toeplitz blocks) shared by groups
     of D channels (HG: (W / D, K), fp32 or the tiles' dtype). Program (j, c, b) writes the rows
@@ -426,7 +501,7 @@ def _hyena_mr_kernel(
     sequence."""
     tl.static_assert(NS == 1 or not VARLEN)
     dt = Y.dtype.element_ty
-    lo, hi, cols, mask_c, base, ybase, first, _end, group, h0, l0, h1, l1, h2, l2 = _walk_program(
+    lo, hi, cols, mask_c, base, ybase, first, end, group, h0, l0, h1, l1, h2, l2 = _walk_program(
         HG, T, NBATCH, W, K, D, L, BT, BC, NS, SEGS, dt)
     offs = tl.arange(0, BT)
     z1 = tl.zeros((BT, NS * BC), dtype=dt)  # z of the tile one back; z2, two back
@@ -436,17 +511,30 @@ def _hyena_mr_kernel(
         mask_r = rows < hi
         start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
         z2 = z1
-        z1 = _tile_z(P, FT, rows, mask_r[:, None], _reach(start, first, VARLEN), cols, mask_c, base, W, KF, BT,
-                     NS * BC, dt)
+        if PH == 4:
+            z1 = (_featurize_tile(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, W, W, KF, BT, VARLEN)
+                  * _featurize_tile(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, 2 * W, W, KF, BT,
+                                    VARLEN)).to(dt)
+        else:
+            z1 = _tile_z(P, FT, rows, mask_r[:, None], _reach(start, first, VARLEN), cols, mask_c, base, W, KF, BT,
+                         NS * BC, dt)
     for t0 in range(lo, hi, BT):
         rows = t0 + offs
         mask_r = rows < hi
         start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
         lower = _reach(start, first, VARLEN)
-        z = _tile_z(P, FT, rows, mask_r[:, None], lower, cols, mask_c, base, W, KF, BT, NS * BC, dt)
+        if PH == 4:
+            z = (_featurize_tile(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, W, W, KF, BT, VARLEN)
+                 * _featurize_tile(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, 2 * W, W, KF, BT,
+                                   VARLEN)).to(dt)
+        else:
+            z = _tile_z(P, FT, rows, mask_r[:, None], lower, cols, mask_c, base, W, KF, BT, NS * BC, dt)
         acc = _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, mask_r, t0, K, NB, VARLEN, BT,
                          NS * BC)
-        q = _featurize(P, FT, rows, mask_r[:, None], lower, cols, mask_c, 0, W, KF, BT, NS * BC, base)
+        if PH == 4:
+            q = _featurize_tile(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, 0, W, KF, BT, VARLEN)
+        else:
+            q = _featurize(P, FT, rows, mask_r[:, None], lower, cols, mask_c, 0, W, KF, BT, NS * BC, base)
         out = rows.to(tl.int64)[:, None] * W + (ybase + cols)[None, :]
         tl.store(Y + out, (q * acc).to(dt), mask=mask_r[:, None] & mask_c[None, :])
         z2 = z1
@@ -457,7 +545,7 @@ def _hyena_mr_kernel(
 def _hyena_mr_bwd_kernel(
     P, FT, HG, DY, DF, Z, DM, SEQ, CU, T, NBATCH,
     W: tl.constexpr, KF: tl.constexpr, K: tl.constexpr, D: tl.constexpr, NB: tl.constexpr, VARLEN: tl.constexpr,
-    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr, SEGS: tl.constexpr,
+    L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr, SEGS: tl.constexpr, PH: tl.constexpr,
 ):
     """Backward of ``_hyena_mr_kernel`` up to its featurizers, for the rows ``[lo, hi)`` of program (j, c, b) as
     there: the gradients of the featurizer outputs, ``DF = [dy * m | dz * v | dz * k]`` (R, 3W), and, for the filter
@@ -484,10 +572,16 @@ def _hyena_mr_bwd_kernel(
         start, _ = _bounds(rows, valid, SEQ, CU, T, VARLEN)
         lower = _reach(start, first, VARLEN)
         inside = (rows[:, None] >= first[None, :]) & (rows[:, None] < end[None, :])  # the column's batch row
-        k = _featurize(P, FT, rows, inside, lower, cols, mask_c, W, W, KF, BT, BN, base).to(dt)
-        v = _featurize(P, FT, rows, inside, lower, cols, mask_c, 2 * W, W, KF, BT, BN, base).to(dt)
+        if PH == 4:
+            k = _featurize_tile(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, W, W, KF, BT, VARLEN).to(dt)
+            v = _featurize_tile(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, 2 * W, W, KF, BT,
+                                VARLEN).to(dt)
+            q = _featurize_tile(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, 0, W, KF, BT, VARLEN)
+        else:
+            k = _featurize(P, FT, rows, inside, lower, cols, mask_c, W, W, KF, BT, BN, base).to(dt)
+            v = _featurize(P, FT, rows, inside, lower, cols, mask_c, 2 * W, W, KF, BT, BN, base).to(dt)
+            q = _featurize(P, FT, rows, inside, lower, cols, mask_c, 0, W, KF, BT, BN, base)
         z = (k.to(tl.float32) * v.to(tl.float32)).to(dt)
-        q = _featurize(P, FT, rows, inside, lower, cols, mask_c, 0, W, KF, BT, BN, base)
         out = rows.to(tl.int64)[:, None] * W + (ybase + cols)[None, :]
         dy = tl.load(DY + out, mask=inside & mask_c[None, :], other=0.0).to(tl.float32)
         dm = (dy * q).to(dt)
