@@ -61,8 +61,8 @@ CONFIGS = {
              "fir": TILES, "core": TILES,
              "scan": list(itertools.product((128, 256, 512), (4, 8), (128, 256, 512), (2, 4))),
              "scanbwd": list(itertools.product((256, 512), (2, 4), (64, 128, 256), (2, 4))),
-             "mr": list(itertools.product((4096,), (None, 1, 2, 4), (4,), (1, 4))),  # None: the launcher's choice
-             "mrbwd": list(itertools.product((4096,), (None, 1, 2), (4,), (1, 4)))},
+             "mr": list(itertools.product((1024, 2048, 4096), (None, 1, 2, 4), (4,), (4,))),  # None: the default
+             "mrbwd": list(itertools.product((1024, 2048, 4096), (None, 1, 2), (4,), (4,)))},
     "tiny": {"dw": [(128, 64, 4, 64, False), (16, 16, 1, 4, False), (16, 16, 2, 4, True)],
              "fir": [(64, 128, 4), (16, 16, 2)], "core": [(64, 64, 4), (16, 16, 2)],
              "scan": [(512, 8, 512, 4), (8, 4, 16, 1)], "scanbwd": [(512, 4, 128, 4), (8, 4, 16, 1)],
