@@ -15,7 +15,8 @@ Three launchers, each at the shapes of one Hyena-SE layer (width 2048, 16-channe
 - ``mr``: the forward of the Hyena-MR core (128 taps) as a walk over 64-row tiles (``_launch_mr_core``), on rows,
   on the same rows given as packed sequences, and with the filter stored in the rows' 16-bit dtype (one Toeplitz
   part). On the H200 it took 0.62 ms against 1.16 for the one-pass tensor-core kernel it replaced
-  (``benchmarks/results/hyena_h200_s18/``), 0.46 ms with a bf16 filter (``hyena_h200_s19/``);
+  (``benchmarks/results/hyena_h200_s18/``), 0.46 ms with a bf16 filter (``hyena_h200_s19/``), 0.35 ms since its
+  featurizer tiles are loaded as row phases (``hyena_h200_s22/``);
 - ``mrbwd``: its backward as a walk (``_launch_mr_bwd``: the walk, then the filter gradient and the featurizers'
   backward), on rows, packed rows and a 16-bit filter, next to the multi-pass backward it replaces (unswept).
 
@@ -61,19 +62,18 @@ CONFIGS = {
              "fir": TILES, "core": TILES,
              "scan": list(itertools.product((128, 256, 512), (4, 8), (128, 256, 512), (2, 4))),
              "scanbwd": list(itertools.product((256, 512), (2, 4), (64, 128, 256), (2, 4))),
-             "mr": list(itertools.product((1024, 2048, 4096), (None, 1, 2, 4), (4,), (4,))),  # None: the default
-             "mrbwd": list(itertools.product((1024, 2048, 4096), (None, 1, 2), (4,), (4,)))},
+             "mr": list(itertools.product((None, 1024, 4096), (None, 1, 2, 4), (4,))),  # None: the launcher's choice
+             "mrbwd": list(itertools.product((1024, 2048, 4096), (None, 1, 2), (4,)))},
     "tiny": {"dw": [(128, 64, 4, 64, False), (16, 16, 1, 4, False), (16, 16, 2, 4, True)],
              "fir": [(64, 128, 4), (16, 16, 2)], "core": [(64, 64, 4), (16, 16, 2)],
              "scan": [(512, 8, 512, 4), (8, 4, 16, 1)], "scanbwd": [(512, 4, 128, 4), (8, 4, 16, 1)],
-             "mr": [(4096, None, 4, 1), (64, 2, 1, 4)], "mrbwd": [(4096, None, 4, 1), (64, 2, 1, 4)]},
+             "mr": [(None, None, 4), (64, 2, 1)], "mrbwd": [(4096, None, 4), (64, 2, 1)]},
 }
 NAMES = {"dw": ("block_t", "block_c", "num_warps", "chunks", "taps_outer"),  # keyword arguments of the launchers
          "fir": ("block_t", "block_c", "num_warps"), "core": ("block_t", "block_c", "num_warps"),
          "scan": ("rows_per_program", "unroll", "block_c", "num_warps"),
          "scanbwd": ("rows_per_program", "unroll", "block_c", "num_warps"),
-         "mr": ("rows_per_program", "strands", "num_warps", "phases"),
-         "mrbwd": ("rows_per_program", "strands", "num_warps", "phases")}
+         "mr": ("rows_per_program", "strands", "num_warps"), "mrbwd": ("rows_per_program", "strands", "num_warps")}
 FEATURIZER_TAPS, GROUP_CHANNELS = 3, 16  # the presets' featurizer length and channels per filter group
 
 

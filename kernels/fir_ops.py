@@ -144,28 +144,29 @@ def _launch_scan_core(
 
 def _launch_mr_core(
     proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, *,
-    rows_per_program: int = 4096, strands: int | None = None, num_warps: int = 4, phases: int = 1,
+    rows_per_program: int | None = None, strands: int | None = None, num_warps: int = 4,
 ) -> torch.Tensor:
     """Hyena core y (B, T, W) from proj (B, T, 3W) in one pass for filters of 33-129 taps shared by groups of 16k
-    channels: each program walks ``rows_per_program`` rows (a multiple of 64) of one group's channels in 64-row
-    tiles, with the filter's Toeplitz blocks built once (one part when the filter is stored in proj's 16-bit
-    dtype, else a high part and a remainder) and ``strands`` batch rows side by side (``_num_strands``; segments of
-    a batch row when there are fewer rows, ``_segments``). The launch configuration is swept by
-    ``benchmarks/sweep_fir.py``: on the H200 at 8 x 4096 x 2048 with 128 taps the default
-    took 0.582 ms with an fp32 filter and 0.372 ms with a bf16 one (4 strands; 0.508 with one), against 1.160 for
-    the one-pass tensor-core kernel it replaced. Channel-major program order changed nothing and loading the next
-    tile ahead helped only packed rows (8%), so neither is kept (``benchmarks/results/hyena_h200_s19/``); nor are 8
-    warps or a register cap (Triton's ``maxnreg``) for more resident programs: at best 4% (``hyena_h200_s20/``).
-    Segments fill the strands of one 32K sequence: 0.389 ms against 0.446 in one strand (``hyena_h200_s21/``)."""
+    channels: each program walks ``rows_per_program`` rows (a multiple of 64; by default 2048, 4096 for packed rows)
+    of one group's channels in 64-row tiles, with the filter's Toeplitz blocks built once (one part when the filter
+    is stored in proj's 16-bit dtype, else a high part and a remainder) and ``strands`` batch rows side by side
+    (``_num_strands``; segments of a batch row when there are fewer rows, ``_segments``). The launch configuration
+    is swept by ``benchmarks/sweep_fir.py``. On the H200 with 128 taps and a bf16 filter the default took 0.346 ms
+    at 8 x 4096 x 2048 and 0.305 at 1 x 32768 (2 strands; 4 strands had been best before the featurizer tiles were
+    loaded as row phases, which took 0.374 and 0.389 there), 0.58 and 0.51 with an fp32 filter, 0.87 with packed
+    rows (``benchmarks/results/hyena_h200_s22/``), against 1.160 for the one-pass tensor-core kernel the walk
+    replaced. Neither channel-major program order, loading the next tile ahead, 8 warps nor a register cap paid
+    (``hyena_h200_s19/``, ``hyena_h200_s20/``)."""
+    if rows_per_program is None:
+        rows_per_program = 4096 if cu_seqlens is not None else 2048
     y = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
-    _launch_walk(_hyena_mr_kernel, proj, feat_t, weight, (y,), cu_seqlens, rows_per_program, strands, 4, num_warps,
-                 PH=phases)
+    _launch_walk(_hyena_mr_kernel, proj, feat_t, weight, (y,), cu_seqlens, rows_per_program, strands, 2, num_warps)
     return y
 
 
 def _launch_walk(
     kernel, proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, io: tuple[torch.Tensor, ...],
-    cu_seqlens: torch.Tensor | None, rows_per_program: int, strands: int | None, best: int, num_warps: int, **extra,
+    cu_seqlens: torch.Tensor | None, rows_per_program: int, strands: int | None, best: int, num_warps: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch an MR walk ``kernel`` (forward or backward: ``io`` its tensors after the filter) over proj's rows;
     returns the (sequence index, cu_seqlens) it was given."""
@@ -183,7 +184,7 @@ def _launch_walk(
     kernel[(triton.cdiv(span // segs, rows_per_program), width // block_c, triton.cdiv(batches * segs, ns))](
         proj, feat_t, _walk_filter(weight, proj.dtype), *io, seq, cu, span, batches, W=width, KF=feat_t.shape[0],
         K=taps, D=width // groups, NB=triton.cdiv(taps - 1, MR_BLOCK_T) + 1, VARLEN=cu_seqlens is not None,
-        L=rows_per_program, BT=MR_BLOCK_T, BC=block_c, NS=ns, SEGS=segs, num_warps=num_warps, **extra,
+        L=rows_per_program, BT=MR_BLOCK_T, BC=block_c, NS=ns, SEGS=segs, num_warps=num_warps,
     )
     return seq, cu
 
@@ -217,18 +218,19 @@ def _walk_filter(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _launch_mr_bwd(
     proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
     cu_seqlens: torch.Tensor | None, *, rows_per_program: int = 4096, strands: int | None = None,
-    num_warps: int = 4, phases: int = 1,
+    num_warps: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dproj, dfeaturizer, dweight fp32) of ``_launch_mr_core``: one walk over 64-row tiles (``rows_per_program``
     rows a program, a multiple of 64) writes the featurizer outputs' gradients, z and dm = dy * q; then the filter
     gradient on tensor cores (``_launch_tc_dw``) and the featurizers' backward (``fir_bwd_op``). On the H200 at
-    8 x 4096 x 2048 with 128 taps: 2.25 ms with an fp32 filter, 1.83 with a bf16 one (2 strands), against 3.68 for
-    the multi-pass backward; packed rows 3.95 against 4.03 (``benchmarks/results/hyena_h200_s20/``)."""
+    8 x 4096 x 2048 with 128 taps: 2.21 ms with an fp32 filter, 1.72 with a bf16 one (2 strands), against 3.71 for
+    the multi-pass backward; packed rows 4.05 against 4.06 (``benchmarks/results/hyena_h200_s22/``: the row phases
+    took 3-7% off the walk, but added 3% to packed rows)."""
     dfeats = torch.empty_like(proj)  # [dy * m | dz * v | dz * k]
     z = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
     dm = torch.empty_like(z)
     seq, cu = _launch_walk(_hyena_mr_bwd_kernel, proj, featurizer.t().float().contiguous(), weight, (dy, dfeats, z, dm),
-                           cu_seqlens, rows_per_program, strands, 2, num_warps, PH=phases)
+                           cu_seqlens, rows_per_program, strands, 2, num_warps)
     dweight = _launch_tc_dw(z, dm, weight, seq, cu, cu_seqlens is not None)
     dproj, dfeaturizer = fir_bwd_op(proj, featurizer, dfeats, cu_seqlens)
     return dproj, dfeaturizer, dweight

@@ -235,34 +235,36 @@ def test_scanned_core_matches_float64_reference(shape, lengths, taps, feat_taps,
 
 
 @pytest.mark.parametrize(
-    "shape,lengths,taps,dtype,rows_per_program,filter16,strands",
+    "shape,lengths,taps,dtype,rows_per_program,filter16,strands,featurizer_taps",
     [
-        ((2, 200, 96), None, 128, torch.float32, 64, False, 1),  # four programs a row, each walking halo tiles
-        ((2, 200, 96), None, 128, torch.float16, 128, True, 2),  # both batch rows side by side
-        ((3, 150, 96), None, 128, torch.float16, 64, False, 2),  # two strands, the second program's half empty
-        ((1, 300, 96), None, 129, torch.float16, 128, False, 4),  # the longest filter: three Toeplitz blocks
-        ((3, 37, 96), None, 40, torch.float32, 64, False, 4),  # two blocks, rows shorter than a tile, a strand empty
-        ((1, 512, 96), None, 129, torch.float16, 64, True, 4),  # one sequence cut into 4 segments side by side
-        ((2, 384, 96), None, 100, torch.float32, 128, False, 4),  # 2 batch rows x 2 segments of 3 tiles
-        ((1, 640, 96), None, 128, torch.float16, 256, False, 2),  # 2 segments of 5 tiles, a program's rows past one
-        ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float32, 64, False, 4),  # packed: tiles reaching across starts
-        ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float16, 64, True, 1),
-        ((1, 331, 96), [200, 131], 100, torch.float16, 192, False, 2),
+        ((2, 200, 96), None, 128, torch.float32, 64, False, 1, 3),  # four programs a row, each walking halo tiles
+        ((2, 200, 96), None, 128, torch.float16, 128, True, 2, 3),  # both batch rows side by side
+        ((3, 150, 96), None, 128, torch.float16, 64, False, 2, 3),  # two strands, the second program's half empty
+        ((1, 300, 96), None, 129, torch.float16, 128, False, 4, 3),  # the longest filter: three Toeplitz blocks
+        # Two blocks, rows shorter than a tile, a strand empty; featurizer taps reaching past a 4-row phase group.
+        ((3, 37, 96), None, 40, torch.float32, 64, False, 4, 6),
+        ((1, 512, 96), None, 129, torch.float16, 64, True, 4, 1),  # one sequence cut into 4 segments side by side
+        ((2, 384, 96), None, 100, torch.float32, 128, False, 4, 2),  # 2 batch rows x 2 segments of 3 tiles
+        ((1, 640, 96), None, 128, torch.float16, 256, False, 2, 3),  # 2 segments of 5 tiles, a program's rows past one
+        ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float32, 64, False, 4, 6),  # packed: tiles reach across starts
+        ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float16, 64, True, 1, 3),
+        ((1, 331, 96), [200, 131], 100, torch.float16, 192, False, 2, 3),
     ],
 )
 def test_mr_walk_matches_float64_reference(shape, lengths, taps: int, dtype: torch.dtype, rows_per_program,
-                                           filter16: bool, strands: int) -> None:
+                                           filter16: bool, strands: int, featurizer_taps: int) -> None:
     """The Hyena-MR walks over 64-row tiles (filters of 33-129 taps shared by 16 channels), forward and backward,
     with programs shorter than the rows, so that programs rebuild z (and, backward, dm) over halos on both sides
     and meet inside sequences, against the float64 reference and its autograd; packed rows where a tile's reach
     holds sequence starts or ends take the masked Toeplitz blocks (one strand whatever is asked). Strands put
     batch rows side by side in a program's tiles, some of them past the last row, or segments of a batch row when
     there are fewer rows than strands (halos then reach into the segments before and after). A filter stored in
-    the tiles' 16-bit dtype enters the dots as one part."""
+    the tiles' 16-bit dtype enters the dots as one part. Featurizers of 1-6 taps read the tiles' four row phases
+    and the rows before each phase group."""
     gen = torch.Generator().manual_seed(taps + shape[1])
     width = shape[-1] // 3
     proj = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
-    feat = torch.randn(3 * width, 3, generator=gen, dtype=torch.float64) / 3**0.5
+    feat = torch.randn(3 * width, featurizer_taps, generator=gen, dtype=torch.float64) / featurizer_taps**0.5
     w = torch.randn(width // 16, taps, generator=gen, dtype=torch.float64) / taps**0.5
     dy = torch.randn(*shape[:-1], width, generator=gen, dtype=torch.float64).to(dtype)
     w = w.to(dtype if filter16 else torch.float32)
