@@ -365,10 +365,16 @@ def _pick(m: tl.constexpr, x0, x1, x2, x3):
 
 
 @triton.jit
-def _phase_lower(rows, SEQ, CU, T, first, VARLEN: tl.constexpr):
-    """``_reach`` of the rows (S,) of one phase."""
-    start, _ = _bounds(rows, rows < T, SEQ, CU, T, VARLEN)
-    return _reach(start, first, VARLEN)
+def _phases(t0, SEQ, CU, T, first, BT: tl.constexpr, VARLEN: tl.constexpr):
+    """The walk tile at row t0 as four phases of rows ``srow + r``, ``srow = t0 + 4s``: srow (BT / 4,) and each
+    phase's ``_reach``, shared by the tile's featurizers."""
+    srow = t0 + tl.arange(0, BT // 4) * 4
+    start0, _ = _bounds(srow, srow < T, SEQ, CU, T, VARLEN)
+    start1, _ = _bounds(srow + 1, srow + 1 < T, SEQ, CU, T, VARLEN)
+    start2, _ = _bounds(srow + 2, srow + 2 < T, SEQ, CU, T, VARLEN)
+    start3, _ = _bounds(srow + 3, srow + 3 < T, SEQ, CU, T, VARLEN)
+    return (srow, _reach(start0, first, VARLEN), _reach(start1, first, VARLEN), _reach(start2, first, VARLEN),
+            _reach(start3, first, VARLEN))
 
 
 @triton.jit
@@ -398,15 +404,10 @@ def _interleave(a0, a1, a2, a3):
 
 
 @triton.jit
-def _featurize_tile(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, OFF: tl.constexpr, W: tl.constexpr,
-                    KF: tl.constexpr, BT: tl.constexpr, VARLEN: tl.constexpr):
-    """Featurizer output (BT, BN) fp32 of the walk tile at row t0 (``_featurize`` of its rows, zero outside each
-    column's rows): the tile as four phases of rows ``4s + r``, loaded once and shared by the taps."""
-    srow = t0 + tl.arange(0, BT // 4) * 4
-    l0 = _phase_lower(srow, SEQ, CU, T, first, VARLEN)
-    l1 = _phase_lower(srow + 1, SEQ, CU, T, first, VARLEN)
-    l2 = _phase_lower(srow + 2, SEQ, CU, T, first, VARLEN)
-    l3 = _phase_lower(srow + 3, SEQ, CU, T, first, VARLEN)
+def _featurize_tile(P, FT, srow, l0, l1, l2, l3, end, cols, mask_c, base, OFF: tl.constexpr, W: tl.constexpr,
+                    KF: tl.constexpr, VARLEN: tl.constexpr):
+    """Featurizer output (BT, BN) fp32 of the walk tile of ``_phases`` (``_featurize`` of its rows, zero outside
+    each column's rows): the four phases loaded once and shared by the taps."""
     x0 = _rows_tile(P, srow, l0, end, cols, mask_c, base, OFF, W)
     x1 = _rows_tile(P, srow + 1, l1, end, cols, mask_c, base, OFF, W)
     x2 = _rows_tile(P, srow + 2, l2, end, cols, mask_c, base, OFF, W)
@@ -419,11 +420,11 @@ def _featurize_tile(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, OFF: 
 
 
 @triton.jit
-def _tile_z(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, W: tl.constexpr, KF: tl.constexpr,
-            BT: tl.constexpr, VARLEN: tl.constexpr, dt: tl.constexpr):
-    """z = k * v (BT, BN) of the walk tile at row t0, rounded to dt as the two-pass path stores it."""
-    return (_featurize_tile(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, W, W, KF, BT, VARLEN)
-            * _featurize_tile(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, 2 * W, W, KF, BT, VARLEN)).to(dt)
+def _tile_z(P, FT, srow, l0, l1, l2, l3, end, cols, mask_c, base, W: tl.constexpr, KF: tl.constexpr,
+            VARLEN: tl.constexpr, dt: tl.constexpr):
+    """z = k * v (BT, BN) of the walk tile of ``_phases``, rounded to dt as the two-pass path stores it."""
+    return (_featurize_tile(P, FT, srow, l0, l1, l2, l3, end, cols, mask_c, base, W, W, KF, VARLEN)
+            * _featurize_tile(P, FT, srow, l0, l1, l2, l3, end, cols, mask_c, base, 2 * W, W, KF, VARLEN)).to(dt)
 
 
 @triton.jit
@@ -508,16 +509,18 @@ def _hyena_mr_kernel(
     z1 = tl.zeros((BT, NS * BC), dtype=dt)  # z of the tile one back; z2, two back
     z2 = tl.zeros((BT, NS * BC), dtype=dt)
     for t0 in range(_walk_from(lo, (NB - 1) * BT, SEGS), lo, BT):  # halo: z only
+        srow, p0, p1, p2, p3 = _phases(t0, SEQ, CU, T, first, BT, VARLEN)
         z2 = z1
-        z1 = _tile_z(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, W, KF, BT, VARLEN, dt)
+        z1 = _tile_z(P, FT, srow, p0, p1, p2, p3, end, cols, mask_c, base, W, KF, VARLEN, dt)
     for t0 in range(lo, hi, BT):
         rows = t0 + offs
         mask_r = rows < hi
         start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
-        z = _tile_z(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, W, KF, BT, VARLEN, dt)
+        srow, p0, p1, p2, p3 = _phases(t0, SEQ, CU, T, first, BT, VARLEN)
+        z = _tile_z(P, FT, srow, p0, p1, p2, p3, end, cols, mask_c, base, W, KF, VARLEN, dt)
         acc = _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, mask_r, t0, K, NB, VARLEN, BT,
                          NS * BC)
-        q = _featurize_tile(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, 0, W, KF, BT, VARLEN)
+        q = _featurize_tile(P, FT, srow, p0, p1, p2, p3, end, cols, mask_c, base, 0, W, KF, VARLEN)
         out = rows.to(tl.int64)[:, None] * W + (ybase + cols)[None, :]
         tl.store(Y + out, (q * acc).to(dt), mask=mask_r[:, None] & mask_c[None, :])
         z2 = z1
@@ -554,9 +557,10 @@ def _hyena_mr_bwd_kernel(
         valid = rows < T
         start, _ = _bounds(rows, valid, SEQ, CU, T, VARLEN)
         inside = (rows[:, None] >= first[None, :]) & (rows[:, None] < end[None, :])  # the column's batch row
-        k = _featurize_tile(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, W, W, KF, BT, VARLEN).to(dt)
-        v = _featurize_tile(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, 2 * W, W, KF, BT, VARLEN).to(dt)
-        q = _featurize_tile(P, FT, t0, SEQ, CU, T, first, end, cols, mask_c, base, 0, W, KF, BT, VARLEN)
+        srow, p0, p1, p2, p3 = _phases(t0, SEQ, CU, T, first, BT, VARLEN)
+        k = _featurize_tile(P, FT, srow, p0, p1, p2, p3, end, cols, mask_c, base, W, W, KF, VARLEN).to(dt)
+        v = _featurize_tile(P, FT, srow, p0, p1, p2, p3, end, cols, mask_c, base, 2 * W, W, KF, VARLEN).to(dt)
+        q = _featurize_tile(P, FT, srow, p0, p1, p2, p3, end, cols, mask_c, base, 0, W, KF, VARLEN)
         z = (k.to(tl.float32) * v.to(tl.float32)).to(dt)
         out = rows.to(tl.int64)[:, None] * W + (ybase + cols)[None, :]
         dy = tl.load(DY + out, mask=inside & mask_c[None, :], other=0.0).to(tl.float32)
