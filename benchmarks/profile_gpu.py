@@ -27,6 +27,7 @@ CPU time, and the number of host-device synchronisations (``aten::_local_scalar_
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -265,8 +266,9 @@ def profile_generate(out: Path, batch: int, context: int, new_tokens: int, size:
                      device: str = "cuda", rows: int = 20) -> dict:
     """Where a decoding step of ``generate(cache_implementation="static")`` (compiled on CUDA) goes, for the Llama
     anchor and the Phalanx hybrid at ``batch`` x ``context`` (issue 16's miss at 1 x 32K). Two calls per model,
-    one new token and ``1 + new_tokens`` (each timed as the median of three, then profiled once); their difference
-    is ``new_tokens`` decoding steps without the prefill: wall time per step, GPU kernel time per step and the
+    one new token and ``1 + new_tokens``, timed back to back five times (the median difference, so that drift
+    and hitches of the host do not fall on one call only), then profiled once; their difference is
+    ``new_tokens`` decoding steps without the prefill: wall time per step, GPU kernel time per step and the
     host operators each step adds (CPU time, calls). A step whose wall time is far above its kernel time is bound
     by host work, which a faster model cannot shorten. Writes ``out/profile_generate.{txt,json}``."""
     import bench_generate
@@ -279,18 +281,20 @@ def profile_generate(out: Path, batch: int, context: int, new_tokens: int, size:
             model = build_model(name, size, max_positions=context + new_tokens + 64)
         model = model.to(torch.bfloat16 if device == "cuda" else torch.float32).eval()
         ids = torch.randint(3, model.config.vocab_size, (batch, context), device=device)
-        walls, profs = {}, {}
-        for n in (1, 1 + new_tokens):
-            kwargs = bench_generate.generate_kwargs("static", device == "cuda", n)
-            call = lambda: model.generate(ids, **kwargs)  # noqa: E731
-            walls[n] = statistics.median(time_steps(call, 3, 1, device))  # the warm-up call compiles
-            profs[n] = _profiled(call, warmup=0, device=device)
+        calls = {n: functools.partial(model.generate, ids, **bench_generate.generate_kwargs("static",
+                                                                                           device == "cuda", n))
+                 for n in (1, 1 + new_tokens)}
+        for call in calls.values():
+            time_steps(call, 0, 1, device)  # the warm-up call compiles
+        wall = statistics.median(time_steps(calls[1 + new_tokens], 1, 0, device)[0]
+                                 - time_steps(calls[1], 1, 0, device)[0] for _ in range(5))
+        profs = {n: _profiled(call, warmup=0, device=device) for n, call in calls.items()}
         short, long = _per_op(profs[1]), _per_op(profs[1 + new_tokens])
         added = {k: ((t - short.get(k, (0.0, 0))[0]) / new_tokens, (c - short.get(k, (0.0, 0))[1]) / new_tokens)
                  for k, (t, c) in long.items()}
         added = {k: v for k, v in added.items() if v[1] > 0}  # operators the steps call (times alone are noisy)
         top = sorted(added.items(), key=lambda kv: -kv[1][0])[:rows]
-        step = {"wall_ms_per_step": 1e3 * (walls[1 + new_tokens] - walls[1]) / new_tokens,
+        step = {"wall_ms_per_step": 1e3 * wall / new_tokens,
                 "kernel_ms_per_step": 1e3 * (kernel_seconds(profs[1 + new_tokens]) - kernel_seconds(profs[1])) / new_tokens,
                 "host_ops_per_step": {k: {"cpu_us": round(t, 1), "calls": round(c, 2)} for k, (t, c) in top}}
         result["models"][name] = step
