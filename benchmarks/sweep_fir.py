@@ -62,18 +62,19 @@ CONFIGS = {
              "fir": TILES, "core": TILES,
              "scan": list(itertools.product((128, 256, 512), (4, 8), (128, 256, 512), (2, 4))),
              "scanbwd": list(itertools.product((256, 512), (2, 4), (64, 128, 256), (2, 4))),
-             "mr": list(itertools.product((None, 1024, 4096), (None, 1, 2, 4), (4,))),  # None: the launcher's choice
-             "mrbwd": list(itertools.product((1024, 2048, 4096), (None, 1, 2), (4,)))},
+             "mr": [(None, None, 4, None), *itertools.product((None, 1024, 4096), (1, 2, 4), (4,), (None, 128))],
+             "mrbwd": list(itertools.product((4096,), (None, 1, 2), (4,), (None, 128, 168)))},  # None: the default
     "tiny": {"dw": [(128, 64, 4, 64, False), (16, 16, 1, 4, False), (16, 16, 2, 4, True)],
              "fir": [(64, 128, 4), (16, 16, 2)], "core": [(64, 64, 4), (16, 16, 2)],
              "scan": [(512, 8, 512, 4), (8, 4, 16, 1)], "scanbwd": [(512, 4, 128, 4), (8, 4, 16, 1)],
-             "mr": [(None, None, 4), (64, 2, 1)], "mrbwd": [(4096, None, 4), (64, 2, 1)]},
+             "mr": [(None, None, 4, None), (64, 2, 1, 128)], "mrbwd": [(4096, None, 4, None), (64, 2, 1, 128)]},
 }
 NAMES = {"dw": ("block_t", "block_c", "num_warps", "chunks", "taps_outer"),  # keyword arguments of the launchers
          "fir": ("block_t", "block_c", "num_warps"), "core": ("block_t", "block_c", "num_warps"),
          "scan": ("rows_per_program", "unroll", "block_c", "num_warps"),
          "scanbwd": ("rows_per_program", "unroll", "block_c", "num_warps"),
-         "mr": ("rows_per_program", "strands", "num_warps"), "mrbwd": ("rows_per_program", "strands", "num_warps")}
+         "mr": ("rows_per_program", "strands", "num_warps", "maxnreg"),
+         "mrbwd": ("rows_per_program", "strands", "num_warps", "maxnreg")}
 FEATURIZER_TAPS, GROUP_CHANNELS = 3, 16  # the presets' featurizer length and channels per filter group
 
 

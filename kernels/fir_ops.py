@@ -144,7 +144,7 @@ def _launch_scan_core(
 
 def _launch_mr_core(
     proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, *,
-    rows_per_program: int | None = None, strands: int | None = None, num_warps: int = 4,
+    rows_per_program: int | None = None, strands: int | None = None, num_warps: int = 4, maxnreg: int | None = None,
 ) -> torch.Tensor:
     """Hyena core y (B, T, W) from proj (B, T, 3W) in one pass for filters of 33-129 taps shared by groups of 16k
     channels: each program walks ``rows_per_program`` rows (a multiple of 64; by default 2048, 4096 for packed rows)
@@ -160,13 +160,15 @@ def _launch_mr_core(
     if rows_per_program is None:
         rows_per_program = 4096 if cu_seqlens is not None else 2048
     y = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
-    _launch_walk(_hyena_mr_kernel, proj, feat_t, weight, (y,), cu_seqlens, rows_per_program, strands, 2, num_warps)
+    _launch_walk(_hyena_mr_kernel, proj, feat_t, weight, (y,), cu_seqlens, rows_per_program, strands, 2, num_warps,
+                 maxnreg)
     return y
 
 
 def _launch_walk(
     kernel, proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, io: tuple[torch.Tensor, ...],
     cu_seqlens: torch.Tensor | None, rows_per_program: int, strands: int | None, best: int, num_warps: int,
+    maxnreg: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch an MR walk ``kernel`` (forward or backward: ``io`` its tensors after the filter) over proj's rows;
     returns the (sequence index, cu_seqlens) it was given."""
@@ -184,7 +186,7 @@ def _launch_walk(
     kernel[(triton.cdiv(span // segs, rows_per_program), width // block_c, triton.cdiv(batches * segs, ns))](
         proj, feat_t, _walk_filter(weight, proj.dtype), *io, seq, cu, span, batches, W=width, KF=feat_t.shape[0],
         K=taps, D=width // groups, NB=triton.cdiv(taps - 1, MR_BLOCK_T) + 1, VARLEN=cu_seqlens is not None,
-        L=rows_per_program, BT=MR_BLOCK_T, BC=block_c, NS=ns, SEGS=segs, num_warps=num_warps,
+        L=rows_per_program, BT=MR_BLOCK_T, BC=block_c, NS=ns, SEGS=segs, num_warps=num_warps, maxnreg=maxnreg,
     )
     return seq, cu
 
@@ -218,7 +220,7 @@ def _walk_filter(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _launch_mr_bwd(
     proj: torch.Tensor, featurizer: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
     cu_seqlens: torch.Tensor | None, *, rows_per_program: int = 4096, strands: int | None = None,
-    num_warps: int = 4,
+    num_warps: int = 4, maxnreg: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dproj, dfeaturizer, dweight fp32) of ``_launch_mr_core``: one walk over 64-row tiles (``rows_per_program``
     rows a program, a multiple of 64) writes the featurizer outputs' gradients, z and dm = dy * q; then the filter
@@ -230,7 +232,7 @@ def _launch_mr_bwd(
     z = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
     dm = torch.empty_like(z)
     seq, cu = _launch_walk(_hyena_mr_bwd_kernel, proj, featurizer.t().float().contiguous(), weight, (dy, dfeats, z, dm),
-                           cu_seqlens, rows_per_program, strands, 2, num_warps)
+                           cu_seqlens, rows_per_program, strands, 2, num_warps, maxnreg)
     dweight = _launch_tc_dw(z, dm, weight, seq, cu, cu_seqlens is not None)
     dproj, dfeaturizer = fir_bwd_op(proj, featurizer, dfeats, cu_seqlens)
     return dproj, dfeaturizer, dweight
