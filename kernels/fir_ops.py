@@ -44,6 +44,7 @@ TC_MIN_TAPS = 32  # filters longer than this, shared by a multiple of 16 channel
 # one-pass tensor-core core's 0.53, bound by its Toeplitz gathers through L1; benchmarks/results/hyena_h200_s13)
 SCAN_MAX_TAPS, SCAN_MAX_FEATURIZER_TAPS = 8, 3  # the scan core's register histories (triton_fir)
 MR_BLOCK_T = 64  # rows of the Hyena-MR walk's tiles
+MR_MAXNREG = 128  # registers a thread of the MR forward walk may use on rows (not packed): 4 programs an SM
 FUSED_MAX_TAPS = 2 * MR_BLOCK_T + 1  # shared filters up to this length run the one-pass walk (3 Toeplitz blocks)
 
 
@@ -159,6 +160,8 @@ def _launch_mr_core(
     (``hyena_h200_s19/``, ``hyena_h200_s20/``)."""
     if rows_per_program is None:
         rows_per_program = 4096 if cu_seqlens is not None else 2048
+    if maxnreg is None and cu_seqlens is None:
+        maxnreg = MR_MAXNREG
     y = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
     _launch_walk(_hyena_mr_kernel, proj, feat_t, weight, (y,), cu_seqlens, rows_per_program, strands, 2, num_warps,
                  maxnreg)
