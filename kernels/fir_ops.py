@@ -44,7 +44,7 @@ TC_MIN_TAPS = 32  # filters longer than this, shared by a multiple of 16 channel
 # one-pass tensor-core core's 0.53, bound by its Toeplitz gathers through L1; benchmarks/results/hyena_h200_s13)
 SCAN_MAX_TAPS, SCAN_MAX_FEATURIZER_TAPS = 8, 3  # the scan core's register histories (triton_fir)
 MR_BLOCK_T = 64  # rows of the Hyena-MR walk's tiles
-MR_MAXNREG = 128  # registers a thread of the MR forward walk may use on rows (not packed): 4 programs an SM
+MR_MAXNREG = 128  # registers a thread of the MR forward walk may use on 16-bit rows, not packed: 4 programs an SM
 FUSED_MAX_TAPS = 2 * MR_BLOCK_T + 1  # shared filters up to this length run the one-pass walk (3 Toeplitz blocks)
 
 
@@ -152,15 +152,18 @@ def _launch_mr_core(
     of one group's channels in 64-row tiles, with the filter's Toeplitz blocks built once (one part when the filter
     is stored in proj's 16-bit dtype, else a high part and a remainder) and ``strands`` batch rows side by side
     (``_num_strands``; segments of a batch row when there are fewer rows, ``_segments``). The launch configuration
-    is swept by ``benchmarks/sweep_fir.py``. On the H200 with 128 taps and a bf16 filter the default took 0.346 ms
-    at 8 x 4096 x 2048 and 0.305 at 1 x 32768 (2 strands; 4 strands had been best before the featurizer tiles were
-    loaded as row phases, which took 0.374 and 0.389 there), 0.58 and 0.51 with an fp32 filter, 0.87 with packed
-    rows (``benchmarks/results/hyena_h200_s22/``), against 1.160 for the one-pass tensor-core kernel the walk
-    replaced. Neither channel-major program order, loading the next tile ahead, 8 warps nor a register cap paid
-    (``hyena_h200_s19/``, ``hyena_h200_s20/``)."""
+    is swept by ``benchmarks/sweep_fir.py``; ``maxnreg`` caps the registers of a thread (Triton's launch option; by
+    default ``MR_MAXNREG`` on 16-bit rows that are not packed, none otherwise). On the H200 with 128 taps and a bf16
+    filter the default took 0.301 ms at 8 x 4096 x 2048 and 0.304 at 1 x 32768 (2 strands), 0.50 and 0.51 with an
+    fp32 filter (one strand), 0.87 with packed rows (``benchmarks/results/hyena_h200_s23/``), against 1.160 for the
+    one-pass tensor-core kernel the walk replaced. The cap keeps 4 programs on an SM where ptxas would take 148
+    registers (3 programs): 0.346 and 0.572 ms at 8 x 4K without it; at 1 x 32K the build without a cap already fit
+    128. Lower caps (96-72: 5-7 programs an SM) were slower, and packed rows (255 registers) slow down under one.
+    Neither channel-major program order, loading the next tile ahead nor 8 warps paid (``hyena_h200_s19/``,
+    ``hyena_h200_s20/``)."""
     if rows_per_program is None:
         rows_per_program = 4096 if cu_seqlens is not None else 2048
-    if maxnreg is None and cu_seqlens is None:
+    if maxnreg is None and cu_seqlens is None and proj.element_size() == 2:
         maxnreg = MR_MAXNREG
     y = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
     _launch_walk(_hyena_mr_kernel, proj, feat_t, weight, (y,), cu_seqlens, rows_per_program, strands, 2, num_warps,
@@ -230,7 +233,8 @@ def _launch_mr_bwd(
     gradient on tensor cores (``_launch_tc_dw``) and the featurizers' backward (``fir_bwd_op``). On the H200 at
     8 x 4096 x 2048 with 128 taps: 2.21 ms with an fp32 filter, 1.72 with a bf16 one (2 strands), against 3.71 for
     the multi-pass backward; packed rows 4.05 against 4.06 (``benchmarks/results/hyena_h200_s22/``: the row phases
-    took 3-7% off the walk, but added 3% to packed rows)."""
+    took 3-7% off the walk, but added 3% to packed rows). ``maxnreg`` as there, uncapped by default: 128 registers at
+    one strand took 1.69 ms against 1.71, and spilled at two (``hyena_h200_s23/``)."""
     dfeats = torch.empty_like(proj)  # [dy * m | dz * v | dz * k]
     z = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
     dm = torch.empty_like(z)
