@@ -16,7 +16,8 @@ Three launchers, each at the shapes of one Hyena-SE layer (width 2048, 16-channe
   on the same rows given as packed sequences, and with the filter stored in the rows' 16-bit dtype (one Toeplitz
   part). On the H200 it took 0.62 ms against 1.16 for the one-pass tensor-core kernel it replaced
   (``benchmarks/results/hyena_h200_s18/``), 0.46 ms with a bf16 filter (``hyena_h200_s19/``), 0.35 ms since its
-  featurizer tiles are loaded as row phases (``hyena_h200_s22/``);
+  featurizer tiles are loaded as row phases (``hyena_h200_s22/``), 0.30 ms under a register cap of 128
+  (``maxnreg``, swept from 255 down to 72; ``hyena_h200_s23/``);
 - ``mrbwd``: its backward as a walk (``_launch_mr_bwd``: the walk, then the filter gradient and the featurizers'
   backward), on rows, packed rows and a 16-bit filter, next to the multi-pass backward it replaces (unswept).
 
