@@ -63,8 +63,9 @@ CONFIGS = {
              "fir": TILES, "core": TILES,
              "scan": list(itertools.product((128, 256, 512), (4, 8), (128, 256, 512), (2, 4))),
              "scanbwd": list(itertools.product((256, 512), (2, 4), (64, 128, 256), (2, 4))),
+             # MR walks: None is the launcher's default; a cap of 255 registers is the most a thread can have
              "mr": [(None, None, 4, None), *itertools.product((None, 4096), (1, 2), (4,), (255, 128, 96, 80, 72))],
-             "mrbwd": list(itertools.product((4096,), (None, 1, 2), (4,), (None, 128, 168)))},  # None: the default
+             "mrbwd": list(itertools.product((4096,), (None, 1, 2), (4,), (None, 128, 168)))},
     "tiny": {"dw": [(128, 64, 4, 64, False), (16, 16, 1, 4, False), (16, 16, 2, 4, True)],
              "fir": [(64, 128, 4), (16, 16, 2)], "core": [(64, 64, 4), (16, 16, 2)],
              "scan": [(512, 8, 512, 4), (8, 4, 16, 1)], "scanbwd": [(512, 4, 128, 4), (8, 4, 16, 1)],
