@@ -151,33 +151,34 @@ def _launch_mr_core(
     channels: each program walks ``rows_per_program`` rows (a multiple of 64; by default 2048, 4096 for packed rows)
     of one group's channels in 64-row tiles, with the filter's Toeplitz blocks built once (one part when the filter
     is stored in proj's 16-bit dtype, else a high part and a remainder) and ``strands`` batch rows side by side
-    (``_num_strands``; segments of a batch row when there are fewer rows, ``_segments``). The launch configuration
-    is swept by ``benchmarks/sweep_fir.py``; ``maxnreg`` caps the registers of a thread (Triton's launch option; by
-    default ``MR_MAXNREG`` on 16-bit rows that are not packed, none otherwise). On the H200 with 128 taps and a bf16
-    filter the default took 0.301 ms at 8 x 4096 x 2048 and 0.304 at 1 x 32768 (2 strands), 0.50 and 0.51 with an
-    fp32 filter (one strand), 0.87 with packed rows (``benchmarks/results/hyena_h200_s23/``), against 1.160 for the
-    one-pass tensor-core kernel the walk replaced. The cap keeps 4 programs on an SM where ptxas would take 148
-    registers (3 programs): 0.346 and 0.572 ms at 8 x 4K without it; at 1 x 32K the build without a cap already fit
-    128. Lower caps (96-72: 5-7 programs an SM) were slower, and packed rows (255 registers) slow down under one.
-    Neither channel-major program order, loading the next tile ahead nor 8 warps paid (``hyena_h200_s19/``,
-    ``hyena_h200_s20/``)."""
+    (by default 2, with either filter; segments of a batch row when there are fewer rows, ``_segments``). The launch
+    configuration is swept by ``benchmarks/sweep_fir.py``; ``maxnreg`` caps the registers of a thread (Triton's
+    launch option; by default ``MR_MAXNREG`` on 16-bit rows that are not packed, none otherwise), and the walk runs
+    with one stage (Triton's software pipelining would stage its loads through shared memory, the resource that
+    bounds it). On the H200 with 128 taps the walk that pushes each tile's z into the next tiles' outputs took 0.284
+    ms at 8 x 4096 x 2048 with a bf16 filter and 0.490 with an fp32 one, against 0.301 and 0.500 in the same run for
+    the walk that carried the last tiles' z (packed rows: 0.715 and 0.902 against 0.724 and 0.867;
+    ``benchmarks/results/hyena_h200_s24/``), and 1.160 for the one-pass tensor-core kernel that walk replaced. The cap keeps 4 programs on an SM where ptxas would take 154 registers; lower caps (112, 96)
+    were slower, and packed rows (255 registers) slow down under one (``hyena_h200_s23/``). Neither channel-major
+    program order, 8 warps nor Triton's pipelining paid (``hyena_h200_s19/``-``s21/``)."""
     if rows_per_program is None:
         rows_per_program = 4096 if cu_seqlens is not None else 2048
     if maxnreg is None and cu_seqlens is None and proj.element_size() == 2:
         maxnreg = MR_MAXNREG
     y = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
     _launch_walk(_hyena_mr_kernel, proj, feat_t, weight, (y,), cu_seqlens, rows_per_program, strands, 2, num_warps,
-                 maxnreg)
+                 maxnreg, num_stages=1)
     return y
 
 
 def _launch_walk(
     kernel, proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, io: tuple[torch.Tensor, ...],
-    cu_seqlens: torch.Tensor | None, rows_per_program: int, strands: int | None, best: int, num_warps: int,
-    maxnreg: int | None,
+    cu_seqlens: torch.Tensor | None, rows_per_program: int, strands: int | None, default_strands: int,
+    num_warps: int, maxnreg: int | None, num_stages: int = 3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch an MR walk ``kernel`` (forward or backward: ``io`` its tensors after the filter) over proj's rows;
-    returns the (sequence index, cu_seqlens) it was given."""
+    """Launch an MR walk ``kernel`` (forward or backward: ``io`` its tensors after the filter) over proj's rows,
+    ``default_strands`` side by side unless ``strands`` says; returns the (sequence index, cu_seqlens) it was
+    given."""
     if rows_per_program % MR_BLOCK_T:
         raise ValueError(f"rows_per_program must be a multiple of {MR_BLOCK_T}, got {rows_per_program}")
     batch, seqlen, features = proj.shape
@@ -186,23 +187,22 @@ def _launch_walk(
     seq, cu = _seq_index(cu_seqlens, rows, proj.device)
     block_c = math.gcd(width // groups, 64)  # a program's channels share one filter
     span, batches = (rows, 1) if cu_seqlens is not None else (seqlen, batch)  # packed rows: one batch row
-    ns = _num_strands(strands, weight.dtype == proj.dtype, best)
+    ns = _num_strands(strands, default_strands)
     segs = 1 if cu_seqlens is not None else _segments(ns, batches, span)
     ns = min(ns, triton.next_power_of_2(batches * segs))
     kernel[(triton.cdiv(span // segs, rows_per_program), width // block_c, triton.cdiv(batches * segs, ns))](
         proj, feat_t, _walk_filter(weight, proj.dtype), *io, seq, cu, span, batches, W=width, KF=feat_t.shape[0],
         K=taps, D=width // groups, NB=triton.cdiv(taps - 1, MR_BLOCK_T) + 1, VARLEN=cu_seqlens is not None,
         L=rows_per_program, BT=MR_BLOCK_T, BC=block_c, NS=ns, SEGS=segs, num_warps=num_warps, maxnreg=maxnreg,
+        num_stages=num_stages,
     )
     return seq, cu
 
 
-def _num_strands(strands: int | None, one_part: bool, best: int) -> int:
-    """Strands an MR walk's program takes side by side (a power of two): by default ``best`` for a filter stored
-    in the rows' dtype (one Toeplitz part) and 1 for an fp32 one, whose two parts leave no registers for wider
-    tiles (H200, ``benchmarks/results/hyena_h200_s19/``)."""
+def _num_strands(strands: int | None, default: int) -> int:
+    """Strands an MR walk's program takes side by side (a power of two): ``strands``, else ``default``."""
     if strands is None:
-        strands = best if one_part else 1
+        strands = default
     if strands < 1 or strands & (strands - 1):
         raise ValueError(f"strands must be a power of two, got {strands}")
     return strands
@@ -233,13 +233,15 @@ def _launch_mr_bwd(
     gradient on tensor cores (``_launch_tc_dw``) and the featurizers' backward (``fir_bwd_op``). On the H200 at
     8 x 4096 x 2048 with 128 taps: 2.21 ms with an fp32 filter, 1.72 with a bf16 one (2 strands), against 3.71 for
     the multi-pass backward; packed rows 4.05 against 4.06 (``benchmarks/results/hyena_h200_s22/``: the row phases
-    took 3-7% off the walk, but added 3% to packed rows). ``maxnreg`` as there, uncapped by default: 128 registers at
-    one strand took 1.69 ms against 1.71, and spilled at two (``hyena_h200_s23/``)."""
+    took 3-7% off the walk, but added 3% to packed rows; loading the rows before a tile's phases once took 10% off
+    the packed walk with a bf16 filter, ``hyena_h200_s24/``). ``maxnreg`` as there, uncapped by default: 128
+    registers at one strand took 1.69 ms against 1.71, and spilled at two (``hyena_h200_s23/``)."""
     dfeats = torch.empty_like(proj)  # [dy * m | dz * v | dz * k]
     z = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
     dm = torch.empty_like(z)
+    one_part = weight.dtype == proj.dtype  # an fp32 filter's two parts leave no registers for wider tiles
     seq, cu = _launch_walk(_hyena_mr_bwd_kernel, proj, featurizer.t().float().contiguous(), weight, (dy, dfeats, z, dm),
-                           cu_seqlens, rows_per_program, strands, 2, num_warps, maxnreg)
+                           cu_seqlens, rows_per_program, strands, 2 if one_part else 1, num_warps, maxnreg)
     dweight = _launch_tc_dw(z, dm, weight, seq, cu, cu_seqlens is not None)
     dproj, dfeaturizer = fir_bwd_op(proj, featurizer, dfeats, cu_seqlens)
     return dproj, dfeaturizer, dweight

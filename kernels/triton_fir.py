@@ -288,12 +288,14 @@ def _fir_tc_dw_kernel(
 # ---------------------------------------------------------------------------------------------------------------
 # Hyena-MR core as a walk over row tiles (training; filters of 33-129 taps shared by groups of 16k channels): a
 # program owns L consecutive rows of one group's channels. It builds the filter's Toeplitz blocks once, then walks
-# the rows BT at a time, computing z = k * v for each tile and keeping the last NB - 1 tiles' z in registers, so
-# each projection value is read once from DRAM, y written once, and z computed once per row (plus NB - 1 halo tiles
-# per program). A tile's featurizer inputs are loaded as four phases of rows 4s + r, which the taps share, so a tap
-# loads again only the rows before its 4-row groups: 7 quarter tiles per input for KF = 3 instead of KF = 3 shifted
-# tiles (12), and fewer registers (H200: 2-22% faster forward, hyena_h200_s22/). The backward walks the same way,
-# with the filter's transpose trailing two tiles behind.
+# the rows BT at a time, computing z = k * v for each tile and multiplying it by every block at once: block 0
+# completes the tile's output, blocks 1 and 2 start the next two tiles', carried as fp32 partial outputs (z goes to
+# shared memory for the dots once; the shared-memory traffic of the dots' operands and of the featurizers' loads
+# through L1 is what bounds the walk, Nsight Compute on the H200, hyena_h200_s24/). So each projection value is
+# read once from DRAM, y written once, and z computed once per row (plus NB - 1 halo tiles per program). A tile's
+# featurizer inputs are loaded as four phases of rows 4s + r and the two row blocks before them (rows 4s - 1,
+# 4s - 2), which the taps share: 6 quarter tiles per input for KF = 3 instead of KF = 3 shifted tiles (12). The
+# backward walks the same way, keeping the last tiles' z, with the filter's transpose trailing two tiles behind.
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -378,20 +380,24 @@ def _phases(t0, SEQ, CU, T, first, BT: tl.constexpr, VARLEN: tl.constexpr):
 
 
 @triton.jit
-def _phase_featurize(P, FT, srow, r: tl.constexpr, x0, x1, x2, x3, lower, end, cols, mask_c, base,
+def _phase_featurize(P, FT, srow, r: tl.constexpr, x0, x1, x2, x3, u1, u2, lower, end, cols, mask_c, base,
                      OFF: tl.constexpr, W: tl.constexpr, KF: tl.constexpr, VARLEN: tl.constexpr):
-    """Featurizer output (S, BN) fp32 of phase r's rows ``srow + r`` from the phases' tiles x_m (rows srow + m):
-    taps reaching before srow load their rows, the others reuse a phase."""
+    """Featurizer output (S, BN) fp32 of phase r's rows ``srow + r`` from the phases' tiles x_m (rows srow + m) and
+    the tiles u_1, u_2 of rows ``srow - 1``, ``srow - 2``: taps reaching further back load their rows."""
     acc = tl.zeros(x0.shape, dtype=tl.float32)
     for j in tl.static_range(KF):
         f = tl.load(FT + j * 3 * W + OFF + cols, mask=mask_c, other=0.0).to(tl.float32)
         src = srow + r - j
         if j <= r:
             u = _pick(r - j, x0, x1, x2, x3)
-            if VARLEN:  # the phase's rows of an earlier sequence
-                u = tl.where(src[:, None] >= lower, u, 0.0)
+        elif j - r == 1:
+            u = u1
+        elif j - r == 2:
+            u = u2
         else:
             u = _rows_tile(P, src, lower, end, cols, mask_c, base, OFF, W)
+        if VARLEN:  # the rows of an earlier sequence than phase r's (loaded for phase 0's)
+            u = tl.where(src[:, None] >= lower, u, 0.0)
         acc += f[None, :] * u.to(tl.float32)
     return acc
 
@@ -407,16 +413,22 @@ def _interleave(a0, a1, a2, a3):
 def _featurize_tile(P, FT, srow, l0, l1, l2, l3, end, cols, mask_c, base, OFF: tl.constexpr, W: tl.constexpr,
                     KF: tl.constexpr, VARLEN: tl.constexpr):
     """Featurizer output (BT, BN) fp32 of the walk tile of ``_phases`` (``_featurize`` of its rows, zero outside
-    each column's rows): the four phases loaded once and shared by the taps."""
+    each column's rows): the four phases and the two row blocks before them loaded once and shared by the taps."""
     x0 = _rows_tile(P, srow, l0, end, cols, mask_c, base, OFF, W)
     x1 = _rows_tile(P, srow + 1, l1, end, cols, mask_c, base, OFF, W)
     x2 = _rows_tile(P, srow + 2, l2, end, cols, mask_c, base, OFF, W)
     x3 = _rows_tile(P, srow + 3, l3, end, cols, mask_c, base, OFF, W)
+    u1 = x3  # taps past the first reach back (rows srow - 1, srow - 2)
+    u2 = x3
+    if KF > 1:
+        u1 = _rows_tile(P, srow - 1, l0, end, cols, mask_c, base, OFF, W)
+    if KF > 2:
+        u2 = _rows_tile(P, srow - 2, l0, end, cols, mask_c, base, OFF, W)
     return _interleave(
-        _phase_featurize(P, FT, srow, 0, x0, x1, x2, x3, l0, end, cols, mask_c, base, OFF, W, KF, VARLEN),
-        _phase_featurize(P, FT, srow, 1, x0, x1, x2, x3, l1, end, cols, mask_c, base, OFF, W, KF, VARLEN),
-        _phase_featurize(P, FT, srow, 2, x0, x1, x2, x3, l2, end, cols, mask_c, base, OFF, W, KF, VARLEN),
-        _phase_featurize(P, FT, srow, 3, x0, x1, x2, x3, l3, end, cols, mask_c, base, OFF, W, KF, VARLEN))
+        _phase_featurize(P, FT, srow, 0, x0, x1, x2, x3, u1, u2, l0, end, cols, mask_c, base, OFF, W, KF, VARLEN),
+        _phase_featurize(P, FT, srow, 1, x0, x1, x2, x3, u1, u2, l1, end, cols, mask_c, base, OFF, W, KF, VARLEN),
+        _phase_featurize(P, FT, srow, 2, x0, x1, x2, x3, u1, u2, l2, end, cols, mask_c, base, OFF, W, KF, VARLEN),
+        _phase_featurize(P, FT, srow, 3, x0, x1, x2, x3, u1, u2, l3, end, cols, mask_c, base, OFF, W, KF, VARLEN))
 
 
 @triton.jit
@@ -449,6 +461,35 @@ def _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, valid,
         if NB > 2:
             acc = _parts_dot(acc, h2, l2, z2, HG.dtype.element_ty)
     return acc
+
+
+@triton.jit
+def _mr_push(HG, group, h0, l0, h1, l1, h2, l2, z, c1, c2, t0, SEQ, CU, T, K: tl.constexpr, NB: tl.constexpr,
+             VARLEN: tl.constexpr, BT: tl.constexpr):
+    """The tile's output and the next two tiles' partial outputs, ``(c1 + h_0 z, c2 + h_1 z, h_2 z)``, fp32, from the
+    z of the tile at row t0 through the Toeplitz block parts; when a packed output row's sequence starts inside the
+    tile, the blocks are gathered again, masked to each output row's sequence."""
+    crosses = False
+    if VARLEN:  # starts grow with the rows: the last output row's is the latest
+        last = tl.minimum(t0 + NB * BT, T) - 1
+        crosses = tl.load(CU + tl.load(SEQ + last)) > t0
+    zero = tl.zeros_like(c2)
+    if crosses:  # holding masked copies of h0..l2 spills
+        rows = t0 + tl.arange(0, BT)
+        start0, _ = _bounds(rows, rows < T, SEQ, CU, T, VARLEN)
+        start1, _ = _bounds(rows + BT, rows + BT < T, SEQ, CU, T, VARLEN)
+        start2, _ = _bounds(rows + 2 * BT, rows + 2 * BT < T, SEQ, CU, T, VARLEN)
+        lag = tl.arange(0, BT)[:, None] - tl.arange(0, BT)[None, :]
+        acc = _toeplitz_dot(c1, HG, group, lag, rows[None, :] >= start0[:, None], z, K)
+        c1 = _toeplitz_dot(c2, HG, group, lag + BT, rows[None, :] >= start1[:, None], z, K)
+        if NB > 2:
+            c2 = _toeplitz_dot(zero, HG, group, lag + 2 * BT, rows[None, :] >= start2[:, None], z, K)
+    else:
+        acc = _parts_dot(c1, h0, l0, z, HG.dtype.element_ty)
+        c1 = _parts_dot(c2, h1, l1, z, HG.dtype.element_ty)
+        if NB > 2:
+            c2 = _parts_dot(zero, h2, l2, z, HG.dtype.element_ty)
+    return acc, c1, c2
 
 
 @triton.jit
@@ -498,33 +539,27 @@ def _hyena_mr_kernel(
     """``Y = q * (h * (k * v))`` for filters of K <= 2 * BT + 1 taps (NB = 2 or 3 Toeplitz blocks) shared by groups
     of D channels (HG: (W / D, K), fp32 or the tiles' dtype). Program (j, c, b) writes the rows
     ``[lo, min(lo + L, T / SEGS))``, ``lo = j * L``, of its strands (``_strands``; rows count from each column's
-    segment start), after walking the NB - 1 tiles before lo for their z. With VARLEN (one strand: one batch row
-    of T packed rows), a tile whose reach holds a sequence's first row masks its Toeplitz blocks to each row's
-    sequence."""
+    segment start), after walking the NB - 1 tiles before lo. Each tile's z is multiplied by all NB blocks at once:
+    block 0 completes the tile's output, blocks 1 and 2 start the next two tiles', carried as fp32 partial outputs,
+    so z is stored to shared memory for the dots once (carrying the last tiles' z instead stores each of them again
+    every tile: H200, ``benchmarks/results/hyena_h200_s24/``). With VARLEN (one strand: one batch row of T packed
+    rows), a block whose output rows' sequences start inside its input tile is masked to each row's sequence."""
     tl.static_assert(NS == 1 or not VARLEN)
     dt = Y.dtype.element_ty
     lo, hi, cols, mask_c, base, ybase, first, end, group, h0, l0, h1, l1, h2, l2 = _walk_program(
         HG, T, NBATCH, W, K, D, L, BT, BC, NS, SEGS, dt)
     offs = tl.arange(0, BT)
-    z1 = tl.zeros((BT, NS * BC), dtype=dt)  # z of the tile one back; z2, two back
-    z2 = tl.zeros((BT, NS * BC), dtype=dt)
-    for t0 in range(_walk_from(lo, (NB - 1) * BT, SEGS), lo, BT):  # halo: z only
-        srow, p0, p1, p2, p3 = _phases(t0, SEQ, CU, T, first, BT, VARLEN)
-        z2 = z1
-        z1 = _tile_z(P, FT, srow, p0, p1, p2, p3, end, cols, mask_c, base, W, KF, VARLEN, dt)
-    for t0 in range(lo, hi, BT):
-        rows = t0 + offs
-        mask_r = rows < hi
-        start, _ = _bounds(rows, mask_r, SEQ, CU, T, VARLEN)
+    c1 = tl.zeros((BT, NS * BC), dtype=tl.float32)  # partial outputs of the next tile and the one after
+    c2 = tl.zeros((BT, NS * BC), dtype=tl.float32)
+    for t0 in range(_walk_from(lo, (NB - 1) * BT, SEGS), hi, BT):  # tiles before lo: their z only
         srow, p0, p1, p2, p3 = _phases(t0, SEQ, CU, T, first, BT, VARLEN)
         z = _tile_z(P, FT, srow, p0, p1, p2, p3, end, cols, mask_c, base, W, KF, VARLEN, dt)
-        acc = _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, mask_r, t0, K, NB, VARLEN, BT,
-                         NS * BC)
-        q = _featurize_tile(P, FT, srow, p0, p1, p2, p3, end, cols, mask_c, base, 0, W, KF, VARLEN)
-        out = rows.to(tl.int64)[:, None] * W + (ybase + cols)[None, :]
-        tl.store(Y + out, (q * acc).to(dt), mask=mask_r[:, None] & mask_c[None, :])
-        z2 = z1
-        z1 = z
+        acc, c1, c2 = _mr_push(HG, group, h0, l0, h1, l1, h2, l2, z, c1, c2, t0, SEQ, CU, T, K, NB, VARLEN, BT)
+        if t0 >= lo:
+            rows = t0 + offs
+            q = _featurize_tile(P, FT, srow, p0, p1, p2, p3, end, cols, mask_c, base, 0, W, KF, VARLEN)
+            out = rows.to(tl.int64)[:, None] * W + (ybase + cols)[None, :]
+            tl.store(Y + out, (q * acc).to(dt), mask=(rows < hi)[:, None] & mask_c[None, :])
 
 
 @triton.jit
