@@ -158,9 +158,10 @@ def _launch_mr_core(
     bounds it). On the H200 with 128 taps the walk that pushes each tile's z into the next tiles' outputs took 0.284
     ms at 8 x 4096 x 2048 with a bf16 filter and 0.490 with an fp32 one, against 0.301 and 0.500 in the same run for
     the walk that carried the last tiles' z (packed rows: 0.715 and 0.902 against 0.724 and 0.867;
-    ``benchmarks/results/hyena_h200_s24/``), and 1.160 for the one-pass tensor-core kernel that walk replaced. The cap keeps 4 programs on an SM where ptxas would take 154 registers; lower caps (112, 96)
-    were slower, and packed rows (255 registers) slow down under one (``hyena_h200_s23/``). Neither channel-major
-    program order, 8 warps nor Triton's pipelining paid (``hyena_h200_s19/``-``s21/``)."""
+    ``benchmarks/results/hyena_h200_s24/``), and 1.160 for the one-pass tensor-core kernel that walk replaced.
+    The cap keeps 4 programs on an SM where ptxas would take 154 registers; lower caps (112 and 96 here, 96-72 for
+    the walk before) were slower, and packed rows (255 registers) slow down under one (``hyena_h200_s23/``).
+    Neither channel-major program order, 8 warps nor Triton's pipelining paid (``hyena_h200_s19/``-``s21/``)."""
     if rows_per_program is None:
         rows_per_program = 4096 if cu_seqlens is not None else 2048
     if maxnreg is None and cu_seqlens is None and proj.element_size() == 2:
