@@ -551,7 +551,7 @@ def _hyena_mr_kernel(
     offs = tl.arange(0, BT)
     c1 = tl.zeros((BT, NS * BC), dtype=tl.float32)  # partial outputs of the next tile and the one after
     c2 = tl.zeros((BT, NS * BC), dtype=tl.float32)
-    for t0 in range(_walk_from(lo, (NB - 1) * BT, SEGS), hi, BT):  # tiles before lo: their z only
+    for t0 in range(_walk_from(lo, (NB - 1) * BT, SEGS), hi, BT):  # the NB - 1 tiles before lo feed c1, c2 only
         srow, p0, p1, p2, p3 = _phases(t0, SEQ, CU, T, first, BT, VARLEN)
         z = _tile_z(P, FT, srow, p0, p1, p2, p3, end, cols, mask_c, base, W, KF, VARLEN, dt)
         acc, c1, c2 = _mr_push(HG, group, h0, l0, h1, l1, h2, l2, z, c1, c2, t0, SEQ, CU, T, K, NB, VARLEN, BT)
