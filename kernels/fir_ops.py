@@ -19,6 +19,7 @@ Runs CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import triton
@@ -36,6 +37,12 @@ from .triton_fir import (
     _hyena_scan_bwd_kernel,
     _hyena_scan_kernel,
 )
+
+try:  # the Gluon forward of the Hyena-MR walk (Hopper); Triton's Gluon API is experimental
+    from .gluon_fir import launch_mr_forward as _launch_mr_gluon
+except (ImportError, AttributeError):  # a Triton without it: the Triton walk runs everywhere
+    _launch_mr_gluon = None
+_GLUON_FAILED: list[Exception] = []  # the error that turned the Gluon walk off in this process, if one did
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DW_CHUNKS = 64  # token chunks of the filter-gradient reduction (partials: chunks x K x C fp32)
@@ -170,6 +177,17 @@ def _launch_mr_core(
     _launch_walk(_hyena_mr_kernel, proj, feat_t, weight, (y,), cu_seqlens, rows_per_program, strands, 2, num_warps,
                  maxnreg, num_stages=1)
     return y
+
+
+def _mr_gluon_eligible(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor,
+                       cu_seqlens: torch.Tensor | None) -> bool:
+    """Whether the Hyena-MR forward takes the Gluon walk (``gluon_fir``; 0.260 ms against 0.283 for the Triton walk
+    on the H200 at 8 x 4096 x 2048, ``benchmarks/results/hyena_h200_s25/``): Hopper, bf16 rows and filter (one
+    Toeplitz part), rows that are not packed and 16-byte aligned (TMA), featurizers of up to 3 taps, and a Triton
+    whose Gluon builds it (a failure turns it off for the process, with a warning)."""
+    return (_launch_mr_gluon is not None and not _GLUON_FAILED and cu_seqlens is None
+            and proj.dtype == weight.dtype == torch.bfloat16 and feat_t.shape[0] <= SCAN_MAX_FEATURIZER_TAPS
+            and proj.data_ptr() % 16 == 0 and proj.is_cuda and torch.cuda.get_device_capability(proj.device) == (9, 0))
 
 
 def _launch_walk(
@@ -417,6 +435,13 @@ def hyena_core_fwd_op(
             return _launch_scan_core(proj, feat_t, weight, cu_seqlens)
         return _launch_direct_core(proj, feat_t, weight, cu_seqlens)
     if taps <= FUSED_MAX_TAPS:
+        if _mr_gluon_eligible(proj, feat_t, weight, cu_seqlens):
+            try:
+                return _launch_mr_gluon(proj, feat_t, weight)
+            except Exception as err:  # noqa: BLE001 - Gluon's API moves between Triton releases: keep the Triton walk
+                _GLUON_FAILED.append(err)
+                warnings.warn(f"the Gluon Hyena-MR forward failed ({type(err).__name__}: {err}); using the Triton "
+                              "walk from now on", RuntimeWarning, stacklevel=2)
         return _launch_mr_core(proj, feat_t, weight, cu_seqlens)
     seq, cu = _seq_index(cu_seqlens, rows, proj.device)
     z = _launch_gate(proj, feat_t, seq, cu, cu_seqlens is not None)

@@ -288,6 +288,74 @@ def test_mr_walk_matches_float64_reference(shape, lengths, taps: int, dtype: tor
             launcher(args[0], feat_arg, args[2], *extra, cu, strands=3)
 
 
+def test_mr_forward_falls_back_to_the_triton_walk_when_gluon_fails(monkeypatch) -> None:
+    """Where the Gluon forward is chosen but fails (Gluon's API moves between Triton releases), ``hyena_core`` warns
+    once, returns the Triton walk's output, and takes the Triton walk from then on."""
+    calls = []
+
+    def broken(*args):
+        calls.append(args)
+        raise RuntimeError("no such Gluon builtin")
+
+    monkeypatch.setattr(fir_ops, "_launch_mr_gluon", broken)
+    monkeypatch.setattr(fir_ops, "_GLUON_FAILED", [])
+    monkeypatch.setattr(fir_ops, "_mr_gluon_eligible", lambda *a: not fir_ops._GLUON_FAILED)
+    gen = torch.Generator().manual_seed(5)
+    proj = torch.randn(1, 70, 96, generator=gen).to(DEVICE)
+    feat = (torch.randn(96, 3, generator=gen) / 3**0.5).to(DEVICE)
+    w = (torch.randn(2, 40, generator=gen) / 40**0.5).to(DEVICE)
+    with pytest.warns(RuntimeWarning, match="Gluon Hyena-MR forward failed .RuntimeError: no such Gluon builtin"):
+        y = fir_ops.hyena_core(proj, feat, w)
+    torch.testing.assert_close(y, fir_ops._launch_mr_core(proj, feat.t().contiguous(), w, None), rtol=0, atol=0)
+    fir_ops.hyena_core(proj, feat, w)
+    assert len(calls) == 1 and len(fir_ops._GLUON_FAILED) == 1
+
+
+def test_mr_gluon_forward_is_chosen_only_on_hopper_for_bf16_unpacked_rows() -> None:
+    """The Gluon walk needs an sm_90 GPU, bf16 rows and filter, rows that are not packed and featurizers of up to 3
+    taps; anything else keeps the Triton walk."""
+    proj = torch.zeros(1, 64, 96, dtype=torch.bfloat16, device=DEVICE)
+    feat_t, w = torch.zeros(3, 96, device=DEVICE), torch.zeros(2, 40, dtype=torch.bfloat16, device=DEVICE)
+    hopper = DEVICE == "cuda" and torch.cuda.get_device_capability() == (9, 0) and fir_ops._launch_mr_gluon is not None
+    assert fir_ops._mr_gluon_eligible(proj, feat_t, w, None) == hopper
+    cu = torch.tensor([0, 64], device=DEVICE)
+    for args in ((proj, feat_t, w.float(), None), (proj.half(), feat_t, w.half(), None), (proj, feat_t, w, cu),
+                 (proj, torch.zeros(4, 96, device=DEVICE), w, None)):
+        assert not fir_ops._mr_gluon_eligible(*args)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape,taps,featurizer_taps,rows_per_program", [
+    ((2, 1000, 192), 128, 3, 256),  # a last tile past the rows, programs meeting inside a row
+    ((3, 4096, 768), 100, 2, 4096),
+    ((1, 8192, 384), 65, 1, 1024),  # two Toeplitz blocks' worth of taps
+    ((2, 777, 96), 129, 3, 4096),  # the longest filter, rows shorter than a program
+])
+def test_cuda_mr_gluon_walk_matches_float64(shape, taps: int, featurizer_taps: int, rows_per_program: int) -> None:
+    """The Gluon Hyena-MR forward (H100/H200) against the float64 reference in bf16, and ``hyena_core`` taking it
+    for such inputs; filters shared by 16 channels."""
+    if torch.cuda.get_device_capability() != (9, 0) or fir_ops._launch_mr_gluon is None:
+        pytest.skip("the Gluon walk runs on sm_90 with a Triton that has Gluon")
+    gen = torch.Generator().manual_seed(taps + shape[1])
+    width = shape[-1] // 3
+    proj = torch.randn(shape, generator=gen, dtype=torch.float64).to(torch.bfloat16)
+    feat = torch.randn(3 * width, featurizer_taps, generator=gen, dtype=torch.float64) / featurizer_taps**0.5
+    w = (torch.randn(width // 16, taps, generator=gen, dtype=torch.float64) / taps**0.5).to(torch.bfloat16)
+    ref = hyena_reference(proj.double(), feat, w.double().repeat_interleave(16, 0), [shape[1]] * shape[0])
+    args = proj.cuda(), feat.float().cuda(), w.cuda()
+    y = fir_ops._launch_mr_gluon(args[0], args[1].t().contiguous(), args[2], rows_per_program=rows_per_program)
+    assert y.dtype == torch.bfloat16
+    assert_close(y, ref, torch.bfloat16, "y")
+    whole = fir_ops._launch_mr_gluon(args[0], args[1].t().contiguous(), args[2])
+    torch.testing.assert_close(fir_ops.hyena_core(*args), whole, rtol=0, atol=0)
+    # A bf16 featurizer (a bf16 model's parameters) takes the same walk and gives the same y from its rounded taps.
+    feat16 = args[1].bfloat16()
+    torch.testing.assert_close(fir_ops.hyena_core(args[0], feat16, args[2]),
+                               fir_ops._launch_mr_core(args[0], feat16.t().contiguous(), args[2], None), rtol=1e-2,
+                               atol=1e-2)
+    assert not fir_ops._GLUON_FAILED, fir_ops._GLUON_FAILED  # no call fell back to the Triton walk
+
+
 CARRIED_PROBE = """
 import inspect, re, sys
 import triton
