@@ -10,8 +10,8 @@ in PyTorch (differentiable, traceable by ``torch.compile``).
 ``hyena_core(proj, featurizer, weight, cu_seqlens=...) -> y`` is the whole Hyena-SE / -MR core
 ``q * (h * (k * v))`` from zero states (training), fused: its forward scans rows in one pass for filters of up to
 8 taps (Hyena-SE), and walks 64-row tiles in one pass, with the filter's Toeplitz blocks on tensor cores, for
-filters of 33-129 taps shared by groups of 16k channels (Hyena-MR); longer shared filters take two tensor-core
-passes.
+filters of 33-129 taps shared by groups of 16k channels (Hyena-MR; on Hopper, for bf16 rows and filter, a Gluon
+version of that walk, ``gluon_fir``); longer shared filters take two tensor-core passes.
 
 Runs CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
 """
