@@ -1,11 +1,13 @@
-"""Experiment (issue 20): a Gluon (Hopper) Hyena-MR forward walk. Rows that are not packed, bf16 rows, featurizers
+"""Experiment (issue 20, session 25; its best variant, taps in shared memory and q in the accumulator's layout, is
+``kernels/gluon_fir.py``): a Gluon (Hopper) Hyena-MR forward walk. Rows that are not packed, bf16 rows, featurizers
 of <= 3 taps, filters of <= 129 taps shared by groups of 16 channels. A program walks rows [lo, lo + L) of one
 batch row and one filter group in 64-row tiles (after the two tiles before lo), as ``triton_fir._hyena_mr_kernel``
 does, but stages its inputs itself: each tile's q, k, v rows, shifted for each featurizer tap, arrive by TMA in
 shared memory one tile ahead (two stages, one mbarrier each); the featurizers read them from there (contiguous
 32-byte rows, 16-byte vectors); z goes to shared memory once for the three Toeplitz-block wgmma
-(the blocks held in registers as their A operands); y leaves through shared memory by TMA. Run on the H200:
-``python benchmarks/exp_mr_gluon.py`` (checks against the Triton walk, then times both)."""
+(the blocks held in registers as their A operands); y leaves through shared memory by TMA. Run on the H200 from
+the repository root, Triton 3.6 (``_reinterpret``, ``thread_barrier``):
+``python benchmarks/results/hyena_h200_s25/exp_mr_gluon.py`` (checks against the Triton walk, then times both)."""
 import sys
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/, for bench_swr
 from phalanx_kernels import fir_ops  # noqa: E402
+from phalanx_kernels.gluon_fir import _toeplitz  # noqa: E402 - the adopted kernel's, unchanged since
 
 @gluon.jit
 def _issue(PD, bufs, bar, stage, b, t0, col, W: gl.constexpr, KF: gl.constexpr, BT: gl.constexpr,
@@ -66,15 +69,6 @@ def _featurize(bufs, first, f0, f1, f2, KF: gl.constexpr, BT: gl.constexpr, BC: 
     if KF > 2:
         acc += f2 * bufs.index(first + 2)._reinterpret(gl.bfloat16, [BT, BC], plain).load(layout).to(gl.float32)
     return acc
-
-
-@gluon.jit
-def _toeplitz(HG, group, blk: gl.constexpr, K: gl.constexpr, BT: gl.constexpr, layout: gl.constexpr):
-    """Toeplitz block ``blk`` of the group's filter, ``h[i - j + blk * BT]`` (BT, BT), zero outside the taps."""
-    i = gl.expand_dims(gl.arange(0, BT, layout=gl.SliceLayout(1, layout)), 1)
-    j = gl.expand_dims(gl.arange(0, BT, layout=gl.SliceLayout(0, layout)), 0)
-    lag = i - j + blk * BT
-    return gl.load(HG + group * K + lag, mask=(lag >= 0) & (lag < K), other=0.0)
 
 
 @gluon.jit
