@@ -181,7 +181,7 @@ def _launch_mr_core(
 
 def _mr_gluon_eligible(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor,
                        cu_seqlens: torch.Tensor | None) -> bool:
-    """Whether the Hyena-MR forward takes the Gluon walk (``gluon_fir``; 0.260 ms against 0.283 for the Triton walk
+    """Whether the Hyena-MR forward takes the Gluon walk (``gluon_fir``; 0.246 ms against 0.287 for the Triton walk
     on the H200 at 8 x 4096 x 2048, ``benchmarks/results/hyena_h200_s25/``): Hopper, bf16 rows and filter (one
     Toeplitz part), rows that are not packed and 16-byte aligned (TMA), featurizers of up to 3 taps, and a Triton
     whose Gluon builds it (a failure turns it off for the process, with a warning)."""
@@ -440,8 +440,9 @@ def hyena_core_fwd_op(
                 return _launch_mr_gluon(proj, feat_t, weight)
             except Exception as err:  # noqa: BLE001 - Gluon's API moves between Triton releases: keep the Triton walk
                 _GLUON_FAILED.append(err)
-                warnings.warn(f"the Gluon Hyena-MR forward failed ({type(err).__name__}: {err}); using the Triton "
-                              "walk from now on", RuntimeWarning, stacklevel=2)
+                first_line = next(iter(str(err).splitlines()), "")
+                warnings.warn(f"the Gluon Hyena-MR forward failed ({type(err).__name__}: {first_line}); using the "
+                              "Triton walk from now on", RuntimeWarning, stacklevel=2)
         return _launch_mr_core(proj, feat_t, weight, cu_seqlens)
     seq, cu = _seq_index(cu_seqlens, rows, proj.device)
     z = _launch_gate(proj, feat_t, seq, cu, cu_seqlens is not None)
