@@ -39,9 +39,10 @@ from .triton_fir import (
 )
 
 try:  # the Gluon forward of the Hyena-MR walk (Hopper); Triton's Gluon API is experimental
+    from .gluon_fir import MAX_FEATURIZER_TAPS as _GLUON_MAX_FEATURIZER_TAPS
     from .gluon_fir import launch_mr_forward as _launch_mr_gluon
 except (ImportError, AttributeError):  # a Triton without it: the Triton walk runs everywhere
-    _launch_mr_gluon = None
+    _launch_mr_gluon, _GLUON_MAX_FEATURIZER_TAPS = None, 0
 _GLUON_FAILED: list[Exception] = []  # the error that turned the Gluon walk off in this process, if one did
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -186,7 +187,7 @@ def _mr_gluon_eligible(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.T
     Toeplitz part), rows that are not packed and 16-byte aligned (TMA), featurizers of up to 3 taps, and a Triton
     whose Gluon builds it (a failure turns it off for the process, with a warning)."""
     return (_launch_mr_gluon is not None and not _GLUON_FAILED and cu_seqlens is None
-            and proj.dtype == weight.dtype == torch.bfloat16 and feat_t.shape[0] <= SCAN_MAX_FEATURIZER_TAPS
+            and proj.dtype == weight.dtype == torch.bfloat16 and feat_t.shape[0] <= _GLUON_MAX_FEATURIZER_TAPS
             and proj.data_ptr() % 16 == 0 and proj.is_cuda and torch.cuda.get_device_capability(proj.device) == (9, 0))
 
 

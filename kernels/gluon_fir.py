@@ -39,6 +39,7 @@ _tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_glo
 _tma_store = tma.async_store if hasattr(tma, "async_store") else tma.async_copy_shared_to_global
 BLOCK_T = 64  # rows of a tile (the Triton walk's MR_BLOCK_T)
 BLOCK_C = 16  # channels of a program: the wgmma's N; groups of 16k channels share a filter
+MAX_FEATURIZER_TAPS = 3  # the taps the kernel reads (each a TMA copy of the shifted rows)
 
 
 @gluon.jit
@@ -83,7 +84,7 @@ def _hyena_mr_gluon_kernel(PD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr,
     filters."""
     gl.static_assert((BT == 64) & (BC == 16))
     gl.static_assert(K <= 2 * BT + 1)
-    gl.static_assert(KF <= 3)
+    gl.static_assert(KF <= 3)  # MAX_FEATURIZER_TAPS
     acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BC, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_l, k_width=2)
     row_l: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])  # 16-byte vectors of a row

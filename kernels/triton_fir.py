@@ -410,6 +410,18 @@ def _interleave(a0, a1, a2, a3):
 
 
 @triton.jit
+def _featurize_phases(P, FT, srow, x0, x1, x2, x3, u1, u2, l0, l1, l2, l3, end, cols, mask_c, base,
+                      OFF: tl.constexpr, W: tl.constexpr, KF: tl.constexpr, VARLEN: tl.constexpr):
+    """Featurizer output (4S, BN) fp32 of a tile from its phase tiles x_m (rows srow + m) and the rows before them
+    (u_1, u_2): each phase's ``_phase_featurize`` (reaches l0..l3), joined back into row order."""
+    return _interleave(
+        _phase_featurize(P, FT, srow, 0, x0, x1, x2, x3, u1, u2, l0, end, cols, mask_c, base, OFF, W, KF, VARLEN),
+        _phase_featurize(P, FT, srow, 1, x0, x1, x2, x3, u1, u2, l1, end, cols, mask_c, base, OFF, W, KF, VARLEN),
+        _phase_featurize(P, FT, srow, 2, x0, x1, x2, x3, u1, u2, l2, end, cols, mask_c, base, OFF, W, KF, VARLEN),
+        _phase_featurize(P, FT, srow, 3, x0, x1, x2, x3, u1, u2, l3, end, cols, mask_c, base, OFF, W, KF, VARLEN))
+
+
+@triton.jit
 def _featurize_tile(P, FT, srow, l0, l1, l2, l3, end, cols, mask_c, base, OFF: tl.constexpr, W: tl.constexpr,
                     KF: tl.constexpr, VARLEN: tl.constexpr):
     """Featurizer output (BT, BN) fp32 of the walk tile of ``_phases`` (``_featurize`` of its rows, zero outside
@@ -424,11 +436,8 @@ def _featurize_tile(P, FT, srow, l0, l1, l2, l3, end, cols, mask_c, base, OFF: t
         u1 = _rows_tile(P, srow - 1, l0, end, cols, mask_c, base, OFF, W)
     if KF > 2:
         u2 = _rows_tile(P, srow - 2, l0, end, cols, mask_c, base, OFF, W)
-    return _interleave(
-        _phase_featurize(P, FT, srow, 0, x0, x1, x2, x3, u1, u2, l0, end, cols, mask_c, base, OFF, W, KF, VARLEN),
-        _phase_featurize(P, FT, srow, 1, x0, x1, x2, x3, u1, u2, l1, end, cols, mask_c, base, OFF, W, KF, VARLEN),
-        _phase_featurize(P, FT, srow, 2, x0, x1, x2, x3, u1, u2, l2, end, cols, mask_c, base, OFF, W, KF, VARLEN),
-        _phase_featurize(P, FT, srow, 3, x0, x1, x2, x3, u1, u2, l3, end, cols, mask_c, base, OFF, W, KF, VARLEN))
+    return _featurize_phases(P, FT, srow, x0, x1, x2, x3, u1, u2, l0, l1, l2, l3, end, cols, mask_c, base, OFF, W,
+                             KF, VARLEN)
 
 
 @triton.jit

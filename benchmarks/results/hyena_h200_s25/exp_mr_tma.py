@@ -22,7 +22,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/, for bench_swr
 from phalanx_kernels import fir_ops  # noqa: E402
 from phalanx_kernels.triton_fir import (  # noqa: E402
-    _interleave, _mr_push, _phase_featurize, _walk_from, _walk_program)
+    _featurize_phases, _mr_push, _walk_from, _walk_program)
 
 
 @triton.jit
@@ -84,17 +84,6 @@ def _qkv_box(PQ, t0, shift: tl.constexpr, phase: tl.constexpr, T, NS: tl.constex
 
 
 @triton.jit
-def _phases_joined(P, FT, srow, x0, x1, x2, x3, u1, u2, lower, end, cols, mask_c, base, OFF: tl.constexpr,
-                   W: tl.constexpr, KF: tl.constexpr):
-    """The featurizer output (BT, N) of a tile from its four phase tiles and the two before (``_phase_featurize``)."""
-    return _interleave(
-        _phase_featurize(P, FT, srow, 0, x0, x1, x2, x3, u1, u2, lower, end, cols, mask_c, base, OFF, W, KF, False),
-        _phase_featurize(P, FT, srow, 1, x0, x1, x2, x3, u1, u2, lower, end, cols, mask_c, base, OFF, W, KF, False),
-        _phase_featurize(P, FT, srow, 2, x0, x1, x2, x3, u1, u2, lower, end, cols, mask_c, base, OFF, W, KF, False),
-        _phase_featurize(P, FT, srow, 3, x0, x1, x2, x3, u1, u2, lower, end, cols, mask_c, base, OFF, W, KF, False))
-
-
-@triton.jit
 def _tma_rows(PD, t0, shift: tl.constexpr, phase: tl.constexpr, col, T, NS: tl.constexpr, SEGS: tl.constexpr,
               BOX: tl.constexpr):
     """(S, NS * BC) rows ``t0 + 4 (s + shift) + phase`` of the program's strands (boxes of one phase)."""
@@ -121,7 +110,8 @@ def _featurize_tma(PD, PD4, PD2, P, FT, t0, srow, lower, end, cols, mask_c, base
             u1 = _tma_rows(PD, t0, -1, 3, col, T, NS, SEGS, BOX)
         if KF > 2:
             u2 = _tma_rows(PD, t0, -1, 2, col, T, NS, SEGS, BOX)
-    return _phases_joined(P, FT, srow, x0, x1, x2, x3, u1, u2, lower, end, cols, mask_c, base, OFF, W, KF)
+    return _featurize_phases(P, FT, srow, x0, x1, x2, x3, u1, u2, lower, lower, lower, lower, end, cols, mask_c,
+                             base, OFF, W, KF, False)
 
 
 @triton.jit
@@ -147,7 +137,8 @@ def _featurize_box(xs, us, P, FT, srow, lower, end, cols, mask_c, base, OFF: tl.
                    KF: tl.constexpr):
     x0, x1, x2, x3 = _phases_of(xs)
     u2, u1 = tl.split(tl.permute(us, (0, 2, 1)))
-    return _phases_joined(P, FT, srow, x0, x1, x2, x3, u1, u2, lower, end, cols, mask_c, base, OFF, W, KF)
+    return _featurize_phases(P, FT, srow, x0, x1, x2, x3, u1, u2, lower, lower, lower, lower, end, cols, mask_c,
+                             base, OFF, W, KF, False)
 
 
 @triton.jit
