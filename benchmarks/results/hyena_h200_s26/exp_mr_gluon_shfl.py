@@ -1,0 +1,294 @@
+"""Experiment (issue 20, session 26): the Gluon Hyena-MR forward walk (``kernels/gluon_fir.py``) with each input's
+rows copied once a tile instead of once per featurizer tap, and three smaller changes, as flags:
+
+- SHFL_KV / SHFL_Q: k and v (and q) arrive by one TMA copy of the tile's rows [t0, t0 + 64) plus one small copy
+  of the two rows before each 16-row block (a descriptor over proj viewed as (B, T / 16, 16, 3W), box
+  (1, 4, 2, 16)); the rows shifted by tap j are made in registers by a warp shuffle: in the tile layout a warp holds
+  16 consecutive rows, lane l row l // 2, so lane l takes lane (l - 2j) mod 32's value, and the lanes that would
+  wrap send the block before's rows instead. The adopted walk copies the tile once per tap (a shared-memory view
+  may only be cut at multiples of its length), so L2 -> SM traffic is 3x the rows read: about 1.2 GB in 0.246 ms
+  (4.9 TB/s) at 8 x 4096 x 2048; this cuts it to 1.1x. With SHFL_Q, q is featurized in the tile layout and
+  converted to the accumulator's.
+- OVERLAP: q is featurized between issuing the three wgmma and waiting for them.
+- Y2: two y buffers, so the store of the tile before may still be in flight (``store_wait(1)``).
+
+Rows that are not packed, bf16 rows and filter, T a multiple of 16 (the block view), featurizers of <= 3 taps.
+Run on the H200 from the repository root: ``python benchmarks/results/hyena_h200_s26/exp_mr_gluon_shfl.py``
+(checks every variant against the Triton walk at odd shapes, bf16 and fp32 filters, then times them next to the
+adopted kernel and the Triton walk; ``PART=check`` or ``PART=time`` runs one half)."""
+import os
+import sys
+from pathlib import Path
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/, for bench_swr
+from phalanx_kernels.gluon_fir import (  # noqa: E402 - the adopted kernel's helpers and shims
+    BLOCK_C, BLOCK_T, _cta_barrier, _featurize, _tma_load, _tma_store, _toeplitz)
+
+
+@gluon.jit
+def _issue(PD, BD, mbufs, bbufs, bar, stage, b, t0, col, W: gl.constexpr, KF: gl.constexpr, BT: gl.constexpr,
+           BC: gl.constexpr, SHFL_KV: gl.constexpr, SHFL_Q: gl.constexpr, pred):
+    """Stage ``stage``'s copies of the tile from row t0: per input, rows [t0, t0 + BT) once (shuffled inputs) or
+    rows [t0 - j, t0 - j + BT) for each tap j; for shuffled inputs also rows 16 m - 2, 16 m - 1 of the tile's four
+    blocks m (rows before the batch row's start arrive as zeros)."""
+    QN: gl.constexpr = 1 if SHFL_Q else KF
+    KN: gl.constexpr = 1 if SHFL_KV else KF
+    NM: gl.constexpr = QN + 2 * KN
+    NB: gl.constexpr = (1 if SHFL_Q else 0) + (2 if SHFL_KV else 0)
+    BND: gl.constexpr = NB if KF > 1 else 0
+    mbarrier.expect(bar, (NM * BT * BC + BND * 4 * 2 * BC) * 2, pred=pred)
+    for j in gl.static_range(QN):
+        _tma_load(PD, [b, t0 - j, col], bar, mbufs.index(stage * NM + j), pred=pred)
+    for i in gl.static_range(1, 3):
+        for j in gl.static_range(KN):
+            _tma_load(PD, [b, t0 - j, i * W + col], bar, mbufs.index(stage * NM + QN + (i - 1) * KN + j), pred=pred)
+    if KF > 1:
+        for s in gl.static_range(NB):  # inputs q, k, v or k, v
+            _tma_load(BD, [b, t0 // 16 - 1, 14, (s + 3 - NB) * W + col], bar, bbufs.index(stage * NB + s), pred=pred)
+
+
+@gluon.jit
+def _shift(x, bnd, rows, j: gl.constexpr):
+    """Rows t - j of the tile x (4 warps, 8, 2, BC) for tap j in 1, 2: lane l takes lane (l - 2j) mod 32's value;
+    lanes holding rows 16 - j.. of their warp's block (``rows``, the row in the block) send ``bnd``, the block
+    before's last rows, so that the first rows of each block get them."""
+    send = gl.where(rows >= 16 - j, bnd, x)
+    if j == 1:
+        out = gl.inline_asm_elementwise(
+            "{ .reg .u32 %ls; mov.u32 %ls, %laneid; sub.u32 %ls, %ls, 2; and.b32 %ls, %ls, 31; "
+            "shfl.sync.idx.b32 $0, $1, %ls, 31, -1; }", "=r,r", [send], dtype=gl.bfloat16, is_pure=True, pack=2)
+    else:
+        out = gl.inline_asm_elementwise(
+            "{ .reg .u32 %ls; mov.u32 %ls, %laneid; sub.u32 %ls, %ls, 4; and.b32 %ls, %ls, 31; "
+            "shfl.sync.idx.b32 $0, $1, %ls, 31, -1; }", "=r,r", [send], dtype=gl.bfloat16, is_pure=True, pack=2)
+    return out
+
+
+@gluon.jit
+def _featurize_shfl(mbuf, bbuf, taps, inp: gl.constexpr, KF: gl.constexpr, BC: gl.constexpr, l4: gl.constexpr,
+                    rows):
+    """``sum_j f_j x[t - j]`` (4, 8, 2, BC) fp32 of input ``inp`` from one staged copy of the tile (mbuf) and the
+    rows before its blocks (bbuf), in the adopted walk's order of sums; taps (16, 1, 1, BC): row 3 inp + j."""
+    x = mbuf.reshape([4, 8, 2, BC]).load(l4)
+    acc = gl.zeros([4, 8, 2, BC], gl.float32, l4)
+    acc += taps.slice(3 * inp, 1).load(l4) * x.to(gl.float32)
+    if KF > 1:
+        bnd = bbuf.reshape([4, 1, 2, BC]).load(l4)
+        acc += taps.slice(3 * inp + 1, 1).load(l4) * _shift(x, bnd, rows, 1).to(gl.float32)
+        if KF > 2:
+            acc += taps.slice(3 * inp + 2, 1).load(l4) * _shift(x, bnd, rows, 2).to(gl.float32)
+    return acc
+
+
+@gluon.jit
+def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.constexpr, D: gl.constexpr,
+               L: gl.constexpr, BT: gl.constexpr, BC: gl.constexpr, SHFL_KV: gl.constexpr, SHFL_Q: gl.constexpr,
+               OVERLAP: gl.constexpr, Y2: gl.constexpr, num_warps: gl.constexpr):
+    """``gluon_fir._hyena_mr_gluon_kernel`` with the flags of the module docstring; BD: TMA descriptor of proj
+    viewed as (B, T / 16, 16, 3W), box (1, 4, 2, BC). HG bf16 or fp32 (the Triton walk's split: each Toeplitz
+    block's bf16 high part on wgmma from registers, then its bf16 remainder from shared memory)."""
+    gl.static_assert((BT == 64) & (BC == 16) & (num_warps == 4))
+    gl.static_assert(K <= 2 * BT + 1)
+    gl.static_assert(KF <= 3)
+    acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BC, 16])
+    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_l, k_width=2)
+    row_l: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])  # 16-byte vectors of a row
+    # The same as row_l on (warp, row // 2, row % 2, channel): lane l holds row l // 2 of its warp's 16-row block.
+    l4: gl.constexpr = gl.BlockedLayout([1, 1, 1, 8], [1, 8, 2, 2], [4, 1, 1, 1], [3, 2, 1, 0])
+    taps_l: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])
+    QN: gl.constexpr = 1 if SHFL_Q else KF
+    KN: gl.constexpr = 1 if SHFL_KV else KF
+    NM: gl.constexpr = QN + 2 * KN
+    NB: gl.constexpr = (1 if SHFL_Q else 0) + (2 if SHFL_KV else 0)
+    NY: gl.constexpr = 2 if Y2 else 1
+
+    lo = gl.program_id(0) * L
+    col = gl.program_id(1) * BC
+    b = gl.program_id(2)
+    hi = gl.minimum(lo + L, T)
+    group = col // D
+    H32: gl.constexpr = HG.dtype.element_ty == gl.float32  # an fp32 filter: bf16 high parts and remainders
+    if H32:  # the remainders wait in shared memory (A operands from there: registers hold the high parts)
+        lo_s = gl.allocate_shared_memory(gl.bfloat16, [3, BT, BT], gl.NVMMASharedLayout.get_default_for(
+            [BT, BT], gl.bfloat16))
+        for blk in gl.static_range(3):
+            toe = _toeplitz(HG, group, blk, K, BT, gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0]))
+            lo_s.index(blk).store((toe - toe.to(gl.bfloat16).to(gl.float32)).to(gl.bfloat16))
+    h0 = _toeplitz(HG, group, 0, K, BT, a_l).to(gl.bfloat16)
+    h1 = _toeplitz(HG, group, 1, K, BT, a_l).to(gl.bfloat16)
+    h2 = _toeplitz(HG, group, 2, K, BT, a_l).to(gl.bfloat16)
+    taps = gl.allocate_shared_memory(gl.float32, [16, 1, 1, BC], gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
+    r = gl.expand_dims(gl.arange(0, 16, layout=gl.SliceLayout(1, taps_l)), 1)  # row 3 i + j: input i's tap j
+    c = gl.expand_dims(gl.arange(0, BC, layout=gl.SliceLayout(0, taps_l)), 0)
+    taps.reshape([16, BC]).store(gl.load(FT + (r % 3) * 3 * W + (r // 3) * W + col + c,
+                                         mask=(r < 9) & (r % 3 < KF), other=0.0))
+    _cta_barrier()
+    taps2 = taps.reshape([16, BC])
+    hr = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, l4))))
+    lr = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, l4))))
+    rows = gl.expand_dims(gl.expand_dims(gl.expand_dims(hr, 0), 2), 3) * 2 \
+        + gl.expand_dims(gl.expand_dims(gl.expand_dims(lr, 0), 1), 3)  # (1, 8, 2, 1): a lane's row in its block
+
+    mbufs = gl.allocate_shared_memory(gl.bfloat16, [2 * NM, 1, BT, BC], PD.layout)
+    bbufs = gl.allocate_shared_memory(gl.bfloat16, [2 * NB if NB > 0 else 1, 1, 4, 2, BC], BD.layout)
+    z_smem = gl.allocate_shared_memory(gl.bfloat16, [BT, BC], gl.NVMMASharedLayout.get_default_for([BT, BC],
+                                                                                                   gl.bfloat16))
+    y_smem = gl.allocate_shared_memory(gl.bfloat16, [NY, 1, BT, BC], YD.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(bars.index(0), count=1)
+    mbarrier.init(bars.index(1), count=1)
+
+    start = gl.maximum(lo - 2 * BT, 0)
+    n = gl.cdiv(hi - start, BT)
+    _issue(PD, BD, mbufs, bbufs, bars.index(0), 0, b, start, col, W, KF, BT, BC, SHFL_KV, SHFL_Q, True)
+    c1 = gl.zeros([BT, BC], gl.float32, acc_l)
+    c2 = gl.zeros([BT, BC], gl.float32, acc_l)
+    for i in range(n):
+        t0 = start + i * BT
+        stage = i % 2
+        _cta_barrier()  # every warp is done with the other stage (read last tile) before TMA refills it
+        fence_async_shared()
+        _issue(PD, BD, mbufs, bbufs, bars.index(1 - stage), 1 - stage, b, t0 + BT, col, W, KF, BT, BC, SHFL_KV,
+               SHFL_Q, i + 1 < n)
+        mbarrier.wait(bars.index(stage), (i // 2) & 1)
+        if SHFL_KV:
+            z = gl.reshape(
+                _featurize_shfl(mbufs.index(stage * NM + QN), bbufs.index(stage * NB + NB - 2), taps, 1, KF, BC, l4,
+                                rows)
+                * _featurize_shfl(mbufs.index(stage * NM + QN + 1), bbufs.index(stage * NB + NB - 1), taps, 2, KF,
+                                  BC, l4, rows), [BT, BC]).to(gl.bfloat16)
+        else:
+            z = (_featurize(mbufs, stage * NM + QN, taps2, 1, KF, BT, BC, row_l)
+                 * _featurize(mbufs, stage * NM + QN + KN, taps2, 2, KF, BT, BC, row_l)).to(gl.bfloat16)
+        z_smem.store(z)
+        fence_async_shared()
+        _cta_barrier()
+        acc = warpgroup_mma(h0, z_smem, c1, is_async=True)
+        if H32:
+            acc = warpgroup_mma(lo_s.index(0), z_smem, acc, is_async=True)
+        c1 = warpgroup_mma(h1, z_smem, c2, is_async=True)
+        if H32:
+            c1 = warpgroup_mma(lo_s.index(1), z_smem, c1, is_async=True)
+        c2 = warpgroup_mma(h2, z_smem, gl.zeros([BT, BC], gl.float32, acc_l), use_acc=False, is_async=True)
+        if H32:
+            c2 = warpgroup_mma(lo_s.index(2), z_smem, c2, is_async=True)
+        if OVERLAP:
+            if SHFL_Q:
+                q = gl.convert_layout(gl.reshape(_featurize_shfl(mbufs.index(stage * NM), bbufs.index(stage * NB),
+                                                                 taps, 0, KF, BC, l4, rows), [BT, BC]), acc_l)
+            else:
+                q = _featurize(mbufs, stage * NM, taps2, 0, KF, BT, BC, acc_l)
+        acc, c1, c2 = warpgroup_mma_wait(0, deps=(acc, c1, c2))
+        if t0 >= lo:
+            if not OVERLAP:
+                if SHFL_Q:
+                    q = gl.convert_layout(gl.reshape(_featurize_shfl(mbufs.index(stage * NM), bbufs.index(stage * NB),
+                                                                     taps, 0, KF, BC, l4, rows), [BT, BC]), acc_l)
+                else:
+                    q = _featurize(mbufs, stage * NM, taps2, 0, KF, BT, BC, acc_l)
+            y = (q * acc).to(gl.bfloat16)
+            ybuf = y_smem.index(((t0 - lo) // BT) % NY)
+            tma.store_wait(NY - 1)  # the y stored from this buffer last has left it
+            _cta_barrier()
+            ybuf.reshape([BT, BC]).store(y)
+            fence_async_shared()
+            _cta_barrier()
+            _tma_store(YD, [b, t0, col], ybuf)
+    tma.store_wait(0)
+    mbarrier.invalidate(bars.index(0))
+    mbarrier.invalidate(bars.index(1))
+
+
+def launch(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, rows: int = 4096,
+           shfl_kv: bool = True, shfl_q: bool = False, overlap: bool = False, y2: bool = False,
+           maxnreg: int | None = None) -> torch.Tensor:
+    """y (B, T, W) bf16 of the experimental walk; proj (B, T, 3W) bf16 with T a multiple of 16, feat_t (KF, 3W),
+    weight (W / 16k, K) bf16 or fp32 (offline sm_90 builds, Triton 3.6: 146-149 registers a thread with an fp32
+    filter, 3 programs an SM; a cap of 128 spills only before the loop)."""
+    B, T, F = proj.shape
+    W = F // 3
+    groups, taps = weight.shape
+    assert T % 16 == 0, "the block view needs T to be a multiple of 16"
+    y = proj.new_empty(B, T, W)
+    flat3 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=3)
+    flat4 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=4)
+    pd = TensorDescriptor(proj, [B, T, F], [T * F, F, 1], [1, BLOCK_T, BLOCK_C], flat3)
+    bd = TensorDescriptor(proj, [B, T // 16, 16, F], [T * F, 16 * F, F, 1], [1, 4, 2, BLOCK_C], flat4)
+    yd = TensorDescriptor(y, [B, T, W], [T * W, W, 1], [1, BLOCK_T, BLOCK_C], flat3)
+    _mr_kernel[(triton.cdiv(T, rows), W // BLOCK_C, B)](
+        pd, bd, yd, feat_t.float().contiguous(), weight.contiguous(), T, W=W, KF=feat_t.shape[0], K=taps,
+        D=W // groups, L=rows, BT=BLOCK_T, BC=BLOCK_C, SHFL_KV=shfl_kv, SHFL_Q=shfl_q, OVERLAP=overlap, Y2=y2,
+        num_warps=4, maxnreg=maxnreg)
+    return y
+
+
+FLAGS = ("shfl_kv", "shfl_q", "overlap", "y2")
+VARIANTS = ["0000", "0010", "0001", "0011", "1000", "1010", "1001", "1011", "1100", "1110", "1111"]
+
+
+def _kw(bits: str) -> dict:
+    return {f: b == "1" for f, b in zip(FLAGS, bits)}
+
+
+if __name__ == "__main__":
+    from bench_swr import gpu_ms
+    from phalanx_kernels import fir_ops
+    from phalanx_kernels.gluon_fir import launch_mr_forward
+
+    part = os.environ.get("PART", "all")  # check, time or all (the checks build about 70 kernels: minutes)
+    torch.manual_seed(0)
+    worst = 0.0
+    checks = ((2, 1008, 64, 128, 3, 256), (3, 4096, 256, 100, 2, 1024), (1, 8192, 128, 129, 3, 4096),
+              (2, 784, 32, 65, 1, 128), (2, 4096, 2048, 128, 3, 4096))
+    for B, T, C, K, KF, rows in () if part == "time" else checks:
+        proj = torch.randn(B, T, 3 * C, device="cuda", dtype=torch.bfloat16)
+        feat_t = (torch.randn(3 * C, KF, device="cuda") / KF**0.5).t().contiguous()
+        w32 = torch.randn(C // 16, K, device="cuda") / K**0.5
+        for wt in (w32.bfloat16(), w32):
+            ref = fir_ops._launch_mr_core(proj, feat_t, wt, None)
+            for bits in VARIANTS if wt.dtype == torch.bfloat16 else ("0000", "1000", "1111"):
+                got = launch(proj, feat_t, wt, rows=rows, **_kw(bits))
+                diff = (ref.float() - got.float()).abs().max().item()
+                worst = max(worst, diff)
+                print(f"check B={B} T={T} C={C} K={K} KF={KF} rows={rows} {str(wt.dtype)[6:]} filter {bits}: "
+                      f"max diff {diff:.3e}", flush=True)
+    print(f"largest difference from the Triton walk over all checks: {worst:.3e}")
+    if part == "check":
+        sys.exit(0)
+    print("| shape | filter | kernel (shfl_kv shfl_q overlap y2) | ms | x floor |")
+    print("|---|---|---|---:|---:|")
+    for B, T in ((8, 4096), (1, 32768)):
+        C, K = 2048, 128
+        proj = torch.randn(B, T, 3 * C, device="cuda", dtype=torch.bfloat16)
+        feat_t = (torch.randn(3 * C, 3, device="cuda") / 3**0.5).t().contiguous()
+        w32 = torch.randn(C // 16, K, device="cuda") / K**0.5
+        floor = 4 * proj.numel() / 3 * 2 / 4.3e12 * 1e3
+        for wt in (w32.bfloat16(), w32):
+            h = str(wt.dtype)[6:]
+            runs = [("Triton walk", lambda: fir_ops._launch_mr_core(proj, feat_t, wt, None))]
+            if wt.dtype == torch.bfloat16:
+                runs.append(("Gluon walk (adopted)", lambda: launch_mr_forward(proj, feat_t, wt)))
+                runs += [(f"{bits}, {rows} rows, cap {cap}",
+                          lambda bits=bits, rows=rows, cap=cap: launch(proj, feat_t, wt, rows=rows, maxnreg=cap,
+                                                                       **_kw(bits)))
+                         for bits in VARIANTS for rows, cap in ((4096, None), (2048, None), (4096, 128))
+                         if rows == 4096 and cap is None or bits in ("1000", "1111")]
+            else:
+                runs += [(f"{bits}, cap {cap}", lambda bits=bits, cap=cap: launch(proj, feat_t, wt, maxnreg=cap,
+                                                                                  **_kw(bits)))
+                         for bits in ("0000", "1000", "1100", "1011", "1111") for cap in (None, 128)]
+            for name, fn in runs:
+                try:
+                    ms = gpu_ms(fn)
+                except Exception as e:  # noqa: BLE001 - a variant that fails is reported, not fatal
+                    print(f"| {B}x{T} | {h} | {name} | failed: {type(e).__name__}: {str(e)[:100]} | |", flush=True)
+                    continue
+                print(f"| {B}x{T} | {h} | {name} | {ms:.3f} | {ms / floor:.2f} |", flush=True)
