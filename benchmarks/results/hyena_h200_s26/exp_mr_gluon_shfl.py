@@ -15,7 +15,9 @@ rows copied once a tile instead of once per featurizer tap, and three smaller ch
 Rows that are not packed, bf16 rows and filter, T a multiple of 16 (the block view), featurizers of <= 3 taps.
 Run on the H200 from the repository root: ``python benchmarks/results/hyena_h200_s26/exp_mr_gluon_shfl.py``
 (checks every variant against the Triton walk at odd shapes, bf16 and fp32 filters, then times them next to the
-adopted kernel and the Triton walk; ``PART=check`` or ``PART=time`` runs one half)."""
+adopted kernel and the Triton walk; ``PART=check`` or ``PART=time`` runs one half). Under Nsight Compute,
+``PART=ncu`` launches the adopted walk and variants 1000 and 1111 once each at 8 x 4096 x 2048:
+``ncu --clock-control none --profile-from-start off --set full -o $OUT/mr python3 <this file>`` with PART=ncu."""
 import os
 import sys
 from pathlib import Path
@@ -243,8 +245,23 @@ if __name__ == "__main__":
     from phalanx_kernels import fir_ops
     from phalanx_kernels.gluon_fir import launch_mr_forward
 
-    part = os.environ.get("PART", "all")  # check, time or all (the checks build about 70 kernels: minutes)
+    part = os.environ.get("PART", "all")  # check, time, all (the checks build about 70 kernels: minutes) or ncu
     torch.manual_seed(0)
+    if part == "ncu":  # one launch each of the adopted walk and two variants between cudaProfilerStart and Stop
+        proj = torch.randn(8, 4096, 3 * 2048, device="cuda", dtype=torch.bfloat16)
+        feat_t = (torch.randn(3 * 2048, 3, device="cuda") / 3**0.5).t().contiguous()
+        wt = (torch.randn(2048 // 16, 128, device="cuda") / 128**0.5).bfloat16()
+        calls = [lambda: launch_mr_forward(proj, feat_t, wt)] + [
+            lambda bits=bits: launch(proj, feat_t, wt, **_kw(bits)) for bits in ("1000", "1111")]
+        for call in calls:
+            call()  # builds before profiling
+        torch.cuda.synchronize()
+        torch.cuda.cudart().cudaProfilerStart()
+        for call in calls:
+            call()
+        torch.cuda.synchronize()
+        torch.cuda.cudart().cudaProfilerStop()
+        sys.exit(0)
     worst = 0.0
     checks = ((2, 1008, 64, 128, 3, 256), (3, 4096, 256, 100, 2, 1024), (1, 8192, 128, 129, 3, 4096),
               (2, 784, 32, 65, 1, 128), (2, 4096, 2048, 128, 3, 4096))
