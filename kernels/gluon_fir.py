@@ -75,6 +75,18 @@ def _toeplitz(HG, group, blk: gl.constexpr, K: gl.constexpr, BT: gl.constexpr, l
 
 
 @gluon.jit
+def _store_tile(YD, buf, y, b, t0, col, PENDING: gl.constexpr, BT: gl.constexpr, BC: gl.constexpr):
+    """y (BT, BC) to rows [t0, t0 + BT) of batch row b, channels from col, by TMA through ``buf`` (1, BT, BC), once
+    at most PENDING earlier stores are in flight (0 for one buffer: the last store has left it)."""
+    tma.store_wait(PENDING)
+    _cta_barrier()
+    buf.reshape([BT, BC]).store(y)
+    fence_async_shared()
+    _cta_barrier()
+    _tma_store(YD, [b, t0, col], buf)
+
+
+@gluon.jit
 def _hyena_mr_gluon_kernel(PD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.constexpr,
                            D: gl.constexpr, L: gl.constexpr, BT: gl.constexpr, BC: gl.constexpr,
                            num_warps: gl.constexpr):
@@ -135,12 +147,7 @@ def _hyena_mr_gluon_kernel(PD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr,
         acc, c1, c2 = warpgroup_mma_wait(0, deps=(acc, c1, c2))
         if t0 >= lo:
             y = (_featurize(bufs, stage * 3 * KF, taps, 0, KF, BT, BC, acc_l) * acc).to(gl.bfloat16)
-            tma.store_wait(0)  # the last tile's y has left y_smem
-            _cta_barrier()
-            y_smem.reshape([BT, BC]).store(y)
-            fence_async_shared()
-            _cta_barrier()
-            _tma_store(YD, [b, t0, col], y_smem)
+            _store_tile(YD, y_smem, y, b, t0, col, 0, BT, BC)
     tma.store_wait(0)
     mbarrier.invalidate(bars.index(0))
     mbarrier.invalidate(bars.index(1))

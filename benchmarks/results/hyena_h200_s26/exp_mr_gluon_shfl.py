@@ -32,7 +32,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/, for bench_swr
 from phalanx_kernels.gluon_fir import (  # noqa: E402 - the adopted kernel's helpers and shims
-    BLOCK_C, BLOCK_T, _cta_barrier, _featurize, _tma_load, _tma_store, _toeplitz)
+    BLOCK_C, BLOCK_T, _cta_barrier, _featurize, _store_tile, _tma_load, _toeplitz)
 
 
 @gluon.jit
@@ -196,14 +196,8 @@ def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.c
                                                                      taps, 0, KF, BC, l4, rows), [BT, BC]), acc_l)
                 else:
                     q = _featurize(mbufs, stage * NM, taps2, 0, KF, BT, BC, acc_l)
-            y = (q * acc).to(gl.bfloat16)
-            ybuf = y_smem.index(((t0 - lo) // BT) % NY)
-            tma.store_wait(NY - 1)  # the y stored from this buffer last has left it
-            _cta_barrier()
-            ybuf.reshape([BT, BC]).store(y)
-            fence_async_shared()
-            _cta_barrier()
-            _tma_store(YD, [b, t0, col], ybuf)
+            _store_tile(YD, y_smem.index(((t0 - lo) // BT) % NY), (q * acc).to(gl.bfloat16), b, t0, col, NY - 1, BT,
+                        BC)
     tma.store_wait(0)
     mbarrier.invalidate(bars.index(0))
     mbarrier.invalidate(bars.index(1))
