@@ -213,6 +213,7 @@ def launch(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, rows:
     W = F // 3
     groups, taps = weight.shape
     assert T % 16 == 0, "the block view needs T to be a multiple of 16"
+    assert shfl_kv or not shfl_q, "shfl_q needs shfl_kv (the boundary buffers hold q, k, v or k, v)"
     y = proj.new_empty(B, T, W)
     flat3 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=3)
     flat4 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=4)
