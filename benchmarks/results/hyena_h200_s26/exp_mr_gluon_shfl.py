@@ -1,5 +1,5 @@
-"""Experiment (issue 20, session 26): the Gluon Hyena-MR forward walk (``kernels/gluon_fir.py``) with each input's
-rows copied once a tile instead of once per featurizer tap, and three smaller changes, as flags:
+"""Experiment (issue 20, sessions 26 and 27): the Gluon Hyena-MR forward walk (``kernels/gluon_fir.py``) with each
+input's rows copied once a tile instead of once per featurizer tap, and smaller changes, as flags:
 
 - SHFL_KV / SHFL_Q: k and v (and q) arrive by one TMA copy of the tile's rows [t0, t0 + 64) plus one small copy
   of the two rows before each 16-row block (a descriptor over proj viewed as (B, T / 16, 16, 3W), box
@@ -11,12 +11,20 @@ rows copied once a tile instead of once per featurizer tap, and three smaller ch
   converted to the accumulator's.
 - OVERLAP: q is featurized between issuing the three wgmma and waiting for them.
 - Y2: two y buffers, so the store of the tile before may still be in flight (``store_wait(1)``).
+- NS stages (session 27): tile i + NS - 1's copies are issued while tile i is computed. The adopted walk has 2
+  stages, so 4 programs an SM keep at most 4 x 6 KB of distinct rows in flight; at the measured 1.64 TB/s of reads
+  (12.4 KB/us an SM) that would take 1.9 us of latency to bound it by Little's law, so either the loads wait that
+  long or each tile's serial chain (barriers, fences, wgmma, the store wait) does. More stages test the first; the
+  shuffled copies make a stage 6-10 KB instead of 18 KB, so 3-6 stages fit beside 4 programs an SM.
+- TS (session 27): the filter's Toeplitz blocks read by wgmma from shared memory (blocks 0 and 2, or all three)
+  instead of registers: 96 or 78 registers a thread instead of 124 (Triton 3.6), so 5 programs an SM instead of 4
+  with shuffled k, v and q (shared memory bounds the fifth). That tests the second: more programs hide the chain.
 
 Rows that are not packed, bf16 rows and filter, T a multiple of 16 (the block view), featurizers of <= 3 taps.
 Run on the H200 from the repository root: ``python benchmarks/results/hyena_h200_s26/exp_mr_gluon_shfl.py``
 (checks every variant against the Triton walk at odd shapes, bf16 and fp32 filters, then times them next to the
 adopted kernel and the Triton walk; ``PART=check`` or ``PART=time`` runs one half). Under Nsight Compute,
-``PART=ncu`` launches the adopted walk and variants 1000 and 1111 once each at 8 x 4096 x 2048:
+``PART=ncu`` launches the adopted walk and variants 1000, 1111, 1100 s4 and 1100 t3 once each at 8 x 4096 x 2048:
 ``ncu --clock-control none --profile-from-start off --set full -o $OUT/mr python3 <this file>`` with PART=ncu."""
 import os
 import sys
@@ -93,11 +101,15 @@ def _featurize_shfl(mbuf, bbuf, taps, inp: gl.constexpr, KF: gl.constexpr, BC: g
 @gluon.jit
 def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.constexpr, D: gl.constexpr,
                L: gl.constexpr, BT: gl.constexpr, BC: gl.constexpr, SHFL_KV: gl.constexpr, SHFL_Q: gl.constexpr,
-               OVERLAP: gl.constexpr, Y2: gl.constexpr, num_warps: gl.constexpr):
+               OVERLAP: gl.constexpr, Y2: gl.constexpr, NS: gl.constexpr, TS: gl.constexpr,
+               num_warps: gl.constexpr):
     """``gluon_fir._hyena_mr_gluon_kernel`` with the flags of the module docstring; BD: TMA descriptor of proj
     viewed as (B, T / 16, 16, 3W), box (1, 4, 2, BC). HG bf16 or fp32 (the Triton walk's split: each Toeplitz
-    block's bf16 high part on wgmma from registers, then its bf16 remainder from shared memory)."""
-    gl.static_assert((BT == 64) & (BC == 16) & (num_warps == 4))
+    block's bf16 high part on wgmma from registers, then its bf16 remainder from shared memory). NS stages: tile
+    i + NS - 1's copies are issued while tile i is computed (the adopted walk: 2). TS: the filter's Toeplitz
+    blocks (high parts) read by wgmma from shared memory instead of registers: none (0, the adopted walk), blocks 0
+    and 2 (2) or all (3)."""
+    gl.static_assert((BT == 64) & (BC == 16) & (num_warps == 4) & (NS >= 2) & ((TS == 0) | (TS == 2) | (TS == 3)))
     gl.static_assert(K <= 2 * BT + 1)
     gl.static_assert(KF <= 3)
     acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BC, 16])
@@ -117,16 +129,27 @@ def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.c
     b = gl.program_id(2)
     hi = gl.minimum(lo + L, T)
     group = col // D
+    toe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])  # Toeplitz blocks on their way to smem
+    toe_s: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, BT], gl.bfloat16)
     H32: gl.constexpr = HG.dtype.element_ty == gl.float32  # an fp32 filter: bf16 high parts and remainders
     if H32:  # the remainders wait in shared memory (A operands from there: registers hold the high parts)
-        lo_s = gl.allocate_shared_memory(gl.bfloat16, [3, BT, BT], gl.NVMMASharedLayout.get_default_for(
-            [BT, BT], gl.bfloat16))
+        lo_s = gl.allocate_shared_memory(gl.bfloat16, [3, BT, BT], toe_s)
         for blk in gl.static_range(3):
-            toe = _toeplitz(HG, group, blk, K, BT, gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0]))
+            toe = _toeplitz(HG, group, blk, K, BT, toe_l)
             lo_s.index(blk).store((toe - toe.to(gl.bfloat16).to(gl.float32)).to(gl.bfloat16))
-    h0 = _toeplitz(HG, group, 0, K, BT, a_l).to(gl.bfloat16)
-    h1 = _toeplitz(HG, group, 1, K, BT, a_l).to(gl.bfloat16)
-    h2 = _toeplitz(HG, group, 2, K, BT, a_l).to(gl.bfloat16)
+    if TS > 0:  # blocks 0 and 2 (TS = 2) or all three (TS = 3) from shared memory: 48 registers a thread fewer at 3
+        hi_s = gl.allocate_shared_memory(gl.bfloat16, [TS, BT, BT], toe_s)
+        for s in gl.static_range(TS):
+            hi_s.index(s).store(_toeplitz(HG, group, s * (4 - TS), K, BT, toe_l).to(gl.bfloat16))
+        h0 = hi_s.index(0)
+        h2 = hi_s.index(TS - 1)
+    else:
+        h0 = _toeplitz(HG, group, 0, K, BT, a_l).to(gl.bfloat16)
+        h2 = _toeplitz(HG, group, 2, K, BT, a_l).to(gl.bfloat16)
+    if TS == 3:
+        h1 = hi_s.index(1)
+    else:
+        h1 = _toeplitz(HG, group, 1, K, BT, a_l).to(gl.bfloat16)
     taps = gl.allocate_shared_memory(gl.float32, [16, 1, 1, BC], gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
     r = gl.expand_dims(gl.arange(0, 16, layout=gl.SliceLayout(1, taps_l)), 1)  # row 3 i + j: input i's tap j
     c = gl.expand_dims(gl.arange(0, BC, layout=gl.SliceLayout(0, taps_l)), 0)
@@ -139,28 +162,30 @@ def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.c
     rows = gl.expand_dims(gl.expand_dims(gl.expand_dims(hr, 0), 2), 3) * 2 \
         + gl.expand_dims(gl.expand_dims(gl.expand_dims(lr, 0), 1), 3)  # (1, 8, 2, 1): a lane's row in its block
 
-    mbufs = gl.allocate_shared_memory(gl.bfloat16, [2 * NM, 1, BT, BC], PD.layout)
-    bbufs = gl.allocate_shared_memory(gl.bfloat16, [2 * NB if NB > 0 else 1, 1, 4, 2, BC], BD.layout)
+    mbufs = gl.allocate_shared_memory(gl.bfloat16, [NS * NM, 1, BT, BC], PD.layout)
+    bbufs = gl.allocate_shared_memory(gl.bfloat16, [NS * NB if NB > 0 else 1, 1, 4, 2, BC], BD.layout)
     z_smem = gl.allocate_shared_memory(gl.bfloat16, [BT, BC], gl.NVMMASharedLayout.get_default_for([BT, BC],
                                                                                                    gl.bfloat16))
     y_smem = gl.allocate_shared_memory(gl.bfloat16, [NY, 1, BT, BC], YD.layout)
-    bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(bars.index(0), count=1)
-    mbarrier.init(bars.index(1), count=1)
+    bars = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(NS):
+        mbarrier.init(bars.index(s), count=1)
 
     start = gl.maximum(lo - 2 * BT, 0)
     n = gl.cdiv(hi - start, BT)
-    _issue(PD, BD, mbufs, bbufs, bars.index(0), 0, b, start, col, W, KF, BT, BC, SHFL_KV, SHFL_Q, True)
+    for s in gl.static_range(NS - 1):
+        _issue(PD, BD, mbufs, bbufs, bars.index(s), s, b, start + s * BT, col, W, KF, BT, BC, SHFL_KV, SHFL_Q, s < n)
     c1 = gl.zeros([BT, BC], gl.float32, acc_l)
     c2 = gl.zeros([BT, BC], gl.float32, acc_l)
     for i in range(n):
         t0 = start + i * BT
-        stage = i % 2
-        _cta_barrier()  # every warp is done with the other stage (read last tile) before TMA refills it
+        stage = i % NS
+        ahead = (i + NS - 1) % NS  # the stage read by the last tile
+        _cta_barrier()  # every warp is done with it before TMA refills it
         fence_async_shared()
-        _issue(PD, BD, mbufs, bbufs, bars.index(1 - stage), 1 - stage, b, t0 + BT, col, W, KF, BT, BC, SHFL_KV,
-               SHFL_Q, i + 1 < n)
-        mbarrier.wait(bars.index(stage), (i // 2) & 1)
+        _issue(PD, BD, mbufs, bbufs, bars.index(ahead), ahead, b, t0 + (NS - 1) * BT, col, W, KF, BT, BC, SHFL_KV,
+               SHFL_Q, i + NS - 1 < n)
+        mbarrier.wait(bars.index(stage), (i // NS) & 1)
         if SHFL_KV:
             z = gl.reshape(
                 _featurize_shfl(mbufs.index(stage * NM + QN), bbufs.index(stage * NB + NB - 2), taps, 1, KF, BC, l4,
@@ -199,13 +224,13 @@ def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.c
             _store_tile(YD, y_smem.index(((t0 - lo) // BT) % NY), (q * acc).to(gl.bfloat16), b, t0, col, NY - 1, BT,
                         BC)
     tma.store_wait(0)
-    mbarrier.invalidate(bars.index(0))
-    mbarrier.invalidate(bars.index(1))
+    for s in gl.static_range(NS):
+        mbarrier.invalidate(bars.index(s))
 
 
 def launch(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, rows: int = 4096,
-           shfl_kv: bool = True, shfl_q: bool = False, overlap: bool = False, y2: bool = False,
-           maxnreg: int | None = None) -> torch.Tensor:
+           shfl_kv: bool = True, shfl_q: bool = False, overlap: bool = False, y2: bool = False, stages: int = 2,
+           toeplitz_smem: int = 0, maxnreg: int | None = None) -> torch.Tensor:
     """y (B, T, W) bf16 of the experimental walk; proj (B, T, 3W) bf16 with T a multiple of 16, feat_t (KF, 3W),
     weight (W / 16k, K) bf16 or fp32 (offline sm_90 builds, Triton 3.6: 146-149 registers a thread with an fp32
     filter, 3 programs an SM; a cap of 128 spills only before the loop)."""
@@ -223,16 +248,23 @@ def launch(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, rows:
     _mr_kernel[(triton.cdiv(T, rows), W // BLOCK_C, B)](
         pd, bd, yd, feat_t.float().contiguous(), weight.contiguous(), T, W=W, KF=feat_t.shape[0], K=taps,
         D=W // groups, L=rows, BT=BLOCK_T, BC=BLOCK_C, SHFL_KV=shfl_kv, SHFL_Q=shfl_q, OVERLAP=overlap, Y2=y2,
-        num_warps=4, maxnreg=maxnreg)
+        NS=stages, TS=toeplitz_smem, num_warps=4, maxnreg=maxnreg)
     return y
 
 
 FLAGS = ("shfl_kv", "shfl_q", "overlap", "y2")
-VARIANTS = ["0000", "0010", "0001", "0011", "1000", "1010", "1001", "1011", "1100", "1110", "1111"]
+VARIANTS = ["0000", "0010", "0001", "0011", "1000", "1010", "1001", "1011", "1100", "1110", "1111"]  # 2 stages
+# More stages (sN), Toeplitz blocks from shared memory (tN: 5 programs an SM instead of 4 for shuffled k, v, q)
+DEEP = ["0000 s3", "1000 s3", "1000 s4", "1100 s4", "1100 s6", "1111 s3", "1111 s4",
+        "1000 t2", "1100 t2", "1100 t3", "1111 t2", "1100 s3 t2"]
 
 
-def _kw(bits: str) -> dict:
-    return {f: b == "1" for f, b in zip(FLAGS, bits)}
+def _kw(key: str) -> dict:
+    """launch's keyword arguments of a variant key: the flags' bits, then optionally sN (stages), tN (Toeplitz
+    blocks in shared memory)."""
+    bits, *more = key.split()
+    opts = {w[0]: int(w[1:]) for w in more}
+    return {**{f: b == "1" for f, b in zip(FLAGS, bits)}, "stages": opts.get("s", 2), "toeplitz_smem": opts.get("t", 0)}
 
 
 if __name__ == "__main__":
@@ -240,14 +272,14 @@ if __name__ == "__main__":
     from phalanx_kernels import fir_ops
     from phalanx_kernels.gluon_fir import launch_mr_forward
 
-    part = os.environ.get("PART", "all")  # check, time, all (the checks build about 70 kernels: minutes) or ncu
+    part = os.environ.get("PART", "all")  # check, time, all (the checks build about 100 kernels: minutes) or ncu
     torch.manual_seed(0)
     if part == "ncu":  # one launch each of the adopted walk and two variants between cudaProfilerStart and Stop
         proj = torch.randn(8, 4096, 3 * 2048, device="cuda", dtype=torch.bfloat16)
         feat_t = (torch.randn(3 * 2048, 3, device="cuda") / 3**0.5).t().contiguous()
         wt = (torch.randn(2048 // 16, 128, device="cuda") / 128**0.5).bfloat16()
         calls = [lambda: launch_mr_forward(proj, feat_t, wt)] + [
-            lambda bits=bits: launch(proj, feat_t, wt, **_kw(bits)) for bits in ("1000", "1111")]
+            lambda key=key: launch(proj, feat_t, wt, **_kw(key)) for key in ("1000", "1111", "1100 s4", "1100 t3")]
         for call in calls:
             call()  # builds before profiling
         torch.cuda.synchronize()
@@ -258,15 +290,20 @@ if __name__ == "__main__":
         torch.cuda.cudart().cudaProfilerStop()
         sys.exit(0)
     worst = 0.0
-    checks = ((2, 1008, 64, 128, 3, 256), (3, 4096, 256, 100, 2, 1024), (1, 8192, 128, 129, 3, 4096),
-              (2, 784, 32, 65, 1, 128), (2, 4096, 2048, 128, 3, 4096))
-    for B, T, C, K, KF, rows in () if part == "time" else checks:
+    # (B, T, C, K, KF, rows a program, deeper pipelines too): 128 rows a program walk 2-4 tiles, fewer than 6 stages
+    checks = ((2, 1008, 64, 128, 3, 256, True), (3, 4096, 256, 100, 2, 1024, False),
+              (1, 8192, 128, 129, 3, 4096, False), (2, 784, 32, 65, 1, 128, True), (2, 4096, 2048, 128, 3, 4096, True))
+    for B, T, C, K, KF, rows, deep in () if part == "time" else checks:
         proj = torch.randn(B, T, 3 * C, device="cuda", dtype=torch.bfloat16)
         feat_t = (torch.randn(3 * C, KF, device="cuda") / KF**0.5).t().contiguous()
         w32 = torch.randn(C // 16, K, device="cuda") / K**0.5
         for wt in (w32.bfloat16(), w32):
             ref = fir_ops._launch_mr_core(proj, feat_t, wt, None)
-            for bits in VARIANTS if wt.dtype == torch.bfloat16 else ("0000", "1000", "1111"):
+            if wt.dtype == torch.bfloat16:
+                keys = VARIANTS + DEEP * deep
+            else:
+                keys = ["0000", "1000", "1111"] + ["1111 s4", "1111 t2"] * deep
+            for bits in keys:
                 got = launch(proj, feat_t, wt, rows=rows, **_kw(bits))
                 diff = (ref.float() - got.float()).abs().max().item()
                 worst = max(worst, diff)
@@ -275,9 +312,10 @@ if __name__ == "__main__":
     print(f"largest difference from the Triton walk over all checks: {worst:.3e}")
     if part == "check":
         sys.exit(0)
-    print("| shape | filter | kernel (shfl_kv shfl_q overlap y2) | ms | x floor |")
+    print("| shape | filter | kernel (shfl_kv shfl_q overlap y2 [stages] [Toeplitz blocks in smem]) | ms | x floor |")
     print("|---|---|---|---:|---:|")
-    for B, T in ((8, 4096), (1, 32768)):
+    for shape in os.environ.get("TIME_SHAPES", "8x4096,1x32768").split(","):
+        B, T = map(int, shape.split("x"))
         C, K = 2048, 128
         proj = torch.randn(B, T, 3 * C, device="cuda", dtype=torch.bfloat16)
         feat_t = (torch.randn(3 * C, 3, device="cuda") / 3**0.5).t().contiguous()
@@ -288,15 +326,18 @@ if __name__ == "__main__":
             runs = [("Triton walk", lambda: fir_ops._launch_mr_core(proj, feat_t, wt, None))]
             if wt.dtype == torch.bfloat16:
                 runs.append(("Gluon walk (adopted)", lambda: launch_mr_forward(proj, feat_t, wt)))
-                runs += [(f"{bits}, {rows} rows, cap {cap}",
-                          lambda bits=bits, rows=rows, cap=cap: launch(proj, feat_t, wt, rows=rows, maxnreg=cap,
-                                                                       **_kw(bits)))
-                         for bits in VARIANTS for rows, cap in ((4096, None), (2048, None), (4096, 128))
-                         if rows == 4096 and cap is None or bits in ("1000", "1111")]
+                # (key, rows a program, register cap): 5 programs an SM (t2, t3) fill 1.55 waves at 4096 rows
+                # (1024 programs), so they run at 2048 and 1024 too; 1000 t2 needs the cap of 96 for 5
+                cases = [(key, 4096, None) for key in VARIANTS + DEEP] + [
+                    (key, rows, None) for key in ("1000", "1111", "1100 s4", "1100 t2", "1100 t3", "1111 t2")
+                    for rows in (2048, 1024)] + [
+                    ("1000", 4096, 128), ("1111", 4096, 128), ("1000 t2", 4096, 96), ("1000 t2", 2048, 96)]
             else:
-                runs += [(f"{bits}, cap {cap}", lambda bits=bits, cap=cap: launch(proj, feat_t, wt, maxnreg=cap,
-                                                                                  **_kw(bits)))
-                         for bits in ("0000", "1000", "1100", "1011", "1111") for cap in (None, 128)]
+                cases = [(key, 4096, cap) for key in ("0000", "1000", "1100", "1011", "1111", "1111 s4", "1111 t2")
+                         for cap in (None, 128)]
+            runs += [(f"{key}, {rows} rows, cap {cap}",
+                      lambda key=key, rows=rows, cap=cap: launch(proj, feat_t, wt, rows=rows, maxnreg=cap, **_kw(key)))
+                     for key, rows, cap in cases]
             for name, fn in runs:
                 try:
                     ms = gpu_ms(fn)
