@@ -19,12 +19,21 @@ input's rows copied once a tile instead of once per featurizer tap, and smaller 
 - TS (session 27): the filter's Toeplitz blocks read by wgmma from shared memory (blocks 0 and 2, or all three)
   instead of registers: 96 or 78 registers a thread instead of 124 (Triton 3.6), so 5 programs an SM instead of 4
   with shuffled k, v and q (shared memory bounds the fifth). That tests the second: more programs hide the chain.
+- ONE (session 27, with SHFL_Q): q, k and v's rows in one TMA copy (proj viewed as (B, 3, T, W), box
+  (1, 4, 64, BC): a box dimension must be a power of two, the fourth input is past the view and arrives as zeros),
+  their boundary rows in another. Triton 3.6 puts a CTA barrier beside every TMA copy into a buffer indexed at run
+  time (its shared-memory hazard pass cannot tell the copies' buffers apart), so the adopted walk waits at 14
+  barriers a tile, 10 of them around its 9 copies; this one at 7.
+
+The shuffles select on the lane inside the asm (one select a bf16 pair instead of two selects and three byte
+permutes) and widen bf16 to fp32 two at a time (two instructions a pair instead of three): with both, a tile's loop
+is 486 SASS instructions for 1100 and 397 with ONE, against 520 for the adopted walk (Triton 3.6, sm_90).
 
 Rows that are not packed, bf16 rows and filter, T a multiple of 16 (the block view), featurizers of <= 3 taps.
 Run on the H200 from the repository root: ``python benchmarks/results/hyena_h200_s26/exp_mr_gluon_shfl.py``
 (checks every variant against the Triton walk at odd shapes, bf16 and fp32 filters, then times them next to the
 adopted kernel and the Triton walk; ``PART=check`` or ``PART=time`` runs one half). Under Nsight Compute,
-``PART=ncu`` launches the adopted walk and variants 1000, 1111, 1100 s4 and 1100 t3 once each at 8 x 4096 x 2048:
+``PART=ncu`` launches the adopted walk and variants 1100, 1100 s4, 1100 o1, 1100 o1 t2 once each at 8 x 4096 x 2048:
 ``ncu --clock-control none --profile-from-start off --set full -o $OUT/mr python3 <this file>`` with PART=ncu."""
 import os
 import sys
@@ -45,73 +54,110 @@ from phalanx_kernels.gluon_fir import (  # noqa: E402 - the adopted kernel's hel
 
 @gluon.jit
 def _issue(PD, BD, mbufs, bbufs, bar, stage, b, t0, col, W: gl.constexpr, KF: gl.constexpr, BT: gl.constexpr,
-           BC: gl.constexpr, SHFL_KV: gl.constexpr, SHFL_Q: gl.constexpr, pred):
+           BC: gl.constexpr, SHFL_KV: gl.constexpr, SHFL_Q: gl.constexpr, ONE: gl.constexpr, pred):
     """Stage ``stage``'s copies of the tile from row t0: per input, rows [t0, t0 + BT) once (shuffled inputs) or
     rows [t0 - j, t0 - j + BT) for each tap j; for shuffled inputs also rows 16 m - 2, 16 m - 1 of the tile's four
-    blocks m (rows before the batch row's start arrive as zeros)."""
+    blocks m (rows before the batch row's start arrive as zeros). ONE: q, k, v's rows in one copy (PD a descriptor
+    over proj viewed as (B, 3, T, W), box (1, 4, BT, BC)) and their boundary rows in another (BD over
+    (B, 3, T / 16, 16, W), box (1, 4, 4, 2, BC))."""
     QN: gl.constexpr = 1 if SHFL_Q else KF
     KN: gl.constexpr = 1 if SHFL_KV else KF
     NM: gl.constexpr = QN + 2 * KN
     NB: gl.constexpr = (1 if SHFL_Q else 0) + (2 if SHFL_KV else 0)
     BND: gl.constexpr = NB if KF > 1 else 0
-    mbarrier.expect(bar, (NM * BT * BC + BND * 4 * 2 * BC) * 2, pred=pred)
-    for j in gl.static_range(QN):
-        _tma_load(PD, [b, t0 - j, col], bar, mbufs.index(stage * NM + j), pred=pred)
-    for i in gl.static_range(1, 3):
-        for j in gl.static_range(KN):
-            _tma_load(PD, [b, t0 - j, i * W + col], bar, mbufs.index(stage * NM + QN + (i - 1) * KN + j), pred=pred)
-    if KF > 1:
-        for s in gl.static_range(NB):  # inputs q, k, v or k, v
-            _tma_load(BD, [b, t0 // 16 - 1, 14, (s + 3 - NB) * W + col], bar, bbufs.index(stage * NB + s), pred=pred)
+    if ONE:  # boxes of 4 inputs (a power of two): the fourth is past the view's end and arrives as zeros
+        mbarrier.expect(bar, (4 * BT * BC + (4 * 4 * 2 * BC if KF > 1 else 0)) * 2, pred=pred)
+    else:
+        mbarrier.expect(bar, (NM * BT * BC + BND * 4 * 2 * BC) * 2, pred=pred)
+    if ONE:
+        _tma_load(PD, [b, 0, t0, col], bar, mbufs.index(stage), pred=pred)
+        if KF > 1:
+            _tma_load(BD, [b, 0, t0 // 16 - 1, 14, col], bar, bbufs.index(stage), pred=pred)
+    else:
+        for j in gl.static_range(QN):
+            _tma_load(PD, [b, t0 - j, col], bar, mbufs.index(stage * NM + j), pred=pred)
+        for i in gl.static_range(1, 3):
+            for j in gl.static_range(KN):
+                _tma_load(PD, [b, t0 - j, i * W + col], bar, mbufs.index(stage * NM + QN + (i - 1) * KN + j),
+                          pred=pred)
+        if KF > 1:
+            for s in gl.static_range(NB):  # inputs q, k, v or k, v
+                _tma_load(BD, [b, t0 // 16 - 1, 14, (s + 3 - NB) * W + col], bar, bbufs.index(stage * NB + s),
+                          pred=pred)
 
 
 @gluon.jit
-def _shift(x, bnd, rows, j: gl.constexpr):
+def _shift(x, bnd, j: gl.constexpr):
     """Rows t - j of the tile x (4 warps, 8, 2, BC) for tap j in 1, 2: lane l takes lane (l - 2j) mod 32's value;
-    lanes holding rows 16 - j.. of their warp's block (``rows``, the row in the block) send ``bnd``, the block
-    before's last rows, so that the first rows of each block get them."""
-    send = gl.where(rows >= 16 - j, bnd, x)
+    the lanes holding rows 16 - j.. of their warp's block (lanes 32 - 2j..) send ``bnd``, the block before's last
+    rows, so that the first rows of each block get them. One select and one shuffle a pair of bf16 (the select on
+    the lane, inside the asm: selecting bf16 elements apart costs two selects and three byte permutes a pair)."""
     if j == 1:
         out = gl.inline_asm_elementwise(
-            "{ .reg .u32 %ls; mov.u32 %ls, %laneid; sub.u32 %ls, %ls, 2; and.b32 %ls, %ls, 31; "
-            "shfl.sync.idx.b32 $0, $1, %ls, 31, -1; }", "=r,r", [send], dtype=gl.bfloat16, is_pure=True, pack=2)
+            "{ .reg .u32 %ls, %sv; .reg .pred %pw; mov.u32 %ls, %laneid; setp.ge.u32 %pw, %ls, 30; "
+            "selp.b32 %sv, $2, $1, %pw; sub.u32 %ls, %ls, 2; and.b32 %ls, %ls, 31; "
+            "shfl.sync.idx.b32 $0, %sv, %ls, 31, -1; }", "=r,r,r", [x, bnd], dtype=gl.bfloat16, is_pure=True, pack=2)
     else:
         out = gl.inline_asm_elementwise(
-            "{ .reg .u32 %ls; mov.u32 %ls, %laneid; sub.u32 %ls, %ls, 4; and.b32 %ls, %ls, 31; "
-            "shfl.sync.idx.b32 $0, $1, %ls, 31, -1; }", "=r,r", [send], dtype=gl.bfloat16, is_pure=True, pack=2)
+            "{ .reg .u32 %ls, %sv; .reg .pred %pw; mov.u32 %ls, %laneid; setp.ge.u32 %pw, %ls, 28; "
+            "selp.b32 %sv, $2, $1, %pw; sub.u32 %ls, %ls, 4; and.b32 %ls, %ls, 31; "
+            "shfl.sync.idx.b32 $0, %sv, %ls, 31, -1; }", "=r,r,r", [x, bnd], dtype=gl.bfloat16, is_pure=True, pack=2)
     return out
 
 
 @gluon.jit
-def _featurize_shfl(mbuf, bbuf, taps, inp: gl.constexpr, KF: gl.constexpr, BC: gl.constexpr, l4: gl.constexpr,
-                    rows):
-    """``sum_j f_j x[t - j]`` (4, 8, 2, BC) fp32 of input ``inp`` from one staged copy of the tile (mbuf) and the
-    rows before its blocks (bbuf), in the adopted walk's order of sums; taps (16, 1, 1, BC): row 3 inp + j."""
-    x = mbuf.reshape([4, 8, 2, BC]).load(l4)
+def _widen(x):
+    """bf16 -> fp32 (exact) two at a time: the low one shifted up, the high one masked (two instructions a pair
+    instead of three)."""
+    return gl.inline_asm_elementwise("{ shl.b32 $0, $2, 16; and.b32 $1, $2, 0xffff0000; }", "=r,=r,r", [x],
+                                     dtype=gl.float32, is_pure=True, pack=2)
+
+
+@gluon.jit
+def _featurize_shfl(mbuf, bbuf, taps, inp: gl.constexpr, KF: gl.constexpr, BC: gl.constexpr, l4: gl.constexpr):
+    """``sum_j f_j x[t - j]`` (4, 8, 2, BC) fp32 of input ``inp`` from one staged copy of the tile (mbuf,
+    (4, 8, 2, BC)) and the rows before its blocks (bbuf, (4, 1, 2, BC)), in the adopted walk's order of sums; taps
+    (16, 1, 1, BC): row 3 inp + j."""
+    x = mbuf.load(l4)
     acc = gl.zeros([4, 8, 2, BC], gl.float32, l4)
-    acc += taps.slice(3 * inp, 1).load(l4) * x.to(gl.float32)
+    acc += taps.slice(3 * inp, 1).load(l4) * _widen(x)
     if KF > 1:
-        bnd = bbuf.reshape([4, 1, 2, BC]).load(l4)
-        acc += taps.slice(3 * inp + 1, 1).load(l4) * _shift(x, bnd, rows, 1).to(gl.float32)
+        bnd = bbuf.load(l4)
+        acc += taps.slice(3 * inp + 1, 1).load(l4) * _widen(_shift(x, bnd, 1))
         if KF > 2:
-            acc += taps.slice(3 * inp + 2, 1).load(l4) * _shift(x, bnd, rows, 2).to(gl.float32)
+            acc += taps.slice(3 * inp + 2, 1).load(l4) * _widen(_shift(x, bnd, 2))
     return acc
+
+
+@gluon.jit
+def _staged(mbufs, bbufs, stage, inp: gl.constexpr, NM: gl.constexpr, NB: gl.constexpr, QN: gl.constexpr,
+            KN: gl.constexpr, ONE: gl.constexpr, BT: gl.constexpr, BC: gl.constexpr):
+    """Shuffled input ``inp``'s staged rows (4, 8, 2, BC) and boundary rows (4, 1, 2, BC) in stage ``stage``, as
+    the tile layout l4 reads them (a view is reshaped before it is cut: Gluon cannot reshape a cut view)."""
+    if ONE:
+        rows = mbufs.index(stage).reshape([16, 8, 2, BC]).slice(inp * 4, 4)
+        bnd = bbufs.index(stage).reshape([16, 1, 2, BC]).slice(inp * 4, 4)
+    else:
+        rows = mbufs.index(stage * NM + (0 if inp == 0 else QN + (inp - 1) * KN)).reshape([4, 8, 2, BC])
+        bnd = bbufs.index(stage * NB + inp - (3 - NB)).reshape([4, 1, 2, BC])
+    return rows, bnd
 
 
 @gluon.jit
 def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.constexpr, D: gl.constexpr,
                L: gl.constexpr, BT: gl.constexpr, BC: gl.constexpr, SHFL_KV: gl.constexpr, SHFL_Q: gl.constexpr,
-               OVERLAP: gl.constexpr, Y2: gl.constexpr, NS: gl.constexpr, TS: gl.constexpr,
+               OVERLAP: gl.constexpr, Y2: gl.constexpr, NS: gl.constexpr, TS: gl.constexpr, ONE: gl.constexpr,
                num_warps: gl.constexpr):
     """``gluon_fir._hyena_mr_gluon_kernel`` with the flags of the module docstring; BD: TMA descriptor of proj
     viewed as (B, T / 16, 16, 3W), box (1, 4, 2, BC). HG bf16 or fp32 (the Triton walk's split: each Toeplitz
     block's bf16 high part on wgmma from registers, then its bf16 remainder from shared memory). NS stages: tile
     i + NS - 1's copies are issued while tile i is computed (the adopted walk: 2). TS: the filter's Toeplitz
     blocks (high parts) read by wgmma from shared memory instead of registers: none (0, the adopted walk), blocks 0
-    and 2 (2) or all (3)."""
+    and 2 (2) or all (3). ONE (with SHFL_Q): two copies a tile, see ``_issue``."""
     gl.static_assert((BT == 64) & (BC == 16) & (num_warps == 4) & (NS >= 2) & ((TS == 0) | (TS == 2) | (TS == 3)))
     gl.static_assert(K <= 2 * BT + 1)
     gl.static_assert(KF <= 3)
+    gl.static_assert(SHFL_Q | (not ONE))
     acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BC, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_l, k_width=2)
     row_l: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])  # 16-byte vectors of a row
@@ -157,13 +203,13 @@ def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.c
                                          mask=(r < 9) & (r % 3 < KF), other=0.0))
     _cta_barrier()
     taps2 = taps.reshape([16, BC])
-    hr = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, l4))))
-    lr = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, l4))))
-    rows = gl.expand_dims(gl.expand_dims(gl.expand_dims(hr, 0), 2), 3) * 2 \
-        + gl.expand_dims(gl.expand_dims(gl.expand_dims(lr, 0), 1), 3)  # (1, 8, 2, 1): a lane's row in its block
 
-    mbufs = gl.allocate_shared_memory(gl.bfloat16, [NS * NM, 1, BT, BC], PD.layout)
-    bbufs = gl.allocate_shared_memory(gl.bfloat16, [NS * NB if NB > 0 else 1, 1, 4, 2, BC], BD.layout)
+    if ONE:  # a stage: q, k, v's rows (1, 4, BT, BC) and their boundary rows (1, 4, 4, 2, BC), the 4th zeros
+        mbufs = gl.allocate_shared_memory(gl.bfloat16, [NS, 1, 4, BT, BC], PD.layout)
+        bbufs = gl.allocate_shared_memory(gl.bfloat16, [NS, 1, 4, 4, 2, BC], BD.layout)
+    else:
+        mbufs = gl.allocate_shared_memory(gl.bfloat16, [NS * NM, 1, BT, BC], PD.layout)
+        bbufs = gl.allocate_shared_memory(gl.bfloat16, [NS * NB if NB > 0 else 1, 1, 4, 2, BC], BD.layout)
     z_smem = gl.allocate_shared_memory(gl.bfloat16, [BT, BC], gl.NVMMASharedLayout.get_default_for([BT, BC],
                                                                                                    gl.bfloat16))
     y_smem = gl.allocate_shared_memory(gl.bfloat16, [NY, 1, BT, BC], YD.layout)
@@ -174,7 +220,8 @@ def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.c
     start = gl.maximum(lo - 2 * BT, 0)
     n = gl.cdiv(hi - start, BT)
     for s in gl.static_range(NS - 1):
-        _issue(PD, BD, mbufs, bbufs, bars.index(s), s, b, start + s * BT, col, W, KF, BT, BC, SHFL_KV, SHFL_Q, s < n)
+        _issue(PD, BD, mbufs, bbufs, bars.index(s), s, b, start + s * BT, col, W, KF, BT, BC, SHFL_KV, SHFL_Q, ONE,
+               s < n)
     c1 = gl.zeros([BT, BC], gl.float32, acc_l)
     c2 = gl.zeros([BT, BC], gl.float32, acc_l)
     for i in range(n):
@@ -184,14 +231,13 @@ def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.c
         _cta_barrier()  # every warp is done with it before TMA refills it
         fence_async_shared()
         _issue(PD, BD, mbufs, bbufs, bars.index(ahead), ahead, b, t0 + (NS - 1) * BT, col, W, KF, BT, BC, SHFL_KV,
-               SHFL_Q, i + NS - 1 < n)
+               SHFL_Q, ONE, i + NS - 1 < n)
         mbarrier.wait(bars.index(stage), (i // NS) & 1)
         if SHFL_KV:
-            z = gl.reshape(
-                _featurize_shfl(mbufs.index(stage * NM + QN), bbufs.index(stage * NB + NB - 2), taps, 1, KF, BC, l4,
-                                rows)
-                * _featurize_shfl(mbufs.index(stage * NM + QN + 1), bbufs.index(stage * NB + NB - 1), taps, 2, KF,
-                                  BC, l4, rows), [BT, BC]).to(gl.bfloat16)
+            k_rows, k_bnd = _staged(mbufs, bbufs, stage, 1, NM, NB, QN, KN, ONE, BT, BC)
+            v_rows, v_bnd = _staged(mbufs, bbufs, stage, 2, NM, NB, QN, KN, ONE, BT, BC)
+            z = gl.reshape(_featurize_shfl(k_rows, k_bnd, taps, 1, KF, BC, l4)
+                           * _featurize_shfl(v_rows, v_bnd, taps, 2, KF, BC, l4), [BT, BC]).to(gl.bfloat16)
         else:
             z = (_featurize(mbufs, stage * NM + QN, taps2, 1, KF, BT, BC, row_l)
                  * _featurize(mbufs, stage * NM + QN + KN, taps2, 2, KF, BT, BC, row_l)).to(gl.bfloat16)
@@ -209,16 +255,18 @@ def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.c
             c2 = warpgroup_mma(lo_s.index(2), z_smem, c2, is_async=True)
         if OVERLAP:
             if SHFL_Q:
-                q = gl.convert_layout(gl.reshape(_featurize_shfl(mbufs.index(stage * NM), bbufs.index(stage * NB),
-                                                                 taps, 0, KF, BC, l4, rows), [BT, BC]), acc_l)
+                q_rows, q_bnd = _staged(mbufs, bbufs, stage, 0, NM, NB, QN, KN, ONE, BT, BC)
+                q = gl.convert_layout(gl.reshape(_featurize_shfl(q_rows, q_bnd, taps, 0, KF, BC, l4), [BT, BC]),
+                                      acc_l)
             else:
                 q = _featurize(mbufs, stage * NM, taps2, 0, KF, BT, BC, acc_l)
         acc, c1, c2 = warpgroup_mma_wait(0, deps=(acc, c1, c2))
         if t0 >= lo:
             if not OVERLAP:
                 if SHFL_Q:
-                    q = gl.convert_layout(gl.reshape(_featurize_shfl(mbufs.index(stage * NM), bbufs.index(stage * NB),
-                                                                     taps, 0, KF, BC, l4, rows), [BT, BC]), acc_l)
+                    q_rows, q_bnd = _staged(mbufs, bbufs, stage, 0, NM, NB, QN, KN, ONE, BT, BC)
+                    q = gl.convert_layout(gl.reshape(_featurize_shfl(q_rows, q_bnd, taps, 0, KF, BC, l4), [BT, BC]),
+                                          acc_l)
                 else:
                     q = _featurize(mbufs, stage * NM, taps2, 0, KF, BT, BC, acc_l)
             _store_tile(YD, y_smem.index(((t0 - lo) // BT) % NY), (q * acc).to(gl.bfloat16), b, t0, col, NY - 1, BT,
@@ -230,7 +278,7 @@ def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.c
 
 def launch(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, rows: int = 4096,
            shfl_kv: bool = True, shfl_q: bool = False, overlap: bool = False, y2: bool = False, stages: int = 2,
-           toeplitz_smem: int = 0, maxnreg: int | None = None) -> torch.Tensor:
+           toeplitz_smem: int = 0, one_copy: bool = False, maxnreg: int | None = None) -> torch.Tensor:
     """y (B, T, W) bf16 of the experimental walk; proj (B, T, 3W) bf16 with T a multiple of 16, feat_t (KF, 3W),
     weight (W / 16k, K) bf16 or fp32 (offline sm_90 builds, Triton 3.6: 146-149 registers a thread with an fp32
     filter, 3 programs an SM; a cap of 128 spills only before the loop)."""
@@ -239,32 +287,40 @@ def launch(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, rows:
     groups, taps = weight.shape
     assert T % 16 == 0, "the block view needs T to be a multiple of 16"
     assert shfl_kv or not shfl_q, "shfl_q needs shfl_kv (the boundary buffers hold q, k, v or k, v)"
+    assert shfl_q or not one_copy, "one_copy needs shfl_q (one copy holds q, k and v)"
     y = proj.new_empty(B, T, W)
     flat3 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=3)
     flat4 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=4)
-    pd = TensorDescriptor(proj, [B, T, F], [T * F, F, 1], [1, BLOCK_T, BLOCK_C], flat3)
-    bd = TensorDescriptor(proj, [B, T // 16, 16, F], [T * F, 16 * F, F, 1], [1, 4, 2, BLOCK_C], flat4)
+    if one_copy:  # proj viewed as (B, 3, T, W) and (B, 3, T / 16, 16, W): q, k, v (and zeros) in one box each
+        flat5 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=5)
+        pd = TensorDescriptor(proj, [B, 3, T, W], [T * F, W, F, 1], [1, 4, BLOCK_T, BLOCK_C], flat4)
+        bd = TensorDescriptor(proj, [B, 3, T // 16, 16, W], [T * F, W, 16 * F, F, 1], [1, 4, 4, 2, BLOCK_C], flat5)
+    else:
+        pd = TensorDescriptor(proj, [B, T, F], [T * F, F, 1], [1, BLOCK_T, BLOCK_C], flat3)
+        bd = TensorDescriptor(proj, [B, T // 16, 16, F], [T * F, 16 * F, F, 1], [1, 4, 2, BLOCK_C], flat4)
     yd = TensorDescriptor(y, [B, T, W], [T * W, W, 1], [1, BLOCK_T, BLOCK_C], flat3)
     _mr_kernel[(triton.cdiv(T, rows), W // BLOCK_C, B)](
         pd, bd, yd, feat_t.float().contiguous(), weight.contiguous(), T, W=W, KF=feat_t.shape[0], K=taps,
         D=W // groups, L=rows, BT=BLOCK_T, BC=BLOCK_C, SHFL_KV=shfl_kv, SHFL_Q=shfl_q, OVERLAP=overlap, Y2=y2,
-        NS=stages, TS=toeplitz_smem, num_warps=4, maxnreg=maxnreg)
+        NS=stages, TS=toeplitz_smem, ONE=one_copy, num_warps=4, maxnreg=maxnreg)
     return y
 
 
 FLAGS = ("shfl_kv", "shfl_q", "overlap", "y2")
 VARIANTS = ["0000", "0010", "0001", "0011", "1000", "1010", "1001", "1011", "1100", "1110", "1111"]  # 2 stages
-# More stages (sN), Toeplitz blocks from shared memory (tN: 5 programs an SM instead of 4 for shuffled k, v, q)
-DEEP = ["0000 s3", "1000 s3", "1000 s4", "1100 s4", "1100 s6", "1111 s3", "1111 s4",
-        "1000 t2", "1100 t2", "1100 t3", "1111 t2", "1100 s3 t2"]
+# More stages (sN), Toeplitz blocks from shared memory (tN: 5 programs an SM instead of 4 for shuffled k, v, q), one
+# copy of q, k, v a tile (o1)
+DEEP = ["0000 s3", "1000 s4", "1100 s4", "1111 s4", "1000 t2", "1100 t2", "1100 t3", "1111 t2",
+        "1100 o1", "1110 o1", "1111 o1", "1100 o1 s3", "1100 o1 s4", "1100 o1 t2", "1111 o1 t2", "1100 o1 t3"]
 
 
 def _kw(key: str) -> dict:
     """launch's keyword arguments of a variant key: the flags' bits, then optionally sN (stages), tN (Toeplitz
-    blocks in shared memory)."""
+    blocks in shared memory), o1 (one copy of q, k, v a tile)."""
     bits, *more = key.split()
     opts = {w[0]: int(w[1:]) for w in more}
-    return {**{f: b == "1" for f, b in zip(FLAGS, bits)}, "stages": opts.get("s", 2), "toeplitz_smem": opts.get("t", 0)}
+    return {**{f: b == "1" for f, b in zip(FLAGS, bits)}, "stages": opts.get("s", 2), "toeplitz_smem": opts.get("t", 0),
+            "one_copy": bool(opts.get("o", 0))}
 
 
 if __name__ == "__main__":
@@ -272,14 +328,15 @@ if __name__ == "__main__":
     from phalanx_kernels import fir_ops
     from phalanx_kernels.gluon_fir import launch_mr_forward
 
-    part = os.environ.get("PART", "all")  # check, time, all (the checks build about 100 kernels: minutes) or ncu
+    part = os.environ.get("PART", "all")  # check, time, all (the checks build about 120 kernels: minutes) or ncu
     torch.manual_seed(0)
-    if part == "ncu":  # one launch each of the adopted walk and two variants between cudaProfilerStart and Stop
+    if part == "ncu":  # one launch each of the adopted walk and four variants between cudaProfilerStart and Stop
         proj = torch.randn(8, 4096, 3 * 2048, device="cuda", dtype=torch.bfloat16)
         feat_t = (torch.randn(3 * 2048, 3, device="cuda") / 3**0.5).t().contiguous()
         wt = (torch.randn(2048 // 16, 128, device="cuda") / 128**0.5).bfloat16()
         calls = [lambda: launch_mr_forward(proj, feat_t, wt)] + [
-            lambda key=key: launch(proj, feat_t, wt, **_kw(key)) for key in ("1000", "1111", "1100 s4", "1100 t3")]
+            lambda key=key: launch(proj, feat_t, wt, **_kw(key))
+            for key in ("1100", "1100 s4", "1100 o1", "1100 o1 t2")]
         for call in calls:
             call()  # builds before profiling
         torch.cuda.synchronize()
@@ -302,7 +359,7 @@ if __name__ == "__main__":
             if wt.dtype == torch.bfloat16:
                 keys = VARIANTS + DEEP * deep
             else:
-                keys = ["0000", "1000", "1111"] + ["1111 s4", "1111 t2"] * deep
+                keys = ["0000", "1000", "1111", "1111 o1"] + ["1111 s4", "1111 o1 t2"] * deep
             for bits in keys:
                 got = launch(proj, feat_t, wt, rows=rows, **_kw(bits))
                 diff = (ref.float() - got.float()).abs().max().item()
@@ -329,12 +386,13 @@ if __name__ == "__main__":
                 # (key, rows a program, register cap): 5 programs an SM (t2, t3) fill 1.55 waves at 4096 rows
                 # (1024 programs), so they run at 2048 and 1024 too; 1000 t2 needs the cap of 96 for 5
                 cases = [(key, 4096, None) for key in VARIANTS + DEEP] + [
-                    (key, rows, None) for key in ("1000", "1111", "1100 s4", "1100 t2", "1100 t3", "1111 t2")
+                    (key, rows, None) for key in ("1000", "1111", "1100 s4", "1100 t2", "1100 t3", "1111 t2",
+                                                  "1100 o1", "1100 o1 t2", "1111 o1 t2")
                     for rows in (2048, 1024)] + [
                     ("1000", 4096, 128), ("1111", 4096, 128), ("1000 t2", 4096, 96), ("1000 t2", 2048, 96)]
             else:
-                cases = [(key, 4096, cap) for key in ("0000", "1000", "1100", "1011", "1111", "1111 s4", "1111 t2")
-                         for cap in (None, 128)]
+                cases = [(key, 4096, cap) for key in ("0000", "1000", "1100", "1011", "1111", "1111 s4", "1111 t2",
+                                                      "1111 o1", "1111 o1 t2") for cap in (None, 128)]
             runs += [(f"{key}, {rows} rows, cap {cap}",
                       lambda key=key, rows=rows, cap=cap: launch(proj, feat_t, wt, rows=rows, maxnreg=cap, **_kw(key)))
                      for key, rows, cap in cases]
