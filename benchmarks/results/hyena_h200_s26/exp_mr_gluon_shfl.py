@@ -19,21 +19,22 @@ input's rows copied once a tile instead of once per featurizer tap, and smaller 
 - TS (session 27): the filter's Toeplitz blocks read by wgmma from shared memory (blocks 0 and 2, or all three)
   instead of registers: 96 or 78 registers a thread instead of 124 (Triton 3.6), so 5 programs an SM instead of 4
   with shuffled k, v and q (shared memory bounds the fifth). That tests the second: more programs hide the chain.
-- ONE (session 27, with SHFL_Q): q, k and v's rows in one TMA copy (proj viewed as (B, 3, T, W), box
+- ONE (session 27; q, k, v all shuffled or none): q, k and v's rows in one TMA copy (proj viewed as (B, 3, T, W), box
   (1, 4, 64, BC): a box dimension must be a power of two, the fourth input is past the view and arrives as zeros),
   their boundary rows in another. Triton 3.6 puts a CTA barrier beside every TMA copy into a buffer indexed at run
   time (its shared-memory hazard pass cannot tell the copies' buffers apart), so the adopted walk waits at 14
-  barriers a tile, 10 of them around its 9 copies; this one at 7.
+  barriers a tile, 10 of them around its 9 copies; this one at 7. Without shuffles: one copy of q, k, v a tap.
 
 The shuffles select on the lane inside the asm (one select a bf16 pair instead of two selects and three byte
 permutes) and widen bf16 to fp32 two at a time (two instructions a pair instead of three): with both, a tile's loop
-is 486 SASS instructions for 1100 and 397 with ONE, against 520 for the adopted walk (Triton 3.6, sm_90).
+is 486 SASS instructions for 1100 and 397 with ONE, against 520 for the adopted walk (Triton 3.6, sm_90); the
+adopted walk with ONE and the same widening (0000 o1) is 355.
 
 Rows that are not packed, bf16 rows and filter, T a multiple of 16 (the block view), featurizers of <= 3 taps.
 Run on the H200 from the repository root: ``python benchmarks/results/hyena_h200_s26/exp_mr_gluon_shfl.py``
 (checks every variant against the Triton walk at odd shapes, bf16 and fp32 filters, then times them next to the
 adopted kernel and the Triton walk; ``PART=check`` or ``PART=time`` runs one half). Under Nsight Compute,
-``PART=ncu`` launches the adopted walk and variants 1100, 1100 s4, 1100 o1, 1100 o1 t2 once each at 8 x 4096 x 2048:
+``PART=ncu`` launches the adopted walk and variants 1100, 0000 o1, 1100 o1, 1100 o1 t2 once each at 8 x 4096 x 2048:
 ``ncu --clock-control none --profile-from-start off --set full -o $OUT/mr python3 <this file>`` with PART=ncu."""
 import os
 import sys
@@ -59,21 +60,23 @@ def _issue(PD, BD, mbufs, bbufs, bar, stage, b, t0, col, W: gl.constexpr, KF: gl
     rows [t0 - j, t0 - j + BT) for each tap j; for shuffled inputs also rows 16 m - 2, 16 m - 1 of the tile's four
     blocks m (rows before the batch row's start arrive as zeros). ONE: q, k, v's rows in one copy (PD a descriptor
     over proj viewed as (B, 3, T, W), box (1, 4, BT, BC)) and their boundary rows in another (BD over
-    (B, 3, T / 16, 16, W), box (1, 4, 4, 2, BC))."""
+    (B, 3, T / 16, 16, W), box (1, 4, 4, 2, BC)) when all three are shuffled; one copy a tap when none is."""
     QN: gl.constexpr = 1 if SHFL_Q else KF
     KN: gl.constexpr = 1 if SHFL_KV else KF
     NM: gl.constexpr = QN + 2 * KN
     NB: gl.constexpr = (1 if SHFL_Q else 0) + (2 if SHFL_KV else 0)
     BND: gl.constexpr = NB if KF > 1 else 0
-    if ONE:  # boxes of 4 inputs (a power of two): the fourth is past the view's end and arrives as zeros
+    if ONE and SHFL_KV:  # boxes of 4 inputs (a power of two): the fourth is past the view and arrives as zeros
         mbarrier.expect(bar, (4 * BT * BC + (4 * 4 * 2 * BC if KF > 1 else 0)) * 2, pred=pred)
-    else:
-        mbarrier.expect(bar, (NM * BT * BC + BND * 4 * 2 * BC) * 2, pred=pred)
-    if ONE:
         _tma_load(PD, [b, 0, t0, col], bar, mbufs.index(stage), pred=pred)
         if KF > 1:
             _tma_load(BD, [b, 0, t0 // 16 - 1, 14, col], bar, bbufs.index(stage), pred=pred)
+    elif ONE:  # q, k, v's rows [t0 - j, t0 - j + BT) in one copy a tap j
+        mbarrier.expect(bar, KF * 4 * BT * BC * 2, pred=pred)
+        for j in gl.static_range(KF):
+            _tma_load(PD, [b, 0, t0 - j, col], bar, mbufs.index(stage * KF + j), pred=pred)
     else:
+        mbarrier.expect(bar, (NM * BT * BC + BND * 4 * 2 * BC) * 2, pred=pred)
         for j in gl.static_range(QN):
             _tma_load(PD, [b, t0 - j, col], bar, mbufs.index(stage * NM + j), pred=pred)
         for i in gl.static_range(1, 3):
@@ -130,6 +133,18 @@ def _featurize_shfl(mbuf, bbuf, taps, inp: gl.constexpr, KF: gl.constexpr, BC: g
 
 
 @gluon.jit
+def _featurize_taps(mbufs, stage, taps, inp: gl.constexpr, KF: gl.constexpr, BT: gl.constexpr, BC: gl.constexpr,
+                    layout: gl.constexpr):
+    """``gluon_fir._featurize`` from the one-copy-a-tap buffers (ONE, nothing shuffled): input ``inp``'s rows of the
+    copy of tap j, (BT, BC) in ``layout``; taps (16, BC)."""
+    acc = gl.zeros([BT, BC], gl.float32, layout)
+    for j in gl.static_range(KF):
+        x = mbufs.index(stage * KF + j).reshape([4 * BT, BC]).slice(inp * BT, BT).load(layout)
+        acc += taps.slice(3 * inp + j, 1).load(layout) * _widen(x)
+    return acc
+
+
+@gluon.jit
 def _staged(mbufs, bbufs, stage, inp: gl.constexpr, NM: gl.constexpr, NB: gl.constexpr, QN: gl.constexpr,
             KN: gl.constexpr, ONE: gl.constexpr, BT: gl.constexpr, BC: gl.constexpr):
     """Shuffled input ``inp``'s staged rows (4, 8, 2, BC) and boundary rows (4, 1, 2, BC) in stage ``stage``, as
@@ -153,11 +168,11 @@ def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.c
     block's bf16 high part on wgmma from registers, then its bf16 remainder from shared memory). NS stages: tile
     i + NS - 1's copies are issued while tile i is computed (the adopted walk: 2). TS: the filter's Toeplitz
     blocks (high parts) read by wgmma from shared memory instead of registers: none (0, the adopted walk), blocks 0
-    and 2 (2) or all (3). ONE (with SHFL_Q): two copies a tile, see ``_issue``."""
+    and 2 (2) or all (3). ONE (q, k, v all shuffled or none): fewer, larger copies, see ``_issue``."""
     gl.static_assert((BT == 64) & (BC == 16) & (num_warps == 4) & (NS >= 2) & ((TS == 0) | (TS == 2) | (TS == 3)))
     gl.static_assert(K <= 2 * BT + 1)
     gl.static_assert(KF <= 3)
-    gl.static_assert(SHFL_Q | (not ONE))
+    gl.static_assert((SHFL_Q == SHFL_KV) | (not ONE))
     acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BC, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_l, k_width=2)
     row_l: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])  # 16-byte vectors of a row
@@ -204,9 +219,12 @@ def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.c
     _cta_barrier()
     taps2 = taps.reshape([16, BC])
 
-    if ONE:  # a stage: q, k, v's rows (1, 4, BT, BC) and their boundary rows (1, 4, 4, 2, BC), the 4th zeros
+    if ONE and SHFL_KV:  # a stage: q, k, v's rows (1, 4, BT, BC) and their boundary rows (1, 4, 4, 2, BC)
         mbufs = gl.allocate_shared_memory(gl.bfloat16, [NS, 1, 4, BT, BC], PD.layout)
         bbufs = gl.allocate_shared_memory(gl.bfloat16, [NS, 1, 4, 4, 2, BC], BD.layout)
+    elif ONE:  # a stage: q, k, v's rows shifted by each tap (KF, 1, 4, BT, BC); no boundary rows
+        mbufs = gl.allocate_shared_memory(gl.bfloat16, [NS * KF, 1, 4, BT, BC], PD.layout)
+        bbufs = mbufs  # not read
     else:
         mbufs = gl.allocate_shared_memory(gl.bfloat16, [NS * NM, 1, BT, BC], PD.layout)
         bbufs = gl.allocate_shared_memory(gl.bfloat16, [NS * NB if NB > 0 else 1, 1, 4, 2, BC], BD.layout)
@@ -238,6 +256,9 @@ def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.c
             v_rows, v_bnd = _staged(mbufs, bbufs, stage, 2, NM, NB, QN, KN, ONE, BT, BC)
             z = gl.reshape(_featurize_shfl(k_rows, k_bnd, taps, 1, KF, BC, l4)
                            * _featurize_shfl(v_rows, v_bnd, taps, 2, KF, BC, l4), [BT, BC]).to(gl.bfloat16)
+        elif ONE:
+            z = (_featurize_taps(mbufs, stage, taps2, 1, KF, BT, BC, row_l)
+                 * _featurize_taps(mbufs, stage, taps2, 2, KF, BT, BC, row_l)).to(gl.bfloat16)
         else:
             z = (_featurize(mbufs, stage * NM + QN, taps2, 1, KF, BT, BC, row_l)
                  * _featurize(mbufs, stage * NM + QN + KN, taps2, 2, KF, BT, BC, row_l)).to(gl.bfloat16)
@@ -258,6 +279,8 @@ def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.c
                 q_rows, q_bnd = _staged(mbufs, bbufs, stage, 0, NM, NB, QN, KN, ONE, BT, BC)
                 q = gl.convert_layout(gl.reshape(_featurize_shfl(q_rows, q_bnd, taps, 0, KF, BC, l4), [BT, BC]),
                                       acc_l)
+            elif ONE:
+                q = _featurize_taps(mbufs, stage, taps2, 0, KF, BT, BC, acc_l)
             else:
                 q = _featurize(mbufs, stage * NM, taps2, 0, KF, BT, BC, acc_l)
         acc, c1, c2 = warpgroup_mma_wait(0, deps=(acc, c1, c2))
@@ -267,6 +290,8 @@ def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.c
                     q_rows, q_bnd = _staged(mbufs, bbufs, stage, 0, NM, NB, QN, KN, ONE, BT, BC)
                     q = gl.convert_layout(gl.reshape(_featurize_shfl(q_rows, q_bnd, taps, 0, KF, BC, l4), [BT, BC]),
                                           acc_l)
+                elif ONE:
+                    q = _featurize_taps(mbufs, stage, taps2, 0, KF, BT, BC, acc_l)
                 else:
                     q = _featurize(mbufs, stage * NM, taps2, 0, KF, BT, BC, acc_l)
             _store_tile(YD, y_smem.index(((t0 - lo) // BT) % NY), (q * acc).to(gl.bfloat16), b, t0, col, NY - 1, BT,
@@ -287,7 +312,7 @@ def launch(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor, rows:
     groups, taps = weight.shape
     assert T % 16 == 0, "the block view needs T to be a multiple of 16"
     assert shfl_kv or not shfl_q, "shfl_q needs shfl_kv (the boundary buffers hold q, k, v or k, v)"
-    assert shfl_q or not one_copy, "one_copy needs shfl_q (one copy holds q, k and v)"
+    assert shfl_q == shfl_kv or not one_copy, "one_copy needs q, k and v all shuffled or none"
     y = proj.new_empty(B, T, W)
     flat3 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=3)
     flat4 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=4)
@@ -311,7 +336,8 @@ VARIANTS = ["0000", "0010", "0001", "0011", "1000", "1010", "1001", "1011", "110
 # More stages (sN), Toeplitz blocks from shared memory (tN: 5 programs an SM instead of 4 for shuffled k, v, q), one
 # copy of q, k, v a tile (o1)
 DEEP = ["0000 s3", "1000 s4", "1100 s4", "1111 s4", "1000 t2", "1100 t2", "1100 t3", "1111 t2",
-        "1100 o1", "1110 o1", "1111 o1", "1100 o1 s3", "1100 o1 s4", "1100 o1 t2", "1111 o1 t2", "1100 o1 t3"]
+        "1100 o1", "1110 o1", "1111 o1", "1100 o1 s3", "1100 o1 s4", "1100 o1 t2", "1111 o1 t2", "1100 o1 t3",
+        "0000 o1", "0010 o1", "0011 o1"]
 
 
 def _kw(key: str) -> dict:
@@ -336,7 +362,7 @@ if __name__ == "__main__":
         wt = (torch.randn(2048 // 16, 128, device="cuda") / 128**0.5).bfloat16()
         calls = [lambda: launch_mr_forward(proj, feat_t, wt)] + [
             lambda key=key: launch(proj, feat_t, wt, **_kw(key))
-            for key in ("1100", "1100 s4", "1100 o1", "1100 o1 t2")]
+            for key in ("1100", "0000 o1", "1100 o1", "1100 o1 t2")]
         for call in calls:
             call()  # builds before profiling
         torch.cuda.synchronize()
@@ -387,7 +413,7 @@ if __name__ == "__main__":
                 # (1024 programs), so they run at 2048 and 1024 too; 1000 t2 needs the cap of 96 for 5
                 cases = [(key, 4096, None) for key in VARIANTS + DEEP] + [
                     (key, rows, None) for key in ("1000", "1111", "1100 s4", "1100 t2", "1100 t3", "1111 t2",
-                                                  "1100 o1", "1100 o1 t2", "1111 o1 t2")
+                                                  "1100 o1", "1100 o1 t2", "1111 o1 t2", "0000 o1")
                     for rows in (2048, 1024)] + [
                     ("1000", 4096, 128), ("1111", 4096, 128), ("1000 t2", 4096, 96), ("1000 t2", 2048, 96)]
             else:
