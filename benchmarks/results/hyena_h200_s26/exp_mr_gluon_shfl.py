@@ -30,7 +30,8 @@ permutes) and widen bf16 to fp32 two at a time (two instructions a pair instead 
 is 486 SASS instructions for 1100 and 397 with ONE, against 520 for the adopted walk (Triton 3.6, sm_90); the
 adopted walk with ONE and the same widening (0000 o1) is 355.
 
-Rows that are not packed, bf16 rows and filter, T a multiple of 16 (the block view), featurizers of <= 3 taps.
+Rows that are not packed, bf16 rows, a bf16 or fp32 filter, T a multiple of 16 (the block view), featurizers of <= 3
+taps.
 Run on the H200 from the repository root: ``python benchmarks/results/hyena_h200_s26/exp_mr_gluon_shfl.py``
 (checks every variant against the Triton walk at odd shapes, bf16 and fp32 filters, then times them next to the
 adopted kernel and the Triton walk; ``PART=check`` or ``PART=time`` runs one half). Under Nsight Compute,
