@@ -9,10 +9,10 @@ PART=${1:?usage: run.sh check|time|ncu}
 : "${OUT:?OUT must name the folder for the logs (the device tool sets it)}"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/../../gpu_env.sh"
-{
-  nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
-  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-} >"$OUT/env.txt"
+{  # the machine and versions, for the record (a failure here must not stop the run)
+  nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader || true
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" || true
+} >"$OUT/env.txt" 2>&1
 case $PART in
   check)  # two processes, so that a variant faulting the GPU in one spoils only its own group
     PART=check KEYS=-o1 timeout 320 python3 "$HERE/exp_mr_gluon_shfl.py" 2>&1 | tee "$OUT/check.log" || true
