@@ -160,6 +160,21 @@ def _staged(mbufs, bbufs, stage, inp: gl.constexpr, NM: gl.constexpr, NB: gl.con
 
 
 @gluon.jit
+def _featurize_q(mbufs, bbufs, stage, taps, NM: gl.constexpr, NB: gl.constexpr, QN: gl.constexpr, KN: gl.constexpr,
+                 KF: gl.constexpr, SHFL_Q: gl.constexpr, ONE: gl.constexpr, BT: gl.constexpr, BC: gl.constexpr,
+                 l4: gl.constexpr, acc_l: gl.constexpr):
+    """q featurized (BT, BC) in the accumulator's layout acc_l, by the path the flags pick; taps (16, 1, 1, BC)."""
+    if SHFL_Q:
+        q_rows, q_bnd = _staged(mbufs, bbufs, stage, 0, NM, NB, QN, KN, ONE, BT, BC)
+        q = gl.convert_layout(gl.reshape(_featurize_shfl(q_rows, q_bnd, taps, 0, KF, BC, l4), [BT, BC]), acc_l)
+    elif ONE:
+        q = _featurize_taps(mbufs, stage, taps.reshape([16, BC]), 0, KF, BT, BC, acc_l)
+    else:
+        q = _featurize(mbufs, stage * NM, taps.reshape([16, BC]), 0, KF, BT, BC, acc_l)
+    return q
+
+
+@gluon.jit
 def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.constexpr, D: gl.constexpr,
                L: gl.constexpr, BT: gl.constexpr, BC: gl.constexpr, SHFL_KV: gl.constexpr, SHFL_Q: gl.constexpr,
                OVERLAP: gl.constexpr, Y2: gl.constexpr, NS: gl.constexpr, TS: gl.constexpr, ONE: gl.constexpr,
@@ -276,25 +291,11 @@ def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.c
         if H32:
             c2 = warpgroup_mma(lo_s.index(2), z_smem, c2, is_async=True)
         if OVERLAP:
-            if SHFL_Q:
-                q_rows, q_bnd = _staged(mbufs, bbufs, stage, 0, NM, NB, QN, KN, ONE, BT, BC)
-                q = gl.convert_layout(gl.reshape(_featurize_shfl(q_rows, q_bnd, taps, 0, KF, BC, l4), [BT, BC]),
-                                      acc_l)
-            elif ONE:
-                q = _featurize_taps(mbufs, stage, taps2, 0, KF, BT, BC, acc_l)
-            else:
-                q = _featurize(mbufs, stage * NM, taps2, 0, KF, BT, BC, acc_l)
+            q = _featurize_q(mbufs, bbufs, stage, taps, NM, NB, QN, KN, KF, SHFL_Q, ONE, BT, BC, l4, acc_l)
         acc, c1, c2 = warpgroup_mma_wait(0, deps=(acc, c1, c2))
         if t0 >= lo:
             if not OVERLAP:
-                if SHFL_Q:
-                    q_rows, q_bnd = _staged(mbufs, bbufs, stage, 0, NM, NB, QN, KN, ONE, BT, BC)
-                    q = gl.convert_layout(gl.reshape(_featurize_shfl(q_rows, q_bnd, taps, 0, KF, BC, l4), [BT, BC]),
-                                          acc_l)
-                elif ONE:
-                    q = _featurize_taps(mbufs, stage, taps2, 0, KF, BT, BC, acc_l)
-                else:
-                    q = _featurize(mbufs, stage * NM, taps2, 0, KF, BT, BC, acc_l)
+                q = _featurize_q(mbufs, bbufs, stage, taps, NM, NB, QN, KN, KF, SHFL_Q, ONE, BT, BC, l4, acc_l)
             _store_tile(YD, y_smem.index(((t0 - lo) // BT) % NY), (q * acc).to(gl.bfloat16), b, t0, col, NY - 1, BT,
                         BC)
     tma.store_wait(0)
