@@ -2,7 +2,7 @@
 # One device call per part of the Hyena-MR experiment in this folder (issue 20), everything written under $OUT:
 #   bash benchmarks/results/hyena_h200_s26/run.sh check  # every variant against the Triton walk (~140 kernel builds)
 #   bash benchmarks/results/hyena_h200_s26/run.sh time   # the timing table (TIME_SHAPES=8x4096: one shape of two)
-#   bash benchmarks/results/hyena_h200_s26/run.sh ncu    # Nsight Compute: the adopted walk and four variants, with
+#   bash benchmarks/results/hyena_h200_s26/run.sh ncu    # Nsight Compute: the adopted walk and five variants, with
 #                                                        # the details page and the raw metrics as text
 set -euo pipefail
 PART=${1:?usage: run.sh check|time|ncu}
