@@ -184,13 +184,14 @@ def _mr_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.c
                L: gl.constexpr, BT: gl.constexpr, BC: gl.constexpr, SHFL_KV: gl.constexpr, SHFL_Q: gl.constexpr,
                OVERLAP: gl.constexpr, Y2: gl.constexpr, NS: gl.constexpr, TS: gl.constexpr, ONE: gl.constexpr,
                D2: gl.constexpr, num_warps: gl.constexpr):
-    """``gluon_fir._hyena_mr_gluon_kernel`` with the flags of the module docstring; BD: TMA descriptor of proj
-    viewed as (B, T / 16, 16, 3W), box (1, 4, 2, BC). HG bf16 or fp32 (the Triton walk's split: each Toeplitz
-    block's bf16 high part on wgmma from registers, then its bf16 remainder from shared memory). NS stages: tile
-    i + NS - 1's copies are issued while tile i is computed (the adopted walk: 2). TS: the filter's Toeplitz
-    blocks (high parts) read by wgmma from shared memory instead of registers: none (0, the adopted walk), blocks 0
-    and 2 (2) or all (3). ONE (q, k, v all shuffled or none): fewer, larger copies, see ``_issue``. D2 (with ONE and
-    shuffles, a bf16 filter, no OVERLAP): two tiles an iteration, sharing the copies, the barriers and the y store."""
+    """``gluon_fir._hyena_mr_gluon_kernel`` with the flags of the module docstring; PD, BD: TMA descriptors of proj (B,
+    T, 3W) and of proj viewed as (B, T / 16, 16, 3W), box (1, 4, 2, BC), or with ONE the views of ``_issue``. HG
+    bf16 or fp32 (the Triton walk's split: each Toeplitz block's bf16 high part on wgmma from registers, then its
+    bf16 remainder from shared memory). NS stages: tile i + NS - 1's copies are issued while tile i is computed (the
+    adopted walk: 2). TS: the filter's Toeplitz blocks (high parts) read by wgmma from shared memory instead of
+    registers: none (0, the adopted walk), blocks 0 and 2 (2) or all (3). ONE (q, k, v all shuffled or none): fewer,
+    larger copies, see ``_issue``. D2 (with ONE and shuffles, a bf16 filter, no OVERLAP): two tiles an iteration,
+    sharing the copies, the barriers and the y store."""
     gl.static_assert((BT == 64) & (BC == 16) & (num_warps == 4) & (NS >= 2) & ((TS == 0) | (TS == 2) | (TS == 3)))
     gl.static_assert(K <= 2 * BT + 1)
     gl.static_assert(KF <= 3)
