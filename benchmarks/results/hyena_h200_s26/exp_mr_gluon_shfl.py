@@ -63,14 +63,14 @@ def _issue(PD, BD, mbufs, bbufs, bar, stage, b, t0, col, W: gl.constexpr, KF: gl
     rows [t0 - j, t0 - j + BT) for each tap j; for shuffled inputs also rows 16 m - 2, 16 m - 1 of the tile's four
     blocks m (rows before the batch row's start arrive as zeros). ONE: q, k, v's rows in one copy (PD a descriptor
     over proj viewed as (B, 3, T, W), box (1, 4, BT, BC)) and their boundary rows in another (BD over
-    (B, 3, T / 16, 16, W), box (1, 4, 4, 2, BC)) when all three are shuffled; one copy a tap when none is."""
+    (B, 3, T / 16, 16, W), box (1, 4, BT / 16, 2, BC)) when all three are shuffled; one copy a tap when none is."""
     QN: gl.constexpr = 1 if SHFL_Q else KF
     KN: gl.constexpr = 1 if SHFL_KV else KF
     NM: gl.constexpr = QN + 2 * KN
     NB: gl.constexpr = (1 if SHFL_Q else 0) + (2 if SHFL_KV else 0)
     BND: gl.constexpr = NB if KF > 1 else 0
     if ONE and SHFL_KV:  # boxes of 4 inputs (a power of two): the fourth is past the view and arrives as zeros
-        mbarrier.expect(bar, (4 * BT * BC + (4 * 4 * 2 * BC if KF > 1 else 0)) * 2, pred=pred)
+        mbarrier.expect(bar, (4 * BT * BC + (4 * (BT // 16) * 2 * BC if KF > 1 else 0)) * 2, pred=pred)
         _tma_load(PD, [b, 0, t0, col], bar, mbufs.index(stage), pred=pred)
         if KF > 1:
             _tma_load(BD, [b, 0, t0 // 16 - 1, 14, col], bar, bbufs.index(stage), pred=pred)
