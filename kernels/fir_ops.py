@@ -10,7 +10,7 @@ in PyTorch (differentiable, traceable by ``torch.compile``).
 ``hyena_core(proj, featurizer, weight, cu_seqlens=...) -> y`` is the whole Hyena-SE / -MR core
 ``q * (h * (k * v))`` from zero states (training), fused: its forward scans rows in one pass for filters of up to
 8 taps (Hyena-SE), and walks 64-row tiles in one pass, with the filter's Toeplitz blocks on tensor cores, for
-filters of 33-129 taps shared by groups of 16k channels (Hyena-MR; on Hopper, for bf16 rows and filter, a Gluon
+filters of 33-129 taps shared by groups of 16k channels (Hyena-MR; on Hopper, for bf16 rows, a Gluon
 version of that walk, ``gluon_fir``); longer shared filters take two tensor-core passes.
 
 Runs CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
@@ -40,9 +40,10 @@ from .triton_fir import (
 
 try:  # the Gluon forward of the Hyena-MR walk (Hopper); Triton's Gluon API is experimental
     from .gluon_fir import MAX_FEATURIZER_TAPS as _GLUON_MAX_FEATURIZER_TAPS
+    from .gluon_fir import MIN_ROWS as _GLUON_MIN_ROWS
     from .gluon_fir import launch_mr_forward as _launch_mr_gluon
 except (ImportError, AttributeError):  # a Triton without it: the Triton walk runs everywhere
-    _launch_mr_gluon, _GLUON_MAX_FEATURIZER_TAPS = None, 0
+    _launch_mr_gluon, _GLUON_MAX_FEATURIZER_TAPS, _GLUON_MIN_ROWS = None, 0, 0
 _GLUON_FAILED: list[Exception] = []  # the error that turned the Gluon walk off in this process, if one did
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -182,12 +183,14 @@ def _launch_mr_core(
 
 def _mr_gluon_eligible(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor,
                        cu_seqlens: torch.Tensor | None) -> bool:
-    """Whether the Hyena-MR forward takes the Gluon walk (``gluon_fir``; 0.246 ms against 0.287 for the Triton walk
-    on the H200 at 8 x 4096 x 2048, ``benchmarks/results/hyena_h200_s25/``): Hopper, bf16 rows and filter (one
-    Toeplitz part), rows that are not packed and 16-byte aligned (TMA), featurizers of up to 3 taps, and a Triton
-    whose Gluon builds it (a failure turns it off for the process, with a warning)."""
+    """Whether the Hyena-MR forward takes the Gluon walk (``gluon_fir``; 0.217 ms against 0.285 for the Triton walk
+    with a bf16 filter, 0.287 against 0.488 with an fp32 one, on the H200 at 8 x 4096 x 2048,
+    ``benchmarks/results/hyena_h200_s28/``): Hopper, bf16 rows, a bf16 or fp32 filter, rows that are not packed,
+    16-byte aligned (TMA) and at least 16 a batch row, featurizers of up to 3 taps, and a Triton whose Gluon builds
+    it (a failure turns it off for the process, with a warning)."""
     return (_launch_mr_gluon is not None and not _GLUON_FAILED and cu_seqlens is None
-            and proj.dtype == weight.dtype == torch.bfloat16 and feat_t.shape[0] <= _GLUON_MAX_FEATURIZER_TAPS
+            and proj.dtype == torch.bfloat16 and weight.dtype in (torch.bfloat16, torch.float32)
+            and feat_t.shape[0] <= _GLUON_MAX_FEATURIZER_TAPS and proj.shape[1] >= _GLUON_MIN_ROWS
             and proj.data_ptr() % 16 == 0 and proj.is_cuda and torch.cuda.get_device_capability(proj.device) == (9, 0))
 
 

@@ -312,35 +312,55 @@ def test_mr_forward_falls_back_to_the_triton_walk_when_gluon_fails(monkeypatch) 
 
 
 def test_mr_gluon_forward_is_chosen_only_on_hopper_for_bf16_unpacked_rows() -> None:
-    """The Gluon walk needs an sm_90 GPU, bf16 rows and filter, rows that are not packed and featurizers of up to 3
-    taps; anything else keeps the Triton walk."""
+    """The Gluon walk needs an sm_90 GPU, bf16 rows, a bf16 or fp32 filter, rows that are not packed and at least 16
+    a batch row, and featurizers of up to 3 taps; anything else keeps the Triton walk."""
     proj = torch.zeros(1, 64, 96, dtype=torch.bfloat16, device=DEVICE)
     feat_t, w = torch.zeros(3, 96, device=DEVICE), torch.zeros(2, 40, dtype=torch.bfloat16, device=DEVICE)
     hopper = DEVICE == "cuda" and torch.cuda.get_device_capability() == (9, 0) and fir_ops._launch_mr_gluon is not None
     assert fir_ops._mr_gluon_eligible(proj, feat_t, w, None) == hopper
+    assert fir_ops._mr_gluon_eligible(proj, feat_t, w.float(), None) == hopper
     cu = torch.tensor([0, 64], device=DEVICE)
-    for args in ((proj, feat_t, w.float(), None), (proj.half(), feat_t, w.half(), None), (proj, feat_t, w, cu),
-                 (proj, torch.zeros(4, 96, device=DEVICE), w, None)):
+    for args in ((proj.half(), feat_t, w.half(), None), (proj.float(), feat_t, w.float(), None), (proj, feat_t, w, cu),
+                 (proj, torch.zeros(4, 96, device=DEVICE), w, None), (proj[:, :15], feat_t, w, None)):
         assert not fir_ops._mr_gluon_eligible(*args)
 
 
+def test_mr_gluon_launch_names_bad_arguments() -> None:
+    """The Gluon walk's launcher refuses, before any copy, rows a program that its iterations do not divide (128
+    rows with a bf16 filter, 64 with an fp32 one) and batch rows shorter than one 16-row block."""
+    if fir_ops._launch_mr_gluon is None:
+        pytest.skip("this Triton has no Gluon")
+    proj, feat_t = torch.zeros(1, 64, 96, dtype=torch.bfloat16), torch.zeros(3, 96)
+    w = torch.zeros(2, 40, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="rows_per_program must be a multiple of 128, got 192"):
+        fir_ops._launch_mr_gluon(proj, feat_t, w, rows_per_program=192)
+    with pytest.raises(ValueError, match="rows_per_program must be a multiple of 64, got 96"):
+        fir_ops._launch_mr_gluon(proj, feat_t, w.float(), rows_per_program=96)
+    with pytest.raises(ValueError, match="needs at least 16 rows a batch row, got 15"):
+        fir_ops._launch_mr_gluon(proj[:, :15], feat_t, w)
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("filter_dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape,taps,featurizer_taps,rows_per_program", [
-    ((2, 1000, 192), 128, 3, 256),  # a last tile past the rows, programs meeting inside a row
+    ((2, 1000, 192), 128, 3, 256),  # a last tile past the rows, programs meeting inside a row, a partial block
     ((3, 4096, 768), 100, 2, 4096),
     ((1, 8192, 384), 65, 1, 1024),  # two Toeplitz blocks' worth of taps
     ((2, 777, 96), 129, 3, 4096),  # the longest filter, rows shorter than a program
+    ((2, 40, 96), 33, 2, 128),  # rows shorter than a tile: the second tile of the only iteration is past them
 ])
-def test_cuda_mr_gluon_walk_matches_float64(shape, taps: int, featurizer_taps: int, rows_per_program: int) -> None:
-    """The Gluon Hyena-MR forward (H100/H200) against the float64 reference in bf16, and ``hyena_core`` taking it
-    for such inputs; filters shared by 16 channels."""
+def test_cuda_mr_gluon_walk_matches_float64(shape, taps: int, featurizer_taps: int, rows_per_program: int,
+                                            filter_dtype: torch.dtype) -> None:
+    """The Gluon Hyena-MR forward (H100/H200) against the float64 reference in bf16, with a bf16 filter and with an
+    fp32 one (mixed-precision training's weights), and ``hyena_core`` taking it for such inputs with outputs
+    bitwise equal to the Triton walk's; filters shared by 16 channels."""
     if torch.cuda.get_device_capability() != (9, 0) or fir_ops._launch_mr_gluon is None:
         pytest.skip("the Gluon walk runs on sm_90 with a Triton that has Gluon")
     gen = torch.Generator().manual_seed(taps + shape[1])
     width = shape[-1] // 3
     proj = torch.randn(shape, generator=gen, dtype=torch.float64).to(torch.bfloat16)
     feat = torch.randn(3 * width, featurizer_taps, generator=gen, dtype=torch.float64) / featurizer_taps**0.5
-    w = (torch.randn(width // 16, taps, generator=gen, dtype=torch.float64) / taps**0.5).to(torch.bfloat16)
+    w = (torch.randn(width // 16, taps, generator=gen, dtype=torch.float64) / taps**0.5).to(filter_dtype)
     ref = hyena_reference(proj.double(), feat, w.double().repeat_interleave(16, 0), [shape[1]] * shape[0])
     args = proj.cuda(), feat.float().cuda(), w.cuda()
     y = fir_ops._launch_mr_gluon(args[0], args[1].t().contiguous(), args[2], rows_per_program=rows_per_program)
@@ -348,6 +368,8 @@ def test_cuda_mr_gluon_walk_matches_float64(shape, taps: int, featurizer_taps: i
     assert_close(y, ref, torch.bfloat16, "y")
     whole = fir_ops._launch_mr_gluon(args[0], args[1].t().contiguous(), args[2])
     torch.testing.assert_close(fir_ops.hyena_core(*args), whole, rtol=0, atol=0)
+    torch.testing.assert_close(whole, fir_ops._launch_mr_core(args[0], args[1].t().contiguous(), args[2], None),
+                               rtol=0, atol=0)
     # A bf16 featurizer (a bf16 model's parameters) takes the same walk and gives the same y from its rounded taps.
     feat16 = args[1].bfloat16()
     torch.testing.assert_close(fir_ops.hyena_core(args[0], feat16, args[2]),
