@@ -340,6 +340,43 @@ def test_mr_gluon_launch_names_bad_arguments() -> None:
         fir_ops._launch_mr_gluon(proj[:, :15], feat_t, w)
 
 
+GLUON_BUILD_PROBE = """
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon._runtime import GluonASTSource
+from phalanx_kernels import gluon_fir
+rows = 64 if sys.argv[1] == "fp32" else 128  # rows an iteration
+flat = [gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=r) for r in (3, 4, 5)]
+sig = {"PD": f"tensordesc<bf16[1, 4, {rows}, 16],{flat[1]!r}>",
+       "BD": f"tensordesc<bf16[1, 4, {rows // 16}, 2, 16],{flat[2]!r}>",
+       "YD": f"tensordesc<bf16[1, {rows}, 16],{flat[0]!r}>", "FT": "*fp32", "HG": "*" + sys.argv[1], "T": "i32"}
+consts = {"W": 2048, "KF": 3, "K": 128, "D": 16, "L": 4096, "BT": 64, "BC": 16, "num_warps": 4}
+sig.update(dict.fromkeys(consts, "constexpr"))
+src = GluonASTSource(fn=gluon_fir._hyena_mr_gluon_kernel, signature=sig,
+                     constexprs={(list(sig).index(k),): v for k, v in consts.items()})
+kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                        options={"num_warps": 4, "maxnreg": gluon_fir.MAXNREG})
+print(kernel.metadata.shared)
+"""
+
+
+@pytest.mark.parametrize("filter_dtype", ["bf16", "fp32"])
+def test_mr_gluon_walk_builds_for_hopper_with_four_programs_an_sm(filter_dtype: str) -> None:
+    """Compiled for an H100/H200 (no GPU needed; outside the interpreter, so in a subprocess), the Gluon walk builds
+    under this Triton (Gluon's API moves between releases: a break shows here, not only on the GPU machine) and its
+    shared memory lets 4 programs share an SM (228 KB, 1 KB of it reserved a program), as its speed assumes."""
+    if fir_ops._launch_mr_gluon is None:
+        pytest.skip("this Triton has no Gluon")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", GLUON_BUILD_PROBE, filter_dtype], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    shared = int(run.stdout.split()[-1])
+    assert 4 * (shared + 1024) <= 228 * 1024, shared
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("filter_dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape,taps,featurizer_taps,rows_per_program", [
