@@ -122,7 +122,8 @@ def _toeplitz(HG, group, blk: gl.constexpr, K: gl.constexpr, BT: gl.constexpr, l
 def _push(h0, h1, h2, lo_s, z, c1, c2, zeros, H32: gl.constexpr):
     """Issue the wgmma that push one tile's z (shared memory) through the three Toeplitz blocks: its own output
     (``c1`` plus block 0's part) and the next two tiles' partial outputs; with an fp32 filter each block's bf16
-    remainder (``lo_s``) follows its high part; ``zeros`` starts the last. Returns (output, next c1, next c2), not yet waited for."""
+    remainder (``lo_s``) follows its high part; ``zeros`` starts the last. Returns (output, next c1, next c2), not
+    yet waited for."""
     acc = warpgroup_mma(h0, z, c1, is_async=True)
     if H32:
         acc = warpgroup_mma(lo_s.index(0), z, acc, is_async=True)
