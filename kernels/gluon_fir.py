@@ -45,9 +45,11 @@ _cta_barrier = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier
 _tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
 _tma_store = tma.async_store if hasattr(tma, "async_store") else tma.async_copy_shared_to_global
 BLOCK_T = 64  # rows of a tile (the Triton walk's MR_BLOCK_T)
-BLOCK_C = 16  # channels of a program: the wgmma's N; groups of 16k channels share a filter
+WARPGROUPS = 2  # warpgroups a program with a bf16 filter, each 16 channels (the wgmma's N) with its own filter
 MAX_FEATURIZER_TAPS = 3  # taps a warp shuffle reaches (rows t - 1, t - 2 from the block before's last two rows)
 MIN_ROWS = 16  # rows of a batch row: the boundary view needs one 16-row block
+SWIZZLE_ROWS = False  # q, k, v's rows in shared memory swizzled (their width in bytes) against bank conflicts
+SWIZZLE_Y = False  # y's rows likewise
 MAXNREG = 128  # registers a thread: 4 programs an SM (an fp32 filter's split needs the cap; a bf16 one fits)
 
 
@@ -110,11 +112,23 @@ def _featurize(rows, bnds, stage, taps, inp: gl.constexpr, h: gl.constexpr, KF: 
 
 
 @gluon.jit
-def _toeplitz(HG, group, blk: gl.constexpr, K: gl.constexpr, BT: gl.constexpr, layout: gl.constexpr):
-    """Toeplitz block ``blk`` of the group's filter, ``h[i - j + blk * BT]`` (BT, BT), zero outside the taps."""
+def _warpgroup(x):
+    """The warpgroup (``%tid.x // 128``) of the thread holding each element of x, as int32."""
+    return gl.inline_asm_elementwise("{ .reg .u32 %t; mov.u32 %t, %tid.x; shr.u32 $0, %t, 7; }", "=r,r", [x],
+                                     dtype=gl.int32, is_pure=True, pack=1)
+
+
+@gluon.jit
+def _toeplitz(HG, col, blk: gl.constexpr, K: gl.constexpr, D: gl.constexpr, BT: gl.constexpr,
+              layout: gl.constexpr):
+    """Toeplitz block ``blk``, ``h[i - j + blk * BT]`` (BT, BT), zero outside the taps, of the filter of channels
+    [col + 16 w, col + 16 w + 16) for the warpgroup w holding it. With several warpgroups the wgmma's A layout
+    repeats the block in each (they split N, the channels), so each warpgroup loads its own channels' filter into
+    its copy: one program serves several filter groups with the same registers a thread."""
     i = gl.expand_dims(gl.arange(0, BT, layout=gl.SliceLayout(1, layout)), 1)
     j = gl.expand_dims(gl.arange(0, BT, layout=gl.SliceLayout(0, layout)), 0)
     lag = i - j + blk * BT
+    group = (col + 16 * _warpgroup(lag)) // D
     return gl.load(HG + group * K + lag, mask=(lag >= 0) & (lag < K), other=0.0)
 
 
@@ -145,34 +159,35 @@ def _hyena_mr_gluon_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.conste
     viewed as (B, 3, T, W) and as (B, 3, T / 16, 16, W) (``_issue``), and of y (B, T, W), boxes of an iteration's
     rows, unswizzled; FT (KF, 3W) fp32 featurizer taps; HG (W / D, K) bf16 or fp32 filters (fp32: one tile an
     iteration, else two)."""
-    gl.static_assert((BT == 64) & (BC == 16) & (num_warps == 4))
+    WG: gl.constexpr = BC // 16  # warpgroups: each takes 16 channels (the wgmma's N) with its own filter
+    gl.static_assert((BT == 64) & (BC == 16 * WG) & (num_warps == 4 * WG))
     gl.static_assert(K <= 2 * BT + 1)
     gl.static_assert(KF <= 3)  # MAX_FEATURIZER_TAPS
     H32: gl.constexpr = HG.dtype.element_ty == gl.float32
     TILES: gl.constexpr = 1 if H32 else 2  # tiles an iteration
     RT: gl.constexpr = TILES * BT
     gl.static_assert(L % RT == 0)
-    acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BC, 16])
+    gl.static_assert((WG == 1) | (not H32))  # an fp32 filter's remainders are A operands in shared memory: one
+    acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, WG], instr_shape=[16, 16, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_l, k_width=2)
     # (warp, row // 2, row % 2, channel): lane l of a warp holds row l // 2 of the warp's 16-row block
-    l4: gl.constexpr = gl.BlockedLayout([1, 1, 1, 8], [1, 8, 2, 2], [4, 1, 1, 1], [3, 2, 1, 0])
-    taps_l: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])
+    l4: gl.constexpr = gl.BlockedLayout([1, 1, 1, 8], [1, 8, 2, 2], [4, 1, 1, WG], [3, 2, 1, 0])
+    taps_l: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, WG], [1, 0])
     toe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])  # remainders on their way to smem
 
     lo = gl.program_id(0) * L
     col = gl.program_id(1) * BC
     b = gl.program_id(2)
     hi = gl.minimum(lo + L, T)
-    group = col // D
-    h0 = _toeplitz(HG, group, 0, K, BT, a_l).to(gl.bfloat16)
-    h1 = _toeplitz(HG, group, 1, K, BT, a_l).to(gl.bfloat16)
-    h2 = _toeplitz(HG, group, 2, K, BT, a_l).to(gl.bfloat16)
+    h0 = _toeplitz(HG, col, 0, K, D, BT, a_l).to(gl.bfloat16)
+    h1 = _toeplitz(HG, col, 1, K, D, BT, a_l).to(gl.bfloat16)
+    h2 = _toeplitz(HG, col, 2, K, D, BT, a_l).to(gl.bfloat16)
     taps = gl.allocate_shared_memory(gl.float32, [16, 1, 1, BC], gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
     if H32:  # the remainders wait in shared memory (A operands from there: registers hold the high parts)
         lo_s = gl.allocate_shared_memory(gl.bfloat16, [3, BT, BT],
                                          gl.NVMMASharedLayout.get_default_for([BT, BT], gl.bfloat16))
         for blk in gl.static_range(3):
-            toe = _toeplitz(HG, group, blk, K, BT, toe_l)
+            toe = _toeplitz(HG, col, blk, K, D, BT, toe_l)
             lo_s.index(blk).store((toe - toe.to(gl.bfloat16).to(gl.float32)).to(gl.bfloat16))
     else:
         lo_s = taps  # not read
@@ -236,32 +251,40 @@ def _hyena_mr_gluon_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.conste
 
 
 def launch_mr_forward(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor,
-                      rows_per_program: int = 4096) -> torch.Tensor:
+                      rows_per_program: int = 4096, warpgroups: int | None = None) -> torch.Tensor:
     """y (B, T >= 16, W) bf16 from proj (B, T, 3W) bf16 (contiguous), feat_t (KF <= 3, 3W) and the filter weight
     (W / D, K <= 129) bf16 or fp32, shared by groups of D = 16k channels; ``rows_per_program`` rows a program, a
     multiple of 128 (of 64 for an fp32 filter): 4096 was the fastest of 1024, 2048 and 4096 on the H200
-    (``benchmarks/results/hyena_h200_s28/``)."""
+    (``benchmarks/results/hyena_h200_s28/``); ``warpgroups`` of 16 channels each a program (one with an fp32
+    filter), by default the most of ``WARPGROUPS`` that divide the channels."""
     batch, seqlen, features = proj.shape
     width = features // 3
     groups, taps = weight.shape
+    if warpgroups is None:
+        warpgroups = 1 if weight.dtype == torch.float32 else max(g for g in (1, WARPGROUPS) if width % (16 * g) == 0)
+    if warpgroups not in (1, 2, 4) or width % (16 * warpgroups) or (warpgroups > 1 and weight.dtype == torch.float32):
+        raise ValueError(f"warpgroups must be 1, 2 or 4 (1 with an fp32 filter) and divide the {width} channels into "
+                         f"16-channel blocks, got {warpgroups}")
     rows_per_iteration = BLOCK_T * (1 if weight.dtype == torch.float32 else 2)
     if rows_per_program % rows_per_iteration:
         raise ValueError(f"rows_per_program must be a multiple of {rows_per_iteration}, got {rows_per_program}")
     if seqlen < MIN_ROWS:
         raise ValueError(f"the Gluon walk needs at least {MIN_ROWS} rows a batch row, got {seqlen}")
     y = proj.new_empty(batch, seqlen, width)
-    flat = [gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=rank) for rank in (3, 4, 5)]
+    channels = 16 * warpgroups
+    flat = [gl.NVMMASharedLayout(swizzle_byte_width=2 * channels if swizzled else 0, element_bitwidth=16, rank=rank)
+            for rank, swizzled in ((3, SWIZZLE_Y), (4, SWIZZLE_ROWS), (5, SWIZZLE_ROWS))]
     # proj as (B, 3, T, W): input i's row t at [b, i, t]; and as (B, 3, T / 16, 16, W) for the rows before blocks
     # (a last partial block needs only the full one before it)
     pd = TensorDescriptor(proj, [batch, 3, seqlen, width], [seqlen * features, width, features, 1],
-                          [1, 4, rows_per_iteration, BLOCK_C], flat[1])
+                          [1, 4, rows_per_iteration, channels], flat[1])
     bd = TensorDescriptor(proj, [batch, 3, seqlen // 16, 16, width], [seqlen * features, width, 16 * features,
                                                                       features, 1],
-                          [1, 4, rows_per_iteration // 16, 2, BLOCK_C], flat[2])
-    yd = TensorDescriptor(y, [batch, seqlen, width], [seqlen * width, width, 1], [1, rows_per_iteration, BLOCK_C],
+                          [1, 4, rows_per_iteration // 16, 2, channels], flat[2])
+    yd = TensorDescriptor(y, [batch, seqlen, width], [seqlen * width, width, 1], [1, rows_per_iteration, channels],
                           flat[0])
-    _hyena_mr_gluon_kernel[(triton.cdiv(seqlen, rows_per_program), width // BLOCK_C, batch)](
+    _hyena_mr_gluon_kernel[(triton.cdiv(seqlen, rows_per_program), width // channels, batch)](
         pd, bd, yd, feat_t.float().contiguous(), weight.contiguous(), seqlen, W=width, KF=feat_t.shape[0], K=taps,
-        D=width // groups, L=rows_per_program, BT=BLOCK_T, BC=BLOCK_C, num_warps=4, maxnreg=MAXNREG,
+        D=width // groups, L=rows_per_program, BT=BLOCK_T, BC=channels, num_warps=4 * warpgroups, maxnreg=MAXNREG,
     )
     return y
