@@ -17,3 +17,9 @@ if [ "$(cat "$SITE/.phalanx_installed" 2>/dev/null)" != "$STAMP" ]; then
 fi
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+
+# record_machine FILE: the GPU, its driver and clock, torch and Triton, for a run's record.
+record_machine() {
+  { nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
+    python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } >"$1" 2>&1
+}

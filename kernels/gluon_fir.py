@@ -8,10 +8,13 @@ by hand, because the walk is bound by on-chip traffic and per-tile overhead, not
 - One TMA copy brings a tile's q, k and v rows into shared memory (proj viewed as (B, 3, T, W)), one tile ahead
   (two stages, an mbarrier each), and a second copy the two rows before each 16-row block (proj viewed as
   (B, 3, T / 16, 16, W)). Rows outside the batch row arrive as zeros, so nothing is masked.
-- The featurizers read each row once: in the tile layout a warp holds a 16-row block, lane l row l // 2, so the
-  rows shifted by tap j come from lane (l - 2j) mod 32 by a warp shuffle, the lanes that would wrap sending the
-  block before's rows instead. (A Gluon shared-memory view may only start at a multiple of its length, so reading
-  one copy at three row offsets is not possible; a copy a tap was 9 copies a tile and 0.260 ms at 8 x 4096 x 2048.)
+- The featurizers read each row once and keep their taps in registers: a thread holds 4 consecutive rows of 2
+  channels (a warp a 16-row block), so rows t - 1 and t - 2 are its own but for the first rows of each 4, which come
+  from the lane 8 before by a warp shuffle, the lanes that would wrap sending the block before's rows instead. (A
+  Gluon shared-memory view may only start at a multiple of its length, so reading one copy at three row offsets is
+  not possible; a copy a tap was 9 copies a tile and 0.260 ms at 8 x 4096 x 2048. A thread of 1 row and 8 channels
+  shuffled every shifted row and read its taps from shared memory: 664 instructions an iteration against 507.) q
+  goes to the wgmma's layout through shared memory, written before the barrier that precedes the wgmma.
 - With a bf16 filter, two tiles an iteration share the copies, the CTA barriers (Triton puts one beside every TMA
   copy), the mbarrier wait and one 128-row y store: fewer instructions and barriers a tile. An fp32 filter takes
   the Triton walk's split (each Toeplitz block's bf16 high part on wgmma from registers, then its bf16 remainder
@@ -45,11 +48,9 @@ _cta_barrier = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier
 _tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
 _tma_store = tma.async_store if hasattr(tma, "async_store") else tma.async_copy_shared_to_global
 BLOCK_T = 64  # rows of a tile (the Triton walk's MR_BLOCK_T)
-WARPGROUPS = 2  # warpgroups a program with a bf16 filter, each 16 channels (the wgmma's N) with its own filter
+BLOCK_C = 16  # channels of a program: the wgmma's N; groups of 16k channels share a filter
 MAX_FEATURIZER_TAPS = 3  # taps a warp shuffle reaches (rows t - 1, t - 2 from the block before's last two rows)
 MIN_ROWS = 16  # rows of a batch row: the boundary view needs one 16-row block
-SWIZZLE_ROWS = False  # q, k, v's rows in shared memory swizzled (their width in bytes) against bank conflicts
-SWIZZLE_Y = False  # y's rows likewise
 MAXNREG = 128  # registers a thread: 4 programs an SM (an fp32 filter's split needs the cap; a bf16 one fits)
 
 
@@ -67,22 +68,14 @@ def _issue(PD, BD, rows, bnds, bar, stage, b, t0, col, KF: gl.constexpr, RT: gl.
 
 
 @gluon.jit
-def _shift(x, bnd, j: gl.constexpr):
-    """Rows t - j of the tile x (4 warps, 8, 2, BC) for tap j in 1, 2: lane l takes lane (l - 2j) mod 32's value;
-    the lanes holding rows 16 - j.. of their warp's block (lanes 32 - 2j..) send ``bnd``, the block before's last
-    rows, so that the first rows of each block get them. One select and one shuffle a pair of bf16 (the select on
-    the lane, inside the asm)."""
-    if j == 1:
-        out = gl.inline_asm_elementwise(
-            "{ .reg .u32 %ls, %sv; .reg .pred %pw; mov.u32 %ls, %laneid; setp.ge.u32 %pw, %ls, 30; "
-            "selp.b32 %sv, $2, $1, %pw; sub.u32 %ls, %ls, 2; and.b32 %ls, %ls, 31; "
-            "shfl.sync.idx.b32 $0, %sv, %ls, 31, -1; }", "=r,r,r", [x, bnd], dtype=gl.bfloat16, is_pure=True, pack=2)
-    else:
-        out = gl.inline_asm_elementwise(
-            "{ .reg .u32 %ls, %sv; .reg .pred %pw; mov.u32 %ls, %laneid; setp.ge.u32 %pw, %ls, 28; "
-            "selp.b32 %sv, $2, $1, %pw; sub.u32 %ls, %ls, 4; and.b32 %ls, %ls, 31; "
-            "shfl.sync.idx.b32 $0, %sv, %ls, 31, -1; }", "=r,r,r", [x, bnd], dtype=gl.bfloat16, is_pure=True, pack=2)
-    return out
+def _from_previous(x, bnd):
+    """Row 4 g - 1 (or - 2) for row group g from x, row 3 (or 2) of each group: lane l takes lane (l - 8) mod 32's
+    value; lanes 24.. (the last group of their warp's 16-row block) send ``bnd``, the block before's row instead, so
+    that each block's first group gets it. One select and one shuffle a pair of bf16 (the select inside the asm)."""
+    return gl.inline_asm_elementwise(
+        "{ .reg .u32 %ls, %sv; .reg .pred %pw; mov.u32 %ls, %laneid; setp.ge.u32 %pw, %ls, 24; "
+        "selp.b32 %sv, $2, $1, %pw; sub.u32 %ls, %ls, 8; and.b32 %ls, %ls, 31; "
+        "shfl.sync.idx.b32 $0, %sv, %ls, 31, -1; }", "=r,r,r", [x, bnd], dtype=gl.bfloat16, is_pure=True, pack=2)
 
 
 @gluon.jit
@@ -94,41 +87,69 @@ def _widen(x):
 
 
 @gluon.jit
-def _featurize(rows, bnds, stage, taps, inp: gl.constexpr, h: gl.constexpr, KF: gl.constexpr, RT: gl.constexpr,
-               BC: gl.constexpr, l4: gl.constexpr):
-    """``sum_j f_j x[t - j]`` (4, 8, 2, BC) fp32 of input ``inp`` (0 q, 1 k, 2 v) for tile h of the iteration
-    staged in ``stage``, in the tile layout l4, summed in the Triton walk's order; taps (16, 1, 1, BC): row
-    3 inp + j. Views are reshaped before they are cut (Gluon cannot reshape a cut view)."""
+def _featurize(rows, bnds, stage, f0, f1, f2, inp: gl.constexpr, h: gl.constexpr, KF: gl.constexpr,
+               RT: gl.constexpr, BC: gl.constexpr, rl: gl.constexpr):
+    """``sum_j f_j x[t - j]`` of input ``inp`` (0 q, 1 k, 2 v) for tile h of the iteration staged in ``stage``, as
+    its rows 4 g + r for r = 0..3: four (block, g, 1, BC) fp32 in the row layout rl, where a thread holds 4
+    consecutive rows of 2 channels, so that rows t - 1 and t - 2 are its own but for each group's first rows (two
+    shuffles, ``_from_previous``). Taps f0, f1, f2 (1, 1, 1, BC) fp32; summed in the Triton walk's order. Views are
+    reshaped before they are cut (Gluon cannot reshape a cut view)."""
     first: gl.constexpr = inp * RT // 16 + 4 * h  # the tile's first 16-row block among the stage's 4 inputs
-    x = rows.index(stage).reshape([4 * RT // 16, 8, 2, BC]).slice(first, 4).load(l4)
-    acc = gl.zeros([4, 8, 2, BC], gl.float32, l4)
-    acc += taps.slice(3 * inp, 1).load(l4) * _widen(x)
+    view = rows.index(stage).reshape([4 * RT // 16, 4, 4, BC]).slice(first, 4)
+    x0 = view.slice(0, 1, dim=2).load(rl)
+    x1 = view.slice(1, 1, dim=2).load(rl)
+    x2 = view.slice(2, 1, dim=2).load(rl)
+    x3 = view.slice(3, 1, dim=2).load(rl)
+    w0 = _widen(x0)
+    w1 = _widen(x1)
+    w2 = _widen(x2)
+    zero = gl.zeros_like(w0)
+    o0 = zero + f0 * w0
+    o1 = zero + f0 * w1
+    o2 = zero + f0 * w2
+    o3 = zero + f0 * _widen(x3)
     if KF > 1:
-        bnd = bnds.index(stage).reshape([4 * RT // 16, 1, 2, BC]).slice(first, 4).load(l4)
-        acc += taps.slice(3 * inp + 1, 1).load(l4) * _widen(_shift(x, bnd, 1))
+        before = bnds.index(stage).reshape([4 * RT // 16, 1, 2, BC]).slice(first, 4)
+        _, b1 = gl.broadcast(x3, before.slice(1, 1, dim=2).load(rl))
+        p1 = _widen(_from_previous(x3, b1))  # row 4 g - 1
+        o0 += f1 * p1
+        o1 += f1 * w0
+        o2 += f1 * w1
+        o3 += f1 * w2
         if KF > 2:
-            acc += taps.slice(3 * inp + 2, 1).load(l4) * _widen(_shift(x, bnd, 2))
-    return acc
+            _, b2 = gl.broadcast(x2, before.slice(0, 1, dim=2).load(rl))
+            o0 += f2 * _widen(_from_previous(x2, b2))  # row 4 g - 2
+            o1 += f2 * p1
+            o2 += f2 * w0
+            o3 += f2 * w1
+    return o0, o1, o2, o3
 
 
 @gluon.jit
-def _warpgroup(x):
-    """The warpgroup (``%tid.x // 128``) of the thread holding each element of x, as int32."""
-    return gl.inline_asm_elementwise("{ .reg .u32 %t; mov.u32 %t, %tid.x; shr.u32 $0, %t, 7; }", "=r,r", [x],
-                                     dtype=gl.int32, is_pure=True, pack=1)
+def _tap(FT, inp: gl.constexpr, j: gl.constexpr, col, W: gl.constexpr, KF: gl.constexpr, BC: gl.constexpr,
+         rl: gl.constexpr):
+    """Featurizer tap j of input inp for channels [col, col + BC), (1, 1, 1, BC) fp32 in the row layout (zeros
+    past the KF taps)."""
+    c = gl.arange(0, BC, layout=gl.SliceLayout(0, gl.SliceLayout(0, gl.SliceLayout(0, rl))))
+    c = gl.expand_dims(gl.expand_dims(gl.expand_dims(c, 0), 0), 0)
+    return gl.load(FT + j * 3 * W + inp * W + col + c, mask=(c < BC) & (j < KF), other=0.0)
 
 
 @gluon.jit
-def _toeplitz(HG, col, blk: gl.constexpr, K: gl.constexpr, D: gl.constexpr, BT: gl.constexpr,
-              layout: gl.constexpr):
-    """Toeplitz block ``blk``, ``h[i - j + blk * BT]`` (BT, BT), zero outside the taps, of the filter of channels
-    [col + 16 w, col + 16 w + 16) for the warpgroup w holding it. With several warpgroups the wgmma's A layout
-    repeats the block in each (they split N, the channels), so each warpgroup loads its own channels' filter into
-    its copy: one program serves several filter groups with the same registers a thread."""
+def _tile(o0, o1, o2, o3):
+    """The rows 4 g + r (r = 0..3, ``_featurize``'s order) as one (block, g, 4, BC) tensor, each thread's rows still
+    its own (one store, where a store a row makes the compiler fence each from the next)."""
+    t = gl.join(gl.join(o0, o2), gl.join(o1, o3))  # (block, g, 1, BC, a, b): row 2 a + b
+    t = gl.permute(t, [0, 1, 2, 4, 5, 3])
+    return gl.reshape(t, [t.shape[0], t.shape[1], 4, t.shape[5]])
+
+
+@gluon.jit
+def _toeplitz(HG, group, blk: gl.constexpr, K: gl.constexpr, BT: gl.constexpr, layout: gl.constexpr):
+    """Toeplitz block ``blk`` of the group's filter, ``h[i - j + blk * BT]`` (BT, BT), zero outside the taps."""
     i = gl.expand_dims(gl.arange(0, BT, layout=gl.SliceLayout(1, layout)), 1)
     j = gl.expand_dims(gl.arange(0, BT, layout=gl.SliceLayout(0, layout)), 0)
     lag = i - j + blk * BT
-    group = (col + 16 * _warpgroup(lag)) // D
     return gl.load(HG + group * K + lag, mask=(lag >= 0) & (lag < K), other=0.0)
 
 
@@ -159,49 +180,54 @@ def _hyena_mr_gluon_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.conste
     viewed as (B, 3, T, W) and as (B, 3, T / 16, 16, W) (``_issue``), and of y (B, T, W), boxes of an iteration's
     rows, unswizzled; FT (KF, 3W) fp32 featurizer taps; HG (W / D, K) bf16 or fp32 filters (fp32: one tile an
     iteration, else two)."""
-    WG: gl.constexpr = BC // 16  # warpgroups: each takes 16 channels (the wgmma's N) with its own filter
-    gl.static_assert((BT == 64) & (BC == 16 * WG) & (num_warps == 4 * WG))
+    gl.static_assert((BT == 64) & (BC == 16) & (num_warps == 4))
     gl.static_assert(K <= 2 * BT + 1)
     gl.static_assert(KF <= 3)  # MAX_FEATURIZER_TAPS
     H32: gl.constexpr = HG.dtype.element_ty == gl.float32
     TILES: gl.constexpr = 1 if H32 else 2  # tiles an iteration
     RT: gl.constexpr = TILES * BT
     gl.static_assert(L % RT == 0)
-    gl.static_assert((WG == 1) | (not H32))  # an fp32 filter's remainders are A operands in shared memory: one
-    acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, WG], instr_shape=[16, 16, 16])
+    acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BC, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_l, k_width=2)
-    # (warp, row // 2, row % 2, channel): lane l of a warp holds row l // 2 of the warp's 16-row block
-    l4: gl.constexpr = gl.BlockedLayout([1, 1, 1, 8], [1, 8, 2, 2], [4, 1, 1, WG], [3, 2, 1, 0])
-    taps_l: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, WG], [1, 0])
+    # (block, row group g, row r, channel) of a tile, row 16 block + 4 g + r: lane l of warp w holds rows 4 (l // 8)
+    # .. + 3 of block w, channels 2 (l % 8) and + 1 (``_featurize`` takes one row r at a time)
+    rl: gl.constexpr = gl.BlockedLayout([1, 1, 1, 2], [1, 4, 1, 8], [4, 1, 1, 1], [3, 2, 1, 0])
     toe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])  # remainders on their way to smem
 
     lo = gl.program_id(0) * L
     col = gl.program_id(1) * BC
     b = gl.program_id(2)
     hi = gl.minimum(lo + L, T)
-    h0 = _toeplitz(HG, col, 0, K, D, BT, a_l).to(gl.bfloat16)
-    h1 = _toeplitz(HG, col, 1, K, D, BT, a_l).to(gl.bfloat16)
-    h2 = _toeplitz(HG, col, 2, K, D, BT, a_l).to(gl.bfloat16)
-    taps = gl.allocate_shared_memory(gl.float32, [16, 1, 1, BC], gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
-    if H32:  # the remainders wait in shared memory (A operands from there: registers hold the high parts)
-        lo_s = gl.allocate_shared_memory(gl.bfloat16, [3, BT, BT],
-                                         gl.NVMMASharedLayout.get_default_for([BT, BT], gl.bfloat16))
-        for blk in gl.static_range(3):
-            toe = _toeplitz(HG, col, blk, K, D, BT, toe_l)
-            lo_s.index(blk).store((toe - toe.to(gl.bfloat16).to(gl.float32)).to(gl.bfloat16))
-    else:
-        lo_s = taps  # not read
-    r = gl.expand_dims(gl.arange(0, 16, layout=gl.SliceLayout(1, taps_l)), 1)  # row 3 i + j: input i's tap j
-    c = gl.expand_dims(gl.arange(0, BC, layout=gl.SliceLayout(0, taps_l)), 0)
-    taps.reshape([16, BC]).store(gl.load(FT + (r % 3) * 3 * W + (r // 3) * W + col + c,
-                                         mask=(r < 9) & (r % 3 < KF), other=0.0))
-    _cta_barrier()
+    group = col // D
+    h0 = _toeplitz(HG, group, 0, K, BT, a_l).to(gl.bfloat16)
+    h1 = _toeplitz(HG, group, 1, K, BT, a_l).to(gl.bfloat16)
+    h2 = _toeplitz(HG, group, 2, K, BT, a_l).to(gl.bfloat16)
+    qf0 = _tap(FT, 0, 0, col, W, KF, BC, rl)  # the featurizers' taps stay in registers: 2 channels a thread
+    qf1 = _tap(FT, 0, 1, col, W, KF, BC, rl)
+    qf2 = _tap(FT, 0, 2, col, W, KF, BC, rl)
+    kf0 = _tap(FT, 1, 0, col, W, KF, BC, rl)
+    kf1 = _tap(FT, 1, 1, col, W, KF, BC, rl)
+    kf2 = _tap(FT, 1, 2, col, W, KF, BC, rl)
+    vf0 = _tap(FT, 2, 0, col, W, KF, BC, rl)
+    vf1 = _tap(FT, 2, 1, col, W, KF, BC, rl)
+    vf2 = _tap(FT, 2, 2, col, W, KF, BC, rl)
 
     rows = gl.allocate_shared_memory(gl.bfloat16, [2, 1, 4, RT, BC], PD.layout)  # (stage): q, k, v, zeros
     bnds = gl.allocate_shared_memory(gl.bfloat16, [2, 1, 4, RT // 16, 2, BC], BD.layout)
     z_smem = gl.allocate_shared_memory(gl.bfloat16, [RT, BC], gl.NVMMASharedLayout.get_default_for([RT, BC],
                                                                                                    gl.bfloat16))
+    # q's rows on their way to the wgmma's layout (written before the barrier that precedes the wgmma)
+    q_smem = gl.allocate_shared_memory(gl.float32, [RT // 16, 4, 4, BC], gl.SwizzledSharedLayout(1, 1, 1,
+                                                                                                  [3, 2, 1, 0]))
     y_smem = gl.allocate_shared_memory(gl.bfloat16, [1, RT, BC], YD.layout)
+    if H32:  # the remainders wait in shared memory (A operands from there: registers hold the high parts)
+        lo_s = gl.allocate_shared_memory(gl.bfloat16, [3, BT, BT],
+                                         gl.NVMMASharedLayout.get_default_for([BT, BT], gl.bfloat16))
+        for blk in gl.static_range(3):
+            toe = _toeplitz(HG, group, blk, K, BT, toe_l)
+            lo_s.index(blk).store((toe - toe.to(gl.bfloat16).to(gl.float32)).to(gl.bfloat16))
+    else:
+        lo_s = z_smem  # not read
     bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     mbarrier.init(bars.index(0), count=1)
     mbarrier.init(bars.index(1), count=1)
@@ -219,9 +245,16 @@ def _hyena_mr_gluon_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.conste
         _issue(PD, BD, rows, bnds, bars.index(1 - stage), 1 - stage, b, t0 + RT, col, KF, RT, BC, i + 1 < n)
         mbarrier.wait(bars.index(stage), (i // 2) & 1)
         for h in gl.static_range(TILES):
-            z = _featurize(rows, bnds, stage, taps, 1, h, KF, RT, BC, l4) * _featurize(rows, bnds, stage, taps, 2, h,
-                                                                                       KF, RT, BC, l4)
-            z_smem.slice(h * BT, BT).store(gl.reshape(z, [BT, BC]).to(gl.bfloat16))
+            k0, k1, k2, k3 = _featurize(rows, bnds, stage, kf0, kf1, kf2, 1, h, KF, RT, BC, rl)
+            v0, v1, v2, v3 = _featurize(rows, bnds, stage, vf0, vf1, vf2, 2, h, KF, RT, BC, rl)
+            z_smem.reshape([RT // 16, 4, 4, BC]).slice(4 * h, 4).store(_tile(k0 * v0, k1 * v1, k2 * v2, k3 * v3)
+                                                                         .to(gl.bfloat16))
+        out = t0 >= lo  # the tiles' outputs are wanted (not a tile before the program's rows)
+        if out:
+            for h in gl.static_range(TILES):
+                q0, q1, q2, q3 = _featurize(rows, bnds, stage, qf0, qf1, qf2, 0, h, KF, RT, BC, rl)
+                q_smem.slice(4 * h, 4).store(_tile(q0, q1, q2, q3))
+            tma.store_wait(0)  # the last y has left y_smem before the barrier below lets it be rewritten
         fence_async_shared()
         _cta_barrier()
         zeros = gl.zeros([BT, BC], gl.float32, acc_l)
@@ -231,17 +264,12 @@ def _hyena_mr_gluon_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.conste
             acc, acc_b, c1, c2 = warpgroup_mma_wait(0, deps=(acc, acc_b, c1, c2))
         else:
             acc, c1, c2 = warpgroup_mma_wait(0, deps=(acc, c1, c2))
-        if t0 >= lo:  # y = q * out, through shared memory by TMA once the last store has left it
-            tma.store_wait(0)
-            _cta_barrier()
+        if out:  # y = q * out, through shared memory by TMA
             y_rows = y_smem.reshape([RT, BC])
-            q = gl.convert_layout(gl.reshape(_featurize(rows, bnds, stage, taps, 0, 0, KF, RT, BC, l4), [BT, BC]),
-                                  acc_l)
-            y_rows.slice(0, BT).store((q * acc).to(gl.bfloat16))
+            q_rows = q_smem.reshape([RT, BC])
+            y_rows.slice(0, BT).store((q_rows.slice(0, BT).load(acc_l) * acc).to(gl.bfloat16))
             if TILES == 2:
-                q = gl.convert_layout(gl.reshape(_featurize(rows, bnds, stage, taps, 0, 1, KF, RT, BC, l4),
-                                                 [BT, BC]), acc_l)
-                y_rows.slice(BT, BT).store((q * acc_b).to(gl.bfloat16))
+                y_rows.slice(BT, BT).store((q_rows.slice(BT, BT).load(acc_l) * acc_b).to(gl.bfloat16))
             fence_async_shared()
             _cta_barrier()
             _tma_store(YD, [b, t0, col], y_smem)
@@ -251,40 +279,32 @@ def _hyena_mr_gluon_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.conste
 
 
 def launch_mr_forward(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor,
-                      rows_per_program: int = 4096, warpgroups: int | None = None) -> torch.Tensor:
+                      rows_per_program: int = 4096) -> torch.Tensor:
     """y (B, T >= 16, W) bf16 from proj (B, T, 3W) bf16 (contiguous), feat_t (KF <= 3, 3W) and the filter weight
     (W / D, K <= 129) bf16 or fp32, shared by groups of D = 16k channels; ``rows_per_program`` rows a program, a
     multiple of 128 (of 64 for an fp32 filter): 4096 was the fastest of 1024, 2048 and 4096 on the H200
-    (``benchmarks/results/hyena_h200_s28/``); ``warpgroups`` of 16 channels each a program (one with an fp32
-    filter), by default the most of ``WARPGROUPS`` that divide the channels."""
+    (``benchmarks/results/hyena_h200_s28/``)."""
     batch, seqlen, features = proj.shape
     width = features // 3
     groups, taps = weight.shape
-    if warpgroups is None:
-        warpgroups = 1 if weight.dtype == torch.float32 else max(g for g in (1, WARPGROUPS) if width % (16 * g) == 0)
-    if warpgroups not in (1, 2, 4) or width % (16 * warpgroups) or (warpgroups > 1 and weight.dtype == torch.float32):
-        raise ValueError(f"warpgroups must be 1, 2 or 4 (1 with an fp32 filter) and divide the {width} channels into "
-                         f"16-channel blocks, got {warpgroups}")
     rows_per_iteration = BLOCK_T * (1 if weight.dtype == torch.float32 else 2)
     if rows_per_program % rows_per_iteration:
         raise ValueError(f"rows_per_program must be a multiple of {rows_per_iteration}, got {rows_per_program}")
     if seqlen < MIN_ROWS:
         raise ValueError(f"the Gluon walk needs at least {MIN_ROWS} rows a batch row, got {seqlen}")
     y = proj.new_empty(batch, seqlen, width)
-    channels = 16 * warpgroups
-    flat = [gl.NVMMASharedLayout(swizzle_byte_width=2 * channels if swizzled else 0, element_bitwidth=16, rank=rank)
-            for rank, swizzled in ((3, SWIZZLE_Y), (4, SWIZZLE_ROWS), (5, SWIZZLE_ROWS))]
+    flat = [gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=rank) for rank in (3, 4, 5)]
     # proj as (B, 3, T, W): input i's row t at [b, i, t]; and as (B, 3, T / 16, 16, W) for the rows before blocks
     # (a last partial block needs only the full one before it)
     pd = TensorDescriptor(proj, [batch, 3, seqlen, width], [seqlen * features, width, features, 1],
-                          [1, 4, rows_per_iteration, channels], flat[1])
+                          [1, 4, rows_per_iteration, BLOCK_C], flat[1])
     bd = TensorDescriptor(proj, [batch, 3, seqlen // 16, 16, width], [seqlen * features, width, 16 * features,
                                                                       features, 1],
-                          [1, 4, rows_per_iteration // 16, 2, channels], flat[2])
-    yd = TensorDescriptor(y, [batch, seqlen, width], [seqlen * width, width, 1], [1, rows_per_iteration, channels],
+                          [1, 4, rows_per_iteration // 16, 2, BLOCK_C], flat[2])
+    yd = TensorDescriptor(y, [batch, seqlen, width], [seqlen * width, width, 1], [1, rows_per_iteration, BLOCK_C],
                           flat[0])
-    _hyena_mr_gluon_kernel[(triton.cdiv(seqlen, rows_per_program), width // channels, batch)](
+    _hyena_mr_gluon_kernel[(triton.cdiv(seqlen, rows_per_program), width // BLOCK_C, batch)](
         pd, bd, yd, feat_t.float().contiguous(), weight.contiguous(), seqlen, W=width, KF=feat_t.shape[0], K=taps,
-        D=width // groups, L=rows_per_program, BT=BLOCK_T, BC=channels, num_warps=4 * warpgroups, maxnreg=MAXNREG,
+        D=width // groups, L=rows_per_program, BT=BLOCK_T, BC=BLOCK_C, num_warps=4, maxnreg=MAXNREG,
     )
     return y

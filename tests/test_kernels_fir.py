@@ -338,11 +338,6 @@ def test_mr_gluon_launch_names_bad_arguments() -> None:
         fir_ops._launch_mr_gluon(proj, feat_t, w.float(), rows_per_program=96)
     with pytest.raises(ValueError, match="needs at least 16 rows a batch row, got 15"):
         fir_ops._launch_mr_gluon(proj[:, :15], feat_t, w)
-    with pytest.raises(ValueError, match="warpgroups must be 1, 2 or 4 .1 with an fp32 filter. and divide the 32 "
-                                         "channels into 16-channel blocks, got 4"):
-        fir_ops._launch_mr_gluon(proj, feat_t, w, warpgroups=4)
-    with pytest.raises(ValueError, match="got 2"):
-        fir_ops._launch_mr_gluon(proj, feat_t, w.float(), warpgroups=2)
 
 
 GLUON_BUILD_PROBE = """
@@ -353,35 +348,33 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
 from phalanx_kernels import gluon_fir
 rows = 64 if sys.argv[1] == "fp32" else 128  # rows an iteration
-bc = 16 * int(sys.argv[2])  # channels a program
 flat = [gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=r) for r in (3, 4, 5)]
-sig = {"PD": f"tensordesc<bf16[1, 4, {rows}, {bc}],{flat[1]!r}>",
-       "BD": f"tensordesc<bf16[1, 4, {rows // 16}, 2, {bc}],{flat[2]!r}>",
-       "YD": f"tensordesc<bf16[1, {rows}, {bc}],{flat[0]!r}>", "FT": "*fp32", "HG": "*" + sys.argv[1], "T": "i32"}
-consts = {"W": 2048, "KF": 3, "K": 128, "D": 16, "L": 4096, "BT": 64, "BC": bc, "num_warps": bc // 4}
+sig = {"PD": f"tensordesc<bf16[1, 4, {rows}, 16],{flat[1]!r}>",
+       "BD": f"tensordesc<bf16[1, 4, {rows // 16}, 2, 16],{flat[2]!r}>",
+       "YD": f"tensordesc<bf16[1, {rows}, 16],{flat[0]!r}>", "FT": "*fp32", "HG": "*" + sys.argv[1], "T": "i32"}
+consts = {"W": 2048, "KF": 3, "K": 128, "D": 16, "L": 4096, "BT": 64, "BC": 16, "num_warps": 4}
 sig.update(dict.fromkeys(consts, "constexpr"))
 src = GluonASTSource(fn=gluon_fir._hyena_mr_gluon_kernel, signature=sig,
                      constexprs={(list(sig).index(k),): v for k, v in consts.items()})
 kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                        options={"num_warps": bc // 4, "maxnreg": gluon_fir.MAXNREG})
+                        options={"num_warps": 4, "maxnreg": gluon_fir.MAXNREG})
 print(kernel.metadata.shared)
 """
 
 
-@pytest.mark.parametrize("filter_dtype,warpgroups", [("bf16", 1), ("bf16", 2), ("fp32", 1)])
-def test_mr_gluon_walk_builds_for_hopper_with_sixteen_warps_an_sm(filter_dtype: str, warpgroups: int) -> None:
+@pytest.mark.parametrize("filter_dtype", ["bf16", "fp32"])
+def test_mr_gluon_walk_builds_for_hopper_with_four_programs_an_sm(filter_dtype: str) -> None:
     """Compiled for an H100/H200 (no GPU needed; outside the interpreter, so in a subprocess), the Gluon walk builds
     under this Triton (Gluon's API moves between releases: a break shows here, not only on the GPU machine) and its
-    shared memory lets 4 / warpgroups programs share an SM (228 KB, 1 KB of it reserved a program): 16 warps, as
-    its speed assumes."""
+    shared memory lets 4 programs share an SM (228 KB, 1 KB of it reserved a program), as its speed assumes."""
     if fir_ops._launch_mr_gluon is None:
         pytest.skip("this Triton has no Gluon")
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", GLUON_BUILD_PROBE, filter_dtype, str(warpgroups)], env=env,
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-c", GLUON_BUILD_PROBE, filter_dtype], env=env, capture_output=True,
+                         text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     shared = int(run.stdout.split()[-1])
-    assert 4 // warpgroups * (shared + 1024) <= 228 * 1024, shared
+    assert 4 * (shared + 1024) <= 228 * 1024, shared
 
 
 @pytest.mark.gpu
@@ -412,12 +405,8 @@ def test_cuda_mr_gluon_walk_matches_float64(shape, taps: int, featurizer_taps: i
     assert_close(y, ref, torch.bfloat16, "y")
     whole = fir_ops._launch_mr_gluon(args[0], args[1].t().contiguous(), args[2])
     torch.testing.assert_close(fir_ops.hyena_core(*args), whole, rtol=0, atol=0)
-    walk = fir_ops._launch_mr_core(args[0], args[1].t().contiguous(), args[2], None)
-    torch.testing.assert_close(whole, walk, rtol=0, atol=0)
-    # Programs of 16, 32 and 64 channels (one to four filter groups, a warpgroup each) give the same y.
-    for warpgroups in [g for g in (1, 2, 4) if width % (16 * g) == 0 and (g == 1 or filter_dtype == torch.bfloat16)]:
-        y = fir_ops._launch_mr_gluon(args[0], args[1].t().contiguous(), args[2], warpgroups=warpgroups)
-        torch.testing.assert_close(y, walk, rtol=0, atol=0, msg=f"{warpgroups} warpgroups")
+    torch.testing.assert_close(whole, fir_ops._launch_mr_core(args[0], args[1].t().contiguous(), args[2], None),
+                               rtol=0, atol=0)
     # A bf16 featurizer (a bf16 model's parameters) takes the same walk and gives the same y from its rounded taps.
     feat16 = args[1].bfloat16()
     torch.testing.assert_close(fir_ops.hyena_core(args[0], feat16, args[2]),
