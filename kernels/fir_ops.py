@@ -183,9 +183,9 @@ def _launch_mr_core(
 
 def _mr_gluon_eligible(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor,
                        cu_seqlens: torch.Tensor | None) -> bool:
-    """Whether the Hyena-MR forward takes the Gluon walk (``gluon_fir``; 0.217 ms against 0.285 for the Triton walk
-    with a bf16 filter, 0.287 against 0.488 with an fp32 one, on the H200 at 8 x 4096 x 2048,
-    ``benchmarks/results/hyena_h200_s28/``): Hopper, bf16 rows, a bf16 or fp32 filter, rows that are not packed,
+    """Whether the Hyena-MR forward takes the Gluon walk (``gluon_fir``; 0.210 ms against 0.284 for the Triton walk
+    with a bf16 filter, 0.284 against 0.484 with an fp32 one, on the H200 at 8 x 4096 x 2048,
+    ``benchmarks/results/hyena_h200_s29/``): Hopper, bf16 rows, a bf16 or fp32 filter, rows that are not packed,
     16-byte aligned (TMA) and at least 16 a batch row, featurizers of up to 3 taps, and a Triton whose Gluon builds
     it (a failure turns it off for the process, with a warning)."""
     return (_launch_mr_gluon is not None and not _GLUON_FAILED and cu_seqlens is None
