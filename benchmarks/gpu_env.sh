@@ -23,3 +23,12 @@ record_machine() {
   { nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
     python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } >"$1" 2>&1
 }
+
+# ncu_profile DIR SCRIPT: Nsight Compute's full set on the kernels SCRIPT launches between cudaProfilerStart and
+# Stop (clocks not locked), kept as DIR/ncu_details.txt and DIR/ncu_raw.csv (the report itself is removed: large).
+ncu_profile() {
+  timeout 150 ncu --clock-control none --profile-from-start off --set full -o "$1/mr" python3 "$2" >"$1/ncu_run.log" 2>&1
+  ncu --import "$1/mr.ncu-rep" --page details >"$1/ncu_details.txt" 2>&1
+  ncu --import "$1/mr.ncu-rep" --page raw --csv >"$1/ncu_raw.csv" 2>&1
+  rm -f "$1/mr.ncu-rep"
+}

@@ -16,9 +16,5 @@ echo "time rc=$?"; tail -n 30 "$OUT/time.log"
 timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels_fir.py \
   -k "gluon or model_kernel_path or falls_back" 2>&1 | tee "$OUT/test_gluon_gpu.log" | tail -n 6
 [ "${NCU:-0}" = 1 ] || exit 0
-timeout 120 ncu --clock-control none --profile-from-start off --set full -o "$OUT/mr" \
-  python3 "$HERE/ncu_ws.py" >"$OUT/ncu_run.log" 2>&1
-ncu --import "$OUT/mr.ncu-rep" --page details >"$OUT/ncu_details.txt" 2>&1
-ncu --import "$OUT/mr.ncu-rep" --page raw --csv >"$OUT/ncu_raw.csv" 2>&1
-rm -f "$OUT/mr.ncu-rep"
+ncu_profile "$OUT" "$HERE/ncu_ws.py"
 grep -E "Duration|Registers Per|Issue Slots Busy|L2 Cache Throughput|DRAM Throughput" "$OUT/ncu_details.txt" | head -n 20
