@@ -92,10 +92,9 @@ def _featurize(rows, bnds, stage, f0, f1, f2, inp: gl.constexpr, h: gl.constexpr
                RT: gl.constexpr, BC: gl.constexpr, c0: gl.constexpr, rl: gl.constexpr):
     """``sum_j f_j x[t - j]`` of input ``inp`` (0 q, 1 k, 2 v) for tile h of the iteration staged in ``stage``,
     channels [c0, c0 + 16) of the stage's BC, as its rows 4 g + r for r = 0..3: four (block, g, 1, 16) fp32 in the
-    row layout rl, where a thread holds 4
-    consecutive rows of 2 channels, so that rows t - 1 and t - 2 are its own but for each group's first rows (two
-    shuffles, ``_from_previous``). Taps f0, f1, f2 (1, 1, 1, BC) fp32; summed in the Triton walk's order. Views are
-    reshaped before they are cut (Gluon cannot reshape a cut view)."""
+    row layout rl, where a thread holds 4 consecutive rows of 2 channels, so that rows t - 1 and t - 2 are its own
+    but for each group's first rows (two shuffles, ``_from_previous``). Taps f0, f1, f2 (1, 1, 1, 16) fp32; summed in
+    the Triton walk's order. Views are reshaped before they are cut (Gluon cannot reshape a cut view)."""
     first: gl.constexpr = inp * RT // 16 + 4 * h  # the tile's first 16-row block among the stage's 4 inputs
     view = rows.index(stage).reshape([4 * RT // 16, 4, 4, BC]).slice(first, 4)
     if BC > 16:
