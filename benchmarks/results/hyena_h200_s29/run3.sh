@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Session 29's third device call (issue 20): the warp-specialized Gluon MR walk (32 and 64 channels a program)
-# checked bitwise against the Triton walk (the checks in one process under a timeout, in case an mbarrier hangs), timed
-# (ab_ws.py), then the GPU tests; with NCU=1, Nsight Compute on the 16- and 64-channel walks. Logs under $OUT.
+# checked bitwise against the Triton walk (the checks in one process under a timeout, in case an mbarrier hangs),
+# timed (ab_ws.py), then the GPU tests; with NCU=1, Nsight Compute on the 16- and 64-channel walks. Logs under $OUT.
 set -uo pipefail
 : "${OUT:?OUT must name the folder for the logs (the device tool sets it)}"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
