@@ -17,4 +17,5 @@ timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels_fir.p
   -k "gluon or model_kernel_path or falls_back" 2>&1 | tee "$OUT/test_gluon_gpu.log" | tail -n 6
 [ "${NCU:-0}" = 1 ] || exit 0
 ncu_profile "$OUT" "$HERE/ncu_ws.py"
-grep -E "Duration|Registers Per|Issue Slots Busy|L2 Cache Throughput|DRAM Throughput" "$OUT/ncu_details.txt" | head -n 20
+grep -E "Duration|Registers Per|Issue Slots Busy|L2 Cache Throughput|DRAM Throughput" "$OUT/ncu_details.txt" \
+  | head -n 20
