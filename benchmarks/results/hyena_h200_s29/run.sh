@@ -8,10 +8,11 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/../../gpu_env.sh"
 record_machine "$OUT/env.txt"
 timeout 240 python3 "$HERE/ab_warpgroups.py" >"$OUT/ab_warpgroups.log" 2>&1
-echo "ab_warpgroups rc=$?"; grep -c "bitwise equal" "$OUT/ab_warpgroups.log"; grep -v "^check" "$OUT/ab_warpgroups.log" | tail -n 45
+echo "ab_warpgroups rc=$?"; grep -c "bitwise equal" "$OUT/ab_warpgroups.log"
+grep -v "^check" "$OUT/ab_warpgroups.log" | tail -n 45
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_fir.py \
   -k "gluon or model_kernel_path or falls_back" 2>&1 | tee "$OUT/test_gluon_gpu.log" | tail -n 8
 [ "${NCU:-0}" = 1 ] || exit 0
 ncu_profile "$OUT" "$HERE/ncu_warpgroups.py"
-grep -E "Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|L2 Cache Throughput|DRAM Throughput|lts__t_requests" \
+grep -E "Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|L2 Cache Throughput|DRAM Throughput" \
   "$OUT/ncu_details.txt" | head -n 30

@@ -11,4 +11,5 @@ timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels_fir.p
 timeout 150 python3 "$HERE/ab_rows.py" 2>&1 | tee "$OUT/ab_rows.log" | tail -n 12
 [ "${NCU:-0}" = 1 ] || exit 0
 ncu_profile "$OUT" "$HERE/../hyena_h200_s28/ncu_adopted.py"
-grep -E "Duration|Registers Per|Issue Slots Busy|L2 Cache Throughput|DRAM Throughput|bank" "$OUT/ncu_details.txt" | head -n 24
+grep -E "Duration|Registers Per|Issue Slots Busy|L2 Cache Throughput|DRAM Throughput|bank" "$OUT/ncu_details.txt" \
+  | head -n 24
