@@ -53,17 +53,27 @@ BLOCK_T = 64  # rows of a tile (the Triton walk's MR_BLOCK_T)
 MAX_FEATURIZER_TAPS = 3  # taps a warp shuffle reaches (rows t - 1, t - 2 from the block before's last two rows)
 MIN_ROWS = 16  # rows of a batch row: the boundary view needs one 16-row block
 MAXNREG = 128  # registers a thread: 4 programs an SM (an fp32 filter's split needs the cap; a bf16 one fits)
+# y's rows of the permuted walk, swizzled by 32 bytes: the wgmma accumulator's 8 rows a store phase then fall in
+# distinct banks (unswizzled, rows 4 apart share them)
+Y_PERMUTED_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=32, element_bitwidth=16, rank=5)
 
 
 @gluon.jit
 def _issue(PD, BD, rows, bnds, bar, stage, b, t0, col, KF: gl.constexpr, RT: gl.constexpr, BC: gl.constexpr,
-           pred):
+           pred, W: gl.constexpr = 0, PERM: gl.constexpr = False):
     """Stage ``stage``'s copies of rows [t0, t0 + RT), signalling ``bar``: q, k and v's rows in one box (PD views
     proj as (B, 3, T, W); a box dimension must be a power of two, so its fourth input lies past the view and
-    arrives as zeros) and, for featurizers of more than one tap, rows 16 m - 2, 16 m - 1 before each 16-row block
-    m (BD views proj as (B, 3, T / 16, 16, W)). The bytes expected count whole boxes, zeros included."""
-    mbarrier.expect(bar, (4 * RT * BC + (4 * (RT // 16) * 2 * BC if KF > 1 else 0)) * 2, pred=pred)
-    _tma_load(PD, [b, 0, t0, col], bar, rows.index(stage), pred=pred)
+    arrives as zeros), or with PERM one box an input (PD views proj as (B, T / 16, 4, 4, 3W), each 16-row block's
+    rows 4 g + r stored at 4 r + g: ``descriptors``) into stages 3 stage + input; and, for featurizers of more than
+    one tap, rows 16 m - 2, 16 m - 1 before each 16-row block m (BD views proj as (B, 3, T / 16, 16, W)). The bytes
+    expected count whole boxes, zeros included."""
+    INPUTS: gl.constexpr = 3 if PERM else 4
+    mbarrier.expect(bar, (INPUTS * RT * BC + (4 * (RT // 16) * 2 * BC if KF > 1 else 0)) * 2, pred=pred)
+    if PERM:
+        for inp in gl.static_range(3):
+            _tma_load(PD, [b, t0 // 16, 0, 0, inp * W + col], bar, rows.index(3 * stage + inp), pred=pred)
+    else:
+        _tma_load(PD, [b, 0, t0, col], bar, rows.index(stage), pred=pred)
     if KF > 1:
         _tma_load(BD, [b, 0, t0 // 16 - 1, 14, col], bar, bnds.index(stage), pred=pred)
 
@@ -89,20 +99,25 @@ def _widen(x):
 
 @gluon.jit
 def _featurize(rows, bnds, stage, f0, f1, f2, inp: gl.constexpr, h: gl.constexpr, KF: gl.constexpr,
-               RT: gl.constexpr, BC: gl.constexpr, c0: gl.constexpr, rl: gl.constexpr):
+               RT: gl.constexpr, BC: gl.constexpr, c0: gl.constexpr, rl: gl.constexpr, PERM: gl.constexpr = False):
     """``sum_j f_j x[t - j]`` of input ``inp`` (0 q, 1 k, 2 v) for tile h of the iteration staged in ``stage``,
     channels [c0, c0 + 16) of the stage's BC, as its rows 4 g + r for r = 0..3: four (block, g, 1, 16) fp32 in the
-    row layout rl, where a thread holds 4 consecutive rows of 2 channels, so that rows t - 1 and t - 2 are its own
-    but for each group's first rows (two shuffles, ``_from_previous``). Taps f0, f1, f2 (1, 1, 1, 16) fp32; summed in
-    the Triton walk's order. Views are reshaped before they are cut (Gluon cannot reshape a cut view)."""
+    row layout rl (with PERM, where each block's rows are stored transposed, (block, 1, g, 16)), where a thread holds
+    4 consecutive rows of 2 channels, so that rows t - 1 and t - 2 are its own but for each group's first rows (two
+    shuffles, ``_from_previous``). Taps f0, f1, f2 (1, 1, 1, 16) fp32; summed in the Triton walk's order. Views are
+    reshaped before they are cut (Gluon cannot reshape a cut view)."""
     first: gl.constexpr = inp * RT // 16 + 4 * h  # the tile's first 16-row block among the stage's 4 inputs
-    view = rows.index(stage).reshape([4 * RT // 16, 4, 4, BC]).slice(first, 4)
+    RD: gl.constexpr = 1 if PERM else 2  # the dimension of r in the view
+    if PERM:  # (block, r, g, channel): a warp's load of one r reads 4 adjacent rows (no bank conflicts)
+        view = rows.index(3 * stage + inp).reshape([RT // 16, 4, 4, BC]).slice(4 * h, 4)
+    else:  # (block, g, r, channel): a warp's load of one r reads 4 rows 128 bytes apart (4-way conflicts)
+        view = rows.index(stage).reshape([4 * RT // 16, 4, 4, BC]).slice(first, 4)
     if BC > 16:
         view = view.slice(c0, 16, dim=3)
-    x0 = view.slice(0, 1, dim=2).load(rl)
-    x1 = view.slice(1, 1, dim=2).load(rl)
-    x2 = view.slice(2, 1, dim=2).load(rl)
-    x3 = view.slice(3, 1, dim=2).load(rl)
+    x0 = view.slice(0, 1, dim=RD).load(rl)
+    x1 = view.slice(1, 1, dim=RD).load(rl)
+    x2 = view.slice(2, 1, dim=RD).load(rl)
+    x3 = view.slice(3, 1, dim=RD).load(rl)
     w0 = _widen(x0)
     w1 = _widen(x1)
     w2 = _widen(x2)
@@ -141,19 +156,37 @@ def _tap(FT, inp: gl.constexpr, j: gl.constexpr, col, W: gl.constexpr, KF: gl.co
 
 
 @gluon.jit
-def _tile(o0, o1, o2, o3):
-    """The rows 4 g + r (r = 0..3, ``_featurize``'s order) as one (block, g, 4, BC) tensor, each thread's rows still
-    its own (one store, where a store a row makes the compiler fence each from the next)."""
-    t = gl.join(gl.join(o0, o2), gl.join(o1, o3))  # (block, g, 1, BC, a, b): row 2 a + b
-    t = gl.permute(t, [0, 1, 2, 4, 5, 3])
-    return gl.reshape(t, [t.shape[0], t.shape[1], 4, t.shape[5]])
+def _tile(o0, o1, o2, o3, PERM: gl.constexpr = False):
+    """The rows 4 g + r (r = 0..3, ``_featurize``'s order) as one (block, g, 4, BC) tensor, or with PERM in the
+    stored order (block, 4, g, BC), each thread's rows still its own (one store, where a store a row makes the
+    compiler fence each from the next)."""
+    t = gl.join(gl.join(o0, o2), gl.join(o1, o3))  # (block, g, 1, BC, a, b) or (block, 1, g, BC, a, b): r = 2 a + b
+    if PERM:
+        t = gl.permute(t, [0, 4, 5, 1, 2, 3])
+        t = gl.reshape(t, [t.shape[0], 4, t.shape[4], t.shape[5]])
+    else:
+        t = gl.permute(t, [0, 1, 2, 4, 5, 3])
+        t = gl.reshape(t, [t.shape[0], t.shape[1], 4, t.shape[5]])
+    return t
 
 
 @gluon.jit
-def _toeplitz(HG, group, blk: gl.constexpr, K: gl.constexpr, BT: gl.constexpr, layout: gl.constexpr):
-    """Toeplitz block ``blk`` of the group's filter, ``h[i - j + blk * BT]`` (BT, BT), zero outside the taps."""
+def _stored_row(i):
+    """Where row i of a tile sits when each 16-row block is stored transposed as 4 x 4 (PERM): 4 g + r -> 4 r + g
+    (its own inverse)."""
+    return (i // 16) * 16 + (i % 4) * 4 + (i // 4) % 4
+
+
+@gluon.jit
+def _toeplitz(HG, group, blk: gl.constexpr, K: gl.constexpr, BT: gl.constexpr, layout: gl.constexpr,
+              PERM: gl.constexpr = False):
+    """Toeplitz block ``blk`` of the group's filter, ``h[i - j + blk * BT]`` (BT, BT), zero outside the taps; with
+    PERM its rows and columns in the stored order (``_stored_row``), so that z, q and y stay in it."""
     i = gl.expand_dims(gl.arange(0, BT, layout=gl.SliceLayout(1, layout)), 1)
     j = gl.expand_dims(gl.arange(0, BT, layout=gl.SliceLayout(0, layout)), 0)
+    if PERM:
+        i = _stored_row(i)
+        j = _stored_row(j)
     lag = i - j + blk * BT
     return gl.load(HG + group * K + lag, mask=(lag >= 0) & (lag < K), other=0.0)
 
@@ -179,7 +212,7 @@ def _push(h0, h1, h2, lo_s, z, c1, c2, zeros, H32: gl.constexpr):
 @gluon.jit
 def _hyena_mr_gluon_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.constexpr,
                            D: gl.constexpr, L: gl.constexpr, BT: gl.constexpr, BC: gl.constexpr,
-                           num_warps: gl.constexpr):
+                           num_warps: gl.constexpr, PERM: gl.constexpr = False):
     """Program (j, c, b) writes rows [j L, min(j L + L, T)) of batch row b, channels [c BC, c BC + BC), after
     walking the two tiles before them (their z feed the partial outputs only). PD, BD, YD: TMA descriptors of proj
     viewed as (B, 3, T, W) and as (B, 3, T / 16, 16, W) (``_issue``), and of y (B, T, W), boxes of an iteration's
@@ -196,7 +229,8 @@ def _hyena_mr_gluon_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.conste
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_l, k_width=2)
     # (block, row group g, row r, channel) of a tile, row 16 block + 4 g + r: lane l of warp w holds rows 4 (l // 8)
     # .. + 3 of block w, channels 2 (l % 8) and + 1 (``_featurize`` takes one row r at a time)
-    rl: gl.constexpr = gl.BlockedLayout([1, 1, 1, 2], [1, 4, 1, 8], [4, 1, 1, 1], [3, 2, 1, 0])
+    rl: gl.constexpr = gl.BlockedLayout([1, 1, 1, 2], [1, 1, 4, 8] if PERM else [1, 4, 1, 8], [4, 1, 1, 1],
+                                        [3, 2, 1, 0])  # with PERM, dimensions (block, r, g, channel)
     toe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])  # remainders on their way to smem
 
     lo = gl.program_id(0) * L
@@ -204,9 +238,9 @@ def _hyena_mr_gluon_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.conste
     b = gl.program_id(2)
     hi = gl.minimum(lo + L, T)
     group = col // D
-    h0 = _toeplitz(HG, group, 0, K, BT, a_l).to(gl.bfloat16)
-    h1 = _toeplitz(HG, group, 1, K, BT, a_l).to(gl.bfloat16)
-    h2 = _toeplitz(HG, group, 2, K, BT, a_l).to(gl.bfloat16)
+    h0 = _toeplitz(HG, group, 0, K, BT, a_l, PERM).to(gl.bfloat16)
+    h1 = _toeplitz(HG, group, 1, K, BT, a_l, PERM).to(gl.bfloat16)
+    h2 = _toeplitz(HG, group, 2, K, BT, a_l, PERM).to(gl.bfloat16)
     qf0 = _tap(FT, 0, 0, col, W, KF, BC, rl)  # the featurizers' taps stay in registers: 2 channels a thread
     qf1 = _tap(FT, 0, 1, col, W, KF, BC, rl)
     qf2 = _tap(FT, 0, 2, col, W, KF, BC, rl)
@@ -217,19 +251,25 @@ def _hyena_mr_gluon_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.conste
     vf1 = _tap(FT, 2, 1, col, W, KF, BC, rl)
     vf2 = _tap(FT, 2, 2, col, W, KF, BC, rl)
 
-    rows = gl.allocate_shared_memory(gl.bfloat16, [2, 1, 4, RT, BC], PD.layout)  # (stage): q, k, v, zeros
+    if PERM:  # (3 stage + input): each 16-row block's rows stored transposed
+        rows = gl.allocate_shared_memory(gl.bfloat16, [6, 1, RT // 16, 4, 4, BC], PD.layout)
+    else:  # (stage): q, k, v, zeros
+        rows = gl.allocate_shared_memory(gl.bfloat16, [2, 1, 4, RT, BC], PD.layout)
     bnds = gl.allocate_shared_memory(gl.bfloat16, [2, 1, 4, RT // 16, 2, BC], BD.layout)
     z_smem = gl.allocate_shared_memory(gl.bfloat16, [RT, BC], gl.NVMMASharedLayout.get_default_for([RT, BC],
                                                                                                    gl.bfloat16))
     # q's rows on their way to the wgmma's layout (written before the barrier that precedes the wgmma)
     q_smem = gl.allocate_shared_memory(gl.float32, [RT // 16, 4, 4, BC], gl.SwizzledSharedLayout(1, 1, 1,
                                                                                                   [3, 2, 1, 0]))
-    y_smem = gl.allocate_shared_memory(gl.bfloat16, [1, RT, BC], YD.layout)
+    if PERM:
+        y_smem = gl.allocate_shared_memory(gl.bfloat16, [1, RT // 16, 4, 4, BC], YD.layout)
+    else:
+        y_smem = gl.allocate_shared_memory(gl.bfloat16, [1, RT, BC], YD.layout)
     if H32:  # the remainders wait in shared memory (A operands from there: registers hold the high parts)
         lo_s = gl.allocate_shared_memory(gl.bfloat16, [3, BT, BT],
                                          gl.NVMMASharedLayout.get_default_for([BT, BT], gl.bfloat16))
         for blk in gl.static_range(3):
-            toe = _toeplitz(HG, group, blk, K, BT, toe_l)
+            toe = _toeplitz(HG, group, blk, K, BT, toe_l, PERM)
             lo_s.index(blk).store((toe - toe.to(gl.bfloat16).to(gl.float32)).to(gl.bfloat16))
     else:
         lo_s = z_smem  # not read
@@ -239,7 +279,7 @@ def _hyena_mr_gluon_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.conste
 
     start = gl.maximum(lo - 2 * BT, 0)
     n = gl.cdiv(hi - start, RT)
-    _issue(PD, BD, rows, bnds, bars.index(0), 0, b, start, col, KF, RT, BC, True)
+    _issue(PD, BD, rows, bnds, bars.index(0), 0, b, start, col, KF, RT, BC, True, W, PERM)
     c1 = gl.zeros([BT, BC], gl.float32, acc_l)  # partial outputs of the next tile and the one after
     c2 = gl.zeros([BT, BC], gl.float32, acc_l)
     for i in range(n):
@@ -247,18 +287,19 @@ def _hyena_mr_gluon_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.conste
         stage = i % 2
         _cta_barrier()  # every warp is done with the other stage (read last iteration) before TMA refills it
         fence_async_shared()
-        _issue(PD, BD, rows, bnds, bars.index(1 - stage), 1 - stage, b, t0 + RT, col, KF, RT, BC, i + 1 < n)
+        _issue(PD, BD, rows, bnds, bars.index(1 - stage), 1 - stage, b, t0 + RT, col, KF, RT, BC, i + 1 < n, W,
+               PERM)
         mbarrier.wait(bars.index(stage), (i // 2) & 1)
         for h in gl.static_range(TILES):
-            k0, k1, k2, k3 = _featurize(rows, bnds, stage, kf0, kf1, kf2, 1, h, KF, RT, BC, 0, rl)
-            v0, v1, v2, v3 = _featurize(rows, bnds, stage, vf0, vf1, vf2, 2, h, KF, RT, BC, 0, rl)
-            z_smem.reshape([RT // 16, 4, 4, BC]).slice(4 * h, 4).store(_tile(k0 * v0, k1 * v1, k2 * v2, k3 * v3)
-                                                                         .to(gl.bfloat16))
+            k0, k1, k2, k3 = _featurize(rows, bnds, stage, kf0, kf1, kf2, 1, h, KF, RT, BC, 0, rl, PERM)
+            v0, v1, v2, v3 = _featurize(rows, bnds, stage, vf0, vf1, vf2, 2, h, KF, RT, BC, 0, rl, PERM)
+            z_smem.reshape([RT // 16, 4, 4, BC]).slice(4 * h, 4).store(
+                _tile(k0 * v0, k1 * v1, k2 * v2, k3 * v3, PERM).to(gl.bfloat16))
         out = t0 >= lo  # the tiles' outputs are wanted (not a tile before the program's rows)
         if out:
             for h in gl.static_range(TILES):
-                q0, q1, q2, q3 = _featurize(rows, bnds, stage, qf0, qf1, qf2, 0, h, KF, RT, BC, 0, rl)
-                q_smem.slice(4 * h, 4).store(_tile(q0, q1, q2, q3))
+                q0, q1, q2, q3 = _featurize(rows, bnds, stage, qf0, qf1, qf2, 0, h, KF, RT, BC, 0, rl, PERM)
+                q_smem.slice(4 * h, 4).store(_tile(q0, q1, q2, q3, PERM))
             tma.store_wait(0)  # the last y has left y_smem before the barrier below lets it be rewritten
         fence_async_shared()
         _cta_barrier()
@@ -277,37 +318,52 @@ def _hyena_mr_gluon_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.conste
                 y_rows.slice(BT, BT).store((q_rows.slice(BT, BT).load(acc_l) * acc_b).to(gl.bfloat16))
             fence_async_shared()
             _cta_barrier()
-            _tma_store(YD, [b, t0, col], y_smem)
+            if PERM:
+                _tma_store(YD, [b, t0 // 16, 0, 0, col], y_smem)
+            else:
+                _tma_store(YD, [b, t0, col], y_smem)
     tma.store_wait(0)
     mbarrier.invalidate(bars.index(0))
     mbarrier.invalidate(bars.index(1))
 
 
-def descriptors(proj: torch.Tensor, y: torch.Tensor, rows_per_iteration: int,
-                channels: int) -> tuple[TensorDescriptor, TensorDescriptor, TensorDescriptor]:
+def descriptors(proj: torch.Tensor, y: torch.Tensor, rows_per_iteration: int, channels: int,
+                permuted: bool = False) -> tuple[TensorDescriptor, TensorDescriptor, TensorDescriptor]:
     """The TMA descriptors of a walk with boxes of an iteration's rows and ``channels`` channels: proj (B, T, 3W)
     viewed as (B, 3, T, W), input i's row t at [b, i, t], and as (B, 3, T / 16, 16, W) for the rows before each
     16-row block (a last partial block needs only the full one before it); y (B, T, W) with 16-channel boxes.
-    Unswizzled."""
+    With ``permuted`` (T a multiple of 16), proj and y are viewed as (B, T / 16, 4, 4, 3W) and (B, T / 16, 4, 4, W)
+    with the row strides of the two 4s swapped, so that a box holds each 16-row block's rows 4 g + r at 4 r + g.
+    Unswizzled but for the permuted y (``Y_PERMUTED_LAYOUT``)."""
     batch, seqlen, features = proj.shape
     width = features // 3
     flat = [gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=rank) for rank in (3, 4, 5)]
-    pd = TensorDescriptor(proj, [batch, 3, seqlen, width], [seqlen * features, width, features, 1],
-                          [1, 4, rows_per_iteration, channels], flat[1])
+    if permuted:
+        pd = TensorDescriptor(proj, [batch, seqlen // 16, 4, 4, features], [seqlen * features, 16 * features,
+                                                                            features, 4 * features, 1],
+                              [1, rows_per_iteration // 16, 4, 4, channels], flat[2])
+        yd = TensorDescriptor(y, [batch, seqlen // 16, 4, 4, width], [seqlen * width, 16 * width, width, 4 * width,
+                                                                      1], [1, rows_per_iteration // 16, 4, 4, 16],
+                              Y_PERMUTED_LAYOUT)
+    else:
+        pd = TensorDescriptor(proj, [batch, 3, seqlen, width], [seqlen * features, width, features, 1],
+                              [1, 4, rows_per_iteration, channels], flat[1])
+        yd = TensorDescriptor(y, [batch, seqlen, width], [seqlen * width, width, 1], [1, rows_per_iteration, 16],
+                              flat[0])
     bd = TensorDescriptor(proj, [batch, 3, seqlen // 16, 16, width], [seqlen * features, width, 16 * features,
                                                                       features, 1],
                           [1, 4, rows_per_iteration // 16, 2, channels], flat[2])
-    yd = TensorDescriptor(y, [batch, seqlen, width], [seqlen * width, width, 1], [1, rows_per_iteration, 16],
-                          flat[0])
     return pd, bd, yd
 
 
 def launch_mr_forward(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor,
-                      rows_per_program: int = 4096) -> torch.Tensor:
+                      rows_per_program: int = 4096, permuted: bool = False) -> torch.Tensor:
     """y (B, T >= 16, W) bf16 from proj (B, T, 3W) bf16 (contiguous), feat_t (KF <= 3, 3W) and the filter weight
     (W / D, K <= 129) bf16 or fp32, shared by groups of D = 16k channels; ``rows_per_program`` rows a program, a
     multiple of 128 (of 64 for an fp32 filter): 4096 was the fastest of 1024, 2048 and 4096 on the H200
-    (``benchmarks/results/hyena_h200_s28/``)."""
+    (``benchmarks/results/hyena_h200_s28/``). ``permuted`` (T a multiple of 16) stores each 16-row block's rows
+    transposed in shared memory, so that the featurizers' loads and z's stores meet no bank conflicts (the Toeplitz
+    blocks are permuted to match; not yet measured on a GPU)."""
     batch, seqlen, features = proj.shape
     width = features // 3
     groups, taps = weight.shape
@@ -316,10 +372,12 @@ def launch_mr_forward(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Te
         raise ValueError(f"rows_per_program must be a multiple of {rows_per_iteration}, got {rows_per_program}")
     if seqlen < MIN_ROWS:
         raise ValueError(f"the Gluon walk needs at least {MIN_ROWS} rows a batch row, got {seqlen}")
+    if permuted and seqlen % 16:
+        raise ValueError(f"the permuted Gluon walk needs a multiple of 16 rows a batch row, got {seqlen}")
     y = proj.new_empty(batch, seqlen, width)
     _hyena_mr_gluon_kernel[(triton.cdiv(seqlen, rows_per_program), width // 16, batch)](
-        *descriptors(proj, y, rows_per_iteration, 16), feat_t.float().contiguous(), weight.contiguous(), seqlen,
-        W=width, KF=feat_t.shape[0], K=taps, D=width // groups, L=rows_per_program, BT=BLOCK_T, BC=16, num_warps=4,
-        maxnreg=MAXNREG,
+        *descriptors(proj, y, rows_per_iteration, 16, permuted), feat_t.float().contiguous(), weight.contiguous(),
+        seqlen, W=width, KF=feat_t.shape[0], K=taps, D=width // groups, L=rows_per_program, BT=BLOCK_T, BC=16,
+        num_warps=4, maxnreg=MAXNREG, PERM=permuted,
     )
     return y

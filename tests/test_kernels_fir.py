@@ -327,7 +327,8 @@ def test_mr_gluon_forward_is_chosen_only_on_hopper_for_bf16_unpacked_rows() -> N
 
 def test_mr_gluon_launch_names_bad_arguments() -> None:
     """The Gluon walk's launcher refuses, before any copy, rows a program that its iterations do not divide (128
-    rows with a bf16 filter, 64 with an fp32 one) and batch rows shorter than one 16-row block."""
+    rows with a bf16 filter, 64 with an fp32 one), batch rows shorter than one 16-row block, and for the permuted
+    walk batch rows that are not whole 16-row blocks."""
     if fir_ops._launch_mr_gluon is None:
         pytest.skip("this Triton has no Gluon")
     proj, feat_t = torch.zeros(1, 64, 96, dtype=torch.bfloat16), torch.zeros(3, 96)
@@ -338,6 +339,8 @@ def test_mr_gluon_launch_names_bad_arguments() -> None:
         fir_ops._launch_mr_gluon(proj, feat_t, w.float(), rows_per_program=96)
     with pytest.raises(ValueError, match="needs at least 16 rows a batch row, got 15"):
         fir_ops._launch_mr_gluon(proj[:, :15], feat_t, w)
+    with pytest.raises(ValueError, match="permuted Gluon walk needs a multiple of 16 rows a batch row, got 40"):
+        fir_ops._launch_mr_gluon(proj[:, :40], feat_t, w, permuted=True)
 
 
 GLUON_BUILD_PROBE = """
@@ -348,11 +351,16 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
 from phalanx_kernels import gluon_fir
 rows = 64 if sys.argv[1] == "fp32" else 128  # rows an iteration
+permuted = sys.argv[2] == "permuted"
 flat = [gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=r) for r in (3, 4, 5)]
-sig = {"PD": f"tensordesc<bf16[1, 4, {rows}, 16],{flat[1]!r}>",
-       "BD": f"tensordesc<bf16[1, 4, {rows // 16}, 2, 16],{flat[2]!r}>",
-       "YD": f"tensordesc<bf16[1, {rows}, 16],{flat[0]!r}>", "FT": "*fp32", "HG": "*" + sys.argv[1], "T": "i32"}
-consts = {"W": 2048, "KF": 3, "K": 128, "D": 16, "L": 4096, "BT": 64, "BC": 16, "num_warps": 4}
+if permuted:
+    pd = f"tensordesc<bf16[1, {rows // 16}, 4, 4, 16],{flat[2]!r}>"
+    yd = f"tensordesc<bf16[1, {rows // 16}, 4, 4, 16],{gluon_fir.Y_PERMUTED_LAYOUT!r}>"
+else:
+    pd, yd = f"tensordesc<bf16[1, 4, {rows}, 16],{flat[1]!r}>", f"tensordesc<bf16[1, {rows}, 16],{flat[0]!r}>"
+sig = {"PD": pd, "BD": f"tensordesc<bf16[1, 4, {rows // 16}, 2, 16],{flat[2]!r}>", "YD": yd, "FT": "*fp32",
+       "HG": "*" + sys.argv[1], "T": "i32"}
+consts = {"W": 2048, "KF": 3, "K": 128, "D": 16, "L": 4096, "BT": 64, "BC": 16, "num_warps": 4, "PERM": permuted}
 sig.update(dict.fromkeys(consts, "constexpr"))
 src = GluonASTSource(fn=gluon_fir._hyena_mr_gluon_kernel, signature=sig,
                      constexprs={(list(sig).index(k),): v for k, v in consts.items()})
@@ -362,16 +370,18 @@ print(kernel.metadata.shared)
 """
 
 
+@pytest.mark.parametrize("rows", ["natural", "permuted"])
 @pytest.mark.parametrize("filter_dtype", ["bf16", "fp32"])
-def test_mr_gluon_walk_builds_for_hopper_with_four_programs_an_sm(filter_dtype: str) -> None:
+def test_mr_gluon_walk_builds_for_hopper_with_four_programs_an_sm(filter_dtype: str, rows: str) -> None:
     """Compiled for an H100/H200 (no GPU needed; outside the interpreter, so in a subprocess), the Gluon walk builds
-    under this Triton (Gluon's API moves between releases: a break shows here, not only on the GPU machine) and its
-    shared memory lets 4 programs share an SM (228 KB, 1 KB of it reserved a program), as its speed assumes."""
+    under this Triton (Gluon's API moves between releases: a break shows here, not only on the GPU machine), with
+    rows in their order or each 16-row block's transposed, and its shared memory lets 4 programs share an SM
+    (228 KB, 1 KB of it reserved a program), as its speed assumes."""
     if fir_ops._launch_mr_gluon is None:
         pytest.skip("this Triton has no Gluon")
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", GLUON_BUILD_PROBE, filter_dtype], env=env, capture_output=True,
-                         text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-c", GLUON_BUILD_PROBE, filter_dtype, rows], env=env,
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     shared = int(run.stdout.split()[-1])
     assert 4 * (shared + 1024) <= 228 * 1024, shared
@@ -413,6 +423,36 @@ def test_cuda_mr_gluon_walk_matches_float64(shape, taps: int, featurizer_taps: i
                                fir_ops._launch_mr_core(args[0], feat16.t().contiguous(), args[2], None), rtol=1e-2,
                                atol=1e-2)
     assert not fir_ops._GLUON_FAILED, fir_ops._GLUON_FAILED  # no call fell back to the Triton walk
+
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("filter_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape,taps,featurizer_taps,rows_per_program", [
+    ((2, 1008, 192), 128, 3, 256),  # a last iteration past the rows, programs meeting inside a row
+    ((3, 4096, 768), 100, 2, 4096),
+    ((1, 8192, 384), 65, 1, 1024),
+    ((2, 784, 96), 129, 3, 4096),  # the longest filter, rows shorter than a program
+    ((2, 48, 96), 33, 2, 128),  # rows shorter than a tile
+])
+def test_cuda_permuted_mr_gluon_walk_matches_float64(shape, taps: int, featurizer_taps: int, rows_per_program: int,
+                                                     filter_dtype: torch.dtype) -> None:
+    """The Gluon walk with each 16-row block's rows transposed in shared memory (``permuted=True``: TMA views that
+    swap the strides of rows 4 g + r, Toeplitz blocks permuted to match) gives the float64 reference's y, and the
+    unpermuted walk's within one bf16 rounding (the tensor cores sum a 16-row block's products in another order)."""
+    if torch.cuda.get_device_capability() != (9, 0) or fir_ops._launch_mr_gluon is None:
+        pytest.skip("the Gluon walk runs on sm_90 with a Triton that has Gluon")
+    gen = torch.Generator().manual_seed(taps + shape[1])
+    width = shape[-1] // 3
+    proj = torch.randn(shape, generator=gen, dtype=torch.float64).to(torch.bfloat16)
+    feat = torch.randn(3 * width, featurizer_taps, generator=gen, dtype=torch.float64) / featurizer_taps**0.5
+    w = (torch.randn(width // 16, taps, generator=gen, dtype=torch.float64) / taps**0.5).to(filter_dtype)
+    ref = hyena_reference(proj.double(), feat, w.double().repeat_interleave(16, 0), [shape[1]] * shape[0])
+    proj, feat_t, w = proj.cuda(), feat.float().t().contiguous().cuda(), w.cuda()
+    y = fir_ops._launch_mr_gluon(proj, feat_t, w, rows_per_program=rows_per_program, permuted=True)
+    assert_close(y, ref, torch.bfloat16, "y")
+    natural = fir_ops._launch_mr_gluon(proj, feat_t, w, rows_per_program=rows_per_program)
+    torch.testing.assert_close(y.float(), natural.float(), rtol=2**-7, atol=1e-3)
 
 
 CARRIED_PROBE = """
