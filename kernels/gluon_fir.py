@@ -7,7 +7,9 @@ by hand, because the walk is bound by on-chip traffic and per-tile overhead, not
 
 - One TMA copy brings a tile's q, k and v rows into shared memory (proj viewed as (B, 3, T, W)), one tile ahead
   (two stages, an mbarrier each), and a second copy the two rows before each 16-row block (proj viewed as
-  (B, 3, T / 16, 16, W)). Rows outside the batch row arrive as zeros, so nothing is masked.
+  (B, 3, T / 16, 16, W)). Rows outside the batch row arrive as zeros, so nothing is masked. (``permuted=True``
+  instead stores each 16-row block's rows transposed, to take out the shared-memory bank conflicts that Nsight
+  Compute shows, a warp's rows lying 128 bytes apart: written in session 30 without a GPU, not yet measured.)
 - The featurizers read each row once and keep their taps in registers: a thread holds 4 consecutive rows of 2
   channels (a warp a 16-row block), so rows t - 1 and t - 2 are its own but for the first rows of each 4, which come
   from the lane 8 before by a warp shuffle, the lanes that would wrap sending the block before's rows instead. (A
@@ -217,7 +219,11 @@ def _hyena_mr_gluon_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.conste
     walking the two tiles before them (their z feed the partial outputs only). PD, BD, YD: TMA descriptors of proj
     viewed as (B, 3, T, W) and as (B, 3, T / 16, 16, W) (``_issue``), and of y (B, T, W), boxes of an iteration's
     rows, unswizzled; FT (KF, 3W) fp32 featurizer taps; HG (W / D, K) bf16 or fp32 filters (fp32: one tile an
-    iteration, else two)."""
+    iteration, else two). PERM (``descriptors(permuted=True)``): every tile buffer (q, k, v, z, q's featurized rows,
+    y) holds each 16-row block's rows 4 g + r at 4 r + g and the Toeplitz blocks are permuted alike
+    (``_stored_row``), so that a warp's featurizer loads and z and q stores touch 4 adjacent rows (no bank
+    conflicts), q, k and v come in one copy each (no box of zeros), and the sums are unchanged but for their order
+    within each 16-row block."""
     gl.static_assert((BT == 64) & (BC == 16) & (num_warps == 4))
     gl.static_assert(K <= 2 * BT + 1)
     gl.static_assert(KF <= 3)  # MAX_FEATURIZER_TAPS

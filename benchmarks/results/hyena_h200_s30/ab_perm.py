@@ -1,0 +1,55 @@
+"""Issue 20, prepared in session 30 (no device was lent): the Gluon Hyena-MR forward with each 16-row block's rows
+transposed in shared memory (``launch_mr_forward(permuted=True)``) against the same walk unpermuted and the Triton
+walk (``fir_ops._launch_mr_core``). PART=check: the permuted y against the unpermuted one at odd shapes (rows a
+multiple of 16), as the number of differing elements and the largest difference; PART=time: kernel ms by CUDA-graph
+replay at widths 2048 and 4096, 128 taps shared by 16 channels, bf16 rows, bf16 and fp32 filters, next to the memory
+floor at 4.3 TB/s."""
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/, for bench_swr
+from bench_swr import gpu_ms  # noqa: E402
+from phalanx_kernels import fir_ops  # noqa: E402
+from phalanx_kernels.gluon_fir import launch_mr_forward  # noqa: E402
+
+
+def inputs(B: int, T: int, C: int, K: int, KF: int, seed: int = 0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    proj = torch.randn(B, T, 3 * C, device="cuda", dtype=torch.bfloat16, generator=gen)
+    feat_t = (torch.randn(3 * C, KF, device="cuda", generator=gen) / KF**0.5).t().contiguous()
+    w = torch.randn(C // 16, K, device="cuda", generator=gen) / K**0.5
+    return proj, feat_t, w
+
+
+if os.environ.get("PART", "check") == "check":
+    for B, T, C, K, KF, L in ((1, 256, 64, 128, 3, 4096), (2, 1008, 64, 128, 3, 256), (3, 784, 128, 129, 2, 4096),
+                              (1, 4096, 256, 65, 1, 1024), (2, 48, 64, 33, 3, 128), (2, 5008, 2048, 128, 3, 2048)):
+        proj, feat_t, w32 = inputs(B, T, C, K, KF, seed=T)
+        for w in (w32.bfloat16(), w32):
+            natural = launch_mr_forward(proj, feat_t, w, rows_per_program=L)
+            y = launch_mr_forward(proj, feat_t, w, rows_per_program=L, permuted=True)
+            torch.cuda.synchronize()
+            diff = (y.float() - natural.float()).abs()
+            print(f"check {B}x{T}x{C} K={K} KF={KF} L={L} {str(w.dtype)[6:]} filter: "
+                  f"{'bitwise equal' if torch.equal(y, natural) else 'differs'} ({int((diff > 0).sum())} of "
+                  f"{diff.numel()} elements, max {diff.max():.3e}, max |y| {natural.float().abs().max():.3e})",
+                  flush=True)
+else:
+    rows = []
+    for B, T, C in ((8, 4096, 2048), (1, 32768, 2048), (8, 4096, 4096), (1, 32768, 4096)):
+        proj, feat_t, w32 = inputs(B, T, C, 128, 3)
+        floor = 4 * proj.numel() / 3 * 2 / 4.3e12 * 1e3
+        for w in (w32.bfloat16(), w32):
+            for name, fn in (("Triton walk", lambda: fir_ops._launch_mr_core(proj, feat_t, w, None)),
+                             ("Gluon walk", lambda: launch_mr_forward(proj, feat_t, w)),
+                             ("Gluon walk, permuted rows", lambda: launch_mr_forward(proj, feat_t, w, permuted=True))):
+                ms = gpu_ms(fn)
+                rows.append((f"{B} x {T} x {C}", str(w.dtype)[6:], name, ms, ms / floor))
+                print(f"time {rows[-1]}", flush=True)
+        del proj
+    print("\n| rows x width | filter | kernel | ms | x floor (4.3 TB/s) |\n|---|---|---|---:|---:|")
+    for shape, dtype, name, ms, x in rows:
+        print(f"| {shape} | {dtype} | {name} | {ms:.3f} | {x:.2f} |")
