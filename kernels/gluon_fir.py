@@ -62,7 +62,7 @@ Y_PERMUTED_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=32, element_bitwidth
 
 @gluon.jit
 def _issue(PD, BD, rows, bnds, bar, stage, b, t0, col, KF: gl.constexpr, RT: gl.constexpr, BC: gl.constexpr,
-           pred, W: gl.constexpr = 0, PERM: gl.constexpr = False):
+           pred, W: gl.constexpr, PERM: gl.constexpr = False):
     """Stage ``stage``'s copies of rows [t0, t0 + RT), signalling ``bar``: q, k and v's rows in one box (PD views
     proj as (B, 3, T, W); a box dimension must be a power of two, so its fourth input lies past the view and
     arrives as zeros), or with PERM one box an input (PD views proj as (B, T / 16, 4, 4, 3W), each 16-row block's

@@ -58,7 +58,8 @@ def _mr_partition(PD, BD, YD, FT, HG, lo, start, n, col, b, rows, bnds, z_all, q
         stage = i % 2
         if wg == 0:  # refill the other stage for iteration i + 1 once iteration i - 1 has left it everywhere
             mbarrier.wait(empty.index(1 - stage), ((i + 1) // 2 + 1) & 1)
-            _issue(PD, BD, rows, bnds, ready.index(1 - stage), 1 - stage, b, t0 + RT, col, KF, RT, BC, i + 1 < n)
+            _issue(PD, BD, rows, bnds, ready.index(1 - stage), 1 - stage, b, t0 + RT, col, KF, RT, BC, i + 1 < n,
+                   W)
         mbarrier.wait(ready.index(stage), (i // 2) & 1)
         for h in gl.static_range(2):
             k0, k1, k2, k3 = _featurize(rows, bnds, stage, kf0, kf1, kf2, 1, h, KF, RT, BC, 16 * wg, rl)
@@ -119,7 +120,7 @@ def _hyena_mr_ws_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr
     for s in gl.static_range(2):
         mbarrier.init(ready.index(s), count=1)
         mbarrier.init(empty.index(s), count=G)
-    _issue(PD, BD, rows, bnds, ready.index(0), 0, b, start, col, KF, RT, BC, True)
+    _issue(PD, BD, rows, bnds, ready.index(0), 0, b, start, col, KF, RT, BC, True, W)
     if G == 2:
         gl.warp_specialize([
             (_mr_partition, (PD, BD, YD, FT, HG, lo, start, n, col, b, rows, bnds, z_all, q_all, y_all, ready, empty,
