@@ -90,6 +90,17 @@ def randn(*shape: int, device: str, dtype: torch.dtype = torch.float32, grad: bo
     return torch.randn(*shape).to(device=device, dtype=dtype).requires_grad_(grad)
 
 
+def mr_inputs(batch: int, seqlen: int, width: int, taps: int, featurizer_taps: int,
+              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Hyena-MR walk's inputs for the Gluon experiments (``results/hyena_h200_s29/``, ``_s30/``), drawn by a
+    seeded CUDA generator: proj (B, T, 3W) bf16, featurizer taps (KF, 3W) fp32 and an fp32 filter (W / 16, K) shared
+    by 16 channels (cast it for a bf16 one)."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    proj = torch.randn(batch, seqlen, 3 * width, device="cuda", dtype=torch.bfloat16, generator=gen)
+    feat_t = (torch.randn(3 * width, featurizer_taps, device="cuda", generator=gen) / featurizer_taps**0.5).t()
+    return proj, feat_t.contiguous(), torch.randn(width // 16, taps, device="cuda", generator=gen) / taps**0.5
+
+
 def timed(fwd: Callable[[], torch.Tensor], inputs: list[torch.Tensor], dy: torch.Tensor, device: str, reps: int,
           prefix: str) -> dict[str, float]:
     """Forward (no grad) and forward+backward medians of ``fwd``; gradients of ``inputs`` against ``dy``."""

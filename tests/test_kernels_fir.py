@@ -387,6 +387,18 @@ def test_mr_gluon_walk_builds_for_hopper_with_four_programs_an_sm(filter_dtype: 
     assert 4 * (shared + 1024) <= 228 * 1024, shared
 
 
+def _gluon_case(shape: tuple[int, int, int], taps: int, featurizer_taps: int, filter_dtype: torch.dtype):
+    """(proj bf16, featurizer (3W, KF) float64, filter (W / 16, K) in ``filter_dtype``, float64 reference y) on the
+    CPU for the Gluon walk's GPU tests: filters shared by 16 channels."""
+    gen = torch.Generator().manual_seed(taps + shape[1])
+    width = shape[-1] // 3
+    proj = torch.randn(shape, generator=gen, dtype=torch.float64).to(torch.bfloat16)
+    feat = torch.randn(3 * width, featurizer_taps, generator=gen, dtype=torch.float64) / featurizer_taps**0.5
+    w = (torch.randn(width // 16, taps, generator=gen, dtype=torch.float64) / taps**0.5).to(filter_dtype)
+    return proj, feat, w, hyena_reference(proj.double(), feat, w.double().repeat_interleave(16, 0),
+                                          [shape[1]] * shape[0])
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("filter_dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape,taps,featurizer_taps,rows_per_program", [
@@ -403,12 +415,7 @@ def test_cuda_mr_gluon_walk_matches_float64(shape, taps: int, featurizer_taps: i
     bitwise equal to the Triton walk's; filters shared by 16 channels."""
     if torch.cuda.get_device_capability() != (9, 0) or fir_ops._launch_mr_gluon is None:
         pytest.skip("the Gluon walk runs on sm_90 with a Triton that has Gluon")
-    gen = torch.Generator().manual_seed(taps + shape[1])
-    width = shape[-1] // 3
-    proj = torch.randn(shape, generator=gen, dtype=torch.float64).to(torch.bfloat16)
-    feat = torch.randn(3 * width, featurizer_taps, generator=gen, dtype=torch.float64) / featurizer_taps**0.5
-    w = (torch.randn(width // 16, taps, generator=gen, dtype=torch.float64) / taps**0.5).to(filter_dtype)
-    ref = hyena_reference(proj.double(), feat, w.double().repeat_interleave(16, 0), [shape[1]] * shape[0])
+    proj, feat, w, ref = _gluon_case(shape, taps, featurizer_taps, filter_dtype)
     args = proj.cuda(), feat.float().cuda(), w.cuda()
     y = fir_ops._launch_mr_gluon(args[0], args[1].t().contiguous(), args[2], rows_per_program=rows_per_program)
     assert y.dtype == torch.bfloat16
@@ -423,7 +430,6 @@ def test_cuda_mr_gluon_walk_matches_float64(shape, taps: int, featurizer_taps: i
                                fir_ops._launch_mr_core(args[0], feat16.t().contiguous(), args[2], None), rtol=1e-2,
                                atol=1e-2)
     assert not fir_ops._GLUON_FAILED, fir_ops._GLUON_FAILED  # no call fell back to the Triton walk
-
 
 
 @pytest.mark.gpu
@@ -442,12 +448,7 @@ def test_cuda_permuted_mr_gluon_walk_matches_float64(shape, taps: int, featurize
     unpermuted walk's within one bf16 rounding (the tensor cores sum a 16-row block's products in another order)."""
     if torch.cuda.get_device_capability() != (9, 0) or fir_ops._launch_mr_gluon is None:
         pytest.skip("the Gluon walk runs on sm_90 with a Triton that has Gluon")
-    gen = torch.Generator().manual_seed(taps + shape[1])
-    width = shape[-1] // 3
-    proj = torch.randn(shape, generator=gen, dtype=torch.float64).to(torch.bfloat16)
-    feat = torch.randn(3 * width, featurizer_taps, generator=gen, dtype=torch.float64) / featurizer_taps**0.5
-    w = (torch.randn(width // 16, taps, generator=gen, dtype=torch.float64) / taps**0.5).to(filter_dtype)
-    ref = hyena_reference(proj.double(), feat, w.double().repeat_interleave(16, 0), [shape[1]] * shape[0])
+    proj, feat, w, ref = _gluon_case(shape, taps, featurizer_taps, filter_dtype)
     proj, feat_t, w = proj.cuda(), feat.float().t().contiguous().cuda(), w.cuda()
     y = fir_ops._launch_mr_gluon(proj, feat_t, w, rows_per_program=rows_per_program, permuted=True)
     assert_close(y, ref, torch.bfloat16, "y")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/, for bench_swr
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/, for bench_hyena and bench_swr
+from bench_hyena import mr_inputs  # noqa: E402
 from bench_swr import gpu_ms  # noqa: E402
 from phalanx_kernels import fir_ops  # noqa: E402
 from phalanx_kernels.gluon_fir import launch_mr_forward  # noqa: E402
@@ -25,11 +26,9 @@ def launch(proj, feat_t, w, rows_per_program: int, warpgroups: int):
 
 
 def inputs(B: int, T: int, C: int, K: int, KF: int, seed: int = 0):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    proj = torch.randn(B, T, 3 * C, device="cuda", dtype=torch.bfloat16, generator=gen)
-    feat_t = (torch.randn(3 * C, KF, device="cuda", generator=gen) / KF**0.5).t().contiguous()
-    w = (torch.randn(C // 16, K, device="cuda", generator=gen) / K**0.5).bfloat16()
-    return proj, feat_t, w
+    """``bench_hyena.mr_inputs`` with a bf16 filter."""
+    proj, feat_t, w = mr_inputs(B, T, C, K, KF, seed)
+    return proj, feat_t, w.bfloat16()
 
 
 if os.environ.get("PART", "check") == "check":

@@ -10,24 +10,17 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/, for bench_swr
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/, for bench_hyena and bench_swr
+from bench_hyena import mr_inputs  # noqa: E402
 from bench_swr import gpu_ms  # noqa: E402
 from phalanx_kernels import fir_ops  # noqa: E402
 from phalanx_kernels.gluon_fir import launch_mr_forward  # noqa: E402
 
 
-def inputs(B: int, T: int, C: int, K: int, KF: int, seed: int = 0):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    proj = torch.randn(B, T, 3 * C, device="cuda", dtype=torch.bfloat16, generator=gen)
-    feat_t = (torch.randn(3 * C, KF, device="cuda", generator=gen) / KF**0.5).t().contiguous()
-    w = torch.randn(C // 16, K, device="cuda", generator=gen) / K**0.5
-    return proj, feat_t, w
-
-
 if os.environ.get("PART", "check") == "check":
     for B, T, C, K, KF, L in ((1, 256, 64, 128, 3, 4096), (2, 1008, 64, 128, 3, 256), (3, 784, 128, 129, 2, 4096),
                               (1, 4096, 256, 65, 1, 1024), (2, 48, 64, 33, 3, 128), (2, 5008, 2048, 128, 3, 2048)):
-        proj, feat_t, w32 = inputs(B, T, C, K, KF, seed=T)
+        proj, feat_t, w32 = mr_inputs(B, T, C, K, KF, seed=T)
         for w in (w32.bfloat16(), w32):
             natural = launch_mr_forward(proj, feat_t, w, rows_per_program=L)
             y = launch_mr_forward(proj, feat_t, w, rows_per_program=L, permuted=True)
@@ -40,7 +33,7 @@ if os.environ.get("PART", "check") == "check":
 else:
     rows = []
     for B, T, C in ((8, 4096, 2048), (1, 32768, 2048), (8, 4096, 4096), (1, 32768, 4096)):
-        proj, feat_t, w32 = inputs(B, T, C, 128, 3)
+        proj, feat_t, w32 = mr_inputs(B, T, C, 128, 3)
         floor = 4 * proj.numel() / 3 * 2 / 4.3e12 * 1e3
         for w in (w32.bfloat16(), w32):
             for name, fn in (("Triton walk", lambda: fir_ops._launch_mr_core(proj, feat_t, w, None)),
