@@ -7,7 +7,7 @@ Why: call 1 showed that 32- and 64-channel programs whose warps share CTA barrie
 the L2's tag lookups at 81-82% of their peak with 32-byte rows, and halving the walk's instructions (call 2) did not
 move its time. Wider rows with warpgroups that do not wait for one another test both at once. Builds for sm_90
 under Triton 3.6 and 3.9 (offline: 213,244 / 106,740 bytes of shared memory for 64 / 32 channels, 128 registers,
-no spills); not yet run. ``../hyena_h200_s30/run.sh`` checks it bitwise against the Triton walk (under a timeout,
+no spills); not yet run. ``../hyena_h200_s30/run.sh ws`` checks it bitwise against the Triton walk (under a timeout,
 in case an mbarrier phase is wrong), times it (``ab_ws.py``) and profiles it (``../hyena_h200_s30/ncu_perm.py``).
 
 Warpgroup 0 refills a stage for iteration i + 1 once all warpgroups have arrived on its ``empty`` mbarrier after
