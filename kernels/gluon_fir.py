@@ -222,8 +222,8 @@ def _hyena_mr_gluon_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.conste
     iteration, else two). PERM (``descriptors(permuted=True)``): every tile buffer (q, k, v, z, q's featurized rows,
     y) holds each 16-row block's rows 4 g + r at 4 r + g and the Toeplitz blocks are permuted alike
     (``_stored_row``), so that a warp's featurizer loads and z and q stores touch 4 adjacent rows (no bank
-    conflicts), q, k and v come in one copy each (no box of zeros), and the sums are unchanged but for their order
-    within each 16-row block."""
+    conflicts), q's rows are swizzled for the accumulator's reads, q, k and v come in one copy each (no box of
+    zeros), and the sums are unchanged but for their order within each 16-row block."""
     gl.static_assert((BT == 64) & (BC == 16) & (num_warps == 4))
     gl.static_assert(K <= 2 * BT + 1)
     gl.static_assert(KF <= 3)  # MAX_FEATURIZER_TAPS
@@ -264,9 +264,11 @@ def _hyena_mr_gluon_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.conste
     bnds = gl.allocate_shared_memory(gl.bfloat16, [2, 1, 4, RT // 16, 2, BC], BD.layout)
     z_smem = gl.allocate_shared_memory(gl.bfloat16, [RT, BC], gl.NVMMASharedLayout.get_default_for([RT, BC],
                                                                                                    gl.bfloat16))
-    # q's rows on their way to the wgmma's layout (written before the barrier that precedes the wgmma)
-    q_smem = gl.allocate_shared_memory(gl.float32, [RT // 16, 4, 4, BC], gl.SwizzledSharedLayout(1, 1, 1,
-                                                                                                  [3, 2, 1, 0]))
+    # q's rows on their way to the wgmma's layout (written before the barrier that precedes the wgmma); with PERM
+    # rows 2 and 3 of every 4 swap their 32-byte halves, so that the accumulator layout's reads of 8 rows of 64
+    # bytes fall in distinct banks in each half-warp
+    q_smem = gl.allocate_shared_memory(gl.float32, [RT // 16, 4, 4, BC], gl.SwizzledSharedLayout(
+        8, 2, 2, [3, 2, 1, 0]) if PERM else gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
     if PERM:
         y_smem = gl.allocate_shared_memory(gl.bfloat16, [1, RT // 16, 4, 4, BC], YD.layout)
     else:
