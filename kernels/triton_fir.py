@@ -476,28 +476,33 @@ def _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, valid,
 def _mr_push(HG, group, h0, l0, h1, l1, h2, l2, z, c1, c2, t0, SEQ, CU, T, K: tl.constexpr, NB: tl.constexpr,
              VARLEN: tl.constexpr, BT: tl.constexpr):
     """The tile's output and the next two tiles' partial outputs, ``(c1 + h_0 z, c2 + h_1 z, h_2 z)``, fp32, from the
-    z of the tile at row t0 through the Toeplitz block parts; when a packed output row's sequence starts inside the
-    tile, the blocks are gathered again, masked to each output row's sequence."""
-    crosses = False
-    if VARLEN:  # starts grow with the rows: the last output row's is the latest
-        last = tl.minimum(t0 + NB * BT, T) - 1
-        crosses = tl.load(CU + tl.load(SEQ + last)) > t0
+    z of the tile at row t0 through the Toeplitz block parts. Packed rows take each sequence's own z: the tile's
+    output rows of each sequence with rows in the tile from that sequence's rows of z (one dot a sequence, the block
+    being causal), and the next tiles' rows from the last sequence's only (the others end in the tile), masked to
+    its rows. The blocks held in registers serve every sequence: nothing is gathered again."""
     zero = tl.zeros_like(c2)
-    if crosses:  # holding masked copies of h0..l2 spills
+    hdt: tl.constexpr = HG.dtype.element_ty
+    if VARLEN:
         rows = t0 + tl.arange(0, BT)
-        start0, _ = _bounds(rows, rows < T, SEQ, CU, T, VARLEN)
-        start1, _ = _bounds(rows + BT, rows + BT < T, SEQ, CU, T, VARLEN)
-        start2, _ = _bounds(rows + 2 * BT, rows + 2 * BT < T, SEQ, CU, T, VARLEN)
-        lag = tl.arange(0, BT)[:, None] - tl.arange(0, BT)[None, :]
-        acc = _toeplitz_dot(c1, HG, group, lag, rows[None, :] >= start0[:, None], z, K)
-        c1 = _toeplitz_dot(c2, HG, group, lag + BT, rows[None, :] >= start1[:, None], z, K)
+        seq = tl.load(SEQ + rows, mask=rows < T, other=-1)
+        last = tl.load(SEQ + tl.minimum(t0 + BT, T) - 1)
+        acc = c1
+        zs = z
+        for s in range(tl.load(SEQ + t0), last + 1):  # one pass a sequence; most tiles hold one
+            mine = (seq == s)[:, None]
+            zs = tl.where(mine, z, tl.zeros_like(z))
+            acc = tl.where(mine, _parts_dot(acc, h0, l0, zs, hdt), acc)
+        reach = tl.load(CU + last + 1)  # the last sequence's end: its rows in the next tiles take its z
+        c1 = tl.where((rows + BT < reach)[:, None], _parts_dot(c2, h1, l1, zs, hdt), c2)
+        c2 = zero
         if NB > 2:
-            c2 = _toeplitz_dot(zero, HG, group, lag + 2 * BT, rows[None, :] >= start2[:, None], z, K)
+            c2 = tl.where((rows + 2 * BT < reach)[:, None], _parts_dot(zero, h2, l2, zs, hdt), zero)
     else:
-        acc = _parts_dot(c1, h0, l0, z, HG.dtype.element_ty)
-        c1 = _parts_dot(c2, h1, l1, z, HG.dtype.element_ty)
+        acc = _parts_dot(c1, h0, l0, z, hdt)
+        c1 = _parts_dot(c2, h1, l1, z, hdt)
+        c2 = zero
         if NB > 2:
-            c2 = _parts_dot(zero, h2, l2, z, HG.dtype.element_ty)
+            c2 = _parts_dot(zero, h2, l2, z, hdt)
     return acc, c1, c2
 
 
