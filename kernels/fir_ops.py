@@ -169,7 +169,10 @@ def _launch_mr_core(
     the walk that carried the last tiles' z (packed rows: 0.715 and 0.902 against 0.724 and 0.867;
     ``benchmarks/results/hyena_h200_s24/``), and 1.160 for the one-pass tensor-core kernel that walk replaced.
     The cap keeps 4 programs on an SM where ptxas would take 154 registers; lower caps (112 and 96 here, 96-72 for
-    the walk before) were slower, and packed rows (255 registers) slow down under one (``hyena_h200_s23/``).
+    the walk before) were slower, and packed rows (then 255 registers) slowed down under one (``hyena_h200_s23/``).
+    Packed rows now take each sequence's own z through the same Toeplitz blocks instead of gathering the blocks
+    again masked (session 30; offline sm_90 build, Triton 3.6: 110 registers instead of 255 with a bf16 filter, 109
+    without spills instead of 255 with spills with an fp32 one; not yet timed on a GPU).
     Neither channel-major program order, 8 warps nor Triton's pipelining paid (``hyena_h200_s19/``-``s21/``)."""
     if rows_per_program is None:
         rows_per_program = 4096 if cu_seqlens is not None else 2048
@@ -258,7 +261,9 @@ def _launch_mr_bwd(
     the multi-pass backward; packed rows 4.05 against 4.06 (``benchmarks/results/hyena_h200_s22/``: the row phases
     took 3-7% off the walk, but added 3% to packed rows; loading the rows before a tile's phases once took 10% off
     the packed walk with a bf16 filter, ``hyena_h200_s24/``). ``maxnreg`` as there, uncapped by default: 128
-    registers at one strand took 1.69 ms against 1.71, and spilled at two (``hyena_h200_s23/``)."""
+    registers at one strand took 1.69 ms against 1.71, and spilled at two (``hyena_h200_s23/``). Packed rows take
+    each sequence's own z and dm (session 30: 166-167 registers without spills in the offline sm_90 build, against
+    255 with 364-1096 bytes spilled when the blocks were gathered again masked; not yet timed on a GPU)."""
     dfeats = torch.empty_like(proj)  # [dy * m | dz * v | dz * k]
     z = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
     dm = torch.empty_like(z)

@@ -449,26 +449,31 @@ def _tile_z(P, FT, srow, l0, l1, l2, l3, end, cols, mask_c, base, W: tl.constexp
 
 
 @triton.jit
-def _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, valid, t0, K: tl.constexpr,
+def _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, valid, t0, SEQ, CU, T, K: tl.constexpr,
                NB: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
-    """m = h * z (BT, BC) fp32 of a tile from its z and the two tiles' before (z1, z2), through the Toeplitz block
-    parts; a packed tile whose reach holds a sequence start gathers the blocks again, masked to each row's
-    sequence."""
+    """m = h * z (BT, BC) fp32 of the tile at row t0 (rows, valid: its rows and which are below T) from its z and
+    the two tiles' before (z1, z2), through the Toeplitz block parts. Packed rows take each sequence's own z
+    (``_mr_push``'s way): each sequence's rows of the tile from its rows of z, and the sequence that continues into
+    the tile, alone, also from its rows of the two tiles before."""
     acc = tl.zeros((BT, BC), dtype=tl.float32)
-    crosses = False
-    if VARLEN:  # starts grow with the rows: the last valid row's start is the latest
-        crosses = tl.max(tl.where(valid, start, 0)) > t0 - (NB - 1) * BT
-    if crosses:  # holding masked copies of h0..l2 spills
-        lag = tl.arange(0, BT)[:, None] - tl.arange(0, BT)[None, :]
-        acc = _toeplitz_dot(acc, HG, group, lag, rows[None, :] >= start[:, None], z, K)
-        acc = _toeplitz_dot(acc, HG, group, lag + BT, (rows - BT)[None, :] >= start[:, None], z1, K)
+    hdt: tl.constexpr = HG.dtype.element_ty
+    if VARLEN:
+        seq = tl.load(SEQ + rows, mask=valid, other=-1)
+        first = tl.load(SEQ + tl.minimum(t0, T - 1))  # the sequence continuing into the tile (t0 may be past T)
+        for s in range(first, tl.load(SEQ + tl.minimum(t0 + BT, T) - 1) + 1):
+            mine = (seq == s)[:, None]
+            acc = tl.where(mine, _parts_dot(acc, h0, l0, tl.where(mine, z, tl.zeros_like(z)), hdt), acc)
+        since = tl.load(CU + first)  # its start: the rows of z1, z2 it takes
+        back = _parts_dot(tl.zeros_like(acc), h1, l1, tl.where((rows - BT >= since)[:, None], z1, tl.zeros_like(z1)),
+                          hdt)
         if NB > 2:
-            acc = _toeplitz_dot(acc, HG, group, lag + 2 * BT, (rows - 2 * BT)[None, :] >= start[:, None], z2, K)
+            back = _parts_dot(back, h2, l2, tl.where((rows - 2 * BT >= since)[:, None], z2, tl.zeros_like(z2)), hdt)
+        acc = tl.where((seq == first)[:, None], acc + back, acc)
     else:
-        acc = _parts_dot(acc, h0, l0, z, HG.dtype.element_ty)
-        acc = _parts_dot(acc, h1, l1, z1, HG.dtype.element_ty)
+        acc = _parts_dot(acc, h0, l0, z, hdt)
+        acc = _parts_dot(acc, h1, l1, z1, hdt)
         if NB > 2:
-            acc = _parts_dot(acc, h2, l2, z2, HG.dtype.element_ty)
+            acc = _parts_dot(acc, h2, l2, z2, hdt)
     return acc
 
 
@@ -507,26 +512,34 @@ def _mr_push(HG, group, h0, l0, h1, l1, h2, l2, z, c1, c2, t0, SEQ, CU, T, K: tl
 
 
 @triton.jit
-def _mr_filter_t(HG, group, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, end2, valid2, t0, K: tl.constexpr,
+def _mr_filter_t(HG, group, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, valid2, t0, SEQ, CU, T, K: tl.constexpr,
                  NB: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
-    """dz = h^T * dm (BT, BC) fp32 of the tile two back (rows2) from its dm and the two tiles' after (dm1, dm: the
-    current tile), through the transposed block parts; a packed tile whose reach holds a sequence's end gathers
-    them again, masked."""
+    """dz = h^T * dm (BT, BC) fp32 of the tile two back (rows2, valid2: its rows and which lie in [0, T)) from its
+    dm and the two tiles' after (dm1, dm: the current tile), through the transposed block parts. Packed rows take
+    each sequence's own dm: each sequence's rows of the tile from its rows of dm2, and the sequence that continues
+    past the tile, alone, also from its rows of dm1 and dm."""
     acc = tl.zeros((BT, BC), dtype=tl.float32)
-    crosses = False
-    if VARLEN:  # ends grow with the rows: the first valid row's end is the earliest
-        crosses = tl.min(tl.where(valid2, end2, 2147483647)) < t0 + BT
-    if crosses:
-        lag = tl.arange(0, BT)[None, :] - tl.arange(0, BT)[:, None]
-        acc = _toeplitz_dot(acc, HG, group, lag, rows2[None, :] < end2[:, None], dm2, K)
-        acc = _toeplitz_dot(acc, HG, group, lag + BT, (rows2 + BT)[None, :] < end2[:, None], dm1, K)
+    hdt: tl.constexpr = HG.dtype.element_ty
+    if VARLEN:
+        seq = tl.load(SEQ + rows2, mask=valid2, other=-1)
+        t2 = t0 - 2 * BT  # the tile's first row (before row 0 or past T at the walk's ends)
+        last = tl.load(SEQ + tl.minimum(tl.maximum(t2 + BT - 1, 0), T - 1))  # the sequence continuing past it
+        for s in range(tl.load(SEQ + tl.minimum(tl.maximum(t2, 0), T - 1)), last + 1):
+            mine = (seq == s)[:, None]
+            acc = tl.where(mine, _parts_dot(acc, tl.trans(h0), tl.trans(l0), tl.where(mine, dm2, tl.zeros_like(dm2)),
+                                            hdt), acc)
+        until = tl.load(CU + last + 1)  # its end: the rows of dm1, dm it takes
+        ahead = _parts_dot(tl.zeros_like(acc), tl.trans(h1), tl.trans(l1),
+                           tl.where((rows2 + BT < until)[:, None], dm1, tl.zeros_like(dm1)), hdt)
         if NB > 2:
-            acc = _toeplitz_dot(acc, HG, group, lag + 2 * BT, (rows2 + 2 * BT)[None, :] < end2[:, None], dm, K)
+            ahead = _parts_dot(ahead, tl.trans(h2), tl.trans(l2),
+                               tl.where((rows2 + 2 * BT < until)[:, None], dm, tl.zeros_like(dm)), hdt)
+        acc = tl.where((seq == last)[:, None], acc + ahead, acc)
     else:
-        acc = _parts_dot(acc, tl.trans(h0), tl.trans(l0), dm2, HG.dtype.element_ty)
-        acc = _parts_dot(acc, tl.trans(h1), tl.trans(l1), dm1, HG.dtype.element_ty)
+        acc = _parts_dot(acc, tl.trans(h0), tl.trans(l0), dm2, hdt)
+        acc = _parts_dot(acc, tl.trans(h1), tl.trans(l1), dm1, hdt)
         if NB > 2:
-            acc = _parts_dot(acc, tl.trans(h2), tl.trans(l2), dm, HG.dtype.element_ty)
+            acc = _parts_dot(acc, tl.trans(h2), tl.trans(l2), dm, hdt)
     return acc
 
 
@@ -557,7 +570,7 @@ def _hyena_mr_kernel(
     block 0 completes the tile's output, blocks 1 and 2 start the next two tiles', carried as fp32 partial outputs,
     so z is stored to shared memory for the dots once (carrying the last tiles' z instead stores each of them again
     every tile: H200, ``benchmarks/results/hyena_h200_s24/``). With VARLEN (one strand: one batch row of T packed
-    rows), a block whose output rows' sequences start inside its input tile is masked to each row's sequence."""
+    rows), each sequence's output rows take its own rows of z (``_mr_push``)."""
     tl.static_assert(NS == 1 or not VARLEN)
     dt = Y.dtype.element_ty
     lo, hi, cols, mask_c, base, ybase, first, end, group, h0, l0, h1, l1, h2, l2 = _walk_program(
@@ -604,7 +617,6 @@ def _hyena_mr_bwd_kernel(
     for t0 in range(_walk_from(lo, 2 * BT, SEGS), hi + 2 * BT, BT):
         rows = t0 + offs
         valid = rows < T
-        start, _ = _bounds(rows, valid, SEQ, CU, T, VARLEN)
         inside = (rows[:, None] >= first[None, :]) & (rows[:, None] < end[None, :])  # the column's batch row
         srow, p0, p1, p2, p3 = _phases(t0, SEQ, CU, T, first, BT, VARLEN)
         k = _featurize_tile(P, FT, srow, p0, p1, p2, p3, end, cols, mask_c, base, W, W, KF, VARLEN).to(dt)
@@ -614,16 +626,16 @@ def _hyena_mr_bwd_kernel(
         out = rows.to(tl.int64)[:, None] * W + (ybase + cols)[None, :]
         dy = tl.load(DY + out, mask=inside & mask_c[None, :], other=0.0).to(tl.float32)
         dm = (dy * q).to(dt)
-        m = _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, valid, t0, K, NB, VARLEN, BT, BN)
+        m = _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, valid, t0, SEQ, CU, T, K, NB, VARLEN, BT,
+                       BN)
         own = (rows >= lo)[:, None] & (rows < hi)[:, None] & mask_c[None, :]
         tl.store(Z + out, z, mask=own)
         tl.store(DM + out, dm, mask=own)
         tl.store(DF + rows.to(tl.int64)[:, None] * (3 * W) + (base + cols)[None, :], (dy * m).to(dt), mask=own)
         rows2 = rows - 2 * BT
         valid2 = (rows2 >= 0) & (rows2 < T)
-        _, end2 = _bounds(rows2, valid2, SEQ, CU, T, VARLEN)
-        dz = _mr_filter_t(HG, group, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, end2, valid2, t0, K, NB, VARLEN,
-                          BT, BN)
+        dz = _mr_filter_t(HG, group, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, valid2, t0, SEQ, CU, T, K, NB,
+                          VARLEN, BT, BN)
         own2 = (rows2 >= lo)[:, None] & (rows2 < hi)[:, None] & mask_c[None, :]
         at2 = rows2.to(tl.int64)[:, None] * (3 * W) + (base + cols)[None, :]
         tl.store(DF + at2 + W, (dz * v2.to(tl.float32)).to(dt), mask=own2)

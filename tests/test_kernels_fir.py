@@ -249,6 +249,9 @@ def test_scanned_core_matches_float64_reference(shape, lengths, taps, feat_taps,
         ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float32, 64, False, 4, 6),  # packed: tiles reach across starts
         ((1, 331, 96), [3, 0, 140, 61, 127], 128, torch.float16, 64, True, 1, 3),
         ((1, 331, 96), [200, 131], 100, torch.float16, 192, False, 2, 3),
+        # Packed: several sequences starting in one tile, one reaching over three tiles, programs of two tiles.
+        ((1, 277, 96), [1, 5, 70, 0, 2, 130, 9, 60], 129, torch.float32, 128, False, 1, 3),
+        ((1, 277, 96), [1, 5, 70, 0, 2, 130, 9, 60], 129, torch.float16, 128, True, 1, 2),
     ],
 )
 def test_mr_walk_matches_float64_reference(shape, lengths, taps: int, dtype: torch.dtype, rows_per_program,
