@@ -4,10 +4,18 @@
 #   NCU=1 bash run.sh ws    session 29's warp-specialized walk (its ab_ws.py: bitwise check under a timeout, in case
 #                           an mbarrier hangs, then timing); with NCU=1, Nsight Compute on the unpermuted, permuted
 #                           and 64-channel warp-specialized walks (ncu_perm.py)
+#   bash run.sh prepare     here, not on the GPU machine: writes the MR walks before session 30's packed-row change
+#                           (triton_fir.py at ff0734b) into .oldfir/ (git-ignored), for the next
+#   bash run.sh packed      the Triton MR walks on packed rows against that earlier file (ab_packed.py); carry .oldfir
 # Each Gluon variant compiles on first use (seconds each), hence the generous timeouts. Logs under $OUT.
 set -uo pipefail
-: "${OUT:?OUT must name the folder for the logs (the device tool sets it)}"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../../.." && pwd)
+if [ "${1:-}" = prepare ]; then
+  mkdir -p "$REPO/.oldfir" && git -C "$REPO" show ff0734b:kernels/triton_fir.py >"$REPO/.oldfir/triton_fir.py"
+  echo "wrote $REPO/.oldfir/triton_fir.py (ff0734b)"; exit 0
+fi
+: "${OUT:?OUT must name the folder for the logs (the device tool sets it)}"
 S29="$HERE/../hyena_h200_s29"
 source "$HERE/../../gpu_env.sh"
 record_machine "$OUT/env.txt"
@@ -35,5 +43,10 @@ case "${1:-}" in
     grep -E "Duration|Registers Per|Issue Slots Busy|L2 Cache Throughput|DRAM Throughput|L1/TEX Cache Throughput" \
       "$OUT/ncu_details.txt" | head -n 24
     ;;
-  *) echo "usage: bash $0 perm | ws (NCU=1 for Nsight Compute)" >&2; exit 2 ;;
+  packed)
+    [ -f "$REPO/.oldfir/triton_fir.py" ] \
+      || { echo "no .oldfir/triton_fir.py: run 'bash $0 prepare' here and carry .oldfir" >&2; exit 2; }
+    timeout 500 python3 "$HERE/ab_packed.py" "$REPO/.oldfir/triton_fir.py" 2>&1 | tee "$OUT/packed.log" | tail -n 12
+    ;;
+  *) echo "usage: bash $0 prepare | perm | ws | packed (NCU=1 for Nsight Compute with ws)" >&2; exit 2 ;;
 esac
