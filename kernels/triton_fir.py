@@ -449,8 +449,8 @@ def _tile_z(P, FT, srow, l0, l1, l2, l3, end, cols, mask_c, base, W: tl.constexp
 
 
 @triton.jit
-def _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, valid, t0, SEQ, CU, T, K: tl.constexpr,
-               NB: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+def _mr_filter(HG, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, valid, t0, SEQ, CU, T, NB: tl.constexpr,
+               VARLEN: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
     """m = h * z (BT, BC) fp32 of the tile at row t0 (rows, valid: its rows and which are below T) from its z and
     the two tiles' before (z1, z2), through the Toeplitz block parts. Packed rows take each sequence's own z
     (``_mr_push``'s way): each sequence's rows of the tile from its rows of z, and the sequence that continues into
@@ -478,8 +478,8 @@ def _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, valid, t0, SE
 
 
 @triton.jit
-def _mr_push(HG, group, h0, l0, h1, l1, h2, l2, z, c1, c2, t0, SEQ, CU, T, K: tl.constexpr, NB: tl.constexpr,
-             VARLEN: tl.constexpr, BT: tl.constexpr):
+def _mr_push(HG, h0, l0, h1, l1, h2, l2, z, c1, c2, t0, SEQ, CU, T, NB: tl.constexpr, VARLEN: tl.constexpr,
+             BT: tl.constexpr):
     """The tile's output and the next two tiles' partial outputs, ``(c1 + h_0 z, c2 + h_1 z, h_2 z)``, fp32, from the
     z of the tile at row t0 through the Toeplitz block parts. Packed rows take each sequence's own z: the tile's
     output rows of each sequence with rows in the tile from that sequence's rows of z (one dot a sequence, the block
@@ -512,8 +512,8 @@ def _mr_push(HG, group, h0, l0, h1, l1, h2, l2, z, c1, c2, t0, SEQ, CU, T, K: tl
 
 
 @triton.jit
-def _mr_filter_t(HG, group, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, valid2, t0, SEQ, CU, T, K: tl.constexpr,
-                 NB: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+def _mr_filter_t(HG, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, valid2, t0, SEQ, CU, T, NB: tl.constexpr,
+                 VARLEN: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
     """dz = h^T * dm (BT, BC) fp32 of the tile two back (rows2, valid2: its rows and which lie in [0, T)) from its
     dm and the two tiles' after (dm1, dm: the current tile), through the transposed block parts. Packed rows take
     each sequence's own dm: each sequence's rows of the tile from its rows of dm2, and the sequence that continues
@@ -547,14 +547,14 @@ def _mr_filter_t(HG, group, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, valid2,
 def _walk_program(HG, T, NBATCH, W: tl.constexpr, K: tl.constexpr, D: tl.constexpr, L: tl.constexpr,
                   BT: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr, SEGS: tl.constexpr, dt: tl.constexpr):
     """Program (j, c, b) of an MR walk: its rows ``[lo, hi)`` (from each column's segment start), its columns
-    (``_strands``), its filter group and the group's Toeplitz block parts 0-2 for dt tiles."""
+    (``_strands``) and its filter group's Toeplitz block parts 0-2 for dt tiles."""
     lo = tl.program_id(0) * L
     cols, mask_c, base, ybase, first, end = _strands(T, NBATCH, W, BC, NS, SEGS)
     group = (tl.program_id(1) * BC) // D
     h0, l0 = _toeplitz_parts(HG, group, 0, K, BT, dt)
     h1, l1 = _toeplitz_parts(HG, group, 1, K, BT, dt)
     h2, l2 = _toeplitz_parts(HG, group, 2, K, BT, dt)
-    return lo, tl.minimum(lo + L, T // SEGS), cols, mask_c, base, ybase, first, end, group, h0, l0, h1, l1, h2, l2
+    return lo, tl.minimum(lo + L, T // SEGS), cols, mask_c, base, ybase, first, end, h0, l0, h1, l1, h2, l2
 
 
 @triton.jit
@@ -573,7 +573,7 @@ def _hyena_mr_kernel(
     rows), each sequence's output rows take its own rows of z (``_mr_push``)."""
     tl.static_assert(NS == 1 or not VARLEN)
     dt = Y.dtype.element_ty
-    lo, hi, cols, mask_c, base, ybase, first, end, group, h0, l0, h1, l1, h2, l2 = _walk_program(
+    lo, hi, cols, mask_c, base, ybase, first, end, h0, l0, h1, l1, h2, l2 = _walk_program(
         HG, T, NBATCH, W, K, D, L, BT, BC, NS, SEGS, dt)
     offs = tl.arange(0, BT)
     c1 = tl.zeros((BT, NS * BC), dtype=tl.float32)  # partial outputs of the next tile and the one after
@@ -581,7 +581,7 @@ def _hyena_mr_kernel(
     for t0 in range(_walk_from(lo, (NB - 1) * BT, SEGS), hi, BT):  # the NB - 1 tiles before lo feed c1, c2 only
         srow, p0, p1, p2, p3 = _phases(t0, SEQ, CU, T, first, BT, VARLEN)
         z = _tile_z(P, FT, srow, p0, p1, p2, p3, end, cols, mask_c, base, W, KF, VARLEN, dt)
-        acc, c1, c2 = _mr_push(HG, group, h0, l0, h1, l1, h2, l2, z, c1, c2, t0, SEQ, CU, T, K, NB, VARLEN, BT)
+        acc, c1, c2 = _mr_push(HG, h0, l0, h1, l1, h2, l2, z, c1, c2, t0, SEQ, CU, T, NB, VARLEN, BT)
         if t0 >= lo:
             rows = t0 + offs
             q = _featurize_tile(P, FT, srow, p0, p1, p2, p3, end, cols, mask_c, base, 0, W, KF, VARLEN)
@@ -602,7 +602,7 @@ def _hyena_mr_bwd_kernel(
     tiles, with the tiles' k and v kept for it)."""
     tl.static_assert(NS == 1 or not VARLEN)
     dt = DF.dtype.element_ty
-    lo, hi, cols, mask_c, base, ybase, first, end, group, h0, l0, h1, l1, h2, l2 = _walk_program(
+    lo, hi, cols, mask_c, base, ybase, first, end, h0, l0, h1, l1, h2, l2 = _walk_program(
         HG, T, NBATCH, W, K, D, L, BT, BC, NS, SEGS, dt)
     offs = tl.arange(0, BT)
     BN: tl.constexpr = NS * BC
@@ -626,16 +626,15 @@ def _hyena_mr_bwd_kernel(
         out = rows.to(tl.int64)[:, None] * W + (ybase + cols)[None, :]
         dy = tl.load(DY + out, mask=inside & mask_c[None, :], other=0.0).to(tl.float32)
         dm = (dy * q).to(dt)
-        m = _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, valid, t0, SEQ, CU, T, K, NB, VARLEN, BT,
-                       BN)
+        m = _mr_filter(HG, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, valid, t0, SEQ, CU, T, NB, VARLEN, BT, BN)
         own = (rows >= lo)[:, None] & (rows < hi)[:, None] & mask_c[None, :]
         tl.store(Z + out, z, mask=own)
         tl.store(DM + out, dm, mask=own)
         tl.store(DF + rows.to(tl.int64)[:, None] * (3 * W) + (base + cols)[None, :], (dy * m).to(dt), mask=own)
         rows2 = rows - 2 * BT
         valid2 = (rows2 >= 0) & (rows2 < T)
-        dz = _mr_filter_t(HG, group, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, valid2, t0, SEQ, CU, T, K, NB,
-                          VARLEN, BT, BN)
+        dz = _mr_filter_t(HG, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, valid2, t0, SEQ, CU, T, NB, VARLEN, BT,
+                          BN)
         own2 = (rows2 >= lo)[:, None] & (rows2 < hi)[:, None] & mask_c[None, :]
         at2 = rows2.to(tl.int64)[:, None] * (3 * W) + (base + cols)[None, :]
         tl.store(DF + at2 + W, (dz * v2.to(tl.float32)).to(dt), mask=own2)
