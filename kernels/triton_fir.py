@@ -449,6 +449,17 @@ def _tile_z(P, FT, srow, l0, l1, l2, l3, end, cols, mask_c, base, W: tl.constexp
 
 
 @triton.jit
+def _by_sequence(acc, hi, lo, x, seq, first, last, hdt: tl.constexpr):
+    """``acc`` plus a block (parts hi, lo) applied to one tile's x, sequence by sequence: each sequence ``first``
+    ..``last`` with rows in the tile (``seq``: each row's, -1 outside the rows) gets the block applied to its own
+    rows of x, on its own rows (a block within one tile: causal, or anti-causal transposed)."""
+    for s in range(first, last + 1):  # most tiles hold one sequence
+        mine = (seq == s)[:, None]
+        acc = tl.where(mine, _parts_dot(acc, hi, lo, tl.where(mine, x, tl.zeros_like(x)), hdt), acc)
+    return acc
+
+
+@triton.jit
 def _mr_filter(HG, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, valid, t0, SEQ, CU, T, NB: tl.constexpr,
                VARLEN: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
     """m = h * z (BT, BC) fp32 of the tile at row t0 (rows, valid: its rows and which are below T) from its z and
@@ -460,9 +471,7 @@ def _mr_filter(HG, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, valid, t0, SEQ, CU, 
     if VARLEN:
         seq = tl.load(SEQ + rows, mask=valid, other=-1)
         first = tl.load(SEQ + tl.minimum(t0, T - 1))  # the sequence continuing into the tile (t0 may be past T)
-        for s in range(first, tl.load(SEQ + tl.minimum(t0 + BT, T) - 1) + 1):
-            mine = (seq == s)[:, None]
-            acc = tl.where(mine, _parts_dot(acc, h0, l0, tl.where(mine, z, tl.zeros_like(z)), hdt), acc)
+        acc = _by_sequence(acc, h0, l0, z, seq, first, tl.load(SEQ + tl.minimum(t0 + BT, T) - 1), hdt)
         since = tl.load(CU + first)  # its start: the rows of z1, z2 it takes
         back = _parts_dot(tl.zeros_like(acc), h1, l1, tl.where((rows - BT >= since)[:, None], z1, tl.zeros_like(z1)),
                           hdt)
@@ -491,12 +500,8 @@ def _mr_push(HG, h0, l0, h1, l1, h2, l2, z, c1, c2, t0, SEQ, CU, T, NB: tl.const
         rows = t0 + tl.arange(0, BT)
         seq = tl.load(SEQ + rows, mask=rows < T, other=-1)
         last = tl.load(SEQ + tl.minimum(t0 + BT, T) - 1)
-        acc = c1
-        zs = z
-        for s in range(tl.load(SEQ + t0), last + 1):  # one pass a sequence; most tiles hold one
-            mine = (seq == s)[:, None]
-            zs = tl.where(mine, z, tl.zeros_like(z))
-            acc = tl.where(mine, _parts_dot(acc, h0, l0, zs, hdt), acc)
+        acc = _by_sequence(c1, h0, l0, z, seq, tl.load(SEQ + t0), last, hdt)
+        zs = tl.where((seq == last)[:, None], z, tl.zeros_like(z))  # the last sequence's rows of z
         reach = tl.load(CU + last + 1)  # the last sequence's end: its rows in the next tiles take its z
         c1 = tl.where((rows + BT < reach)[:, None], _parts_dot(c2, h1, l1, zs, hdt), c2)
         c2 = zero
@@ -524,10 +529,8 @@ def _mr_filter_t(HG, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, valid2, t0, SE
         seq = tl.load(SEQ + rows2, mask=valid2, other=-1)
         t2 = t0 - 2 * BT  # the tile's first row (before row 0 or past T at the walk's ends)
         last = tl.load(SEQ + tl.minimum(tl.maximum(t2 + BT - 1, 0), T - 1))  # the sequence continuing past it
-        for s in range(tl.load(SEQ + tl.minimum(tl.maximum(t2, 0), T - 1)), last + 1):
-            mine = (seq == s)[:, None]
-            acc = tl.where(mine, _parts_dot(acc, tl.trans(h0), tl.trans(l0), tl.where(mine, dm2, tl.zeros_like(dm2)),
-                                            hdt), acc)
+        acc = _by_sequence(acc, tl.trans(h0), tl.trans(l0), dm2, seq, tl.load(SEQ + tl.minimum(tl.maximum(t2, 0),
+                                                                                              T - 1)), last, hdt)
         until = tl.load(CU + last + 1)  # its end: the rows of dm1, dm it takes
         ahead = _parts_dot(tl.zeros_like(acc), tl.trans(h1), tl.trans(l1),
                            tl.where((rows2 + BT < until)[:, None], dm1, tl.zeros_like(dm1)), hdt)
