@@ -3,12 +3,14 @@ transposed in shared memory (``launch_mr_forward(permuted=True)``) against the s
 walk (``fir_ops._launch_mr_core``). PART=check: the permuted y against the unpermuted one at odd shapes (rows a
 multiple of 16), as the number of differing elements and the largest difference; PART=time: kernel ms by CUDA-graph
 replay at widths 2048 and 4096, 128 taps shared by 16 channels, bf16 rows, bf16 and fp32 filters, next to the memory
-floor at 4.3 TB/s."""
+floor at 4.3 TB/s. QUICK=1 (for a short device lease): two check shapes and the 8 x 4096 x 2048 timing only."""
 import os
 import sys
 from pathlib import Path
 
 import torch
+
+QUICK = os.environ.get("QUICK") == "1"
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/, for bench_hyena and bench_swr
 from bench_hyena import mr_inputs  # noqa: E402
@@ -18,8 +20,9 @@ from phalanx_kernels.gluon_fir import launch_mr_forward  # noqa: E402
 
 
 if os.environ.get("PART", "check") == "check":
-    for B, T, C, K, KF, L in ((1, 256, 64, 128, 3, 4096), (2, 1008, 64, 128, 3, 256), (3, 784, 128, 129, 2, 4096),
-                              (1, 4096, 256, 65, 1, 1024), (2, 48, 64, 33, 3, 128), (2, 5008, 2048, 128, 3, 2048)):
+    shapes = ((1, 256, 64, 128, 3, 4096), (2, 1008, 64, 128, 3, 256), (3, 784, 128, 129, 2, 4096),
+              (1, 4096, 256, 65, 1, 1024), (2, 48, 64, 33, 3, 128), (2, 5008, 2048, 128, 3, 2048))
+    for B, T, C, K, KF, L in (shapes[1], shapes[5]) if QUICK else shapes:
         proj, feat_t, w32 = mr_inputs(B, T, C, K, KF, seed=T)
         for w in (w32.bfloat16(), w32):
             natural = launch_mr_forward(proj, feat_t, w, rows_per_program=L)
@@ -32,7 +35,8 @@ if os.environ.get("PART", "check") == "check":
                   flush=True)
 else:
     rows = []
-    for B, T, C in ((8, 4096, 2048), (1, 32768, 2048), (8, 4096, 4096), (1, 32768, 4096)):
+    shapes = ((8, 4096, 2048), (1, 32768, 2048), (8, 4096, 4096), (1, 32768, 4096))
+    for B, T, C in shapes[:1] if QUICK else shapes:
         proj, feat_t, w32 = mr_inputs(B, T, C, 128, 3)
         floor = 4 * proj.numel() / 3 * 2 / 4.3e12 * 1e3
         for w in (w32.bfloat16(), w32):
