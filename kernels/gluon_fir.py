@@ -371,7 +371,7 @@ def launch_mr_forward(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Te
     multiple of 128 (of 64 for an fp32 filter): 4096 was the fastest of 1024, 2048 and 4096 on the H200
     (``benchmarks/results/hyena_h200_s28/``). ``permuted`` (T a multiple of 16) stores each 16-row block's rows
     transposed in shared memory, so that the featurizers' loads and z's stores meet no bank conflicts (the Toeplitz
-    blocks are permuted to match; not yet measured on a GPU)."""
+    blocks are permuted to match): bitwise the same y, about 10% faster on an H100 (``hyena_h200_s30``)."""
     batch, seqlen, features = proj.shape
     width = features // 3
     groups, taps = weight.shape

@@ -293,11 +293,12 @@ def test_mr_walk_matches_float64_reference(shape, lengths, taps: int, dtype: tor
 
 def test_mr_forward_falls_back_to_the_triton_walk_when_gluon_fails(monkeypatch) -> None:
     """Where the Gluon forward is chosen but fails (Gluon's API moves between Triton releases), ``hyena_core`` warns
-    once, returns the Triton walk's output, and takes the Triton walk from then on."""
+    once, returns the Triton walk's output, and takes the Triton walk from then on. Batch rows of 70 (not a multiple
+    of 16) ask for the unpermuted walk."""
     calls = []
 
-    def broken(*args):
-        calls.append(args)
+    def broken(*args, **kwargs):
+        calls.append(kwargs)
         raise RuntimeError("no such Gluon builtin")
 
     monkeypatch.setattr(fir_ops, "_launch_mr_gluon", broken)
@@ -311,7 +312,26 @@ def test_mr_forward_falls_back_to_the_triton_walk_when_gluon_fails(monkeypatch) 
         y = fir_ops.hyena_core(proj, feat, w)
     torch.testing.assert_close(y, fir_ops._launch_mr_core(proj, feat.t().contiguous(), w, None), rtol=0, atol=0)
     fir_ops.hyena_core(proj, feat, w)
-    assert len(calls) == 1 and len(fir_ops._GLUON_FAILED) == 1
+    assert calls == [{"permuted": False}] and len(fir_ops._GLUON_FAILED) == 1
+
+
+def test_mr_forward_asks_for_the_permuted_gluon_walk_on_whole_16_row_blocks(monkeypatch) -> None:
+    """Batch rows of a multiple of 16 take the Gluon walk's permuted rows (measured faster, bitwise equal on the
+    GPU); others the unpermuted walk, which the permuted one refuses."""
+    calls = []
+
+    def recording(proj, feat_t, weight, permuted=False):
+        calls.append(permuted)
+        return fir_ops._launch_mr_core(proj, feat_t, weight, None)
+
+    monkeypatch.setattr(fir_ops, "_launch_mr_gluon", recording)
+    monkeypatch.setattr(fir_ops, "_mr_gluon_eligible", lambda *a: True)
+    gen = torch.Generator().manual_seed(6)
+    feat = (torch.randn(96, 3, generator=gen) / 3**0.5).to(DEVICE)
+    w = (torch.randn(2, 40, generator=gen) / 40**0.5).to(DEVICE)
+    for seqlen in (64, 48, 70, 17):
+        fir_ops.hyena_core(torch.randn(2, seqlen, 96, generator=gen).to(DEVICE), feat, w)
+    assert calls == [True, True, False, False]
 
 
 def test_mr_gluon_forward_is_chosen_only_on_hopper_for_bf16_unpacked_rows() -> None:
