@@ -3,7 +3,8 @@ transposed in shared memory (``launch_mr_forward(permuted=True)``) against the s
 walk (``fir_ops._launch_mr_core``). PART=check: the permuted y against the unpermuted one at odd shapes (rows a
 multiple of 16), as the number of differing elements and the largest difference; PART=time: kernel ms by CUDA-graph
 replay at widths 2048 and 4096, 128 taps shared by 16 channels, bf16 rows, bf16 and fp32 filters, next to the memory
-floor at 4.3 TB/s. QUICK=1 (for a short device lease): two check shapes and the 8 x 4096 x 2048 timing only."""
+floor at the copy bandwidth measured in the same run (session 31's call 1, on an H100, divided by the H200's 4.3 TB/s
+instead). QUICK=1 (for a short device lease): two check shapes and the 8 x 4096 x 2048 timing only."""
 import os
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 QUICK = os.environ.get("QUICK") == "1"
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/, for bench_hyena and bench_swr
-from bench_hyena import mr_inputs  # noqa: E402
+from bench_hyena import copy_bandwidth, mr_inputs  # noqa: E402
 from bench_swr import gpu_ms  # noqa: E402
 from phalanx_kernels import fir_ops  # noqa: E402
 from phalanx_kernels.gluon_fir import launch_mr_forward  # noqa: E402
@@ -34,11 +35,12 @@ if os.environ.get("PART", "check") == "check":
                   f"{diff.numel()} elements, max {diff.max():.3e}, max |y| {natural.float().abs().max():.3e})",
                   flush=True)
 else:
-    rows = []
+    rows, bandwidth = [], copy_bandwidth("cuda")
+    print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
     shapes = ((8, 4096, 2048), (1, 32768, 2048), (8, 4096, 4096), (1, 32768, 4096))
     for B, T, C in shapes[:1] if QUICK else shapes:
         proj, feat_t, w32 = mr_inputs(B, T, C, 128, 3)
-        floor = 4 * proj.numel() / 3 * 2 / 4.3e12 * 1e3
+        floor = 8 * B * T * C / bandwidth * 1e3  # ms: q, k, v read and y written, 2 bytes each
         for w in (w32.bfloat16(), w32):
             for name, fn in (("Triton walk", lambda: fir_ops._launch_mr_core(proj, feat_t, w, None)),
                              ("Gluon walk", lambda: launch_mr_forward(proj, feat_t, w)),
@@ -47,6 +49,6 @@ else:
                 rows.append((f"{B} x {T} x {C}", str(w.dtype)[6:], name, ms, ms / floor))
                 print(f"time {rows[-1]}", flush=True)
         del proj
-    print("\n| rows x width | filter | kernel | ms | x floor (4.3 TB/s) |\n|---|---|---|---:|---:|")
+    print(f"\n| rows x width | filter | kernel | ms | x floor ({bandwidth / 1e12:.2f} TB/s) |\n|---|---|---|---:|---:|")
     for shape, dtype, name, ms, x in rows:
         print(f"| {shape} | {dtype} | {name} | {ms:.3f} | {x:.2f} |")
