@@ -170,9 +170,9 @@ def _launch_mr_core(
     ``benchmarks/results/hyena_h200_s24/``), and 1.160 for the one-pass tensor-core kernel that walk replaced.
     The cap keeps 4 programs on an SM where ptxas would take 154 registers; lower caps (112 and 96 here, 96-72 for
     the walk before) were slower, and packed rows (then 255 registers) slowed down under one (``hyena_h200_s23/``).
-    Packed rows now take each sequence's own z through the same Toeplitz blocks instead of gathering the blocks
-    again masked (session 30; offline sm_90 build, Triton 3.6: 110 registers instead of 255 with a bf16 filter, 109
-    without spills instead of 255 with spills with an fp32 one; not yet timed on a GPU).
+    Packed rows take each sequence's own z through the same Toeplitz blocks instead of gathering the blocks again
+    masked (110 registers instead of 255 with a bf16 filter): 0.523 ms against 0.697 at 8 x 4096 x 2048 on an H100,
+    outputs bitwise equal (``benchmarks/results/hyena_h200_s32/``).
     Neither channel-major program order, 8 warps nor Triton's pipelining paid (``hyena_h200_s19/``-``s21/``)."""
     if rows_per_program is None:
         rows_per_program = 4096 if cu_seqlens is not None else 2048
@@ -263,9 +263,10 @@ def _launch_mr_bwd(
     the multi-pass backward; packed rows 4.05 against 4.06 (``benchmarks/results/hyena_h200_s22/``: the row phases
     took 3-7% off the walk, but added 3% to packed rows; loading the rows before a tile's phases once took 10% off
     the packed walk with a bf16 filter, ``hyena_h200_s24/``). ``maxnreg`` as there, uncapped by default: 128
-    registers at one strand took 1.69 ms against 1.71, and spilled at two (``hyena_h200_s23/``). Packed rows take
-    each sequence's own z and dm (session 30: 166-167 registers without spills in the offline sm_90 build, against
-    255 with 364-1096 bytes spilled when the blocks were gathered again masked; not yet timed on a GPU)."""
+    registers at one strand took 1.69 ms against 1.71, and spilled at two (``hyena_h200_s23/``). Packed rows gather
+    the blocks again, masked, for tiles that a sequence boundary reaches: 1.89 ms with a bf16 filter on an H100 (41
+    documents in 8 x 4096 rows). Taking each sequence's own z and dm instead, as the forward does, faulted on the GPU
+    (Triton 3.6 read a dot's shared memory out of bounds, ``hyena_h200_s32/``)."""
     dfeats = torch.empty_like(proj)  # [dy * m | dz * v | dz * k]
     z = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 3)
     dm = torch.empty_like(z)

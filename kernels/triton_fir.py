@@ -452,7 +452,7 @@ def _tile_z(P, FT, srow, l0, l1, l2, l3, end, cols, mask_c, base, W: tl.constexp
 def _by_sequence(acc, hi, lo, x, seq, first, last, hdt: tl.constexpr):
     """``acc`` plus a block (parts hi, lo) applied to one tile's x, sequence by sequence: each sequence ``first``
     ..``last`` with rows in the tile (``seq``: each row's, -1 outside the rows) gets the block applied to its own
-    rows of x, on its own rows (a block within one tile: causal, or anti-causal transposed)."""
+    rows of x, on its own rows (a causal block within one tile)."""
     for s in range(first, last + 1):  # most tiles hold one sequence
         mine = (seq == s)[:, None]
         acc = tl.where(mine, _parts_dot(acc, hi, lo, tl.where(mine, x, tl.zeros_like(x)), hdt), acc)
@@ -460,29 +460,27 @@ def _by_sequence(acc, hi, lo, x, seq, first, last, hdt: tl.constexpr):
 
 
 @triton.jit
-def _mr_filter(HG, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, valid, t0, SEQ, CU, T, NB: tl.constexpr,
-               VARLEN: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
-    """m = h * z (BT, BC) fp32 of the tile at row t0 (rows, valid: its rows and which are below T) from its z and
-    the two tiles' before (z1, z2), through the Toeplitz block parts. Packed rows take each sequence's own z
-    (``_mr_push``'s way): each sequence's rows of the tile from its rows of z, and the sequence that continues into
-    the tile, alone, also from its rows of the two tiles before."""
+def _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, valid, t0, K: tl.constexpr,
+               NB: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    """m = h * z (BT, BC) fp32 of a tile from its z and the two tiles' before (z1, z2), through the Toeplitz block
+    parts; a packed tile whose reach holds a sequence start gathers the blocks again, masked to each row's
+    sequence. (``_mr_push``'s per-sequence dots, here and in ``_mr_filter_t``, faulted on the GPU: Triton 3.6 read
+    their shared memory out of bounds, ``benchmarks/results/hyena_h200_s32/``.)"""
     acc = tl.zeros((BT, BC), dtype=tl.float32)
-    hdt: tl.constexpr = HG.dtype.element_ty
-    if VARLEN:
-        seq = tl.load(SEQ + rows, mask=valid, other=-1)
-        first = tl.load(SEQ + tl.minimum(t0, T - 1))  # the sequence continuing into the tile (t0 may be past T)
-        acc = _by_sequence(acc, h0, l0, z, seq, first, tl.load(SEQ + tl.minimum(t0 + BT, T) - 1), hdt)
-        since = tl.load(CU + first)  # its start: the rows of z1, z2 it takes
-        back = _parts_dot(tl.zeros_like(acc), h1, l1, tl.where((rows - BT >= since)[:, None], z1, tl.zeros_like(z1)),
-                          hdt)
+    crosses = False
+    if VARLEN:  # starts grow with the rows: the last valid row's start is the latest
+        crosses = tl.max(tl.where(valid, start, 0)) > t0 - (NB - 1) * BT
+    if crosses:  # holding masked copies of h0..l2 spills
+        lag = tl.arange(0, BT)[:, None] - tl.arange(0, BT)[None, :]
+        acc = _toeplitz_dot(acc, HG, group, lag, rows[None, :] >= start[:, None], z, K)
+        acc = _toeplitz_dot(acc, HG, group, lag + BT, (rows - BT)[None, :] >= start[:, None], z1, K)
         if NB > 2:
-            back = _parts_dot(back, h2, l2, tl.where((rows - 2 * BT >= since)[:, None], z2, tl.zeros_like(z2)), hdt)
-        acc = tl.where((seq == first)[:, None], acc + back, acc)
+            acc = _toeplitz_dot(acc, HG, group, lag + 2 * BT, (rows - 2 * BT)[None, :] >= start[:, None], z2, K)
     else:
-        acc = _parts_dot(acc, h0, l0, z, hdt)
-        acc = _parts_dot(acc, h1, l1, z1, hdt)
+        acc = _parts_dot(acc, h0, l0, z, HG.dtype.element_ty)
+        acc = _parts_dot(acc, h1, l1, z1, HG.dtype.element_ty)
         if NB > 2:
-            acc = _parts_dot(acc, h2, l2, z2, hdt)
+            acc = _parts_dot(acc, h2, l2, z2, HG.dtype.element_ty)
     return acc
 
 
@@ -517,32 +515,26 @@ def _mr_push(HG, h0, l0, h1, l1, h2, l2, z, c1, c2, t0, SEQ, CU, T, NB: tl.const
 
 
 @triton.jit
-def _mr_filter_t(HG, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, valid2, t0, SEQ, CU, T, NB: tl.constexpr,
-                 VARLEN: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
-    """dz = h^T * dm (BT, BC) fp32 of the tile two back (rows2, valid2: its rows and which lie in [0, T)) from its
-    dm and the two tiles' after (dm1, dm: the current tile), through the transposed block parts. Packed rows take
-    each sequence's own dm: each sequence's rows of the tile from its rows of dm2, and the sequence that continues
-    past the tile, alone, also from its rows of dm1 and dm."""
+def _mr_filter_t(HG, group, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, end2, valid2, t0, K: tl.constexpr,
+                 NB: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    """dz = h^T * dm (BT, BC) fp32 of the tile two back (rows2) from its dm and the two tiles' after (dm1, dm: the
+    current tile), through the transposed block parts; a packed tile whose reach holds a sequence's end gathers
+    them again, masked."""
     acc = tl.zeros((BT, BC), dtype=tl.float32)
-    hdt: tl.constexpr = HG.dtype.element_ty
-    if VARLEN:
-        seq = tl.load(SEQ + rows2, mask=valid2, other=-1)
-        t2 = t0 - 2 * BT  # the tile's first row (before row 0 or past T at the walk's ends)
-        last = tl.load(SEQ + tl.minimum(tl.maximum(t2 + BT - 1, 0), T - 1))  # the sequence continuing past it
-        acc = _by_sequence(acc, tl.trans(h0), tl.trans(l0), dm2, seq, tl.load(SEQ + tl.minimum(tl.maximum(t2, 0),
-                                                                                              T - 1)), last, hdt)
-        until = tl.load(CU + last + 1)  # its end: the rows of dm1, dm it takes
-        ahead = _parts_dot(tl.zeros_like(acc), tl.trans(h1), tl.trans(l1),
-                           tl.where((rows2 + BT < until)[:, None], dm1, tl.zeros_like(dm1)), hdt)
+    crosses = False
+    if VARLEN:  # ends grow with the rows: the first valid row's end is the earliest
+        crosses = tl.min(tl.where(valid2, end2, 2147483647)) < t0 + BT
+    if crosses:
+        lag = tl.arange(0, BT)[None, :] - tl.arange(0, BT)[:, None]
+        acc = _toeplitz_dot(acc, HG, group, lag, rows2[None, :] < end2[:, None], dm2, K)
+        acc = _toeplitz_dot(acc, HG, group, lag + BT, (rows2 + BT)[None, :] < end2[:, None], dm1, K)
         if NB > 2:
-            ahead = _parts_dot(ahead, tl.trans(h2), tl.trans(l2),
-                               tl.where((rows2 + 2 * BT < until)[:, None], dm, tl.zeros_like(dm)), hdt)
-        acc = tl.where((seq == last)[:, None], acc + ahead, acc)
+            acc = _toeplitz_dot(acc, HG, group, lag + 2 * BT, (rows2 + 2 * BT)[None, :] < end2[:, None], dm, K)
     else:
-        acc = _parts_dot(acc, tl.trans(h0), tl.trans(l0), dm2, hdt)
-        acc = _parts_dot(acc, tl.trans(h1), tl.trans(l1), dm1, hdt)
+        acc = _parts_dot(acc, tl.trans(h0), tl.trans(l0), dm2, HG.dtype.element_ty)
+        acc = _parts_dot(acc, tl.trans(h1), tl.trans(l1), dm1, HG.dtype.element_ty)
         if NB > 2:
-            acc = _parts_dot(acc, tl.trans(h2), tl.trans(l2), dm, hdt)
+            acc = _parts_dot(acc, tl.trans(h2), tl.trans(l2), dm, HG.dtype.element_ty)
     return acc
 
 
@@ -550,14 +542,14 @@ def _mr_filter_t(HG, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, valid2, t0, SE
 def _walk_program(HG, T, NBATCH, W: tl.constexpr, K: tl.constexpr, D: tl.constexpr, L: tl.constexpr,
                   BT: tl.constexpr, BC: tl.constexpr, NS: tl.constexpr, SEGS: tl.constexpr, dt: tl.constexpr):
     """Program (j, c, b) of an MR walk: its rows ``[lo, hi)`` (from each column's segment start), its columns
-    (``_strands``) and its filter group's Toeplitz block parts 0-2 for dt tiles."""
+    (``_strands``), its filter group and the group's Toeplitz block parts 0-2 for dt tiles."""
     lo = tl.program_id(0) * L
     cols, mask_c, base, ybase, first, end = _strands(T, NBATCH, W, BC, NS, SEGS)
     group = (tl.program_id(1) * BC) // D
     h0, l0 = _toeplitz_parts(HG, group, 0, K, BT, dt)
     h1, l1 = _toeplitz_parts(HG, group, 1, K, BT, dt)
     h2, l2 = _toeplitz_parts(HG, group, 2, K, BT, dt)
-    return lo, tl.minimum(lo + L, T // SEGS), cols, mask_c, base, ybase, first, end, h0, l0, h1, l1, h2, l2
+    return lo, tl.minimum(lo + L, T // SEGS), cols, mask_c, base, ybase, first, end, group, h0, l0, h1, l1, h2, l2
 
 
 @triton.jit
@@ -576,7 +568,7 @@ def _hyena_mr_kernel(
     rows), each sequence's output rows take its own rows of z (``_mr_push``)."""
     tl.static_assert(NS == 1 or not VARLEN)
     dt = Y.dtype.element_ty
-    lo, hi, cols, mask_c, base, ybase, first, end, h0, l0, h1, l1, h2, l2 = _walk_program(
+    lo, hi, cols, mask_c, base, ybase, first, end, _, h0, l0, h1, l1, h2, l2 = _walk_program(
         HG, T, NBATCH, W, K, D, L, BT, BC, NS, SEGS, dt)
     offs = tl.arange(0, BT)
     c1 = tl.zeros((BT, NS * BC), dtype=tl.float32)  # partial outputs of the next tile and the one after
@@ -605,7 +597,7 @@ def _hyena_mr_bwd_kernel(
     tiles, with the tiles' k and v kept for it)."""
     tl.static_assert(NS == 1 or not VARLEN)
     dt = DF.dtype.element_ty
-    lo, hi, cols, mask_c, base, ybase, first, end, h0, l0, h1, l1, h2, l2 = _walk_program(
+    lo, hi, cols, mask_c, base, ybase, first, end, group, h0, l0, h1, l1, h2, l2 = _walk_program(
         HG, T, NBATCH, W, K, D, L, BT, BC, NS, SEGS, dt)
     offs = tl.arange(0, BT)
     BN: tl.constexpr = NS * BC
@@ -620,6 +612,7 @@ def _hyena_mr_bwd_kernel(
     for t0 in range(_walk_from(lo, 2 * BT, SEGS), hi + 2 * BT, BT):
         rows = t0 + offs
         valid = rows < T
+        start, _ = _bounds(rows, valid, SEQ, CU, T, VARLEN)
         inside = (rows[:, None] >= first[None, :]) & (rows[:, None] < end[None, :])  # the column's batch row
         srow, p0, p1, p2, p3 = _phases(t0, SEQ, CU, T, first, BT, VARLEN)
         k = _featurize_tile(P, FT, srow, p0, p1, p2, p3, end, cols, mask_c, base, W, W, KF, VARLEN).to(dt)
@@ -629,15 +622,16 @@ def _hyena_mr_bwd_kernel(
         out = rows.to(tl.int64)[:, None] * W + (ybase + cols)[None, :]
         dy = tl.load(DY + out, mask=inside & mask_c[None, :], other=0.0).to(tl.float32)
         dm = (dy * q).to(dt)
-        m = _mr_filter(HG, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, valid, t0, SEQ, CU, T, NB, VARLEN, BT, BN)
+        m = _mr_filter(HG, group, h0, l0, h1, l1, h2, l2, z, z1, z2, rows, start, valid, t0, K, NB, VARLEN, BT, BN)
         own = (rows >= lo)[:, None] & (rows < hi)[:, None] & mask_c[None, :]
         tl.store(Z + out, z, mask=own)
         tl.store(DM + out, dm, mask=own)
         tl.store(DF + rows.to(tl.int64)[:, None] * (3 * W) + (base + cols)[None, :], (dy * m).to(dt), mask=own)
         rows2 = rows - 2 * BT
         valid2 = (rows2 >= 0) & (rows2 < T)
-        dz = _mr_filter_t(HG, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, valid2, t0, SEQ, CU, T, NB, VARLEN, BT,
-                          BN)
+        _, end2 = _bounds(rows2, valid2, SEQ, CU, T, VARLEN)
+        dz = _mr_filter_t(HG, group, h0, l0, h1, l1, h2, l2, dm2, dm1, dm, rows2, end2, valid2, t0, K, NB, VARLEN,
+                          BT, BN)
         own2 = (rows2 >= lo)[:, None] & (rows2 < hi)[:, None] & mask_c[None, :]
         at2 = rows2.to(tl.int64)[:, None] * (3 * W) + (base + cols)[None, :]
         tl.store(DF + at2 + W, (dz * v2.to(tl.float32)).to(dt), mask=own2)
