@@ -190,13 +190,21 @@ def _mr_gluon_eligible(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.T
     with a bf16 filter, 0.284 against 0.484 with an fp32 one, on the H200 at 8 x 4096 x 2048,
     ``benchmarks/results/hyena_h200_s29/``): Hopper, bf16 rows, a bf16 or fp32 filter, rows that are not packed,
     16-byte aligned (TMA) and at least 16 a batch row, featurizers of up to 3 taps, and a Triton whose Gluon builds
-    it (a failure turns it off for the process, with a warning). Batch rows of a multiple of 16 take its permuted
-    variant (bitwise equal; 0.228 ms against 0.252 with a bf16 filter, 0.257 against 0.288 with an fp32 one, on an
-    H100 at 8 x 4096 x 2048, ``benchmarks/results/hyena_h200_s30/``)."""
+    it (a failure turns it off for the process, with a warning). Which of its walks: ``_gluon_walk``."""
     return (_launch_mr_gluon is not None and not _GLUON_FAILED and cu_seqlens is None
             and proj.dtype == torch.bfloat16 and weight.dtype in (torch.bfloat16, torch.float32)
             and feat_t.shape[0] <= _GLUON_MAX_FEATURIZER_TAPS and proj.shape[1] >= _GLUON_MIN_ROWS
             and proj.data_ptr() % 16 == 0 and proj.is_cuda and torch.cuda.get_device_capability(proj.device) == (9, 0))
+
+
+def _gluon_walk(seqlen: int, width: int, weight: torch.Tensor) -> dict[str, bool | int]:
+    """Which Gluon walk (``launch_mr_forward``'s options) the forward takes: the warp-specialized one, 64 channels a
+    program, for a bf16 filter and channels a multiple of 64 (1.04-1.08x the memory floor on an H100); else the
+    16-channel walk, its rows permuted where batch rows are whole 16-row blocks (``benchmarks/results/
+    hyena_h200_s32/``)."""
+    if weight.dtype == torch.bfloat16 and width % 64 == 0:
+        return {"permuted": False, "warpgroups": 4}
+    return {"permuted": seqlen % 16 == 0, "warpgroups": 1}
 
 
 def _launch_walk(
@@ -449,7 +457,7 @@ def hyena_core_fwd_op(
     if taps <= FUSED_MAX_TAPS:
         if _mr_gluon_eligible(proj, feat_t, weight, cu_seqlens):
             try:
-                return _launch_mr_gluon(proj, feat_t, weight, permuted=seqlen % 16 == 0)
+                return _launch_mr_gluon(proj, feat_t, weight, **_gluon_walk(seqlen, width, weight))
             except Exception as err:  # noqa: BLE001 - Gluon's API moves between Triton releases: keep the Triton walk
                 _GLUON_FAILED.append(err)
                 first_line = next(iter(str(err).splitlines()), "")

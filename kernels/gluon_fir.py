@@ -9,7 +9,7 @@ by hand, because the walk is bound by on-chip traffic and per-tile overhead, not
   (two stages, an mbarrier each), and a second copy the two rows before each 16-row block (proj viewed as
   (B, 3, T / 16, 16, W)). Rows outside the batch row arrive as zeros, so nothing is masked. (``permuted=True``
   instead stores each 16-row block's rows transposed, to take out the shared-memory bank conflicts that Nsight
-  Compute shows, a warp's rows lying 128 bytes apart: written in session 30 without a GPU, not yet measured.)
+  Compute shows, a warp's rows lying 128 bytes apart: about 10% faster at 8 x 4096 x 2048 on an H100.)
 - The featurizers read each row once and keep their taps in registers: a thread holds 4 consecutive rows of 2
   channels (a warp a 16-row block), so rows t - 1 and t - 2 are its own but for the first rows of each 4, which come
   from the lane 8 before by a warp shuffle, the lanes that would wrap sending the block before's rows instead. (A
@@ -27,8 +27,11 @@ with an fp32 one, against 0.284 and 0.484 for the Triton walk in the same proces
 Compute puts the bf16 walk at 82% of the L2's tag-lookup rate (each program's 16 channels make 32-byte rows, one
 sector a request) and its issue slots at 36% (48% with the 1-row featurizers, same time), which points at the L2's
 requests, not the SM; programs of 32 or 64 channels whose warps share the CTA barriers were slower (0.231 / 0.334 ms)
-(``benchmarks/results/hyena_h200_s28/``, ``_s29/``). Imports only torch and Triton; runs on sm_90 only (``fir_ops``
-falls back to the Triton walk elsewhere).
+(``benchmarks/results/hyena_h200_s28/``, ``_s29/``). Programs of 64 channels with a warp-specialized partition for
+each 16, tied only by mbarriers (``_hyena_mr_ws_kernel``, bf16 filters), halve the L2's requests without that cost:
+on an H100 0.193 ms at 8 x 4096 x 2048 against 0.231 for the permuted 16-channel walk, 1.05x the floor at the copy
+bandwidth measured in the same run, with DRAM at 80% of its peak (``hyena_h200_s32/``). Imports only torch and
+Triton; runs on sm_90 only (``fir_ops`` falls back to the Triton walk elsewhere).
 """
 
 from __future__ import annotations
@@ -335,6 +338,126 @@ def _hyena_mr_gluon_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.conste
     mbarrier.invalidate(bars.index(1))
 
 
+
+@gluon.jit
+def _mr_partition(PD, BD, YD, FT, HG, lo, start, n, col, b, rows, bnds, z_all, q_all, y_all, ready, empty,
+                  W: gl.constexpr, KF: gl.constexpr, K: gl.constexpr, D: gl.constexpr, BT: gl.constexpr,
+                  BC: gl.constexpr, wg: gl.constexpr):
+    """Warpgroup wg of ``_hyena_mr_ws_kernel``: the walk of channels [col + 16 wg, + 16) with their filter group
+    over the stages of q, k, v rows that all warpgroups share, its own z, q and y in shared memory. Warpgroup 0 also
+    refills a stage for iteration i + 1 once every warpgroup has arrived on its ``empty`` mbarrier after iteration
+    i - 1 (a fresh mbarrier passes a wait on parity 1, so the first refill does not wait). Only mbarriers tie the
+    warpgroups together, so each runs at its own pace within a stage of the others."""
+    RT: gl.constexpr = 2 * BT
+    acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 16, 16])
+    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_l, k_width=2)
+    rl: gl.constexpr = gl.BlockedLayout([1, 1, 1, 2], [1, 4, 1, 8], [4, 1, 1, 1], [3, 2, 1, 0])  # the 16-channel walk's
+    c0 = col + 16 * wg
+    h0 = _toeplitz(HG, c0 // D, 0, K, BT, a_l).to(gl.bfloat16)
+    h1 = _toeplitz(HG, c0 // D, 1, K, BT, a_l).to(gl.bfloat16)
+    h2 = _toeplitz(HG, c0 // D, 2, K, BT, a_l).to(gl.bfloat16)
+    qf0 = _tap(FT, 0, 0, c0, W, KF, 16, rl)
+    qf1 = _tap(FT, 0, 1, c0, W, KF, 16, rl)
+    qf2 = _tap(FT, 0, 2, c0, W, KF, 16, rl)
+    kf0 = _tap(FT, 1, 0, c0, W, KF, 16, rl)
+    kf1 = _tap(FT, 1, 1, c0, W, KF, 16, rl)
+    kf2 = _tap(FT, 1, 2, c0, W, KF, 16, rl)
+    vf0 = _tap(FT, 2, 0, c0, W, KF, 16, rl)
+    vf1 = _tap(FT, 2, 1, c0, W, KF, 16, rl)
+    vf2 = _tap(FT, 2, 2, c0, W, KF, 16, rl)
+    z_s = z_all.index(wg)
+    q_s = q_all.index(wg)
+    y_s = y_all.index(wg)
+    c1 = gl.zeros([BT, 16], gl.float32, acc_l)
+    c2 = gl.zeros([BT, 16], gl.float32, acc_l)
+    for i in range(n):
+        t0 = start + i * RT
+        stage = i % 2
+        if wg == 0:
+            mbarrier.wait(empty.index(1 - stage), ((i + 1) // 2 + 1) & 1)
+            _issue(PD, BD, rows, bnds, ready.index(1 - stage), 1 - stage, b, t0 + RT, col, KF, RT, BC, i + 1 < n,
+                   W)
+        mbarrier.wait(ready.index(stage), (i // 2) & 1)
+        for h in gl.static_range(2):
+            k0, k1, k2, k3 = _featurize(rows, bnds, stage, kf0, kf1, kf2, 1, h, KF, RT, BC, 16 * wg, rl)
+            v0, v1, v2, v3 = _featurize(rows, bnds, stage, vf0, vf1, vf2, 2, h, KF, RT, BC, 16 * wg, rl)
+            z_s.reshape([RT // 16, 4, 4, 16]).slice(4 * h, 4).store(_tile(k0 * v0, k1 * v1, k2 * v2, k3 * v3)
+                                                                    .to(gl.bfloat16))
+        out = t0 >= lo
+        if out:
+            for h in gl.static_range(2):
+                q0, q1, q2, q3 = _featurize(rows, bnds, stage, qf0, qf1, qf2, 0, h, KF, RT, BC, 16 * wg, rl)
+                q_s.slice(4 * h, 4).store(_tile(q0, q1, q2, q3))
+            tma.store_wait(0)
+        fence_async_shared()  # this warpgroup's reads of the stage and writes of z come before the async proxy's
+        mbarrier.arrive(empty.index(stage), count=1)
+        _cta_barrier()  # inside a partition: the warpgroup's own barrier
+        zeros = gl.zeros([BT, 16], gl.float32, acc_l)
+        acc, c1, c2 = _push(h0, h1, h2, z_s, z_s.slice(0, BT), c1, c2, zeros, False)
+        acc_b, c1, c2 = _push(h0, h1, h2, z_s, z_s.slice(BT, BT), c1, c2, zeros, False)
+        acc, acc_b, c1, c2 = warpgroup_mma_wait(0, deps=(acc, acc_b, c1, c2))
+        if out:
+            y_rows = y_s.reshape([RT, 16])
+            q_rows = q_s.reshape([RT, 16])
+            y_rows.slice(0, BT).store((q_rows.slice(0, BT).load(acc_l) * acc).to(gl.bfloat16))
+            y_rows.slice(BT, BT).store((q_rows.slice(BT, BT).load(acc_l) * acc_b).to(gl.bfloat16))
+            fence_async_shared()
+            _cta_barrier()
+            _tma_store(YD, [b, t0, c0], y_s)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def _hyena_mr_ws_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.constexpr, K: gl.constexpr,
+                        D: gl.constexpr, L: gl.constexpr, BT: gl.constexpr, BC: gl.constexpr,
+                        num_warps: gl.constexpr):
+    """``_hyena_mr_gluon_kernel``'s walk (rows in their order) for a bf16 filter with programs of BC = 32 or 64
+    channels, one warp-specialized partition of 4 warps for each 16 (``_mr_partition``), so that one TMA row brings
+    64 or 128 bytes where a 16-channel program's brings 32 (each an L2 request). YD's boxes are one warpgroup's 16
+    channels."""
+    G: gl.constexpr = BC // 16
+    gl.static_assert((BT == 64) & ((G == 2) | (G == 4)) & (num_warps == 4))
+    gl.static_assert(K <= 2 * BT + 1)
+    gl.static_assert(KF <= 3)  # MAX_FEATURIZER_TAPS
+    RT: gl.constexpr = 2 * BT
+    gl.static_assert(L % RT == 0)
+    lo = gl.program_id(0) * L
+    col = gl.program_id(1) * BC
+    b = gl.program_id(2)
+    start = gl.maximum(lo - 2 * BT, 0)
+    n = gl.cdiv(gl.minimum(lo + L, T) - start, RT)
+    rows = gl.allocate_shared_memory(gl.bfloat16, [2, 1, 4, RT, BC], PD.layout)
+    bnds = gl.allocate_shared_memory(gl.bfloat16, [2, 1, 4, RT // 16, 2, BC], BD.layout)
+    z_all = gl.allocate_shared_memory(gl.bfloat16, [G, RT, 16], gl.NVMMASharedLayout.get_default_for([RT, 16],
+                                                                                                     gl.bfloat16))
+    q_all = gl.allocate_shared_memory(gl.float32, [G, RT // 16, 4, 4, 16], gl.SwizzledSharedLayout(1, 1, 1,
+                                                                                                   [3, 2, 1, 0]))
+    y_all = gl.allocate_shared_memory(gl.bfloat16, [G, 1, RT, 16], YD.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(2):
+        mbarrier.init(ready.index(s), count=1)
+        mbarrier.init(empty.index(s), count=G)
+    _issue(PD, BD, rows, bnds, ready.index(0), 0, b, start, col, KF, RT, BC, True, W)
+    if G == 2:  # the worker partitions' warps and registers (MAXNREG)
+        gl.warp_specialize([
+            (_mr_partition, (PD, BD, YD, FT, HG, lo, start, n, col, b, rows, bnds, z_all, q_all, y_all, ready, empty,
+                             W, KF, K, D, BT, BC, 0)),
+            (_mr_partition, (PD, BD, YD, FT, HG, lo, start, n, col, b, rows, bnds, z_all, q_all, y_all, ready, empty,
+                             W, KF, K, D, BT, BC, 1)),
+        ], [4], [128])
+    else:
+        gl.warp_specialize([
+            (_mr_partition, (PD, BD, YD, FT, HG, lo, start, n, col, b, rows, bnds, z_all, q_all, y_all, ready, empty,
+                             W, KF, K, D, BT, BC, 0)),
+            (_mr_partition, (PD, BD, YD, FT, HG, lo, start, n, col, b, rows, bnds, z_all, q_all, y_all, ready, empty,
+                             W, KF, K, D, BT, BC, 1)),
+            (_mr_partition, (PD, BD, YD, FT, HG, lo, start, n, col, b, rows, bnds, z_all, q_all, y_all, ready, empty,
+                             W, KF, K, D, BT, BC, 2)),
+            (_mr_partition, (PD, BD, YD, FT, HG, lo, start, n, col, b, rows, bnds, z_all, q_all, y_all, ready, empty,
+                             W, KF, K, D, BT, BC, 3)),
+        ], [4, 4, 4], [128, 128, 128])
+
 def descriptors(proj: torch.Tensor, y: torch.Tensor, rows_per_iteration: int, channels: int,
                 permuted: bool = False) -> tuple[TensorDescriptor, TensorDescriptor, TensorDescriptor]:
     """The TMA descriptors of a walk with boxes of an iteration's rows and ``channels`` channels: proj (B, T, 3W)
@@ -365,16 +488,30 @@ def descriptors(proj: torch.Tensor, y: torch.Tensor, rows_per_iteration: int, ch
 
 
 def launch_mr_forward(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Tensor,
-                      rows_per_program: int = 4096, permuted: bool = False) -> torch.Tensor:
+                      rows_per_program: int | None = None, permuted: bool = False,
+                      warpgroups: int = 1) -> torch.Tensor:
     """y (B, T >= 16, W) bf16 from proj (B, T, 3W) bf16 (contiguous), feat_t (KF <= 3, 3W) and the filter weight
-    (W / D, K <= 129) bf16 or fp32, shared by groups of D = 16k channels; ``rows_per_program`` rows a program, a
-    multiple of 128 (of 64 for an fp32 filter): 4096 was the fastest of 1024, 2048 and 4096 on the H200
-    (``benchmarks/results/hyena_h200_s28/``). ``permuted`` (T a multiple of 16) stores each 16-row block's rows
-    transposed in shared memory, so that the featurizers' loads and z's stores meet no bank conflicts (the Toeplitz
-    blocks are permuted to match): bitwise the same y, about 10% faster on an H100 (``hyena_h200_s30``)."""
+    (W / D, K <= 129) bf16 or fp32, shared by groups of D = 16k channels.
+
+    ``warpgroups`` 2 or 4 (a bf16 filter, W a multiple of 32 or 64) takes the warp-specialized walk, programs of 32
+    or 64 channels (``_hyena_mr_ws_kernel``): bitwise the same y, at 1.04-1.08x the copy-bandwidth floor with 4 on
+    an H100 where the 16-channel walks took 1.26-1.80x (``benchmarks/results/hyena_h200_s32/``). Otherwise one
+    16-channel program; ``permuted`` (T a multiple of 16) then stores each 16-row block's rows transposed in shared
+    memory, so that the featurizers' loads and z's stores meet no bank conflicts (the Toeplitz blocks are permuted
+    to match): bitwise the same y, faster at 8 x 4096 x 2048, not at one 32K sequence (``hyena_h200_s30``, ``_s32``).
+    ``rows_per_program``: a multiple of 128 (of 64 for an fp32 filter); by default 8192 for the warp-specialized walk
+    (the fastest of 2048-8192 on the H100) and 4096 for the other (of 1024-4096 on the H200, ``hyena_h200_s28/``)."""
     batch, seqlen, features = proj.shape
     width = features // 3
     groups, taps = weight.shape
+    if warpgroups not in (1, 2, 4):
+        raise ValueError(f"warpgroups must be 1, 2 or 4, got {warpgroups}")
+    if warpgroups > 1 and (weight.dtype != torch.bfloat16 or permuted or width % (16 * warpgroups)):
+        raise ValueError(f"the warp-specialized Gluon walk needs a bf16 filter, rows in their order and channels a "
+                         f"multiple of {16 * warpgroups}; got a {weight.dtype} filter, permuted={permuted}, {width} "
+                         "channels")
+    if rows_per_program is None:
+        rows_per_program = 8192 if warpgroups > 1 else 4096
     rows_per_iteration = BLOCK_T * (1 if weight.dtype == torch.float32 else 2)
     if rows_per_program % rows_per_iteration:
         raise ValueError(f"rows_per_program must be a multiple of {rows_per_iteration}, got {rows_per_program}")
@@ -383,9 +520,14 @@ def launch_mr_forward(proj: torch.Tensor, feat_t: torch.Tensor, weight: torch.Te
     if permuted and seqlen % 16:
         raise ValueError(f"the permuted Gluon walk needs a multiple of 16 rows a batch row, got {seqlen}")
     y = proj.new_empty(batch, seqlen, width)
-    _hyena_mr_gluon_kernel[(triton.cdiv(seqlen, rows_per_program), width // 16, batch)](
-        *descriptors(proj, y, rows_per_iteration, 16, permuted), feat_t.float().contiguous(), weight.contiguous(),
-        seqlen, W=width, KF=feat_t.shape[0], K=taps, D=width // groups, L=rows_per_program, BT=BLOCK_T, BC=16,
-        num_warps=4, maxnreg=MAXNREG, PERM=permuted,
-    )
+    channels = 16 * warpgroups
+    grid = (triton.cdiv(seqlen, rows_per_program), width // channels, batch)
+    args = (*descriptors(proj, y, rows_per_iteration, channels, permuted), feat_t.float().contiguous(),
+            weight.contiguous(), seqlen)
+    meta = dict(W=width, KF=feat_t.shape[0], K=taps, D=width // groups, L=rows_per_program, BT=BLOCK_T, BC=channels,
+                num_warps=4, maxnreg=MAXNREG)
+    if warpgroups > 1:
+        _hyena_mr_ws_kernel[grid](*args, **meta)
+    else:
+        _hyena_mr_gluon_kernel[grid](*args, **meta, PERM=permuted)
     return y

@@ -312,26 +312,35 @@ def test_mr_forward_falls_back_to_the_triton_walk_when_gluon_fails(monkeypatch) 
         y = fir_ops.hyena_core(proj, feat, w)
     torch.testing.assert_close(y, fir_ops._launch_mr_core(proj, feat.t().contiguous(), w, None), rtol=0, atol=0)
     fir_ops.hyena_core(proj, feat, w)
-    assert calls == [{"permuted": False}] and len(fir_ops._GLUON_FAILED) == 1
+    assert calls == [{"permuted": False, "warpgroups": 1}] and len(fir_ops._GLUON_FAILED) == 1
 
 
-def test_mr_forward_asks_for_the_permuted_gluon_walk_on_whole_16_row_blocks(monkeypatch) -> None:
-    """Batch rows of a multiple of 16 take the Gluon walk's permuted rows (measured faster, bitwise equal on the
-    GPU); others the unpermuted walk, which the permuted one refuses."""
+def test_mr_forward_picks_the_gluon_walk_by_filter_width_and_rows(monkeypatch) -> None:
+    """A bf16 filter over channels a multiple of 64 takes the warp-specialized walk (64 channels a program, rows in
+    their order); otherwise (an fp32 filter, or 32 channels) batch rows of a multiple of 16 take the 16-channel
+    walk's permuted rows and others its unpermuted rows, which the permuted walk refuses. All measured bitwise equal
+    on the GPU; the test records the options (no walk runs)."""
     calls = []
 
-    def recording(proj, feat_t, weight, permuted=False):
-        calls.append(permuted)
-        return fir_ops._launch_mr_core(proj, feat_t, weight, None)
+    def recording(proj, feat_t, weight, permuted=False, warpgroups=1):
+        calls.append((proj.shape[-1] // 3, weight.dtype, proj.shape[1], permuted, warpgroups))
+        return proj.new_zeros(*proj.shape[:-1], proj.shape[-1] // 3)
 
     monkeypatch.setattr(fir_ops, "_launch_mr_gluon", recording)
     monkeypatch.setattr(fir_ops, "_mr_gluon_eligible", lambda *a: True)
     gen = torch.Generator().manual_seed(6)
-    feat = (torch.randn(96, 3, generator=gen) / 3**0.5).to(DEVICE)
-    w = (torch.randn(2, 40, generator=gen) / 40**0.5).to(DEVICE)
-    for seqlen in (64, 48, 70, 17):
-        fir_ops.hyena_core(torch.randn(2, seqlen, 96, generator=gen).to(DEVICE), feat, w)
-    assert calls == [True, True, False, False]
+    expected = []
+    for width, filter_dtype, seqlen, permuted, warpgroups in (
+        (32, torch.float32, 64, True, 1), (32, torch.float32, 48, True, 1), (32, torch.float32, 70, False, 1),
+        (32, torch.float32, 17, False, 1), (32, torch.bfloat16, 64, True, 1), (64, torch.float32, 64, True, 1),
+        (64, torch.bfloat16, 70, False, 4), (128, torch.bfloat16, 48, False, 4),
+    ):
+        feat = (torch.randn(3 * width, 3, generator=gen) / 3**0.5).to(DEVICE)
+        w = (torch.randn(width // 16, 40, generator=gen) / 40**0.5).to(DEVICE, filter_dtype)
+        proj = torch.randn(2, seqlen, 3 * width, generator=gen).to(DEVICE, torch.bfloat16)
+        fir_ops.hyena_core(proj, feat, w)
+        expected.append((width, filter_dtype, seqlen, permuted, warpgroups))
+    assert calls == expected
 
 
 def test_mr_gluon_forward_is_chosen_only_on_hopper_for_bf16_unpacked_rows() -> None:
@@ -364,6 +373,14 @@ def test_mr_gluon_launch_names_bad_arguments() -> None:
         fir_ops._launch_mr_gluon(proj[:, :15], feat_t, w)
     with pytest.raises(ValueError, match="permuted Gluon walk needs a multiple of 16 rows a batch row, got 40"):
         fir_ops._launch_mr_gluon(proj[:, :40], feat_t, w, permuted=True)
+    with pytest.raises(ValueError, match="warpgroups must be 1, 2 or 4, got 3"):
+        fir_ops._launch_mr_gluon(proj, feat_t, w, warpgroups=3)
+    wide = torch.zeros(1, 64, 192, dtype=torch.bfloat16)  # 64 channels
+    for args, kwargs, got in (((wide, torch.zeros(3, 192), w.float()), {}, "torch.float32 filter"),
+                              ((wide, torch.zeros(3, 192), w), {"permuted": True}, "permuted=True"),
+                              ((proj, feat_t, w), {}, "32 channels")):
+        with pytest.raises(ValueError, match=f"warp-specialized Gluon walk needs a bf16 filter.*{got}"):
+            fir_ops._launch_mr_gluon(*args, warpgroups=4, **kwargs)
 
 
 GLUON_BUILD_PROBE = """
@@ -375,17 +392,21 @@ from triton.experimental.gluon._runtime import GluonASTSource
 from phalanx_kernels import gluon_fir
 rows = 64 if sys.argv[1] == "fp32" else 128  # rows an iteration
 permuted = sys.argv[2] == "permuted"
+bc = 64 if sys.argv[2] == "warp-specialized" else 16  # channels a program
 flat = [gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=r) for r in (3, 4, 5)]
 if permuted:
     pd = f"tensordesc<bf16[1, {rows // 16}, 4, 4, 16],{flat[2]!r}>"
     yd = f"tensordesc<bf16[1, {rows // 16}, 4, 4, 16],{gluon_fir.Y_PERMUTED_LAYOUT!r}>"
 else:
-    pd, yd = f"tensordesc<bf16[1, 4, {rows}, 16],{flat[1]!r}>", f"tensordesc<bf16[1, {rows}, 16],{flat[0]!r}>"
-sig = {"PD": pd, "BD": f"tensordesc<bf16[1, 4, {rows // 16}, 2, 16],{flat[2]!r}>", "YD": yd, "FT": "*fp32",
+    pd, yd = f"tensordesc<bf16[1, 4, {rows}, {bc}],{flat[1]!r}>", f"tensordesc<bf16[1, {rows}, 16],{flat[0]!r}>"
+sig = {"PD": pd, "BD": f"tensordesc<bf16[1, 4, {rows // 16}, 2, {bc}],{flat[2]!r}>", "YD": yd, "FT": "*fp32",
        "HG": "*" + sys.argv[1], "T": "i32"}
-consts = {"W": 2048, "KF": 3, "K": 128, "D": 16, "L": 4096, "BT": 64, "BC": 16, "num_warps": 4, "PERM": permuted}
+consts = {"W": 2048, "KF": 3, "K": 128, "D": 16, "L": 4096, "BT": 64, "BC": bc, "num_warps": 4, "PERM": permuted}
+fn = gluon_fir._hyena_mr_gluon_kernel
+if bc > 16:
+    fn, consts = gluon_fir._hyena_mr_ws_kernel, {k: v for k, v in consts.items() if k != "PERM"}
 sig.update(dict.fromkeys(consts, "constexpr"))
-src = GluonASTSource(fn=gluon_fir._hyena_mr_gluon_kernel, signature=sig,
+src = GluonASTSource(fn=fn, signature=sig,
                      constexprs={(list(sig).index(k),): v for k, v in consts.items()})
 kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                         options={"num_warps": 4, "maxnreg": gluon_fir.MAXNREG})
@@ -393,13 +414,14 @@ print(kernel.metadata.shared)
 """
 
 
-@pytest.mark.parametrize("rows", ["natural", "permuted"])
-@pytest.mark.parametrize("filter_dtype", ["bf16", "fp32"])
+@pytest.mark.parametrize("filter_dtype,rows", [("bf16", "natural"), ("bf16", "permuted"), ("fp32", "natural"),
+                                               ("fp32", "permuted"), ("bf16", "warp-specialized")])
 def test_mr_gluon_walk_builds_for_hopper_with_four_programs_an_sm(filter_dtype: str, rows: str) -> None:
     """Compiled for an H100/H200 (no GPU needed; outside the interpreter, so in a subprocess), the Gluon walk builds
     under this Triton (Gluon's API moves between releases: a break shows here, not only on the GPU machine), with
     rows in their order or each 16-row block's transposed, and its shared memory lets 4 programs share an SM
-    (228 KB, 1 KB of it reserved a program), as its speed assumes."""
+    (228 KB, 1 KB of it reserved a program), as its speed assumes; the warp-specialized walk's 64-channel program
+    (16 warps) fits one."""
     if fir_ops._launch_mr_gluon is None:
         pytest.skip("this Triton has no Gluon")
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
@@ -407,7 +429,8 @@ def test_mr_gluon_walk_builds_for_hopper_with_four_programs_an_sm(filter_dtype: 
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     shared = int(run.stdout.split()[-1])
-    assert 4 * (shared + 1024) <= 228 * 1024, shared
+    programs = 1 if rows == "warp-specialized" else 4
+    assert programs * (shared + 1024) <= 228 * 1024, shared
 
 
 def _gluon_case(shape: tuple[int, int, int], taps: int, featurizer_taps: int, filter_dtype: torch.dtype):
@@ -478,6 +501,33 @@ def test_cuda_permuted_mr_gluon_walk_matches_float64(shape, taps: int, featurize
     natural = fir_ops._launch_mr_gluon(proj, feat_t, w, rows_per_program=rows_per_program)
     torch.testing.assert_close(y.float(), natural.float(), rtol=2**-7, atol=1e-3)
 
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("warpgroups", [2, 4])
+@pytest.mark.parametrize("shape,taps,featurizer_taps,rows_per_program", [
+    ((2, 1000, 192), 128, 3, 256),  # 64 channels: one program wide; programs meeting inside a row, a partial block
+    ((3, 4096, 768), 100, 2, 8192),  # 256 channels, one program a batch row
+    ((1, 8192, 384), 65, 1, 1024),  # two Toeplitz blocks' worth of taps
+    ((2, 777, 384), 129, 3, 4096),  # the longest filter, rows shorter than a program
+    ((2, 40, 192), 33, 2, 128),  # rows shorter than a tile
+])
+def test_cuda_warp_specialized_mr_gluon_walk_matches_float64(shape, taps: int, featurizer_taps: int,
+                                                             rows_per_program: int, warpgroups: int) -> None:
+    """The warp-specialized Gluon walk (programs of 32 or 64 channels, a partition of 4 warps for each 16, tied by
+    mbarriers; bf16 filter) gives the float64 reference's y and the Triton walk's bitwise, and ``hyena_core`` takes
+    it for a bf16 filter over channels a multiple of 64."""
+    if torch.cuda.get_device_capability() != (9, 0) or fir_ops._launch_mr_gluon is None:
+        pytest.skip("the Gluon walk runs on sm_90 with a Triton that has Gluon")
+    proj, feat, w, ref = _gluon_case(shape, taps, featurizer_taps, torch.bfloat16)
+    proj, feat, w = proj.cuda(), feat.float().cuda(), w.cuda()
+    feat_t = feat.t().contiguous()
+    y = fir_ops._launch_mr_gluon(proj, feat_t, w, rows_per_program=rows_per_program, warpgroups=warpgroups)
+    assert_close(y, ref, torch.bfloat16, "y")
+    torch.testing.assert_close(y, fir_ops._launch_mr_core(proj, feat_t, w, None), rtol=0, atol=0)
+    assert fir_ops._gluon_walk(shape[1], shape[-1] // 3, w) == {"permuted": False, "warpgroups": 4}
+    torch.testing.assert_close(fir_ops.hyena_core(proj, feat, w), y, rtol=0, atol=0)
+    assert not fir_ops._GLUON_FAILED, fir_ops._GLUON_FAILED
 
 CARRIED_PROBE = """
 import inspect, re, sys

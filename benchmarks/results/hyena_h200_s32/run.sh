@@ -5,6 +5,8 @@
 #   bash run.sh stages  the packed backward walks with 1 and 3 pipeline stages, then compute-sanitizer on a small one
 #   bash run.sh fixed   after the mend (the backward's masked-block filters restored): the packed walks, timed, and
 #                       the MR GPU tests
+#   bash run.sh adopted the warp-specialized walk as adopted (ab_adopted.py: check, then timing; QUICK=1 for a short
+#                       lease), then the Gluon and MR GPU tests
 # diag and stages need .oldfir/triton_fir.py (hyena_h200_s30/run.sh prepare; carry .oldfir).
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -48,5 +50,15 @@ case "${1:-}" in
     timeout 330 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_fir.py \
       -k "mr_walk_matches or fused_core or realistic or kernel_path" 2>&1 | tee "$OUT/test_mr_gpu.log" | tail -n 8
     ;;
-  *) echo "usage: bash $0 diag | stages | fixed" >&2; exit 2 ;;
+  adopted)
+    PART=check timeout 150 python3 "$HERE/ab_adopted.py" >"$OUT/adopted_check.log" 2>&1
+    echo "check rc=$? equal=$(grep -c 'bitwise equal, against hyena_core bitwise equal' "$OUT/adopted_check.log")" \
+      "differ=$(grep -c DIFFERS "$OUT/adopted_check.log")"; tail -n 2 "$OUT/adopted_check.log"
+    PART=time timeout 200 python3 "$HERE/ab_adopted.py" >"$OUT/adopted_time.log" 2>&1
+    echo "time rc=$?"; tail -n 26 "$OUT/adopted_time.log"
+    timeout 220 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_fir.py \
+      -k "gluon or mr_walk_matches or model_kernel_path or falls_back or picks_the" 2>&1 \
+      | tee "$OUT/test_gluon_gpu.log" | tail -n 6
+    ;;
+  *) echo "usage: bash $0 diag | stages | fixed | adopted" >&2; exit 2 ;;
 esac
