@@ -101,6 +101,31 @@ def mr_inputs(batch: int, seqlen: int, width: int, taps: int, featurizer_taps: i
     return proj, feat_t.contiguous(), torch.randn(width // 16, taps, device="cuda", generator=gen) / taps**0.5
 
 
+MR_WALK_SHAPES = ((8, 4096, 2048), (1, 32768, 2048), (8, 4096, 4096), (1, 32768, 4096))  # (B, T, W)
+
+
+def time_mr_walks(variants: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], list[tuple[str, Callable]]],
+                  quick: bool = False) -> None:
+    """Print kernel ms (CUDA-graph replay) of the MR forward walks that ``variants(proj, feat_t, weight)`` names, at
+    ``MR_WALK_SHAPES`` (the first only if ``quick``) with 128 taps shared by 16 channels and featurizers of 3, bf16
+    rows, bf16 and fp32 filters, then a table next to the floor (q, k, v read and y written, 2 bytes each) at the
+    copy bandwidth measured in the same run: the Gluon experiments' timing (``results/hyena_h200_s30/``, ``_s32/``)."""
+    rows, bandwidth = [], copy_bandwidth("cuda")
+    print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
+    for batch, seqlen, width in MR_WALK_SHAPES[:1] if quick else MR_WALK_SHAPES:
+        proj, feat_t, w32 = mr_inputs(batch, seqlen, width, 128, 3)
+        floor = 8 * batch * seqlen * width / bandwidth * 1e3
+        for weight in (w32.bfloat16(), w32):
+            for name, fn in variants(proj, feat_t, weight):
+                ms = gpu_ms(fn)
+                rows.append((f"{batch} x {seqlen} x {width}", str(weight.dtype)[6:], name, ms, ms / floor))
+                print(f"time {rows[-1]}", flush=True)
+        del proj
+    print(f"\n| rows x width | filter | kernel | ms | x floor ({bandwidth / 1e12:.2f} TB/s) |\n|---|---|---|---:|---:|")
+    for shape, dtype, name, ms, x in rows:
+        print(f"| {shape} | {dtype} | {name} | {ms:.3f} | {x:.2f} |")
+
+
 def timed(fwd: Callable[[], torch.Tensor], inputs: list[torch.Tensor], dy: torch.Tensor, device: str, reps: int,
           prefix: str) -> dict[str, float]:
     """Forward (no grad) and forward+backward medians of ``fwd``; gradients of ``inputs`` against ``dy``."""

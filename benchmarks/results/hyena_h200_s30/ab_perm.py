@@ -14,8 +14,7 @@ import torch
 QUICK = os.environ.get("QUICK") == "1"
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/, for bench_hyena and bench_swr
-from bench_hyena import copy_bandwidth, mr_inputs  # noqa: E402
-from bench_swr import gpu_ms  # noqa: E402
+from bench_hyena import mr_inputs, time_mr_walks  # noqa: E402
 from phalanx_kernels import fir_ops  # noqa: E402
 from phalanx_kernels.gluon_fir import launch_mr_forward  # noqa: E402
 
@@ -35,20 +34,8 @@ if os.environ.get("PART", "check") == "check":
                   f"{diff.numel()} elements, max {diff.max():.3e}, max |y| {natural.float().abs().max():.3e})",
                   flush=True)
 else:
-    rows, bandwidth = [], copy_bandwidth("cuda")
-    print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
-    shapes = ((8, 4096, 2048), (1, 32768, 2048), (8, 4096, 4096), (1, 32768, 4096))
-    for B, T, C in shapes[:1] if QUICK else shapes:
-        proj, feat_t, w32 = mr_inputs(B, T, C, 128, 3)
-        floor = 8 * B * T * C / bandwidth * 1e3  # ms: q, k, v read and y written, 2 bytes each
-        for w in (w32.bfloat16(), w32):
-            for name, fn in (("Triton walk", lambda: fir_ops._launch_mr_core(proj, feat_t, w, None)),
-                             ("Gluon walk", lambda: launch_mr_forward(proj, feat_t, w)),
-                             ("Gluon walk, permuted rows", lambda: launch_mr_forward(proj, feat_t, w, permuted=True))):
-                ms = gpu_ms(fn)
-                rows.append((f"{B} x {T} x {C}", str(w.dtype)[6:], name, ms, ms / floor))
-                print(f"time {rows[-1]}", flush=True)
-        del proj
-    print(f"\n| rows x width | filter | kernel | ms | x floor ({bandwidth / 1e12:.2f} TB/s) |\n|---|---|---|---:|---:|")
-    for shape, dtype, name, ms, x in rows:
-        print(f"| {shape} | {dtype} | {name} | {ms:.3f} | {x:.2f} |")
+    time_mr_walks(lambda proj, feat_t, w: [
+        ("Triton walk", lambda: fir_ops._launch_mr_core(proj, feat_t, w, None)),
+        ("Gluon walk", lambda: launch_mr_forward(proj, feat_t, w)),
+        ("Gluon walk, permuted rows", lambda: launch_mr_forward(proj, feat_t, w, permuted=True)),
+    ], QUICK)

@@ -14,8 +14,7 @@ import torch
 QUICK = os.environ.get("QUICK") == "1"
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/, for bench_hyena and bench_swr
-from bench_hyena import copy_bandwidth, mr_inputs  # noqa: E402
-from bench_swr import gpu_ms  # noqa: E402
+from bench_hyena import mr_inputs, time_mr_walks  # noqa: E402
 from phalanx_kernels import fir_ops  # noqa: E402
 from phalanx_kernels.gluon_fir import launch_mr_forward  # noqa: E402
 
@@ -35,28 +34,17 @@ if os.environ.get("PART", "check") == "check":
                   f"{'bitwise equal' if torch.equal(y, op) else 'DIFFERS'}", flush=True)
     print(f"Gluon failures in this process: {fir_ops._GLUON_FAILED}")
 else:
-    rows, bandwidth = [], copy_bandwidth("cuda")
-    print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
-    shapes = ((8, 4096, 2048), (1, 32768, 2048), (8, 4096, 4096), (1, 32768, 4096))
-    for B, T, C in shapes[:1] if QUICK else shapes:
-        proj, feat_t, w32 = mr_inputs(B, T, C, 128, 3)
+    def variants(proj: torch.Tensor, feat_t: torch.Tensor, w: torch.Tensor) -> list:
+        """The Triton walk, the 16-channel Gluon walk with permuted rows, the warp-specialized walk (bf16 filter) at
+        4096 and 8192 rows a program, and the custom op the model calls."""
         featurizer = feat_t.t().contiguous()
-        floor = 8 * B * T * C / bandwidth * 1e3  # ms: q, k, v read and y written, 2 bytes each
-        for w in (w32.bfloat16(), w32):
-            variants = [("Triton walk", lambda: fir_ops._launch_mr_core(proj, feat_t, w, None)),
-                        ("Gluon, 16 channels, permuted rows",
-                         lambda: launch_mr_forward(proj, feat_t, w, permuted=True))]
-            if w.dtype == torch.bfloat16:
-                variants += [(f"Gluon, warp-specialized, {L} rows",
-                              lambda L=L: launch_mr_forward(proj, feat_t, w, rows_per_program=L, warpgroups=4))
-                             for L in (4096, 8192)]
-            variants.append(("hyena_core_fwd op (the model's call)",
-                             lambda: fir_ops.hyena_core_fwd_op(proj, featurizer, w, None)))
-            for name, fn in variants:
-                ms = gpu_ms(fn)
-                rows.append((f"{B} x {T} x {C}", str(w.dtype)[6:], name, ms, ms / floor))
-                print(f"time {rows[-1]}", flush=True)
-        del proj
-    print(f"\n| rows x width | filter | kernel | ms | x floor ({bandwidth / 1e12:.2f} TB/s) |\n|---|---|---|---:|---:|")
-    for shape, dtype, name, ms, x in rows:
-        print(f"| {shape} | {dtype} | {name} | {ms:.3f} | {x:.2f} |")
+        out = [("Triton walk", lambda: fir_ops._launch_mr_core(proj, feat_t, w, None)),
+               ("Gluon, 16 channels, permuted rows", lambda: launch_mr_forward(proj, feat_t, w, permuted=True))]
+        if w.dtype == torch.bfloat16:
+            out += [(f"Gluon, warp-specialized, {L} rows",
+                     lambda L=L: launch_mr_forward(proj, feat_t, w, rows_per_program=L, warpgroups=4))
+                    for L in (4096, 8192)]
+        return out + [("hyena_core_fwd op (the model's call)",
+                       lambda: fir_ops.hyena_core_fwd_op(proj, featurizer, w, None))]
+
+    time_mr_walks(variants, QUICK)
