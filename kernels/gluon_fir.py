@@ -338,7 +338,6 @@ def _hyena_mr_gluon_kernel(PD, BD, YD, FT, HG, T, W: gl.constexpr, KF: gl.conste
     mbarrier.invalidate(bars.index(1))
 
 
-
 @gluon.jit
 def _mr_partition(PD, BD, YD, FT, HG, lo, start, n, col, b, rows, bnds, z_all, q_all, y_all, ready, empty,
                   W: gl.constexpr, KF: gl.constexpr, K: gl.constexpr, D: gl.constexpr, BT: gl.constexpr,

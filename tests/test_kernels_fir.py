@@ -433,6 +433,12 @@ def test_mr_gluon_walk_builds_for_hopper_with_four_programs_an_sm(filter_dtype: 
     assert programs * (shared + 1024) <= 228 * 1024, shared
 
 
+NEEDS_HOPPER_GLUON = pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+         and fir_ops._launch_mr_gluon is not None),
+    reason="the Gluon walk runs on sm_90 with a Triton that has Gluon")
+
+
 def _gluon_case(shape: tuple[int, int, int], taps: int, featurizer_taps: int, filter_dtype: torch.dtype):
     """(proj bf16, featurizer (3W, KF) float64, filter (W / 16, K) in ``filter_dtype``, float64 reference y) on the
     CPU for the Gluon walk's GPU tests: filters shared by 16 channels."""
@@ -446,6 +452,7 @@ def _gluon_case(shape: tuple[int, int, int], taps: int, featurizer_taps: int, fi
 
 
 @pytest.mark.gpu
+@NEEDS_HOPPER_GLUON
 @pytest.mark.parametrize("filter_dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape,taps,featurizer_taps,rows_per_program", [
     ((2, 1000, 192), 128, 3, 256),  # a last tile past the rows, programs meeting inside a row, a partial block
@@ -459,8 +466,6 @@ def test_cuda_mr_gluon_walk_matches_float64(shape, taps: int, featurizer_taps: i
     """The Gluon Hyena-MR forward (H100/H200) against the float64 reference in bf16, with a bf16 filter and with an
     fp32 one (mixed-precision training's weights), and ``hyena_core`` taking it for such inputs with outputs
     bitwise equal to the Triton walk's; filters shared by 16 channels."""
-    if torch.cuda.get_device_capability() != (9, 0) or fir_ops._launch_mr_gluon is None:
-        pytest.skip("the Gluon walk runs on sm_90 with a Triton that has Gluon")
     proj, feat, w, ref = _gluon_case(shape, taps, featurizer_taps, filter_dtype)
     args = proj.cuda(), feat.float().cuda(), w.cuda()
     y = fir_ops._launch_mr_gluon(args[0], args[1].t().contiguous(), args[2], rows_per_program=rows_per_program)
@@ -479,6 +484,7 @@ def test_cuda_mr_gluon_walk_matches_float64(shape, taps: int, featurizer_taps: i
 
 
 @pytest.mark.gpu
+@NEEDS_HOPPER_GLUON
 @pytest.mark.parametrize("filter_dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape,taps,featurizer_taps,rows_per_program", [
     ((2, 1008, 192), 128, 3, 256),  # a last iteration past the rows, programs meeting inside a row
@@ -492,8 +498,6 @@ def test_cuda_permuted_mr_gluon_walk_matches_float64(shape, taps: int, featurize
     """The Gluon walk with each 16-row block's rows transposed in shared memory (``permuted=True``: TMA views that
     swap the strides of rows 4 g + r, Toeplitz blocks permuted to match) gives the float64 reference's y, and the
     unpermuted walk's within one bf16 rounding (the tensor cores sum a 16-row block's products in another order)."""
-    if torch.cuda.get_device_capability() != (9, 0) or fir_ops._launch_mr_gluon is None:
-        pytest.skip("the Gluon walk runs on sm_90 with a Triton that has Gluon")
     proj, feat, w, ref = _gluon_case(shape, taps, featurizer_taps, filter_dtype)
     proj, feat_t, w = proj.cuda(), feat.float().t().contiguous().cuda(), w.cuda()
     y = fir_ops._launch_mr_gluon(proj, feat_t, w, rows_per_program=rows_per_program, permuted=True)
@@ -504,6 +508,7 @@ def test_cuda_permuted_mr_gluon_walk_matches_float64(shape, taps: int, featurize
 
 
 @pytest.mark.gpu
+@NEEDS_HOPPER_GLUON
 @pytest.mark.parametrize("warpgroups", [2, 4])
 @pytest.mark.parametrize("shape,taps,featurizer_taps,rows_per_program", [
     ((2, 1000, 192), 128, 3, 256),  # 64 channels: one program wide; programs meeting inside a row, a partial block
@@ -517,8 +522,6 @@ def test_cuda_warp_specialized_mr_gluon_walk_matches_float64(shape, taps: int, f
     """The warp-specialized Gluon walk (programs of 32 or 64 channels, a partition of 4 warps for each 16, tied by
     mbarriers; bf16 filter) gives the float64 reference's y and the Triton walk's bitwise, and ``hyena_core`` takes
     it for a bf16 filter over channels a multiple of 64."""
-    if torch.cuda.get_device_capability() != (9, 0) or fir_ops._launch_mr_gluon is None:
-        pytest.skip("the Gluon walk runs on sm_90 with a Triton that has Gluon")
     proj, feat, w, ref = _gluon_case(shape, taps, featurizer_taps, torch.bfloat16)
     proj, feat, w = proj.cuda(), feat.float().cuda(), w.cuda()
     feat_t = feat.t().contiguous()
