@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from by_path import imported_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,3 +93,37 @@ def test_parts_measures_one_part(tmp_path: Path) -> None:
         assert rows == [] and [(r["width"], r["seqlen"]) for r in peers] == [(32, 64)]
         rows, peers = bench.main([*common, "--parts", "hyena", "--json", str(tmp_path / "h.json")])
         assert peers == [] and [r["mixer"] for r in rows] == ["hyena_se", "hyena_mr"]
+
+
+def test_plot_hyena_renders_the_committed_run(tmp_path: Path) -> None:
+    """The README's operator table is the raw JSON's kernel times: each cell recomputed from the file, points ordered
+    by width then tokens a row, a peer that did not run says so, and the plot is written."""
+    runs = REPO / "benchmarks" / "results" / "hyena_h100_s33"
+    paths = [runs / "call2" / "bench_hyena.json", runs / "call3" / "b" / "bench_hyena.json"]
+    png = tmp_path / "ops.png"
+    with imported_file(REPO / "benchmarks" / "plot_hyena.py", "plot_hyena") as plot:
+        points, _ = plot.load(paths)
+        text = plot.table(points)
+        assert plot.main([*map(str, paths), "--png", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p["key"] for p in points] == [(2048, 8, 4096), (2048, 4, 8192), (2048, 2, 16384), (2048, 1, 32768),
+                                          (4096, 8, 4096), (4096, 4, 8192)]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()[2:]]
+    lines = {row[0]: row[1:] for row in cells}
+    raw = json.loads(paths[0].read_text())
+    mr = next(r for r in raw["rows"] if r["mixer"] == "hyena_mr" and r["batch"] == 1)
+    assert lines["Hyena-MR core (128 taps, bf16 filter)"][3] == (
+        f"{mr['mixer_fwd_kernel_ms']:.3f} / {mr['mixer_fwd_bwd_kernel_ms']:.3f} ({mr['mixer_fwd_kernel_x_floor']:.2f}x)")
+    gla = next(r for r in raw["peers"] if r["batch"] == 8)
+    assert lines["FLA chunked GLA"][0] == f"{gla['gla_fwd_kernel_ms']:.3f} / {gla['gla_fwd_bwd_kernel_ms']:.3f}"
+    assert set(lines["FLA gated DeltaNet"]) == {"did not run (RuntimeError)"}
+    wide = json.loads(paths[1].read_text())["rows"][-1]
+    assert (wide["width"], wide["batch"]) == (4096, 4)
+    assert lines["Hyena memory floor, fwd"][-1] == f"{wide['mixer_floor_fwd_ms']:.3f}"
+
+
+def test_plot_hyena_refuses_a_missing_run(tmp_path: Path, capsys) -> None:
+    with imported_file(REPO / "benchmarks" / "plot_hyena.py", "plot_hyena") as plot, pytest.raises(SystemExit) as stop:
+        plot.main([str(tmp_path / "none.json")])
+    assert stop.value.code == 2
+    assert "no such file" in capsys.readouterr().err
