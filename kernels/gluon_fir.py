@@ -31,8 +31,8 @@ requests, not the SM; programs of 32 or 64 channels whose warps share the CTA ba
 each 16, tied only by mbarriers (``_hyena_mr_ws_kernel``, bf16 filters), halve the L2's requests without that cost:
 on an H100 0.193 ms at 8 x 4096 x 2048 against 0.231 for the permuted 16-channel walk, 1.05x the floor at the copy
 bandwidth measured in the same run, with DRAM at 80% of its peak (``hyena_h200_s32/``; through ``hyena_core``
-1.06-1.10x, ``hyena_h100_s33/``). Imports only torch and
-Triton; runs on sm_90 only (``fir_ops`` falls back to the Triton walk elsewhere).
+1.06-1.10x, ``hyena_h100_s33/``). Imports only torch and Triton; runs on sm_90 only (``fir_ops`` falls back to the
+Triton walk elsewhere).
 """
 
 from __future__ import annotations
